@@ -1,0 +1,171 @@
+/*
+ * dedup.c
+ *	  messageId deduplication within cdp.dedup_window.  SDKs retry with the
+ *	  same messageId (and a new sentAt), so a messageId seen within the window
+ *	  is a duplicate whatever its content.  Keys are 128-bit digests of the
+ *	  messageId: fixed width keeps the unique index small.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "pg_cdp.h"
+
+static SPIPlanPtr upsert_plan = NULL;
+
+typedef struct DedupEntry
+{
+	pg_uuid_t	key;
+	int			index;			/* position in the batch's key array */
+	bool		accepted;
+} DedupEntry;
+
+static void
+MessageKey(const char *message_id, pg_uuid_t *key)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+
+	if (ctx == NULL ||
+		pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) message_id, strlen(message_id)) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute a messageId digest: %s",
+						ctx ? pg_cryptohash_error(ctx) : "out of memory")));
+	pg_cryptohash_free(ctx);
+	memcpy(key->data, digest, UUID_LEN);
+}
+
+static SPIPlanPtr
+UpsertPlan(void)
+{
+	if (upsert_plan == NULL)
+	{
+		Oid			argtypes[3] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID, FLOAT8OID};
+		SPIPlanPtr	plan;
+
+		/*
+		 * An existing key older than the window is renewed and the message
+		 * accepted; RETURNING names exactly the accepted keys.
+		 */
+		plan = SPI_prepare("INSERT INTO cdp.message_ids AS m (message_key, seen_at) "
+						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) "
+						   "ON CONFLICT (message_key) DO UPDATE SET seen_at = excluded.seen_at "
+						   "WHERE m.seen_at < excluded.seen_at - pg_catalog.make_interval(secs => $3) "
+						   "RETURNING message_key",
+						   3, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		upsert_plan = plan;
+	}
+	return upsert_plan;
+}
+
+/*
+ * Mark every pending message whose messageId was accepted within the window
+ * (earlier, or earlier in this batch) as a duplicate, and record the rest.
+ * Generated messageIds are unique by construction and skip the table.
+ */
+void
+CdpDeduplicate(CdpMessage **msgs, int n)
+{
+	HASHCTL		ctl;
+	HTAB	   *seen;
+	Datum	   *keys;
+	Datum	   *times;
+	DedupEntry **entry_of;
+	int			nkeys = 0;
+	Datum		args[3];
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc;
+
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(DedupEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("cdp dedup batch", Max(n, 16), &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	keys = palloc(sizeof(Datum) * Max(n, 1));
+	times = palloc(sizeof(Datum) * Max(n, 1));
+	entry_of = palloc0(sizeof(DedupEntry *) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		CdpMessage *msg = msgs[i];
+		pg_uuid_t  *key;
+		DedupEntry *entry;
+		bool		found;
+
+		if (msg->outcome != CDP_PENDING || msg->message_id_generated)
+			continue;
+		key = palloc(sizeof(pg_uuid_t));
+		MessageKey(msg->message_id, key);
+		entry = hash_search(seen, key, HASH_ENTER, &found);
+		if (found)
+		{
+			msg->outcome = CDP_DUPLICATE;	/* the first in inbox order wins */
+			continue;
+		}
+		entry->index = nkeys;
+		entry->accepted = false;
+		entry_of[i] = entry;
+		keys[nkeys] = UUIDPGetDatum(key);
+		times[nkeys] = TimestampTzGetDatum(msg->received_at);
+		nkeys++;
+	}
+	if (nkeys == 0)
+		return;
+
+	args[0] = PointerGetDatum(construct_array(keys, nkeys, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[1] = PointerGetDatum(construct_array(times, nkeys, TIMESTAMPTZOID, sizeof(TimestampTz),
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = Float8GetDatum((double) cdp_dedup_window_secs);
+	rc = SPI_execute_plan(UpsertPlan(), args, NULL, false, 0);
+	MemoryContextSwitchTo(cxt);	/* SPI leaves us in its own context */
+	if (rc != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
+
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		DedupEntry *entry = hash_search(seen, DatumGetUUIDP(d), HASH_FIND, NULL);
+
+		if (entry != NULL)
+			entry->accepted = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	for (int i = 0; i < n; i++)
+		if (entry_of[i] != NULL && !entry_of[i]->accepted)
+			msgs[i]->outcome = CDP_DUPLICATE;
+	hash_destroy(seen);
+}
+
+/* Forget messageIds accepted before the window; returns how many. */
+int64
+CdpPurgeDedupWindow(void)
+{
+	Datum		arg = Float8GetDatum((double) cdp_dedup_window_secs);
+	Oid			argtype = FLOAT8OID;
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc;
+
+	rc = SPI_execute_with_args("DELETE FROM cdp.message_ids "
+							   "WHERE seen_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)",
+							   1, &argtype, &arg, NULL, false, 0);
+	MemoryContextSwitchTo(cxt);
+	if (rc != SPI_OK_DELETE)
+		elog(ERROR, "purging messageIds failed: %s", SPI_result_code_string(rc));
+	return (int64) SPI_processed;
+}

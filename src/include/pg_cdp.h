@@ -1,0 +1,136 @@
+/*
+ * pg_cdp.h
+ *	  Declarations shared by pg_cdp's C files: settings, the message being
+ *	  ingested, and the entry points each file offers the others.
+ */
+#ifndef PG_CDP_H
+#define PG_CDP_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/jsonb.h"
+
+/* settings (src/pg_cdp.c) */
+extern int	cdp_dedup_window_secs;
+extern int	cdp_max_future_skew_secs;
+extern int	cdp_max_event_bytes;
+extern int	cdp_max_request_bytes;
+extern int	cdp_batch_size;
+
+/*
+ * Advisory lock keys, in pg_cdp's own class so they never collide with an
+ * application's: one serialises partition DDL, one serialises maintenance.
+ */
+#define CDP_LOCK_CLASS			0x43445001	/* "CDP" 01 */
+#define CDP_LOCK_PARTITION_DDL	1
+#define CDP_LOCK_MAINTENANCE	2
+
+/* limits from the Segment spec */
+#define CDP_MAX_MESSAGE_ID_CHARS 100
+
+typedef enum CdpOutcome
+{
+	CDP_PENDING = 0,
+	CDP_STORED,
+	CDP_DUPLICATE,
+	CDP_DEAD
+} CdpOutcome;
+
+/*
+ * One message on its way from the inbox to cdp.events: where it came from,
+ * its validated fields, and what became of it.
+ */
+typedef struct CdpMessage
+{
+	/* origin */
+	int64		inbox_id;
+	const char *source;
+	TimestampTz received_at;
+	const char *raw;			/* verbatim text, or NULL: serialise item */
+	JsonbValue *item;			/* parsed object (envelope already merged) */
+
+	/* validated fields (NULL when absent) */
+	const char *type;
+	const char *message_id;
+	bool		message_id_generated;
+	const char *event;
+	const char *name;
+	const char *user_id;
+	const char *anonymous_id;
+	const char *group_id;
+	const char *previous_id;
+	TimestampTz ts;
+	bool		has_original_ts;
+	TimestampTz original_ts;
+	bool		has_sent_at;
+	TimestampTz sent_at;
+	JsonbValue *properties;
+	JsonbValue *traits;
+	JsonbValue *context;
+	JsonbValue *extra;
+	bool		has_profile_id;
+	int64		profile_id;
+	Oid			partition;		/* the cdp.events partition it goes to */
+
+	/* outcome */
+	CdpOutcome	outcome;
+	const char *error_code;
+	char	   *error_message;
+} CdpMessage;
+
+/* json_parse.c */
+extern JsonbValue *CdpParseJson(const char *text, int len,
+								const char **error_code, char **error_message);
+extern JsonbValue *CdpJsonbObjectGet(JsonbValue *obj, const char *key);
+extern JsonbValue *CdpJsonbObjectMergeMissing(JsonbValue *obj, JsonbValue *defaults);
+extern JsonbValue *CdpJsonbObjectWith(JsonbValue *obj, const char *key, JsonbValue *val);
+extern char *CdpJsonbValueToText(JsonbValue *val);
+extern const char *CdpJsonTypeName(JsonbValue *val);
+
+/* iso8601.c */
+extern bool CdpParseIsoTimestamp(const char *s, int len, TimestampTz *result);
+
+/* message.c */
+extern List *CdpExpandPayload(int64 inbox_id, const char *payload, int len,
+							  const char *source, TimestampTz received_at);
+extern void CdpValidateMessage(CdpMessage *msg, TimestampTz retention_horizon);
+extern void CdpMarkDead(CdpMessage *msg, const char *code, const char *fmt,...) pg_attribute_printf(3, 4);
+extern const char *CdpMessagePayload(CdpMessage *msg);
+
+/* dedup.c */
+extern void CdpDeduplicate(CdpMessage **msgs, int n);
+extern int64 CdpPurgeDedupWindow(void);
+
+/* dead_letter.c */
+extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);
+extern void CdpWriteDeadLetter(const char *payload, const char *source,
+							   TimestampTz received_at, const char *code,
+							   const char *message);
+
+/* partitions.c */
+typedef struct CdpPartitionConfig
+{
+	Interval	part_interval;
+	int			premake;
+	bool		has_retention;
+	Interval	retention;
+	char		retention_mode[8];
+} CdpPartitionConfig;
+
+extern void CdpLoadPartitionConfig(CdpPartitionConfig *config);
+extern Oid	CdpEventsRelid(void);
+extern int	CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *config);
+extern int	CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto,
+									   const CdpPartitionConfig *config);
+extern List *CdpPartitionsEndingBefore(TimestampTz horizon);
+extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
+
+/* event_store.c */
+extern int	CdpStoreEvents(CdpMessage **msgs, int n);
+
+/* ingest.c */
+extern int64 CdpCountMessages(Jsonb *payload);
+
+#endif							/* PG_CDP_H */

@@ -1,0 +1,98 @@
+/*
+ * ingest.c
+ *	  cdp.ingest(): enqueue one message or batch envelope.  Enqueue is a plain
+ *	  insert into cdp.inbox, durable when the caller commits; the work of
+ *	  validating and storing happens in cdp.process_inbox() or a worker, so
+ *	  the caller's transaction stays short and never fails on message content.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "pg_cdp.h"
+
+static SPIPlanPtr enqueue_plan = NULL;
+static SPIPlanPtr source_plan = NULL;
+
+static SPIPlanPtr
+KeepPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/* How many messages a payload holds: the items of a batch array, else one. */
+int64
+CdpCountMessages(Jsonb *payload)
+{
+	JsonbValue *batch;
+
+	if (!JB_ROOT_IS_OBJECT(payload))
+		return 1;
+	batch = getKeyJsonValueFromContainer(&payload->root, "batch", 5, NULL);
+	if (batch == NULL || batch->type != jbvBinary || !JsonContainerIsArray(batch->val.binary.data))
+		return 1;
+	return JsonContainerSize(batch->val.binary.data);
+}
+
+/* A registered source that was disabled takes no more messages. */
+static void
+CheckSourceEnabled(text *source)
+{
+	Oid			argtype = TEXTOID;
+	Datum		arg = PointerGetDatum(source);
+	int			rc;
+
+	rc = SPI_execute_plan(KeepPlan(&source_plan,
+								   "SELECT 1 FROM cdp.source_keys "
+								   "WHERE name = $1 AND disabled_at IS NOT NULL",
+								   1, &argtype),
+						  &arg, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "looking up the source failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("source \"%s\" is disabled", text_to_cstring(source))));
+}
+
+PG_FUNCTION_INFO_V1(cdp_ingest);
+
+/* cdp.ingest(payload jsonb, source text): enqueue; returns the message count */
+Datum
+cdp_ingest(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *payload = PG_GETARG_JSONB_P(0);
+	text	   *source = PG_GETARG_TEXT_PP(1);
+	int64		count = CdpCountMessages(payload);
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	int			rc;
+
+	if (count == 0)
+		PG_RETURN_INT64(0);		/* an empty batch holds nothing to keep */
+
+	SPI_connect();
+	CheckSourceEnabled(source);
+	args[0] = CStringGetTextDatum(JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+	args[1] = PointerGetDatum(source);
+	rc = SPI_execute_plan(KeepPlan(&enqueue_plan,
+								   "INSERT INTO cdp.inbox (payload, source) VALUES ($1, $2)",
+								   2, argtypes),
+						  args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "enqueueing into cdp.inbox failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	PG_RETURN_INT64(count);
+}

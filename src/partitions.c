@@ -1,0 +1,578 @@
+/*
+ * partitions.c
+ *	  Partitions of cdp.events: routing an event time to its partition,
+ *	  creating partitions on demand (from the ingest path) and ahead of time
+ *	  (maintenance), and reporting their ranges.
+ *
+ *	  Ranges are aligned: fixed intervals to Monday 2000-01-03 00:00 UTC (so
+ *	  days start at midnight UTC and weeks on Monday), month intervals to
+ *	  calendar months in UTC.  A range that would overlap a partition made
+ *	  under an older interval is clipped to the gap.
+ *
+ *	  Concurrency: partition DDL is serialised by a transaction-scoped advisory
+ *	  lock, and a session re-reads the catalog after taking it, so two sessions
+ *	  that need the same new partition both succeed: the second waits and then
+ *	  uses the first one's.  Partitions are made with CREATE TABLE and ATTACH
+ *	  PARTITION, which takes only SHARE UPDATE EXCLUSIVE on cdp.events, so
+ *	  readers and writers of other partitions are never blocked.
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "partitioning/partdesc.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "partitions.h"
+
+/* Monday 2000-01-03 00:00 UTC, in microseconds from the PostgreSQL epoch */
+#define ALIGN_ANCHOR	(2 * USECS_PER_DAY)
+#define MIN_PART_USECS	USECS_PER_HOUR
+#define MAX_PREMAKE		1000
+
+typedef struct CachedPartition
+{
+	TimestampTz lo;
+	TimestampTz hi;
+	Oid			relid;
+} CachedPartition;
+
+/* this backend's copy of the partition list, reloaded after relcache inval */
+static Oid	cache_parent = InvalidOid;
+static bool cache_valid = false;
+static CachedPartition *cache = NULL;
+static int	cache_len = 0;
+
+void
+CdpPartitionCacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == cache_parent)
+		cache_valid = false;
+}
+
+Oid
+CdpEventsRelid(void)
+{
+	Oid			relid = get_relname_relid("events", get_namespace_oid("cdp", false));
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table cdp.events does not exist"),
+				 errhint("Is the pg_cdp extension installed in this database?")));
+	return relid;
+}
+
+static TimestampTz
+BoundValue(List *datums)
+{
+	PartitionRangeDatum *d = linitial_node(PartitionRangeDatum, datums);
+
+	if (d->kind == PARTITION_RANGE_DATUM_MINVALUE)
+		return DT_NOBEGIN;
+	if (d->kind == PARTITION_RANGE_DATUM_MAXVALUE)
+		return DT_NOEND;
+	return DatumGetTimestampTz(castNode(Const, d->value)->constvalue);
+}
+
+static int
+CompareByLo(const void *a, const void *b)
+{
+	const CachedPartition *pa = a;
+	const CachedPartition *pb = b;
+
+	if (pa->lo == pb->lo)
+		return 0;
+	return pa->lo < pb->lo ? -1 : 1;
+}
+
+/*
+ * Read the attached partitions and their bounds from the catalog, sorted by
+ * lower bound.  Allocated in the given context.
+ */
+static CachedPartition *
+ReadPartitions(Oid parent, int *count, MemoryContext cxt)
+{
+	Relation	rel = table_open(parent, AccessShareLock);
+	PartitionDesc pd = RelationGetPartitionDesc(rel, true);
+	CachedPartition *parts;
+	int			n = 0;
+
+	parts = MemoryContextAlloc(cxt, sizeof(CachedPartition) * Max(pd->nparts, 1));
+	for (int i = 0; i < pd->nparts; i++)
+	{
+		HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(pd->oids[i]));
+		Datum		bound;
+		bool		isnull;
+		PartitionBoundSpec *spec;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for relation %u", pd->oids[i]);
+		bound = SysCacheGetAttr(RELOID, tup, Anum_pg_class_relpartbound, &isnull);
+		if (isnull)
+			elog(ERROR, "partition %u has no bound", pd->oids[i]);
+		spec = castNode(PartitionBoundSpec, stringToNode(TextDatumGetCString(bound)));
+		ReleaseSysCache(tup);
+		if (spec->is_default)
+			continue;			/* never ours; ingest routes around it */
+		parts[n].relid = pd->oids[i];
+		parts[n].lo = BoundValue(spec->lowerdatums);
+		parts[n].hi = BoundValue(spec->upperdatums);
+		n++;
+	}
+	table_close(rel, AccessShareLock);
+	qsort(parts, n, sizeof(CachedPartition), CompareByLo);
+	*count = n;
+	return parts;
+}
+
+static void
+EnsureCache(Oid parent)
+{
+	if (cache_valid && cache_parent == parent)
+		return;
+	cache_parent = parent;
+	if (cache != NULL)
+		pfree(cache);
+	cache = NULL;
+	cache_len = 0;
+	cache = ReadPartitions(parent, &cache_len, TopMemoryContext);
+	cache_valid = true;
+}
+
+/* index of the cached partition holding ts, or -1 and the hole around ts */
+static int
+FindCached(TimestampTz ts, TimestampTz *gap_lo, TimestampTz *gap_hi)
+{
+	int			lo = 0,
+				hi = cache_len - 1;
+
+	*gap_lo = DT_NOBEGIN;
+	*gap_hi = DT_NOEND;
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (ts < cache[mid].lo)
+		{
+			*gap_hi = cache[mid].lo;
+			hi = mid - 1;
+		}
+		else if (ts >= cache[mid].hi)
+		{
+			*gap_lo = cache[mid].hi;
+			lo = mid + 1;
+		}
+		else
+			return mid;
+	}
+	return -1;
+}
+
+static int64
+FloorDiv(int64 a, int64 b)
+{
+	int64		q = a / b;
+
+	if ((a % b != 0) && ((a < 0) != (b < 0)))
+		q--;
+	return q;
+}
+
+static TimestampTz
+MonthStart(int64 months_since_2000)
+{
+	struct pg_tm tm;
+	Timestamp	result;
+
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = 2000 + (int) FloorDiv(months_since_2000, 12);
+	tm.tm_mon = (int) (months_since_2000 - FloorDiv(months_since_2000, 12) * 12) + 1;
+	tm.tm_mday = 1;
+	if (tm2timestamp(&tm, 0, NULL, &result) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("partition bound out of range")));
+	return result;
+}
+
+/* the aligned range [lo, hi) of the configured interval that holds ts */
+static void
+AlignedRange(TimestampTz ts, const Interval *iv, TimestampTz *lo, TimestampTz *hi)
+{
+	if (iv->month != 0)
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+		int64		months;
+
+		if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("timestamp out of range")));
+		months = (int64) (tm.tm_year - 2000) * 12 + tm.tm_mon - 1;
+		months = FloorDiv(months, iv->month) * iv->month;
+		*lo = MonthStart(months);
+		*hi = MonthStart(months + iv->month);
+	}
+	else
+	{
+		int64		len = iv->day * USECS_PER_DAY + iv->time;
+
+		*lo = ALIGN_ANCHOR + FloorDiv(ts - ALIGN_ANCHOR, len) * len;
+		*hi = *lo + len;
+	}
+}
+
+/* "2026-11-26 00:00:00.000000+00": unambiguous whatever DateStyle says */
+static char *
+UtcLiteral(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return psprintf("%04d-%02d-%02d %02d:%02d:%02d.%06d+00",
+					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
+					tm.tm_sec, fsec);
+}
+
+/* events_pYYYYMMDD, with _HHMI[SS] when the range starts inside a day */
+static char *
+PartitionName(TimestampTz lo, Oid nsp)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char	   *base;
+	char	   *name;
+
+	if (timestamp2tm(lo, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	if (tm.tm_sec != 0 || fsec != 0)
+		base = psprintf("events_p%04d%02d%02d_%02d%02d%02d", tm.tm_year, tm.tm_mon,
+						tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	else if (tm.tm_hour != 0 || tm.tm_min != 0)
+		base = psprintf("events_p%04d%02d%02d_%02d%02d", tm.tm_year, tm.tm_mon,
+						tm.tm_mday, tm.tm_hour, tm.tm_min);
+	else
+		base = psprintf("events_p%04d%02d%02d", tm.tm_year, tm.tm_mon, tm.tm_mday);
+
+	/* a detached partition may still hold the plain name */
+	name = base;
+	for (int suffix = 2; OidIsValid(get_relname_relid(name, nsp)); suffix++)
+		name = psprintf("%s_%d", base, suffix);
+	return name;
+}
+
+static void
+ExecuteDdl(const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute(sql, false, 0);
+
+	MemoryContextSwitchTo(cxt); /* SPI leaves us in its own context */
+
+	if (rc < 0)
+		elog(ERROR, "partition DDL failed (%s): %s", SPI_result_code_string(rc), sql);
+}
+
+static void
+CreatePartition(TimestampTz lo, TimestampTz hi)
+{
+	Oid			nsp = get_namespace_oid("cdp", false);
+	const char *name = quote_identifier(PartitionName(lo, nsp));
+
+	ExecuteDdl(psprintf("CREATE TABLE cdp.%s (LIKE cdp.events INCLUDING DEFAULTS "
+						"INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)",
+						name));
+	ExecuteDdl(psprintf("ALTER TABLE cdp.events ATTACH PARTITION cdp.%s "
+						"FOR VALUES FROM (%s) TO (%s)",
+						name, quote_literal_cstr(UtcLiteral(lo)),
+						quote_literal_cstr(UtcLiteral(hi))));
+	CommandCounterIncrement();
+}
+
+/*
+ * The partition that holds ts, created if there is none.  The caller must
+ * hold a lock on cdp.events (so no partition can be dropped under it) and an
+ * SPI connection.
+ */
+static int
+FindOrCreate(Oid parent, TimestampTz ts, const CdpPartitionConfig *config, bool *created)
+{
+	TimestampTz gap_lo,
+				gap_hi,
+				lo,
+				hi;
+	int			idx;
+
+	*created = false;
+	EnsureCache(parent);
+	idx = FindCached(ts, &gap_lo, &gap_hi);
+	if (idx >= 0)
+		return idx;
+
+	/* serialise partition DDL; then look again, another session may have won */
+	DirectFunctionCall2(pg_advisory_xact_lock_int4,
+						Int32GetDatum(CDP_LOCK_CLASS), Int32GetDatum(CDP_LOCK_PARTITION_DDL));
+	AcceptInvalidationMessages();
+	EnsureCache(parent);
+	idx = FindCached(ts, &gap_lo, &gap_hi);
+	if (idx >= 0)
+		return idx;
+
+	AlignedRange(ts, &config->part_interval, &lo, &hi);
+	lo = Max(lo, gap_lo);
+	hi = Min(hi, gap_hi);
+	CreatePartition(lo, hi);
+	*created = true;
+
+	EnsureCache(parent);
+	idx = FindCached(ts, &gap_lo, &gap_hi);
+	if (idx < 0)
+		elog(ERROR, "partition for %s was created but cannot be found", timestamptz_to_str(ts));
+	return idx;
+}
+
+/*
+ * Set each pending message's partition, creating the missing ones; returns
+ * how many were created.  Runs before deduplication so that partition DDL
+ * happens while this transaction holds as few row locks as possible.
+ */
+int
+CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *config)
+{
+	Oid			parent = CdpEventsRelid();
+	int			ncreated = 0;
+	int			last = -1;
+
+	LockRelationOid(parent, RowExclusiveLock);
+	for (int i = 0; i < n; i++)
+	{
+		CdpMessage *msg = msgs[i];
+		bool		created;
+
+		if (msg->outcome != CDP_PENDING)
+			continue;
+		/* consecutive events mostly share a partition */
+		if (last < 0 || !cache_valid || msg->ts < cache[last].lo || msg->ts >= cache[last].hi)
+		{
+			last = FindOrCreate(parent, msg->ts, config, &created);
+			if (created)
+				ncreated++;
+		}
+		msg->partition = cache[last].relid;
+	}
+	return ncreated;
+}
+
+/* Make sure partitions cover [from, upto); returns how many were created. */
+int
+CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto, const CdpPartitionConfig *config)
+{
+	Oid			parent = CdpEventsRelid();
+	int			ncreated = 0;
+	TimestampTz t = from;
+
+	LockRelationOid(parent, RowExclusiveLock);
+	while (t < upto)
+	{
+		bool		created;
+		int			idx = FindOrCreate(parent, t, config, &created);
+
+		if (created)
+			ncreated++;
+		t = cache[idx].hi;
+		CHECK_FOR_INTERRUPTS();
+	}
+	return ncreated;
+}
+
+/* Partitions whose whole range lies before horizon, as a List of Oids. */
+List *
+CdpPartitionsEndingBefore(TimestampTz horizon)
+{
+	Oid			parent = CdpEventsRelid();
+	List	   *result = NIL;
+	CachedPartition *parts;
+	int			n;
+
+	parts = ReadPartitions(parent, &n, CurrentMemoryContext);
+	for (int i = 0; i < n; i++)
+		if (parts[i].hi <= horizon)
+			result = lappend_oid(result, parts[i].relid);
+	return result;
+}
+
+TimestampTz
+CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now)
+{
+	if (!config->has_retention)
+		return DT_NOBEGIN;
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(&config->retention)));
+}
+
+/* Read cdp.partition_config; needs an SPI connection. */
+void
+CdpLoadPartitionConfig(CdpPartitionConfig *config)
+{
+	bool		isnull;
+	Datum		d;
+	HeapTuple	row;
+	TupleDesc	desc;
+	int			rc;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode "
+					 "FROM cdp.partition_config", true, 1);
+	MemoryContextSwitchTo(cxt);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "cdp.partition_config must hold exactly one row");
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	config->part_interval = *DatumGetIntervalP(SPI_getbinval(row, desc, 1, &isnull));
+	config->premake = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	d = SPI_getbinval(row, desc, 3, &isnull);
+	config->has_retention = !isnull;
+	if (!isnull)
+		config->retention = *DatumGetIntervalP(d);
+	strlcpy(config->retention_mode, SPI_getvalue(row, desc, 4), sizeof(config->retention_mode));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+static void
+ValidateInterval(const Interval *iv)
+{
+	if (iv->month != 0 && (iv->day != 0 || iv->time != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition interval must be whole months or a fixed length, not both"),
+				 errhint("Use for example '1 month', '1 day' or '6 hours'.")));
+	if (iv->month < 0 || (iv->month == 0 && iv->day * USECS_PER_DAY + iv->time < MIN_PART_USECS))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition interval must be at least 1 hour")));
+}
+
+/* premake partitions from the one holding now through now + premake intervals */
+int
+CdpPremake(const CdpPartitionConfig *config, TimestampTz now)
+{
+	Interval	ahead = config->part_interval;
+	TimestampTz upto;
+
+	ahead.month *= config->premake;
+	ahead.day *= config->premake;
+	ahead.time *= config->premake;
+	upto = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(&ahead)));
+	/* +1 microsecond: the partition holding upto itself is made too */
+	return CdpCreatePartitionsThrough(now, upto + 1, config);
+}
+
+PG_FUNCTION_INFO_V1(cdp_configure_partitions);
+
+/*
+ * cdp.configure_partitions(part_interval, premake, retention, retention_mode):
+ * validate, store, and make the partitions ahead at once so a new user's
+ * first events never wait on DDL.
+ */
+Datum
+cdp_configure_partitions(PG_FUNCTION_ARGS)
+{
+	CdpPartitionConfig config;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Oid			argtypes[4] = {INTERVALOID, INT4OID, INTERVALOID, TEXTOID};
+	char	   *mode;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("part_interval, premake and retention_mode must not be NULL")));
+	ValidateInterval(PG_GETARG_INTERVAL_P(0));
+	if (PG_GETARG_INT32(1) < 0 || PG_GETARG_INT32(1) > MAX_PREMAKE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("premake must be between 0 and %d", MAX_PREMAKE)));
+	if (!PG_ARGISNULL(2))
+	{
+		Interval   *r = PG_GETARG_INTERVAL_P(2);
+
+		if (r->month < 0 || r->day < 0 || r->time < 0 ||
+			(r->month == 0 && r->day == 0 && r->time == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("retention must be a positive interval, or NULL to keep everything")));
+	}
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(mode, "drop") != 0 && strcmp(mode, "detach") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retention_mode must be 'drop' or 'detach', not \"%s\"", mode)));
+
+	for (int i = 0; i < 4; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		if (PG_ARGISNULL(i))
+			nulls[i] = 'n';
+	}
+	SPI_connect();
+	if (SPI_execute_with_args("UPDATE cdp.partition_config SET part_interval = $1, "
+							  "premake = $2, retention = $3, retention_mode = $4",
+							  4, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update cdp.partition_config");
+	CdpLoadPartitionConfig(&config);
+	CdpPremake(&config, GetCurrentTransactionStartTimestamp());
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(cdp_partition_bounds);
+
+/* cdp.partition_bounds(): each attached partition with its range */
+Datum
+cdp_partition_bounds(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CachedPartition *parts;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	parts = ReadPartitions(CdpEventsRelid(), &n, CurrentMemoryContext);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = ObjectIdGetDatum(parts[i].relid);
+		values[1] = TimestampTzGetDatum(parts[i].lo);
+		values[2] = TimestampTzGetDatum(parts[i].hi);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
