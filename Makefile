@@ -11,28 +11,35 @@ PG_CPPFLAGS = -I$(srcdir)/src/include
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers $(if $(WERROR),-Werror)
 
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-REGRESS_OPTS = --load-extension=pg_cdp
+REGRESS_OPTS =
 ISOLATION      = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
-ISOLATION_OPTS = --inputdir=test/isolation --load-extension=pg_cdp
+ISOLATION_OPTS = --inputdir=test/isolation
 
 EXTRA_CLEAN = $(DATA_built)
 
-PG_CONFIG ?= pg_config
-PGXS := $(shell $(PG_CONFIG) --pgxs)
+# PostgreSQL 15's own pg_config when it is there, whatever else is installed
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
 include $(PGXS)
+else
+# `make test` and `make run` install the build dependencies themselves
+all install installcheck:
+	@echo "PostgreSQL 15 development files are missing: run 'make deps' first"; exit 1
+endif
 
 $(DATA_built): $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 
 .PHONY: deps test run stop
 deps:
-	@bash scripts/deps.sh
+	@bash .ci/deps.sh
 
 test:
-	@bash scripts/test.sh
+	@bash .ci/test.sh
 
 run:
-	@bash scripts/run.sh start
+	@bash .ci/cluster.sh start
 
 stop:
-	@bash scripts/run.sh stop
+	@bash .ci/cluster.sh stop

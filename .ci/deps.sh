@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the Debian packages pg_cdp needs to build, run and test, if missing.
+set -euo pipefail
+
+packages=(
+  build-essential
+  postgresql-15
+  postgresql-common
+  postgresql-server-dev-15
+  postgresql-15-cron
+  postgresql-15-pgtap
+  libtap-parser-sourcehandler-pgtap-perl
+  libipc-run-perl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

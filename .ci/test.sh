@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make test`: build with -Werror, install, and run every suite against
+# throwaway clusters.  Exits non-zero on the first failing suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+bash .ci/deps.sh
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_BIN=$($PG_CONFIG --bindir)
+export PATH="$PG_BIN:$PATH"
+
+make -s clean
+make -s WERROR=1
+if [ "$(id -u)" -eq 0 ]; then make -s install; else sudo make -s install; fi
+
+# pg_virtualenv makes a cluster owned by the postgres user for one command.
+preload=(-o shared_preload_libraries=pg_cron,pg_cdp)
+
+echo "== pg_regress and isolation suites"
+rm -rf results output_iso regression.diffs
+status=0
+pg_virtualenv "${preload[@]}" -o cron.database_name=contrib_regression \
+  make -s installcheck || status=$?
+if [ $status -ne 0 ]; then
+  cat regression.diffs output_iso/regression.diffs 2>/dev/null | head -200 || true
+  exit $status
+fi
+
+echo "== pgTAP suites (pg_prove)"
+pg_virtualenv "${preload[@]}" -o cron.database_name=cdp_tap bash -c '
+  set -e
+  createdb cdp_tap
+  pg_prove --ext .sql -d cdp_tap test/pgtap/
+'
+
+echo "== Perl TAP suites (crash and restart)"
+# PostgreSQL::Test::Cluster runs initdb, which refuses root: run as postgres
+# in a directory that user owns.
+work=$(mktemp -d)
+cp -r test/t "$work/t"
+perl_env=(env PATH="$PATH" TESTDIR="$work" PG_REGRESS="$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress"
+          PERL5LIB="$($PG_CONFIG --pkglibdir)/pgxs/src/test/perl")
+if [ "$(id -u)" -eq 0 ]; then
+  chown -R postgres "$work"
+  (cd "$work" && runuser -u postgres -- "${perl_env[@]}" prove t/*.pl)
+else
+  (cd "$work" && "${perl_env[@]}" prove t/*.pl)
+fi
+rm -rf "$work"
+echo "== all suites passed"
