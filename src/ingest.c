@@ -46,6 +46,20 @@ CdpCountMessages(Jsonb *payload)
 	return JsonContainerSize(batch->val.binary.data);
 }
 
+/*
+ * Only a hash of a write key is ever stored, so a key sent inside the payload
+ * (as analytics.js does) is removed before the payload is queued.
+ */
+static Jsonb *
+StripWriteKey(Jsonb *payload)
+{
+	if (!JB_ROOT_IS_OBJECT(payload) ||
+		getKeyJsonValueFromContainer(&payload->root, "writeKey", 8, NULL) == NULL)
+		return payload;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(payload),
+											  CStringGetTextDatum("writeKey")));
+}
+
 /* A registered source that was disabled takes no more messages. */
 static void
 CheckSourceEnabled(text *source)
@@ -73,12 +87,21 @@ PG_FUNCTION_INFO_V1(cdp_ingest);
 Datum
 cdp_ingest(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *payload = PG_GETARG_JSONB_P(0);
-	text	   *source = PG_GETARG_TEXT_PP(1);
-	int64		count = CdpCountMessages(payload);
+	Jsonb	   *payload;
+	text	   *source;
+	int64		count;
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2];
 	int			rc;
+
+	/* not STRICT: a NULL would otherwise vanish without a trace */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", PG_ARGISNULL(0) ? "payload" : "source")));
+	payload = StripWriteKey(PG_GETARG_JSONB_P(0));
+	source = PG_GETARG_TEXT_PP(1);
+	count = CdpCountMessages(payload);
 
 	if (count == 0)
 		PG_RETURN_INT64(0);		/* an empty batch holds nothing to keep */

@@ -44,7 +44,7 @@ DaysInMonth(int year, int month)
 }
 
 /*
- * Parse YYYY-MM-DD[(T| )hh:mm[:ss[.fraction]]][Z|±hh[:mm]] into a timestamptz.
+ * Parse YYYY-MM-DD[(T| )hh:mm[:ss[.fraction]]][Z|±hh[:mm[:ss]]] into a timestamptz.
  * No offset means UTC.  Returns false for anything else.
  */
 bool
@@ -111,7 +111,8 @@ CdpParseIsoTimestamp(const char *s, int len, TimestampTz *result)
 		{
 			int			sign = (*p == '-') ? -1 : 1;
 			int			oh,
-						om = 0;
+						om = 0,
+						os = 0;
 
 			p++;
 			if (!ReadDigits(&p, end, 2, &oh))
@@ -120,9 +121,16 @@ CdpParseIsoTimestamp(const char *s, int len, TimestampTz *result)
 				p++;
 			if (p < end && !ReadDigits(&p, end, 2, &om))
 				return false;
-			if (oh > 15 || om > 59)
+			/* seconds: PostgreSQL prints local mean time offsets that way */
+			if (p < end && *p == ':')
+			{
+				p++;
+				if (!ReadDigits(&p, end, 2, &os))
+					return false;
+			}
+			if (oh > 15 || om > 59 || os > 59)
 				return false;
-			offset_secs = sign * (oh * 3600 + om * 60);
+			offset_secs = sign * (oh * 3600 + om * 60 + os);
 		}
 	}
 	if (p != end)

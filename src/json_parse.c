@@ -293,6 +293,26 @@ CdpJsonbObjectWith(JsonbValue *obj, const char *key, JsonbValue *val)
 	return CdpJsonbObjectMergeMissing(obj, &single);
 }
 
+/* A copy of obj without key (obj itself when it has no such key). */
+JsonbValue *
+CdpJsonbObjectWithout(JsonbValue *obj, const char *key)
+{
+	JsonbValue *result;
+	JsonbValue *victim = CdpJsonbObjectGet(obj, key);
+	int			n = 0;
+
+	if (victim == NULL)
+		return obj;
+	result = palloc(sizeof(JsonbValue));
+	result->type = jbvObject;
+	result->val.object.pairs = palloc(sizeof(JsonbPair) * obj->val.object.nPairs);
+	for (int i = 0; i < obj->val.object.nPairs; i++)
+		if (&obj->val.object.pairs[i].value != victim)
+			result->val.object.pairs[n++] = obj->val.object.pairs[i];
+	result->val.object.nPairs = n;
+	return result;
+}
+
 /* JSON text of an in-memory value, as jsonb would print it */
 char *
 CdpJsonbValueToText(JsonbValue *val)

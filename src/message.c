@@ -175,6 +175,13 @@ CdpExpandPayload(int64 inbox_id, const char *payload, int len, const char *sourc
 		return list_make1(msg);
 	}
 
+	/* a write key is never stored, not even in a dead letter */
+	if (CdpJsonbObjectGet(root, "writeKey") != NULL)
+	{
+		root = CdpJsonbObjectWithout(root, "writeKey");
+		payload = NULL;			/* dead letters re-serialise the item */
+	}
+
 	batch = CdpJsonbObjectGet(root, "batch");
 	if (batch != NULL)
 	{
@@ -185,6 +192,7 @@ CdpExpandPayload(int64 inbox_id, const char *payload, int len, const char *sourc
 		}
 		msg = NewMessage(inbox_id, source, received_at);
 		msg->raw = payload;
+		msg->item = root;
 		CdpMarkDead(msg, "batch_not_array", "\"batch\" must be an array, not %s",
 					CdpJsonTypeName(batch));
 		return list_make1(msg);
@@ -198,6 +206,13 @@ CdpExpandPayload(int64 inbox_id, const char *payload, int len, const char *sourc
 					"message is %d bytes, more than cdp.max_event_bytes (%d)",
 					len, cdp_max_event_bytes);
 	return list_make1(msg);
+}
+
+/* how much of a string value to quote in a message: 64 bytes, whole characters */
+static int
+ClipLen(JsonbValue *v)
+{
+	return pg_mbcliplen(v->val.string.val, v->val.string.len, 64);
 }
 
 /* an identifier-like field: string or number; "" and null mean absent */
@@ -282,7 +297,7 @@ TimestampField(CdpMessage *msg, const char *field, bool *present, TimestampTz *o
 	}
 	if (v->type == jbvString)
 		CdpMarkDead(msg, "invalid_timestamp", "\"%s\" is not an ISO 8601 timestamp: \"%.*s\"",
-					field, Min(v->val.string.len, 64), v->val.string.val);
+					field, ClipLen(v), v->val.string.val);
 	else
 		CdpMarkDead(msg, "invalid_timestamp", "\"%s\" must be an ISO 8601 string, not %s",
 					field, CdpJsonTypeName(v));
@@ -369,7 +384,7 @@ ValidateType(CdpMessage *msg)
 	}
 	CdpMarkDead(msg, "unknown_type",
 				"unknown message type \"%.*s\" (expected track, identify, page, screen, group or alias)",
-				Min(v->val.string.len, 64), v->val.string.val);
+				ClipLen(v), v->val.string.val);
 	return false;
 }
 
@@ -459,6 +474,13 @@ ComputeEventTime(CdpMessage *msg)
 	{
 		CdpMarkDead(msg, "invalid_timestamp",
 					"\"sentAt\" and the message time are too far apart to correct");
+		return false;
+	}
+
+	if (msg->ts < CDP_MIN_EVENT_TS)
+	{
+		CdpMarkDead(msg, "invalid_timestamp", "event time %s is before the year 1",
+					timestamptz_to_str(msg->ts));
 		return false;
 	}
 

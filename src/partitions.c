@@ -447,7 +447,7 @@ CdpLoadPartitionConfig(CdpPartitionConfig *config)
 	MemoryContext cxt = CurrentMemoryContext;
 
 	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode "
-					 "FROM cdp.partition_config", true, 1);
+					 "FROM cdp.partition_config", false, 1);
 	MemoryContextSwitchTo(cxt);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "cdp.partition_config must hold exactly one row");

@@ -46,15 +46,20 @@ TakePlan(void)
 {
 	if (take_plan == NULL)
 	{
-		Oid			argtypes[1] = {INT4OID};
+		Oid			argtypes[2] = {INT4OID, INT8OID};
 		SPIPlanPtr	plan;
 
-		/* SKIP LOCKED lets several sessions and workers drain one inbox */
+		/*
+		 * SKIP LOCKED lets several sessions and workers drain one inbox.
+		 * "id > $2" starts after this call's previous batch: the rows it
+		 * deleted are still in the index until commit, and rescanning them
+		 * would make a long call quadratic.
+		 */
 		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE id = ANY (ARRAY("
-						   "SELECT id FROM cdp.inbox ORDER BY id LIMIT $1 "
+						   "SELECT id FROM cdp.inbox WHERE id > $2 ORDER BY id LIMIT $1 "
 						   "FOR UPDATE SKIP LOCKED)) "
 						   "RETURNING id, payload, source, received_at",
-						   1, argtypes);
+						   2, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
@@ -74,16 +79,19 @@ CompareRowIds(const void *a, const void *b)
 	return ra->id < rb->id ? -1 : 1;
 }
 
-/* Remove up to want rows from the inbox; copies them into the current context. */
+/*
+ * Remove up to want rows with ids above after_id from the inbox; copies them
+ * into the current context, sorted by id.
+ */
 static InboxRow *
-TakeInboxRows(int want, int *nrows)
+TakeInboxRows(int want, int64 after_id, int *nrows)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	Datum		arg = Int32GetDatum(want);
+	Datum		args[2] = {Int32GetDatum(want), Int64GetDatum(after_id)};
 	InboxRow   *rows;
 	int			rc;
 
-	rc = SPI_execute_plan(TakePlan(), &arg, NULL, false, 0);
+	rc = SPI_execute_plan(TakePlan(), args, NULL, false, 0);
 	MemoryContextSwitchTo(cxt);
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "taking rows from cdp.inbox failed: %s", SPI_result_code_string(rc));
@@ -95,9 +103,11 @@ TakeInboxRows(int want, int *nrows)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		Datum		d;
 
 		rows[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		rows[i].payload = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		d = SPI_getbinval(tup, desc, 2, &isnull);
+		rows[i].payload = isnull ? pstrdup("") : TextDatumGetCString(d);
 		rows[i].len = strlen(rows[i].payload);
 		rows[i].source = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 		rows[i].received_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
@@ -226,6 +236,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	int64		limit = PG_ARGISNULL(0) ? -1 : PG_GETARG_INT32(0);
 	int64		taken = 0;
 	int64		messages = 0;
+	int64		last_id = 0;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	MemoryContext batch_cxt;
 	BatchContext bc;
@@ -250,9 +261,10 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		if (limit >= 0)
 			want = (int) Min((int64) want, limit - taken);
 		MemoryContextSwitchTo(batch_cxt);
-		rows = TakeInboxRows(want, &nrows);
+		rows = TakeInboxRows(want, last_id, &nrows);
 		if (nrows == 0)
 			break;
+		last_id = rows[nrows - 1].id;
 		messages += ProcessBatch(rows, nrows, &bc);
 		taken += nrows;
 		MemoryContextReset(batch_cxt);

@@ -27,6 +27,12 @@ extern int	cdp_batch_size;
 #define CDP_LOCK_PARTITION_DDL	1
 #define CDP_LOCK_MAINTENANCE	2
 
+/*
+ * Earliest event time accepted: 0001-01-08 00:00 UTC, so that every
+ * partition range (weeks included) starts in the common era.
+ */
+#define CDP_MIN_EVENT_TS	(INT64CONST(-63082281600000000) + 7 * USECS_PER_DAY)
+
 /* limits from the Segment spec */
 #define CDP_MAX_MESSAGE_ID_CHARS 100
 
@@ -86,6 +92,7 @@ extern JsonbValue *CdpParseJson(const char *text, int len,
 extern JsonbValue *CdpJsonbObjectGet(JsonbValue *obj, const char *key);
 extern JsonbValue *CdpJsonbObjectMergeMissing(JsonbValue *obj, JsonbValue *defaults);
 extern JsonbValue *CdpJsonbObjectWith(JsonbValue *obj, const char *key, JsonbValue *val);
+extern JsonbValue *CdpJsonbObjectWithout(JsonbValue *obj, const char *key);
 extern char *CdpJsonbValueToText(JsonbValue *val);
 extern const char *CdpJsonTypeName(JsonbValue *val);
 

@@ -3,7 +3,7 @@
 -- verbatim (and dead-lettered later) instead of aborting the whole load.
 CREATE TABLE cdp.inbox (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    payload     text NOT NULL,
+    payload     text,   -- NULL (a blank CSV line) is dead-lettered like bad JSON
     source      text NOT NULL DEFAULT 'copy',
     received_at timestamptz NOT NULL DEFAULT now()
 );

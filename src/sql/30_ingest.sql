@@ -4,7 +4,7 @@
 CREATE FUNCTION cdp.ingest(payload jsonb, source text DEFAULT 'sql')
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'cdp_ingest'
-LANGUAGE C STRICT VOLATILE SECURITY DEFINER
+LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, cdp;
 COMMENT ON FUNCTION cdp.ingest(jsonb, text) IS
     'enqueue one Segment-spec message or batch envelope; returns how many messages it holds';
@@ -38,6 +38,13 @@ $$;
 COMMENT ON FUNCTION cdp.replay_dead_letters(bigint[]) IS
     're-enqueue dead letters (all, or the given ids); returns how many';
 
+-- ISO 8601 in UTC, whatever the session's TimeZone and DateStyle.
+CREATE FUNCTION cdp.iso_timestamp(ts timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, cdp
+AS $$ SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
+
 -- Convenience wrappers: build a Segment-spec message and enqueue it.
 CREATE FUNCTION cdp.track(user_id text, event text, properties jsonb DEFAULT '{}',
                           anonymous_id text DEFAULT NULL, ts timestamptz DEFAULT now())
@@ -47,7 +54,7 @@ SET search_path = pg_catalog, cdp
 AS $$
     SELECT cdp.ingest(jsonb_strip_nulls(jsonb_build_object(
                'type', 'track', 'userId', user_id, 'anonymousId', anonymous_id,
-               'event', event, 'timestamp', ts))
+               'event', event, 'timestamp', cdp.iso_timestamp(ts)))
            || jsonb_build_object('properties', coalesce(properties, '{}')))
 $$;
 
@@ -59,7 +66,7 @@ SET search_path = pg_catalog, cdp
 AS $$
     SELECT cdp.ingest(jsonb_strip_nulls(jsonb_build_object(
                'type', 'identify', 'userId', user_id, 'anonymousId', anonymous_id,
-               'timestamp', ts))
+               'timestamp', cdp.iso_timestamp(ts)))
            || jsonb_build_object('traits', coalesce(traits, '{}')))
 $$;
 
@@ -70,5 +77,5 @@ SET search_path = pg_catalog, cdp
 AS $$
     SELECT cdp.ingest(jsonb_strip_nulls(jsonb_build_object(
                'type', 'alias', 'previousId', previous_id, 'userId', user_id,
-               'timestamp', ts)))
+               'timestamp', cdp.iso_timestamp(ts))))
 $$;
