@@ -39,6 +39,9 @@ typedef struct BatchContext
 	TimestampTz retention_horizon;
 } BatchContext;
 
+/* memory kept by the batch context between batches */
+#define BATCH_KEEPER_BYTES	(16 * 1024 * 1024)
+
 static SPIPlanPtr take_plan = NULL;
 
 static SPIPlanPtr
@@ -246,7 +249,14 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_messages must not be negative")));
 
-	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch", ALLOCSET_DEFAULT_SIZES);
+	/*
+	 * A batch needs about 15 MB; a kept first block of that size is reused
+	 * after every reset instead of going back to the kernel and faulting in
+	 * again (that alone cost a fifth of the processing time).
+	 */
+	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
+									  BATCH_KEEPER_BYTES, BATCH_KEEPER_BYTES,
+									  ALLOCSET_DEFAULT_MAXSIZE);
 	SPI_connect();
 	MemoryContextSwitchTo(batch_cxt);
 	CdpLoadPartitionConfig(&bc.config);
