@@ -84,7 +84,8 @@ SELECT count(*) AS rows_with_key_material
 -- no_partition_and_no_default_partition_after_install
 SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'cdp.events'::regclass;
 
--- nothing_in_cdp_is_usable_by_public
+-- nothing_in_cdp_is_usable_by_public, except the cdp.identifier type's own
+-- support functions (a value type: whoever may see one may compare and print it)
 SELECT has_schema_privilege('public', 'cdp', 'USAGE') AS public_usage,
        has_schema_privilege('public', 'cdp', 'CREATE') AS public_create;
 SELECT p.oid::regprocedure AS executable_by_public

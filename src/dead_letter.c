@@ -14,6 +14,7 @@
 #include "utils/memutils.h"
 
 #include "pg_cdp.h"
+#include "spi_util.h"
 
 static SPIPlanPtr insert_plan = NULL;
 
@@ -37,12 +38,6 @@ InsertPlan(void)
 		insert_plan = plan;
 	}
 	return insert_plan;
-}
-
-static ArrayType *
-TextArray(Datum *values, int n)
-{
-	return construct_array(values, n, TEXTOID, -1, false, TYPALIGN_INT);
 }
 
 /* Write a dead letter for every message marked dead; returns how many. */
@@ -75,13 +70,11 @@ CdpWriteDeadLetters(CdpMessage **msgs, int n)
 	if (ndead == 0)
 		return 0;
 
-	args[0] = PointerGetDatum(TextArray(payloads, ndead));
-	args[1] = PointerGetDatum(TextArray(sources, ndead));
-	args[2] = PointerGetDatum(TextArray(codes, ndead));
-	args[3] = PointerGetDatum(TextArray(reasons, ndead));
-	args[4] = PointerGetDatum(construct_array(received, ndead, TIMESTAMPTZOID,
-											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
+	args[0] = CdpArray(payloads, ndead, TEXTOID);
+	args[1] = CdpArray(sources, ndead, TEXTOID);
+	args[2] = CdpArray(codes, ndead, TEXTOID);
+	args[3] = CdpArray(reasons, ndead, TEXTOID);
+	args[4] = CdpArray(received, ndead, TIMESTAMPTZOID);
 	rc = SPI_execute_plan(InsertPlan(), args, NULL, false, 0);
 	MemoryContextSwitchTo(cxt);	/* SPI leaves us in its own context */
 	if (rc != SPI_OK_INSERT)

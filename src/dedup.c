@@ -18,6 +18,7 @@
 #include "utils/uuid.h"
 
 #include "pg_cdp.h"
+#include "spi_util.h"
 
 static SPIPlanPtr upsert_plan = NULL;
 
@@ -126,9 +127,8 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 	if (nkeys == 0)
 		return;
 
-	args[0] = PointerGetDatum(construct_array(keys, nkeys, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(times, nkeys, TIMESTAMPTZOID, sizeof(TimestampTz),
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = CdpArray(keys, nkeys, UUIDOID);
+	args[1] = CdpArray(times, nkeys, TIMESTAMPTZOID);
 	args[2] = Float8GetDatum((double) cdp_dedup_window_secs);
 	rc = SPI_execute_plan(UpsertPlan(), args, NULL, false, 0);
 	MemoryContextSwitchTo(cxt);	/* SPI leaves us in its own context */

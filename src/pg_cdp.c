@@ -22,6 +22,7 @@ int			cdp_max_future_skew_secs = 24 * 60 * 60;
 int			cdp_max_event_bytes = 32 * 1024;
 int			cdp_max_request_bytes = 512 * 1024;
 int			cdp_batch_size = 1000;
+int			cdp_max_merges_per_profile = 100;
 
 void		_PG_init(void);
 
@@ -47,6 +48,10 @@ DefineSettings(void)
 	DefineCustomIntVariable("cdp.batch_size",
 							"How many inbox rows are processed per batch.",
 							NULL, &cdp_batch_size, 1000, 1, 100000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.max_merges_per_profile",
+							"How many merges a profile may absorb before further ones become hub violations.",
+							NULL, &cdp_max_merges_per_profile, 100, 1, INT_MAX,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("cdp");
 }

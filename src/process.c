@@ -23,6 +23,8 @@
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
+#include "identity.h"
+#include "spi_util.h"
 
 typedef struct InboxRow
 {
@@ -43,6 +45,7 @@ typedef struct BatchContext
 #define BATCH_KEEPER_BYTES	(16 * 1024 * 1024)
 
 static SPIPlanPtr take_plan = NULL;
+static SPIPlanPtr take_one_plan = NULL;
 
 static SPIPlanPtr
 TakePlan(void)
@@ -142,10 +145,18 @@ ProcessRows(InboxRow *rows, int nrows, const BatchContext *bc)
 		CdpValidateMessage(msgs[i], bc->retention_horizon);
 	CdpRouteEvents(msgs, n, &bc->config);
 	CdpDeduplicate(msgs, n);
+	CdpResolveIdentities(msgs, n);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 	return n;
 }
+
+typedef enum BatchOutcome
+{
+	BATCH_DONE,					/* processed and kept */
+	BATCH_POISONED,				/* rolled back: some row's content raised an error */
+	BATCH_CONFLICT				/* rolled back: a deadlock with another session */
+} BatchOutcome;
 
 /*
  * Errors a message's content can cause: data exceptions, integrity
@@ -162,21 +173,28 @@ IsMessageError(int sqlerrcode)
 }
 
 /*
- * Run ProcessRows in a subtransaction.  Returns -1 after rolling back for an
- * error a message can cause (its text in *reason); re-throws any other.
+ * Take rows (take(arg) returns them) and process them in one subtransaction.
+ * On an error a message can cause, or a deadlock with another session, the
+ * subtransaction rolls back (the rows return to the inbox) and the outcome
+ * says which; any other error is re-thrown.
  */
-static int
-TryProcessRows(InboxRow *rows, int nrows, const BatchContext *bc, char **reason)
+static BatchOutcome
+TryBatch(InboxRow *(*take) (void *arg, int *nrows), void *arg, const BatchContext *bc,
+		 InboxRow **rows, int *nrows, int64 *messages, char **reason)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	volatile int result = -1;
+	volatile BatchOutcome outcome = BATCH_DONE;
 
+	*nrows = 0;
+	*messages = 0;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		result = ProcessRows(rows, nrows, bc);
+		*rows = take(arg, nrows);
+		if (*nrows > 0)
+			*messages = ProcessRows(*rows, *nrows, bc);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -191,39 +209,85 @@ TryProcessRows(InboxRow *rows, int nrows, const BatchContext *bc, char **reason)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		if (!IsMessageError(edata->sqlerrcode))
+		if (edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
+			outcome = BATCH_CONFLICT;
+		else if (IsMessageError(edata->sqlerrcode))
+			outcome = BATCH_POISONED;
+		else
 			ReThrowError(edata);
 		*reason = psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode), edata->message);
 		FreeErrorData(edata);
-		result = -1;
 	}
 	PG_END_TRY();
-	return result;
+	return outcome;
 }
 
-static int64
-ProcessBatch(InboxRow *rows, int nrows, const BatchContext *bc)
+typedef struct TakeNext
 {
-	char	   *reason;
-	int			n = TryProcessRows(rows, nrows, bc, &reason);
-	int64		total = 0;
+	int			want;
+	int64		after_id;
+} TakeNext;
 
-	if (n >= 0)
-		return n;
+static InboxRow *
+TakeNextRows(void *arg, int *nrows)
+{
+	TakeNext   *t = arg;
 
-	/* some row poisons the batch: find it by going one row at a time */
+	return TakeInboxRows(t->want, t->after_id, nrows);
+}
+
+static InboxRow *
+TakeOneRow(void *arg, int *nrows)
+{
+	InboxRow   *row = arg;
+	Datum		id = Int64GetDatum(row->id);
+	Oid			type = INT8OID;
+
+	/* it may have gone to another session meanwhile: then there is nothing to do */
+	*nrows = (int) CdpExecPlan(CdpPlan(&take_one_plan,
+									   "DELETE FROM cdp.inbox WHERE id = (SELECT id FROM cdp.inbox "
+									   "WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+									   1, &type),
+							   &id, NULL, SPI_OK_DELETE);
+	return row;
+}
+
+/*
+ * Some row poisoned the batch: go one row at a time, and dead-letter the
+ * rows that fail alone.  Returns false if a deadlock stopped it.
+ */
+static bool
+ProcessRowByRow(InboxRow *rows, int nrows, const BatchContext *bc, int64 *messages)
+{
 	for (int i = 0; i < nrows; i++)
 	{
-		n = TryProcessRows(&rows[i], 1, bc, &reason);
-		if (n < 0)
+		InboxRow   *one;
+		int			ntaken;
+		int64		n;
+		char	   *reason;
+		BatchOutcome outcome = TryBatch(TakeOneRow, &rows[i], bc, &one, &ntaken, &n, &reason);
+
+		if (outcome == BATCH_CONFLICT)
+			return false;
+		if (outcome == BATCH_POISONED)
 		{
-			CdpWriteDeadLetter(rows[i].payload, rows[i].source, rows[i].received_at,
-							   "processing_error", reason);
-			n = 1;
+			Datum		id = Int64GetDatum(rows[i].id);
+			Oid			type = INT8OID;
+
+			if (CdpExecPlan(CdpPlan(&take_one_plan,
+									"DELETE FROM cdp.inbox WHERE id = (SELECT id FROM cdp.inbox "
+									"WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+									1, &type),
+							&id, NULL, SPI_OK_DELETE) == 1)
+			{
+				CdpWriteDeadLetter(rows[i].payload, rows[i].source, rows[i].received_at,
+								   "processing_error", reason);
+				n = 1;
+			}
 		}
-		total += n;
+		*messages += n;
 	}
-	return total;
+	return true;
 }
 
 PG_FUNCTION_INFO_V1(cdp_process_inbox);
@@ -264,18 +328,34 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 
 	while (limit < 0 || taken < limit)
 	{
-		int			want = cdp_batch_size;
+		TakeNext	next = {cdp_batch_size, last_id};
 		int			nrows;
 		InboxRow   *rows;
+		int64		n;
+		char	   *reason;
+		BatchOutcome outcome;
 
 		if (limit >= 0)
-			want = (int) Min((int64) want, limit - taken);
+			next.want = (int) Min((int64) next.want, limit - taken);
 		MemoryContextSwitchTo(batch_cxt);
-		rows = TakeInboxRows(want, last_id, &nrows);
+		outcome = TryBatch(TakeNextRows, &next, &bc, &rows, &nrows, &n, &reason);
+		if (outcome == BATCH_POISONED)
+		{
+			if (!ProcessRowByRow(rows, nrows, &bc, &n))
+				outcome = BATCH_CONFLICT;
+		}
+		if (outcome == BATCH_CONFLICT)
+		{
+			/* waiting on would deadlock: keep what is done, leave the rest queued */
+			ereport(NOTICE,
+					(errmsg("cdp.process_inbox stopped early to avoid a deadlock with another session"),
+					 errdetail("The remaining messages stay in cdp.inbox for the next call.")));
+			break;
+		}
 		if (nrows == 0)
 			break;
 		last_id = rows[nrows - 1].id;
-		messages += ProcessBatch(rows, nrows, &bc);
+		messages += n;
 		taken += nrows;
 		MemoryContextReset(batch_cxt);
 		CHECK_FOR_INTERRUPTS();

@@ -18,6 +18,7 @@ extern int	cdp_max_future_skew_secs;
 extern int	cdp_max_event_bytes;
 extern int	cdp_max_request_bytes;
 extern int	cdp_batch_size;
+extern int	cdp_max_merges_per_profile;
 
 /*
  * Advisory lock keys, in pg_cdp's own class so they never collide with an

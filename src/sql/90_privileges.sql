@@ -3,3 +3,17 @@
 -- functions stay with the extension owner unless granted.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA cdp FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA cdp FROM PUBLIC;
+
+-- The identifier type is a plain value type: anyone who may see one may
+-- compare and print it (analysts join on it), so its support functions are
+-- public like any built-in type's.
+GRANT EXECUTE ON FUNCTION
+    cdp.identifier_in(cstring), cdp.identifier_out(cdp.identifier),
+    cdp.identifier_recv(internal), cdp.identifier_send(cdp.identifier),
+    cdp.identifier(text, text), cdp.id_type(cdp.identifier), cdp.id_value(cdp.identifier),
+    cdp.identifier_eq(cdp.identifier, cdp.identifier), cdp.identifier_ne(cdp.identifier, cdp.identifier),
+    cdp.identifier_lt(cdp.identifier, cdp.identifier), cdp.identifier_le(cdp.identifier, cdp.identifier),
+    cdp.identifier_gt(cdp.identifier, cdp.identifier), cdp.identifier_ge(cdp.identifier, cdp.identifier),
+    cdp.identifier_cmp(cdp.identifier, cdp.identifier), cdp.identifier_hash(cdp.identifier),
+    cdp.identifier_hash_extended(cdp.identifier, bigint)
+TO PUBLIC;

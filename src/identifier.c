@@ -1,0 +1,297 @@
+/*
+ * identifier.c
+ *	  The cdp.identifier type: text form "type:value", normalised on input so
+ *	  that equal identifiers compare equal (white space trimmed, email
+ *	  lower-cased, phone reduced to a leading '+' and digits).  Binary
+ *	  send/receive, btree and hash support.
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "lib/stringinfo.h"
+#include "libpq/pqformat.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+
+#include "identifier.h"
+
+static bool
+IsTypeChar(char c, bool first)
+{
+	if (c >= 'a' && c <= 'z')
+		return true;
+	return !first && ((c >= '0' && c <= '9') || c == '_');
+}
+
+static bool
+IsSpace(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/*
+ * Build a normalised identifier, or return NULL with *problem saying why.
+ * Never throws for bad input, so the ingest path can record a violation
+ * instead of failing a batch.
+ */
+CdpIdentifier *
+CdpMakeIdentifier(const char *type, int type_len, const char *value, int value_len,
+				  const char **problem)
+{
+	CdpIdentifier *id;
+	char	   *out;
+	int			out_len = 0;
+
+	if (type_len < 1 || type_len > CDP_ID_TYPE_MAX)
+	{
+		*problem = "the type must be 1 to 63 characters";
+		return NULL;
+	}
+	for (int i = 0; i < type_len; i++)
+	{
+		if (!IsTypeChar(type[i], i == 0))
+		{
+			*problem = "the type must match ^[a-z][a-z0-9_]{0,62}$";
+			return NULL;
+		}
+	}
+
+	while (value_len > 0 && IsSpace(*value))
+	{
+		value++;
+		value_len--;
+	}
+	while (value_len > 0 && IsSpace(value[value_len - 1]))
+		value_len--;
+	if (value_len == 0)
+	{
+		*problem = "the value is empty";
+		return NULL;
+	}
+	if (value_len > CDP_ID_VALUE_MAX)
+	{
+		*problem = "the value is longer than 1024 bytes";
+		return NULL;
+	}
+	if (pg_encoding_verifymbstr(PG_UTF8, value, value_len) != value_len)
+	{
+		*problem = "the value is not valid UTF-8";
+		return NULL;
+	}
+
+	id = palloc(offsetof(CdpIdentifier, data) + type_len + value_len);
+	id->type_len = (uint8) type_len;
+	memcpy(id->data, type, type_len);
+	out = id->data + type_len;
+
+	for (int i = 0; i < value_len; i++)
+	{
+		unsigned char c = (unsigned char) value[i];
+
+		if (c < 0x20 || c == 0x7f)
+		{
+			pfree(id);
+			*problem = "the value contains a control character";
+			return NULL;
+		}
+		if (type_len == 5 && memcmp(type, "email", 5) == 0)
+			out[out_len++] = pg_ascii_tolower(c);
+		else if (type_len == 5 && memcmp(type, "phone", 5) == 0)
+		{
+			/* a leading '+' and the digits; punctuation and spaces go */
+			if ((c == '+' && out_len == 0) || (c >= '0' && c <= '9'))
+				out[out_len++] = c;
+		}
+		else
+			out[out_len++] = c;
+	}
+	if (out_len == 0 || (out_len == 1 && out[0] == '+'))
+	{
+		pfree(id);
+		*problem = "the phone number has no digits";
+		return NULL;
+	}
+	SET_VARSIZE(id, offsetof(CdpIdentifier, data) + type_len + out_len);
+	return id;
+}
+
+char *
+CdpIdentifierToCString(const CdpIdentifier *id)
+{
+	int			vlen = IdValueLen(id);
+	char	   *s = palloc(id->type_len + 1 + vlen + 1);
+
+	memcpy(s, IdTypePtr(id), id->type_len);
+	s[id->type_len] = ':';
+	memcpy(s + id->type_len + 1, IdValuePtr(id), vlen);
+	s[id->type_len + 1 + vlen] = '\0';
+	return s;
+}
+
+int
+CdpIdentifierCompare(const CdpIdentifier *a, const CdpIdentifier *b)
+{
+	int			alen = IdValueLen(a);
+	int			blen = IdValueLen(b);
+	int			cmp;
+
+	cmp = memcmp(IdTypePtr(a), IdTypePtr(b), Min(a->type_len, b->type_len));
+	if (cmp != 0)
+		return cmp;
+	if (a->type_len != b->type_len)
+		return a->type_len < b->type_len ? -1 : 1;
+	cmp = memcmp(IdValuePtr(a), IdValuePtr(b), Min(alen, blen));
+	if (cmp != 0)
+		return cmp;
+	if (alen != blen)
+		return alen < blen ? -1 : 1;
+	return 0;
+}
+
+static CdpIdentifier *
+MakeOrThrow(const char *type, int type_len, const char *value, int value_len,
+			const char *input)
+{
+	const char *problem = NULL;
+	CdpIdentifier *id = CdpMakeIdentifier(type, type_len, value, value_len, &problem);
+
+	if (id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid input syntax for type cdp.identifier: \"%s\"", input),
+				 errdetail("%c%s.", pg_ascii_toupper(problem[0]), problem + 1)));
+	return id;
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_in);
+
+/* "type:value"; the type ends at the first ':', the value may hold more */
+Datum
+cdp_identifier_in(PG_FUNCTION_ARGS)
+{
+	char	   *input = PG_GETARG_CSTRING(0);
+	char	   *colon = strchr(input, ':');
+
+	if (colon == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid input syntax for type cdp.identifier: \"%s\"", input),
+				 errdetail("Expected \"type:value\", for example \"email:alice@example.com\".")));
+	PG_RETURN_POINTER(MakeOrThrow(input, colon - input, colon + 1, strlen(colon + 1), input));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_out);
+
+Datum
+cdp_identifier_out(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_CSTRING(CdpIdentifierToCString(PG_GETARG_IDENTIFIER_P(0)));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_recv);
+
+/* binary input is the text form, checked and normalised like text input */
+Datum
+cdp_identifier_recv(PG_FUNCTION_ARGS)
+{
+	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
+	int			nbytes;
+	char	   *s = pq_getmsgtext(buf, buf->len - buf->cursor, &nbytes);
+
+	PG_RETURN_DATUM(DirectFunctionCall1(cdp_identifier_in, CStringGetDatum(s)));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_send);
+
+Datum
+cdp_identifier_send(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	char	   *s = CdpIdentifierToCString(id);
+	StringInfoData buf;
+
+	pq_begintypsend(&buf);
+	pq_sendtext(&buf, s, strlen(s));
+	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_make);
+
+/* cdp.identifier(type, value) */
+Datum
+cdp_identifier_make(PG_FUNCTION_ARGS)
+{
+	text	   *type = PG_GETARG_TEXT_PP(0);
+	text	   *value = PG_GETARG_TEXT_PP(1);
+	char	   *shown = psprintf("%s:%s", text_to_cstring(type), text_to_cstring(value));
+
+	PG_RETURN_POINTER(MakeOrThrow(VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
+								  VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), shown));
+}
+
+PG_FUNCTION_INFO_V1(cdp_id_type);
+
+Datum
+cdp_id_type(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(IdTypePtr(id), id->type_len));
+}
+
+PG_FUNCTION_INFO_V1(cdp_id_value);
+
+Datum
+cdp_id_value(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(IdValuePtr(id), IdValueLen(id)));
+}
+
+#define IDENTIFIER_CMP_FN(name, expr) \
+PG_FUNCTION_INFO_V1(name); \
+Datum \
+name(PG_FUNCTION_ARGS) \
+{ \
+	int			c = CdpIdentifierCompare(PG_GETARG_IDENTIFIER_P(0), PG_GETARG_IDENTIFIER_P(1)); \
+	PG_RETURN_BOOL(expr); \
+}
+
+IDENTIFIER_CMP_FN(cdp_identifier_eq, c == 0)
+IDENTIFIER_CMP_FN(cdp_identifier_ne, c != 0)
+IDENTIFIER_CMP_FN(cdp_identifier_lt, c < 0)
+IDENTIFIER_CMP_FN(cdp_identifier_le, c <= 0)
+IDENTIFIER_CMP_FN(cdp_identifier_gt, c > 0)
+IDENTIFIER_CMP_FN(cdp_identifier_ge, c >= 0)
+
+PG_FUNCTION_INFO_V1(cdp_identifier_cmp);
+
+Datum
+cdp_identifier_cmp(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(CdpIdentifierCompare(PG_GETARG_IDENTIFIER_P(0), PG_GETARG_IDENTIFIER_P(1)));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_hash);
+
+Datum
+cdp_identifier_hash(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+
+	return hash_any((unsigned char *) &id->type_len,
+					VARSIZE(id) - offsetof(CdpIdentifier, type_len));
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_hash_extended);
+
+Datum
+cdp_identifier_hash_extended(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+
+	return hash_any_extended((unsigned char *) &id->type_len,
+							 VARSIZE(id) - offsetof(CdpIdentifier, type_len),
+							 PG_GETARG_INT64(1));
+}

@@ -1,0 +1,649 @@
+/*
+ * identity_graph.c
+ *	  The identity resolution algorithm over an in-memory graph of
+ *	  identifiers and profiles.  Online resolution loads the part of the
+ *	  graph a batch touches from the tables and writes back what changed;
+ *	  rebuild_identities replays all stored evidence through the same code,
+ *	  which is why the two agree.
+ *
+ *	  Per message (identity.md): drop blocked values; find the profiles that
+ *	  hold the message's identifiers; if the union would break a rule (a
+ *	  type's max_per_profile within its time window, a split pair, the hub
+ *	  guard), drop the message's lowest-priority identifier, record the
+ *	  violation and look again; then create a profile, or merge the profiles
+ *	  into the oldest (lowest id) and attach the new identifiers.
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "common/hashfn.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "identity.h"
+
+typedef struct TypeSlot
+{
+	char		type[CDP_ID_TYPE_MAX + 1];
+	int			slot;
+} TypeSlot;
+
+static uint32
+IdentifierKeyHash(const void *key, Size keysize)
+{
+	const CdpIdentifier *id = *(CdpIdentifier *const *) key;
+
+	return DatumGetUInt32(hash_any((const unsigned char *) &id->type_len,
+								   VARSIZE(id) - offsetof(CdpIdentifier, type_len)));
+}
+
+static int
+IdentifierKeyMatch(const void *a, const void *b, Size keysize)
+{
+	return CdpIdentifierCompare(*(CdpIdentifier *const *) a, *(CdpIdentifier *const *) b);
+}
+
+IdentityGraph *
+CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt)
+{
+	IdentityGraph *g = MemoryContextAllocZero(cxt, sizeof(IdentityGraph));
+	HASHCTL		ctl;
+
+	g->cxt = cxt;
+	g->rules = rules;
+
+	ctl.keysize = sizeof(CdpIdentifier *);
+	ctl.entrysize = sizeof(IdNode);
+	ctl.hash = IdentifierKeyHash;
+	ctl.match = IdentifierKeyMatch;
+	ctl.hcxt = cxt;
+	g->ids = hash_create("cdp identity nodes", 1024, &ctl,
+						 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(ProfNode);
+	ctl.hcxt = cxt;
+	g->profiles = hash_create("cdp identity profiles", 1024, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	ctl.keysize = CDP_ID_TYPE_MAX + 1;
+	ctl.entrysize = sizeof(TypeSlot);
+	ctl.hcxt = cxt;
+	g->type_slots = hash_create("cdp identity types", 16, &ctl,
+								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	return g;
+}
+
+static int
+TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
+{
+	char		key[CDP_ID_TYPE_MAX + 1];
+	TypeSlot   *t;
+	bool		found;
+
+	memcpy(key, IdTypePtr(id), id->type_len);
+	key[id->type_len] = '\0';
+	t = hash_search(g->type_slots, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		t->slot = g->ntypes++;
+		if (t->slot >= g->nslot_names)
+		{
+			g->nslot_names = Max(16, g->nslot_names * 2);
+			g->slot_names = g->slot_names == NULL
+				? MemoryContextAlloc(g->cxt, sizeof(char *) * g->nslot_names)
+				: repalloc(g->slot_names, sizeof(char *) * g->nslot_names);
+		}
+		g->slot_names[t->slot] = MemoryContextStrdup(g->cxt, key);
+	}
+	return t->slot;
+}
+
+/* the node for an identifier; with create, a detached one if unknown */
+IdNode *
+CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
+{
+	IdNode	   *node;
+	bool		found;
+
+	node = hash_search(g->ids, &id, create ? HASH_ENTER : HASH_FIND, &found);
+	if (node != NULL && !found)
+	{
+		MemoryContext old = MemoryContextSwitchTo(g->cxt);
+
+		/* the key must outlive the caller's copy */
+		node->id = palloc(VARSIZE(id));
+		memcpy(node->id, id, VARSIZE(id));
+		MemoryContextSwitchTo(old);
+		node->type_slot = TypeSlotOf(g, id);
+		node->attached = false;
+		node->profile = 0;
+		node->linked_at = 0;
+		node->message_id = NULL;
+		node->is_new = false;
+		node->in_members = false;
+		node->next_member = NULL;
+	}
+	return node;
+}
+
+ProfNode *
+CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
+{
+	ProfNode   *p;
+	bool		found;
+
+	p = hash_search(g->profiles, &profile_id, create ? HASH_ENTER : HASH_FIND, &found);
+	if (p != NULL && !found)
+	{
+		p->merged_into = 0;
+		p->merges_absorbed = 0;
+		p->is_new = false;
+		p->members_loaded = false;
+		p->created_at = 0;
+		p->members = p->members_tail = NULL;
+		p->nmembers = 0;
+		p->type_counts = NULL;
+		p->ntype_counts = 0;
+	}
+	return p;
+}
+
+/* follow merges to the profile that holds everything now */
+ProfNode *
+CdpCanonical(IdentityGraph *g, int64 profile_id)
+{
+	ProfNode   *p = CdpGraphProfile(g, profile_id, true);
+
+	while (p->merged_into != 0)
+		p = CdpGraphProfile(g, p->merged_into, true);
+	return p;
+}
+
+static void
+CountMember(IdentityGraph *g, ProfNode *p, int slot, int delta)
+{
+	if (slot >= p->ntype_counts)
+	{
+		int			n = Max(g->ntypes, slot + 1);
+
+		if (p->type_counts == NULL)
+			p->type_counts = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
+		else
+		{
+			p->type_counts = repalloc(p->type_counts, sizeof(int32) * n);
+			memset(p->type_counts + p->ntype_counts, 0, sizeof(int32) * (n - p->ntype_counts));
+		}
+		p->ntype_counts = n;
+	}
+	p->type_counts[slot] += delta;
+}
+
+/* make node a member of p (which must be canonical) */
+void
+CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
+			   const char *message_id, bool is_new)
+{
+	node->attached = true;
+	node->profile = p->profile_id;
+	node->linked_at = at;
+	node->message_id = message_id;
+	node->is_new = is_new;
+	if (node->in_members)
+		return;
+	node->in_members = true;
+	node->next_member = NULL;
+	if (p->members_tail)
+		p->members_tail->next_member = node;
+	else
+		p->members = node;
+	p->members_tail = node;
+	p->nmembers++;
+	CountMember(g, p, node->type_slot, 1);
+}
+
+static int
+CompareIdentifierPtrs(const void *a, const void *b)
+{
+	return CdpIdentifierCompare(*(CdpIdentifier *const *) a, *(CdpIdentifier *const *) b);
+}
+
+static CdpIdentifier **
+CopyIdentifiers(IdentityGraph *g, CdpIdentifier **ids, int n)
+{
+	CdpIdentifier **copy = MemoryContextAlloc(g->cxt, sizeof(CdpIdentifier *) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		copy[i] = CdpGraphNode(g, ids[i], true)->id;
+	return copy;
+}
+
+void
+CdpGraphAddSplit(IdentityGraph *g, CdpIdentifier *keep_out, CdpIdentifier **members,
+				 int nmembers, CdpIdentifier **anchors, int nanchors)
+{
+	SplitRule  *rule = MemoryContextAlloc(g->cxt, sizeof(SplitRule));
+	MemoryContext old;
+
+	rule->keep_out = CdpGraphNode(g, keep_out, true)->id;
+	rule->members = CopyIdentifiers(g, members, nmembers);
+	rule->nmembers = nmembers;
+	qsort(rule->members, nmembers, sizeof(CdpIdentifier *), CompareIdentifierPtrs);
+	rule->anchors = CopyIdentifiers(g, anchors, nanchors);
+	rule->nanchors = nanchors;
+	old = MemoryContextSwitchTo(g->cxt);
+	g->splits = lappend(g->splits, rule);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+EnsureMembers(IdentityGraph *g, ProfNode *p)
+{
+	if (!p->members_loaded)
+	{
+		if (g->load_members)
+			g->load_members(g, p);
+		p->members_loaded = true;
+	}
+}
+
+/* the would-be union: the canonical profiles of the active identifiers */
+static int
+UnionProfiles(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **out)
+{
+	int			np = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		ProfNode   *p;
+		bool		seen = false;
+
+		if (!active[i] || !nodes[i]->attached)
+			continue;
+		p = CdpCanonical(g, nodes[i]->profile);
+		for (int j = 0; j < np; j++)
+			seen |= (out[j] == p);
+		if (!seen)
+			out[np++] = p;
+	}
+	return np;
+}
+
+static bool
+InUnion(IdentityGraph *g, CdpIdentifier *id, IdNode **nodes, bool *active, int n,
+		ProfNode **profiles, int np)
+{
+	IdNode	   *node = CdpGraphNode(g, id, false);
+
+	for (int i = 0; i < n; i++)
+		if (active[i] && nodes[i] == node)
+			return true;
+	if (node == NULL || !node->attached)
+		return false;
+	for (int j = 0; j < np; j++)
+		if (CdpCanonical(g, node->profile) == profiles[j])
+			return true;
+	return false;
+}
+
+/*
+ * Does the union break a rule?  Fills *rule and *detail for the first one
+ * broken: a limit (strongest type first), a split pair, or the hub guard.
+ */
+static bool
+BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **profiles,
+		   int np, TimestampTz at, char **rule, char **detail)
+{
+	int			best_priority = INT_MAX;
+	int		   *counts = palloc0(sizeof(int) * Max(g->ntypes, 1));
+	ListCell   *lc;
+
+	*rule = NULL;
+
+	/* every type in the union counts, not only the message's own */
+	for (int j = 0; j < np; j++)
+		for (int s = 0; s < profiles[j]->ntype_counts; s++)
+			counts[s] += profiles[j]->type_counts[s];
+	for (int k = 0; k < n; k++)
+		if (active[k] && !nodes[k]->attached)
+			counts[nodes[k]->type_slot]++;
+
+	for (int s = 0; s < g->ntypes; s++)
+	{
+		const char *type = g->slot_names[s];
+		const IdRule *r;
+		int			count = counts[s];
+
+		if (count == 0)
+			continue;
+		r = CdpRuleFor(g->rules, type, strlen(type));
+		if (r->max_per_profile == 0 || count <= r->max_per_profile || r->priority >= best_priority)
+			continue;
+		if (r->window_us != 0)
+		{
+			/* only identifiers linked within the window count */
+			count = 0;
+			for (int j = 0; j < np; j++)
+				for (IdNode *m = profiles[j]->members; m; m = m->next_member)
+					if (m->type_slot == s && m->linked_at >= at - r->window_us)
+						count++;
+			for (int k = 0; k < n; k++)
+				if (active[k] && !nodes[k]->attached && nodes[k]->type_slot == s)
+					count++;
+			if (count <= r->max_per_profile)
+				continue;
+		}
+		best_priority = r->priority;
+		*rule = psprintf("%s.max_per_profile", type);
+		*detail = psprintf("the profile would hold %d %s identifiers, the limit is %d",
+						   count, type, r->max_per_profile);
+	}
+	if (*rule)
+		return true;
+
+	foreach(lc, g->splits)
+	{
+		SplitRule  *split = lfirst(lc);
+
+		if (!InUnion(g, split->keep_out, nodes, active, n, profiles, np))
+			continue;
+		for (int a = 0; a < split->nanchors; a++)
+		{
+			if (InUnion(g, split->anchors[a], nodes, active, n, profiles, np))
+			{
+				*rule = pstrdup("split");
+				*detail = psprintf("%s was split apart from %s",
+								   CdpIdentifierToCString(split->keep_out),
+								   CdpIdentifierToCString(split->anchors[a]));
+				return true;
+			}
+		}
+	}
+
+	if (np >= 2)
+	{
+		ProfNode   *target = profiles[0];
+
+		for (int j = 1; j < np; j++)
+			if (profiles[j]->profile_id < target->profile_id)
+				target = profiles[j];
+		if (target->merges_absorbed >= g->rules->max_merges)
+		{
+			*rule = pstrdup("hub");
+			*detail = psprintf("profile " INT64_FORMAT " has absorbed %d merges (cdp.max_merges_per_profile)",
+							   target->profile_id, target->merges_absorbed);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* the active identifier with the weakest rule; the later one on a tie */
+static int
+WeakestActive(IdentityGraph *g, IdNode **nodes, bool *active, int n)
+{
+	int			weakest = -1;
+	int			weakest_priority = -1;
+
+	for (int i = 0; i < n; i++)
+	{
+		int			pr;
+
+		if (!active[i])
+			continue;
+		pr = CdpRuleFor(g->rules, IdTypePtr(nodes[i]->id), nodes[i]->id->type_len)->priority;
+		if (pr >= weakest_priority)
+		{
+			weakest = i;
+			weakest_priority = pr;
+		}
+	}
+	return weakest;
+}
+
+static void
+RecordViolation(IdentityGraph *g, CdpIdentifier *id, IdMessage *m, char *rule, char *detail)
+{
+	MemoryContext old;
+	IdViolation *v;
+
+	if (g->quiet)
+		return;
+	old = MemoryContextSwitchTo(g->cxt);
+	v = palloc(sizeof(IdViolation));
+
+	v->identifier = id;
+	v->message_id = m->message_id;
+	v->at = m->at;
+	v->rule = rule;
+	v->detail = detail;
+	g->violations = lappend(g->violations, v);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *via_from,
+	  IdNode *via_into)
+{
+	MemoryContext old = MemoryContextSwitchTo(g->cxt);
+	IdMerge    *merge;
+
+	EnsureMembers(g, from);
+	for (IdNode *node = from->members; node; node = node->next_member)
+		node->profile = into->profile_id;
+	if (from->members)
+	{
+		if (into->members_tail)
+			into->members_tail->next_member = from->members;
+		else
+			into->members = from->members;
+		into->members_tail = from->members_tail;
+		into->nmembers += from->nmembers;
+	}
+	for (int s = 0; s < from->ntype_counts; s++)
+		if (from->type_counts[s] != 0)
+			CountMember(g, into, s, from->type_counts[s]);
+	from->members = from->members_tail = NULL;
+	from->nmembers = 0;
+	into->merges_absorbed += 1 + from->merges_absorbed;
+	from->merged_into = into->profile_id;
+	if (g->quiet)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	merge = palloc(sizeof(IdMerge));
+	merge->from_profile = from->profile_id;
+	merge->into_profile = into->profile_id;
+	merge->message_id = m->message_id;
+	merge->at = m->at;
+	merge->reason = psprintf("message carried %s (profile " INT64_FORMAT ") and %s (profile " INT64_FORMAT ")",
+							 CdpIdentifierToCString(via_into->id), into->profile_id,
+							 CdpIdentifierToCString(via_from->id), from->profile_id);
+	g->merges = lappend(g->merges, merge);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Evidence split away stays away: a message carrying a split identifier
+ * together with one of the members it was split from links nothing for the
+ * split identifier.  Returns how many identifiers were dropped.
+ */
+static int
+DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, bool *dropped_out)
+{
+	int			dropped = 0;
+	ListCell   *lc;
+
+	foreach(lc, g->splits)
+	{
+		SplitRule  *split = lfirst(lc);
+
+		for (int i = 0; i < m->nids; i++)
+		{
+			if (!active[i] || CdpIdentifierCompare(nodes[i]->id, split->keep_out) != 0)
+				continue;
+			for (int k = 0; k < m->nids; k++)
+			{
+				if (k == i || !active[k] ||
+					bsearch(&nodes[k]->id, split->members, split->nmembers,
+							sizeof(CdpIdentifier *), CompareIdentifierPtrs) == NULL)
+					continue;
+				active[i] = false;
+				dropped_out[i] = true;
+				dropped++;
+				RecordViolation(g, nodes[i]->id, m, pstrdup("split"),
+								psprintf("%s was split apart from %s",
+										 CdpIdentifierToCString(nodes[i]->id),
+										 CdpIdentifierToCString(nodes[k]->id)));
+				m->changed = true;
+				break;
+			}
+		}
+	}
+	return dropped;
+}
+
+/*
+ * A split identifier seen for the first time still gets a profile of its
+ * own, as split_profile gave it one.
+ */
+static void
+AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
+{
+	for (int i = 0; i < m->nids; i++)
+	{
+		ProfNode   *p;
+
+		if (!split[i] || nodes[i]->attached)
+			continue;
+		p = CdpGraphProfile(g, g->new_profile_id(g), true);
+		p->is_new = true;
+		p->members_loaded = true;
+		p->created_at = m->at;
+		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
+		m->changed = true;
+	}
+}
+
+/*
+ * Resolve one message: the algorithm of identity.md.  Sets m->profile (0
+ * when no usable identifier is left), m->linked and m->changed.
+ */
+void
+CdpResolveMessage(IdentityGraph *g, IdMessage *m)
+{
+	IdNode	  **nodes = palloc(sizeof(IdNode *) * Max(m->nids, 1));
+	ProfNode  **profiles = palloc(sizeof(ProfNode *) * Max(m->nids, 1));
+	bool	   *active = palloc(sizeof(bool) * Max(m->nids, 1));
+	bool	   *split = palloc0(sizeof(bool) * Max(m->nids, 1));
+	int			nactive = 0;
+	int			np;
+	ProfNode   *target;
+
+	m->profile = 0;
+	m->changed = false;
+	m->created_profile = 0;
+	m->linked = active;
+
+	for (int i = 0; i < m->nids; i++)
+	{
+		nodes[i] = CdpGraphNode(g, m->ids[i], true);
+		active[i] = true;
+		for (int k = 0; k < i; k++)
+			if (nodes[k] == nodes[i])
+				active[i] = false;	/* the same identifier twice */
+		if (active[i] && CdpIsBlocked(g->rules, nodes[i]->id))
+		{
+			active[i] = false;
+			RecordViolation(g, nodes[i]->id, m, pstrdup("blocked"),
+							pstrdup("a blocked placeholder value links nothing"));
+			m->changed = true;
+		}
+		nactive += active[i];
+	}
+	nactive -= DropSplitEvidence(g, m, nodes, active, split);
+	if (nactive == 0)
+	{
+		AttachAlone(g, m, nodes, split);
+		return;
+	}
+
+	for (;;)
+	{
+		char	   *rule;
+		char	   *detail;
+		bool		all_attached = true;
+		int			drop;
+
+		np = UnionProfiles(g, nodes, active, m->nids, profiles);
+		for (int i = 0; i < m->nids; i++)
+			all_attached &= (!active[i] || nodes[i]->attached);
+		/* nothing new and one profile: the common case, nothing to check */
+		if (all_attached && np == 1)
+			break;
+		for (int j = 0; j < np; j++)
+			EnsureMembers(g, profiles[j]);
+		if (nactive <= 1 || !BreaksRule(g, nodes, active, m->nids, profiles, np, m->at,
+										&rule, &detail))
+			break;
+		drop = WeakestActive(g, nodes, active, m->nids);
+		active[drop] = false;
+		nactive--;
+		RecordViolation(g, nodes[drop]->id, m, rule, detail);
+		m->changed = true;
+	}
+
+	if (np == 0)
+	{
+		int64		id = g->new_profile_id(g);
+
+		target = CdpGraphProfile(g, id, true);
+		target->is_new = true;
+		target->members_loaded = true;
+		target->created_at = m->at;
+		m->created_profile = id;
+		m->changed = true;
+	}
+	else
+	{
+		int			t = 0;
+
+		for (int j = 1; j < np; j++)
+			if (profiles[j]->profile_id < profiles[t]->profile_id)
+				t = j;
+		target = profiles[t];
+		for (int j = 0; j < np; j++)
+		{
+			IdNode	   *via_from = NULL;
+			IdNode	   *via_into = NULL;
+
+			if (j == t)
+				continue;
+			for (int i = 0; i < m->nids; i++)
+			{
+				if (!active[i] || !nodes[i]->attached)
+					continue;
+				if (CdpCanonical(g, nodes[i]->profile) == profiles[j] && via_from == NULL)
+					via_from = nodes[i];
+				if (CdpCanonical(g, nodes[i]->profile) == target && via_into == NULL)
+					via_into = nodes[i];
+			}
+			Merge(g, profiles[j], target, m, via_from, via_into);
+			m->changed = true;
+		}
+	}
+
+	for (int i = 0; i < m->nids; i++)
+	{
+		if (active[i] && !nodes[i]->attached)
+		{
+			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
+			m->changed = true;
+		}
+	}
+	m->profile = target->profile_id;
+	AttachAlone(g, m, nodes, split);
+}

@@ -1,0 +1,827 @@
+/*
+ * identity_online.c
+ *	  Identity resolution inside the ingest path, one batch at a time.
+ *
+ *	  Concurrency: a message whose identifiers all sit in one profile already
+ *	  changes nothing, so a batch of only such messages reads the identities
+ *	  without taking any identity lock.  A batch that may change the graph
+ *	  (a new identifier, a merge) takes the identity advisory lock first and
+ *	  reads again, so changes never interleave and an identifier can never
+ *	  land on two profiles.  Either way the batch then locks the profile rows
+ *	  it updates in ascending id order, which is the one order everyone uses.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "identity.h"
+#include "spi_util.h"
+
+typedef enum OnlinePlan
+{
+	PLAN_LOAD_IDS,
+	PLAN_LOAD_MEMBERS,
+	PLAN_LOCK_PROFILES,
+	PLAN_INSERT_PROFILES,
+	PLAN_MOVE_IDENTITIES,
+	PLAN_MOVE_STATS,
+	PLAN_REDIRECT,
+	PLAN_INSERT_MERGES,
+	PLAN_INSERT_IDENTITIES,
+	PLAN_INSERT_VIOLATIONS,
+	PLAN_INSERT_EVIDENCE,
+	PLAN_UPDATE_STATS,
+	NUM_ONLINE_PLANS
+} OnlinePlan;
+
+static SPIPlanPtr plans[NUM_ONLINE_PLANS];
+static Oid	plans_type_oid = InvalidOid;
+
+/* one message (or cdp.link() call) to resolve */
+typedef struct IdItem
+{
+	CdpMessage *msg;			/* the event; NULL for cdp.link() */
+	const char *message_id;
+	const char *source;
+	TimestampTz ts;
+	List	   *ids;			/* CdpIdentifier *, extraction order */
+	List	   *invalid;		/* char *: identifiers that could not be formed */
+	IdMessage	m;
+} IdItem;
+
+Oid
+CdpIdentifierTypeOid(void)
+{
+	Oid			nsp = get_namespace_oid("cdp", false);
+	Oid			typid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+										CStringGetDatum("identifier"),
+										ObjectIdGetDatum(nsp));
+
+	if (!OidIsValid(typid))
+		elog(ERROR, "type cdp.identifier does not exist");
+	return typid;
+}
+
+/* plans name the identifier type by oid: prepare them again if it changed */
+static void
+CheckPlans(Oid typid)
+{
+	if (typid == plans_type_oid)
+		return;
+	for (int i = 0; i < NUM_ONLINE_PLANS; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	plans_type_oid = typid;
+}
+
+static Datum
+IdentifierArray(CdpIdentifier **ids, int n)
+{
+	return PointerGetDatum(construct_array((Datum *) ids, n, plans_type_oid, -1, false,
+										   TYPALIGN_INT));
+}
+
+static Datum
+Int8Array(int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return CdpArray(d, n, INT8OID);
+}
+
+static Datum
+Int4Array(int32 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int32GetDatum(v[i]);
+	return CdpArray(d, n, INT4OID);
+}
+
+static Datum
+TimestampArray(TimestampTz *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = TimestampTzGetDatum(v[i]);
+	return CdpArray(d, n, TIMESTAMPTZOID);
+}
+
+/* text[] with NULL elements where the string is NULL */
+static Datum
+TextArray(const char **v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		nulls[i] = (v[i] == NULL);
+		d[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(v[i]);
+	}
+	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+}
+
+static SPIPlanPtr
+OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
+{
+	return CdpPlan(&plans[which], sql, nargs, argtypes);
+}
+
+/* attach the stored identities of ids to the graph */
+static void
+LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
+{
+	Oid			argtypes[1] = {get_array_type(plans_type_oid)};
+	Datum		args[1] = {IdentifierArray(ids, n)};
+	uint64		rows;
+
+	if (n == 0)
+		return;
+	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
+							"SELECT identifier, profile_id, linked_at FROM cdp.identities "
+							"WHERE identifier = ANY ($1)", 1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull));
+		int64		profile = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		TimestampTz linked_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		IdNode	   *node = CdpGraphNode(g, id, true);
+
+		CdpGraphAttach(g, node, CdpGraphProfile(g, profile, true), linked_at, NULL, false);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* the graph asks for every identifier of a profile before checking limits */
+static void
+LoadMembers(IdentityGraph *g, ProfNode *p)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(p->profile_id)};
+	uint64		rows;
+
+	if (p->is_new)
+		return;
+	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_MEMBERS,
+							"SELECT identifier, linked_at FROM cdp.identities WHERE profile_id = $1",
+							1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		bool		isnull;
+		CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		IdNode	   *node = CdpGraphNode(g, id, true);
+
+		if (!node->in_members)
+			CdpGraphAttach(g, node, p,
+						   DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)),
+						   NULL, false);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+int64
+CdpNextProfileId(void)
+{
+	Oid			seq = get_relname_relid("profile_id_seq", get_namespace_oid("cdp", false));
+
+	return DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(seq)));
+}
+
+static int64
+NextProfileId(IdentityGraph *g)
+{
+	return CdpNextProfileId();
+}
+
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * Lock the rows of the given profiles in ascending id order and read their
+ * merge state.  A profile merged away meanwhile is followed to the profile
+ * that absorbed it, which is then locked too.
+ */
+static void
+LockProfiles(IdentityGraph *g, int64 *ids, int n)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+
+	while (n > 0)
+	{
+		Datum		args[1];
+		uint64		rows;
+		int64	   *follow = palloc(sizeof(int64) * n);
+		int			nfollow = 0;
+
+		qsort(ids, n, sizeof(int64), CompareInt64);
+		args[0] = Int8Array(ids, n);
+		rows = CdpExecPlan(OnlinePlanFor(PLAN_LOCK_PROFILES,
+								"SELECT profile_id, merged_into, merges_absorbed "
+								"FROM cdp.profile_records WHERE profile_id = ANY ($1) "
+								"ORDER BY profile_id FOR UPDATE", 1, argtypes),
+						   args, NULL, SPI_OK_SELECT);
+		for (uint64 r = 0; r < rows; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
+			Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+
+			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			if (!isnull && p->merged_into == 0)
+			{
+				p->merged_into = DatumGetInt64(into);
+				follow[nfollow++] = p->merged_into;
+			}
+		}
+		SPI_freetuptable(SPI_tuptable);
+		ids = follow;
+		n = nfollow;
+	}
+}
+
+/* the canonical profiles of every attached node, for locking */
+static int
+AttachedProfiles(IdentityGraph *g, int64 **out)
+{
+	HASH_SEQ_STATUS seq;
+	ProfNode   *p;
+	int			n = 0;
+	int64	   *ids = palloc(sizeof(int64) * Max(hash_get_num_entries(g->profiles), 1));
+
+	hash_seq_init(&seq, g->profiles);
+	while ((p = hash_seq_search(&seq)) != NULL)
+		if (!p->is_new)
+			ids[n++] = p->profile_id;
+	*out = ids;
+	return n;
+}
+
+static bool
+IsFastNoOp(IdentityGraph *g, IdItem *mi)
+{
+	int64		profile = 0;
+	ListCell   *lc;
+
+	if (mi->invalid != NIL)
+		return false;
+	foreach(lc, mi->ids)
+	{
+		IdNode	   *node = CdpGraphNode(g, lfirst(lc), false);
+
+		if (CdpIsBlocked(g->rules, lfirst(lc)))
+			continue;
+		if (node == NULL || !node->attached)
+			return false;
+		if (profile != 0 && CdpCanonical(g, node->profile)->profile_id != profile)
+			return false;
+		profile = CdpCanonical(g, node->profile)->profile_id;
+	}
+	return true;
+}
+
+static IdentityGraph *
+BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
+{
+	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt);
+	List	   *all = NIL;
+	CdpIdentifier **arr;
+	int			k = 0;
+	ListCell   *lc;
+
+	g->load_members = LoadMembers;
+	g->new_profile_id = NextProfileId;
+	for (int i = 0; i < n; i++)
+	{
+		CdpMessage *msg = items[i].msg;
+
+		all = list_concat(all, list_copy(items[i].ids));
+		if (msg && msg->previous_id)
+		{
+			const char *problem;
+			CdpIdentifier *as_user = CdpMakeIdentifier("user_id", 7, msg->previous_id,
+													   strlen(msg->previous_id), &problem);
+
+			if (as_user)
+				all = lappend(all, as_user);
+		}
+	}
+	arr = palloc(sizeof(CdpIdentifier *) * Max(list_length(all), 1));
+	foreach(lc, all)
+		arr[k++] = lfirst(lc);
+	LoadIdentities(g, arr, k);
+
+	/* an alias's previousId names a user_id if one exists, else an anonymous_id */
+	for (int i = 0; i < n; i++)
+	{
+		const char *problem;
+		CdpIdentifier *as_user;
+		IdNode	   *node;
+
+		CdpMessage *msg = items[i].msg;
+
+		if (msg == NULL || msg->previous_id == NULL)
+			continue;
+		as_user = CdpMakeIdentifier("user_id", 7, msg->previous_id, strlen(msg->previous_id),
+									&problem);
+		node = as_user ? CdpGraphNode(g, as_user, false) : NULL;
+		if (node != NULL && node->attached)
+			items[i].ids = CdpMessageIdentifiers(msg, "user_id", &items[i].invalid);
+	}
+	return g;
+}
+
+static void
+WriteViolations(IdentityGraph *g)
+{
+	int			n = list_length(g->violations);
+	CdpIdentifier **ids = palloc(sizeof(CdpIdentifier *) * Max(n, 1));
+	const char **mids = palloc(sizeof(char *) * Max(n, 1));
+	const char **rules = palloc(sizeof(char *) * Max(n, 1));
+	const char **details = palloc(sizeof(char *) * Max(n, 1));
+	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(n, 1));
+	Oid			argtypes[5] = {get_array_type(plans_type_oid), TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[5];
+	int			k = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, g->violations)
+	{
+		IdViolation *v = lfirst(lc);
+
+		mids[k] = v->message_id;
+		rules[k] = v->rule;
+		details[k] = v->detail;
+		ats[k] = v->at;
+		ids[k] = v->identifier;
+		k++;
+	}
+	/* identifiers may be NULL (an invalid one): pass them as text */
+	{
+		const char **texts = palloc(sizeof(char *) * n);
+
+		for (int i = 0; i < n; i++)
+			texts[i] = ids[i] ? CdpIdentifierToCString(ids[i]) : NULL;
+		argtypes[0] = TEXTARRAYOID;
+		args[0] = TextArray(texts, n);
+	}
+	args[1] = TextArray(mids, n);
+	args[2] = TextArray(rules, n);
+	args[3] = TextArray(details, n);
+	args[4] = TimestampArray(ats, n);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_VIOLATIONS,
+					 "INSERT INTO cdp.identity_violations (identifier, message_id, rule, detail, at) "
+					 "SELECT i::cdp.identifier, m, r, d, t FROM ROWS FROM (unnest($1), unnest($2), "
+					 "unnest($3), unnest($4), unnest($5)) AS u(i, m, r, d, t)",
+					 5, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+static void
+WriteNewProfiles(IdentityGraph *g)
+{
+	HASH_SEQ_STATUS seq;
+	ProfNode   *p;
+	int			cap = hash_get_num_entries(g->profiles);
+	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
+	int64	   *into = palloc(sizeof(int64) * Max(cap, 1));
+	int			n = 0;
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum		args[2];
+
+	hash_seq_init(&seq, g->profiles);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		if (!p->is_new)
+			continue;
+		ids[n] = p->profile_id;
+		into[n] = p->merged_into ? CdpCanonical(g, p->profile_id)->profile_id : 0;
+		n++;
+	}
+	if (n == 0)
+		return;
+	args[0] = Int8Array(ids, n);
+	args[1] = Int8Array(into, n);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PROFILES,
+					 "INSERT INTO cdp.profile_records (profile_id, merged_into) "
+					 "SELECT p, nullif(m, 0) FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, m)",
+					 2, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+/* merges of profiles that existed before this batch move rows in the tables */
+static void
+WriteMerges(IdentityGraph *g)
+{
+	int			n = list_length(g->merges);
+	int64	   *from = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *into = palloc(sizeof(int64) * Max(n, 1));
+	const char **mids = palloc(sizeof(char *) * Max(n, 1));
+	const char **reasons = palloc(sizeof(char *) * Max(n, 1));
+	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(n, 1));
+	Oid			two[2] = {INT8OID, INT8OID};
+	Oid			argtypes[5] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TIMESTAMPTZARRAYOID};
+	Datum		args[5];
+	int			k = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, g->merges)
+	{
+		IdMerge    *m = lfirst(lc);
+		ProfNode   *fp = CdpGraphProfile(g, m->from_profile, false);
+
+		from[k] = m->from_profile;
+		into[k] = m->into_profile;
+		mids[k] = m->message_id;
+		reasons[k] = m->reason;
+		ats[k] = m->at;
+		k++;
+		if (fp->is_new)
+			continue;			/* its identities are written under the final profile */
+		{
+			Datum		pair[2] = {Int64GetDatum(m->into_profile), Int64GetDatum(m->from_profile)};
+
+			CdpExecPlan(OnlinePlanFor(PLAN_MOVE_IDENTITIES,
+							 "UPDATE cdp.identities SET profile_id = $1 WHERE profile_id = $2",
+							 2, two), pair, NULL, SPI_OK_UPDATE);
+			CdpExecPlan(OnlinePlanFor(PLAN_MOVE_STATS,
+							 "UPDATE cdp.profile_records t SET event_count = t.event_count + f.event_count, "
+							 "first_seen = LEAST(t.first_seen, f.first_seen), "
+							 "last_seen = GREATEST(t.last_seen, f.last_seen) "
+							 "FROM cdp.profile_records f WHERE t.profile_id = $1 AND f.profile_id = $2",
+							 2, two), pair, NULL, SPI_OK_UPDATE);
+			/* point every profile merged into "from" straight at "into" */
+			CdpExecPlan(OnlinePlanFor(PLAN_REDIRECT,
+							 "UPDATE cdp.profile_records SET merged_into = $1, event_count = "
+							 "CASE WHEN profile_id = $2 THEN 0 ELSE event_count END "
+							 "WHERE profile_id = $2 OR merged_into = $2",
+							 2, two), pair, NULL, SPI_OK_UPDATE);
+		}
+	}
+	args[0] = Int8Array(from, n);
+	args[1] = Int8Array(into, n);
+	args[2] = TextArray(mids, n);
+	args[3] = TextArray(reasons, n);
+	args[4] = TimestampArray(ats, n);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_MERGES,
+					 "INSERT INTO cdp.merges (from_profile, into_profile, message_id, reason, merged_at) "
+					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5))",
+					 5, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+static void
+WriteNewIdentities(IdentityGraph *g)
+{
+	HASH_SEQ_STATUS seq;
+	IdNode	   *node;
+	int			cap = hash_get_num_entries(g->ids);
+	CdpIdentifier **ids = palloc(sizeof(CdpIdentifier *) * Max(cap, 1));
+	int64	   *profiles = palloc(sizeof(int64) * Max(cap, 1));
+	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(cap, 1));
+	const char **mids = palloc(sizeof(char *) * Max(cap, 1));
+	Oid			argtypes[4] = {get_array_type(plans_type_oid), INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TEXTARRAYOID};
+	Datum		args[4];
+	int			n = 0;
+
+	hash_seq_init(&seq, g->ids);
+	while ((node = hash_seq_search(&seq)) != NULL)
+	{
+		if (!node->is_new)
+			continue;
+		ids[n] = node->id;
+		profiles[n] = CdpCanonical(g, node->profile)->profile_id;
+		ats[n] = node->linked_at;
+		mids[n] = node->message_id;
+		n++;
+	}
+	if (n == 0)
+		return;
+	args[0] = IdentifierArray(ids, n);
+	args[1] = Int8Array(profiles, n);
+	args[2] = TimestampArray(ats, n);
+	args[3] = TextArray(mids, n);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
+					 "INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
+					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4))",
+					 4, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * One evidence row per message that changed the graph, in message order:
+ * what it carried (for rebuilds) and what it linked (for explain_link).
+ * Identifier lists travel as one flat array with slice bounds per row.
+ */
+static void
+WriteEvidence(IdItem *items, int n)
+{
+	int			cap = 0;
+	int			nrows = 0;
+	int			nall = 0,
+				nlinked = 0;
+	CdpIdentifier **all,
+			  **linked;
+	int32	   *bounds[4];
+	const char **mids,
+			  **sources;
+	TimestampTz *ats;
+	int64	   *created;
+	Oid			argtypes[10];
+	Datum		args[10];
+
+	for (int i = 0; i < n; i++)
+		if (items[i].m.changed)
+			cap += list_length(items[i].ids);
+	if (cap == 0)
+		return;
+	all = palloc(sizeof(CdpIdentifier *) * cap);
+	linked = palloc(sizeof(CdpIdentifier *) * cap);
+	for (int b = 0; b < 4; b++)
+		bounds[b] = palloc(sizeof(int32) * n);
+	mids = palloc(sizeof(char *) * n);
+	sources = palloc(sizeof(char *) * n);
+	ats = palloc(sizeof(TimestampTz) * n);
+	created = palloc(sizeof(int64) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		int			k = 0;
+		ListCell   *lc;
+
+		if (!items[i].m.changed)
+			continue;
+		bounds[0][nrows] = nall + 1;
+		bounds[2][nrows] = nlinked + 1;
+		foreach(lc, items[i].ids)
+		{
+			CdpIdentifier *id = lfirst(lc);
+
+			all[nall++] = id;
+			if (items[i].m.linked[k])
+				linked[nlinked++] = id;
+			k++;
+		}
+		bounds[1][nrows] = nall;
+		bounds[3][nrows] = nlinked;
+		mids[nrows] = items[i].message_id;
+		sources[nrows] = items[i].source;
+		ats[nrows] = items[i].ts;
+		created[nrows] = items[i].m.created_profile;
+		nrows++;
+	}
+	argtypes[0] = TEXTARRAYOID;
+	argtypes[1] = TIMESTAMPTZARRAYOID;
+	argtypes[2] = argtypes[3] = argtypes[4] = argtypes[5] = INT4ARRAYOID;
+	argtypes[6] = INT8ARRAYOID;
+	argtypes[7] = TEXTARRAYOID;
+	argtypes[8] = argtypes[9] = get_array_type(plans_type_oid);
+	args[0] = TextArray(mids, nrows);
+	args[1] = TimestampArray(ats, nrows);
+	for (int b = 0; b < 4; b++)
+		args[2 + b] = Int4Array(bounds[b], nrows);
+	args[6] = Int8Array(created, nrows);
+	args[7] = TextArray(sources, nrows);
+	args[8] = IdentifierArray(all, nall);
+	args[9] = IdentifierArray(linked, nlinked);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_EVIDENCE,
+					 "INSERT INTO cdp.identity_evidence "
+					 "(message_id, observed_at, identifiers, linked, created_profile, source) "
+					 "SELECT m, t, $9[a1:a2], $10[l1:l2], nullif(c, 0), s "
+					 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5), "
+					 "unnest($6), unnest($7), unnest($8)) WITH ORDINALITY "
+					 "AS u(m, t, a1, a2, l1, l2, c, s, ord) ORDER BY ord",
+					 10, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * Add this batch's events to their profiles' counts and seen times, and
+ * store merge counters; every row here was locked by LockProfiles or is new.
+ */
+static void
+WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
+{
+	HASH_SEQ_STATUS seq;
+	ProfNode   *p;
+	int			cap = hash_get_num_entries(g->profiles);
+	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
+	int64	   *counts = palloc0(sizeof(int64) * Max(cap, 1));
+	int32	   *absorbed = palloc(sizeof(int32) * Max(cap, 1));
+	TimestampTz *lo = palloc(sizeof(TimestampTz) * Max(cap, 1));
+	TimestampTz *hi = palloc(sizeof(TimestampTz) * Max(cap, 1));
+	int			np = 0;
+	Oid			argtypes[5] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID, INT4ARRAYOID};
+	Datum		args[5];
+
+	/* canonical profiles, in id order (the order their rows were locked) */
+	hash_seq_init(&seq, g->profiles);
+	while ((p = hash_seq_search(&seq)) != NULL)
+		if (p->merged_into == 0)
+			ids[np++] = p->profile_id;
+	if (np == 0)
+		return;
+	qsort(ids, np, sizeof(int64), CompareInt64);
+	for (int j = 0; j < np; j++)
+	{
+		p = CdpGraphProfile(g, ids[j], false);
+		absorbed[j] = p->merges_absorbed;
+		lo[j] = DT_NOEND;
+		hi[j] = DT_NOBEGIN;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int64	   *hit;
+		int			j;
+
+		CdpMessage *msg = items[i].msg;
+
+		/* a link() is evidence, not an event */
+		if (msg == NULL || !msg->has_profile_id)
+			continue;
+		hit = bsearch(&msg->profile_id, ids, np, sizeof(int64), CompareInt64);
+		if (hit == NULL)
+			continue;
+		j = hit - ids;
+		counts[j]++;
+		lo[j] = Min(lo[j], msg->ts);
+		hi[j] = Max(hi[j], msg->ts);
+	}
+	args[0] = Int8Array(ids, np);
+	args[1] = Int8Array(counts, np);
+	args[2] = TimestampArray(lo, np);
+	args[3] = TimestampArray(hi, np);
+	args[4] = Int4Array(absorbed, np);
+	CdpExecPlan(OnlinePlanFor(PLAN_UPDATE_STATS,
+					 "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
+					 "first_seen = CASE WHEN d.n = 0 THEN r.first_seen ELSE LEAST(r.first_seen, d.lo) END, "
+					 "last_seen = CASE WHEN d.n = 0 THEN r.last_seen ELSE GREATEST(r.last_seen, d.hi) END, "
+					 "merges_absorbed = d.a "
+					 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)) "
+					 "AS d(id, n, lo, hi, a) WHERE r.profile_id = d.id",
+					 5, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Resolve a set of items in order against the stored graph and write back
+ * what changed; see the file header for the locking.
+ */
+static void
+ResolveItems(IdItem *items, int n)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	IdentityRules *rules;
+	IdentityGraph *g;
+	bool		changes_possible = false;
+	int64	   *lock_ids;
+	int			nlock;
+
+	CheckPlans(CdpIdentifierTypeOid());
+	rules = CdpLoadIdentityRules();
+	g = BuildGraph(rules, items, n, cxt);
+	for (int i = 0; i < n && !changes_possible; i++)
+		changes_possible = !IsFastNoOp(g, &items[i]);
+	if (changes_possible)
+	{
+		/* one writer of the graph at a time; read again under the lock */
+		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
+							Int32GetDatum(CDP_LOCK_IDENTITY));
+		g = BuildGraph(rules, items, n, cxt);
+		CdpLoadSplits(g);
+	}
+	nlock = AttachedProfiles(g, &lock_ids);
+	LockProfiles(g, lock_ids, nlock);
+
+	for (int i = 0; i < n; i++)
+	{
+		IdMessage  *m = &items[i].m;
+		int			k = 0;
+		ListCell   *lc;
+
+		foreach(lc, items[i].invalid)
+		{
+			IdViolation *v = palloc(sizeof(IdViolation));
+
+			v->identifier = NULL;
+			v->message_id = items[i].message_id;
+			v->at = items[i].ts;
+			v->rule = "invalid";
+			v->detail = lfirst(lc);
+			g->violations = lappend(g->violations, v);
+		}
+		m->nids = list_length(items[i].ids);
+		m->ids = palloc(sizeof(CdpIdentifier *) * Max(m->nids, 1));
+		foreach(lc, items[i].ids)
+			m->ids[k++] = lfirst(lc);
+		m->at = items[i].ts;
+		m->message_id = items[i].message_id;
+		CdpResolveMessage(g, m);
+		if (m->changed && !changes_possible)
+			elog(ERROR, "identity graph changed outside the identity lock");
+	}
+
+	/* events carry the profile that holds their identifiers at the end */
+	for (int i = 0; i < n; i++)
+	{
+		if (items[i].m.profile == 0)
+			continue;
+		items[i].m.profile = CdpCanonical(g, items[i].m.profile)->profile_id;
+		if (items[i].msg)
+		{
+			items[i].msg->has_profile_id = true;
+			items[i].msg->profile_id = items[i].m.profile;
+		}
+	}
+
+	if (changes_possible)
+	{
+		WriteNewProfiles(g);
+		WriteMerges(g);
+		WriteNewIdentities(g);
+		WriteEvidence(items, n);
+	}
+	WriteViolations(g);
+	WriteProfileStats(g, items, n);
+}
+
+/* Set profile_id on a batch's pending messages (validated, not duplicates). */
+void
+CdpResolveIdentities(CdpMessage **msgs, int n)
+{
+	IdItem	   *items = palloc0(sizeof(IdItem) * Max(n, 1));
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (msgs[i]->outcome != CDP_PENDING)
+			continue;
+		items[k].msg = msgs[i];
+		items[k].message_id = msgs[i]->message_id;
+		items[k].source = msgs[i]->source;
+		items[k].ts = msgs[i]->ts;
+		items[k].ids = CdpMessageIdentifiers(msgs[i], "anonymous_id", &items[k].invalid);
+		k++;
+	}
+	if (k > 0)
+		ResolveItems(items, k);
+}
+
+/* cdp.link(): evidence that a and b are one person, under the same rules */
+int64
+CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
+				   const char *message_id)
+{
+	IdItem		item;
+
+	memset(&item, 0, sizeof(item));
+	item.message_id = message_id;
+	item.source = source;
+	item.ts = GetCurrentTransactionStartTimestamp();
+	item.ids = list_make2(a, b);
+	ResolveItems(&item, 1);
+	return item.m.profile;
+}

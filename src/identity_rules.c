@@ -1,0 +1,154 @@
+/*
+ * identity_rules.c
+ *	  The identity rules (priority, limit, time window per identifier type)
+ *	  and blocked values, read once per batch or rebuild.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "identity.h"
+
+
+typedef struct IdRuleEntry
+{
+	char		type[CDP_ID_TYPE_MAX + 1];
+	IdRule		rule;
+} IdRuleEntry;
+
+static int64
+IntervalMicros(Interval *iv)
+{
+	/* months as 30 days, as interval comparison does */
+	return iv->time + (int64) iv->day * USECS_PER_DAY + (int64) iv->month * 30 * USECS_PER_DAY;
+}
+
+/* Read cdp.identity_rules and cdp.blocked_identifiers; needs SPI. */
+IdentityRules *
+CdpLoadIdentityRules(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	IdentityRules *rules = palloc0(sizeof(IdentityRules));
+	HASHCTL		ctl;
+	int			rc;
+
+	ctl.keysize = CDP_ID_TYPE_MAX + 1;
+	ctl.entrysize = sizeof(IdRuleEntry);
+	ctl.hcxt = cxt;
+	rules->by_type = hash_create("cdp identity rules", 16, &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	rules->fallback.priority = 10;
+	rules->fallback.max_per_profile = 5;
+	rules->max_merges = cdp_max_merges_per_profile;
+
+	rc = SPI_execute("SELECT id_type, priority, max_per_profile, time_window "
+					 "FROM cdp.identity_rules", false, 0);
+	MemoryContextSwitchTo(cxt);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading cdp.identity_rules failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *type = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		IdRule		rule;
+		Datum		d;
+
+		rule.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		rule.max_per_profile = isnull ? 0 : DatumGetInt32(d);
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		rule.window_us = isnull ? 0 : IntervalMicros(DatumGetIntervalP(d));
+		if (strcmp(type, "*") == 0)
+			rules->fallback = rule;
+		else
+		{
+			IdRuleEntry *e = hash_search(rules->by_type, type, HASH_ENTER, NULL);
+
+			e->rule = rule;
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	rc = SPI_execute("SELECT id_type, pattern, is_regex FROM cdp.blocked_identifiers "
+					 "ORDER BY id_type, pattern", false, 0);
+	MemoryContextSwitchTo(cxt);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading cdp.blocked_identifiers failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		BlockedValue *b = palloc0(sizeof(BlockedValue));
+		char	   *type = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+
+		b->id_type = strcmp(type, "*") == 0 ? NULL : pstrdup(type);
+		b->pattern = pstrdup(SPI_getvalue(tup, desc, 2));
+		b->is_regex = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		if (b->is_regex)
+			b->regex = CStringGetTextDatum(b->pattern);
+		else
+			for (char *c = b->pattern; *c; c++)
+				*c = pg_ascii_tolower((unsigned char) *c);
+		rules->blocked = lappend(rules->blocked, b);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return rules;
+}
+
+const IdRule *
+CdpRuleFor(IdentityRules *rules, const char *type, int type_len)
+{
+	char		key[CDP_ID_TYPE_MAX + 1];
+	IdRuleEntry *e;
+
+	memcpy(key, type, type_len);
+	key[type_len] = '\0';
+	e = hash_search(rules->by_type, key, HASH_FIND, NULL);
+	return e ? &e->rule : &rules->fallback;
+}
+
+/* placeholder values (guest, 0, test@test.com, ...) never link anything */
+bool
+CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id)
+{
+	int			vlen = IdValueLen(id);
+	char	   *lower = NULL;
+	ListCell   *lc;
+
+	foreach(lc, rules->blocked)
+	{
+		BlockedValue *b = lfirst(lc);
+
+		if (b->id_type != NULL &&
+			((int) strlen(b->id_type) != id->type_len ||
+			 memcmp(b->id_type, IdTypePtr(id), id->type_len) != 0))
+			continue;
+		if (b->is_regex)
+		{
+			text	   *value = cstring_to_text_with_len(IdValuePtr(id), vlen);
+
+			if (DatumGetBool(DirectFunctionCall2Coll(texticregexeq, C_COLLATION_OID,
+													 PointerGetDatum(value), b->regex)))
+				return true;
+			continue;
+		}
+		if (lower == NULL)
+		{
+			lower = palloc(vlen + 1);
+			for (int i = 0; i < vlen; i++)
+				lower[i] = pg_ascii_tolower((unsigned char) IdValuePtr(id)[i]);
+			lower[vlen] = '\0';
+		}
+		if ((int) strlen(b->pattern) == vlen && memcmp(b->pattern, lower, vlen) == 0)
+			return true;
+	}
+	return false;
+}

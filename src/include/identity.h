@@ -1,0 +1,172 @@
+/*
+ * identity.h
+ *	  Identity resolution: the rules, the in-memory identity graph the
+ *	  algorithm runs on (shared by online resolution and bulk rebuild), and
+ *	  the entry points used by ingest and the SQL functions.
+ */
+#ifndef CDP_IDENTITY_H
+#define CDP_IDENTITY_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "utils/hsearch.h"
+
+#include "identifier.h"
+
+/* advisory lock taken by every transaction that changes the identity graph */
+#define CDP_LOCK_IDENTITY		3
+
+typedef struct IdRule
+{
+	int			priority;		/* 1 = strongest */
+	int			max_per_profile;	/* 0 = no limit */
+	int64		window_us;		/* 0 = ever */
+} IdRule;
+
+typedef struct BlockedValue
+{
+	char	   *id_type;		/* NULL = every type */
+	char	   *pattern;		/* lower-cased when not a regex */
+	bool		is_regex;
+	Datum		regex;			/* text datum for the regex matcher */
+} BlockedValue;
+
+typedef struct IdentityRules
+{
+	HTAB	   *by_type;		/* type name -> IdRuleEntry */
+	IdRule		fallback;		/* the '*' rule */
+	List	   *blocked;		/* BlockedValue * */
+	int			max_merges;		/* hub guard */
+} IdentityRules;
+
+typedef struct IdNode IdNode;
+typedef struct ProfNode ProfNode;
+
+struct IdNode
+{
+	CdpIdentifier *id;			/* hash key (pointer to the identifier) */
+	int			type_slot;
+	bool		attached;		/* belongs to a profile */
+	int64		profile;		/* its profile (follow merged_into) */
+	TimestampTz linked_at;
+	const char *message_id;		/* message that attached it */
+	bool		is_new;			/* attached during this run */
+	bool		in_members;
+	IdNode	   *next_member;
+};
+
+struct ProfNode
+{
+	int64		profile_id;		/* hash key */
+	int64		merged_into;	/* 0 while canonical */
+	int32		merges_absorbed;
+	bool		is_new;			/* made during this run */
+	bool		members_loaded;
+	TimestampTz created_at;
+	IdNode	   *members;
+	IdNode	   *members_tail;
+	int			nmembers;
+	int32	   *type_counts;	/* per type slot */
+	int			ntype_counts;
+};
+
+typedef struct IdMerge
+{
+	int64		from_profile;
+	int64		into_profile;
+	const char *message_id;
+	TimestampTz at;
+	char	   *reason;
+} IdMerge;
+
+typedef struct IdViolation
+{
+	CdpIdentifier *identifier;
+	const char *message_id;
+	TimestampTz at;
+	char	   *rule;
+	char	   *detail;
+} IdViolation;
+
+/* one cdp.identity_splits row */
+typedef struct SplitRule
+{
+	CdpIdentifier *keep_out;
+	CdpIdentifier **members;	/* sorted, for bsearch */
+	int			nmembers;
+	CdpIdentifier **anchors;
+	int			nanchors;
+} SplitRule;
+
+struct IdentityGraph;
+typedef void (*LoadMembersFn) (struct IdentityGraph *g, ProfNode *p);
+typedef int64 (*NewProfileIdFn) (struct IdentityGraph *g);
+
+/* the identity graph the algorithm runs on */
+typedef struct IdentityGraph
+{
+	MemoryContext cxt;
+	IdentityRules *rules;
+	HTAB	   *ids;			/* CdpIdentifier * -> IdNode */
+	HTAB	   *profiles;		/* int64 -> ProfNode */
+	HTAB	   *type_slots;		/* type name -> slot */
+	int			ntypes;
+	char	  **slot_names;		/* slot -> type name */
+	int			nslot_names;
+	List	   *splits;			/* SplitRule * */
+	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
+	NewProfileIdFn new_profile_id;
+	void	   *private;
+	bool		quiet;			/* rebuild: keep no merge or violation records */
+	List	   *merges;			/* IdMerge *, in order */
+	List	   *violations;		/* IdViolation * */
+} IdentityGraph;
+
+/* one message's identifiers, as the algorithm sees them */
+typedef struct IdMessage
+{
+	CdpIdentifier **ids;
+	int			nids;
+	TimestampTz at;
+	const char *message_id;
+	int64		created_hint;	/* rebuild: the id online resolution gave it */
+	/* results */
+	int64		profile;		/* 0: no usable identifier */
+	bool		changed;
+	bool		*linked;		/* which ids were linked */
+	int64		created_profile;
+} IdMessage;
+
+/* identity_rules.c */
+extern IdentityRules *CdpLoadIdentityRules(void);
+extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
+extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
+
+/* identity_graph.c */
+extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt);
+extern IdNode *CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create);
+extern ProfNode *CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create);
+extern ProfNode *CdpCanonical(IdentityGraph *g, int64 profile_id);
+extern void CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
+						   const char *message_id, bool is_new);
+extern void CdpGraphAddSplit(IdentityGraph *g, CdpIdentifier *keep_out,
+							 CdpIdentifier **members, int nmembers,
+							 CdpIdentifier **anchors, int nanchors);
+extern void CdpResolveMessage(IdentityGraph *g, IdMessage *m);
+extern void CdpLoadSplits(IdentityGraph *g);
+
+/* identity_extract.c */
+struct CdpMessage;
+extern List *CdpMessageIdentifiers(struct CdpMessage *msg, const char *previous_id_type,
+								   List **invalid);
+
+/* identity_online.c */
+extern void CdpResolveIdentities(struct CdpMessage **msgs, int n);
+extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
+								const char *message_id);
+extern Oid	CdpIdentifierTypeOid(void);
+extern int64 CdpNextProfileId(void);
+
+#endif

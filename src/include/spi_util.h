@@ -1,0 +1,16 @@
+/*
+ * spi_util.h
+ *	  Prepared plans and checked execution over SPI.
+ */
+#ifndef CDP_SPI_UTIL_H
+#define CDP_SPI_UTIL_H
+
+#include "executor/spi.h"
+
+extern SPIPlanPtr CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern uint64 CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected);
+extern uint64 CdpExecSql(const char *sql, int expected);
+extern Datum CdpArray(Datum *elems, int n, Oid elemtype);
+extern uint64 CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected);
+
+#endif

@@ -1,0 +1,84 @@
+/*
+ * spi_util.c
+ *	  The few SPI patterns every file uses: plans prepared once per backend,
+ *	  and execution that checks the result and leaves the caller in its own
+ *	  memory context (SPI otherwise returns in its procedure context, where
+ *	  allocations live until SPI_finish).
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "spi_util.h"
+
+/* the plan in *slot, prepared and kept on first use */
+SPIPlanPtr
+CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		MemoryContextSwitchTo(cxt);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed (%s): %s", SPI_result_code_string(SPI_result), sql);
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/* run a plan; expected is the SPI_OK_* code it must return */
+uint64
+CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute_plan(plan, args, nulls, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	if (rc != expected)
+		elog(ERROR, "pg_cdp query failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/* run a one-off statement (DDL, rare queries) */
+uint64
+CdpExecSql(const char *sql, int expected)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute(sql, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	if (rc != expected)
+		elog(ERROR, "pg_cdp query failed (%s): %s", SPI_result_code_string(rc), sql);
+	return SPI_processed;
+}
+
+/* run a one-off statement with parameters */
+uint64
+CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			rc = SPI_execute_with_args(sql, nargs, argtypes, args, NULL, false, 0);
+
+	MemoryContextSwitchTo(cxt);
+	if (rc != expected)
+		elog(ERROR, "pg_cdp query failed (%s): %s", SPI_result_code_string(rc), sql);
+	return SPI_processed;
+}
+
+/* a one-dimensional array of n elements of elemtype, as a Datum */
+Datum
+CdpArray(Datum *elems, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		byval;
+	char		align;
+
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	return PointerGetDatum(construct_array(elems, n, elemtype, typlen, byval, align));
+}
