@@ -384,6 +384,10 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 					2, types, vals, SPI_OK_UPDATE);
 	}
 
+	/* sessions that read this profile before the split must read again */
+	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $1",
+				1, argtypes, args, SPI_OK_UPDATE);
+
 	/* keep_out stays apart from every part it left, also after rebuilds */
 	{
 		CdpIdentifier **rest = palloc(sizeof(CdpIdentifier *) * nmembers);

@@ -139,6 +139,8 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	{
 		p->merged_into = 0;
 		p->merges_absorbed = 0;
+		p->version = 0;
+		p->version_known = false;
 		p->is_new = false;
 		p->members_loaded = false;
 		p->created_at = 0;

@@ -160,8 +160,9 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 	if (n == 0)
 		return;
 	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
-							"SELECT identifier, profile_id, linked_at FROM cdp.identities "
-							"WHERE identifier = ANY ($1)", 1, argtypes),
+							"SELECT i.identifier, i.profile_id, i.linked_at, r.version "
+							"FROM cdp.identities i JOIN cdp.profile_records r USING (profile_id) "
+							"WHERE i.identifier = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
 	{
@@ -172,8 +173,11 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 		int64		profile = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		TimestampTz linked_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
 		IdNode	   *node = CdpGraphNode(g, id, true);
+		ProfNode   *p = CdpGraphProfile(g, profile, true);
 
-		CdpGraphAttach(g, node, CdpGraphProfile(g, profile, true), linked_at, NULL, false);
+		p->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		p->version_known = true;
+		CdpGraphAttach(g, node, p, linked_at, NULL, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -233,12 +237,14 @@ CompareInt64(const void *a, const void *b)
 /*
  * Lock the rows of the given profiles in ascending id order and read their
  * merge state.  A profile merged away meanwhile is followed to the profile
- * that absorbed it, which is then locked too.
+ * that absorbed it, which is then locked too.  Returns true if a profile
+ * lost identifiers (a split) since the graph was read: then it is stale.
  */
-static void
+static bool
 LockProfiles(IdentityGraph *g, int64 *ids, int n)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
+	bool		stale = false;
 
 	while (n > 0)
 	{
@@ -250,7 +256,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		qsort(ids, n, sizeof(int64), CompareInt64);
 		args[0] = Int8Array(ids, n);
 		rows = CdpExecPlan(OnlinePlanFor(PLAN_LOCK_PROFILES,
-								"SELECT profile_id, merged_into, merges_absorbed "
+								"SELECT profile_id, merged_into, merges_absorbed, version "
 								"FROM cdp.profile_records WHERE profile_id = ANY ($1) "
 								"ORDER BY profile_id FOR UPDATE", 1, argtypes),
 						   args, NULL, SPI_OK_SELECT);
@@ -260,9 +266,12 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
 			ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
-			Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+			Datum		into;
 
 			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			stale |= p->version_known &&
+				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+			into = SPI_getbinval(tup, desc, 2, &isnull);
 			if (!isnull && p->merged_into == 0)
 			{
 				p->merged_into = DatumGetInt64(into);
@@ -273,6 +282,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		ids = follow;
 		n = nfollow;
 	}
+	return stale;
 }
 
 /* the canonical profiles of every attached node, for locking */
@@ -725,6 +735,12 @@ ResolveItems(IdItem *items, int n)
 	g = BuildGraph(rules, items, n, cxt);
 	for (int i = 0; i < n && !changes_possible; i++)
 		changes_possible = !IsFastNoOp(g, &items[i]);
+	if (!changes_possible)
+	{
+		/* a split that committed meanwhile makes what we read stale */
+		nlock = AttachedProfiles(g, &lock_ids);
+		changes_possible = LockProfiles(g, lock_ids, nlock);
+	}
 	if (changes_possible)
 	{
 		/* one writer of the graph at a time; read again under the lock */
@@ -732,9 +748,9 @@ ResolveItems(IdItem *items, int n)
 							Int32GetDatum(CDP_LOCK_IDENTITY));
 		g = BuildGraph(rules, items, n, cxt);
 		CdpLoadSplits(g);
+		nlock = AttachedProfiles(g, &lock_ids);
+		LockProfiles(g, lock_ids, nlock);
 	}
-	nlock = AttachedProfiles(g, &lock_ids);
-	LockProfiles(g, lock_ids, nlock);
 
 	for (int i = 0; i < n; i++)
 	{

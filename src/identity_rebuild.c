@@ -266,6 +266,9 @@ Apply(List *changes, Oid idtype)
 					"VALUES ($2, $1, now()) ON CONFLICT (identifier) DO UPDATE SET profile_id = $1",
 					2, types, vals, SPI_OK_INSERT);
 		if (c->from != 0)
+			CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $3",
+						3, types, vals, SPI_OK_UPDATE);
+		if (c->from != 0)
 			CdpExecArgs("UPDATE cdp.profile_records SET merged_into = $1 "
 						"WHERE (profile_id = $3 OR merged_into = $3) AND profile_id <> $1 "
 						"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",

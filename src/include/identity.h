@@ -62,6 +62,8 @@ struct ProfNode
 	int64		profile_id;		/* hash key */
 	int64		merged_into;	/* 0 while canonical */
 	int32		merges_absorbed;
+	int32		version;		/* profile_records.version as first read */
+	bool		version_known;
 	bool		is_new;			/* made during this run */
 	bool		members_loaded;
 	TimestampTz created_at;

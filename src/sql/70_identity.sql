@@ -45,6 +45,7 @@ CREATE TABLE cdp.profile_records (
     event_count     bigint NOT NULL DEFAULT 0,
     merges_absorbed int NOT NULL DEFAULT 0,
     merged_into     bigint,
+    version         int NOT NULL DEFAULT 0,    -- bumped when identifiers leave (split, rebuild)
     traits          jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX profile_records_merged_into_idx ON cdp.profile_records (merged_into)
