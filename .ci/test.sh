@@ -20,7 +20,7 @@ preload=(-o shared_preload_libraries=pg_cron,pg_cdp)
 echo "== pg_regress and isolation suites"
 rm -rf results output_iso regression.diffs
 status=0
-pg_virtualenv "${preload[@]}" -o cron.database_name=contrib_regression \
+pg_virtualenv -t "${preload[@]}" -o cron.database_name=contrib_regression \
   make -s installcheck || status=$?
 if [ $status -ne 0 ]; then
   cat regression.diffs output_iso/regression.diffs 2>/dev/null | head -200 || true
@@ -28,7 +28,7 @@ if [ $status -ne 0 ]; then
 fi
 
 echo "== pgTAP suites (pg_prove)"
-pg_virtualenv "${preload[@]}" -o cron.database_name=cdp_tap bash -c '
+pg_virtualenv -t "${preload[@]}" -o cron.database_name=cdp_tap bash -c '
   set -e
   createdb cdp_tap
   pg_prove --ext .sql -d cdp_tap test/pgtap/

@@ -500,7 +500,6 @@ DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, 
 								psprintf("%s was split apart from %s",
 										 CdpIdentifierToCString(nodes[i]->id),
 										 CdpIdentifierToCString(nodes[k]->id)));
-				m->changed = true;
 				break;
 			}
 		}
@@ -562,7 +561,6 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 			active[i] = false;
 			RecordViolation(g, nodes[i]->id, m, pstrdup("blocked"),
 							pstrdup("a blocked placeholder value links nothing"));
-			m->changed = true;
 		}
 		nactive += active[i];
 	}
@@ -595,7 +593,6 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		active[drop] = false;
 		nactive--;
 		RecordViolation(g, nodes[drop]->id, m, rule, detail);
-		m->changed = true;
 	}
 
 	if (np == 0)

@@ -136,7 +136,7 @@ typedef struct IdMessage
 	int64		created_hint;	/* rebuild: the id online resolution gave it */
 	/* results */
 	int64		profile;		/* 0: no usable identifier */
-	bool		changed;
+	bool		changed;		/* the graph changed (violations alone do not) */
 	bool		*linked;		/* which ids were linked */
 	int64		created_profile;
 } IdMessage;
