@@ -28,6 +28,9 @@ all install installcheck:
 	@echo "PostgreSQL 15 development files are missing: run 'make deps' first"; exit 1
 endif
 
+# every object depends on every header: few enough to rebuild all on a change
+$(OBJS): $(wildcard src/include/*.h)
+
 $(DATA_built): $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 

@@ -29,6 +29,12 @@ IsSpace(char c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+static bool
+IsPhone(const char *type, int type_len)
+{
+	return type_len == 5 && memcmp(type, "phone", 5) == 0;
+}
+
 /*
  * Build a normalised identifier, or return NULL with *problem saying why.
  * Never throws for bad input, so the ingest path can record a violation
@@ -96,7 +102,7 @@ CdpMakeIdentifier(const char *type, int type_len, const char *value, int value_l
 		}
 		if (type_len == 5 && memcmp(type, "email", 5) == 0)
 			out[out_len++] = pg_ascii_tolower(c);
-		else if (type_len == 5 && memcmp(type, "phone", 5) == 0)
+		else if (IsPhone(type, type_len))
 		{
 			/* a leading '+' and the digits; punctuation and spaces go */
 			if ((c == '+' && out_len == 0) || (c >= '0' && c <= '9'))
@@ -105,7 +111,7 @@ CdpMakeIdentifier(const char *type, int type_len, const char *value, int value_l
 		else
 			out[out_len++] = c;
 	}
-	if (out_len == 0 || (out_len == 1 && out[0] == '+'))
+	if (IsPhone(type, type_len) && (out_len == 0 || (out_len == 1 && out[0] == '+')))
 	{
 		pfree(id);
 		*problem = "the phone number has no digits";

@@ -121,6 +121,7 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 		node->profile = 0;
 		node->linked_at = 0;
 		node->message_id = NULL;
+		node->seq = 0;
 		node->is_new = false;
 		node->in_members = false;
 		node->next_member = NULL;
@@ -410,6 +411,7 @@ RecordViolation(IdentityGraph *g, CdpIdentifier *id, IdMessage *m, char *rule, c
 	MemoryContext old;
 	IdViolation *v;
 
+	m->violated = true;
 	if (g->quiet)
 		return;
 	old = MemoryContextSwitchTo(g->cxt);
@@ -525,6 +527,7 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p->members_loaded = true;
 		p->created_at = m->at;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
+		nodes[i]->seq = m->seq;
 		m->changed = true;
 	}
 }
@@ -546,6 +549,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 
 	m->profile = 0;
 	m->changed = false;
+	m->violated = false;
 	m->created_profile = 0;
 	m->linked = active;
 
@@ -640,6 +644,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		if (active[i] && !nodes[i]->attached)
 		{
 			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
+			nodes[i]->seq = m->seq;
 			m->changed = true;
 		}
 	}

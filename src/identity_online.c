@@ -356,24 +356,28 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 		arr[k++] = lfirst(lc);
 	LoadIdentities(g, arr, k);
 
-	/* an alias's previousId names a user_id if one exists, else an anonymous_id */
-	for (int i = 0; i < n; i++)
-	{
-		const char *problem;
-		CdpIdentifier *as_user;
-		IdNode	   *node;
-
-		CdpMessage *msg = items[i].msg;
-
-		if (msg == NULL || msg->previous_id == NULL)
-			continue;
-		as_user = CdpMakeIdentifier("user_id", 7, msg->previous_id, strlen(msg->previous_id),
-									&problem);
-		node = as_user ? CdpGraphNode(g, as_user, false) : NULL;
-		if (node != NULL && node->attached)
-			items[i].ids = CdpMessageIdentifiers(msg, "user_id", &items[i].invalid);
-	}
 	return g;
+}
+
+/*
+ * An alias's previousId names a user_id if one exists at this point of the
+ * batch (an earlier message of the same batch counts), else an anonymous_id.
+ */
+static void
+AliasTarget(IdentityGraph *g, IdItem *item)
+{
+	const char *problem;
+	CdpIdentifier *as_user;
+	IdNode	   *node;
+
+	if (item->msg == NULL || item->msg->previous_id == NULL)
+		return;
+	as_user = CdpMakeIdentifier("user_id", 7, item->msg->previous_id,
+								strlen(item->msg->previous_id), &problem);
+	node = as_user ? CdpGraphNode(g, as_user, false) : NULL;
+	item->ids = CdpMessageIdentifiers(item->msg,
+									  node != NULL && node->attached ? "user_id" : "anonymous_id",
+									  &item->invalid);
 }
 
 static void
@@ -561,6 +565,18 @@ WriteNewIdentities(IdentityGraph *g)
 }
 
 /*
+ * Evidence is kept for what changed the graph, and for what a rule kept from
+ * changing it (so a rebuild under other rules can link it after all); a
+ * single identifier never links anything, so it needs none unless it made a
+ * profile.
+ */
+static bool
+EvidenceOf(IdItem *item)
+{
+	return item->m.changed || (item->m.violated && list_length(item->ids) > 1);
+}
+
+/*
  * One evidence row per message that changed the graph, in message order:
  * what it carried (for rebuilds) and what it linked (for explain_link).
  * Identifier lists travel as one flat array with slice bounds per row.
@@ -583,7 +599,7 @@ WriteEvidence(IdItem *items, int n)
 	Datum		args[10];
 
 	for (int i = 0; i < n; i++)
-		if (items[i].m.changed)
+		if (EvidenceOf(&items[i]))
 			cap += list_length(items[i].ids);
 	if (cap == 0)
 		return;
@@ -601,7 +617,7 @@ WriteEvidence(IdItem *items, int n)
 		int			k = 0;
 		ListCell   *lc;
 
-		if (!items[i].m.changed)
+		if (!EvidenceOf(&items[i]))
 			continue;
 		bounds[0][nrows] = nall + 1;
 		bounds[2][nrows] = nlinked + 1;
@@ -769,6 +785,7 @@ ResolveItems(IdItem *items, int n)
 			v->detail = lfirst(lc);
 			g->violations = lappend(g->violations, v);
 		}
+		AliasTarget(g, &items[i]);
 		m->nids = list_length(items[i].ids);
 		m->ids = palloc(sizeof(CdpIdentifier *) * Max(m->nids, 1));
 		foreach(lc, items[i].ids)

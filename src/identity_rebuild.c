@@ -17,6 +17,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -25,12 +26,29 @@
 #include "spi_util.h"
 
 #define FETCH_ROWS	10000
+/* ids given to profiles no evidence row names; never a real profile id */
+#define TEMP_PROFILE_IDS	(INT64CONST(1) << 62)
+
+typedef struct Landing
+{
+	int64		key;			/* replayed profile id, or a stored one claimed */
+	int64		profile;		/* where it lands */
+} Landing;
 
 typedef struct RebuildState
 {
 	int64		next_temp;		/* ids for profiles no evidence row names */
 	int64		hint;			/* the id the current evidence row made */
+	bool		collect_links;	/* remember rows whose links change */
+	List	   *relinked;		/* RelinkedRow * */
 } RebuildState;
+
+/* an evidence row that links something else under the current rules */
+typedef struct RelinkedRow
+{
+	int64		seq;
+	Datum		linked;			/* cdp.identifier[] */
+} RelinkedRow;
 
 static int64
 RebuildProfileId(IdentityGraph *g)
@@ -80,6 +98,43 @@ CdpLoadSplits(IdentityGraph *g)
 }
 
 /* replay every evidence row in seq order; returns how many */
+/* keep the row's new links if they differ from what it linked before */
+static void
+NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryContext outer)
+{
+	Datum	   *elems;
+	int			nelems;
+	int			k = 0;
+	bool		same = true;
+	Datum	   *now;
+	int			nnow = 0;
+	MemoryContext old;
+	RelinkedRow *row;
+
+	deconstruct_array(DatumGetArrayTypeP(stored), idtype, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &nelems);
+	for (int i = 0; i < m->nids; i++)
+	{
+		if (!m->linked[i])
+			continue;
+		same &= (k < nelems &&
+				 CdpIdentifierCompare(DatumGetIdentifierP(elems[k]), m->ids[i]) == 0);
+		k++;
+	}
+	if (same && k == nelems)
+		return;
+	old = MemoryContextSwitchTo(outer);
+	now = palloc(sizeof(Datum) * Max(m->nids, 1));
+	for (int i = 0; i < m->nids; i++)
+		if (m->linked[i])
+			now[nnow++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(PointerGetDatum(m->ids[i])));
+	row = palloc(sizeof(RelinkedRow));
+	row->seq = m->seq;
+	row->linked = CdpArray(now, nnow, idtype);
+	rs->relinked = lappend(rs->relinked, row);
+	MemoryContextSwitchTo(old);
+}
+
 static int64
 Replay(IdentityGraph *g, Oid idtype)
 {
@@ -91,7 +146,7 @@ Replay(IdentityGraph *g, Oid idtype)
 	SPIPlanPtr	plan;
 	int64		nrows = 0;
 
-	plan = SPI_prepare("SELECT identifiers, created_profile, message_id, observed_at "
+	plan = SPI_prepare("SELECT identifiers, created_profile, linked, observed_at, seq "
 					   "FROM cdp.identity_evidence ORDER BY seq", 0, NULL);
 	MemoryContextSwitchTo(outer);
 	if (plan == NULL)
@@ -122,9 +177,12 @@ Replay(IdentityGraph *g, Oid idtype)
 				m.ids[k] = DatumGetIdentifierP(elems[k]);
 			m.nids = nelems;
 			m.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+			m.seq = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 			SPI_getbinval(tup, desc, 2, &isnull);
 			rs->hint = isnull ? 0 : DatumGetInt64(created);
 			CdpResolveMessage(g, &m);
+			if (rs->collect_links)
+				NoteRelinked(rs, &m, SPI_getbinval(tup, desc, 3, &isnull), idtype, outer);
 			nrows++;
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -139,11 +197,30 @@ Replay(IdentityGraph *g, Oid idtype)
 	return nrows;
 }
 
+static int
+CompareProfNodes(const void *a, const void *b)
+{
+	int64		x = (*(ProfNode *const *) a)->profile_id;
+	int64		y = (*(ProfNode *const *) b)->profile_id;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/* replayed profile "from" lands on stored profile "to" */
+static void
+Land(HTAB *landing, HTAB *claimed, int64 from, int64 to)
+{
+	((Landing *) hash_search(landing, &from, HASH_ENTER, NULL))->profile = to;
+	((Landing *) hash_search(claimed, &to, HASH_ENTER, NULL))->profile = from;
+}
+
 typedef struct Change
 {
 	CdpIdentifier *id;
 	int64		from;
 	int64		to;
+	TimestampTz linked_at;		/* as the replay linked it */
+	int64		seq;			/* the evidence row that linked it */
 } Change;
 
 /*
@@ -162,7 +239,13 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	SPIPlanPtr	plan;
 	List	   *changes = NIL;
 	HASH_SEQ_STATUS seq;
+	HASH_SEQ_STATUS pseq;
 	IdNode	   *node;
+	ProfNode   *p;
+	HTAB	   *landing;
+	HTAB	   *claimed;
+	ProfNode  **replayed;
+	int			nreplayed;
 	typedef struct StoredEntry
 	{
 		IdNode	   *node;
@@ -202,6 +285,57 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	SPI_cursor_close(portal);
 	SPI_freeplan(plan);
 
+	/*
+	 * Where each replayed profile lands.  First, a profile that still holds
+	 * identifiers stored under its own id keeps it.  Then every other one
+	 * takes its first member's stored profile if nobody has claimed that, or
+	 * else its own id (a merge that no longer holds comes apart again), or
+	 * else a new one.  Ids are visited in order, so this is deterministic.
+	 */
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(Landing);
+	ctl.hcxt = outer;
+	landing = hash_create("cdp rebuild landing", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	claimed = hash_create("cdp rebuild claimed", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	nreplayed = 0;
+	replayed = palloc(sizeof(ProfNode *) * Max(hash_get_num_entries(g->profiles), 1));
+	hash_seq_init(&pseq, g->profiles);
+	while ((p = hash_seq_search(&pseq)) != NULL)
+		if (p->merged_into == 0 && p->nmembers > 0)
+			replayed[nreplayed++] = p;
+	qsort(replayed, nreplayed, sizeof(ProfNode *), CompareProfNodes);
+	for (int i = 0; i < nreplayed; i++)
+	{
+		p = replayed[i];
+		for (IdNode *m = p->members; m; m = m->next_member)
+		{
+			StoredEntry *me = hash_search(stored, &m, HASH_FIND, NULL);
+
+			if (me && me->profile == p->profile_id)
+			{
+				Land(landing, claimed, p->profile_id, p->profile_id);
+				break;
+			}
+		}
+	}
+	for (int i = 0; i < nreplayed; i++)
+	{
+		StoredEntry *first;
+
+		p = replayed[i];
+		if (hash_search(landing, &p->profile_id, HASH_FIND, NULL) != NULL)
+			continue;
+		first = hash_search(stored, &p->members, HASH_FIND, NULL);
+		if (first && hash_search(claimed, &first->profile, HASH_FIND, NULL) == NULL)
+			Land(landing, claimed, p->profile_id, first->profile);
+		else if (p->profile_id < TEMP_PROFILE_IDS &&
+				 hash_search(claimed, &p->profile_id, HASH_FIND, NULL) == NULL)
+			Land(landing, claimed, p->profile_id, p->profile_id);
+		else
+			Land(landing, claimed, p->profile_id, p->profile_id < TEMP_PROFILE_IDS
+				 ? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id);
+	}
+
 	hash_seq_init(&seq, g->ids);
 	while ((node = hash_seq_search(&seq)) != NULL)
 	{
@@ -211,24 +345,9 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 
 		if (node->attached)
 		{
-			ProfNode   *p = CdpCanonical(g, node->profile);
-			bool		id_known = false;
+			int64		replayed = CdpCanonical(g, node->profile)->profile_id;
 
-			/* the same id, if it is a stored profile; else its first member's */
-			for (IdNode *m = p->members; m && !id_known; m = m->next_member)
-			{
-				StoredEntry *me = hash_search(stored, &m, HASH_FIND, NULL);
-
-				id_known = me && me->profile == p->profile_id;
-			}
-			if (id_known)
-				would_be = p->profile_id;
-			else
-			{
-				StoredEntry *first = p->members ? hash_search(stored, &p->members, HASH_FIND, NULL) : NULL;
-
-				would_be = first ? first->profile : p->profile_id;
-			}
+			would_be = ((Landing *) hash_search(landing, &replayed, HASH_FIND, NULL))->profile;
 		}
 		if (would_be != now_in)
 		{
@@ -237,23 +356,50 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			c->id = node->id;
 			c->from = now_in;
 			c->to = would_be;
+			c->linked_at = node->linked_at;
+			c->seq = node->seq;
 			changes = lappend(changes, c);
 		}
 	}
 	return changes;
 }
 
-/* move the changed identifiers; emptied profiles redirect to where theirs went */
+/*
+ * Move the changed identifiers (with the time and message the replay linked
+ * them by); a profile left empty redirects, with its event counts, to where
+ * its identifiers went; evidence rows record what they now link.
+ */
 static void
-Apply(List *changes, Oid idtype)
+Apply(List *changes, List *relinked, Oid idtype)
 {
 	ListCell   *lc;
-	Oid			types[3] = {INT8OID, idtype, INT8OID};
+	Oid			types[5] = {INT8OID, idtype, INT8OID, TIMESTAMPTZOID, INT8OID};
+	HASHCTL		ctl;
+	HTAB	   *fresh;
 
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(Landing);
+	ctl.hcxt = CurrentMemoryContext;
+	fresh = hash_create("cdp rebuild new ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	foreach(lc, changes)
 	{
 		Change	   *c = lfirst(lc);
-		Datum		vals[3] = {Int64GetDatum(c->to), PointerGetDatum(c->id), Int64GetDatum(c->from)};
+		Datum		vals[5];
+
+		if (c->to >= TEMP_PROFILE_IDS)
+		{
+			bool		found;
+			Landing    *l = hash_search(fresh, &c->to, HASH_ENTER, &found);
+
+			if (!found)
+				l->profile = CdpNextProfileId();
+			c->to = l->profile;
+		}
+		vals[0] = Int64GetDatum(c->to);
+		vals[1] = PointerGetDatum(c->id);
+		vals[2] = Int64GetDatum(c->from);
+		vals[3] = TimestampTzGetDatum(c->linked_at);
+		vals[4] = Int64GetDatum(c->seq);
 
 		if (c->to == 0)
 		{
@@ -262,20 +408,39 @@ Apply(List *changes, Oid idtype)
 		}
 		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) VALUES ($1) ON CONFLICT DO NOTHING",
 					1, types, vals, SPI_OK_INSERT);
-		CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at) "
-					"VALUES ($2, $1, now()) ON CONFLICT (identifier) DO UPDATE SET profile_id = $1",
-					2, types, vals, SPI_OK_INSERT);
-		if (c->from != 0)
-			CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $3",
-						3, types, vals, SPI_OK_UPDATE);
-		if (c->from != 0)
-			CdpExecArgs("UPDATE cdp.profile_records SET merged_into = $1 "
-						"WHERE (profile_id = $3 OR merged_into = $3) AND profile_id <> $1 "
-						"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
-						3, types, vals, SPI_OK_UPDATE);
+		CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
+					"SELECT $2, $1, $4, (SELECT message_id FROM cdp.identity_evidence WHERE seq = $5) "
+					"ON CONFLICT (identifier) DO UPDATE SET profile_id = $1, linked_at = $4, "
+					"message_id = excluded.message_id",
+					5, types, vals, SPI_OK_INSERT);
 		/* a profile that gets identifiers back is canonical again */
 		CdpExecArgs("UPDATE cdp.profile_records SET merged_into = NULL WHERE profile_id = $1",
 					1, types, vals, SPI_OK_UPDATE);
+		if (c->from == 0)
+			continue;
+		CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $3",
+					3, types, vals, SPI_OK_UPDATE);
+		CdpExecArgs("UPDATE cdp.profile_records t SET event_count = t.event_count + f.event_count, "
+					"first_seen = LEAST(t.first_seen, f.first_seen), "
+					"last_seen = GREATEST(t.last_seen, f.last_seen) "
+					"FROM cdp.profile_records f WHERE t.profile_id = $1 AND f.profile_id = $3 "
+					"AND f.merged_into IS NULL AND t.profile_id <> f.profile_id "
+					"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
+					3, types, vals, SPI_OK_UPDATE);
+		CdpExecArgs("UPDATE cdp.profile_records SET merged_into = $1, "
+					"event_count = CASE WHEN profile_id = $3 THEN 0 ELSE event_count END "
+					"WHERE (profile_id = $3 OR merged_into = $3) AND profile_id <> $1 "
+					"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
+					3, types, vals, SPI_OK_UPDATE);
+	}
+	foreach(lc, relinked)
+	{
+		RelinkedRow *row = lfirst(lc);
+		Oid			t[2] = {INT8OID, get_array_type(idtype)};
+		Datum		v[2] = {Int64GetDatum(row->seq), row->linked};
+
+		CdpExecArgs("UPDATE cdp.identity_evidence SET linked = $2 WHERE seq = $1",
+					2, t, v, SPI_OK_UPDATE);
 	}
 }
 
@@ -288,7 +453,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt;
 	IdentityGraph *g;
-	RebuildState rs = {INT64CONST(1) << 62, 0};
+	RebuildState rs = {TEMP_PROFILE_IDS, 0, !dry_run, NIL};
 	Oid			idtype;
 	int64		nevidence,
 				nstored,
@@ -321,8 +486,8 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	while ((p = hash_seq_search(&seq)) != NULL)
 		nprofiles += (p->merged_into == 0 && p->nmembers > 0);
 	changes = Compare(g, idtype, &nstored);
-	if (!dry_run && changes != NIL)
-		Apply(changes, idtype);
+	if (!dry_run && (changes != NIL || rs.relinked != NIL))
+		Apply(changes, rs.relinked, idtype);
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
 

@@ -28,6 +28,28 @@ IntervalMicros(Interval *iv)
 	return iv->time + (int64) iv->day * USECS_PER_DAY + (int64) iv->month * 30 * USECS_PER_DAY;
 }
 
+/*
+ * A blocked value is compared as the identifier it would be: normalised for
+ * its type (a phone written with punctuation still matches) and lower-cased,
+ * since blocks are case-insensitive.
+ */
+static char *
+NormalisePattern(const char *id_type, const char *pattern)
+{
+	const char *problem;
+	CdpIdentifier *id = CdpMakeIdentifier(id_type ? id_type : "x", id_type ? strlen(id_type) : 1,
+										  pattern, strlen(pattern), &problem);
+	char	   *out;
+
+	if (id == NULL)
+		out = pstrdup(pattern);
+	else
+		out = pnstrdup(IdValuePtr(id), IdValueLen(id));
+	for (char *c = out; *c; c++)
+		*c = pg_ascii_tolower((unsigned char) *c);
+	return out;
+}
+
 /* Read cdp.identity_rules and cdp.blocked_identifiers; needs SPI. */
 IdentityRules *
 CdpLoadIdentityRules(void)
@@ -95,8 +117,7 @@ CdpLoadIdentityRules(void)
 		if (b->is_regex)
 			b->regex = CStringGetTextDatum(b->pattern);
 		else
-			for (char *c = b->pattern; *c; c++)
-				*c = pg_ascii_tolower((unsigned char) *c);
+			b->pattern = NormalisePattern(b->id_type, b->pattern);
 		rules->blocked = lappend(rules->blocked, b);
 	}
 	SPI_freetuptable(SPI_tuptable);

@@ -52,6 +52,7 @@ struct IdNode
 	int64		profile;		/* its profile (follow merged_into) */
 	TimestampTz linked_at;
 	const char *message_id;		/* message that attached it */
+	int64		seq;			/* rebuild: the evidence row that attached it */
 	bool		is_new;			/* attached during this run */
 	bool		in_members;
 	IdNode	   *next_member;
@@ -133,10 +134,12 @@ typedef struct IdMessage
 	int			nids;
 	TimestampTz at;
 	const char *message_id;
+	int64		seq;			/* rebuild: its evidence row */
 	int64		created_hint;	/* rebuild: the id online resolution gave it */
 	/* results */
 	int64		profile;		/* 0: no usable identifier */
 	bool		changed;		/* the graph changed (violations alone do not) */
+	bool		violated;		/* a rule dropped one of its identifiers */
 	bool		*linked;		/* which ids were linked */
 	int64		created_profile;
 } IdMessage;

@@ -216,7 +216,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO cdp.identity_rules AS r VALUES (id_type, priority, max_per_profile, time_window)
-    ON CONFLICT (id_type) DO UPDATE
+    ON CONFLICT ON CONSTRAINT identity_rules_pkey DO UPDATE
        SET priority = excluded.priority, max_per_profile = excluded.max_per_profile,
            time_window = excluded.time_window;
 END
