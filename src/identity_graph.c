@@ -100,6 +100,30 @@ TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
 	return t->slot;
 }
 
+/*
+ * A million identifiers are a million small copies: carve them from large
+ * blocks instead of one allocation (and its header and rounding) each.
+ */
+static CdpIdentifier *
+ArenaCopy(IdentityGraph *g, const CdpIdentifier *id)
+{
+	Size		len = MAXALIGN(VARSIZE(id));
+	CdpIdentifier *copy;
+
+	if (len > g->arena_left)
+	{
+		Size		block = Max(len, 1024 * 1024);
+
+		g->arena = MemoryContextAlloc(g->cxt, block);
+		g->arena_left = block;
+	}
+	copy = (CdpIdentifier *) g->arena;
+	memcpy(copy, id, VARSIZE(id));
+	g->arena += len;
+	g->arena_left -= len;
+	return copy;
+}
+
 /* the node for an identifier; with create, a detached one if unknown */
 IdNode *
 CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
@@ -110,18 +134,16 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 	node = hash_search(g->ids, &id, create ? HASH_ENTER : HASH_FIND, &found);
 	if (node != NULL && !found)
 	{
-		MemoryContext old = MemoryContextSwitchTo(g->cxt);
-
 		/* the key must outlive the caller's copy */
-		node->id = palloc(VARSIZE(id));
-		memcpy(node->id, id, VARSIZE(id));
-		MemoryContextSwitchTo(old);
+		node->id = ArenaCopy(g, id);
 		node->type_slot = TypeSlotOf(g, id);
 		node->attached = false;
 		node->profile = 0;
 		node->linked_at = 0;
 		node->message_id = NULL;
 		node->seq = 0;
+		node->stored = 0;
+		node->blocked = 0;
 		node->is_new = false;
 		node->in_members = false;
 		node->next_member = NULL;
@@ -147,8 +169,10 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 		p->created_at = 0;
 		p->members = p->members_tail = NULL;
 		p->nmembers = 0;
-		p->type_counts = NULL;
-		p->ntype_counts = 0;
+		memset(p->inline_counts, 0, sizeof(p->inline_counts));
+		p->type_counts = p->inline_counts;
+		p->ntype_counts = lengthof(p->inline_counts);
+		p->landing = 0;
 	}
 	return p;
 }
@@ -170,14 +194,12 @@ CountMember(IdentityGraph *g, ProfNode *p, int slot, int delta)
 	if (slot >= p->ntype_counts)
 	{
 		int			n = Max(g->ntypes, slot + 1);
+		int32	   *counts = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
 
-		if (p->type_counts == NULL)
-			p->type_counts = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
-		else
-		{
-			p->type_counts = repalloc(p->type_counts, sizeof(int32) * n);
-			memset(p->type_counts + p->ntype_counts, 0, sizeof(int32) * (n - p->ntype_counts));
-		}
+		memcpy(counts, p->type_counts, sizeof(int32) * p->ntype_counts);
+		if (p->type_counts != p->inline_counts)
+			pfree(p->type_counts);
+		p->type_counts = counts;
 		p->ntype_counts = n;
 	}
 	p->type_counts[slot] += delta;
@@ -299,7 +321,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 		   int np, TimestampTz at, char **rule, char **detail)
 {
 	int			best_priority = INT_MAX;
-	int		   *counts = palloc0(sizeof(int) * Max(g->ntypes, 1));
+	int		   *counts = palloc0(sizeof(int) * Max(g->ntypes, lengthof(((ProfNode *) NULL)->inline_counts)));
 	ListCell   *lc;
 
 	*rule = NULL;
@@ -560,7 +582,9 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		for (int k = 0; k < i; k++)
 			if (nodes[k] == nodes[i])
 				active[i] = false;	/* the same identifier twice */
-		if (active[i] && CdpIsBlocked(g->rules, nodes[i]->id))
+		if (active[i] && nodes[i]->blocked == 0)
+			nodes[i]->blocked = CdpIsBlocked(g->rules, nodes[i]->id) ? 2 : 1;
+		if (active[i] && nodes[i]->blocked == 2)
 		{
 			active[i] = false;
 			RecordViolation(g, nodes[i]->id, m, pstrdup("blocked"),

@@ -206,14 +206,6 @@ CompareProfNodes(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
-/* replayed profile "from" lands on stored profile "to" */
-static void
-Land(HTAB *landing, HTAB *claimed, int64 from, int64 to)
-{
-	((Landing *) hash_search(landing, &from, HASH_ENTER, NULL))->profile = to;
-	((Landing *) hash_search(claimed, &to, HASH_ENTER, NULL))->profile = from;
-}
-
 typedef struct Change
 {
 	CdpIdentifier *id;
@@ -233,7 +225,6 @@ static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	HTAB	   *stored;
 	HASHCTL		ctl;
 	Portal		portal;
 	SPIPlanPtr	plan;
@@ -242,22 +233,11 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	HASH_SEQ_STATUS pseq;
 	IdNode	   *node;
 	ProfNode   *p;
-	HTAB	   *landing;
 	HTAB	   *claimed;
 	ProfNode  **replayed;
 	int			nreplayed;
-	typedef struct StoredEntry
-	{
-		IdNode	   *node;
-		int64		profile;
-	} StoredEntry;
 
-	ctl.keysize = sizeof(IdNode *);
-	ctl.entrysize = sizeof(StoredEntry);
-	ctl.hcxt = outer;
-	stored = hash_create("cdp rebuild stored", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	*nstored = 0;
-
 	plan = SPI_prepare("SELECT identifier, profile_id FROM cdp.identities", 0, NULL);
 	MemoryContextSwitchTo(outer);
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
@@ -272,12 +252,9 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		{
 			bool		isnull;
 			CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
-			int64		profile = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
-			IdNode	   *n = CdpGraphNode(g, id, true);
-			StoredEntry *e = hash_search(stored, &n, HASH_ENTER, NULL);
 
-			e->node = n;
-			e->profile = profile;
+			CdpGraphNode(g, id, true)->stored =
+				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
 			(*nstored)++;
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -293,9 +270,8 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	 * else a new one.  Ids are visited in order, so this is deterministic.
 	 */
 	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(Landing);
+	ctl.entrysize = sizeof(int64);
 	ctl.hcxt = outer;
-	landing = hash_create("cdp rebuild landing", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	claimed = hash_create("cdp rebuild claimed", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	nreplayed = 0;
 	replayed = palloc(sizeof(ProfNode *) * Max(hash_get_num_entries(g->profiles), 1));
@@ -309,52 +285,44 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		p = replayed[i];
 		for (IdNode *m = p->members; m; m = m->next_member)
 		{
-			StoredEntry *me = hash_search(stored, &m, HASH_FIND, NULL);
-
-			if (me && me->profile == p->profile_id)
+			if (m->stored == p->profile_id)
 			{
-				Land(landing, claimed, p->profile_id, p->profile_id);
+				p->landing = p->profile_id;
+				hash_search(claimed, &p->profile_id, HASH_ENTER, NULL);
 				break;
 			}
 		}
 	}
 	for (int i = 0; i < nreplayed; i++)
 	{
-		StoredEntry *first;
+		int64		first;
 
 		p = replayed[i];
-		if (hash_search(landing, &p->profile_id, HASH_FIND, NULL) != NULL)
+		if (p->landing != 0)
 			continue;
-		first = hash_search(stored, &p->members, HASH_FIND, NULL);
-		if (first && hash_search(claimed, &first->profile, HASH_FIND, NULL) == NULL)
-			Land(landing, claimed, p->profile_id, first->profile);
+		first = p->members->stored;
+		if (first != 0 && hash_search(claimed, &first, HASH_FIND, NULL) == NULL)
+			p->landing = first;
 		else if (p->profile_id < TEMP_PROFILE_IDS &&
 				 hash_search(claimed, &p->profile_id, HASH_FIND, NULL) == NULL)
-			Land(landing, claimed, p->profile_id, p->profile_id);
+			p->landing = p->profile_id;
 		else
-			Land(landing, claimed, p->profile_id, p->profile_id < TEMP_PROFILE_IDS
-				 ? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id);
+			p->landing = p->profile_id < TEMP_PROFILE_IDS
+				? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id;
+		hash_search(claimed, &p->landing, HASH_ENTER, NULL);
 	}
 
 	hash_seq_init(&seq, g->ids);
 	while ((node = hash_seq_search(&seq)) != NULL)
 	{
-		StoredEntry *e = hash_search(stored, &node, HASH_FIND, NULL);
-		int64		now_in = e ? e->profile : 0;
-		int64		would_be = 0;
+		int64		would_be = node->attached ? CdpCanonical(g, node->profile)->landing : 0;
 
-		if (node->attached)
-		{
-			int64		replayed = CdpCanonical(g, node->profile)->profile_id;
-
-			would_be = ((Landing *) hash_search(landing, &replayed, HASH_FIND, NULL))->profile;
-		}
-		if (would_be != now_in)
+		if (would_be != node->stored)
 		{
 			Change	   *c = palloc(sizeof(Change));
 
 			c->id = node->id;
-			c->from = now_in;
+			c->from = node->stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;
 			c->seq = node->seq;

@@ -53,6 +53,8 @@ struct IdNode
 	TimestampTz linked_at;
 	const char *message_id;		/* message that attached it */
 	int64		seq;			/* rebuild: the evidence row that attached it */
+	int64		stored;			/* rebuild: its profile in cdp.identities, 0 if none */
+	int8		blocked;		/* 0 not yet checked, 1 no, 2 blocked */
 	bool		is_new;			/* attached during this run */
 	bool		in_members;
 	IdNode	   *next_member;
@@ -71,8 +73,10 @@ struct ProfNode
 	IdNode	   *members;
 	IdNode	   *members_tail;
 	int			nmembers;
-	int32	   *type_counts;	/* per type slot */
+	int32	   *type_counts;	/* per type slot (inline_counts while few) */
 	int			ntype_counts;
+	int32		inline_counts[4];
+	int64		landing;		/* rebuild: the stored profile it maps to */
 };
 
 typedef struct IdMerge
@@ -118,6 +122,8 @@ typedef struct IdentityGraph
 	int			ntypes;
 	char	  **slot_names;		/* slot -> type name */
 	int			nslot_names;
+	char	   *arena;			/* identifier copies, without per-chunk overhead */
+	Size		arena_left;
 	List	   *splits;			/* SplitRule * */
 	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
 	NewProfileIdFn new_profile_id;
