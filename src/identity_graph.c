@@ -140,9 +140,8 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 		node->attached = false;
 		node->profile = 0;
 		node->linked_at = 0;
-		node->message_id = NULL;
+		node->u.message_id = NULL;
 		node->seq = 0;
-		node->stored = 0;
 		node->blocked = 0;
 		node->is_new = false;
 		node->in_members = false;
@@ -162,11 +161,9 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	{
 		p->merged_into = 0;
 		p->merges_absorbed = 0;
-		p->version = 0;
-		p->version_known = false;
+		p->version = -1;
 		p->is_new = false;
 		p->members_loaded = false;
-		p->created_at = 0;
 		p->members = p->members_tail = NULL;
 		p->nmembers = 0;
 		memset(p->inline_counts, 0, sizeof(p->inline_counts));
@@ -213,7 +210,8 @@ CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
 	node->attached = true;
 	node->profile = p->profile_id;
 	node->linked_at = at;
-	node->message_id = message_id;
+	if (message_id != NULL)
+		node->u.message_id = message_id;
 	node->is_new = is_new;
 	if (node->in_members)
 		return;
@@ -547,7 +545,6 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p = CdpGraphProfile(g, g->new_profile_id(g), true);
 		p->is_new = true;
 		p->members_loaded = true;
-		p->created_at = m->at;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
 		nodes[i]->seq = m->seq;
 		m->changed = true;
@@ -630,7 +627,6 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		target = CdpGraphProfile(g, id, true);
 		target->is_new = true;
 		target->members_loaded = true;
-		target->created_at = m->at;
 		m->created_profile = id;
 		m->changed = true;
 	}

@@ -176,7 +176,6 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 		ProfNode   *p = CdpGraphProfile(g, profile, true);
 
 		p->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		p->version_known = true;
 		CdpGraphAttach(g, node, p, linked_at, NULL, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -269,7 +268,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			Datum		into;
 
 			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-			stale |= p->version_known &&
+			stale |= p->version >= 0 &&
 				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);
 			if (!isnull && p->merged_into == 0)
@@ -548,7 +547,7 @@ WriteNewIdentities(IdentityGraph *g)
 		ids[n] = node->id;
 		profiles[n] = CdpCanonical(g, node->profile)->profile_id;
 		ats[n] = node->linked_at;
-		mids[n] = node->message_id;
+		mids[n] = node->u.message_id;
 		n++;
 	}
 	if (n == 0)

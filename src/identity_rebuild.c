@@ -253,7 +253,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			bool		isnull;
 			CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
 
-			CdpGraphNode(g, id, true)->stored =
+			CdpGraphNode(g, id, true)->u.stored =
 				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
 			(*nstored)++;
 		}
@@ -285,7 +285,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		p = replayed[i];
 		for (IdNode *m = p->members; m; m = m->next_member)
 		{
-			if (m->stored == p->profile_id)
+			if (m->u.stored == p->profile_id)
 			{
 				p->landing = p->profile_id;
 				hash_search(claimed, &p->profile_id, HASH_ENTER, NULL);
@@ -300,7 +300,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		p = replayed[i];
 		if (p->landing != 0)
 			continue;
-		first = p->members->stored;
+		first = p->members->u.stored;
 		if (first != 0 && hash_search(claimed, &first, HASH_FIND, NULL) == NULL)
 			p->landing = first;
 		else if (p->profile_id < TEMP_PROFILE_IDS &&
@@ -317,12 +317,12 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	{
 		int64		would_be = node->attached ? CdpCanonical(g, node->profile)->landing : 0;
 
-		if (would_be != node->stored)
+		if (would_be != node->u.stored)
 		{
 			Change	   *c = palloc(sizeof(Change));
 
 			c->id = node->id;
-			c->from = node->stored;
+			c->from = node->u.stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;
 			c->seq = node->seq;

@@ -44,39 +44,41 @@ typedef struct IdentityRules
 typedef struct IdNode IdNode;
 typedef struct ProfNode ProfNode;
 
+/* fields ordered for packing: a rebuild holds a million of these */
 struct IdNode
 {
 	CdpIdentifier *id;			/* hash key (pointer to the identifier) */
-	int			type_slot;
-	bool		attached;		/* belongs to a profile */
+	IdNode	   *next_member;
 	int64		profile;		/* its profile (follow merged_into) */
 	TimestampTz linked_at;
-	const char *message_id;		/* message that attached it */
 	int64		seq;			/* rebuild: the evidence row that attached it */
-	int64		stored;			/* rebuild: its profile in cdp.identities, 0 if none */
+	union
+	{
+		const char *message_id; /* online: the message that attached it */
+		int64		stored;		/* rebuild: its profile in cdp.identities */
+	}			u;
+	int32		type_slot;
 	int8		blocked;		/* 0 not yet checked, 1 no, 2 blocked */
+	bool		attached;		/* belongs to a profile */
 	bool		is_new;			/* attached during this run */
 	bool		in_members;
-	IdNode	   *next_member;
 };
 
 struct ProfNode
 {
 	int64		profile_id;		/* hash key */
 	int64		merged_into;	/* 0 while canonical */
-	int32		merges_absorbed;
-	int32		version;		/* profile_records.version as first read */
-	bool		version_known;
-	bool		is_new;			/* made during this run */
-	bool		members_loaded;
-	TimestampTz created_at;
+	int64		landing;		/* rebuild: the stored profile it maps to */
 	IdNode	   *members;
 	IdNode	   *members_tail;
-	int			nmembers;
 	int32	   *type_counts;	/* per type slot (inline_counts while few) */
-	int			ntype_counts;
+	int32		merges_absorbed;
+	int32		version;		/* profile_records.version as first read, -1 unknown */
+	int32		nmembers;
+	int32		ntype_counts;
 	int32		inline_counts[4];
-	int64		landing;		/* rebuild: the stored profile it maps to */
+	bool		is_new;			/* made during this run */
+	bool		members_loaded;
 };
 
 typedef struct IdMerge
