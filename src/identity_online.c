@@ -46,6 +46,14 @@ typedef enum OnlinePlan
 } OnlinePlan;
 
 static SPIPlanPtr plans[NUM_ONLINE_PLANS];
+
+/*
+ * Whether this backend's last batch changed the graph.  Batches come in
+ * runs (a stream of new visitors, or of known users), so when the last one
+ * changed something the next one takes the identity lock at once instead of
+ * reading everything first without it and then again under it.
+ */
+static bool last_batch_changed = false;
 static Oid	plans_type_oid = InvalidOid;
 
 /* one message (or cdp.link() call) to resolve */
@@ -747,9 +755,13 @@ ResolveItems(IdItem *items, int n)
 
 	CheckPlans(CdpIdentifierTypeOid());
 	rules = CdpLoadIdentityRules();
-	g = BuildGraph(rules, items, n, cxt);
-	for (int i = 0; i < n && !changes_possible; i++)
-		changes_possible = !IsFastNoOp(g, &items[i]);
+	changes_possible = last_batch_changed;
+	if (!changes_possible)
+	{
+		g = BuildGraph(rules, items, n, cxt);
+		for (int i = 0; i < n && !changes_possible; i++)
+			changes_possible = !IsFastNoOp(g, &items[i]);
+	}
 	if (!changes_possible)
 	{
 		/* a split that committed meanwhile makes what we read stale */
@@ -809,6 +821,9 @@ ResolveItems(IdItem *items, int n)
 		}
 	}
 
+	last_batch_changed = false;
+	for (int i = 0; i < n && !last_batch_changed; i++)
+		last_batch_changed = items[i].m.changed;
 	if (changes_possible)
 	{
 		WriteNewProfiles(g);
