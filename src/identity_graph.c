@@ -141,7 +141,6 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 		node->profile = 0;
 		node->linked_at = 0;
 		node->u.message_id = NULL;
-		node->seq = 0;
 		node->blocked = 0;
 		node->is_new = false;
 		node->in_members = false;
@@ -170,6 +169,7 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 		p->type_counts = p->inline_counts;
 		p->ntype_counts = lengthof(p->inline_counts);
 		p->landing = 0;
+		p->claimed = false;
 	}
 	return p;
 }
@@ -546,7 +546,6 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p->is_new = true;
 		p->members_loaded = true;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
-		nodes[i]->seq = m->seq;
 		m->changed = true;
 	}
 }
@@ -664,7 +663,6 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		if (active[i] && !nodes[i]->attached)
 		{
 			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
-			nodes[i]->seq = m->seq;
 			m->changed = true;
 		}
 	}

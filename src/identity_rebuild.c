@@ -212,7 +212,6 @@ typedef struct Change
 	int64		from;
 	int64		to;
 	TimestampTz linked_at;		/* as the replay linked it */
-	int64		seq;			/* the evidence row that linked it */
 } Change;
 
 /*
@@ -225,7 +224,6 @@ static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	HASHCTL		ctl;
 	Portal		portal;
 	SPIPlanPtr	plan;
 	List	   *changes = NIL;
@@ -233,7 +231,6 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	HASH_SEQ_STATUS pseq;
 	IdNode	   *node;
 	ProfNode   *p;
-	HTAB	   *claimed;
 	ProfNode  **replayed;
 	int			nreplayed;
 
@@ -269,10 +266,6 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	 * else its own id (a merge that no longer holds comes apart again), or
 	 * else a new one.  Ids are visited in order, so this is deterministic.
 	 */
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(int64);
-	ctl.hcxt = outer;
-	claimed = hash_create("cdp rebuild claimed", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	nreplayed = 0;
 	replayed = palloc(sizeof(ProfNode *) * Max(hash_get_num_entries(g->profiles), 1));
 	hash_seq_init(&pseq, g->profiles);
@@ -288,7 +281,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			if (m->u.stored == p->profile_id)
 			{
 				p->landing = p->profile_id;
-				hash_search(claimed, &p->profile_id, HASH_ENTER, NULL);
+				p->claimed = true;
 				break;
 			}
 		}
@@ -301,15 +294,15 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		if (p->landing != 0)
 			continue;
 		first = p->members->u.stored;
-		if (first != 0 && hash_search(claimed, &first, HASH_FIND, NULL) == NULL)
+		if (first != 0 && !CdpGraphProfile(g, first, true)->claimed)
 			p->landing = first;
-		else if (p->profile_id < TEMP_PROFILE_IDS &&
-				 hash_search(claimed, &p->profile_id, HASH_FIND, NULL) == NULL)
+		else if (p->profile_id < TEMP_PROFILE_IDS && !p->claimed)
 			p->landing = p->profile_id;
 		else
 			p->landing = p->profile_id < TEMP_PROFILE_IDS
 				? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id;
-		hash_search(claimed, &p->landing, HASH_ENTER, NULL);
+		/* claims are kept on the profile node of the landing id */
+		CdpGraphProfile(g, p->landing, true)->claimed = true;
 	}
 
 	hash_seq_init(&seq, g->ids);
@@ -325,7 +318,6 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			c->from = node->u.stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;
-			c->seq = node->seq;
 			changes = lappend(changes, c);
 		}
 	}
@@ -341,7 +333,7 @@ static void
 Apply(List *changes, List *relinked, Oid idtype)
 {
 	ListCell   *lc;
-	Oid			types[5] = {INT8OID, idtype, INT8OID, TIMESTAMPTZOID, INT8OID};
+	Oid			types[4] = {INT8OID, idtype, INT8OID, TIMESTAMPTZOID};
 	HASHCTL		ctl;
 	HTAB	   *fresh;
 
@@ -349,10 +341,19 @@ Apply(List *changes, List *relinked, Oid idtype)
 	ctl.entrysize = sizeof(Landing);
 	ctl.hcxt = CurrentMemoryContext;
 	fresh = hash_create("cdp rebuild new ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	foreach(lc, relinked)
+	{
+		RelinkedRow *row = lfirst(lc);
+		Oid			t[2] = {INT8OID, get_array_type(idtype)};
+		Datum		v[2] = {Int64GetDatum(row->seq), row->linked};
+
+		CdpExecArgs("UPDATE cdp.identity_evidence SET linked = $2 WHERE seq = $1",
+					2, t, v, SPI_OK_UPDATE);
+	}
 	foreach(lc, changes)
 	{
 		Change	   *c = lfirst(lc);
-		Datum		vals[5];
+		Datum		vals[4];
 
 		if (c->to >= TEMP_PROFILE_IDS)
 		{
@@ -367,7 +368,6 @@ Apply(List *changes, List *relinked, Oid idtype)
 		vals[1] = PointerGetDatum(c->id);
 		vals[2] = Int64GetDatum(c->from);
 		vals[3] = TimestampTzGetDatum(c->linked_at);
-		vals[4] = Int64GetDatum(c->seq);
 
 		if (c->to == 0)
 		{
@@ -376,11 +376,13 @@ Apply(List *changes, List *relinked, Oid idtype)
 		}
 		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) VALUES ($1) ON CONFLICT DO NOTHING",
 					1, types, vals, SPI_OK_INSERT);
+		/* its message: the first evidence row that links it (relinked above) */
 		CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					"SELECT $2, $1, $4, (SELECT message_id FROM cdp.identity_evidence WHERE seq = $5) "
+					"SELECT $2, $1, $4, (SELECT e.message_id FROM cdp.identity_evidence e "
+					"                    WHERE e.linked @> ARRAY[$2] ORDER BY e.seq LIMIT 1) "
 					"ON CONFLICT (identifier) DO UPDATE SET profile_id = $1, linked_at = $4, "
 					"message_id = excluded.message_id",
-					5, types, vals, SPI_OK_INSERT);
+					4, types, vals, SPI_OK_INSERT);
 		/* a profile that gets identifiers back is canonical again */
 		CdpExecArgs("UPDATE cdp.profile_records SET merged_into = NULL WHERE profile_id = $1",
 					1, types, vals, SPI_OK_UPDATE);
@@ -400,15 +402,6 @@ Apply(List *changes, List *relinked, Oid idtype)
 					"WHERE (profile_id = $3 OR merged_into = $3) AND profile_id <> $1 "
 					"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
 					3, types, vals, SPI_OK_UPDATE);
-	}
-	foreach(lc, relinked)
-	{
-		RelinkedRow *row = lfirst(lc);
-		Oid			t[2] = {INT8OID, get_array_type(idtype)};
-		Datum		v[2] = {Int64GetDatum(row->seq), row->linked};
-
-		CdpExecArgs("UPDATE cdp.identity_evidence SET linked = $2 WHERE seq = $1",
-					2, t, v, SPI_OK_UPDATE);
 	}
 }
 

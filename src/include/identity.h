@@ -51,7 +51,6 @@ struct IdNode
 	IdNode	   *next_member;
 	int64		profile;		/* its profile (follow merged_into) */
 	TimestampTz linked_at;
-	int64		seq;			/* rebuild: the evidence row that attached it */
 	union
 	{
 		const char *message_id; /* online: the message that attached it */
@@ -79,6 +78,7 @@ struct ProfNode
 	int32		inline_counts[4];
 	bool		is_new;			/* made during this run */
 	bool		members_loaded;
+	bool		claimed;		/* rebuild: some replayed profile lands here */
 };
 
 typedef struct IdMerge
