@@ -17,173 +17,10 @@
 
 #include <limits.h>
 
-#include "common/hashfn.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "identity.h"
-
-typedef struct TypeSlot
-{
-	char		type[CDP_ID_TYPE_MAX + 1];
-	int			slot;
-} TypeSlot;
-
-static uint32
-IdentifierKeyHash(const void *key, Size keysize)
-{
-	const CdpIdentifier *id = *(CdpIdentifier *const *) key;
-
-	return DatumGetUInt32(hash_any((const unsigned char *) &id->type_len,
-								   VARSIZE(id) - offsetof(CdpIdentifier, type_len)));
-}
-
-static int
-IdentifierKeyMatch(const void *a, const void *b, Size keysize)
-{
-	return CdpIdentifierCompare(*(CdpIdentifier *const *) a, *(CdpIdentifier *const *) b);
-}
-
-IdentityGraph *
-CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt)
-{
-	IdentityGraph *g = MemoryContextAllocZero(cxt, sizeof(IdentityGraph));
-	HASHCTL		ctl;
-
-	g->cxt = cxt;
-	g->rules = rules;
-
-	ctl.keysize = sizeof(CdpIdentifier *);
-	ctl.entrysize = sizeof(IdNode);
-	ctl.hash = IdentifierKeyHash;
-	ctl.match = IdentifierKeyMatch;
-	ctl.hcxt = cxt;
-	g->ids = hash_create("cdp identity nodes", 1024, &ctl,
-						 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(ProfNode);
-	ctl.hcxt = cxt;
-	g->profiles = hash_create("cdp identity profiles", 1024, &ctl,
-							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-
-	ctl.keysize = CDP_ID_TYPE_MAX + 1;
-	ctl.entrysize = sizeof(TypeSlot);
-	ctl.hcxt = cxt;
-	g->type_slots = hash_create("cdp identity types", 16, &ctl,
-								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	return g;
-}
-
-static int
-TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
-{
-	char		key[CDP_ID_TYPE_MAX + 1];
-	TypeSlot   *t;
-	bool		found;
-
-	memcpy(key, IdTypePtr(id), id->type_len);
-	key[id->type_len] = '\0';
-	t = hash_search(g->type_slots, key, HASH_ENTER, &found);
-	if (!found)
-	{
-		t->slot = g->ntypes++;
-		if (t->slot >= g->nslot_names)
-		{
-			g->nslot_names = Max(16, g->nslot_names * 2);
-			g->slot_names = g->slot_names == NULL
-				? MemoryContextAlloc(g->cxt, sizeof(char *) * g->nslot_names)
-				: repalloc(g->slot_names, sizeof(char *) * g->nslot_names);
-		}
-		g->slot_names[t->slot] = MemoryContextStrdup(g->cxt, key);
-	}
-	return t->slot;
-}
-
-/*
- * A million identifiers are a million small copies: carve them from large
- * blocks instead of one allocation (and its header and rounding) each.
- */
-static CdpIdentifier *
-ArenaCopy(IdentityGraph *g, const CdpIdentifier *id)
-{
-	Size		len = MAXALIGN(VARSIZE(id));
-	CdpIdentifier *copy;
-
-	if (len > g->arena_left)
-	{
-		Size		block = Max(len, 1024 * 1024);
-
-		g->arena = MemoryContextAlloc(g->cxt, block);
-		g->arena_left = block;
-	}
-	copy = (CdpIdentifier *) g->arena;
-	memcpy(copy, id, VARSIZE(id));
-	g->arena += len;
-	g->arena_left -= len;
-	return copy;
-}
-
-/* the node for an identifier; with create, a detached one if unknown */
-IdNode *
-CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
-{
-	IdNode	   *node;
-	bool		found;
-
-	node = hash_search(g->ids, &id, create ? HASH_ENTER : HASH_FIND, &found);
-	if (node != NULL && !found)
-	{
-		/* the key must outlive the caller's copy */
-		node->id = ArenaCopy(g, id);
-		node->type_slot = TypeSlotOf(g, id);
-		node->attached = false;
-		node->profile = 0;
-		node->linked_at = 0;
-		node->u.message_id = NULL;
-		node->blocked = 0;
-		node->is_new = false;
-		node->in_members = false;
-		node->next_member = NULL;
-	}
-	return node;
-}
-
-ProfNode *
-CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
-{
-	ProfNode   *p;
-	bool		found;
-
-	p = hash_search(g->profiles, &profile_id, create ? HASH_ENTER : HASH_FIND, &found);
-	if (p != NULL && !found)
-	{
-		p->merged_into = 0;
-		p->merges_absorbed = 0;
-		p->version = -1;
-		p->is_new = false;
-		p->members_loaded = false;
-		p->members = p->members_tail = NULL;
-		p->nmembers = 0;
-		memset(p->inline_counts, 0, sizeof(p->inline_counts));
-		p->type_counts = p->inline_counts;
-		p->ntype_counts = lengthof(p->inline_counts);
-		p->landing = 0;
-		p->claimed = false;
-	}
-	return p;
-}
-
-/* follow merges to the profile that holds everything now */
-ProfNode *
-CdpCanonical(IdentityGraph *g, int64 profile_id)
-{
-	ProfNode   *p = CdpGraphProfile(g, profile_id, true);
-
-	while (p->merged_into != 0)
-		p = CdpGraphProfile(g, p->merged_into, true);
-	return p;
-}
 
 static void
 CountMember(IdentityGraph *g, ProfNode *p, int slot, int delta)
@@ -208,7 +45,7 @@ CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
 			   const char *message_id, bool is_new)
 {
 	node->attached = true;
-	node->profile = p->profile_id;
+	node->prof = p;
 	node->linked_at = at;
 	if (message_id != NULL)
 		node->u.message_id = message_id;
@@ -284,7 +121,7 @@ UnionProfiles(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **
 
 		if (!active[i] || !nodes[i]->attached)
 			continue;
-		p = CdpCanonical(g, nodes[i]->profile);
+		p = CdpCanonicalOf(nodes[i]->prof);
 		for (int j = 0; j < np; j++)
 			seen |= (out[j] == p);
 		if (!seen)
@@ -305,7 +142,7 @@ InUnion(IdentityGraph *g, CdpIdentifier *id, IdNode **nodes, bool *active, int n
 	if (node == NULL || !node->attached)
 		return false;
 	for (int j = 0; j < np; j++)
-		if (CdpCanonical(g, node->profile) == profiles[j])
+		if (CdpCanonicalOf(node->prof) == profiles[j])
 			return true;
 	return false;
 }
@@ -455,7 +292,7 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 
 	EnsureMembers(g, from);
 	for (IdNode *node = from->members; node; node = node->next_member)
-		node->profile = into->profile_id;
+		node->prof = into;
 	if (from->members)
 	{
 		if (into->members_tail)
@@ -471,7 +308,7 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 	from->members = from->members_tail = NULL;
 	from->nmembers = 0;
 	into->merges_absorbed += 1 + from->merges_absorbed;
-	from->merged_into = into->profile_id;
+	from->into = into;
 	if (g->quiet)
 	{
 		MemoryContextSwitchTo(old);
@@ -648,9 +485,9 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 			{
 				if (!active[i] || !nodes[i]->attached)
 					continue;
-				if (CdpCanonical(g, nodes[i]->profile) == profiles[j] && via_from == NULL)
+				if (CdpCanonicalOf(nodes[i]->prof) == profiles[j] && via_from == NULL)
 					via_from = nodes[i];
-				if (CdpCanonical(g, nodes[i]->profile) == target && via_into == NULL)
+				if (CdpCanonicalOf(nodes[i]->prof) == target && via_into == NULL)
 					via_into = nodes[i];
 			}
 			Merge(g, profiles[j], target, m, via_from, via_into);

@@ -279,10 +279,10 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			stale |= p->version >= 0 &&
 				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);
-			if (!isnull && p->merged_into == 0)
+			if (!isnull && p->into == NULL)
 			{
-				p->merged_into = DatumGetInt64(into);
-				follow[nfollow++] = p->merged_into;
+				p->into = CdpGraphProfile(g, DatumGetInt64(into), true);
+				follow[nfollow++] = p->into->profile_id;
 			}
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -296,15 +296,17 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 static int
 AttachedProfiles(IdentityGraph *g, int64 **out)
 {
-	HASH_SEQ_STATUS seq;
-	ProfNode   *p;
+	uint32		count = CdpGraphProfileCount(g);
 	int			n = 0;
-	int64	   *ids = palloc(sizeof(int64) * Max(hash_get_num_entries(g->profiles), 1));
+	int64	   *ids = palloc(sizeof(int64) * Max(count, 1));
 
-	hash_seq_init(&seq, g->profiles);
-	while ((p = hash_seq_search(&seq)) != NULL)
+	for (uint32 i = 0; i < count; i++)
+	{
+		ProfNode   *p = CdpGraphProfileAt(g, i);
+
 		if (!p->is_new)
 			ids[n++] = p->profile_id;
+	}
 	*out = ids;
 	return n;
 }
@@ -325,9 +327,9 @@ IsFastNoOp(IdentityGraph *g, IdItem *mi)
 			continue;
 		if (node == NULL || !node->attached)
 			return false;
-		if (profile != 0 && CdpCanonical(g, node->profile)->profile_id != profile)
+		if (profile != 0 && CdpCanonicalOf(node->prof)->profile_id != profile)
 			return false;
-		profile = CdpCanonical(g, node->profile)->profile_id;
+		profile = CdpCanonicalOf(node->prof)->profile_id;
 	}
 	return true;
 }
@@ -439,22 +441,21 @@ WriteViolations(IdentityGraph *g)
 static void
 WriteNewProfiles(IdentityGraph *g)
 {
-	HASH_SEQ_STATUS seq;
-	ProfNode   *p;
-	int			cap = hash_get_num_entries(g->profiles);
+	uint32		cap = CdpGraphProfileCount(g);
 	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
 	int64	   *into = palloc(sizeof(int64) * Max(cap, 1));
 	int			n = 0;
 	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
 	Datum		args[2];
 
-	hash_seq_init(&seq, g->profiles);
-	while ((p = hash_seq_search(&seq)) != NULL)
+	for (uint32 i = 0; i < cap; i++)
 	{
+		ProfNode   *p = CdpGraphProfileAt(g, i);
+
 		if (!p->is_new)
 			continue;
 		ids[n] = p->profile_id;
-		into[n] = p->merged_into ? CdpCanonical(g, p->profile_id)->profile_id : 0;
+		into[n] = p->into ? CdpCanonicalOf(p)->profile_id : 0;
 		n++;
 	}
 	if (n == 0)
@@ -535,9 +536,7 @@ WriteMerges(IdentityGraph *g)
 static void
 WriteNewIdentities(IdentityGraph *g)
 {
-	HASH_SEQ_STATUS seq;
-	IdNode	   *node;
-	int			cap = hash_get_num_entries(g->ids);
+	uint32		cap = CdpGraphNodeCount(g);
 	CdpIdentifier **ids = palloc(sizeof(CdpIdentifier *) * Max(cap, 1));
 	int64	   *profiles = palloc(sizeof(int64) * Max(cap, 1));
 	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(cap, 1));
@@ -547,13 +546,15 @@ WriteNewIdentities(IdentityGraph *g)
 	Datum		args[4];
 	int			n = 0;
 
-	hash_seq_init(&seq, g->ids);
-	while ((node = hash_seq_search(&seq)) != NULL)
+	CdpNodeIter it = {0, 0};
+	IdNode	   *node;
+
+	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 	{
 		if (!node->is_new)
 			continue;
 		ids[n] = node->id;
-		profiles[n] = CdpCanonical(g, node->profile)->profile_id;
+		profiles[n] = CdpCanonicalOf(node->prof)->profile_id;
 		ats[n] = node->linked_at;
 		mids[n] = node->u.message_id;
 		n++;
@@ -677,9 +678,8 @@ WriteEvidence(IdItem *items, int n)
 static void
 WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
 {
-	HASH_SEQ_STATUS seq;
 	ProfNode   *p;
-	int			cap = hash_get_num_entries(g->profiles);
+	uint32		cap = CdpGraphProfileCount(g);
 	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
 	int64	   *counts = palloc0(sizeof(int64) * Max(cap, 1));
 	int32	   *absorbed = palloc(sizeof(int32) * Max(cap, 1));
@@ -691,10 +691,12 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
 	Datum		args[5];
 
 	/* canonical profiles, in id order (the order their rows were locked) */
-	hash_seq_init(&seq, g->profiles);
-	while ((p = hash_seq_search(&seq)) != NULL)
-		if (p->merged_into == 0)
+	for (uint32 i = 0; i < cap; i++)
+	{
+		p = CdpGraphProfileAt(g, i);
+		if (p->into == NULL)
 			ids[np++] = p->profile_id;
+	}
 	if (np == 0)
 		return;
 	qsort(ids, np, sizeof(int64), CompareInt64);

@@ -224,15 +224,17 @@ static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 {
 	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext scratch = AllocSetContextCreate(outer, "cdp rebuild stored rows",
+												  ALLOCSET_DEFAULT_SIZES);
 	Portal		portal;
 	SPIPlanPtr	plan;
 	List	   *changes = NIL;
-	HASH_SEQ_STATUS seq;
-	HASH_SEQ_STATUS pseq;
-	IdNode	   *node;
 	ProfNode   *p;
 	ProfNode  **replayed;
 	int			nreplayed;
+	uint32		nprofs = CdpGraphProfileCount(g);
+	CdpNodeIter it = {0, 0};
+	IdNode	   *node;
 
 	*nstored = 0;
 	plan = SPI_prepare("SELECT identifier, profile_id FROM cdp.identities", 0, NULL);
@@ -242,7 +244,8 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		MemoryContextSwitchTo(outer);
+		/* detoasting copies each identifier: into scratch, not the graph */
+		MemoryContextSwitchTo(scratch);
 		if (SPI_processed == 0)
 			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
@@ -255,9 +258,14 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			(*nstored)++;
 		}
 		SPI_freetuptable(SPI_tuptable);
+		MemoryContextReset(scratch);
+		MemoryContextSwitchTo(outer);
+		CHECK_FOR_INTERRUPTS();
 	}
 	SPI_cursor_close(portal);
 	SPI_freeplan(plan);
+	MemoryContextSwitchTo(outer);
+	MemoryContextDelete(scratch);
 
 	/*
 	 * Where each replayed profile lands.  First, a profile that still holds
@@ -267,11 +275,13 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	 * else a new one.  Ids are visited in order, so this is deterministic.
 	 */
 	nreplayed = 0;
-	replayed = palloc(sizeof(ProfNode *) * Max(hash_get_num_entries(g->profiles), 1));
-	hash_seq_init(&pseq, g->profiles);
-	while ((p = hash_seq_search(&pseq)) != NULL)
-		if (p->merged_into == 0 && p->nmembers > 0)
+	replayed = palloc(sizeof(ProfNode *) * Max(nprofs, 1));
+	for (uint32 i = 0; i < nprofs; i++)
+	{
+		p = CdpGraphProfileAt(g, i);
+		if (p->into == NULL && p->nmembers > 0)
 			replayed[nreplayed++] = p;
+	}
 	qsort(replayed, nreplayed, sizeof(ProfNode *), CompareProfNodes);
 	for (int i = 0; i < nreplayed; i++)
 	{
@@ -305,10 +315,9 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		CdpGraphProfile(g, p->landing, true)->claimed = true;
 	}
 
-	hash_seq_init(&seq, g->ids);
-	while ((node = hash_seq_search(&seq)) != NULL)
+	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 	{
-		int64		would_be = node->attached ? CdpCanonical(g, node->profile)->landing : 0;
+		int64		would_be = node->attached ? CdpCanonicalOf(node->prof)->landing : 0;
 
 		if (would_be != node->u.stored)
 		{
@@ -423,8 +432,6 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	List	   *changes;
 	instr_time	start,
 				elapsed;
-	HASH_SEQ_STATUS seq;
-	ProfNode   *p;
 	char	   *report;
 
 	INSTR_TIME_SET_CURRENT(start);
@@ -442,11 +449,14 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	CdpLoadSplits(g);
 
 	nevidence = Replay(g, idtype);
-	peak = MemoryContextMemAllocated(cxt, true);
-	hash_seq_init(&seq, g->profiles);
-	while ((p = hash_seq_search(&seq)) != NULL)
-		nprofiles += (p->merged_into == 0 && p->nmembers > 0);
+	for (uint32 i = 0; i < CdpGraphProfileCount(g); i++)
+	{
+		ProfNode   *p = CdpGraphProfileAt(g, i);
+
+		nprofiles += (p->into == NULL && p->nmembers > 0);
+	}
 	changes = Compare(g, idtype, &nstored);
+	peak = MemoryContextMemAllocated(cxt, true);
 	if (!dry_run && (changes != NIL || rs.relinked != NIL))
 		Apply(changes, rs.relinked, idtype);
 	INSTR_TIME_SET_CURRENT(elapsed);

@@ -47,9 +47,9 @@ typedef struct ProfNode ProfNode;
 /* fields ordered for packing: a rebuild holds a million of these */
 struct IdNode
 {
-	CdpIdentifier *id;			/* hash key (pointer to the identifier) */
+	CdpIdentifier *id;			/* the key: the bytes right after the node */
 	IdNode	   *next_member;
-	int64		profile;		/* its profile (follow merged_into) */
+	ProfNode   *prof;			/* its profile (follow into); NULL detached */
 	TimestampTz linked_at;
 	union
 	{
@@ -65,8 +65,8 @@ struct IdNode
 
 struct ProfNode
 {
-	int64		profile_id;		/* hash key */
-	int64		merged_into;	/* 0 while canonical */
+	int64		profile_id;		/* the key */
+	ProfNode   *into;			/* merged into; NULL while canonical */
 	int64		landing;		/* rebuild: the stored profile it maps to */
 	IdNode	   *members;
 	IdNode	   *members_tail;
@@ -113,19 +113,58 @@ struct IdentityGraph;
 typedef void (*LoadMembersFn) (struct IdentityGraph *g, ProfNode *p);
 typedef int64 (*NewProfileIdFn) (struct IdentityGraph *g);
 
+/* a growable array whose elements never move (identity_store.c) */
+typedef struct CdpPagedArray
+{
+	char	  **pages;
+	uint32		npages;
+	uint32		maxpages;
+	uint32		count;
+	Size		elem_size;
+} CdpPagedArray;
+
+/*
+ * Identifier nodes, each followed by its identifier's bytes, packed into
+ * blocks (identity_store.c); a node is named by its place in them.
+ */
+typedef struct CdpNodeArena
+{
+	char	  **blocks;
+	uint32	   *used;			/* bytes used in each block */
+	uint32		nblocks;
+	uint32		maxblocks;
+	uint32		last_size;		/* the size of the last block */
+	uint32		count;			/* nodes */
+} CdpNodeArena;
+
+/* open addressing: slot = hash << 32 | (ref + 1), 0 = empty */
+typedef struct CdpSlotTable
+{
+	uint64	   *slots;
+	uint32		mask;
+	uint32		used;
+} CdpSlotTable;
+
+/* a walk over the graph's nodes in the order they were made */
+typedef struct CdpNodeIter
+{
+	uint32		block;
+	uint32		offset;
+} CdpNodeIter;
+
 /* the identity graph the algorithm runs on */
 typedef struct IdentityGraph
 {
 	MemoryContext cxt;
 	IdentityRules *rules;
-	HTAB	   *ids;			/* CdpIdentifier * -> IdNode */
-	HTAB	   *profiles;		/* int64 -> ProfNode */
+	CdpNodeArena nodes;			/* IdNode + identifier */
+	CdpSlotTable node_index;	/* identifier -> node */
+	CdpPagedArray profs;		/* ProfNode */
+	CdpSlotTable prof_index;	/* profile id -> ProfNode */
 	HTAB	   *type_slots;		/* type name -> slot */
 	int			ntypes;
 	char	  **slot_names;		/* slot -> type name */
 	int			nslot_names;
-	char	   *arena;			/* identifier copies, without per-chunk overhead */
-	Size		arena_left;
 	List	   *splits;			/* SplitRule * */
 	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
 	NewProfileIdFn new_profile_id;
@@ -157,11 +196,26 @@ extern IdentityRules *CdpLoadIdentityRules(void);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
 extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
 
-/* identity_graph.c */
+/* identity_store.c */
 extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt);
 extern IdNode *CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create);
 extern ProfNode *CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create);
 extern ProfNode *CdpCanonical(IdentityGraph *g, int64 profile_id);
+extern uint32 CdpGraphNodeCount(IdentityGraph *g);
+extern IdNode *CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it);
+extern uint32 CdpGraphProfileCount(IdentityGraph *g);
+extern ProfNode *CdpGraphProfileAt(IdentityGraph *g, uint32 i);
+
+/* the profile that holds everything of p now */
+static inline ProfNode *
+CdpCanonicalOf(ProfNode *p)
+{
+	while (p->into != NULL)
+		p = p->into;
+	return p;
+}
+
+/* identity_graph.c */
 extern void CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
 						   const char *message_id, bool is_new);
 extern void CdpGraphAddSplit(IdentityGraph *g, CdpIdentifier *keep_out,

@@ -1,0 +1,351 @@
+/*
+ * identity_store.c
+ *	  Where the identity graph keeps its identifiers and profiles.  A rebuild
+ *	  holds a million of each, so the storage is built for that: nothing
+ *	  ever moves (pointers stay valid, growing copies nothing), and entries
+ *	  are found through open-addressing tables of 8-byte slots that carry
+ *	  each entry's hash, so a probe rarely touches an entry that is not the
+ *	  one it looks for.  An identifier node and its identifier's bytes sit
+ *	  side by side in big blocks: finding an identifier costs the slot and
+ *	  one more cache miss, not three.
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "utils/memutils.h"
+
+#include "identity.h"
+
+#define PAGE_ELEMS		1024
+/* node blocks: a node is named by (block, offset / 8) in 32 bits */
+#define BLOCK_BITS		20
+#define BLOCK_SIZE		((uint32) 1 << BLOCK_BITS)
+#define UNIT_BITS		3
+#define NODE_REF(block, offset)	(((block) << (BLOCK_BITS - UNIT_BITS)) | ((offset) >> UNIT_BITS))
+#define NODE_AT(a, ref)	((IdNode *) ((a)->blocks[(ref) >> (BLOCK_BITS - UNIT_BITS)] + \
+						 (((ref) & ((1 << (BLOCK_BITS - UNIT_BITS)) - 1)) << UNIT_BITS)))
+#define FIRST_BLOCK_SIZE	((uint32) 64 * 1024)
+#define MAX_BLOCKS		((uint32) 1 << (32 - BLOCK_BITS + UNIT_BITS - 1))
+
+typedef struct TypeSlot
+{
+	char		type[CDP_ID_TYPE_MAX + 1];
+	int			slot;
+} TypeSlot;
+
+/* ---------------------------------------------------------------- pages */
+
+static void *
+PagedAt(const CdpPagedArray *a, uint32 i)
+{
+	return a->pages[i / PAGE_ELEMS] + (Size) (i % PAGE_ELEMS) * a->elem_size;
+}
+
+/* a zeroed new element at the end */
+static void *
+PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
+{
+	uint32		page = a->count / PAGE_ELEMS;
+	void	   *elem;
+
+	if (page >= a->npages)
+	{
+		if (page >= a->maxpages)
+		{
+			a->maxpages = Max(16, a->maxpages * 2);
+			a->pages = a->pages == NULL
+				? MemoryContextAlloc(cxt, sizeof(char *) * a->maxpages)
+				: repalloc(a->pages, sizeof(char *) * a->maxpages);
+		}
+		a->pages[a->npages++] = MemoryContextAlloc(cxt, a->elem_size * PAGE_ELEMS);
+	}
+	*index = a->count++;
+	elem = PagedAt(a, *index);
+	memset(elem, 0, a->elem_size);
+	return elem;
+}
+
+/* ---------------------------------------------------------------- slot tables */
+
+#define SLOT_HASH(s)	((uint32) ((s) >> 32))
+#define SLOT_REF(s)		((uint32) (s) - 1)
+#define SLOT_MAKE(h, i)	(((uint64) (h) << 32) | ((uint64) (i) + 1))
+
+static void
+SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
+{
+	t->slots = MemoryContextAllocZero(cxt, sizeof(uint64) * size);
+	t->mask = size - 1;
+	t->used = 0;
+}
+
+/* double the table once it is three quarters full: probes stay short */
+static void
+SlotTableGrowIfFull(CdpSlotTable *t, MemoryContext cxt)
+{
+	uint64	   *old = t->slots;
+	uint32		oldsize = t->mask + 1;
+
+	if ((uint64) (t->used + 1) * 4 <= (uint64) oldsize * 3)
+		return;
+	if (oldsize >= ((uint32) 1 << 31))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the identity graph is too large")));
+	SlotTableInit(t, cxt, oldsize * 2);
+	for (uint32 i = 0; i < oldsize; i++)
+	{
+		uint32		pos;
+
+		if (old[i] == 0)
+			continue;
+		pos = SLOT_HASH(old[i]) & t->mask;
+		while (t->slots[pos] != 0)
+			pos = (pos + 1) & t->mask;
+		t->slots[pos] = old[i];
+		t->used++;
+	}
+	pfree(old);
+}
+
+typedef bool (*SlotMatch) (IdentityGraph *g, uint32 ref, const void *key);
+
+/*
+ * Find key (of the given hash) in t: true and its ref if there; else false
+ * and the free slot where it would go.
+ */
+static inline bool
+SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const void *key,
+		 uint32 *pos, uint32 *ref)
+{
+	for (*pos = hash & t->mask; t->slots[*pos] != 0; *pos = (*pos + 1) & t->mask)
+	{
+		if (SLOT_HASH(t->slots[*pos]) == hash && match(g, SLOT_REF(t->slots[*pos]), key))
+		{
+			*ref = SLOT_REF(t->slots[*pos]);
+			return true;
+		}
+	}
+	return false;
+}
+
+static void
+SlotSet(CdpSlotTable *t, uint32 pos, uint32 hash, uint32 ref)
+{
+	t->slots[pos] = SLOT_MAKE(hash, ref);
+	t->used++;
+}
+
+/* ---------------------------------------------------------------- the graph */
+
+IdentityGraph *
+CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt)
+{
+	IdentityGraph *g = MemoryContextAllocZero(cxt, sizeof(IdentityGraph));
+	HASHCTL		ctl;
+
+	g->cxt = cxt;
+	g->rules = rules;
+	g->profs.elem_size = sizeof(ProfNode);
+	SlotTableInit(&g->node_index, cxt, 256);
+	SlotTableInit(&g->prof_index, cxt, 256);
+
+	ctl.keysize = CDP_ID_TYPE_MAX + 1;
+	ctl.entrysize = sizeof(TypeSlot);
+	ctl.hcxt = cxt;
+	g->type_slots = hash_create("cdp identity types", 16, &ctl,
+								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	return g;
+}
+
+static int
+TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
+{
+	char		key[CDP_ID_TYPE_MAX + 1];
+	TypeSlot   *t;
+	bool		found;
+
+	memcpy(key, IdTypePtr(id), id->type_len);
+	key[id->type_len] = '\0';
+	t = hash_search(g->type_slots, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		t->slot = g->ntypes++;
+		if (t->slot >= g->nslot_names)
+		{
+			g->nslot_names = Max(16, g->nslot_names * 2);
+			g->slot_names = g->slot_names == NULL
+				? MemoryContextAlloc(g->cxt, sizeof(char *) * g->nslot_names)
+				: repalloc(g->slot_names, sizeof(char *) * g->nslot_names);
+		}
+		g->slot_names[t->slot] = MemoryContextStrdup(g->cxt, key);
+	}
+	return t->slot;
+}
+
+/*
+ * A new node with a copy of id right after it, carved from the current
+ * block (a million small allocations would each pay a header and rounding).
+ */
+static IdNode *
+NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
+{
+	CdpNodeArena *a = &g->nodes;
+	uint32		len = MAXALIGN(sizeof(IdNode) + VARSIZE(id));
+	uint32		b = a->nblocks - 1;
+	IdNode	   *node;
+
+	if (a->nblocks == 0 || a->used[b] + len > a->last_size)
+	{
+		if (a->nblocks >= MAX_BLOCKS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the identity graph is too large")));
+		if (a->nblocks == a->maxblocks)
+		{
+			a->maxblocks = Max(16, a->maxblocks * 2);
+			a->blocks = a->blocks == NULL
+				? MemoryContextAlloc(g->cxt, sizeof(char *) * a->maxblocks)
+				: repalloc(a->blocks, sizeof(char *) * a->maxblocks);
+			a->used = a->used == NULL
+				? MemoryContextAlloc(g->cxt, sizeof(uint32) * a->maxblocks)
+				: repalloc(a->used, sizeof(uint32) * a->maxblocks);
+		}
+		b = a->nblocks++;
+		/* a batch's graph is small: its first block is too */
+		a->last_size = b == 0 ? FIRST_BLOCK_SIZE : BLOCK_SIZE;
+		a->blocks[b] = MemoryContextAlloc(g->cxt, a->last_size);
+		a->used[b] = 0;
+	}
+	node = (IdNode *) (a->blocks[b] + a->used[b]);
+	memset(node, 0, sizeof(IdNode));
+	node->id = (CdpIdentifier *) (node + 1);
+	memcpy(node->id, id, VARSIZE(id));
+	*ref = NODE_REF(b, a->used[b]);
+	a->used[b] += len;
+	a->count++;
+	return node;
+}
+
+static uint32
+IdentifierHash(const CdpIdentifier *id)
+{
+	return hash_bytes((const unsigned char *) &id->type_len,
+					  VARSIZE(id) - offsetof(CdpIdentifier, type_len));
+}
+
+static bool
+SameIdentifier(const CdpIdentifier *a, const CdpIdentifier *b)
+{
+	return VARSIZE(a) == VARSIZE(b) &&
+		memcmp(&a->type_len, &b->type_len, VARSIZE(a) - offsetof(CdpIdentifier, type_len)) == 0;
+}
+
+static bool
+NodeMatches(IdentityGraph *g, uint32 ref, const void *key)
+{
+	return SameIdentifier(NODE_AT(&g->nodes, ref)->id, key);
+}
+
+/* the node for an identifier; with create, a detached one if unknown */
+IdNode *
+CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
+{
+	uint32		hash = IdentifierHash(id);
+	uint32		pos;
+	uint32		ref;
+	IdNode	   *node;
+
+	if (create)
+		SlotTableGrowIfFull(&g->node_index, g->cxt);
+	if (SlotFind(g, &g->node_index, hash, NodeMatches, id, &pos, &ref))
+		return NODE_AT(&g->nodes, ref);
+	if (!create)
+		return NULL;
+	node = NewNode(g, id, &ref);
+	node->type_slot = TypeSlotOf(g, id);
+	SlotSet(&g->node_index, pos, hash, ref);
+	return node;
+}
+
+static uint32
+ProfileHash(int64 profile_id)
+{
+	return murmurhash32((uint32) profile_id ^ (uint32) ((uint64) profile_id >> 32));
+}
+
+static bool
+ProfileMatches(IdentityGraph *g, uint32 ref, const void *key)
+{
+	return ((ProfNode *) PagedAt(&g->profs, ref))->profile_id == *(const int64 *) key;
+}
+
+ProfNode *
+CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
+{
+	uint32		hash = ProfileHash(profile_id);
+	uint32		pos;
+	uint32		ref;
+	ProfNode   *p;
+
+	if (create)
+		SlotTableGrowIfFull(&g->prof_index, g->cxt);
+	if (SlotFind(g, &g->prof_index, hash, ProfileMatches, &profile_id, &pos, &ref))
+		return PagedAt(&g->profs, ref);
+	if (!create)
+		return NULL;
+	p = PagedAppend(&g->profs, g->cxt, &ref);
+	p->profile_id = profile_id;
+	p->version = -1;
+	p->type_counts = p->inline_counts;
+	p->ntype_counts = lengthof(p->inline_counts);
+	SlotSet(&g->prof_index, pos, hash, ref);
+	return p;
+}
+
+/* follow merges to the profile that holds everything now */
+ProfNode *
+CdpCanonical(IdentityGraph *g, int64 profile_id)
+{
+	return CdpCanonicalOf(CdpGraphProfile(g, profile_id, true));
+}
+
+uint32
+CdpGraphNodeCount(IdentityGraph *g)
+{
+	return g->nodes.count;
+}
+
+/*
+ * The next node in the order nodes were made (which keeps every pass over
+ * them deterministic); start with a zeroed iterator; NULL at the end.
+ */
+IdNode *
+CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it)
+{
+	CdpNodeArena *a = &g->nodes;
+	IdNode	   *node;
+
+	while (it->block < a->nblocks && it->offset >= a->used[it->block])
+	{
+		it->block++;
+		it->offset = 0;
+	}
+	if (it->block >= a->nblocks)
+		return NULL;
+	node = (IdNode *) (a->blocks[it->block] + it->offset);
+	it->offset += MAXALIGN(sizeof(IdNode) + VARSIZE(node->id));
+	return node;
+}
+
+uint32
+CdpGraphProfileCount(IdentityGraph *g)
+{
+	return g->profs.count;
+}
+
+ProfNode *
+CdpGraphProfileAt(IdentityGraph *g, uint32 i)
+{
+	return PagedAt(&g->profs, i);
+}
