@@ -35,6 +35,13 @@ typedef struct TypeSlot
 
 /* ---------------------------------------------------------------- pages */
 
+/* an array of n elements of size elem, in cxt (arr NULL) or grown */
+static void *
+GrowArray(MemoryContext cxt, void *arr, Size elem, uint32 n)
+{
+	return arr == NULL ? MemoryContextAlloc(cxt, elem * n) : repalloc(arr, elem * n);
+}
+
 static void *
 PagedAt(const CdpPagedArray *a, uint32 i)
 {
@@ -53,9 +60,7 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 		if (page >= a->maxpages)
 		{
 			a->maxpages = Max(16, a->maxpages * 2);
-			a->pages = a->pages == NULL
-				? MemoryContextAlloc(cxt, sizeof(char *) * a->maxpages)
-				: repalloc(a->pages, sizeof(char *) * a->maxpages);
+			a->pages = GrowArray(cxt, a->pages, sizeof(char *), a->maxpages);
 		}
 		a->pages[a->npages++] = MemoryContextAlloc(cxt, a->elem_size * PAGE_ELEMS);
 	}
@@ -174,9 +179,7 @@ TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
 		if (t->slot >= g->nslot_names)
 		{
 			g->nslot_names = Max(16, g->nslot_names * 2);
-			g->slot_names = g->slot_names == NULL
-				? MemoryContextAlloc(g->cxt, sizeof(char *) * g->nslot_names)
-				: repalloc(g->slot_names, sizeof(char *) * g->nslot_names);
+			g->slot_names = GrowArray(g->cxt, g->slot_names, sizeof(char *), g->nslot_names);
 		}
 		g->slot_names[t->slot] = MemoryContextStrdup(g->cxt, key);
 	}
@@ -204,12 +207,8 @@ NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
 		if (a->nblocks == a->maxblocks)
 		{
 			a->maxblocks = Max(16, a->maxblocks * 2);
-			a->blocks = a->blocks == NULL
-				? MemoryContextAlloc(g->cxt, sizeof(char *) * a->maxblocks)
-				: repalloc(a->blocks, sizeof(char *) * a->maxblocks);
-			a->used = a->used == NULL
-				? MemoryContextAlloc(g->cxt, sizeof(uint32) * a->maxblocks)
-				: repalloc(a->used, sizeof(uint32) * a->maxblocks);
+			a->blocks = GrowArray(g->cxt, a->blocks, sizeof(char *), a->maxblocks);
+			a->used = GrowArray(g->cxt, a->used, sizeof(uint32), a->maxblocks);
 		}
 		b = a->nblocks++;
 		/* a batch's graph is small: its first block is too */

@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(19);
+SELECT plan(20);
 
 SET LOCAL timezone = 'UTC';
 -- cdp.identifier's operators live in schema cdp (see sql/40_identifier.sql)
@@ -130,6 +130,10 @@ SELECT set_has(
              ('crm.max_per_profile'), ('hub')$$,
     'the workload breaks every kind of rule (blocked, user_id, email, device_id in its window, crm, hub)');
 SELECT cmp_ok((SELECT count(*)::int FROM cdp.merges), '>', 100, 'the workload merges profiles');
+-- a rebuild's graph starts with room for a few hundred identifiers
+-- (identity_store.c): this one must grow its blocks and lookup tables
+SELECT cmp_ok((SELECT count(*)::int FROM cdp.identities), '>', 1000,
+              'the workload holds more identifiers than the graph storage starts with');
 
 SELECT is((cdp.rebuild_identities(dry_run => true)->>'changed')::int, 0,
           'rebuild_identities(dry_run) over the evidence reproduces the online result: 0 changed');
