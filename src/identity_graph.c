@@ -383,6 +383,7 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p->is_new = true;
 		p->members_loaded = true;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
+		nodes[i]->seq = m->seq;
 		m->changed = true;
 	}
 }
@@ -500,6 +501,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		if (active[i] && !nodes[i]->attached)
 		{
 			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
+			nodes[i]->seq = m->seq;
 			m->changed = true;
 		}
 	}

@@ -47,7 +47,8 @@ typedef struct RebuildState
 typedef struct RelinkedRow
 {
 	int64		seq;
-	Datum		linked;			/* cdp.identifier[] */
+	Datum	   *ids;			/* what it links now */
+	int			nids;
 } RelinkedRow;
 
 static int64
@@ -130,7 +131,8 @@ NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryCon
 			now[nnow++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(PointerGetDatum(m->ids[i])));
 	row = palloc(sizeof(RelinkedRow));
 	row->seq = m->seq;
-	row->linked = CdpArray(now, nnow, idtype);
+	row->ids = now;
+	row->nids = nnow;
 	rs->relinked = lappend(rs->relinked, row);
 	MemoryContextSwitchTo(old);
 }
@@ -212,6 +214,7 @@ typedef struct Change
 	int64		from;
 	int64		to;
 	TimestampTz linked_at;		/* as the replay linked it */
+	int64		seq;			/* the evidence row that linked it */
 } Change;
 
 /*
@@ -327,90 +330,216 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 			c->from = node->u.stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;
+			c->seq = node->seq;
 			changes = lappend(changes, c);
 		}
 	}
 	return changes;
 }
 
+static Datum
+Int8Array(int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return CdpArray(d, n, INT8OID);
+}
+
+/* evidence rows record what they link now: one UPDATE, slices of one array */
+static void
+WriteRelinked(List *relinked, Oid idtype)
+{
+	int			n = list_length(relinked);
+	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
+	Datum	   *bounds[2] = {palloc(sizeof(Datum) * Max(n, 1)), palloc(sizeof(Datum) * Max(n, 1))};
+	List	   *all = NIL;
+	int			k = 0;
+	ListCell   *lc;
+	Datum	   *flat;
+	Oid			types[4] = {INT8ARRAYOID, get_array_type(idtype), INT4ARRAYOID, INT4ARRAYOID};
+	Datum		args[4];
+
+	if (n == 0)
+		return;
+	foreach(lc, relinked)
+	{
+		RelinkedRow *row = lfirst(lc);
+
+		seqs[k] = row->seq;
+		bounds[0][k] = Int32GetDatum(list_length(all) + 1);
+		for (int i = 0; i < row->nids; i++)
+			all = lappend(all, DatumGetPointer(row->ids[i]));
+		bounds[1][k] = Int32GetDatum(list_length(all));
+		k++;
+	}
+	flat = palloc(sizeof(Datum) * Max(list_length(all), 1));
+	k = 0;
+	foreach(lc, all)
+		flat[k++] = PointerGetDatum(lfirst(lc));
+	args[0] = Int8Array(seqs, n);
+	args[1] = CdpArray(flat, k, idtype);
+	args[2] = CdpArray(bounds[0], n, INT4OID);
+	args[3] = CdpArray(bounds[1], n, INT4OID);
+	CdpExecArgs("UPDATE cdp.identity_evidence e SET linked = coalesce($2[u.lo:u.hi], '{}') "
+				"FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(seq, lo, hi) "
+				"WHERE e.seq = u.seq", 4, types, args, SPI_OK_UPDATE);
+}
+
+/* $1, $2: profiles that lost identifiers and where the last of them went */
+#define EMPTIED "(SELECT r.f, r.t FROM ROWS FROM (unnest($1), unnest($2)) AS r(f, t) " \
+	"WHERE r.t <> 0 AND r.f <> r.t " \
+	"AND NOT EXISTS (SELECT 1 FROM cdp.identities i WHERE i.profile_id = r.f))"
+
 /*
- * Move the changed identifiers (with the time and message the replay linked
- * them by); a profile left empty redirects, with its event counts, to where
- * its identifiers went; evidence rows record what they now link.
+ * Move the changed identifiers (with the time and evidence row the replay
+ * linked them by); a profile left without identifiers redirects, with its
+ * event counts, to where the last of them went.  Set-based, a statement a
+ * step: a rule change can move a large share of a million identifiers.
  */
 static void
 Apply(List *changes, List *relinked, Oid idtype)
 {
-	ListCell   *lc;
-	Oid			types[4] = {INT8OID, idtype, INT8OID, TIMESTAMPTZOID};
+	int			n = list_length(changes);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *gone = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *to = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *froms = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *from_to = palloc(sizeof(int64) * Max(n, 1));
+	int			nmoved = 0,
+				ngone = 0,
+				nfrom = 0;
+	Oid			idarr = get_array_type(idtype);
 	HASHCTL		ctl;
 	HTAB	   *fresh;
+	HTAB	   *last_to;
+	ListCell   *lc;
+	uint64		nrecount = 0;
+	Datum		recount = (Datum) 0;
+	bool		recount_null = true;
+
+	WriteRelinked(relinked, idtype);
 
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(Landing);
 	ctl.hcxt = CurrentMemoryContext;
 	fresh = hash_create("cdp rebuild new ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	foreach(lc, relinked)
-	{
-		RelinkedRow *row = lfirst(lc);
-		Oid			t[2] = {INT8OID, get_array_type(idtype)};
-		Datum		v[2] = {Int64GetDatum(row->seq), row->linked};
-
-		CdpExecArgs("UPDATE cdp.identity_evidence SET linked = $2 WHERE seq = $1",
-					2, t, v, SPI_OK_UPDATE);
-	}
+	last_to = hash_create("cdp rebuild emptied", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	foreach(lc, changes)
 	{
 		Change	   *c = lfirst(lc);
-		Datum		vals[4];
+		bool		found;
 
 		if (c->to >= TEMP_PROFILE_IDS)
 		{
-			bool		found;
 			Landing    *l = hash_search(fresh, &c->to, HASH_ENTER, &found);
 
 			if (!found)
 				l->profile = CdpNextProfileId();
 			c->to = l->profile;
 		}
-		vals[0] = Int64GetDatum(c->to);
-		vals[1] = PointerGetDatum(c->id);
-		vals[2] = Int64GetDatum(c->from);
-		vals[3] = TimestampTzGetDatum(c->linked_at);
-
 		if (c->to == 0)
+			gone[ngone++] = PointerGetDatum(c->id);
+		else
 		{
-			CdpExecArgs("DELETE FROM cdp.identities WHERE identifier = $2", 2, types, vals, SPI_OK_DELETE);
-			continue;
+			ids[nmoved] = PointerGetDatum(c->id);
+			to[nmoved] = c->to;
+			seqs[nmoved] = c->seq;
+			ats[nmoved] = TimestampTzGetDatum(c->linked_at);
+			nmoved++;
 		}
-		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) VALUES ($1) ON CONFLICT DO NOTHING",
-					1, types, vals, SPI_OK_INSERT);
-		/* its message: the first evidence row that links it (relinked above) */
+		if (c->from != 0)
+		{
+			Landing    *l = hash_search(last_to, &c->from, HASH_ENTER, &found);
+
+			if (!found)
+			{
+				l->profile = 0;
+				froms[nfrom++] = c->from;
+			}
+			if (c->to != 0)
+				l->profile = c->to;
+		}
+	}
+	for (int i = 0; i < nfrom; i++)
+		from_to[i] = ((Landing *) hash_search(last_to, &froms[i], HASH_FIND, NULL))->profile;
+
+	if (ngone > 0)
+	{
+		Oid			t[1] = {idarr};
+		Datum		a[1] = {CdpArray(gone, ngone, idtype)};
+
+		CdpExecArgs("DELETE FROM cdp.identities WHERE identifier = ANY ($1)", 1, t, a, SPI_OK_DELETE);
+	}
+	if (nmoved > 0)
+	{
+		Oid			t[4] = {idarr, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+		Datum		a[4] = {CdpArray(ids, nmoved, idtype), Int8Array(to, nmoved),
+		CdpArray(ats, nmoved, TIMESTAMPTZOID), Int8Array(seqs, nmoved)};
+
+		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) SELECT DISTINCT p FROM unnest($2) p "
+					"ON CONFLICT DO NOTHING", 4, t, a, SPI_OK_INSERT);
+		/* its message: the evidence row the replay linked it by */
 		CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					"SELECT $2, $1, $4, (SELECT e.message_id FROM cdp.identity_evidence e "
-					"                    WHERE e.linked @> ARRAY[$2] ORDER BY e.seq LIMIT 1) "
-					"ON CONFLICT (identifier) DO UPDATE SET profile_id = $1, linked_at = $4, "
-					"message_id = excluded.message_id",
-					4, types, vals, SPI_OK_INSERT);
-		/* a profile that gets identifiers back is canonical again */
-		CdpExecArgs("UPDATE cdp.profile_records SET merged_into = NULL WHERE profile_id = $1",
-					1, types, vals, SPI_OK_UPDATE);
-		if (c->from == 0)
-			continue;
-		CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $3",
-					3, types, vals, SPI_OK_UPDATE);
-		CdpExecArgs("UPDATE cdp.profile_records t SET event_count = t.event_count + f.event_count, "
-					"first_seen = LEAST(t.first_seen, f.first_seen), "
-					"last_seen = GREATEST(t.last_seen, f.last_seen) "
-					"FROM cdp.profile_records f WHERE t.profile_id = $1 AND f.profile_id = $3 "
-					"AND f.merged_into IS NULL AND t.profile_id <> f.profile_id "
-					"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
-					3, types, vals, SPI_OK_UPDATE);
-		CdpExecArgs("UPDATE cdp.profile_records SET merged_into = $1, "
-					"event_count = CASE WHEN profile_id = $3 THEN 0 ELSE event_count END "
-					"WHERE (profile_id = $3 OR merged_into = $3) AND profile_id <> $1 "
-					"AND NOT EXISTS (SELECT 1 FROM cdp.identities WHERE profile_id = $3)",
-					3, types, vals, SPI_OK_UPDATE);
+					"SELECT u.i, u.p, u.at, e.message_id "
+					"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(i, p, at, seq) "
+					"LEFT JOIN cdp.identity_evidence e ON e.seq = u.seq "
+					"ON CONFLICT (identifier) DO UPDATE SET profile_id = excluded.profile_id, "
+					"linked_at = excluded.linked_at, message_id = excluded.message_id",
+					4, t, a, SPI_OK_INSERT);
+		/*
+		 * A profile that gets identifiers back is canonical again, and its
+		 * events follow it out of the profile that had absorbed it: both
+		 * are counted again at the end.
+		 */
+		nrecount = CdpExecArgs("WITH back AS (UPDATE cdp.profile_records p SET merged_into = NULL "
+							   "  FROM cdp.profile_records old WHERE old.profile_id = p.profile_id "
+							   "   AND p.profile_id = ANY ($2) AND p.merged_into IS NOT NULL "
+							   "RETURNING p.profile_id, old.merged_into AS was) "
+							   "SELECT array_agg(x) FROM back, LATERAL (VALUES (profile_id), (was)) v(x)",
+							   4, t, a, SPI_OK_SELECT);
+		if (nrecount == 1)
+			recount = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &recount_null);
+	}
+	if (nfrom > 0)
+	{
+		Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
+		Datum		a[2] = {Int8Array(froms, nfrom), Int8Array(from_to, nfrom)};
+
+		/* sessions that read these profiles before must read again */
+		CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
+					2, t, a, SPI_OK_UPDATE);
+		/* emptied profiles: counts to where their identifiers went, then redirect */
+		CdpExecArgs("UPDATE cdp.profile_records p SET event_count = p.event_count + s.n, "
+					"first_seen = LEAST(p.first_seen, s.lo), last_seen = GREATEST(p.last_seen, s.hi) "
+					"FROM (SELECT r.t, sum(f.event_count) AS n, min(f.first_seen) AS lo, "
+					"             max(f.last_seen) AS hi "
+					"        FROM " EMPTIED " r JOIN cdp.profile_records f ON f.profile_id = r.f "
+					"       WHERE f.merged_into IS NULL GROUP BY r.t) s "
+					"WHERE p.profile_id = s.t", 2, t, a, SPI_OK_UPDATE);
+		CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t "
+					"FROM " EMPTIED " r WHERE p.merged_into = r.f AND p.profile_id <> r.t",
+					2, t, a, SPI_OK_UPDATE);
+		CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
+					"FROM " EMPTIED " r WHERE p.profile_id = r.f", 2, t, a, SPI_OK_UPDATE);
+	}
+	if (!recount_null)
+	{
+		Oid			t[1] = {INT8ARRAYOID};
+		Datum		a[1] = {recount};
+
+		CdpExecArgs("UPDATE cdp.profile_records p SET event_count = s.n, first_seen = s.lo, last_seen = s.hi "
+					"FROM (SELECT c.p, count(e.ts) AS n, min(e.ts) AS lo, max(e.ts) AS hi "
+					"        FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS p "
+					"                FROM cdp.profile_records r WHERE r.profile_id = ANY ($1)) c "
+					"        CROSS JOIN LATERAL (SELECT c.p AS src UNION ALL SELECT m.profile_id "
+					"                FROM cdp.profile_records m WHERE m.merged_into = c.p) m "
+					"        LEFT JOIN cdp.events e ON e.profile_id = m.src "
+					"       GROUP BY c.p) s "
+					"WHERE p.profile_id = s.p", 1, t, a, SPI_OK_UPDATE);
 	}
 }
 

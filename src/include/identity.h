@@ -51,6 +51,7 @@ struct IdNode
 	IdNode	   *next_member;
 	ProfNode   *prof;			/* its profile (follow into); NULL detached */
 	TimestampTz linked_at;
+	int64		seq;			/* rebuild: the evidence row that attached it */
 	union
 	{
 		const char *message_id; /* online: the message that attached it */

@@ -4,7 +4,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(110);
+SELECT plan(112);
 
 SET LOCAL timezone = 'UTC';
 -- cdp.identifier's operators live in schema cdp (see sql/40_identifier.sql)
@@ -361,10 +361,24 @@ SELECT cmp_ok((pg_temp.dry()->>'changed')::int, '>', 0,
 SELECT lives_ok($$SELECT cdp.rebuild_identities()$$, 'rebuild_identities() under a rule that undoes a merge runs');
 SELECT isnt(pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'),
             '... and takes the merge apart');
+SELECT results_eq(
+    $$SELECT profile_id, event_count, first_seen, last_seen FROM cdp.profiles
+       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user')) ORDER BY 1$$,
+    $$SELECT profile_id, count(*), min(ts), max(ts) FROM cdp.events_resolved
+       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'))
+       GROUP BY 1 ORDER BY 1$$,
+    '... and counts the events of each profile exactly again (they follow the profile out)');
 SELECT is((pg_temp.dry()->>'changed')::int, 0, '... after which a dry run reports 0');
 DO $$ BEGIN PERFORM pg_temp.rule('phone', 5); END $$;
 SELECT lives_ok($$SELECT cdp.rebuild_identities()$$, 'restoring the phone limit and rebuilding runs');
 SELECT is(pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'), '... and merges them again');
+SELECT results_eq(
+    $$SELECT profile_id, event_count, first_seen, last_seen FROM cdp.profiles
+       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user')) ORDER BY 1$$,
+    $$SELECT profile_id, count(*), min(ts), max(ts) FROM cdp.events_resolved
+       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'))
+       GROUP BY 1 ORDER BY 1$$,
+    '... with exact counts again');
 
 -- a looser limit links what the tighter one kept out (the evidence is kept)
 DO $$ BEGIN
