@@ -104,16 +104,6 @@ IdentifierArray(CdpIdentifier **ids, int n)
 }
 
 static Datum
-Int8Array(int64 *v, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(v[i]);
-	return CdpArray(d, n, INT8OID);
-}
-
-static Datum
 Int4Array(int32 *v, int n)
 {
 	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
@@ -261,7 +251,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		int			nfollow = 0;
 
 		qsort(ids, n, sizeof(int64), CompareInt64);
-		args[0] = Int8Array(ids, n);
+		args[0] = CdpInt8Array(ids, n);
 		rows = CdpExecPlan(OnlinePlanFor(PLAN_LOCK_PROFILES,
 								"SELECT profile_id, merged_into, merges_absorbed, version "
 								"FROM cdp.profile_records WHERE profile_id = ANY ($1) "
@@ -460,8 +450,8 @@ WriteNewProfiles(IdentityGraph *g)
 	}
 	if (n == 0)
 		return;
-	args[0] = Int8Array(ids, n);
-	args[1] = Int8Array(into, n);
+	args[0] = CdpInt8Array(ids, n);
+	args[1] = CdpInt8Array(into, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PROFILES,
 					 "INSERT INTO cdp.profile_records (profile_id, merged_into) "
 					 "SELECT p, nullif(m, 0) FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, m)",
@@ -521,8 +511,8 @@ WriteMerges(IdentityGraph *g)
 							 2, two), pair, NULL, SPI_OK_UPDATE);
 		}
 	}
-	args[0] = Int8Array(from, n);
-	args[1] = Int8Array(into, n);
+	args[0] = CdpInt8Array(from, n);
+	args[1] = CdpInt8Array(into, n);
 	args[2] = TextArray(mids, n);
 	args[3] = TextArray(reasons, n);
 	args[4] = TimestampArray(ats, n);
@@ -562,7 +552,7 @@ WriteNewIdentities(IdentityGraph *g)
 	if (n == 0)
 		return;
 	args[0] = IdentifierArray(ids, n);
-	args[1] = Int8Array(profiles, n);
+	args[1] = CdpInt8Array(profiles, n);
 	args[2] = TimestampArray(ats, n);
 	args[3] = TextArray(mids, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
@@ -656,7 +646,7 @@ WriteEvidence(IdItem *items, int n)
 	args[1] = TimestampArray(ats, nrows);
 	for (int b = 0; b < 4; b++)
 		args[2 + b] = Int4Array(bounds[b], nrows);
-	args[6] = Int8Array(created, nrows);
+	args[6] = CdpInt8Array(created, nrows);
 	args[7] = TextArray(sources, nrows);
 	args[8] = IdentifierArray(all, nall);
 	args[9] = IdentifierArray(linked, nlinked);
@@ -725,8 +715,8 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
 		lo[j] = Min(lo[j], msg->ts);
 		hi[j] = Max(hi[j], msg->ts);
 	}
-	args[0] = Int8Array(ids, np);
-	args[1] = Int8Array(counts, np);
+	args[0] = CdpInt8Array(ids, np);
+	args[1] = CdpInt8Array(counts, np);
 	args[2] = TimestampArray(lo, np);
 	args[3] = TimestampArray(hi, np);
 	args[4] = Int4Array(absorbed, np);

@@ -337,16 +337,6 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	return changes;
 }
 
-static Datum
-Int8Array(int64 *v, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(v[i]);
-	return CdpArray(d, n, INT8OID);
-}
-
 /* evidence rows record what they link now: one UPDATE, slices of one array */
 static void
 WriteRelinked(List *relinked, Oid idtype)
@@ -378,7 +368,7 @@ WriteRelinked(List *relinked, Oid idtype)
 	k = 0;
 	foreach(lc, all)
 		flat[k++] = PointerGetDatum(lfirst(lc));
-	args[0] = Int8Array(seqs, n);
+	args[0] = CdpInt8Array(seqs, n);
 	args[1] = CdpArray(flat, k, idtype);
 	args[2] = CdpArray(bounds[0], n, INT4OID);
 	args[3] = CdpArray(bounds[1], n, INT4OID);
@@ -477,8 +467,8 @@ Apply(List *changes, List *relinked, Oid idtype)
 	if (nmoved > 0)
 	{
 		Oid			t[4] = {idarr, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-		Datum		a[4] = {CdpArray(ids, nmoved, idtype), Int8Array(to, nmoved),
-		CdpArray(ats, nmoved, TIMESTAMPTZOID), Int8Array(seqs, nmoved)};
+		Datum		a[4] = {CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
+		CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved)};
 
 		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) SELECT DISTINCT p FROM unnest($2) p "
 					"ON CONFLICT DO NOTHING", 4, t, a, SPI_OK_INSERT);
@@ -507,7 +497,7 @@ Apply(List *changes, List *relinked, Oid idtype)
 	if (nfrom > 0)
 	{
 		Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
-		Datum		a[2] = {Int8Array(froms, nfrom), Int8Array(from_to, nfrom)};
+		Datum		a[2] = {CdpInt8Array(froms, nfrom), CdpInt8Array(from_to, nfrom)};
 
 		/* sessions that read these profiles before must read again */
 		CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",

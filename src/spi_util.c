@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
@@ -81,4 +82,15 @@ CdpArray(Datum *elems, int n, Oid elemtype)
 
 	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
 	return PointerGetDatum(construct_array(elems, n, elemtype, typlen, byval, align));
+}
+
+/* bigint[] from n values */
+Datum
+CdpInt8Array(int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return CdpArray(d, n, INT8OID);
 }

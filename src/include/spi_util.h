@@ -11,6 +11,7 @@ extern SPIPlanPtr CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *arg
 extern uint64 CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected);
 extern uint64 CdpExecSql(const char *sql, int expected);
 extern Datum CdpArray(Datum *elems, int n, Oid elemtype);
+extern Datum CdpInt8Array(int64 *v, int n);
 extern uint64 CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected);
 
 #endif

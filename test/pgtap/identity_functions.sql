@@ -355,6 +355,18 @@ DO $$ BEGIN
     PERFORM pg_temp.run();
 END $$;
 SELECT is(pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'), 'un-merge setup: two profiles merged');
+-- what cdp.profiles says of the two profiles, and what their events say
+CREATE FUNCTION pg_temp.um_counts() RETURNS TABLE (p bigint, n bigint, lo timestamptz, hi timestamptz)
+LANGUAGE sql AS $$
+    SELECT profile_id, event_count, first_seen, last_seen FROM cdp.profiles
+     WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user')) ORDER BY 1
+$$;
+CREATE FUNCTION pg_temp.um_events() RETURNS TABLE (p bigint, n bigint, lo timestamptz, hi timestamptz)
+LANGUAGE sql AS $$
+    SELECT profile_id, count(*), min(ts), max(ts) FROM cdp.events_resolved
+     WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'))
+     GROUP BY 1 ORDER BY 1
+$$;
 DO $$ BEGIN PERFORM pg_temp.rule('phone', 1); END $$;
 SELECT cmp_ok((pg_temp.dry()->>'changed')::int, '>', 0,
               'a dry run reports the changes of a rule that would undo a merge');
@@ -362,22 +374,14 @@ SELECT lives_ok($$SELECT cdp.rebuild_identities()$$, 'rebuild_identities() under
 SELECT isnt(pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'),
             '... and takes the merge apart');
 SELECT results_eq(
-    $$SELECT profile_id, event_count, first_seen, last_seen FROM cdp.profiles
-       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user')) ORDER BY 1$$,
-    $$SELECT profile_id, count(*), min(ts), max(ts) FROM cdp.events_resolved
-       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'))
-       GROUP BY 1 ORDER BY 1$$,
+    $$SELECT * FROM pg_temp.um_counts()$$, $$SELECT * FROM pg_temp.um_events()$$,
     '... and counts the events of each profile exactly again (they follow the profile out)');
 SELECT is((pg_temp.dry()->>'changed')::int, 0, '... after which a dry run reports 0');
 DO $$ BEGIN PERFORM pg_temp.rule('phone', 5); END $$;
 SELECT lives_ok($$SELECT cdp.rebuild_identities()$$, 'restoring the phone limit and rebuilding runs');
 SELECT is(pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'), '... and merges them again');
 SELECT results_eq(
-    $$SELECT profile_id, event_count, first_seen, last_seen FROM cdp.profiles
-       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user')) ORDER BY 1$$,
-    $$SELECT profile_id, count(*), min(ts), max(ts) FROM cdp.events_resolved
-       WHERE profile_id IN (pg_temp.pid('anonymous_id:um-anon'), pg_temp.pid('user_id:um-user'))
-       GROUP BY 1 ORDER BY 1$$,
+    $$SELECT * FROM pg_temp.um_counts()$$, $$SELECT * FROM pg_temp.um_events()$$,
     '... with exact counts again');
 
 -- a looser limit links what the tighter one kept out (the evidence is kept)
