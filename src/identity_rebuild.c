@@ -344,7 +344,7 @@ WriteRelinked(List *relinked, Oid idtype)
 	int			n = list_length(relinked);
 	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
 	Datum	   *bounds[2] = {palloc(sizeof(Datum) * Max(n, 1)), palloc(sizeof(Datum) * Max(n, 1))};
-	List	   *all = NIL;
+	int			nall = 0;
 	int			k = 0;
 	ListCell   *lc;
 	Datum	   *flat;
@@ -354,27 +354,58 @@ WriteRelinked(List *relinked, Oid idtype)
 	if (n == 0)
 		return;
 	foreach(lc, relinked)
+		nall += ((RelinkedRow *) lfirst(lc))->nids;
+	flat = palloc(sizeof(Datum) * Max(nall, 1));
+	nall = 0;
+	foreach(lc, relinked)
 	{
 		RelinkedRow *row = lfirst(lc);
 
 		seqs[k] = row->seq;
-		bounds[0][k] = Int32GetDatum(list_length(all) + 1);
+		bounds[0][k] = Int32GetDatum(nall + 1);
 		for (int i = 0; i < row->nids; i++)
-			all = lappend(all, DatumGetPointer(row->ids[i]));
-		bounds[1][k] = Int32GetDatum(list_length(all));
+			flat[nall++] = row->ids[i];
+		bounds[1][k] = Int32GetDatum(nall);
 		k++;
 	}
-	flat = palloc(sizeof(Datum) * Max(list_length(all), 1));
-	k = 0;
-	foreach(lc, all)
-		flat[k++] = PointerGetDatum(lfirst(lc));
 	args[0] = CdpInt8Array(seqs, n);
-	args[1] = CdpArray(flat, k, idtype);
+	args[1] = CdpArray(flat, nall, idtype);
 	args[2] = CdpArray(bounds[0], n, INT4OID);
 	args[3] = CdpArray(bounds[1], n, INT4OID);
 	CdpExecArgs("UPDATE cdp.identity_evidence e SET linked = coalesce($2[u.lo:u.hi], '{}') "
 				"FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(seq, lo, hi) "
 				"WHERE e.seq = u.seq", 4, types, args, SPI_OK_UPDATE);
+}
+
+/*
+ * Put identifiers on their replayed profiles, with the time and the message
+ * of the evidence row the replay linked them by.  A profile that gets
+ * identifiers back is canonical again, and the events stored under its id
+ * follow it out of the profile that had absorbed it: returns both (a
+ * bigint[] to count again); *none when there are none.
+ */
+static Datum
+MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype, bool *none)
+{
+	Oid			t[4] = {get_array_type(idtype), INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		a[4] = {ids, to, ats, seqs};
+
+	CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) SELECT DISTINCT p FROM unnest($2) p "
+				"ON CONFLICT DO NOTHING", 4, t, a, SPI_OK_INSERT);
+	CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
+				"SELECT u.i, u.p, u.at, e.message_id "
+				"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(i, p, at, seq) "
+				"LEFT JOIN cdp.identity_evidence e ON e.seq = u.seq "
+				"ON CONFLICT (identifier) DO UPDATE SET profile_id = excluded.profile_id, "
+				"linked_at = excluded.linked_at, message_id = excluded.message_id",
+				4, t, a, SPI_OK_INSERT);
+	CdpExecArgs("WITH back AS (UPDATE cdp.profile_records p SET merged_into = NULL "
+				"  FROM cdp.profile_records old WHERE old.profile_id = p.profile_id "
+				"   AND p.profile_id = ANY ($2) AND p.merged_into IS NOT NULL "
+				"RETURNING p.profile_id, old.merged_into AS was) "
+				"SELECT array_agg(x) FROM back, LATERAL (VALUES (profile_id), (was)) v(x)",
+				4, t, a, SPI_OK_SELECT);
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, none);
 }
 
 /* $1, $2: profiles that lost identifiers and where the last of them went */
@@ -383,10 +414,55 @@ WriteRelinked(List *relinked, Oid idtype)
 	"AND NOT EXISTS (SELECT 1 FROM cdp.identities i WHERE i.profile_id = r.f))"
 
 /*
- * Move the changed identifiers (with the time and evidence row the replay
- * linked them by); a profile left without identifiers redirects, with its
- * event counts, to where the last of them went.  Set-based, a statement a
- * step: a rule change can move a large share of a million identifiers.
+ * Profiles that lost identifiers must be read again by sessions that read
+ * them before; one left with none passes its event counts to where the last
+ * of them went, and redirects there (with the profiles merged into it).
+ */
+static void
+RedirectEmptied(Datum froms, Datum last_to)
+{
+	Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum		a[2] = {froms, last_to};
+
+	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
+				2, t, a, SPI_OK_UPDATE);
+	CdpExecArgs("UPDATE cdp.profile_records p SET event_count = p.event_count + s.n, "
+				"first_seen = LEAST(p.first_seen, s.lo), last_seen = GREATEST(p.last_seen, s.hi) "
+				"FROM (SELECT r.t, sum(f.event_count) AS n, min(f.first_seen) AS lo, "
+				"             max(f.last_seen) AS hi "
+				"        FROM " EMPTIED " r JOIN cdp.profile_records f ON f.profile_id = r.f "
+				"       WHERE f.merged_into IS NULL GROUP BY r.t) s "
+				"WHERE p.profile_id = s.t", 2, t, a, SPI_OK_UPDATE);
+	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t "
+				"FROM " EMPTIED " r WHERE p.merged_into = r.f AND p.profile_id <> r.t",
+				2, t, a, SPI_OK_UPDATE);
+	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
+				"FROM " EMPTIED " r WHERE p.profile_id = r.f", 2, t, a, SPI_OK_UPDATE);
+}
+
+/* counts and seen times of these profiles' canonical ones, from the events */
+static void
+RecountProfiles(Datum profiles)
+{
+	Oid			t[1] = {INT8ARRAYOID};
+	Datum		a[1] = {profiles};
+
+	CdpExecArgs("UPDATE cdp.profile_records p SET event_count = s.n, first_seen = s.lo, last_seen = s.hi "
+				"FROM (SELECT c.p, count(e.ts) AS n, min(e.ts) AS lo, max(e.ts) AS hi "
+				"        FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS p "
+				"                FROM cdp.profile_records r WHERE r.profile_id = ANY ($1)) c "
+				"        CROSS JOIN LATERAL (SELECT c.p AS src UNION ALL SELECT m.profile_id "
+				"                FROM cdp.profile_records m WHERE m.merged_into = c.p) m "
+				"        LEFT JOIN cdp.events e ON e.profile_id = m.src "
+				"       GROUP BY c.p) s "
+				"WHERE p.profile_id = s.p", 1, t, a, SPI_OK_UPDATE);
+}
+
+/*
+ * Write the replayed graph: evidence rows record what they link now, then
+ * identifiers move, profiles left empty redirect, and profiles that came
+ * apart are counted again.  A statement a step, over arrays: a rule change
+ * can move a large share of a million identifiers.
  */
 static void
 Apply(List *changes, List *relinked, Oid idtype)
@@ -398,18 +474,16 @@ Apply(List *changes, List *relinked, Oid idtype)
 	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
 	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *froms = palloc(sizeof(int64) * Max(n, 1));
-	int64	   *from_to = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *last_to = palloc(sizeof(int64) * Max(n, 1));
 	int			nmoved = 0,
 				ngone = 0,
 				nfrom = 0;
-	Oid			idarr = get_array_type(idtype);
 	HASHCTL		ctl;
 	HTAB	   *fresh;
-	HTAB	   *last_to;
+	HTAB	   *from_place;
 	ListCell   *lc;
-	uint64		nrecount = 0;
+	bool		no_recount = true;
 	Datum		recount = (Datum) 0;
-	bool		recount_null = true;
 
 	WriteRelinked(relinked, idtype);
 
@@ -417,7 +491,7 @@ Apply(List *changes, List *relinked, Oid idtype)
 	ctl.entrysize = sizeof(Landing);
 	ctl.hcxt = CurrentMemoryContext;
 	fresh = hash_create("cdp rebuild new ids", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	last_to = hash_create("cdp rebuild emptied", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	from_place = hash_create("cdp rebuild sources", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	foreach(lc, changes)
 	{
 		Change	   *c = lfirst(lc);
@@ -443,94 +517,35 @@ Apply(List *changes, List *relinked, Oid idtype)
 		}
 		if (c->from != 0)
 		{
-			Landing    *l = hash_search(last_to, &c->from, HASH_ENTER, &found);
+			/* here Landing.profile is the place of c->from in froms */
+			Landing    *l = hash_search(from_place, &c->from, HASH_ENTER, &found);
 
 			if (!found)
 			{
-				l->profile = 0;
-				froms[nfrom++] = c->from;
+				l->profile = nfrom;
+				froms[nfrom] = c->from;
+				last_to[nfrom++] = 0;
 			}
 			if (c->to != 0)
-				l->profile = c->to;
+				last_to[l->profile] = c->to;
 		}
 	}
-	for (int i = 0; i < nfrom; i++)
-		from_to[i] = ((Landing *) hash_search(last_to, &froms[i], HASH_FIND, NULL))->profile;
 
 	if (ngone > 0)
 	{
-		Oid			t[1] = {idarr};
+		Oid			t[1] = {get_array_type(idtype)};
 		Datum		a[1] = {CdpArray(gone, ngone, idtype)};
 
 		CdpExecArgs("DELETE FROM cdp.identities WHERE identifier = ANY ($1)", 1, t, a, SPI_OK_DELETE);
 	}
 	if (nmoved > 0)
-	{
-		Oid			t[4] = {idarr, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-		Datum		a[4] = {CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
-		CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved)};
-
-		CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) SELECT DISTINCT p FROM unnest($2) p "
-					"ON CONFLICT DO NOTHING", 4, t, a, SPI_OK_INSERT);
-		/* its message: the evidence row the replay linked it by */
-		CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					"SELECT u.i, u.p, u.at, e.message_id "
-					"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(i, p, at, seq) "
-					"LEFT JOIN cdp.identity_evidence e ON e.seq = u.seq "
-					"ON CONFLICT (identifier) DO UPDATE SET profile_id = excluded.profile_id, "
-					"linked_at = excluded.linked_at, message_id = excluded.message_id",
-					4, t, a, SPI_OK_INSERT);
-		/*
-		 * A profile that gets identifiers back is canonical again, and its
-		 * events follow it out of the profile that had absorbed it: both
-		 * are counted again at the end.
-		 */
-		nrecount = CdpExecArgs("WITH back AS (UPDATE cdp.profile_records p SET merged_into = NULL "
-							   "  FROM cdp.profile_records old WHERE old.profile_id = p.profile_id "
-							   "   AND p.profile_id = ANY ($2) AND p.merged_into IS NOT NULL "
-							   "RETURNING p.profile_id, old.merged_into AS was) "
-							   "SELECT array_agg(x) FROM back, LATERAL (VALUES (profile_id), (was)) v(x)",
-							   4, t, a, SPI_OK_SELECT);
-		if (nrecount == 1)
-			recount = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &recount_null);
-	}
+		recount = MoveIdentities(CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
+								 CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved),
+								 idtype, &no_recount);
 	if (nfrom > 0)
-	{
-		Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
-		Datum		a[2] = {CdpInt8Array(froms, nfrom), CdpInt8Array(from_to, nfrom)};
-
-		/* sessions that read these profiles before must read again */
-		CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
-					2, t, a, SPI_OK_UPDATE);
-		/* emptied profiles: counts to where their identifiers went, then redirect */
-		CdpExecArgs("UPDATE cdp.profile_records p SET event_count = p.event_count + s.n, "
-					"first_seen = LEAST(p.first_seen, s.lo), last_seen = GREATEST(p.last_seen, s.hi) "
-					"FROM (SELECT r.t, sum(f.event_count) AS n, min(f.first_seen) AS lo, "
-					"             max(f.last_seen) AS hi "
-					"        FROM " EMPTIED " r JOIN cdp.profile_records f ON f.profile_id = r.f "
-					"       WHERE f.merged_into IS NULL GROUP BY r.t) s "
-					"WHERE p.profile_id = s.t", 2, t, a, SPI_OK_UPDATE);
-		CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t "
-					"FROM " EMPTIED " r WHERE p.merged_into = r.f AND p.profile_id <> r.t",
-					2, t, a, SPI_OK_UPDATE);
-		CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
-					"FROM " EMPTIED " r WHERE p.profile_id = r.f", 2, t, a, SPI_OK_UPDATE);
-	}
-	if (!recount_null)
-	{
-		Oid			t[1] = {INT8ARRAYOID};
-		Datum		a[1] = {recount};
-
-		CdpExecArgs("UPDATE cdp.profile_records p SET event_count = s.n, first_seen = s.lo, last_seen = s.hi "
-					"FROM (SELECT c.p, count(e.ts) AS n, min(e.ts) AS lo, max(e.ts) AS hi "
-					"        FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS p "
-					"                FROM cdp.profile_records r WHERE r.profile_id = ANY ($1)) c "
-					"        CROSS JOIN LATERAL (SELECT c.p AS src UNION ALL SELECT m.profile_id "
-					"                FROM cdp.profile_records m WHERE m.merged_into = c.p) m "
-					"        LEFT JOIN cdp.events e ON e.profile_id = m.src "
-					"       GROUP BY c.p) s "
-					"WHERE p.profile_id = s.p", 1, t, a, SPI_OK_UPDATE);
-	}
+		RedirectEmptied(CdpInt8Array(froms, nfrom), CdpInt8Array(last_to, nfrom));
+	if (!no_recount)
+		RecountProfiles(recount);
 }
 
 PG_FUNCTION_INFO_V1(cdp_rebuild_identities);
