@@ -98,7 +98,6 @@ CdpLoadSplits(IdentityGraph *g)
 	SPI_freetuptable(SPI_tuptable);
 }
 
-/* replay every evidence row in seq order; returns how many */
 /* keep the row's new links if they differ from what it linked before */
 static void
 NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryContext outer)
@@ -137,59 +136,38 @@ NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryCon
 	MemoryContextSwitchTo(old);
 }
 
+typedef void (*RowFn) (IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg);
+
+/*
+ * Run sql through a cursor, FETCH_ROWS at a time, calling fn for each row
+ * in a scratch context reset after every fetch: detoasted copies and other
+ * per-row memory never reach the graph's context.  Returns the rows.
+ */
 static int64
-Replay(IdentityGraph *g, Oid idtype)
+ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
 {
-	MemoryContext scratch = AllocSetContextCreate(CurrentMemoryContext, "cdp rebuild rows",
-												  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext outer = CurrentMemoryContext;
-	RebuildState *rs = g->private;
+	MemoryContext scratch = AllocSetContextCreate(outer, "cdp rebuild rows", ALLOCSET_DEFAULT_SIZES);
+	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
 	Portal		portal;
-	SPIPlanPtr	plan;
 	int64		nrows = 0;
 
-	plan = SPI_prepare("SELECT identifiers, created_profile, linked, observed_at, seq "
-					   "FROM cdp.identity_evidence ORDER BY seq", 0, NULL);
 	MemoryContextSwitchTo(outer);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
-	MemoryContextSwitchTo(outer);
 	for (;;)
 	{
+		MemoryContextSwitchTo(outer);
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		MemoryContextSwitchTo(scratch);
 		if (SPI_processed == 0)
 			break;
+		MemoryContextSwitchTo(scratch);
 		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[r];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 1, &isnull));
-			Datum		created = SPI_getbinval(tup, desc, 2, &isnull);
-			Datum	   *elems;
-			int			nelems;
-			IdMessage	m;
-
-			deconstruct_array(ids, idtype, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
-			memset(&m, 0, sizeof(m));
-			m.ids = (CdpIdentifier **) palloc(sizeof(CdpIdentifier *) * Max(nelems, 1));
-			for (int k = 0; k < nelems; k++)
-				m.ids[k] = DatumGetIdentifierP(elems[k]);
-			m.nids = nelems;
-			m.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
-			m.seq = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-			SPI_getbinval(tup, desc, 2, &isnull);
-			rs->hint = isnull ? 0 : DatumGetInt64(created);
-			CdpResolveMessage(g, &m);
-			if (rs->collect_links)
-				NoteRelinked(rs, &m, SPI_getbinval(tup, desc, 3, &isnull), idtype, outer);
-			nrows++;
-		}
+			fn(g, SPI_tuptable->vals[r], SPI_tuptable->tupdesc, arg);
+		nrows += SPI_processed;
 		SPI_freetuptable(SPI_tuptable);
 		MemoryContextReset(scratch);
-		MemoryContextSwitchTo(outer);
 		CHECK_FOR_INTERRUPTS();
 	}
 	SPI_cursor_close(portal);
@@ -197,6 +175,49 @@ Replay(IdentityGraph *g, Oid idtype)
 	MemoryContextSwitchTo(outer);
 	MemoryContextDelete(scratch);
 	return nrows;
+}
+
+typedef struct ReplayArgs
+{
+	Oid			idtype;
+	MemoryContext outer;		/* where relinked rows are kept */
+} ReplayArgs;
+
+/* one evidence row through the algorithm, as the message it was */
+static void
+ReplayRow(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+{
+	ReplayArgs *ra = arg;
+	RebuildState *rs = g->private;
+	bool		isnull;
+	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 1, &isnull));
+	Datum		created = SPI_getbinval(tup, desc, 2, &isnull);
+	Datum	   *elems;
+	int			nelems;
+	IdMessage	m;
+
+	rs->hint = isnull ? 0 : DatumGetInt64(created);
+	deconstruct_array(ids, ra->idtype, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
+	memset(&m, 0, sizeof(m));
+	m.ids = (CdpIdentifier **) palloc(sizeof(CdpIdentifier *) * Max(nelems, 1));
+	for (int k = 0; k < nelems; k++)
+		m.ids[k] = DatumGetIdentifierP(elems[k]);
+	m.nids = nelems;
+	m.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+	m.seq = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	CdpResolveMessage(g, &m);
+	if (rs->collect_links)
+		NoteRelinked(rs, &m, SPI_getbinval(tup, desc, 3, &isnull), ra->idtype, ra->outer);
+}
+
+/* replay every evidence row in seq order; returns how many */
+static int64
+Replay(IdentityGraph *g, Oid idtype)
+{
+	ReplayArgs	ra = {idtype, CurrentMemoryContext};
+
+	return ForEachRow("SELECT identifiers, created_profile, linked, observed_at, seq "
+					  "FROM cdp.identity_evidence ORDER BY seq", ReplayRow, g, &ra);
 }
 
 static int
@@ -217,6 +238,16 @@ typedef struct Change
 	int64		seq;			/* the evidence row that linked it */
 } Change;
 
+/* where cdp.identities holds an identifier now */
+static void
+NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+{
+	bool		isnull;
+	CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull));
+
+	CdpGraphNode(g, id, true)->u.stored = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+}
+
 /*
  * Compare the replayed graph with cdp.identities.  A replayed profile maps
  * to the stored profile of the same id, else to the stored profile of its
@@ -226,11 +257,6 @@ typedef struct Change
 static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 {
-	MemoryContext outer = CurrentMemoryContext;
-	MemoryContext scratch = AllocSetContextCreate(outer, "cdp rebuild stored rows",
-												  ALLOCSET_DEFAULT_SIZES);
-	Portal		portal;
-	SPIPlanPtr	plan;
 	List	   *changes = NIL;
 	ProfNode   *p;
 	ProfNode  **replayed;
@@ -239,36 +265,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 	CdpNodeIter it = {0, 0};
 	IdNode	   *node;
 
-	*nstored = 0;
-	plan = SPI_prepare("SELECT identifier, profile_id FROM cdp.identities", 0, NULL);
-	MemoryContextSwitchTo(outer);
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
-	MemoryContextSwitchTo(outer);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		/* detoasting copies each identifier: into scratch, not the graph */
-		MemoryContextSwitchTo(scratch);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			bool		isnull;
-			CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
-
-			CdpGraphNode(g, id, true)->u.stored =
-				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
-			(*nstored)++;
-		}
-		SPI_freetuptable(SPI_tuptable);
-		MemoryContextReset(scratch);
-		MemoryContextSwitchTo(outer);
-		CHECK_FOR_INTERRUPTS();
-	}
-	SPI_cursor_close(portal);
-	SPI_freeplan(plan);
-	MemoryContextSwitchTo(outer);
-	MemoryContextDelete(scratch);
+	*nstored = ForEachRow("SELECT identifier, profile_id FROM cdp.identities", NoteStored, g, NULL);
 
 	/*
 	 * Where each replayed profile lands.  First, a profile that still holds
