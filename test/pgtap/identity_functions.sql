@@ -6,39 +6,14 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
 SELECT plan(112);
 
-SET LOCAL timezone = 'UTC';
--- cdp.identifier's operators live in schema cdp (see sql/40_identifier.sql)
-SET LOCAL search_path = public, cdp;
-TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
-TRUNCATE cdp.events;
-TRUNCATE cdp.identities, cdp.identity_evidence, cdp.merges, cdp.identity_violations,
-         cdp.identity_splits, cdp.profile_records;
-ALTER SEQUENCE cdp.profile_id_seq RESTART;
-
--- one Segment message with a fixed messageId and event time
-CREATE FUNCTION pg_temp.send(mid text, body jsonb, ts timestamptz DEFAULT '2026-04-01 00:00:00+00')
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    msg jsonb := jsonb_build_object('type', 'track', 'event', 'Test', 'messageId', mid, 'timestamp', ts) || body;
-BEGIN
-    IF msg->>'type' <> 'track' THEN
-        msg := msg - 'event';
-    END IF;
-    PERFORM cdp.ingest(msg);
-END
-$$;
-CREATE FUNCTION pg_temp.run() RETURNS bigint LANGUAGE sql AS $$ SELECT cdp.process_inbox() $$;
-CREATE FUNCTION pg_temp.pid(id text) RETURNS bigint LANGUAGE sql AS $$ SELECT cdp.resolve(id::cdp.identifier) $$;
+\set send_ts '2026-04-01 00:00:00+00'
+\ir include/identity_setup.psql
 CREATE FUNCTION pg_temp.ids(p bigint) RETURNS text[] LANGUAGE sql AS $$
     SELECT array_agg(i::text ORDER BY i) FROM cdp.profile_identifiers(p) i
 $$;
-CREATE TEMP TABLE saved (name text PRIMARY KEY, profile_id bigint);
 CREATE FUNCTION pg_temp.save(name text, v bigint) RETURNS bigint LANGUAGE sql AS $$
     INSERT INTO saved VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET profile_id = excluded.profile_id
     RETURNING profile_id
-$$;
-CREATE FUNCTION pg_temp.saved(name text) RETURNS bigint LANGUAGE sql AS $$
-    SELECT s.profile_id FROM saved s WHERE s.name = $1
 $$;
 -- rules are written straight into the table: this file is about rebuilds,
 -- not cdp.set_identity_rule (see identity_rules.sql)
