@@ -1,10 +1,12 @@
 /*
  * message.c
- *	  Turning inbox payloads into validated messages: batch envelopes are
- *	  expanded (their context, integrations and sentAt apply to items that
- *	  lack them), each message is checked against the Segment spec, and event
- *	  time is corrected for client clock skew.  A message that fails gets a
- *	  stable error code and a readable reason, and later a dead-letter row.
+ *	  Turning inbox rows into validated messages: what a row holds is found
+ *	  first (one message, or a batch envelope's items by a scan of its text),
+ *	  then each message is parsed on its own when its chunk is processed (an
+ *	  envelope's context, integrations and sentAt apply to items that lack
+ *	  them), checked against the Segment spec, and its event time corrected
+ *	  for client clock skew.  A message that fails gets a stable error code
+ *	  and a readable reason, and later a dead-letter row.
  */
 #include "postgres.h"
 
