@@ -474,9 +474,11 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_messages must not be negative")));
 
+	/* rows and item spans keep a first block of their own, as chunks do (below) */
 	memset(&b, 0, sizeof(b));
 	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
-									  ALLOCSET_DEFAULT_SIZES);
+									  BATCH_INPUT_BYTES, BATCH_INPUT_BYTES,
+									  ALLOCSET_DEFAULT_MAXSIZE);
 
 	/*
 	 * A chunk of 1000 small messages needs about 15 MB; a kept first block
