@@ -16,7 +16,7 @@ SET LOCAL search_path = public, cdp;
 CREATE FUNCTION pg_temp.reset() RETURNS void LANGUAGE sql AS $$
     TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
     TRUNCATE cdp.events;
-    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.merges, cdp.identity_violations,
+    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.identity_pairs, cdp.merges, cdp.identity_violations,
              cdp.identity_splits, cdp.profile_records;
 $$;
 DO $$ BEGIN PERFORM pg_temp.reset(); END $$;
