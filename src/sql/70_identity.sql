@@ -178,7 +178,7 @@ AS 'MODULE_PATHNAME', 'cdp_explain_link'
 LANGUAGE C STABLE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, cdp;
 COMMENT ON FUNCTION cdp.explain_link(cdp.identifier, cdp.identifier) IS
-    'the chain of evidence that put two identifiers in one profile; no rows if they are apart';
+    'the shortest chain of identifier pairs messages carried that joins two identifiers of one profile; no rows if they are apart';
 
 CREATE FUNCTION cdp.split_profile(profile_id bigint, keep_out cdp.identifier)
 RETURNS SETOF bigint
