@@ -208,6 +208,16 @@ FloorDiv(int64 a, int64 b)
 	return q;
 }
 
+/* ts broken down in UTC */
+static void
+ToTm(TimestampTz ts, struct pg_tm *tm, fsec_t *fsec)
+{
+	if (timestamp2tm(ts, NULL, tm, fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+}
+
 static TimestampTz
 MonthStart(int64 months_since_2000)
 {
@@ -235,10 +245,7 @@ AlignedRange(TimestampTz ts, const Interval *iv, TimestampTz *lo, TimestampTz *h
 		fsec_t		fsec;
 		int64		months;
 
-		if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-					 errmsg("timestamp out of range")));
+		ToTm(ts, &tm, &fsec);
 		months = (int64) (tm.tm_year - 2000) * 12 + tm.tm_mon - 1;
 		months = FloorDiv(months, iv->month) * iv->month;
 		*lo = MonthStart(months);
@@ -260,29 +267,39 @@ UtcLiteral(TimestampTz ts)
 	struct pg_tm tm;
 	fsec_t		fsec;
 
-	if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
+	ToTm(ts, &tm, &fsec);
 	return psprintf("%04d-%02d-%02d %02d:%02d:%02d.%06d+00",
 					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
 					tm.tm_sec, fsec);
 }
 
-/* events_pYYYYMMDD, with _HHMI[SS] when the range starts inside a day */
+static bool
+IsMonthStart(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	ToTm(ts, &tm, &fsec);
+	return tm.tm_mday == 1 && tm.tm_hour == 0 && tm.tm_min == 0 && tm.tm_sec == 0 && fsec == 0;
+}
+
+/*
+ * events_pYYYYMM for whole calendar months (archive ranges, month
+ * intervals), else events_pYYYYMMDD, with _HHMI[SS] when the range starts
+ * inside a day: the name says what the range is.
+ */
 static char *
-PartitionName(TimestampTz lo, Oid nsp)
+PartitionName(TimestampTz lo, TimestampTz hi, Oid nsp)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
 	char	   *base;
 	char	   *name;
 
-	if (timestamp2tm(lo, NULL, &tm, &fsec, NULL, NULL) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
-	if (tm.tm_sec != 0 || fsec != 0)
+	ToTm(lo, &tm, &fsec);
+	if (IsMonthStart(lo) && IsMonthStart(hi))
+		base = psprintf("events_p%04d%02d", tm.tm_year, tm.tm_mon);
+	else if (tm.tm_sec != 0 || fsec != 0)
 		base = psprintf("events_p%04d%02d%02d_%02d%02d%02d", tm.tm_year, tm.tm_mon,
 						tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 	else if (tm.tm_hour != 0 || tm.tm_min != 0)
@@ -314,7 +331,7 @@ static void
 CreatePartition(TimestampTz lo, TimestampTz hi)
 {
 	Oid			nsp = get_namespace_oid("cdp", false);
-	const char *name = quote_identifier(PartitionName(lo, nsp));
+	const char *name = quote_identifier(PartitionName(lo, hi, nsp));
 
 	ExecuteDdl(psprintf("CREATE TABLE cdp.%s (LIKE cdp.events INCLUDING DEFAULTS "
 						"INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)",

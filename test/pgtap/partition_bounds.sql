@@ -7,7 +7,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(30);
+SELECT plan(31);
 
 \ir include/partition_setup.psql
 
@@ -57,6 +57,9 @@ SELECT is((SELECT count(*)::int FROM cdp.partitions a JOIN cdp.partitions b
           'no two partitions overlap');
 SELECT is((SELECT count(*)::int FROM cdp.events), 3001, 'a count(*) over all of cdp.events works');
 SELECT is(pg_temp.stored('19 Years Ago'), 1, 'an event 19 years old is stored');
+SELECT is((SELECT tableoid::regclass::text FROM cdp.events WHERE event = '19 Years Ago'),
+          'cdp.events_p' || to_char(now() - interval '19 years', 'YYYYMM'),
+          '... in its month''s partition, named events_pYYYYMM');
 SELECT is(pg_temp.dead('21 Years Ago'), 'too_old', 'an event 21 years old is dead-lettered too_old');
 SELECT is(pg_temp.dead('Year 1900') || ' ' || pg_temp.dead('Year 1'), 'too_old too_old',
           'so are events from 1900 and from year 1');
