@@ -208,7 +208,7 @@ FloorDiv(int64 a, int64 b)
 	return q;
 }
 
-/* ts broken down in UTC */
+/* ts broken down in UTC; an error for the few times that cannot be */
 static void
 ToTm(TimestampTz ts, struct pg_tm *tm, fsec_t *fsec)
 {
@@ -273,6 +273,7 @@ UtcLiteral(TimestampTz ts)
 					tm.tm_sec, fsec);
 }
 
+/* midnight UTC on the first of a month: where whole-month ranges start and end */
 static bool
 IsMonthStart(TimestampTz ts)
 {
@@ -538,53 +539,9 @@ CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now)
 }
 
 /*
- * Read cdp.partition_config, and derive the bounds that depend on now (the
- * transaction's start); needs an SPI connection.
+ * A partition interval must be alignable: whole months or a fixed length,
+ * from 1 hour to about 10 years, so that range arithmetic never overflows.
  */
-void
-CdpLoadPartitionConfig(CdpPartitionConfig *config)
-{
-	bool		isnull;
-	Datum		d;
-	HeapTuple	row;
-	TupleDesc	desc;
-	int			rc;
-	MemoryContext cxt = CurrentMemoryContext;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-
-	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode, "
-					 "archive_interval, archive_after FROM cdp.partition_config",
-					 false, 1);
-	MemoryContextSwitchTo(cxt);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "cdp.partition_config must hold exactly one row");
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	config->part_interval = *DatumGetIntervalP(SPI_getbinval(row, desc, 1, &isnull));
-	config->premake = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-	d = SPI_getbinval(row, desc, 3, &isnull);
-	config->has_retention = !isnull;
-	if (!isnull)
-		config->retention = *DatumGetIntervalP(d);
-	strlcpy(config->retention_mode, SPI_getvalue(row, desc, 4), sizeof(config->retention_mode));
-	d = SPI_getbinval(row, desc, 5, &isnull);
-	config->has_archive = false;
-	if (!isnull)
-	{
-		config->archive_interval = *DatumGetIntervalP(d);
-		config->archive_after = *DatumGetIntervalP(SPI_getbinval(row, desc, 6, &isnull));
-		/* an archive interval no longer than part_interval changes nothing */
-		config->has_archive = IntervalCmp(&config->archive_interval,
-										  &config->part_interval) > 0;
-	}
-	SPI_freetuptable(SPI_tuptable);
-
-	config->archive_before = config->has_archive ?
-		MinusInterval(now, &config->archive_after) : DT_NOBEGIN;
-	config->oldest_accepted = Max(now - (int64) cdp_max_event_age_mins * USECS_PER_MINUTE,
-								  CDP_MIN_EVENT_TS);
-}
-
 static void
 ValidateInterval(const Interval *iv)
 {
@@ -629,6 +586,111 @@ ValidateAge(const Interval *iv, const char *what, bool allow_zero)
 				 allow_zero ? 0 : errhint("Pass NULL to keep everything.")));
 }
 
+/* retention_mode names what retention does: 'drop' or 'detach' */
+static void
+ValidateMode(const char *mode)
+{
+	if (strcmp(mode, "drop") != 0 && strcmp(mode, "detach") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retention_mode must be 'drop' or 'detach', not \"%s\"", mode)));
+}
+
+/*
+ * Refuse (22023) settings that cannot work: a range too long to align, a
+ * time span that would take now() out of range, and so on.  Used on
+ * configure_partitions' arguments and on the row read back, which an owner
+ * may have edited by hand.
+ */
+static void
+ValidateConfig(const CdpPartitionConfig *config, bool archive_set)
+{
+	ValidateInterval(&config->part_interval);
+	if (config->premake < 0 || config->premake > MAX_PREMAKE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("premake must be between 0 and %d", MAX_PREMAKE)));
+	if (config->has_retention)
+		ValidateAge(&config->retention, "retention", false);
+	ValidateMode(config->retention_mode);
+	if (archive_set)
+	{
+		const Interval *a = &config->archive_interval;
+
+		if (a->day != 0 || a->time != 0 || a->month < 1 || a->month > MAX_PART_MONTHS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("archive_interval must be whole months, from 1 month to %d months, or NULL",
+							MAX_PART_MONTHS),
+					 errhint("Use for example '1 month', '3 months' or '1 year'.")));
+	}
+	ValidateAge(&config->archive_after, "archive_after", true);
+}
+
+/* says where a bad setting came from when the stored row is refused */
+static void
+ConfigRowContext(void *arg)
+{
+	errcontext("reading cdp.partition_config");
+}
+
+/*
+ * Read cdp.partition_config, and derive the bounds that depend on now (the
+ * transaction's start); needs an SPI connection.
+ */
+void
+CdpLoadPartitionConfig(CdpPartitionConfig *config)
+{
+	bool		isnull;
+	Datum		d;
+	HeapTuple	row;
+	TupleDesc	desc;
+	int			rc;
+	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	bool		archive_set;
+	ErrorContextCallback context;
+
+	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode, "
+					 "archive_interval, archive_after FROM cdp.partition_config",
+					 false, 1);
+	MemoryContextSwitchTo(cxt);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "cdp.partition_config must hold exactly one row");
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	config->part_interval = *DatumGetIntervalP(SPI_getbinval(row, desc, 1, &isnull));
+	config->premake = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	d = SPI_getbinval(row, desc, 3, &isnull);
+	config->has_retention = !isnull;
+	if (!isnull)
+		config->retention = *DatumGetIntervalP(d);
+	strlcpy(config->retention_mode, SPI_getvalue(row, desc, 4), sizeof(config->retention_mode));
+	d = SPI_getbinval(row, desc, 5, &isnull);
+	archive_set = !isnull;
+	config->has_archive = false;
+	config->archive_after = *DatumGetIntervalP(SPI_getbinval(row, desc, 6, &isnull));
+	if (archive_set)
+	{
+		config->archive_interval = *DatumGetIntervalP(d);
+		/* an archive interval no longer than part_interval changes nothing */
+		config->has_archive = IntervalCmp(&config->archive_interval,
+										  &config->part_interval) > 0;
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	context.callback = ConfigRowContext;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
+	ValidateConfig(config, archive_set);
+	error_context_stack = context.previous;
+
+	config->archive_before = config->has_archive ?
+		MinusInterval(now, &config->archive_after) : DT_NOBEGIN;
+	config->oldest_accepted = Max(now - (int64) cdp_max_event_age_mins * USECS_PER_MINUTE,
+								  CDP_MIN_EVENT_TS);
+}
+
 /* premake partitions from the one holding now through now + premake intervals */
 int
 CdpPremake(const CdpPartitionConfig *config, TimestampTz now)
@@ -666,30 +728,20 @@ cdp_configure_partitions(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("part_interval, premake, retention_mode and archive_after must not be NULL")));
-	ValidateInterval(PG_GETARG_INTERVAL_P(0));
-	if (PG_GETARG_INT32(1) < 0 || PG_GETARG_INT32(1) > MAX_PREMAKE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("premake must be between 0 and %d", MAX_PREMAKE)));
-	if (!PG_ARGISNULL(2))
-		ValidateAge(PG_GETARG_INTERVAL_P(2), "retention", false);
 	mode = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	if (strcmp(mode, "drop") != 0 && strcmp(mode, "detach") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("retention_mode must be 'drop' or 'detach', not \"%s\"", mode)));
+	memset(&config, 0, sizeof(config));
+	config.part_interval = *PG_GETARG_INTERVAL_P(0);
+	config.premake = PG_GETARG_INT32(1);
+	config.has_retention = !PG_ARGISNULL(2);
+	if (config.has_retention)
+		config.retention = *PG_GETARG_INTERVAL_P(2);
+	/* checked whole here: the struct's copy is cut to its size */
+	ValidateMode(mode);
+	strlcpy(config.retention_mode, mode, sizeof(config.retention_mode));
 	if (!PG_ARGISNULL(4))
-	{
-		Interval   *a = PG_GETARG_INTERVAL_P(4);
-
-		if (a->day != 0 || a->time != 0 || a->month < 1 || a->month > MAX_PART_MONTHS)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("archive_interval must be whole months, from 1 month to %d months, or NULL",
-							MAX_PART_MONTHS),
-					 errhint("Use for example '1 month', '3 months' or '1 year'.")));
-	}
-	ValidateAge(PG_GETARG_INTERVAL_P(5), "archive_after", true);
+		config.archive_interval = *PG_GETARG_INTERVAL_P(4);
+	config.archive_after = *PG_GETARG_INTERVAL_P(5);
+	ValidateConfig(&config, !PG_ARGISNULL(4));
 
 	for (int i = 0; i < 6; i++)
 	{

@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(23);
+SELECT plan(27);
 
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
@@ -52,6 +52,19 @@ SELECT is((SELECT row(c.*)::text FROM cdp.partition_config c),
           (SELECT row(c.*)::text FROM config_before c), 'the configuration is unchanged');
 SELECT lives_ok($$SELECT cdp.track('u', 'e'); SELECT cdp.process_inbox()$$, 'process_inbox works');
 SELECT lives_ok($$SELECT cdp.run_maintenance()$$, 'run_maintenance works');
+
+-- a row edited by hand is checked when it is read, with a clear error
+UPDATE cdp.partition_config SET retention = '300000 years';
+SELECT throws_ok($$SELECT cdp.process_inbox()$$, '22023',
+                 'retention must be a positive interval of at most 1000 years',
+                 'process_inbox refuses a hand-edited retention of 300000 years with 22023');
+SELECT throws_ok($$SELECT cdp.run_maintenance()$$, '22023', NULL, '... and so does run_maintenance');
+UPDATE cdp.partition_config SET retention = NULL, part_interval = '213503983 days';
+SELECT throws_ok($$SELECT cdp.process_inbox()$$, '22023',
+                 'partition interval must be at most 120 months or 3660 days',
+                 'process_inbox refuses a hand-edited partition interval of 213503983 days');
+UPDATE cdp.partition_config SET part_interval = '1 day';
+SELECT lives_ok($$SELECT cdp.process_inbox()$$, 'once the row is fixed, processing works again');
 
 -- GUC ranges: now() plus or minus any of them is a valid time
 SELECT throws_ok($$SET LOCAL cdp.dedup_window = '3651d'$$, '22023', NULL,
