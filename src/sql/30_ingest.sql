@@ -30,7 +30,8 @@ AS $$
 DECLARE
     started timestamptz := pg_catalog.statement_timestamp();
     timeout interval := pg_catalog.current_setting('statement_timeout')::interval;
-    rows_per_chunk int := coalesce(chunk, pg_catalog.current_setting('cdp.batch_size')::int);
+    -- missing_ok: the setting exists only once the library is loaded
+    rows_per_chunk int := coalesce(chunk, pg_catalog.current_setting('cdp.batch_size', true)::int, 1000);
     chunk_started timestamptz;
     slowest interval := '0';
     n bigint;
