@@ -88,6 +88,11 @@ ApplyRetention(const CdpPartitionConfig *config, TimestampTz now, int *pending)
 			*pending = list_length(expired) - foreach_current_index(lc);
 			break;
 		}
+		/*
+		 * From now on this transaction holds cdp.events until it ends, and
+		 * everyone waits for it: try the other partitions once, never wait.
+		 */
+		deadline = 0;
 		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 										  get_rel_name(relid));
 		if (detach)
