@@ -107,6 +107,25 @@ ApplyRetention(const CdpPartitionConfig *config, TimestampTz now, int *pending)
 	return n;
 }
 
+/*
+ * Past nine tenths of cdp.max_partitions, say so in the job's log: beyond
+ * it, backfills are dead-lettered partition_limit, which nobody may be
+ * watching.
+ */
+static void
+WarnNearPartitionLimit(void)
+{
+	int			n = CdpPartitionCount();
+
+	if (n >= cdp_max_partitions - cdp_max_partitions / 10)
+		ereport(WARNING,
+				(errmsg("cdp.events is close to cdp.max_partitions"),
+				 errdetail("It has %d partitions; ingest creates none beyond %d and dead-letters "
+						   "what would need one as partition_limit.", n, cdp_max_partitions),
+				 errhint("Set a retention with cdp.configure_partitions(), or raise "
+						 "cdp.max_partitions (and max_locks_per_transaction).")));
+}
+
 PG_FUNCTION_INFO_V1(cdp_run_maintenance);
 
 /*
@@ -132,6 +151,7 @@ cdp_run_maintenance(PG_FUNCTION_ARGS)
 	purged = CdpPurgeDedupWindow();
 	removed = ApplyRetention(&config, now, &pending);
 	created = CdpPremake(&config, now);
+	WarnNearPartitionLimit();
 	SPI_finish();
 	/* built after SPI_finish, which frees everything allocated since connect */
 	report = psprintf("{\"partitions_created\": %d, \"partitions_%s\": %d, "

@@ -497,6 +497,17 @@ CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto, const CdpPartitio
 	return ncreated;
 }
 
+/* How many partitions cdp.events has (what cdp.max_partitions limits). */
+int
+CdpPartitionCount(void)
+{
+	Relation	rel = table_open(CdpEventsRelid(), AccessShareLock);
+	int			n = RelationGetPartitionDesc(rel, true)->nparts;
+
+	table_close(rel, AccessShareLock);
+	return n;
+}
+
 /* Partitions whose whole range lies before horizon, as a List of Oids. */
 List *
 CdpPartitionsEndingBefore(TimestampTz horizon)

@@ -146,6 +146,7 @@ extern int	CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *co
 extern int	CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto,
 									   const CdpPartitionConfig *config);
 extern List *CdpPartitionsEndingBefore(TimestampTz horizon);
+extern int	CdpPartitionCount(void);
 extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
 
 /* event_store.c */
