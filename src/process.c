@@ -86,6 +86,7 @@ typedef struct Batch
 
 	/* the chunk being filled */
 	ChunkRef   *refs;
+	int			max_refs;
 	int			nrefs;
 	int64		cost;
 	CdpInboxRow *current;		/* row still adding messages to it */
@@ -398,7 +399,7 @@ AddMessage(Batch *b, CdpInboxRow *row, int item)
 {
 	int64		cost = CdpMessageCost(row, item) + MESSAGE_OVERHEAD_BYTES;
 
-	if (b->nrefs == cdp_batch_size ||
+	if (b->nrefs == b->max_refs ||
 		(b->nrefs > 0 && b->cost + cost > CHUNK_INPUT_BYTES))
 		FlushChunk(b);
 	b->refs[b->nrefs].row = row;
@@ -424,7 +425,8 @@ ProcessBatch(void *arg)
 	Batch	   *b = arg;
 
 	b->rows = TakeInboxRows(b->want, b->after_id, &b->nrows);
-	b->refs = palloc(sizeof(ChunkRef) * cdp_batch_size);
+	b->max_refs = cdp_batch_size;
+	b->refs = palloc(sizeof(ChunkRef) * b->max_refs);
 	for (int i = 0; i < b->nrows; i++)
 	{
 		CdpInboxRow *row = &b->rows[i];
