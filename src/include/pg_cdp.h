@@ -68,7 +68,7 @@ typedef struct CdpMessage
 	int64		inbox_id;
 	const char *source;
 	TimestampTz received_at;
-	const char *raw;			/* verbatim text, or NULL: serialise item */
+	const char *raw;			/* text as received, or NULL: serialise item */
 	JsonbValue *item;			/* parsed object (envelope already merged) */
 
 	/* validated fields (NULL when absent) */
