@@ -188,5 +188,21 @@ for my $db ('concurrent', 'serial')
 is($node->safe_psql('concurrent', $state_sql), $node->safe_psql('serial', $state_sql),
 	'and both agree after it');
 
+# online resolution after the rebuild goes on as a rebuild would
+for my $db ('concurrent', 'serial')
+{
+	$node->safe_psql($db, q{
+		SELECT cdp.ingest(jsonb_build_object('type', 'track', 'event', 'e', 'messageId', 'after-' || i,
+			'timestamp', '2026-06-02T00:00:00Z', 'anonymousId', 'a' || (i * 7 % 23),
+			'userId', CASE WHEN i % 3 = 0 THEN 'u' || (i % 6) END,
+			'context', jsonb_build_object('device', jsonb_build_object('id', 'd' || (i * 5 % 9)))))
+		  FROM generate_series(1, 40) i;
+		SELECT cdp.process_inbox();
+	});
+	is($node->safe_psql($db,
+			q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
+		'0/0', "$db: a dry run after more messages reports 0");
+}
+
 $node->stop;
 done_testing();
