@@ -503,9 +503,12 @@ WriteRecords(Datum profiles, Datum into, Datum absorbed)
 				"        FROM u WHERE r.profile_id = u.p RETURNING r.profile_id) "
 				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
 				"SELECT o.profile_id, coalesce(nullif(u.i, 0), o.merged_into), "
-				"       CASE WHEN u.i = 0 THEN format('rebuild: taken apart from profile %s under the current rules', o.merged_into) "
+				"       CASE WHEN u.i = 0 "
+				"            THEN format('rebuild: taken apart from profile %s under the current rules', "
+				"                        o.merged_into) "
 				"            WHEN o.merged_into IS NULL THEN 'rebuild: merged under the current rules' "
-				"            ELSE format('rebuild: merged under the current rules (was merged into profile %s)', o.merged_into) END "
+				"            ELSE format('rebuild: merged under the current rules (was merged into profile %s)', "
+				"                        o.merged_into) END "
 				"  FROM old o JOIN u ON u.p = o.profile_id WHERE coalesce(o.merged_into, 0) <> u.i",
 				3, t, a, SPI_OK_INSERT);
 }
