@@ -8,7 +8,9 @@
  *	  (a new identifier, a merge) takes the identity advisory lock first and
  *	  reads again, so changes never interleave and an identifier can never
  *	  land on two profiles.  Either way the batch then locks the profile rows
- *	  it updates in ascending id order, which is the one order everyone uses.
+ *	  it updates in ascending id order, which is the one order everyone uses;
+ *	  a batch without the identity lock that finds what it read stale lets
+ *	  go of those rows before it waits for the lock.
  */
 #include "postgres.h"
 

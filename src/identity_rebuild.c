@@ -5,7 +5,13 @@
  *	  resolution (identity_graph.c) with the current rules, entirely in
  *	  memory.  A profile a message created keeps the id online resolution
  *	  gave it, so an unchanged graph comes out identical: dry_run reports
- *	  0 changed.
+ *	  0 changed.  Profile records follow the replay too: redirects, merge
+ *	  counts for the hub guard, and cdp.merges rows for what it merges or
+ *	  takes apart.
+ *
+ *	  Concurrency: everything is read after the identity lock, with
+ *	  snapshots taken then (see CdpLockIdentityGraph), so a rebuild that
+ *	  waited for a split, a link or ingest replays what they committed.
  */
 #include "postgres.h"
 
