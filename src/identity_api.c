@@ -343,9 +343,8 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(cxt);
 	idtype = CdpIdentifierTypeOid();
 
-	/* the same lock every writer of the graph takes */
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-						Int32GetDatum(CDP_LOCK_IDENTITY));
+	/* the same lock every writer of the graph takes; every read comes after it */
+	CdpLockIdentityGraph();
 	if (CdpExecArgs("SELECT merged_into FROM cdp.profile_records WHERE profile_id = $1 FOR UPDATE",
 					1, argtypes, args, SPI_OK_SELECT) == 0)
 		ereport(ERROR,

@@ -8,7 +8,9 @@
  *	  (a new identifier, a merge) takes the identity advisory lock first and
  *	  reads again, so changes never interleave and an identifier can never
  *	  land on two profiles.  Either way the batch then locks the profile rows
- *	  it updates in ascending id order, which is the one order everyone uses.
+ *	  it updates in ascending id order, which is the one order everyone uses;
+ *	  a batch without the identity lock that finds what it read stale lets
+ *	  go of those rows before it waits for the lock.
  */
 #include "postgres.h"
 
@@ -21,6 +23,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -220,6 +223,38 @@ LoadMembers(IdentityGraph *g, ProfNode *p)
 	SPI_freetuptable(SPI_tuptable);
 }
 
+static void
+StaleSnapshotContext(void *arg)
+{
+	errcontext("taking the identity lock: another session changed the identity graph after "
+			   "this transaction took its snapshot; retry the transaction, or run it in "
+			   "READ COMMITTED");
+}
+
+/*
+ * Every writer of the identity graph comes here first: one writer at a time,
+ * and every read after this sees the previous writer's commit.  READ
+ * COMMITTED statements run after this take a fresh snapshot; a transaction
+ * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
+ * commit cannot, so updating the clock row fails for it with 40001.
+ */
+void
+CdpLockIdentityGraph(void)
+{
+	static SPIPlanPtr tick = NULL;
+	ErrorContextCallback cb;
+
+	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
+						Int32GetDatum(CDP_LOCK_IDENTITY));
+	cb.callback = StaleSnapshotContext;
+	cb.arg = NULL;
+	cb.previous = error_context_stack;
+	error_context_stack = &cb;
+	CdpExecPlan(CdpPlan(&tick, "UPDATE cdp.identity_clock SET ticks = ticks + 1", 0, NULL),
+				NULL, NULL, SPI_OK_UPDATE);
+	error_context_stack = cb.previous;
+}
+
 int64
 CdpNextProfileId(void)
 {
@@ -291,6 +326,42 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		ids = follow;
 		n = nfollow;
 	}
+	return stale;
+}
+
+/*
+ * LockProfiles for a batch that holds no identity lock, in a subtransaction:
+ * if what it read is stale, the subtransaction rolls back and the row locks
+ * go with it, so the batch never waits for the identity lock while holding
+ * profile rows that a writer holding that lock may be waiting for.
+ */
+static bool
+LockProfilesUnlessStale(IdentityGraph *g, int64 *ids, int n)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		stale = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		stale = LockProfiles(g, ids, n);
+	}
+	PG_CATCH();
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (stale)
+		RollbackAndReleaseCurrentSubTransaction();
+	else
+		ReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 	return stale;
 }
 
@@ -962,13 +1033,13 @@ ResolveItems(IdItem *items, int n)
 	{
 		/* a split that committed meanwhile makes what we read stale */
 		nlock = AttachedProfiles(g, &lock_ids);
-		changes_possible = LockProfiles(g, lock_ids, nlock);
+		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
 	}
 	if (changes_possible)
 	{
-		/* one writer of the graph at a time; read again under the lock */
-		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-							Int32GetDatum(CDP_LOCK_IDENTITY));
+		/* one writer of the graph at a time; read again under the lock, rules too */
+		CdpLockIdentityGraph();
+		rules = CdpLoadIdentityRules();
 		g = BuildGraph(rules, items, n, cxt);
 		CdpLoadSplits(g);
 		nlock = AttachedProfiles(g, &lock_ids);

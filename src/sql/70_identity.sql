@@ -128,6 +128,17 @@ CREATE TABLE cdp.identity_splits (
     split_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- One row every writer of the identity graph (ingest that changes it, link,
+-- split_profile, rebuild_identities) updates as soon as it holds the identity
+-- lock.  Under READ COMMITTED each writer reads after that; a REPEATABLE READ
+-- or SERIALIZABLE transaction whose snapshot is older than another writer's
+-- commit fails right there (40001) instead of writing from a stale picture.
+CREATE TABLE cdp.identity_clock (
+    one   bool PRIMARY KEY DEFAULT true CHECK (one),
+    ticks bigint NOT NULL
+);
+INSERT INTO cdp.identity_clock VALUES (true, 0);
+
 -- Events with profile_id replaced by the profile's current canonical id.
 CREATE VIEW cdp.events_resolved AS
 SELECT e.message_id, e.source, e.type, e.event, e.name,
