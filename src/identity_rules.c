@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_collation.h"
+#include "common/int128.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -15,17 +16,35 @@
 #include "identity.h"
 
 
+/* the longest time window the algorithm works with (about 73000 years) */
+#define MAX_WINDOW_US	(INT64CONST(1) << 61)
+
 typedef struct IdRuleEntry
 {
 	char		type[CDP_ID_TYPE_MAX + 1];
 	IdRule		rule;
 } IdRuleEntry;
 
+/*
+ * A time window in microseconds, months as 30 days as interval comparison
+ * counts them (and so the bound cdp.identity_rules checks).  The parts may
+ * each be far larger than their sum: add them up in 128 bits.  Anything
+ * longer than MAX_WINDOW_US (written past the table's checks) counts as
+ * that, which reaches back past every event time and keeps "event time -
+ * window" far from overflowing.
+ */
 static int64
-IntervalMicros(Interval *iv)
+WindowMicros(Interval *iv)
 {
-	/* months as 30 days, as interval comparison does */
-	return iv->time + (int64) iv->day * USECS_PER_DAY + (int64) iv->month * 30 * USECS_PER_DAY;
+	INT128		sum = int64_to_int128(iv->time);
+
+	int128_add_int64_mul_int64(&sum, iv->day, USECS_PER_DAY);
+	int128_add_int64_mul_int64(&sum, (int64) iv->month * DAYS_PER_MONTH, USECS_PER_DAY);
+	if (int128_compare(sum, int64_to_int128(MAX_WINDOW_US)) > 0)
+		return MAX_WINDOW_US;
+	if (int128_compare(sum, int64_to_int128(1)) < 0)
+		return 1;
+	return int128_to_int64(sum);
 }
 
 /*
@@ -86,7 +105,7 @@ CdpLoadIdentityRules(void)
 		d = SPI_getbinval(tup, desc, 3, &isnull);
 		rule.max_per_profile = isnull ? 0 : DatumGetInt32(d);
 		d = SPI_getbinval(tup, desc, 4, &isnull);
-		rule.window_us = isnull ? 0 : IntervalMicros(DatumGetIntervalP(d));
+		rule.window_us = isnull ? 0 : WindowMicros(DatumGetIntervalP(d));
 		if (strcmp(type, "*") == 0)
 			rules->fallback = rule;
 		else
