@@ -766,7 +766,8 @@ ResolveItems(IdItem *items, int n)
 		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
 							Int32GetDatum(CDP_LOCK_IDENTITY));
 		g = BuildGraph(rules, items, n, cxt);
-		CdpLoadSplits(g);
+		/* read after the lock: a split that committed before it is seen */
+		g->splits = CdpCachedSplits();
 		nlock = AttachedProfiles(g, &lock_ids);
 		LockProfiles(g, lock_ids, nlock);
 	}

@@ -113,6 +113,22 @@ CREATE TABLE cdp.identity_splits (
     split_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every backend caches the rules, blocked values and splits; a change to
+-- their tables tells every backend to read them again once it commits.
+CREATE FUNCTION cdp.identity_config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cdp_identity_config_changed'
+LANGUAGE C;
+CREATE TRIGGER identity_rules_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.identity_rules FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+CREATE TRIGGER blocked_identifiers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.blocked_identifiers FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+CREATE TRIGGER identity_splits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.identity_splits FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+ALTER TABLE cdp.identity_rules ENABLE ALWAYS TRIGGER identity_rules_changed;
+ALTER TABLE cdp.blocked_identifiers ENABLE ALWAYS TRIGGER blocked_identifiers_changed;
+ALTER TABLE cdp.identity_splits ENABLE ALWAYS TRIGGER identity_splits_changed;
+
 -- Events with profile_id replaced by the profile's current canonical id.
 CREATE VIEW cdp.events_resolved AS
 SELECT e.message_id, e.source, e.type, e.event, e.name,
