@@ -91,6 +91,10 @@ cdp_identity_config_changed(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/*
+ * The oid of a cdp table, looked up on every use: a cache read from the
+ * tables of an extension since dropped and created again must not be used.
+ */
 static Oid
 CdpRelid(const char *name)
 {

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(30);
+SELECT plan(32);
 
 \set send_ts '2026-05-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -44,6 +44,17 @@ SELECT throws_ok($$INSERT INTO cdp.identity_rules VALUES ('Bad-Type', 6, 1, NULL
                  'INSERT into cdp.identity_rules with a bad type is 22023');
 SELECT set_eq($$SELECT * FROM cdp.identity_rules$$, $$SELECT * FROM rules_before$$,
               'refused rules change nothing');
+-- a role allowed to write the table (and nothing else) gets its rows checked
+CREATE ROLE cdp_rule_writer;
+GRANT USAGE ON SCHEMA cdp TO cdp_rule_writer;
+GRANT INSERT, DELETE ON cdp.identity_rules TO cdp_rule_writer;
+SET LOCAL ROLE cdp_rule_writer;
+SELECT throws_ok($$INSERT INTO cdp.identity_rules VALUES ('crm', 6, 1, '100000000 years')$$, '22023', NULL,
+                 'a role with only INSERT on cdp.identity_rules gets a bad row refused with 22023');
+SELECT lives_ok($$INSERT INTO cdp.identity_rules VALUES ('crm', 6, 3, NULL)$$,
+                'and a good row accepted');
+RESET ROLE;
+DELETE FROM cdp.identity_rules WHERE id_type = 'crm';
 
 -- the largest accepted values work: a limit of 1 under the weakest priority
 -- and the longest window is enforced
