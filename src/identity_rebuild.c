@@ -61,7 +61,10 @@ RebuildProfileId(IdentityGraph *g)
 	return rs->next_temp++;
 }
 
-/* what split_profile took apart stays apart, online and in every replay */
+/*
+ * What split_profile took apart stays apart in every replay, as online (where
+ * batches use the cached list as it is).
+ */
 void
 CdpLoadSplits(IdentityGraph *g)
 {
