@@ -7,19 +7,19 @@
 -- in batches of 50 (the reference), of 7, of 1 then 333, and of 1000 cut
 -- by process_inbox(n) calls of uneven sizes.  Each run must give the same
 -- profiles, compared as sets of identifiers (profile ids may differ), the
--- same violations, and every event the same profile.  Then the rules change
--- after ingest, with hubs present (a higher hub limit, a lower email limit):
--- rebuild_identities applies them, and more messages arrive under them, in
--- two batch layouts (50; 13 then 1000, cut by uneven calls) that must again
--- agree.  After every run: the rebuild dry run reports 0 changed, the
--- stored graph keeps its invariants (limits hold, identifiers sit on
--- canonical profiles, merges go into the older profile), and each profile's
--- event_count, first_seen and last_seen are those of the events resolving
--- to it.
+-- same violations, every event the same profile, and the same evidence
+-- rows and pairs.  Then the rules change after ingest, with hubs present
+-- (a higher hub limit, a lower email limit): rebuild_identities applies
+-- them, and more messages arrive under them, in two batch layouts (50; 13
+-- then 1000, cut by uneven calls) that must again agree.  After every run:
+-- the rebuild dry run reports 0 changed, the stored graph keeps its
+-- invariants (limits hold, identifiers sit on canonical profiles, merges go
+-- into the older profile), and each profile's event_count, first_seen and
+-- last_seen are those of the events resolving to it.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(77);
+SELECT plan(85);
 
 SET LOCAL timezone = 'UTC';
 -- cdp.identifier's operators live in schema cdp (see sql/40_identifier.sql)
@@ -27,7 +27,7 @@ SET LOCAL search_path = public, cdp;
 CREATE FUNCTION pg_temp.reset() RETURNS void LANGUAGE sql AS $$
     TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
     TRUNCATE cdp.events;
-    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.merges, cdp.identity_violations,
+    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.identity_pairs, cdp.merges, cdp.identity_violations,
              cdp.identity_splits, cdp.profile_records;
 $$;
 
@@ -165,14 +165,25 @@ $$;
 CREATE FUNCTION pg_temp.violations() RETURNS TABLE (message_id text, identifier text, rule text) LANGUAGE sql AS $$
     SELECT v.message_id, v.identifier::text, v.rule FROM cdp.identity_violations v
 $$;
+-- the evidence: the messages replayed, and the pairs with their first message
+CREATE FUNCTION pg_temp.evidence() RETURNS TABLE (message_id text, identifiers text) LANGUAGE sql AS $$
+    SELECT e.message_id, e.identifiers::text FROM cdp.identity_evidence e
+$$;
+CREATE FUNCTION pg_temp.pairs() RETURNS TABLE (a text, b text, message_id text) LANGUAGE sql AS $$
+    SELECT p.a::text, p.b::text, p.message_id FROM cdp.identity_pairs p
+$$;
 CREATE TEMP TABLE ref_profiles (members text[]);
 CREATE TEMP TABLE ref_events (message_id text, label text);
 CREATE TEMP TABLE ref_violations (message_id text, identifier text, rule text);
+CREATE TEMP TABLE ref_evidence (message_id text, identifiers text);
+CREATE TEMP TABLE ref_pairs (a text, b text, message_id text);
 CREATE FUNCTION pg_temp.keep_reference() RETURNS void LANGUAGE sql AS $$
-    TRUNCATE ref_profiles, ref_events, ref_violations;
+    TRUNCATE ref_profiles, ref_events, ref_violations, ref_evidence, ref_pairs;
     INSERT INTO ref_profiles SELECT * FROM pg_temp.profiles();
     INSERT INTO ref_events SELECT * FROM pg_temp.event_profiles();
     INSERT INTO ref_violations SELECT * FROM pg_temp.violations();
+    INSERT INTO ref_evidence SELECT * FROM pg_temp.evidence();
+    INSERT INTO ref_pairs SELECT * FROM pg_temp.pairs();
 $$;
 
 -- what must hold after every run (6 tests)
@@ -208,7 +219,7 @@ BEGIN
 END
 $$;
 
--- the same as the reference (3 tests)
+-- the same as the reference (5 tests)
 CREATE FUNCTION pg_temp.same_as_reference(run text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
     RETURN NEXT set_eq('SELECT * FROM pg_temp.profiles()', 'SELECT * FROM ref_profiles',
@@ -217,6 +228,10 @@ BEGIN
                        run || ': the same violations as the reference');
     RETURN NEXT set_eq('SELECT * FROM pg_temp.event_profiles()', 'SELECT * FROM ref_events',
                        run || ': every event resolves to the same profile as in the reference');
+    RETURN NEXT set_eq('SELECT * FROM pg_temp.evidence()', 'SELECT * FROM ref_evidence',
+                       run || ': the same evidence rows as the reference');
+    RETURN NEXT set_eq('SELECT * FROM pg_temp.pairs()', 'SELECT * FROM ref_pairs',
+                       run || ': the same pairs, with the same first messages, as the reference');
 END
 $$;
 

@@ -73,15 +73,15 @@ SELECT is((SELECT rule FROM cdp.identity_violations WHERE message_id = 'lim-2'),
           'and recorded as an email.max_per_profile violation');
 
 -- a window whose parts are huge but whose sum is short (5000000 months less
--- 149990000 days: 10000 days) is counted right, not overflowed
-SELECT lives_ok($$SELECT cdp.set_identity_rule('phone', 3, 1, '5000000 months -149990000 days')$$,
+-- 149998000 days: 2000 days) is counted right, not overflowed
+SELECT lives_ok($$SELECT cdp.set_identity_rule('phone', 3, 1, '5000000 months -149998000 days')$$,
                 'a window of huge parts and a short sum is accepted');
 DO $$ BEGIN
     PERFORM pg_temp.send('win-1', '{"type": "identify", "userId": "win-u", "traits": {"phone": "+1 555 0001"}}',
-                         '1990-05-02 10:00+00');
+                         '2020-05-02 10:00+00');
     PERFORM pg_temp.send('win-2', '{"type": "identify", "userId": "win-u", "traits": {"phone": "+1 555 0002"}}',
-                         '1990-05-02 11:00+00');
-    -- 36 years later: outside the 10000-day window, a new phone is welcome
+                         '2020-05-02 11:00+00');
+    -- 6 years later: outside the 2000-day window, a new phone is welcome
     PERFORM pg_temp.send('win-3', '{"type": "identify", "userId": "win-u", "traits": {"phone": "+1 555 0003"}}',
                          '2026-05-02 11:00+00');
     PERFORM pg_temp.run();
@@ -89,7 +89,7 @@ END $$;
 SELECT is(pg_temp.pid('phone:+15550002'), NULL,
           'within that window a second phone is kept out');
 SELECT is(pg_temp.pid('phone:+15550003'), pg_temp.pid('user_id:win-u'),
-          'past the window (10000 days) a new phone links again');
+          'past the window (2000 days) a new phone links again');
 SELECT is((cdp.rebuild_identities(dry_run => true)->>'changed')::int, 0,
           'a rebuild under the same rules agrees: 0 changed');
 
@@ -124,7 +124,7 @@ DO $$ BEGIN
     PERFORM pg_temp.run();
 END $$;
 SELECT is(pg_temp.pid('phone:+15559990000'), NULL, 'and blocks that phone however it is written');
-SELECT is((SELECT count(*)::int FROM cdp.dead_letters), 0, 'nothing was dead-lettered');
+SELECT is((SELECT string_agg(error_code || ': ' || error_message, '; ') FROM cdp.dead_letters), NULL, 'nothing was dead-lettered');
 
 SELECT * FROM finish();
 ROLLBACK;
