@@ -67,41 +67,22 @@ RebuildProfileId(IdentityGraph *g)
 	return rs->next_temp++;
 }
 
-static CdpIdentifier **
-IdentifierList(Datum array, Oid idtype, int *n)
-{
-	Datum	   *elems;
-	CdpIdentifier **ids;
-
-	deconstruct_array(DatumGetArrayTypeP(array), idtype, -1, false, TYPALIGN_INT, &elems, NULL, n);
-	ids = palloc(sizeof(CdpIdentifier *) * Max(*n, 1));
-	for (int i = 0; i < *n; i++)
-		ids[i] = DatumGetIdentifierP(elems[i]);
-	return ids;
-}
-
-/* what split_profile took apart stays apart, online and in every replay */
+/*
+ * What split_profile took apart stays apart in every replay, as online (where
+ * batches use the cached list as it is).
+ */
 void
 CdpLoadSplits(IdentityGraph *g)
 {
-	Oid			idtype = CdpIdentifierTypeOid();
-	uint64		rows = CdpExecSql("SELECT keep_out, members, anchors FROM cdp.identity_splits "
-								  "ORDER BY id", SPI_OK_SELECT);
+	ListCell   *lc;
 
-	for (uint64 r = 0; r < rows; r++)
+	foreach(lc, CdpCachedSplits())
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int			nmembers,
-					nanchors;
-		CdpIdentifier **members = IdentifierList(SPI_getbinval(tup, desc, 2, &isnull), idtype, &nmembers);
-		CdpIdentifier **anchors = IdentifierList(SPI_getbinval(tup, desc, 3, &isnull), idtype, &nanchors);
+		SplitRule  *split = lfirst(lc);
 
-		CdpGraphAddSplit(g, DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull)),
-						 members, nmembers, anchors, nanchors);
+		CdpGraphAddSplit(g, split->keep_out, split->members, split->nmembers,
+						 split->anchors, split->nanchors);
 	}
-	SPI_freetuptable(SPI_tuptable);
 }
 
 /* keep the row's new links if they differ from what it linked before */

@@ -202,6 +202,8 @@ typedef struct IdMessage
 
 /* identity_rules.c */
 extern IdentityRules *CdpLoadIdentityRules(void);
+extern List *CdpCachedSplits(void);
+extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
 extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
 
