@@ -42,7 +42,8 @@ typedef enum CdpOutcome
 	CDP_PENDING = 0,
 	CDP_STORED,
 	CDP_DUPLICATE,
-	CDP_DEAD
+	CDP_DEAD,
+	CDP_SKIPPED					/* a BEFORE ROW trigger on cdp.events dropped it */
 } CdpOutcome;
 
 /*
@@ -110,6 +111,7 @@ extern const char *CdpMessagePayload(CdpMessage *msg);
 /* dedup.c */
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);
+extern void CdpForgetMessageIds(CdpMessage **msgs, int n);
 
 /* dead_letter.c */
 extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);
