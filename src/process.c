@@ -133,8 +133,8 @@ ProcessRows(InboxRow *rows, int nrows, const BatchContext *bc)
 	ListCell   *lc;
 
 	for (int i = 0; i < nrows; i++)
-		all = list_concat(all, CdpExpandPayload(rows[i].id, rows[i].payload, rows[i].len,
-												rows[i].source, rows[i].received_at));
+		all = list_concat(all, CdpExpandFromSource(rows[i].id, rows[i].payload, rows[i].len,
+												   rows[i].source, rows[i].received_at));
 	n = list_length(all);
 	msgs = palloc(sizeof(CdpMessage *) * Max(n, 1));
 	n = 0;

@@ -108,6 +108,11 @@ extern void CdpValidateMessage(CdpMessage *msg, TimestampTz retention_horizon);
 extern void CdpMarkDead(CdpMessage *msg, const char *code, const char *fmt,...) pg_attribute_printf(3, 4);
 extern const char *CdpMessagePayload(CdpMessage *msg);
 
+/* sources.c */
+extern void CdpCheckSourceForEnqueue(const char *name);
+extern List *CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
+								 const char *source, TimestampTz received_at);
+
 /* dedup.c */
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);
