@@ -9,7 +9,9 @@
  *	  CHECK constraints, BEFORE and AFTER ROW INSERT triggers (foreign keys
  *	  included), and statement triggers with transition tables on cdp.events,
  *	  each batch being one statement.  A row that violates a constraint
- *	  becomes a dead letter instead of failing the batch.
+ *	  becomes a dead letter instead of failing the batch; constraints on the
+ *	  columns a message alone decides are checked before deduplication and
+ *	  identity resolution already (CdpCheckEventConstraints).
  */
 #include "postgres.h"
 
@@ -25,6 +27,7 @@
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
@@ -86,6 +89,18 @@ typedef struct EventWriter
 	List	   *partitions;		/* ResultRelInfo *, closed at the end */
 } EventWriter;
 
+/*
+ * The NOT NULL and CHECK constraints of a partition that are evaluated at
+ * one stage: all of them when storing, or before deduplication only those
+ * on columns the message alone decides.
+ */
+typedef struct ConstraintSet
+{
+	bool	   *notnull;		/* per attribute: must not be NULL */
+	ExprState **checks;			/* per CHECK constraint; NULL: not here */
+	bool		any;
+} ConstraintSet;
+
 /* What a partition needs beyond the fast path, found when it is opened. */
 typedef struct PartitionWriter
 {
@@ -96,7 +111,7 @@ typedef struct PartitionWriter
 	ExprState **defaults;
 	bool		before_row;		/* BEFORE ROW INSERT triggers: row by row */
 	bool		after_row;		/* AFTER ROW triggers or transition capture */
-	bool		check;			/* CHECK constraints or NOT NULLs of its own */
+	ConstraintSet constraints;	/* NOT NULLs beyond pg_cdp's own, CHECKs */
 	bool		generated;		/* stored generated columns */
 } PartitionWriter;
 
@@ -236,13 +251,85 @@ PrepareDefaults(EventWriter *w, PartitionWriter *pw)
 	}
 }
 
+/*
+ * Prepare a partition's NOT NULLs (beyond those pg_cdp always satisfies) and
+ * CHECKs.  With only_cols, just the constraints whose every column is in it
+ * (attribute numbers offset by FirstLowInvalidHeapAttributeNumber).
+ */
+static void
+PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState *estate,
+				   ConstraintSet *cs)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+
+	memset(cs, 0, sizeof(ConstraintSet));
+	if (constr == NULL)
+		return;
+	cs->notnull = palloc0(sizeof(bool) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attnotnull || att->attisdropped || IsAlwaysSet(attnos, i + 1) ||
+			(only_cols != NULL &&
+			 !bms_is_member(i + 1 - FirstLowInvalidHeapAttributeNumber, only_cols)))
+			continue;
+		cs->notnull[i] = true;
+		cs->any = true;
+	}
+	cs->checks = palloc0(sizeof(ExprState *) * Max(constr->num_check, 1));
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		Node	   *expr = stringToNode(constr->check[i].ccbin);
+		Bitmapset  *used = NULL;
+
+		pull_varattnos(expr, 1, &used);
+		if (only_cols != NULL && !bms_is_subset(used, only_cols))
+			continue;
+		cs->checks[i] = ExecPrepareExpr((Expr *) expr, estate);
+		cs->any = true;
+	}
+}
+
+/*
+ * The constraint a row violates, described for a dead letter, or NULL.
+ * ExecConstraints would raise an error; a batch must keep going, so this
+ * evaluates the same NOT NULLs and CHECKs and reports instead.  (A BEFORE
+ * trigger that moves a row out of its partition is refused by
+ * ExecBRInsertTriggers itself, as for COPY.)
+ */
+static char *
+ViolatedConstraint(Relation rel, ConstraintSet *cs, TupleTableSlot *slot, ExprContext *econtext)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	const char *relname = RelationGetRelationName(rel);
+
+	if (!cs->any)
+		return NULL;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		if (cs->notnull[i] && slot_attisnull(slot, i + 1))
+			return psprintf("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+							NameStr(TupleDescAttr(desc, i)->attname), relname);
+	}
+	econtext->ecxt_scantuple = slot;
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		if (cs->checks[i] != NULL && !ExecCheck(cs->checks[i], econtext))
+			return psprintf("new row for relation \"%s\" violates check constraint \"%s\"",
+							relname, constr->check[i].ccname);
+	}
+	return NULL;
+}
+
 /* open a partition as a routed-to result relation and see what it needs */
 static void
 OpenPartition(EventWriter *w, Oid relid, PartitionWriter *pw)
 {
 	Relation	rel = table_open(relid, RowExclusiveLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	TupleConstr *constr = desc->constr;
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
 	TriggerDesc *trig;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
@@ -266,62 +353,8 @@ OpenPartition(EventWriter *w, Oid relid, PartitionWriter *pw)
 	pw->after_row = (trig != NULL && trig->trig_insert_after_row) ||
 		(w->transition != NULL && w->transition->tcs_insert_new_table);
 	pw->generated = constr != NULL && constr->has_generated_stored;
-	pw->check = constr != NULL && constr->num_check > 0;
-	for (int i = 0; i < desc->natts && !pw->check; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attnotnull && !att->attisdropped && !IsAlwaysSet(pw->attnos, i + 1))
-			pw->check = true;
-	}
+	PrepareConstraints(rel, pw->attnos, NULL, w->estate, &pw->constraints);
 	PrepareDefaults(w, pw);
-}
-
-/*
- * The constraint a row violates, described for a dead letter, or NULL.
- * ExecConstraints would raise an error; a batch must keep going, so this
- * evaluates the same NOT NULLs and CHECKs and reports instead.  (A BEFORE
- * trigger that moves a row out of its partition is refused by
- * ExecBRInsertTriggers itself, as for COPY.)
- */
-static char *
-ViolatedConstraint(EventWriter *w, PartitionWriter *pw, TupleTableSlot *slot)
-{
-	ResultRelInfo *rri = pw->rri;
-	Relation	rel = rri->ri_RelationDesc;
-	TupleDesc	desc = RelationGetDescr(rel);
-	TupleConstr *constr = desc->constr;
-	const char *relname = RelationGetRelationName(rel);
-
-	for (int i = 0; constr != NULL && constr->has_not_null && i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attnotnull && slot_attisnull(slot, i + 1))
-			return psprintf("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
-							NameStr(att->attname), relname);
-	}
-	if (constr != NULL && constr->num_check > 0)
-	{
-		ExprContext *econtext = GetPerTupleExprContext(w->estate);
-
-		if (rri->ri_ConstraintExprs == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(w->estate->es_query_cxt);
-
-			rri->ri_ConstraintExprs = palloc(sizeof(ExprState *) * constr->num_check);
-			for (int i = 0; i < constr->num_check; i++)
-				rri->ri_ConstraintExprs[i] =
-					ExecPrepareExpr(stringToNode(constr->check[i].ccbin), w->estate);
-			MemoryContextSwitchTo(old);
-		}
-		econtext->ecxt_scantuple = slot;
-		for (int i = 0; i < constr->num_check; i++)
-			if (!ExecCheck(rri->ri_ConstraintExprs[i], econtext))
-				return psprintf("new row for relation \"%s\" violates check constraint \"%s\"",
-								relname, constr->check[i].ccname);
-	}
-	return NULL;
 }
 
 /* fill a slot with a message and the defaults of the columns users added */
@@ -379,7 +412,8 @@ InsertIntoPartition(EventWriter *w, Oid relid, CdpMessage **msgs, int n)
 	bool		fast;
 
 	OpenPartition(w, relid, &pw);
-	fast = !pw.before_row && !pw.after_row && !pw.check && !pw.generated && pw.ndefaults == 0;
+	fast = !pw.before_row && !pw.after_row && !pw.constraints.any && !pw.generated &&
+		pw.ndefaults == 0;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -402,7 +436,8 @@ InsertIntoPartition(EventWriter *w, Oid relid, CdpMessage **msgs, int n)
 		}
 		if (pw.generated)
 			ExecComputeStoredGenerated(pw.rri, w->estate, slot, CMD_INSERT);
-		violation = ViolatedConstraint(w, &pw, slot);
+		violation = ViolatedConstraint(pw.rri->ri_RelationDesc, &pw.constraints, slot,
+									   GetPerTupleExprContext(w->estate));
 		if (violation != NULL)
 		{
 			CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
@@ -488,6 +523,95 @@ EndStatement(EventWriter *w)
 }
 
 /*
+ * The pending messages routed to the same partition as msgs[start] and not
+ * yet done, in order; marks them done and returns how many.
+ */
+static int
+CollectGroup(CdpMessage **msgs, int n, int start, bool *done, CdpMessage **group)
+{
+	int			ngroup = 0;
+
+	for (int j = start; j < n; j++)
+	{
+		if (!done[j] && msgs[j]->outcome == CDP_PENDING &&
+			msgs[j]->partition == msgs[start]->partition)
+		{
+			group[ngroup++] = msgs[j];
+			done[j] = true;
+		}
+	}
+	return ngroup;
+}
+
+/* dead-letter the events of one partition that break its early constraints */
+static void
+CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	TriggerDesc *trig = rel->trigdesc;
+	int			attnos[NUM_EVENT_COLUMNS];
+	Bitmapset  *message_cols = NULL;
+	ConstraintSet cs;
+	TupleTableSlot *slot;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || RelationGetDescr(rel)->constr == NULL ||
+		(trig != NULL && trig->trig_insert_before_row))
+	{
+		table_close(rel, NoLock);
+		return;
+	}
+	MapColumns(rel, attnos);
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+		if (c != COL_PROFILE_ID)
+			message_cols = bms_add_member(message_cols,
+										  attnos[c] - FirstLowInvalidHeapAttributeNumber);
+	PrepareConstraints(rel, attnos, message_cols, estate, &cs);
+	if (cs.any)
+	{
+		slot = table_slot_create(rel, NULL);
+		for (int i = 0; i < n; i++)
+		{
+			char	   *violation;
+
+			FillSlot(slot, attnos, msgs[i]);
+			violation = ViolatedConstraint(rel, &cs, slot, GetPerTupleExprContext(estate));
+			if (violation != NULL)
+				CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
+			ResetPerTupleExprContext(estate);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+	}
+	table_close(rel, NoLock);
+}
+
+/*
+ * Before deduplication and identity resolution, refuse the events that break
+ * a NOT NULL or CHECK constraint on the columns the message alone decides
+ * (all of pg_cdp's but profile_id), so that a refused event leaves no trace:
+ * no messageId used up, no identifiers linked.  Constraints on profile_id or
+ * on columns users added, and partitions with BEFORE ROW triggers (which may
+ * mend a row), are checked when storing.
+ */
+void
+CdpCheckEventConstraints(CdpMessage **msgs, int n)
+{
+	EState	   *estate = CreateExecutorState();
+	CdpMessage **group = palloc(sizeof(CdpMessage *) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		int			ngroup;
+
+		if (done[i] || msgs[i]->outcome != CDP_PENDING)
+			continue;
+		ngroup = CollectGroup(msgs, n, i, done, group);
+		CheckPartitionEarly(estate, msgs[i]->partition, group, ngroup);
+	}
+	FreeExecutorState(estate);
+}
+
+/*
  * Store every pending message (routed by CdpRouteEvents) as one statement
  * on cdp.events; returns how many were stored.  Messages are grouped by
  * partition, keeping their order within each.  Messages that became dead
@@ -513,19 +637,11 @@ CdpStoreEvents(CdpMessage **msgs, int n)
 	BeginStatement(&w);
 	for (int i = 0; i < n; i++)
 	{
-		int			ngroup = 0;
+		int			ngroup;
 
 		if (done[i] || msgs[i]->outcome != CDP_PENDING)
 			continue;
-		for (int j = i; j < n; j++)
-		{
-			if (!done[j] && msgs[j]->outcome == CDP_PENDING &&
-				msgs[j]->partition == msgs[i]->partition)
-			{
-				group[ngroup++] = msgs[j];
-				done[j] = true;
-			}
-		}
+		ngroup = CollectGroup(msgs, n, i, done, group);
 		InsertIntoPartition(&w, msgs[i]->partition, group, ngroup);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -144,6 +144,7 @@ ProcessRows(InboxRow *rows, int nrows, const BatchContext *bc)
 	for (int i = 0; i < n; i++)
 		CdpValidateMessage(msgs[i], bc->retention_horizon);
 	CdpRouteEvents(msgs, n, &bc->config);
+	CdpCheckEventConstraints(msgs, n);
 	CdpDeduplicate(msgs, n);
 	CdpResolveIdentities(msgs, n);
 	CdpStoreEvents(msgs, n);

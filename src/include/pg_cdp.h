@@ -143,6 +143,7 @@ extern List *CdpPartitionsEndingBefore(TimestampTz horizon);
 extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
 
 /* event_store.c */
+extern void CdpCheckEventConstraints(CdpMessage **msgs, int n);
 extern int	CdpStoreEvents(CdpMessage **msgs, int n);
 
 /* ingest.c */

@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(25);
+SELECT plan(31);
 
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
@@ -39,10 +39,30 @@ SELECT results_eq($$SELECT error_code, payload::jsonb->>'messageId' FROM cdp.dea
 SELECT matches((SELECT error_message FROM cdp.dead_letters),
                'violates check constraint "events_no_test_event"',
                'the dead letter names the constraint');
+SELECT is(cdp.resolve('user_id:u-c-2'), NULL::bigint,
+          'it was refused before identity resolution: its user got no profile');
+SELECT is((SELECT count(*)::int FROM cdp.message_ids), 2, 'and it used up no messageId');
 ALTER TABLE cdp.events DROP CONSTRAINT events_no_test_event;
 SELECT is(cdp.replay_dead_letters() + cdp.process_inbox(), 2::bigint, 'the dead letter is replayed');
 SELECT is((SELECT count(*)::int FROM cdp.events WHERE message_id = 'c-2'), 1,
           'after the fix the replayed event is stored, not taken for a duplicate');
+
+-- a CHECK on a column users added is checked when storing, after identity
+-- resolution; the refused event's messageId is forgotten, so its replay stores it
+ALTER TABLE cdp.events ADD COLUMN tier text DEFAULT 'free';
+ALTER TABLE cdp.events ADD CONSTRAINT events_paid_only CHECK (tier <> 'free' OR event <> 'Paid Feature');
+SELECT pg_temp.send(jsonb_build_object('batch', jsonb_build_array(
+           pg_temp.track('t-1', 'Paid Feature'), pg_temp.track('t-2', 'Free Feature'))));
+SELECT results_eq($$SELECT message_id FROM cdp.events WHERE message_id LIKE 't-_'$$, $$VALUES ('t-2')$$,
+                  'a CHECK on an added column (with its default) refuses the violating event when storing');
+SELECT matches((SELECT error_message FROM cdp.dead_letters WHERE payload LIKE '%t-1%'),
+               'violates check constraint "events_paid_only"', 'the dead letter names it');
+ALTER TABLE cdp.events DROP CONSTRAINT events_paid_only;
+SELECT is(cdp.replay_dead_letters((SELECT array_agg(id) FROM cdp.dead_letters WHERE payload LIKE '%t-1%'))
+          + cdp.process_inbox(), 2::bigint, 'it is replayed after the fix');
+SELECT is((SELECT count(*)::int FROM cdp.events WHERE message_id = 't-1'), 1,
+          'and stored: its messageId was forgotten when it was refused');
+ALTER TABLE cdp.events DROP COLUMN tier;
 
 -- a NOT NULL a user adds
 ALTER TABLE cdp.events ALTER COLUMN event SET NOT NULL;
