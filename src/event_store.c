@@ -199,6 +199,10 @@ MapColumns(Relation rel, int *attnos)
 	}
 }
 
+/*
+ * Whether a partition column is one pg_cdp fills from the message; the others
+ * were added by users and get cdp.events' defaults.
+ */
 static bool
 IsOurColumn(const int *attnos, int attno)
 {
@@ -208,6 +212,10 @@ IsOurColumn(const int *attnos, int attno)
 	return false;
 }
 
+/*
+ * Whether a column always gets a value from a valid message, so that its
+ * NOT NULL (part of pg_cdp's own schema) costs no check per row.
+ */
 static bool
 IsAlwaysSet(const int *attnos, int attno)
 {
