@@ -131,8 +131,8 @@ CdpCheckSourceForEnqueue(const char *name)
 /*
  * The messages an inbox row holds (CdpExpandPayload), or, when its source
  * is unknown or disabled, one dead letter with the row's payload verbatim:
- * the whole row is refused, unparsed, and can be replayed as it came once
- * the source exists or is enabled.
+ * the whole row is refused, unparsed (a payload nobody may send is not worth
+ * parsing), and a replay brings it back exactly as it came.
  */
 List *
 CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
