@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(17);
+SELECT plan(19);
 
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids RESTART IDENTITY;
@@ -63,6 +63,19 @@ SELECT results_eq($$SELECT message_id FROM cdp.events WHERE source = 'later' ORD
                   $$VALUES ('b-1'), ('b-2')$$, 'the replayed envelope''s messages are stored');
 SELECT is((SELECT error_code FROM cdp.dead_letters WHERE payload = 'not json at all'), 'invalid_json',
           'the replayed bad row is now judged on its content');
+
+-- sources are looked up once per batch and name, not once per row
+CREATE TEMP TABLE lookups AS
+SELECT seq_scan + coalesce(idx_scan, 0) AS before FROM pg_stat_xact_user_tables
+ WHERE relid = 'cdp.source_keys'::regclass;
+INSERT INTO cdp.inbox (payload, source)
+SELECT format('{"type":"track","userId":"u","event":"Many","messageId":"m-%s"}', g),
+       CASE WHEN g % 3 = 0 THEN 'app' WHEN g % 3 = 1 THEN 'copy' ELSE 'nobody' END
+  FROM generate_series(1, 300) g;
+SELECT is(cdp.process_inbox(), 300::bigint, '300 rows from three sources are processed in one batch');
+SELECT cmp_ok((SELECT seq_scan + coalesce(idx_scan, 0) - before FROM pg_stat_xact_user_tables, lookups
+                WHERE relid = 'cdp.source_keys'::regclass), '<=', 3::bigint,
+              'with at most one lookup per source');
 
 -- the built-in copy source can be disabled like any other
 DO $$ BEGIN PERFORM cdp.disable_source('copy'); END $$;
