@@ -197,6 +197,11 @@ CompareArgs(FunctionCallInfo fcinfo)
 	return c;
 }
 
+/*
+ * CdpMakeIdentifier for SQL callers: bad input is 22P02 naming the problem.
+ * input is the text shown in the message; NULL shows "type:value" from the
+ * parts, formatted only when there is an error to report.
+ */
 static CdpIdentifier *
 MakeOrThrow(const char *type, int type_len, const char *value, int value_len,
 			const char *input)
@@ -204,6 +209,8 @@ MakeOrThrow(const char *type, int type_len, const char *value, int value_len,
 	const char *problem = NULL;
 	CdpIdentifier *id = CdpMakeIdentifier(type, type_len, value, value_len, &problem);
 
+	if (id == NULL && input == NULL)
+		input = psprintf("%.*s:%.*s", type_len, type, value_len, value);
 	if (id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
@@ -284,10 +291,12 @@ cdp_identifier_make(PG_FUNCTION_ARGS)
 {
 	text	   *type = PG_GETARG_TEXT_PP(0);
 	text	   *value = PG_GETARG_TEXT_PP(1);
-	char	   *shown = psprintf("%s:%s", text_to_cstring(type), text_to_cstring(value));
+	CdpIdentifier *id = MakeOrThrow(VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
+									VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), NULL);
 
-	PG_RETURN_POINTER(MakeOrThrow(VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
-								  VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), shown));
+	PG_FREE_IF_COPY(type, 0);
+	PG_FREE_IF_COPY(value, 1);
+	PG_RETURN_POINTER(id);
 }
 
 PG_FUNCTION_INFO_V1(cdp_id_type);
