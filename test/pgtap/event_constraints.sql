@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(31);
+SELECT plan(32);
 
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
@@ -164,6 +164,11 @@ SELECT pg_temp.send(pg_temp.track('d-1', 'Defaulted'));
 SELECT results_eq($$SELECT tenant, stored_at IS NOT NULL FROM cdp.events WHERE message_id = 'd-1'$$,
                   $$VALUES ('acme', true)$$, 'columns users add get cdp.events'' defaults');
 ALTER TABLE cdp.events DROP COLUMN tenant, DROP COLUMN stored_at;
+ALTER TABLE cdp.events ADD COLUMN event_key text GENERATED ALWAYS AS (lower(event)) STORED;
+SELECT pg_temp.send(pg_temp.track('d-3', 'Generated'));
+SELECT is((SELECT event_key FROM cdp.events WHERE message_id = 'd-3'), 'generated',
+          'stored generated columns are computed');
+ALTER TABLE cdp.events DROP COLUMN event_key;
 SELECT pg_temp.send(pg_temp.track('d-2', 'After drop'));
 SELECT is((SELECT count(*)::int FROM cdp.events WHERE message_id = 'd-2'), 1,
           'events are stored after the added columns are dropped again');
