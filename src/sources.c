@@ -129,6 +129,27 @@ CdpCheckSourceForEnqueue(const char *name)
 }
 
 /*
+ * Why a queued row from this source may not be processed: the dead-letter
+ * code (unknown_source, source_disabled) with *message set, or NULL when the
+ * source is registered and enabled.
+ */
+const char *
+CdpSourceRefusal(const char *source, char **message)
+{
+	switch (LookupSource(source))
+	{
+		case SOURCE_ENABLED:
+			return NULL;
+		case SOURCE_DISABLED:
+			*message = psprintf("source \"%s\" is disabled", source);
+			return "source_disabled";
+		default:
+			*message = psprintf("source \"%s\" is not registered", ShownName(source));
+			return "unknown_source";
+	}
+}
+
+/*
  * The messages an inbox row holds (CdpExpandPayload), or, when its source
  * is unknown or disabled, one dead letter with the row's payload verbatim:
  * the whole row is refused, unparsed (a payload nobody may send is not worth
@@ -138,10 +159,11 @@ List *
 CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
 					const char *source, TimestampTz received_at)
 {
-	SourceState state = LookupSource(source);
+	char	   *message;
+	const char *code = CdpSourceRefusal(source, &message);
 	CdpMessage *msg;
 
-	if (state == SOURCE_ENABLED)
+	if (code == NULL)
 		return CdpExpandPayload(inbox_id, payload, len, source, received_at);
 
 	msg = palloc0(sizeof(CdpMessage));
@@ -149,9 +171,6 @@ CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
 	msg->source = source;
 	msg->received_at = received_at;
 	msg->raw = payload;
-	if (state == SOURCE_UNKNOWN)
-		CdpMarkDead(msg, "unknown_source", "source \"%s\" is not registered", ShownName(source));
-	else
-		CdpMarkDead(msg, "source_disabled", "source \"%s\" is disabled", source);
+	CdpMarkDead(msg, code, "%s", message);
 	return list_make1(msg);
 }

@@ -110,6 +110,7 @@ extern const char *CdpMessagePayload(CdpMessage *msg);
 
 /* sources.c */
 extern void CdpCheckSourceForEnqueue(const char *name);
+extern const char *CdpSourceRefusal(const char *source, char **message);
 extern List *CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
 								 const char *source, TimestampTz received_at);
 
