@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(32);
+SELECT plan(33);
 
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
@@ -156,6 +156,25 @@ SELECT pg_temp.send(jsonb_build_object('batch', jsonb_build_array(
 SELECT results_eq($$SELECT stored FROM pg_temp.batches$$, $$VALUES (3)$$,
                   'an AFTER STATEMENT trigger fires once per batch and sees every stored row of it (b-3, s-1, s-2)');
 DROP TRIGGER events_batch ON cdp.events;
+
+-- a transition table gets every row in cdp.events' layout, also from a partition
+-- made after a column was dropped (whose layout then differs from the parent's)
+ALTER TABLE cdp.events ADD COLUMN scratch int;
+ALTER TABLE cdp.events DROP COLUMN scratch;
+CREATE TABLE pg_temp.seen (message_id text, event text);
+CREATE FUNCTION pg_temp.keep_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pg_temp.seen SELECT message_id, event FROM new_rows;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_seen AFTER INSERT ON cdp.events REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.keep_rows();
+SELECT pg_temp.send(jsonb_build_object('batch', jsonb_build_array(
+           pg_temp.track('l-1', 'Old layout'), pg_temp.track('l-2', 'New layout', '2026-07-01'))));
+SELECT results_eq($$SELECT message_id, event FROM pg_temp.seen ORDER BY 1$$,
+                  $$VALUES ('l-1', 'Old layout'), ('l-2', 'New layout')$$,
+                  'rows from partitions of either layout reach the transition table intact');
+DROP TRIGGER events_seen ON cdp.events;
 
 -- a column added with a default gets the default
 ALTER TABLE cdp.events ADD COLUMN tenant text DEFAULT 'acme';
