@@ -8,10 +8,11 @@
  *	  column defaults (the parent's), stored generated columns, NOT NULL and
  *	  CHECK constraints, BEFORE and AFTER ROW INSERT triggers (foreign keys
  *	  included), and statement triggers with transition tables on cdp.events,
- *	  each batch being one statement.  A row that violates a constraint
- *	  becomes a dead letter instead of failing the batch; constraints on the
- *	  columns a message alone decides are checked before deduplication and
- *	  identity resolution already (CdpCheckEventConstraints).
+ *	  each call (a chunk of messages) being one statement.  A row that
+ *	  violates a constraint becomes a dead letter instead of failing the
+ *	  chunk; constraints on the columns a message alone decides are checked
+ *	  before deduplication and identity resolution already
+ *	  (CdpCheckEventConstraints).
  */
 #include "postgres.h"
 

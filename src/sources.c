@@ -150,27 +150,25 @@ CdpSourceRefusal(const char *source, char **message)
 }
 
 /*
- * The messages an inbox row holds (CdpExpandPayload), or, when its source
- * is unknown or disabled, one dead letter with the row's payload verbatim:
- * the whole row is refused, unparsed (a payload nobody may send is not worth
- * parsing), and a replay brings it back exactly as it came.
+ * Refuse an inbox row whose source is unknown or disabled: the whole row
+ * becomes one dead letter with its payload as queued, unparsed (a payload
+ * nobody may send is not worth parsing), and a replay brings it back as it
+ * came.  A row too large to read whole is left to be refused as too_large,
+ * so no dead letter says "replay me" over a payload it kept only in part.
  */
-List *
-CdpExpandFromSource(int64 inbox_id, const char *payload, int len,
-					const char *source, TimestampTz received_at)
+bool
+CdpRefuseRowSource(CdpInboxRow *row)
 {
 	char	   *message;
-	const char *code = CdpSourceRefusal(source, &message);
-	CdpMessage *msg;
+	const char *code;
 
+	if (row->size > cdp_max_request_bytes)
+		return false;
+	code = CdpSourceRefusal(row->source, &message);
 	if (code == NULL)
-		return CdpExpandPayload(inbox_id, payload, len, source, received_at);
-
-	msg = palloc0(sizeof(CdpMessage));
-	msg->inbox_id = inbox_id;
-	msg->source = source;
-	msg->received_at = received_at;
-	msg->raw = payload;
-	CdpMarkDead(msg, code, "%s", message);
-	return list_make1(msg);
+		return false;
+	row->nitems = -1;
+	row->error_code = code;
+	row->error_message = message;
+	return true;
 }
