@@ -39,6 +39,7 @@ SELECT type, event, source, received_at FROM cdp.events ORDER BY event NULLS LAS
 -- own keys win, key by key (a nested object is replaced whole, not merged)
 --
 SELECT pg_temp.reset();
+SELECT count(cdp.create_source('node')) AS sources WHERE NOT EXISTS (SELECT FROM cdp.sources WHERE name = 'node');
 SELECT cdp.ingest('{
   "batch": [
     {"type": "track", "userId": "u1", "event": "Own Context", "messageId": "env-1",

@@ -9,6 +9,11 @@ SET datestyle = 'ISO, YMD';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids RESTART IDENTITY;
 TRUNCATE cdp.events;
 
+-- the sources the rows below come from
+SELECT count(cdp.create_source(name)) >= 0 AS registered
+  FROM unnest(ARRAY['ios', 'android', 'web', 'node']) name
+ WHERE name NOT IN (SELECT s.name FROM cdp.sources s);
+
 SET cdp.max_event_bytes = '1kB';
 -- queued directly with a known source and receipt time
 INSERT INTO cdp.inbox (payload, source, received_at) VALUES

@@ -177,6 +177,40 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 	hash_destroy(seen);
 }
 
+static SPIPlanPtr forget_plan = NULL;
+
+/*
+ * Forget the messageIds of accepted messages that were not stored after all
+ * (dead-lettered while being written), so that replaying them is not taken
+ * for a retry of something already kept.
+ */
+void
+CdpForgetMessageIds(CdpMessage **msgs, int n)
+{
+	Datum	   *keys = palloc(sizeof(Datum) * Max(n, 1));
+	int			nkeys = 0;
+	Oid			argtype = UUIDARRAYOID;
+	Datum		arg;
+
+	for (int i = 0; i < n; i++)
+	{
+		pg_uuid_t  *key;
+
+		if (msgs[i]->message_id_generated || msgs[i]->message_id == NULL)
+			continue;
+		key = palloc(sizeof(pg_uuid_t));
+		MessageKey(msgs[i]->message_id, key);
+		keys[nkeys++] = UUIDPGetDatum(key);
+	}
+	if (nkeys == 0)
+		return;
+	arg = CdpArray(keys, nkeys, UUIDOID);
+	CdpExecPlan(CdpPlan(&forget_plan,
+						"DELETE FROM cdp.message_ids WHERE message_key = ANY ($1)",
+						1, &argtype),
+				&arg, NULL, SPI_OK_DELETE);
+}
+
 /* Forget messageIds accepted before the window; returns how many. */
 int64
 CdpPurgeDedupWindow(void)

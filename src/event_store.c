@@ -1,9 +1,18 @@
 /*
  * event_store.c
  *	  Writing validated messages into their cdp.events partitions the way
- *	  COPY does: table_multi_insert per partition, then index entries.  This
- *	  skips per-row executor and tuple-routing overhead; routing was already
- *	  done (partitions.c), so every row is known to fit its partition.
+ *	  COPY does.  Routing was already done (partitions.c), so rows go straight
+ *	  to their partition.  A partition with nothing but pg_cdp's own columns,
+ *	  indexes and NOT NULLs takes the fast path: table_multi_insert, then
+ *	  index entries.  Anything a user added is honoured as COPY honours it:
+ *	  column defaults (the parent's), stored generated columns, NOT NULL and
+ *	  CHECK constraints, BEFORE and AFTER ROW INSERT triggers (foreign keys
+ *	  included), and statement triggers with transition tables on cdp.events,
+ *	  each call (a chunk of messages) being one statement.  A row that
+ *	  violates a constraint becomes a dead letter instead of failing the
+ *	  chunk; constraints on the columns a message alone decides are checked
+ *	  before deduplication and identity resolution already
+ *	  (CdpCheckEventConstraints).
  */
 #include "postgres.h"
 
@@ -12,13 +21,21 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
+#include "executor/nodeModifyTable.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "pg_cdp.h"
@@ -52,6 +69,52 @@ static const char *const column_names[NUM_EVENT_COLUMNS] = {
 	"anonymous_id", "group_id", "previous_id", "ts", "original_timestamp",
 	"sent_at", "received_at", "properties", "traits", "context", "extra"
 };
+
+/* the columns FillSlot always sets: their NOT NULLs need no check */
+static const EventColumn always_set[] = {
+	COL_MESSAGE_ID, COL_SOURCE, COL_TYPE, COL_TS, COL_RECEIVED_AT
+};
+
+/*
+ * One statement's worth of writing into cdp.events: the executor state the
+ * triggers and constraints need, with cdp.events as the root result
+ * relation and the partitions as routed-to relations below it.
+ */
+typedef struct EventWriter
+{
+	EState	   *estate;
+	ResultRelInfo *root;
+	TransitionCaptureState *transition;
+	CommandId	cid;
+	BulkInsertState bistate;
+	List	   *partitions;		/* ResultRelInfo *, closed at the end */
+} EventWriter;
+
+/*
+ * The NOT NULL and CHECK constraints of a partition that are evaluated at
+ * one stage: all of them when storing, or before deduplication only those
+ * on columns the message alone decides.
+ */
+typedef struct ConstraintSet
+{
+	bool	   *notnull;		/* per attribute: must not be NULL */
+	ExprState **checks;			/* per CHECK constraint; NULL: not here */
+	bool		any;
+} ConstraintSet;
+
+/* What a partition needs beyond the fast path, found when it is opened. */
+typedef struct PartitionWriter
+{
+	ResultRelInfo *rri;
+	int			attnos[NUM_EVENT_COLUMNS];
+	int			ndefaults;
+	AttrNumber *default_attnos;
+	ExprState **defaults;
+	bool		before_row;		/* BEFORE ROW INSERT triggers: row by row */
+	bool		after_row;		/* AFTER ROW triggers or transition capture */
+	ConstraintSet constraints;	/* NOT NULLs beyond pg_cdp's own, CHECKs */
+	bool		generated;		/* stored generated columns */
+} PartitionWriter;
 
 static void
 SetText(Datum *values, bool *nulls, int attno, const char *s)
@@ -137,16 +200,146 @@ MapColumns(Relation rel, int *attnos)
 	}
 }
 
-/* insert the given messages (all routed to relid) into that partition */
+/*
+ * Whether a partition column is one pg_cdp fills from the message; the others
+ * were added by users and get cdp.events' defaults.
+ */
+static bool
+IsOurColumn(const int *attnos, int attno)
+{
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+		if (attnos[c] == attno)
+			return true;
+	return false;
+}
+
+/*
+ * Whether a column always gets a value from a valid message, so that its
+ * NOT NULL (part of pg_cdp's own schema) costs no check per row.
+ */
+static bool
+IsAlwaysSet(const int *attnos, int attno)
+{
+	for (int i = 0; i < lengthof(always_set); i++)
+		if (attnos[always_set[i]] == attno)
+			return true;
+	return false;
+}
+
+/*
+ * Columns a user added to cdp.events get the parent's default, as an INSERT
+ * or COPY into cdp.events would give them (a partition's own defaults do
+ * not apply to rows routed through the parent).
+ */
 static void
-InsertIntoPartition(EState *estate, Oid relid, CdpMessage **msgs, int n)
+PrepareDefaults(EventWriter *w, PartitionWriter *pw)
+{
+	Relation	rel = pw->rri->ri_RelationDesc;
+	Relation	parent = w->root->ri_RelationDesc;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	pw->default_attnos = palloc(sizeof(AttrNumber) * desc->natts);
+	pw->defaults = palloc(sizeof(ExprState *) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		AttrNumber	parent_attno;
+		Node	   *expr;
+
+		if (att->attisdropped || att->attgenerated || IsOurColumn(pw->attnos, i + 1))
+			continue;
+		parent_attno = SPI_fnumber(RelationGetDescr(parent), NameStr(att->attname));
+		if (parent_attno <= 0)
+			continue;
+		expr = build_column_default(parent, parent_attno);
+		if (expr == NULL)
+			continue;
+		pw->default_attnos[pw->ndefaults] = i + 1;
+		pw->defaults[pw->ndefaults] = ExecPrepareExpr((Expr *) expr, w->estate);
+		pw->ndefaults++;
+	}
+}
+
+/*
+ * Prepare a partition's NOT NULLs (beyond those pg_cdp always satisfies) and
+ * CHECKs.  With only_cols, just the constraints whose every column is in it
+ * (attribute numbers offset by FirstLowInvalidHeapAttributeNumber).
+ */
+static void
+PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState *estate,
+				   ConstraintSet *cs)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+
+	memset(cs, 0, sizeof(ConstraintSet));
+	if (constr == NULL)
+		return;
+	cs->notnull = palloc0(sizeof(bool) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attnotnull || att->attisdropped || IsAlwaysSet(attnos, i + 1) ||
+			(only_cols != NULL &&
+			 !bms_is_member(i + 1 - FirstLowInvalidHeapAttributeNumber, only_cols)))
+			continue;
+		cs->notnull[i] = true;
+		cs->any = true;
+	}
+	cs->checks = palloc0(sizeof(ExprState *) * Max(constr->num_check, 1));
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		Node	   *expr = stringToNode(constr->check[i].ccbin);
+		Bitmapset  *used = NULL;
+
+		pull_varattnos(expr, 1, &used);
+		if (only_cols != NULL && !bms_is_subset(used, only_cols))
+			continue;
+		cs->checks[i] = ExecPrepareExpr((Expr *) expr, estate);
+		cs->any = true;
+	}
+}
+
+/*
+ * The constraint a row violates, described for a dead letter, or NULL.
+ * ExecConstraints would raise an error; a batch must keep going, so this
+ * evaluates the same NOT NULLs and CHECKs and reports instead.  (A BEFORE
+ * trigger that moves a row out of its partition is refused by
+ * ExecBRInsertTriggers itself, as for COPY.)
+ */
+static char *
+ViolatedConstraint(Relation rel, ConstraintSet *cs, TupleTableSlot *slot, ExprContext *econtext)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	const char *relname = RelationGetRelationName(rel);
+
+	if (!cs->any)
+		return NULL;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		if (cs->notnull[i] && slot_attisnull(slot, i + 1))
+			return psprintf("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+							NameStr(TupleDescAttr(desc, i)->attname), relname);
+	}
+	econtext->ecxt_scantuple = slot;
+	for (int i = 0; i < constr->num_check; i++)
+	{
+		if (cs->checks[i] != NULL && !ExecCheck(cs->checks[i], econtext))
+			return psprintf("new row for relation \"%s\" violates check constraint \"%s\"",
+							relname, constr->check[i].ccname);
+	}
+	return NULL;
+}
+
+/* open a partition as a routed-to result relation and see what it needs */
+static void
+OpenPartition(EventWriter *w, Oid relid, PartitionWriter *pw)
 {
 	Relation	rel = table_open(relid, RowExclusiveLock);
-	ResultRelInfo *rri = makeNode(ResultRelInfo);
-	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * n);
-	BulkInsertState bistate = GetBulkInsertState();
-	CommandId	cid = GetCurrentCommandId(true);
-	int			attnos[NUM_EVENT_COLUMNS];
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	TriggerDesc *trig;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 		ereport(ERROR,
@@ -154,67 +347,324 @@ InsertIntoPartition(EState *estate, Oid relid, CdpMessage **msgs, int n)
 				 errmsg("partition %s of cdp.events is not a plain table",
 						RelationGetRelationName(rel)),
 				 errhint("Partitions of cdp.events are managed by pg_cdp; detach this one.")));
-	MapColumns(rel, attnos);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
+	memset(pw, 0, sizeof(PartitionWriter));
+	MapColumns(rel, pw->attnos);
+	pw->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(pw->rri, rel, 0, w->root, 0);
+	ExecOpenIndices(pw->rri, false);
+	/* after-trigger firing finds the partition's ResultRelInfo here */
+	w->estate->es_tuple_routing_result_relations =
+		lappend(w->estate->es_tuple_routing_result_relations, pw->rri);
+	w->partitions = lappend(w->partitions, pw->rri);
 
-	for (int i = 0; i < n; i++)
-	{
-		slots[i] = table_slot_create(rel, NULL);
-		FillSlot(slots[i], attnos, msgs[i]);
-	}
-	table_multi_insert(rel, slots, n, cid, 0, bistate);
+	trig = pw->rri->ri_TrigDesc;
+	pw->before_row = trig != NULL && trig->trig_insert_before_row;
+	pw->after_row = (trig != NULL && trig->trig_insert_after_row) ||
+		(w->transition != NULL && w->transition->tcs_insert_new_table);
+	pw->generated = constr != NULL && constr->has_generated_stored;
+	PrepareConstraints(rel, pw->attnos, NULL, w->estate, &pw->constraints);
+	PrepareDefaults(w, pw);
+}
 
-	for (int i = 0; i < n; i++)
+/* fill a slot with a message and the defaults of the columns users added */
+static void
+BuildRow(EventWriter *w, PartitionWriter *pw, TupleTableSlot *slot, CdpMessage *msg)
+{
+	FillSlot(slot, pw->attnos, msg);
+	if (pw->ndefaults > 0)
 	{
-		if (rri->ri_NumIndices > 0)
+		ExprContext *econtext = GetPerTupleExprContext(w->estate);
+
+		for (int d = 0; d < pw->ndefaults; d++)
 		{
-			List	   *recheck = ExecInsertIndexTuples(rri, slots[i], estate,
-														false, false, NULL, NIL);
+			int			a = pw->default_attnos[d] - 1;
 
-			list_free(recheck);
+			slot->tts_values[a] = ExecEvalExprSwitchContext(pw->defaults[d], econtext,
+															&slot->tts_isnull[a]);
+		}
+	}
+	slot->tts_tableOid = RelationGetRelid(pw->rri->ri_RelationDesc);
+}
+
+/* index entries and AFTER ROW events for rows already in the heap */
+static void
+AfterInsert(EventWriter *w, PartitionWriter *pw, TupleTableSlot *slot)
+{
+	List	   *recheck = NIL;
+
+	if (pw->rri->ri_NumIndices > 0)
+		recheck = ExecInsertIndexTuples(pw->rri, slot, w->estate, false, false, NULL, NIL);
+	if (pw->after_row)
+	{
+		if (w->transition != NULL)
+			w->transition->tcs_original_insert_tuple = NULL;	/* convert from the partition */
+		ExecARInsertTriggers(w->estate, pw->rri, slot, recheck, w->transition);
+	}
+	list_free(recheck);
+}
+
+/*
+ * The way COPY writes a partition: rows through BEFORE ROW triggers (one at
+ * a time then, as they may look at the table), generated columns and the
+ * constraint check; the survivors in one multi-insert; then index entries
+ * and AFTER ROW events.  A partition that needs none of it takes the fast
+ * path.  Violating rows are dead letters; rows a BEFORE trigger drops are
+ * CDP_SKIPPED.
+ */
+static void
+InsertIntoPartition(EventWriter *w, Oid relid, CdpMessage **msgs, int n)
+{
+	PartitionWriter pw;
+	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * n);
+	CdpMessage **kept = palloc(sizeof(CdpMessage *) * n);
+	int			nkept = 0;
+	bool		fast;
+
+	OpenPartition(w, relid, &pw);
+	fast = !pw.before_row && !pw.after_row && !pw.constraints.any && !pw.generated &&
+		pw.ndefaults == 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		TupleTableSlot *slot = table_slot_create(pw.rri->ri_RelationDesc, NULL);
+		char	   *violation;
+
+		BuildRow(w, &pw, slot, msgs[i]);
+		if (fast)
+		{
+			slots[nkept] = slot;
+			kept[nkept++] = msgs[i];
+			continue;
+		}
+		if (pw.before_row && !ExecBRInsertTriggers(w->estate, pw.rri, slot))
+		{
+			msgs[i]->outcome = CDP_SKIPPED;
+			ExecDropSingleTupleTableSlot(slot);
+			ResetPerTupleExprContext(w->estate);
+			continue;
+		}
+		if (pw.generated)
+			ExecComputeStoredGenerated(pw.rri, w->estate, slot, CMD_INSERT);
+		violation = ViolatedConstraint(pw.rri->ri_RelationDesc, &pw.constraints, slot,
+									   GetPerTupleExprContext(w->estate));
+		if (violation != NULL)
+		{
+			CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
+			ExecDropSingleTupleTableSlot(slot);
+		}
+		else if (pw.before_row)
+		{
+			table_tuple_insert(pw.rri->ri_RelationDesc, slot, w->cid, 0, w->bistate);
+			AfterInsert(w, &pw, slot);
+			msgs[i]->outcome = CDP_STORED;
+			ExecDropSingleTupleTableSlot(slot);
+		}
+		else
+		{
+			ExecMaterializeSlot(slot);	/* off the per-tuple memory */
+			slots[nkept] = slot;
+			kept[nkept++] = msgs[i];
+		}
+		ResetPerTupleExprContext(w->estate);
+	}
+
+	if (nkept > 0)
+		table_multi_insert(pw.rri->ri_RelationDesc, slots, nkept, w->cid, 0, w->bistate);
+	for (int i = 0; i < nkept; i++)
+	{
+		AfterInsert(w, &pw, slots[i]);
+		ResetPerTupleExprContext(w->estate);
+		ExecDropSingleTupleTableSlot(slots[i]);
+		kept[i]->outcome = CDP_STORED;
+	}
+	ReleaseBulkInsertStatePin(w->bistate);
+}
+
+/* cdp.events as the statement's target, statement triggers armed */
+static void
+BeginStatement(EventWriter *w)
+{
+	Oid			relid = CdpEventsRelid();
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+	LockRelationOid(relid, RowExclusiveLock);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = RELKIND_PARTITIONED_TABLE;
+	rte->rellockmode = RowExclusiveLock;
+	rte->requiredPerms = ACL_INSERT;
+
+	w->estate = CreateExecutorState();
+	w->cid = GetCurrentCommandId(true);
+	w->estate->es_output_cid = w->cid;
+	ExecInitRangeTable(w->estate, list_make1(rte));
+	w->root = makeNode(ResultRelInfo);
+	ExecInitResultRelation(w->estate, w->root, 1);
+	w->bistate = GetBulkInsertState();
+	w->partitions = NIL;
+
+	AfterTriggerBeginQuery();
+	w->transition = MakeTransitionCaptureState(w->root->ri_RelationDesc->trigdesc,
+											   relid, CMD_INSERT);
+	ExecBSInsertTriggers(w->estate, w->root);
+}
+
+/* AFTER STATEMENT triggers, queued AFTER events (foreign keys), clean up */
+static void
+EndStatement(EventWriter *w)
+{
+	ListCell   *lc;
+
+	ExecASInsertTriggers(w->estate, w->root, w->transition);
+	AfterTriggerEndQuery(w->estate);
+	ExecResetTupleTable(w->estate->es_tupleTable, false);	/* trigger slots */
+	FreeBulkInsertState(w->bistate);
+	foreach(lc, w->partitions)
+	{
+		ResultRelInfo *rri = lfirst(lc);
+
+		ExecCloseIndices(rri);
+		table_close(rri->ri_RelationDesc, NoLock);
+	}
+	ExecCloseResultRelations(w->estate);
+	ExecCloseRangeTableRelations(w->estate);
+	FreeExecutorState(w->estate);
+}
+
+/*
+ * The pending messages routed to the same partition as msgs[start] and not
+ * yet done, in order; marks them done and returns how many.
+ */
+static int
+CollectGroup(CdpMessage **msgs, int n, int start, bool *done, CdpMessage **group)
+{
+	int			ngroup = 0;
+
+	for (int j = start; j < n; j++)
+	{
+		if (!done[j] && msgs[j]->outcome == CDP_PENDING &&
+			msgs[j]->partition == msgs[start]->partition)
+		{
+			group[ngroup++] = msgs[j];
+			done[j] = true;
+		}
+	}
+	return ngroup;
+}
+
+/* dead-letter the events of one partition that break its early constraints */
+static void
+CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	TriggerDesc *trig = rel->trigdesc;
+	int			attnos[NUM_EVENT_COLUMNS];
+	Bitmapset  *message_cols = NULL;
+	ConstraintSet cs;
+	TupleTableSlot *slot;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || RelationGetDescr(rel)->constr == NULL ||
+		(trig != NULL && trig->trig_insert_before_row))
+	{
+		table_close(rel, NoLock);
+		return;
+	}
+	MapColumns(rel, attnos);
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+		if (c != COL_PROFILE_ID)
+			message_cols = bms_add_member(message_cols,
+										  attnos[c] - FirstLowInvalidHeapAttributeNumber);
+	PrepareConstraints(rel, attnos, message_cols, estate, &cs);
+	if (cs.any)
+	{
+		slot = table_slot_create(rel, NULL);
+		for (int i = 0; i < n; i++)
+		{
+			char	   *violation;
+
+			FillSlot(slot, attnos, msgs[i]);
+			violation = ViolatedConstraint(rel, &cs, slot, GetPerTupleExprContext(estate));
+			if (violation != NULL)
+				CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
 			ResetPerTupleExprContext(estate);
 		}
-		ExecDropSingleTupleTableSlot(slots[i]);
-		msgs[i]->outcome = CDP_STORED;
+		ExecDropSingleTupleTableSlot(slot);
 	}
-
-	FreeBulkInsertState(bistate);
-	ExecCloseIndices(rri);
 	table_close(rel, NoLock);
 }
 
 /*
- * Store every pending message (routed by CdpRouteEvents); returns how many.
- * Messages are grouped by partition, keeping their order within each.
+ * Before deduplication and identity resolution, refuse the events that break
+ * a NOT NULL or CHECK constraint on the columns the message alone decides
+ * (all of pg_cdp's but profile_id), so that a refused event leaves no trace:
+ * no messageId used up, no identifiers linked.  Constraints on profile_id or
+ * on columns users added, and partitions with BEFORE ROW triggers (which may
+ * mend a row), are checked when storing.
+ */
+void
+CdpCheckEventConstraints(CdpMessage **msgs, int n)
+{
+	EState	   *estate = CreateExecutorState();
+	CdpMessage **group = palloc(sizeof(CdpMessage *) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		int			ngroup;
+
+		if (done[i] || msgs[i]->outcome != CDP_PENDING)
+			continue;
+		ngroup = CollectGroup(msgs, n, i, done, group);
+		CheckPartitionEarly(estate, msgs[i]->partition, group, ngroup);
+	}
+	FreeExecutorState(estate);
+}
+
+/*
+ * Store every pending message (routed by CdpRouteEvents) as one statement
+ * on cdp.events; returns how many were stored.  Messages are grouped by
+ * partition, keeping their order within each.  Messages that became dead
+ * letters here have their messageId forgotten, so a replay is not taken
+ * for a duplicate.
  */
 int
 CdpStoreEvents(CdpMessage **msgs, int n)
 {
-	EState	   *estate;
+	EventWriter w;
 	CdpMessage **group = palloc(sizeof(CdpMessage *) * Max(n, 1));
 	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	int			npending = 0;
 	int			stored = 0;
+	int			nrefused = 0;
 
-	estate = CreateExecutorState();
+	for (int i = 0; i < n; i++)
+		if (msgs[i]->outcome == CDP_PENDING)
+			npending++;
+	if (npending == 0)
+		return 0;
+
+	BeginStatement(&w);
 	for (int i = 0; i < n; i++)
 	{
-		int			ngroup = 0;
+		int			ngroup;
 
 		if (done[i] || msgs[i]->outcome != CDP_PENDING)
 			continue;
-		for (int j = i; j < n; j++)
-		{
-			if (!done[j] && msgs[j]->outcome == CDP_PENDING &&
-				msgs[j]->partition == msgs[i]->partition)
-			{
-				group[ngroup++] = msgs[j];
-				done[j] = true;
-			}
-		}
-		InsertIntoPartition(estate, msgs[i]->partition, group, ngroup);
-		stored += ngroup;
+		ngroup = CollectGroup(msgs, n, i, done, group);
+		InsertIntoPartition(&w, msgs[i]->partition, group, ngroup);
+		CHECK_FOR_INTERRUPTS();
 	}
-	FreeExecutorState(estate);
+	EndStatement(&w);
+
+	for (int i = 0; i < n; i++)
+	{
+		if (!done[i])
+			continue;
+		if (msgs[i]->outcome == CDP_STORED)
+			stored++;
+		else if (msgs[i]->outcome == CDP_DEAD)
+			group[nrefused++] = msgs[i];
+	}
+	CdpForgetMessageIds(group, nrefused);
 	return stored;
 }

@@ -94,7 +94,10 @@ CdpMakeIdentifier(const char *type, int type_len, const char *value, int value_l
 	{
 		unsigned char c = (unsigned char) value[i];
 
-		if (c < 0x20 || c == 0x7f)
+		/* C0, DEL, and C1 (U+0080-U+009F, UTF-8 0xC2 0x80-0x9F) */
+		if (c < 0x20 || c == 0x7f ||
+			(c == 0xc2 && i + 1 < value_len &&
+			 (unsigned char) value[i + 1] >= 0x80 && (unsigned char) value[i + 1] <= 0x9f))
 		{
 			pfree(id);
 			*problem = "the value contains a control character";
@@ -134,26 +137,71 @@ CdpIdentifierToCString(const CdpIdentifier *id)
 	return s;
 }
 
-int
-CdpIdentifierCompare(const CdpIdentifier *a, const CdpIdentifier *b)
+/*
+ * Order two identifiers given as (type, value) byte ranges: by type bytes,
+ * shorter type first on a common prefix, then the same for the value.
+ */
+static int
+CompareParts(const char *atype, int atype_len, const char *aval, int aval_len,
+			 const char *btype, int btype_len, const char *bval, int bval_len)
 {
-	int			alen = IdValueLen(a);
-	int			blen = IdValueLen(b);
 	int			cmp;
 
-	cmp = memcmp(IdTypePtr(a), IdTypePtr(b), Min(a->type_len, b->type_len));
+	cmp = memcmp(atype, btype, Min(atype_len, btype_len));
 	if (cmp != 0)
 		return cmp;
-	if (a->type_len != b->type_len)
-		return a->type_len < b->type_len ? -1 : 1;
-	cmp = memcmp(IdValuePtr(a), IdValuePtr(b), Min(alen, blen));
+	if (atype_len != btype_len)
+		return atype_len < btype_len ? -1 : 1;
+	cmp = memcmp(aval, bval, Min(aval_len, bval_len));
 	if (cmp != 0)
 		return cmp;
-	if (alen != blen)
-		return alen < blen ? -1 : 1;
+	if (aval_len != bval_len)
+		return aval_len < bval_len ? -1 : 1;
 	return 0;
 }
 
+int
+CdpIdentifierCompare(const CdpIdentifier *a, const CdpIdentifier *b)
+{
+	return CompareParts(IdTypePtr(a), a->type_len, IdValuePtr(a), IdValueLen(a),
+						IdTypePtr(b), b->type_len, IdValuePtr(b), IdValueLen(b));
+}
+
+/*
+ * The same on values as they come from a tuple, short varlena header and
+ * all: sorting and indexing call this millions of times, so nothing is
+ * copied (PG_GETARG_*_PP leaves packed values where they are).
+ */
+static int
+ComparePacked(const struct varlena *a, const struct varlena *b)
+{
+	const char *ad = VARDATA_ANY(a);
+	const char *bd = VARDATA_ANY(b);
+	int			atl = (uint8) ad[0];
+	int			btl = (uint8) bd[0];
+
+	return CompareParts(ad + 1, atl, ad + 1 + atl, VARSIZE_ANY_EXHDR(a) - 1 - atl,
+						bd + 1, btl, bd + 1 + btl, VARSIZE_ANY_EXHDR(b) - 1 - btl);
+}
+
+/* compare arguments 0 and 1 in place, freeing any detoasted copy */
+static int
+CompareArgs(FunctionCallInfo fcinfo)
+{
+	struct varlena *a = PG_GETARG_VARLENA_PP(0);
+	struct varlena *b = PG_GETARG_VARLENA_PP(1);
+	int			c = ComparePacked(a, b);
+
+	PG_FREE_IF_COPY(a, 0);
+	PG_FREE_IF_COPY(b, 1);
+	return c;
+}
+
+/*
+ * CdpMakeIdentifier for SQL callers: bad input is 22P02 naming the problem.
+ * input is the text shown in the message; NULL shows "type:value" from the
+ * parts, formatted only when there is an error to report.
+ */
 static CdpIdentifier *
 MakeOrThrow(const char *type, int type_len, const char *value, int value_len,
 			const char *input)
@@ -161,6 +209,8 @@ MakeOrThrow(const char *type, int type_len, const char *value, int value_len,
 	const char *problem = NULL;
 	CdpIdentifier *id = CdpMakeIdentifier(type, type_len, value, value_len, &problem);
 
+	if (id == NULL && input == NULL)
+		input = psprintf("%.*s:%.*s", type_len, type, value_len, value);
 	if (id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
@@ -191,7 +241,19 @@ PG_FUNCTION_INFO_V1(cdp_identifier_out);
 Datum
 cdp_identifier_out(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_CSTRING(CdpIdentifierToCString(PG_GETARG_IDENTIFIER_P(0)));
+	struct varlena *v = PG_GETARG_VARLENA_PP(0);
+	const char *d = VARDATA_ANY(v);
+	int			len = VARSIZE_ANY_EXHDR(v) - 1;
+	int			tl = (uint8) d[0];
+	char	   *s = palloc(len + 2);
+
+	/* "type" ":" "value" from the packed bytes, without a detoasted copy */
+	memcpy(s, d + 1, tl);
+	s[tl] = ':';
+	memcpy(s + tl + 1, d + 1 + tl, len - tl);
+	s[len + 1] = '\0';
+	PG_FREE_IF_COPY(v, 0);
+	PG_RETURN_CSTRING(s);
 }
 
 PG_FUNCTION_INFO_V1(cdp_identifier_recv);
@@ -212,8 +274,8 @@ PG_FUNCTION_INFO_V1(cdp_identifier_send);
 Datum
 cdp_identifier_send(PG_FUNCTION_ARGS)
 {
-	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
-	char	   *s = CdpIdentifierToCString(id);
+	char	   *s = DatumGetCString(DirectFunctionCall1(cdp_identifier_out,
+														PG_GETARG_DATUM(0)));
 	StringInfoData buf;
 
 	pq_begintypsend(&buf);
@@ -229,10 +291,12 @@ cdp_identifier_make(PG_FUNCTION_ARGS)
 {
 	text	   *type = PG_GETARG_TEXT_PP(0);
 	text	   *value = PG_GETARG_TEXT_PP(1);
-	char	   *shown = psprintf("%s:%s", text_to_cstring(type), text_to_cstring(value));
+	CdpIdentifier *id = MakeOrThrow(VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
+									VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), NULL);
 
-	PG_RETURN_POINTER(MakeOrThrow(VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type),
-								  VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), shown));
+	PG_FREE_IF_COPY(type, 0);
+	PG_FREE_IF_COPY(value, 1);
+	PG_RETURN_POINTER(id);
 }
 
 PG_FUNCTION_INFO_V1(cdp_id_type);
@@ -240,9 +304,12 @@ PG_FUNCTION_INFO_V1(cdp_id_type);
 Datum
 cdp_id_type(PG_FUNCTION_ARGS)
 {
-	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	struct varlena *v = PG_GETARG_VARLENA_PP(0);
+	const char *d = VARDATA_ANY(v);
+	text	   *result = cstring_to_text_with_len(d + 1, (uint8) d[0]);
 
-	PG_RETURN_TEXT_P(cstring_to_text_with_len(IdTypePtr(id), id->type_len));
+	PG_FREE_IF_COPY(v, 0);
+	PG_RETURN_TEXT_P(result);
 }
 
 PG_FUNCTION_INFO_V1(cdp_id_value);
@@ -250,9 +317,13 @@ PG_FUNCTION_INFO_V1(cdp_id_value);
 Datum
 cdp_id_value(PG_FUNCTION_ARGS)
 {
-	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	struct varlena *v = PG_GETARG_VARLENA_PP(0);
+	const char *d = VARDATA_ANY(v);
+	int			tl = (uint8) d[0];
+	text	   *result = cstring_to_text_with_len(d + 1 + tl, VARSIZE_ANY_EXHDR(v) - 1 - tl);
 
-	PG_RETURN_TEXT_P(cstring_to_text_with_len(IdValuePtr(id), IdValueLen(id)));
+	PG_FREE_IF_COPY(v, 0);
+	PG_RETURN_TEXT_P(result);
 }
 
 #define IDENTIFIER_CMP_FN(name, expr) \
@@ -260,7 +331,7 @@ PG_FUNCTION_INFO_V1(name); \
 Datum \
 name(PG_FUNCTION_ARGS) \
 { \
-	int			c = CdpIdentifierCompare(PG_GETARG_IDENTIFIER_P(0), PG_GETARG_IDENTIFIER_P(1)); \
+	int			c = CompareArgs(fcinfo); \
 	PG_RETURN_BOOL(expr); \
 }
 
@@ -276,7 +347,7 @@ PG_FUNCTION_INFO_V1(cdp_identifier_cmp);
 Datum
 cdp_identifier_cmp(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT32(CdpIdentifierCompare(PG_GETARG_IDENTIFIER_P(0), PG_GETARG_IDENTIFIER_P(1)));
+	PG_RETURN_INT32(CompareArgs(fcinfo));
 }
 
 PG_FUNCTION_INFO_V1(cdp_identifier_hash);
@@ -284,10 +355,13 @@ PG_FUNCTION_INFO_V1(cdp_identifier_hash);
 Datum
 cdp_identifier_hash(PG_FUNCTION_ARGS)
 {
-	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	struct varlena *v = PG_GETARG_VARLENA_PP(0);
+	Datum		h;
 
-	return hash_any((unsigned char *) &id->type_len,
-					VARSIZE(id) - offsetof(CdpIdentifier, type_len));
+	/* the bytes after the header: type_len, type, value, as always hashed */
+	h = hash_any((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
+	PG_FREE_IF_COPY(v, 0);
+	return h;
 }
 
 PG_FUNCTION_INFO_V1(cdp_identifier_hash_extended);
@@ -295,9 +369,11 @@ PG_FUNCTION_INFO_V1(cdp_identifier_hash_extended);
 Datum
 cdp_identifier_hash_extended(PG_FUNCTION_ARGS)
 {
-	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	struct varlena *v = PG_GETARG_VARLENA_PP(0);
+	Datum		h;
 
-	return hash_any_extended((unsigned char *) &id->type_len,
-							 VARSIZE(id) - offsetof(CdpIdentifier, type_len),
-							 PG_GETARG_INT64(1));
+	h = hash_any_extended((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v),
+						  PG_GETARG_INT64(1));
+	PG_FREE_IF_COPY(v, 0);
+	return h;
 }

@@ -15,7 +15,6 @@
 #include "pg_cdp.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
-static SPIPlanPtr source_plan = NULL;
 
 static SPIPlanPtr
 KeepPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
@@ -159,27 +158,6 @@ StripWriteKeys(Jsonb *payload)
 	return JsonbValueToJsonb(PushWithoutWriteKeys(&state, &payload->root, true));
 }
 
-/* A registered source that was disabled takes no more messages. */
-static void
-CheckSourceEnabled(text *source)
-{
-	Oid			argtype = TEXTOID;
-	Datum		arg = PointerGetDatum(source);
-	int			rc;
-
-	rc = SPI_execute_plan(KeepPlan(&source_plan,
-								   "SELECT 1 FROM cdp.source_keys "
-								   "WHERE name = $1 AND disabled_at IS NOT NULL",
-								   1, &argtype),
-						  &arg, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "looking up the source failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("source \"%s\" is disabled", text_to_cstring(source))));
-}
-
 PG_FUNCTION_INFO_V1(cdp_ingest);
 
 /* cdp.ingest(payload jsonb, source text): enqueue; returns the message count */
@@ -204,8 +182,13 @@ cdp_ingest(PG_FUNCTION_ARGS)
 	source = PG_GETARG_TEXT_PP(1);
 	count = CdpCountMessages(payload);
 
+	SPI_connect();
+	CdpCheckSourceForEnqueue(text_to_cstring(source));
 	if (count == 0)
+	{
+		SPI_finish();
 		PG_RETURN_INT64(0);		/* an empty batch holds nothing to keep */
+	}
 
 	/* what processing would refuse is refused now, before it is queued */
 	queued = JsonbToCString(NULL, &payload->root, VARSIZE(payload));
@@ -217,8 +200,6 @@ cdp_ingest(PG_FUNCTION_ARGS)
 						len, cdp_max_request_bytes),
 				 errhint("Send fewer messages per batch envelope.")));
 
-	SPI_connect();
-	CheckSourceEnabled(source);
 	args[0] = CStringGetTextDatum(queued);
 	args[1] = PointerGetDatum(source);
 	rc = SPI_execute_plan(KeepPlan(&enqueue_plan,

@@ -320,6 +320,7 @@ ProcessChunk(void *arg)
 	for (int i = 0; i < n; i++)
 		CdpValidateMessage(msgs[i], b->retention_horizon);
 	CdpRouteEvents(msgs, n, &b->config);
+	CdpCheckEventConstraints(msgs, n);
 	CdpDeduplicate(msgs, n);
 	CdpResolveIdentities(msgs, n);
 	CdpStoreEvents(msgs, n);
@@ -432,7 +433,7 @@ ProcessBatch(void *arg)
 		CdpInboxRow *row = &b->rows[i];
 		int			n;
 
-		if (CdpPrepareRow(row))
+		if (!CdpRefuseRowSource(row) && CdpPrepareRow(row))
 		{
 			ErrorData  *edata = RunInSubtransaction(ScanRow, row, IsMessageError);
 

@@ -55,7 +55,8 @@ typedef enum CdpOutcome
 	CDP_PENDING = 0,
 	CDP_STORED,
 	CDP_DUPLICATE,
-	CDP_DEAD
+	CDP_DEAD,
+	CDP_SKIPPED					/* a BEFORE ROW trigger on cdp.events dropped it */
 } CdpOutcome;
 
 /*
@@ -177,9 +178,15 @@ extern void CdpValidateMessage(CdpMessage *msg, TimestampTz retention_horizon);
 extern void CdpMarkDead(CdpMessage *msg, const char *code, const char *fmt,...) pg_attribute_printf(3, 4);
 extern const char *CdpMessagePayload(CdpMessage *msg);
 
+/* sources.c */
+extern void CdpCheckSourceForEnqueue(const char *name);
+extern const char *CdpSourceRefusal(const char *source, char **message);
+extern bool CdpRefuseRowSource(CdpInboxRow *row);
+
 /* dedup.c */
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);
+extern void CdpForgetMessageIds(CdpMessage **msgs, int n);
 
 /* dead_letter.c */
 extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);
@@ -211,6 +218,7 @@ extern int	CdpPartitionCount(void);
 extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
 
 /* event_store.c */
+extern void CdpCheckEventConstraints(CdpMessage **msgs, int n);
 extern int	CdpStoreEvents(CdpMessage **msgs, int n);
 
 /* ingest.c */

@@ -103,3 +103,11 @@ AS $$
     SELECT s.name FROM cdp.source_keys s
      WHERE s.key_hash = cdp.write_key_hash(write_key) AND s.disabled_at IS NULL
 $$;
+
+-- 'sql' (cdp.ingest's default source) and 'copy' (the inbox's default for
+-- rows loaded without one) are built in: present from the start, disabled
+-- like any other.  Their first keys are never shown; rotate_write_key()
+-- gives one to use.
+INSERT INTO cdp.source_keys (name, key_hash)
+VALUES ('sql', cdp.write_key_hash(cdp.new_write_key())),
+       ('copy', cdp.write_key_hash(cdp.new_write_key()));

@@ -8,6 +8,7 @@ SELECT plan(26);
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
 TRUNCATE cdp.events;
+DO $$ BEGIN PERFORM cdp.create_source('web'); PERFORM cdp.create_source('ios'); END $$;
 
 CREATE FUNCTION pg_temp.send(msg jsonb, src text DEFAULT 'sql') RETURNS bigint LANGUAGE sql AS $$
     SELECT cdp.ingest(msg, src);

@@ -8,6 +8,7 @@ SELECT plan(49);
 SET LOCAL timezone = 'UTC';
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
 TRUNCATE cdp.events;
+DO $$ BEGIN PERFORM cdp.create_source('web'); PERFORM cdp.create_source('ios'); END $$;
 
 -- process_inbox on an empty inbox
 SELECT is(cdp.process_inbox(), 0::bigint, 'process_inbox on an empty inbox returns 0');

@@ -3,7 +3,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(33);
+SELECT plan(40);
 
 CREATE TEMP TABLE keys (name text PRIMARY KEY, key text);
 INSERT INTO keys VALUES ('web', cdp.create_source('web'));
@@ -29,8 +29,9 @@ SELECT isnt((SELECT key FROM keys WHERE name = 'web'), (SELECT key FROM keys WHE
             'every source gets a different key');
 SELECT results_eq($$SELECT name, enabled, rotated_at IS NULL, disabled_at IS NULL
                       FROM cdp.sources ORDER BY name$$,
-                  $$VALUES ('app', true, true, true), ('web', true, true, true)$$,
-                  'cdp.sources lists the sources, enabled and never rotated');
+                  $$VALUES ('app', true, true, true), ('copy', true, true, true),
+                           ('sql', true, true, true), ('web', true, true, true)$$,
+                  'cdp.sources lists the sources, enabled and never rotated, the built-in sql and copy too');
 SELECT is((SELECT created_at FROM cdp.sources WHERE name = 'web'), now(),
           'created_at is the creating transaction''s time');
 
@@ -57,8 +58,17 @@ SELECT throws_ok($$SELECT cdp.create_source(repeat('a', 64))$$, '22023', NULL,
                  'a 64-character name is refused with 22023');
 SELECT throws_ok($$SELECT cdp.create_source('naïve')$$, '22023', NULL,
                  'a non-ASCII name is refused with 22023');
-SELECT lives_ok($$SELECT cdp.create_source(repeat('b', 63)); SELECT cdp.create_source('Web.prod-1_eu')$$,
-                'names of 63 characters and of letters, digits, "_", "." and "-" are accepted');
+INSERT INTO keys VALUES (repeat('b', 63), cdp.create_source(repeat('b', 63))),
+                        ('Web.prod-1_eu', cdp.create_source('Web.prod-1_eu'));
+SELECT is(cdp.authenticate((SELECT key FROM keys WHERE name = repeat('b', 63))), repeat('b', 63),
+          'a 63-character name is registered whole: its key authenticates to exactly that name');
+SELECT is(cdp.authenticate((SELECT key FROM keys WHERE name = 'Web.prod-1_eu')), 'Web.prod-1_eu',
+          'a name of letters, digits, "_", "." and "-" is registered as given, case kept');
+SELECT is(cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', repeat('b', 63)), 1::bigint,
+          'cdp.ingest takes a message for the 63-character source');
+SELECT throws_ok($$SELECT cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', 'WEB.PROD-1_EU')$$,
+                 '42704', 'source "WEB.PROD-1_EU" does not exist',
+                 'source names are matched exactly: another case is another (unknown) source');
 
 -- rotate_write_key
 INSERT INTO keys VALUES ('web-rotated', cdp.rotate_write_key('web'));
@@ -88,11 +98,21 @@ SELECT is(cdp.authenticate((SELECT key FROM keys WHERE name = 'app-rotated')), N
 SELECT throws_ok($$SELECT cdp.disable_source('nope')$$, '42704', 'source "nope" does not exist',
                  'disabling an unknown source is refused with 42704');
 
--- sources are labels for cdp.ingest; an unregistered one is fine
-SELECT is(cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', 'never_registered'), 1::bigint,
-          'cdp.ingest accepts a source name that was never registered');
-SELECT is((SELECT source FROM cdp.inbox ORDER BY id DESC LIMIT 1), 'never_registered',
-          'the inbox row carries that source name');
+-- cdp.ingest takes messages only for registered, enabled sources
+SELECT throws_ok($$SELECT cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', 'never_registered')$$,
+                 '42704', 'source "never_registered" does not exist',
+                 'cdp.ingest refuses a source that was never registered with 42704');
+SELECT throws_ok($$SELECT cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', '')$$,
+                 '42704', 'source "" does not exist', 'cdp.ingest refuses an empty source name');
+SELECT throws_ok($$SELECT cdp.ingest('{"type": "track", "userId": "u", "event": "e"}', repeat('x', 100000))$$,
+                 '42704', 'source "' || repeat('x', 63) || '..." does not exist',
+                 'cdp.ingest refuses a 100,000-character source name, quoting only its start');
+SELECT throws_ok($$SELECT cdp.ingest('{"batch": []}', 'never_registered')$$, '42704', NULL,
+                 'even an empty batch for an unknown source is refused');
+SELECT is(cdp.ingest('{"type": "track", "userId": "u", "event": "e"}'), 1::bigint,
+          'the built-in source sql, cdp.ingest''s default, takes messages');
+SELECT is((SELECT count(*)::int FROM cdp.inbox WHERE source NOT IN ('sql', repeat('b', 63))), 0,
+          'nothing was queued for a refused source');
 
 SELECT * FROM finish();
 ROLLBACK;
