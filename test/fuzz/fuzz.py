@@ -171,7 +171,7 @@ class Run:
     def chunk(self, lines, rng):
         by_transport = collections.defaultdict(list)
         for line in lines:
-            t = 'copy' if rng.random() < self.a.copy_share else 'ingest'
+            t = 'copy' if rng.random() < self.a.copy_share or line.verbatim else 'ingest'
             by_transport[t].append(line)
         receipts = {}
         via = {}
@@ -487,6 +487,10 @@ def main():
         if len(batch) >= a.chunk:
             run.chunk(batch, rng)
             batch = []
+            if a.count > 20000:
+                print('# %d messages sent, %.0f s, peak %.0f MB, %d findings so far'
+                      % (run.totals['sent'], time.time() - t0, run.peak_kb / 1024,
+                         sum(len(v) for v in run.r.fail.values())), file=sys.stderr, flush=True)
     if batch:
         run.chunk(batch, rng)
     n_ids, id_fail = identifiers.run(run.dsn, random.Random(a.seed), a.identifiers)
