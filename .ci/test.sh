@@ -62,9 +62,11 @@ echo "== fuzz (short run, fixed seed)"
 known_defects=memory_bound,writekey_inbox,writekey_not_stored,sources_refused,identifiers
 pg_virtualenv -t "${preload[@]}" bash -c '
   set -e
-  # the harness first shows that its checks notice damaged outputs
-  /usr/bin/python3 test/fuzz/fuzz.py --sabotage --seed 2 --count 1000 --huge-envelopes 0 \
-    --identifiers 0 --skip-family sizes,sources,writekey,nesting
+  # the harness shows that its checks notice damaged outputs and a crash
+  for damage in outputs crash; do
+    /usr/bin/python3 test/fuzz/fuzz.py --sabotage $damage --seed 2 --count 1000 \
+      --huge-envelopes 0 --identifiers 0 --skip-family sizes,sources,writekey,nesting
+  done
   /usr/bin/python3 test/fuzz/fuzz.py --seed 1 --count 3000 --known-defect "$1"
 ' bash "$known_defects"
 echo "== all suites passed"

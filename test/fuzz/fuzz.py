@@ -13,6 +13,8 @@ Checks (each printed as "ok" / "not ok", then "N passed, M failed"):
                       has no crash, PANIC or failed assertion
   sessions            pg_stat_database counts no session ended by a fatal error or
                       killed during the run
+  process_inbox_ok    cdp.process_inbox() never raises an error (a chunk where it
+                      does is not accounted)
   accounting          every message sent is stored, dead-lettered (alone, or inside
                       its line's single dead letter), a duplicate of a stored
                       messageId, or refused by the transport: exactly once
@@ -50,13 +52,16 @@ import generator as gen  # noqa: E402
 import identifiers  # noqa: E402
 import transports  # noqa: E402
 
-CHECKS = ['server_alive', 'server_log', 'sessions', 'accounting', 'expectations',
+CHECKS = ['server_alive', 'server_log', 'sessions', 'process_inbox_ok', 'accounting', 'expectations',
           'sources_refused', 'dedup_once', 'process_inbox_count', 'inbox_empty',
           'writekey_inbox', 'writekey_not_stored', 'memory_bound', 'identifiers']
 
-# the checks --sabotage must make fail
-SABOTAGE_CHECKS = ['accounting', 'dedup_once', 'process_inbox_count', 'inbox_empty',
-                   'writekey_not_stored']
+# the checks each --sabotage must make fail
+SABOTAGE_CHECKS = {
+    'outputs': ['accounting', 'dedup_once', 'process_inbox_count', 'inbox_empty',
+                'writekey_not_stored'],
+    'crash': ['server_alive', 'server_log'],
+}
 
 LOG_CRASH = re.compile(r'terminated by signal|was terminated by exception|'
                        r'terminating any other active server processes|'
@@ -183,15 +188,23 @@ class Run:
 
         pc = self.proc.cursor()
         t0 = time.time()
-        pc.execute('SELECT cdp.process_inbox()')
-        returned = pc.fetchone()[0]
+        try:
+            pc.execute('SELECT cdp.process_inbox()')
+            returned = pc.fetchone()[0]
+        except psycopg2.Error as e:
+            if self.proc.closed:
+                raise
+            self.r.bad('process_inbox_ok', 'lines %d-%d: %s: %s' % (
+                lines[0].no, lines[-1].no, e.pgcode, (e.pgerror or '').strip()[:300]))
+            self.watch.cursor().execute('TRUNCATE cdp.inbox, cdp.events, cdp.dead_letters')
+            return
         self.totals['process_seconds'] += time.time() - t0
         st = proc_status(self.proc_pid)
         self.peak_kb = max(self.peak_kb, kb(st, 'VmHWM') or 0)
         self.peak_shmem_kb = max(self.peak_shmem_kb, kb(st, 'RssShmem') or 0)
 
         c = self.watch.cursor()
-        if self.a.sabotage and not self.sabotaged:
+        if self.a.sabotage == 'outputs' and not self.sabotaged:
             self.sabotage(c)
         c.execute('SELECT count(*) FROM cdp.inbox')
         left = c.fetchone()[0]
@@ -446,6 +459,22 @@ class Run:
             admin.close()
 
 
+def crash_a_backend(dsn):
+    """SIGKILL a backend of our own, as a crash would end it; the postmaster
+    then ends every session and reinitialises"""
+    victim = psycopg2.connect(dsn)
+    c = victim.cursor()
+    c.execute('SELECT pg_backend_pid()')
+    os.kill(c.fetchone()[0], 9)
+    for _ in range(60):
+        time.sleep(0.5)
+        try:
+            psycopg2.connect(dsn).close()
+            return
+        except psycopg2.OperationalError:
+            pass
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--seed', type=int, default=1)
@@ -459,10 +488,12 @@ def main():
     p.add_argument('--identifiers', type=int, default=300)
     p.add_argument('--skip-family', default='', help='comma-separated generator families to leave out')
     p.add_argument('--known-defect', default='', help='comma-separated checks known to fail')
-    p.add_argument('--sabotage', action='store_true',
-                   help='self-test: damage the outputs once; passes only if the checks '
-                        'that must notice (%s) fail, and all others but expectations '
-                        'pass' % ', '.join(SABOTAGE_CHECKS))
+    p.add_argument('--sabotage', choices=sorted(SABOTAGE_CHECKS),
+                   help='self-test: damage the outputs once (outputs), or crash a backend '
+                        'at the end (crash); passes only if the checks that must notice '
+                        '(%s) fail, and all others but expectations pass'
+                        % '; '.join('%s: %s' % (k, ', '.join(v))
+                                    for k, v in sorted(SABOTAGE_CHECKS.items())))
     p.add_argument('--dbname')
     p.add_argument('--keep', action='store_true', help='keep the database')
     a = p.parse_args()
@@ -481,26 +512,37 @@ def main():
     rng = random.Random(a.seed * 7919 + 1)
     batch = []
     families = collections.Counter()
-    for line in g.lines(a.count):
-        families[line.family] += line.count
-        batch.append(line)
-        if len(batch) >= a.chunk:
+    try:
+        for line in g.lines(a.count):
+            families[line.family] += line.count
+            batch.append(line)
+            if len(batch) >= a.chunk:
+                run.chunk(batch, rng)
+                batch = []
+                if a.count > 20000:
+                    print('# %d messages sent, %.0f s, peak %.0f MB, %d findings so far'
+                          % (run.totals['sent'], time.time() - t0, run.peak_kb / 1024,
+                             sum(len(v) for v in run.r.fail.values())), file=sys.stderr, flush=True)
+        if batch:
             run.chunk(batch, rng)
-            batch = []
-            if a.count > 20000:
-                print('# %d messages sent, %.0f s, peak %.0f MB, %d findings so far'
-                      % (run.totals['sent'], time.time() - t0, run.peak_kb / 1024,
-                         sum(len(v) for v in run.r.fail.values())), file=sys.stderr, flush=True)
-    if batch:
-        run.chunk(batch, rng)
-    n_ids, id_fail = identifiers.run(run.dsn, random.Random(a.seed), a.identifiers)
-    for f in id_fail:
-        run.r.bad('identifiers', f)
+        n_ids, id_fail = identifiers.run(run.dsn, random.Random(a.seed), a.identifiers)
+        for f in id_fail:
+            run.r.bad('identifiers', f)
+        if a.sabotage == 'crash':
+            crash_a_backend(run.dsn)
+    except psycopg2.OperationalError as e:
+        # the connection went away: the server crashed or restarted
+        run.r.bad('server_alive', 'the run stopped: %s' % str(e).strip()[:300])
+        n_ids = 0
     run.finish()
-    c = run.watch.cursor()
-    c.execute('SELECT count(*) FROM cdp.partitions')
-    partitions = c.fetchone()[0]
-    run.close()
+    partitions = '?'
+    try:
+        c = run.watch.cursor()
+        c.execute('SELECT count(*) FROM cdp.partitions')
+        partitions = c.fetchone()[0]
+        run.close()
+    except psycopg2.Error:
+        pass
     elapsed = time.time() - t0
 
     T = run.totals
@@ -517,7 +559,7 @@ def main():
              T['dead_whole_lines'], T['messages_in_whole_dead'], T['duplicates'], T['refused'],
              T['stored'] + T['dead_items'] + T['messages_in_whole_dead'] + T['duplicates'] + T['refused'],
              T['sent']))
-    print('# cdp.process_inbox() returned %d in %.1f s; %d partitions at the end'
+    print('# cdp.process_inbox() returned %d in %.1f s; %s partitions at the end'
           % (T['returned'], T['process_seconds'], partitions))
     print('# peak memory of the processing backend: VmHWM %.1f MB (shared memory in it: %.1f MB), '
           'bound %d MB' % (run.peak_kb / 1024, run.peak_shmem_kb / 1024, a.max_rss_mb))
@@ -527,8 +569,9 @@ def main():
     for i, check in enumerate(CHECKS, 1):
         fails = run.r.fail.get(check, [])
         if a.sabotage:
-            must = check in SABOTAGE_CHECKS
-            if must == bool(fails) or check == 'expectations':
+            must = check in SABOTAGE_CHECKS[a.sabotage]
+            may = check == 'expectations' or (a.sabotage == 'crash' and check == 'sessions')
+            if must == bool(fails) or may:
                 passed += 1
                 print('ok %d - %s %s' % (i, check, 'noticed the damage' if must else ''))
             else:
