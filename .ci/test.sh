@@ -52,14 +52,15 @@ rm -rf "$work"
 echo "== fuzz (short run, fixed seed)"
 # Known defects: each listed check still runs and prints its findings; a
 # failure there does not fail the suite, a pass does (then drop it here).
-#   memory_bound        an envelope of 170 000 empty items peaks at GBs
-#   writekey_inbox      a writeKey inside batch items, or in a COPY-loaded line,
-#                       reaches cdp.inbox
+#   memory_bound        an envelope of 170 000 empty items (COPY-loaded) makes
+#                       cdp.process_inbox() peak at about 1.4 GB
+#   writekey_inbox      cdp.ingest queues the writeKey of batch items
+#   writekey_inbox_copy rows COPY loads into cdp.inbox keep their writeKey
 #   writekey_not_stored dead letters keep the writeKey of items and of lines too
-#                       broken to parse
+#                       broken or too large to parse
 #   sources_refused     lines loaded for unknown or disabled sources are stored
 #   identifiers         cdp.identifier accepts C1 control characters (U+0080-U+009F)
-known_defects=memory_bound,writekey_inbox,writekey_not_stored,sources_refused,identifiers
+known_defects=memory_bound,writekey_inbox,writekey_inbox_copy,writekey_not_stored,sources_refused,identifiers
 pg_virtualenv -t "${preload[@]}" bash -c '
   set -e
   # the harness shows that its checks notice damaged outputs and a crash
@@ -67,6 +68,6 @@ pg_virtualenv -t "${preload[@]}" bash -c '
     /usr/bin/python3 test/fuzz/fuzz.py --sabotage $damage --seed 2 --count 1000 \
       --huge-envelopes 0 --identifiers 0 --skip-family sizes,sources,writekey,nesting
   done
-  /usr/bin/python3 test/fuzz/fuzz.py --seed 1 --count 3000 --known-defect "$1"
+  /usr/bin/python3 test/fuzz/fuzz.py --seed 1 --count 3000 --copy-share 0.6 --known-defect "$1"
 ' bash "$known_defects"
 echo "== all suites passed"

@@ -22,12 +22,14 @@ US = "(extract(epoch FROM %s) * 1000000)::int8"
 
 
 class Receipt:
-    __slots__ = ('received_us', 'error', 'returned')
+    __slots__ = ('received_us', 'error', 'returned', 'code', 'queued_bytes')
 
     def __init__(self, received_us=None, error=None, returned=None):
         self.received_us = received_us
         self.error = error          # SQLSTATE and message when the line was refused
+        self.code = None            # the SQLSTATE alone
         self.returned = returned    # what cdp.ingest returned
+        self.queued_bytes = None    # for a refusal as too large: what would have been queued
 
 
 class CopyTransport:
@@ -102,8 +104,29 @@ class IngestTransport:
                 receipts[line.no] = Receipt(us, None, returned)
             except psycopg2.Error as e:
                 self.conn.rollback()
-                receipts[line.no] = Receipt(None, '%s: %s' % (e.pgcode, (e.pgerror or '').strip()))
+                rc = Receipt(None, '%s: %s' % (e.pgcode, (e.pgerror or '').strip()))
+                rc.code = e.pgcode
+                if e.pgcode == '54000':
+                    rc.queued_bytes = self.queued_bytes(cur, line.payload)
+                receipts[line.no] = rc
         return receipts
+
+    def queued_bytes(self, cur, payload):
+        """the size of what cdp.ingest would queue: jsonb's text without the
+        writeKey of the envelope and of its items"""
+        cur.execute("""
+            SELECT octet_length(CASE
+              WHEN jsonb_typeof(j) <> 'object' THEN j
+              WHEN jsonb_typeof(j->'batch') = 'array' THEN
+                jsonb_set(j - 'writeKey', '{batch}',
+                  (SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(e) = 'object'
+                                                  THEN e - 'writeKey' ELSE e END ORDER BY n), '[]')
+                     FROM jsonb_array_elements(j->'batch') WITH ORDINALITY a(e, n)))
+              ELSE j - 'writeKey' END::text)
+              FROM (SELECT %s::jsonb AS j) s""", (payload,))
+        n = cur.fetchone()[0]
+        self.conn.rollback()
+        return n
 
     def close(self):
         self.conn.close()
