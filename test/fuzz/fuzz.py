@@ -232,7 +232,8 @@ class Run:
         c.execute("DELETE FROM cdp.events WHERE message_id = (SELECT min(message_id) "
                   "FROM cdp.events WHERE message_id LIKE %s)", (self.gen.tag + '-m-%',))
         c.execute("INSERT INTO cdp.events SELECT * FROM cdp.events "
-                  "WHERE message_id LIKE %s ORDER BY message_id DESC LIMIT 1", (self.gen.tag + '-m-%',))
+                  "WHERE message_id LIKE %s ORDER BY message_id DESC LIMIT 1",
+                  (self.gen.tag + '-m-%',))
         c.execute("DELETE FROM cdp.dead_letters WHERE id = (SELECT max(id) FROM cdp.dead_letters)")
         c.execute("UPDATE cdp.dead_letters SET payload = payload || %s "
                   "WHERE id = (SELECT min(id) FROM cdp.dead_letters)", (gen.WRITE_KEY_PREFIX,))
@@ -244,7 +245,8 @@ class Run:
         if tables is None:
             c.execute("SELECT c.oid::regclass::text FROM pg_class c "
                       "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                      "WHERE n.nspname = 'cdp' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+                      "WHERE n.nspname = 'cdp' AND c.relkind IN ('r', 'p') "
+                      "AND NOT c.relispartition "
                       "ORDER BY 1")
             tables = [r[0] for r in c.fetchall()]
         for t in tables:
@@ -260,7 +262,8 @@ class Run:
                           (self.copy_base + 3600 * 10**6 // 2, gen.WRITE_KEY_PREFIX, self.real_key))
                 n_copy, sample_copy = c.fetchone()
                 if n_copy:
-                    self.r.bad('writekey_inbox_copy', '%d rows COPY loaded hold a write key, e.g. %s'
+                    self.r.bad('writekey_inbox_copy',
+                               '%d rows COPY loaded hold a write key, e.g. %s'
                                % (n_copy, sample_copy))
                     n -= n_copy
                 if n:
@@ -417,7 +420,8 @@ class Run:
                         T['lost'] += 1
                         continue
                     if line.bad_source:
-                        R.bad('sources_refused', '%s: message %s taken as a duplicate' % (where, m.marker))
+                        R.bad('sources_refused', '%s: message %s taken as a duplicate'
+                              % (where, m.marker))
                     elif m.expect == 'dead':
                         R.bad('expectations', '%s: message %s taken as a duplicate, expected '
                               'dead letter %s' % (where, m.marker, m.code))
@@ -504,7 +508,8 @@ def main():
                    help='envelopes of --huge-items empty items, back to back (memory)')
     p.add_argument('--huge-items', type=int, default=170000)
     p.add_argument('--identifiers', type=int, default=300)
-    p.add_argument('--skip-family', default='', help='comma-separated generator families to leave out')
+    p.add_argument('--skip-family', default='',
+                   help='comma-separated generator families to leave out')
     p.add_argument('--known-defect', default='', help='comma-separated checks known to fail')
     p.add_argument('--sabotage', choices=sorted(SABOTAGE_CHECKS),
                    help='self-test: damage the outputs once (outputs), or crash a backend '
@@ -575,7 +580,8 @@ def main():
           'holding %d messages) + duplicates %d + refused at enqueue %d = %d of %d sent'
           % (T['stored'], T['dead_items'] + T['messages_in_whole_dead'], T['dead_letters'],
              T['dead_whole_lines'], T['messages_in_whole_dead'], T['duplicates'], T['refused'],
-             T['stored'] + T['dead_items'] + T['messages_in_whole_dead'] + T['duplicates'] + T['refused'],
+             T['stored'] + T['dead_items'] + T['messages_in_whole_dead'] + T['duplicates']
+             + T['refused'],
              T['sent']))
     print('# cdp.process_inbox() returned %d in %.1f s; %s partitions at the end'
           % (T['returned'], T['process_seconds'], partitions))

@@ -154,7 +154,6 @@ class Generator:
         self.tag = 'fz%d' % seed
         self.line_no = 0
         self.wk_no = 0
-        self.write_keys = set()
         self.huge_envelopes = huge_envelopes
         self.huge_items = huge_items
         self.families = [(f, w) for f, w in self.FAMILIES.items() if f not in skip]
@@ -170,9 +169,7 @@ class Generator:
 
     def write_key(self):
         self.wk_no += 1
-        k = '%s%d-%d-%08x' % (WRITE_KEY_PREFIX, self.seed, self.wk_no, self.rng.getrandbits(32))
-        self.write_keys.add(k)
-        return k
+        return '%s%d-%d-%08x' % (WRITE_KEY_PREFIX, self.seed, self.wk_no, self.rng.getrandbits(32))
 
     def some_write_key(self):
         if self.real_key and self.rng.random() < 0.3:
@@ -183,7 +180,8 @@ class Generator:
         return '%s-m-%d-%d' % (self.tag, self.line_no, item)
 
     def recent_ts(self):
-        # within the last day, in a few ISO 8601 spellings
+        # on two fixed days, so that a seed replays exactly, in a few ISO 8601
+        # spellings; without a retention horizon any day is stored
         s = self.rng.randrange(0, 86400)
         h, m, sec = s // 3600, s % 3600 // 60, s % 60
         day = '2026-12-0%d' % self.rng.choice([1, 2])
@@ -331,7 +329,8 @@ class Generator:
             ('userId', {'id': 1}, 'invalid_field_type'), ('userId', True, 'invalid_field_type'),
             ('userId', [1], 'invalid_field_type'),
             ('anonymousId', False, 'invalid_field_type'),
-            ('messageId', 12345, 'invalid_field_type'), ('messageId', {'x': 1}, 'invalid_field_type'),
+            ('messageId', 12345, 'invalid_field_type'),
+            ('messageId', {'x': 1}, 'invalid_field_type'),
             ('messageId', 100, None), ('messageId', 101, 'message_id_too_long'),
             ('messageId', -100, None), ('messageId', -101, 'message_id_too_long'),
             ('messageId', '', None), ('messageId', None, None),

@@ -35,7 +35,8 @@ def generate(rng, n):
         typ = rng.choice(TYPES)
         value = ''.join(rng.choice(PIECES) for _ in range(rng.choice([0, 1, 2, 3, 6])))
         if typ == 'phone' and rng.random() < 0.5:
-            value = rng.choice(['+', '', '(0)']) + ''.join(rng.choice('0123456789 -.') for _ in range(rng.randrange(12)))
+            value = rng.choice(['+', '', '(0)']) + ''.join(
+                rng.choice('0123456789 -.') for _ in range(rng.randrange(12)))
         if typ == 'email' and rng.random() < 0.5:
             value = rng.choice(['Ann@X.io', ' MiXeD@Example.COM ', '\u00c4@x.io', 'a@b'])
         text = typ + ':' + value if rng.random() < 0.95 else value
