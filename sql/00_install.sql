@@ -29,7 +29,7 @@ SELECT p.oid::regprocedure AS function,
                  'cdp.alias(text,text,timestamptz)'::regprocedure,
                  'cdp.process_inbox(integer)'::regprocedure,
                  'cdp.replay_dead_letters(bigint[])'::regprocedure,
-                 'cdp.configure_partitions(interval,integer,interval,text)'::regprocedure,
+                 'cdp.configure_partitions(interval,integer,interval,text,interval,interval)'::regprocedure,
                  'cdp.run_maintenance()'::regprocedure,
                  'cdp.schedule_jobs()'::regprocedure,
                  'cdp.unschedule_jobs()'::regprocedure)
@@ -126,6 +126,7 @@ SELECT cdp.authenticate('cdp_x');
 SELECT cdp.replay_dead_letters();
 SELECT cdp.configure_partitions();
 SELECT cdp.run_maintenance();
+CALL cdp.drain_inbox();
 RESET ROLE;
 
 -- a_writer_needs_only_execute_on_ingest

@@ -8,6 +8,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -70,20 +71,114 @@ cdp_link(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(profile);
 }
 
-/* a link from the evidence: two identifiers, the message that joined them */
-typedef struct Hop
+/*
+ * A profile's identifiers (by linked_at, then identifier) and the links
+ * between them that hold: the pairs of cdp.identity_pairs with both ends in
+ * the profile, less those a split took apart.  Links come in evidence order.
+ */
+typedef struct ProfileLinks
 {
-	int			parent;			/* index of the node we came from, -1 at the start */
-	char	   *message_id;
-	TimestampTz linked_at;
-	bool		seen;
-} Hop;
+	int			nmembers;
+	CdpIdentifier **members;
+	TimestampTz *linked_at;
+	int			nlinks;
+	int		   *from;			/* member indexes */
+	int		   *to;
+	char	  **message_id;
+	TimestampTz *observed_at;
+} ProfileLinks;
+
+/*
+ * Read a profile and the links among its identifiers, set-based: one probe
+ * of the pair table per identifier, whatever the evidence holds elsewhere.
+ * Allocates in the current context (the caller's, not SPI's).
+ */
+static ProfileLinks *
+LoadProfileLinks(int64 profile_id, bool read_only)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ProfileLinks *pl = palloc0(sizeof(ProfileLinks));
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(profile_id)};
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT identifier, linked_at FROM cdp.identities "
+							  "WHERE profile_id = $1 ORDER BY linked_at, identifier",
+							  1, argtypes, args, NULL, read_only, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the profile failed");
+	MemoryContextSwitchTo(cxt);
+	pl->nmembers = (int) SPI_processed;
+	pl->members = palloc(sizeof(CdpIdentifier *) * Max(pl->nmembers, 1));
+	pl->linked_at = palloc(sizeof(TimestampTz) * Max(pl->nmembers, 1));
+	for (int i = 0; i < pl->nmembers; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+
+		pl->members[i] = (CdpIdentifier *) PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+																			   1, &isnull));
+		pl->linked_at[i] = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	CHECK_FOR_INTERRUPTS();
+
+	if (SPI_execute_with_args("WITH m AS MATERIALIZED ("
+							  "  SELECT identifier, (row_number() OVER (ORDER BY linked_at, identifier))::int4 - 1 AS k "
+							  "    FROM cdp.identities WHERE profile_id = $1), "
+							  "cut AS (SELECT DISTINCT least(s.keep_out, u.y) AS a, greatest(s.keep_out, u.y) AS b "
+							  "          FROM cdp.identity_splits s JOIN m ON m.identifier = s.keep_out, "
+							  "               unnest(s.members) u(y)) "
+							  "SELECT ma.k, mb.k, p.message_id, p.observed_at "
+							  "  FROM m ma JOIN cdp.identity_pairs p ON p.a = ma.identifier "
+							  "  JOIN m mb ON mb.identifier = p.b "
+							  "  LEFT JOIN cut ON cut.a = p.a AND cut.b = p.b "
+							  " WHERE cut.a IS NULL "
+							  " ORDER BY p.seq, p.a, p.b",
+							  1, argtypes, args, NULL, read_only, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the links of the profile failed");
+	MemoryContextSwitchTo(cxt);
+	pl->nlinks = (int) SPI_processed;
+	pl->from = palloc(sizeof(int) * Max(pl->nlinks, 1));
+	pl->to = palloc(sizeof(int) * Max(pl->nlinks, 1));
+	pl->message_id = palloc(sizeof(char *) * Max(pl->nlinks, 1));
+	pl->observed_at = palloc(sizeof(TimestampTz) * Max(pl->nlinks, 1));
+	for (int l = 0; l < pl->nlinks; l++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[l];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		pl->from[l] = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		pl->to[l] = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		if (pl->from[l] < 0 || pl->from[l] >= pl->nmembers || pl->to[l] < 0 || pl->to[l] >= pl->nmembers)
+			elog(ERROR, "profile " INT64_FORMAT " changed while it was read", profile_id);
+		pl->message_id[l] = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		pl->observed_at[l] = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		if ((l & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return pl;
+}
+
+static int
+MemberIndex(ProfileLinks *pl, CdpIdentifier *id)
+{
+	for (int i = 0; i < pl->nmembers; i++)
+	{
+		if (CdpIdentifierCompare(pl->members[i], id) == 0)
+			return i;
+		if ((i & 4095) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	return -1;
+}
 
 PG_FUNCTION_INFO_V1(cdp_explain_link);
 
 /*
- * cdp.explain_link(a, b): the shortest chain of evidence (earliest messages
- * first) that put a and b in one profile; no rows when they are apart.
+ * cdp.explain_link(a, b): the shortest chain of links that hold between a
+ * and b (on a tie, the earliest evidence first); no rows when they are
+ * apart.  Breadth-first over an adjacency built once from the pair table:
+ * linear in the profile's identifiers and links, and cancellable.
  */
 Datum
 cdp_explain_link(PG_FUNCTION_ARGS)
@@ -92,28 +187,23 @@ cdp_explain_link(PG_FUNCTION_ARGS)
 	CdpIdentifier *a = PG_GETARG_IDENTIFIER_P(0);
 	CdpIdentifier *b = PG_GETARG_IDENTIFIER_P(1);
 	MemoryContext cxt;
-	Oid			idtype;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1];
 	int64		pa,
 				pb;
-	uint64		nrows;
-	CdpIdentifier **members;
-	int			nmembers;
-	int			ia = -1,
-				ib = -1;
-	Hop		   *hops;
-	int		   *queue;
+	ProfileLinks *pl;
+	int			ia,
+				ib,
+				n;
+	int		   *start,
+			   *adj,
+			   *via,
+			   *queue;
 	int			qhead = 0,
 				qtail = 0;
-	HeapTuple  *rows;
-	TupleDesc	rowdesc;
 
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
 	SPI_connect();
 	MemoryContextSwitchTo(cxt);
-	idtype = CdpIdentifierTypeOid();
 	pa = ProfileOf(a, true);
 	pb = ProfileOf(b, true);
 	if (pa != pb || CdpIdentifierCompare(a, b) == 0)
@@ -121,97 +211,86 @@ cdp_explain_link(PG_FUNCTION_ARGS)
 		SPI_finish();
 		return (Datum) 0;
 	}
-
-	/* the profile's identifiers, and the evidence among them in ingest order */
-	args[0] = Int64GetDatum(pa);
-	if (SPI_execute_with_args("SELECT identifier FROM cdp.identities WHERE profile_id = $1 "
-							  "ORDER BY identifier", 1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the profile failed");
-	MemoryContextSwitchTo(cxt);
-	nmembers = (int) SPI_processed;
-	members = palloc(sizeof(CdpIdentifier *) * nmembers);
-	for (int i = 0; i < nmembers; i++)
+	pl = LoadProfileLinks(pa, true);
+	n = pl->nmembers;
+	ia = MemberIndex(pl, a);
+	ib = MemberIndex(pl, b);
+	if (ia < 0 || ib < 0)
 	{
-		bool		isnull;
-
-		members[i] = (CdpIdentifier *) PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[i],
-																		  SPI_tuptable->tupdesc, 1, &isnull));
-		if (CdpIdentifierCompare(members[i], a) == 0)
-			ia = i;
-		if (CdpIdentifierCompare(members[i], b) == 0)
-			ib = i;
+		SPI_finish();
+		return (Datum) 0;
 	}
-	if (SPI_execute_with_args("SELECT e.message_id, e.observed_at, e.linked "
-							  "FROM cdp.identity_evidence e "
-							  "WHERE e.linked && (SELECT array_agg(identifier) FROM cdp.identities "
-							  "                   WHERE profile_id = $1) "
-							  "ORDER BY e.seq", 1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the evidence failed");
-	MemoryContextSwitchTo(cxt);
-	nrows = SPI_processed;
-	rows = SPI_tuptable->vals;
-	rowdesc = SPI_tuptable->tupdesc;
 
-	/* breadth-first from a; each evidence row joins all it linked */
-	hops = palloc0(sizeof(Hop) * nmembers);
-	queue = palloc(sizeof(int) * nmembers);
-	hops[ia].seen = true;
-	hops[ia].parent = -1;
-	queue[qtail++] = ia;
-	while (qhead < qtail && !hops[ib].seen)
+	/* adjacency lists (both directions), each in evidence order */
+	start = palloc0(sizeof(int) * (n + 1));
+	adj = palloc(sizeof(int) * Max(2 * pl->nlinks, 1));
+	for (int l = 0; l < pl->nlinks; l++)
 	{
-		int			cur = queue[qhead++];
+		start[pl->from[l] + 1]++;
+		start[pl->to[l] + 1]++;
+	}
+	for (int i = 0; i < n; i++)
+		start[i + 1] += start[i];
+	{
+		int		   *fill = palloc(sizeof(int) * Max(n, 1));
 
-		for (uint64 r = 0; r < nrows && !hops[ib].seen; r++)
+		memcpy(fill, start, sizeof(int) * n);
+		for (int l = 0; l < pl->nlinks; l++)
 		{
-			bool		isnull;
-			ArrayType  *linked = DatumGetArrayTypeP(SPI_getbinval(rows[r], rowdesc, 3, &isnull));
-			Datum	   *elems;
-			int			nelems;
-			bool		has_cur = false;
-
-			deconstruct_array(linked, idtype, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
-			for (int k = 0; k < nelems && !has_cur; k++)
-				has_cur = CdpIdentifierCompare(DatumGetIdentifierP(elems[k]), members[cur]) == 0;
-			if (!has_cur)
-				continue;
-			for (int k = 0; k < nelems; k++)
-			{
-				CdpIdentifier *id = DatumGetIdentifierP(elems[k]);
-
-				for (int m = 0; m < nmembers; m++)
-				{
-					if (hops[m].seen || CdpIdentifierCompare(id, members[m]) != 0)
-						continue;
-					hops[m].seen = true;
-					hops[m].parent = cur;
-					hops[m].message_id = TextDatumGetCString(SPI_getbinval(rows[r], rowdesc, 1, &isnull));
-					hops[m].linked_at = DatumGetTimestampTz(SPI_getbinval(rows[r], rowdesc, 2, &isnull));
-					queue[qtail++] = m;
-				}
-			}
+			adj[fill[pl->from[l]]++] = l;
+			adj[fill[pl->to[l]]++] = l;
 		}
 	}
 
-	if (hops[ib].seen)
+	/* breadth-first from a; via[m] is the link m was reached by */
+	via = palloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+		via[i] = -2;
+	queue = palloc(sizeof(int) * n);
+	via[ia] = -1;
+	queue[qtail++] = ia;
+	while (qhead < qtail && via[ib] == -2)
+	{
+		int			cur = queue[qhead++];
+
+		CHECK_FOR_INTERRUPTS();
+		for (int e = start[cur]; e < start[cur + 1]; e++)
+		{
+			int			l = adj[e];
+			int			next = pl->from[l] == cur ? pl->to[l] : pl->from[l];
+
+			if (via[next] != -2)
+				continue;
+			via[next] = l;
+			queue[qtail++] = next;
+		}
+	}
+
+	if (via[ib] != -2)
 	{
 		int			len = 0;
-		int		   *path = palloc(sizeof(int) * nmembers);
+		int		   *path = palloc(sizeof(int) * n);
 
-		for (int m = ib; m != ia; m = hops[m].parent)
+		for (int m = ib; m != ia;)
+		{
+			int			l = via[m];
+
 			path[len++] = m;
+			m = pl->from[l] == m ? pl->to[l] : pl->from[l];
+		}
 		for (int step = 1; step <= len; step++)
 		{
 			int			to = path[len - step];
-			int			from = hops[to].parent;
+			int			l = via[to];
+			int			from = pl->from[l] == to ? pl->to[l] : pl->from[l];
 			Datum		values[5];
 			bool		nulls[5] = {false, false, false, false, false};
 
 			values[0] = Int32GetDatum(step);
-			values[1] = PointerGetDatum(members[from]);
-			values[2] = PointerGetDatum(members[to]);
-			values[3] = CStringGetTextDatum(hops[to].message_id);
-			values[4] = TimestampTzGetDatum(hops[to].linked_at);
+			values[1] = PointerGetDatum(pl->members[from]);
+			values[2] = PointerGetDatum(pl->members[to]);
+			values[3] = CStringGetTextDatum(pl->message_id[l]);
+			values[4] = TimestampTzGetDatum(pl->observed_at[l]);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		}
 	}
@@ -250,10 +329,10 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(profile_id)};
 	bool		isnull;
+	ProfileLinks *pl;
 	CdpIdentifier **members;
-	TimestampTz *linked_at;
 	int			nmembers;
-	int			iout = -1;
+	int			iout;
 	int		   *parent;
 	int64	   *new_profile;
 	int			root_keep;
@@ -283,59 +362,25 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 					 errhint("Split profile " INT64_FORMAT " instead.", DatumGetInt64(into))));
 	}
 
-	if (SPI_execute_with_args("SELECT identifier, linked_at FROM cdp.identities "
-							  "WHERE profile_id = $1 ORDER BY linked_at, identifier",
-							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the profile failed");
-	MemoryContextSwitchTo(cxt);
-	nmembers = (int) SPI_processed;
-	members = palloc(sizeof(CdpIdentifier *) * Max(nmembers, 1));
-	linked_at = palloc(sizeof(TimestampTz) * Max(nmembers, 1));
-	for (int i = 0; i < nmembers; i++)
-	{
-		members[i] = (CdpIdentifier *) PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[i],
-																		  SPI_tuptable->tupdesc, 1, &isnull));
-		linked_at[i] = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		if (CdpIdentifierCompare(members[i], keep_out) == 0)
-			iout = i;
-	}
+	pl = LoadProfileLinks(profile_id, false);
+	nmembers = pl->nmembers;
+	members = pl->members;
+	iout = MemberIndex(pl, keep_out);
 	if (iout < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("identifier \"%s\" is not in profile " INT64_FORMAT,
 						CdpIdentifierToCString(keep_out), profile_id)));
 
-	/* what the evidence joins once keep_out is taken out of every row */
-	parent = palloc(sizeof(int) * nmembers);
+	/* what the links that hold join once keep_out is taken out */
+	parent = palloc(sizeof(int) * Max(nmembers, 1));
 	for (int i = 0; i < nmembers; i++)
 		parent[i] = i;
-	if (SPI_execute_with_args("SELECT linked FROM cdp.identity_evidence "
-							  "WHERE linked && (SELECT array_agg(identifier) FROM cdp.identities "
-							  "                 WHERE profile_id = $1)",
-							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the evidence failed");
-	MemoryContextSwitchTo(cxt);
-	for (uint64 r = 0; r < SPI_processed; r++)
+	for (int l = 0; l < pl->nlinks; l++)
 	{
-		ArrayType  *linked = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[r],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-		Datum	   *elems;
-		int			nelems;
-		int			first = -1;
-
-		deconstruct_array(linked, idtype, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
-		for (int k = 0; k < nelems; k++)
-		{
-			for (int m = 0; m < nmembers; m++)
-			{
-				if (m == iout || CdpIdentifierCompare(DatumGetIdentifierP(elems[k]), members[m]) != 0)
-					continue;
-				if (first < 0)
-					first = m;
-				else
-					parent[Find(parent, m)] = Find(parent, first);
-			}
-		}
+		if (pl->from[l] == iout || pl->to[l] == iout)
+			continue;
+		parent[Find(parent, pl->to[l])] = Find(parent, pl->from[l]);
 	}
 
 	/*

@@ -41,6 +41,8 @@ typedef enum OnlinePlan
 	PLAN_INSERT_IDENTITIES,
 	PLAN_INSERT_VIOLATIONS,
 	PLAN_INSERT_EVIDENCE,
+	PLAN_KNOWN_PAIRS,
+	PLAN_INSERT_PAIRS,
 	PLAN_UPDATE_STATS,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
@@ -65,8 +67,18 @@ typedef struct IdItem
 	TimestampTz ts;
 	List	   *ids;			/* CdpIdentifier *, extraction order */
 	List	   *invalid;		/* char *: identifiers that could not be formed */
+	int			ncarried;		/* identifiers carried, before the cap */
+	CdpIdentifier *first_capped;	/* the first one past the cap */
 	IdMessage	m;
 } IdItem;
+
+/* a pair of identifiers a message carries, a < b */
+typedef struct PairRef
+{
+	CdpIdentifier *a;
+	CdpIdentifier *b;
+	int			item;			/* the first message of the batch carrying it */
+} PairRef;
 
 Oid
 CdpIdentifierTypeOid(void)
@@ -359,6 +371,22 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 }
 
 /*
+ * A message links its first CDP_MAX_MESSAGE_IDS identifiers only: it asserts
+ * every pair of them, so the evidence of one message grows with the square.
+ * The rest are a violation (see ResolveItems).
+ */
+static void
+CapIdentifiers(IdItem *item)
+{
+	item->ncarried = list_length(item->ids);
+	if (item->ncarried > CDP_MAX_MESSAGE_IDS)
+	{
+		item->first_capped = list_nth(item->ids, CDP_MAX_MESSAGE_IDS);
+		item->ids = list_truncate(item->ids, CDP_MAX_MESSAGE_IDS);
+	}
+}
+
+/*
  * An alias's previousId names a user_id if one exists at this point of the
  * batch (an earlier message of the same batch counts), else an anonymous_id.
  */
@@ -377,6 +405,7 @@ AliasTarget(IdentityGraph *g, IdItem *item)
 	item->ids = CdpMessageIdentifiers(item->msg,
 									  node != NULL && node->attached ? "user_id" : "anonymous_id",
 									  &item->invalid);
+	CapIdentifiers(item);
 }
 
 static void
@@ -562,26 +591,183 @@ WriteNewIdentities(IdentityGraph *g)
 				args, NULL, SPI_OK_INSERT);
 }
 
-/*
- * Evidence is kept for what changed the graph, and for what a rule kept from
- * changing it (so a rebuild under other rules can link it after all); a
- * single identifier never links anything, so it needs none unless it made a
- * profile.
- */
-static bool
-EvidenceOf(IdItem *item)
+static int
+ComparePairRefs(const void *x, const void *y)
 {
-	return item->m.changed || (item->m.violated && list_length(item->ids) > 1);
+	const PairRef *p = x;
+	const PairRef *q = y;
+	int			c = CdpIdentifierCompare(p->a, q->a);
+
+	if (c == 0)
+		c = CdpIdentifierCompare(p->b, q->b);
+	if (c == 0)
+		c = (p->item > q->item) - (p->item < q->item);
+	return c;
 }
 
 /*
- * One evidence row per message that changed the graph, in message order:
- * what it carried (for rebuilds) and what it linked (for explain_link).
- * Identifier lists travel as one flat array with slice bounds per row.
+ * Every distinct pair of identifiers the batch's messages carry, in (a, b)
+ * order (the one order every session inserts them in), each with the first
+ * message carrying it; *known says which cdp.identity_pairs already holds.
+ * One probe of the pair table for the whole batch.
+ */
+static int
+BatchPairs(IdItem *items, int n, PairRef **out, bool **known)
+{
+	int64		cap = 0;
+	int			np = 0,
+				nd = 0;
+	PairRef    *pairs;
+	CdpIdentifier **as,
+			  **bs;
+	Oid			argtypes[2];
+	Datum		args[2];
+	uint64		rows;
+
+	for (int i = 0; i < n; i++)
+	{
+		int64		k = list_length(items[i].ids);
+
+		cap += k * (k - 1) / 2;
+	}
+	pairs = palloc(sizeof(PairRef) * Max(cap, 1));
+	for (int i = 0; i < n; i++)
+	{
+		int			k = list_length(items[i].ids);
+
+		for (int x = 0; x < k; x++)
+		{
+			CdpIdentifier *a = list_nth(items[i].ids, x);
+
+			for (int y = x + 1; y < k; y++)
+			{
+				CdpIdentifier *b = list_nth(items[i].ids, y);
+				int			c = CdpIdentifierCompare(a, b);
+
+				if (c == 0)
+					continue;
+				pairs[np].a = c < 0 ? a : b;
+				pairs[np].b = c < 0 ? b : a;
+				pairs[np].item = i;
+				np++;
+			}
+		}
+	}
+	qsort(pairs, np, sizeof(PairRef), ComparePairRefs);
+	/* sorted by message within a pair: the first one stays */
+	for (int i = 0; i < np; i++)
+		if (nd == 0 || CdpIdentifierCompare(pairs[nd - 1].a, pairs[i].a) != 0 ||
+			CdpIdentifierCompare(pairs[nd - 1].b, pairs[i].b) != 0)
+			pairs[nd++] = pairs[i];
+	*out = pairs;
+	*known = palloc0(sizeof(bool) * Max(nd, 1));
+	if (nd == 0)
+		return 0;
+
+	as = palloc(sizeof(CdpIdentifier *) * nd);
+	bs = palloc(sizeof(CdpIdentifier *) * nd);
+	for (int i = 0; i < nd; i++)
+	{
+		as[i] = pairs[i].a;
+		bs[i] = pairs[i].b;
+	}
+	argtypes[0] = argtypes[1] = get_array_type(plans_type_oid);
+	args[0] = IdentifierArray(as, nd);
+	args[1] = IdentifierArray(bs, nd);
+	rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS,
+							"SELECT u.ord::int4 FROM ROWS FROM (unnest($1), unnest($2)) "
+							"WITH ORDINALITY AS u(a, b, ord) "
+							"JOIN cdp.identity_pairs p ON p.a = u.a AND p.b = u.b",
+							2, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+
+		(*known)[DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
+											 &isnull)) - 1] = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return nd;
+}
+
+/* does a message of the batch carry a pair the evidence does not hold yet? */
+static bool
+AssertsNewPair(IdItem *items, int n)
+{
+	PairRef    *pairs;
+	bool	   *known;
+	int			np = BatchPairs(items, n, &pairs, &known);
+
+	for (int i = 0; i < np; i++)
+		if (!known[i])
+			return true;
+	return false;
+}
+
+/*
+ * Store the pairs no earlier message carried, in (a, b) order, each with
+ * the evidence row of the first message of the batch carrying it.  Under
+ * the identity lock nobody else adds them; ON CONFLICT is the safety net.
+ */
+static void
+WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, int np, int64 *item_seq)
+{
+	int			nnew = 0;
+	CdpIdentifier **as = palloc(sizeof(CdpIdentifier *) * Max(np, 1));
+	CdpIdentifier **bs = palloc(sizeof(CdpIdentifier *) * Max(np, 1));
+	const char **pmids = palloc(sizeof(char *) * Max(np, 1));
+	TimestampTz *pats = palloc(sizeof(TimestampTz) * Max(np, 1));
+	int64	   *pseqs = palloc(sizeof(int64) * Max(np, 1));
+	Oid			ptypes[5] = {get_array_type(plans_type_oid), get_array_type(plans_type_oid),
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		pargs[5];
+
+	for (int p = 0; p < np; p++)
+	{
+		IdItem	   *item = &items[pairs[p].item];
+
+		if (known[p])
+			continue;
+		as[nnew] = pairs[p].a;
+		bs[nnew] = pairs[p].b;
+		pmids[nnew] = item->message_id;
+		pats[nnew] = item->ts;
+		pseqs[nnew] = item_seq[pairs[p].item];
+		nnew++;
+	}
+	if (nnew == 0)
+		return;
+	pargs[0] = IdentifierArray(as, nnew);
+	pargs[1] = IdentifierArray(bs, nnew);
+	pargs[2] = TextArray(pmids, nnew);
+	pargs[3] = TimestampArray(pats, nnew);
+	pargs[4] = CdpInt8Array(pseqs, nnew);
+	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PAIRS,
+					 "INSERT INTO cdp.identity_pairs (a, b, message_id, observed_at, seq) "
+					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), "
+					 "unnest($5)) ON CONFLICT DO NOTHING",
+					 5, ptypes),
+				pargs, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * The evidence of a batch.  A message gets an evidence row (what it carried,
+ * for rebuilds) when it changed the graph or carries a pair of identifiers
+ * no earlier message did; each such pair goes to cdp.identity_pairs with
+ * that row.  That depends only on the message and the evidence before it,
+ * never on the batch.  Identifier lists travel as one flat array with slice
+ * bounds per row; seqs are drawn in message order, the replay order.
  */
 static void
 WriteEvidence(IdItem *items, int n)
 {
+	PairRef    *pairs;
+	bool	   *known;
+	int			np = BatchPairs(items, n, &pairs, &known);
+	bool	   *asserts_new = palloc0(sizeof(bool) * n);
+	int64	   *item_seq = palloc0(sizeof(int64) * n);
+	Oid			seq_rel = get_relname_relid("identity_seq", get_namespace_oid("cdp", false));
 	int			cap = 0;
 	int			nrows = 0;
 	int			nall = 0,
@@ -592,12 +778,16 @@ WriteEvidence(IdItem *items, int n)
 	const char **mids,
 			  **sources;
 	TimestampTz *ats;
-	int64	   *created;
-	Oid			argtypes[10];
-	Datum		args[10];
+	int64	   *created,
+			   *seqs;
+	Oid			argtypes[11];
+	Datum		args[11];
 
+	for (int p = 0; p < np; p++)
+		if (!known[p])
+			asserts_new[pairs[p].item] = true;
 	for (int i = 0; i < n; i++)
-		if (EvidenceOf(&items[i]))
+		if (items[i].m.changed || asserts_new[i])
 			cap += list_length(items[i].ids);
 	if (cap == 0)
 		return;
@@ -609,14 +799,17 @@ WriteEvidence(IdItem *items, int n)
 	sources = palloc(sizeof(char *) * n);
 	ats = palloc(sizeof(TimestampTz) * n);
 	created = palloc(sizeof(int64) * n);
+	seqs = palloc(sizeof(int64) * n);
 
 	for (int i = 0; i < n; i++)
 	{
 		int			k = 0;
 		ListCell   *lc;
 
-		if (!EvidenceOf(&items[i]))
+		if (!items[i].m.changed && !asserts_new[i])
 			continue;
+		item_seq[i] = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(seq_rel)));
+		seqs[nrows] = item_seq[i];
 		bounds[0][nrows] = nall + 1;
 		bounds[2][nrows] = nlinked + 1;
 		foreach(lc, items[i].ids)
@@ -642,6 +835,7 @@ WriteEvidence(IdItem *items, int n)
 	argtypes[6] = INT8ARRAYOID;
 	argtypes[7] = TEXTARRAYOID;
 	argtypes[8] = argtypes[9] = get_array_type(plans_type_oid);
+	argtypes[10] = INT8ARRAYOID;
 	args[0] = TextArray(mids, nrows);
 	args[1] = TimestampArray(ats, nrows);
 	for (int b = 0; b < 4; b++)
@@ -650,15 +844,18 @@ WriteEvidence(IdItem *items, int n)
 	args[7] = TextArray(sources, nrows);
 	args[8] = IdentifierArray(all, nall);
 	args[9] = IdentifierArray(linked, nlinked);
+	args[10] = CdpInt8Array(seqs, nrows);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_EVIDENCE,
 					 "INSERT INTO cdp.identity_evidence "
-					 "(message_id, observed_at, identifiers, linked, created_profile, source) "
-					 "SELECT m, t, $9[a1:a2], $10[l1:l2], nullif(c, 0), s "
+					 "(seq, message_id, observed_at, identifiers, linked, created_profile, source) "
+					 "SELECT q, m, t, $9[a1:a2], $10[l1:l2], nullif(c, 0), s "
 					 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5), "
-					 "unnest($6), unnest($7), unnest($8)) WITH ORDINALITY "
-					 "AS u(m, t, a1, a2, l1, l2, c, s, ord) ORDER BY ord",
-					 10, argtypes),
+					 "unnest($6), unnest($7), unnest($8), unnest($11)) "
+					 "AS u(m, t, a1, a2, l1, l2, c, s, q)",
+					 11, argtypes),
 				args, NULL, SPI_OK_INSERT);
+
+	WriteNewPairs(items, pairs, known, np, item_seq);
 }
 
 /*
@@ -752,7 +949,14 @@ ResolveItems(IdItem *items, int n)
 	{
 		g = BuildGraph(rules, items, n, cxt);
 		for (int i = 0; i < n && !changes_possible; i++)
+		{
+			/* nothing changes, so an alias reads its previousId as it will */
+			AliasTarget(g, &items[i]);
 			changes_possible = !IsFastNoOp(g, &items[i]);
+		}
+		/* a pair no message carried before is evidence, written under the lock */
+		if (!changes_possible)
+			changes_possible = AssertsNewPair(items, n);
 	}
 	if (!changes_possible)
 	{
@@ -789,6 +993,18 @@ ResolveItems(IdItem *items, int n)
 			g->violations = lappend(g->violations, v);
 		}
 		AliasTarget(g, &items[i]);
+		if (items[i].ncarried > CDP_MAX_MESSAGE_IDS)
+		{
+			IdViolation *v = palloc(sizeof(IdViolation));
+
+			v->identifier = items[i].first_capped;
+			v->message_id = items[i].message_id;
+			v->at = items[i].ts;
+			v->rule = "too_many_identifiers";
+			v->detail = psprintf("the message carries %d identifiers; only the first %d link",
+								 items[i].ncarried, CDP_MAX_MESSAGE_IDS);
+			g->violations = lappend(g->violations, v);
+		}
 		m->nids = list_length(items[i].ids);
 		m->ids = palloc(sizeof(CdpIdentifier *) * Max(m->nids, 1));
 		foreach(lc, items[i].ids)
@@ -843,6 +1059,7 @@ CdpResolveIdentities(CdpMessage **msgs, int n)
 		items[k].source = msgs[i]->source;
 		items[k].ts = msgs[i]->ts;
 		items[k].ids = CdpMessageIdentifiers(msgs[i], "anonymous_id", &items[k].invalid);
+		CapIdentifiers(&items[k]);
 		k++;
 	}
 	if (k > 0)
@@ -861,6 +1078,7 @@ CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 	item.source = source;
 	item.ts = GetCurrentTransactionStartTimestamp();
 	item.ids = list_make2(a, b);
+	item.ncarried = 2;
 	ResolveItems(&item, 1);
 	return item.m.profile;
 }

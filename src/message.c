@@ -505,8 +505,10 @@ CdpValidateMessage(CdpMessage *msg, TimestampTz retention_horizon)
 
 	if (msg->ts < retention_horizon)
 	{
+		/* timestamptz_to_str returns a static buffer: one call per copy */
 		CdpMarkDead(msg, "expired", "event time %s is before the retention horizon %s",
-					timestamptz_to_str(msg->ts), timestamptz_to_str(retention_horizon));
+					pstrdup(timestamptz_to_str(msg->ts)),
+					pstrdup(timestamptz_to_str(retention_horizon)));
 		return;
 	}
 

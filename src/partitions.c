@@ -9,6 +9,14 @@
  *	  calendar months in UTC.  A range that would overlap a partition made
  *	  under an older interval is clipped to the gap.
  *
+ *	  Bounds on what writers can make: a range that ended more than
+ *	  archive_after ago spans archive_interval (a month by default) instead of
+ *	  part_interval, so backfilling years of history makes one partition a
+ *	  month; an event older than cdp.max_event_age, or further ahead of now
+ *	  than cdp.max_future_skew, is dead-lettered; and ingest creates no
+ *	  partition beyond cdp.max_partitions (maintenance's premaking still does,
+ *	  so live traffic keeps flowing while backfills are refused).
+ *
  *	  Concurrency: partition DDL is serialised by a transaction-scoped advisory
  *	  lock, and a session re-reads the catalog after taking it, so two sessions
  *	  that need the same new partition both succeed: the second waits and then
@@ -45,6 +53,11 @@
 #define ALIGN_ANCHOR	(2 * USECS_PER_DAY)
 #define MIN_PART_USECS	USECS_PER_HOUR
 #define MAX_PREMAKE		1000
+/* longest partition: 10 years, as months or as a fixed length */
+#define MAX_PART_MONTHS	120
+#define MAX_PART_DAYS	3660
+/* longest retention or archive_after */
+#define MAX_AGE_YEARS	1000
 
 typedef struct CachedPartition
 {
@@ -195,6 +208,16 @@ FloorDiv(int64 a, int64 b)
 	return q;
 }
 
+/* ts broken down in UTC; an error for the few times that cannot be */
+static void
+ToTm(TimestampTz ts, struct pg_tm *tm, fsec_t *fsec)
+{
+	if (timestamp2tm(ts, NULL, tm, fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+}
+
 static TimestampTz
 MonthStart(int64 months_since_2000)
 {
@@ -222,10 +245,7 @@ AlignedRange(TimestampTz ts, const Interval *iv, TimestampTz *lo, TimestampTz *h
 		fsec_t		fsec;
 		int64		months;
 
-		if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-					 errmsg("timestamp out of range")));
+		ToTm(ts, &tm, &fsec);
 		months = (int64) (tm.tm_year - 2000) * 12 + tm.tm_mon - 1;
 		months = FloorDiv(months, iv->month) * iv->month;
 		*lo = MonthStart(months);
@@ -247,29 +267,40 @@ UtcLiteral(TimestampTz ts)
 	struct pg_tm tm;
 	fsec_t		fsec;
 
-	if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
+	ToTm(ts, &tm, &fsec);
 	return psprintf("%04d-%02d-%02d %02d:%02d:%02d.%06d+00",
 					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
 					tm.tm_sec, fsec);
 }
 
-/* events_pYYYYMMDD, with _HHMI[SS] when the range starts inside a day */
+/* midnight UTC on the first of a month: where whole-month ranges start and end */
+static bool
+IsMonthStart(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	ToTm(ts, &tm, &fsec);
+	return tm.tm_mday == 1 && tm.tm_hour == 0 && tm.tm_min == 0 && tm.tm_sec == 0 && fsec == 0;
+}
+
+/*
+ * events_pYYYYMM for whole calendar months (archive ranges, month
+ * intervals), else events_pYYYYMMDD, with _HHMI[SS] when the range starts
+ * inside a day: the name says what the range is.
+ */
 static char *
-PartitionName(TimestampTz lo, Oid nsp)
+PartitionName(TimestampTz lo, TimestampTz hi, Oid nsp)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
 	char	   *base;
 	char	   *name;
 
-	if (timestamp2tm(lo, NULL, &tm, &fsec, NULL, NULL) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
-	if (tm.tm_sec != 0 || fsec != 0)
+	ToTm(lo, &tm, &fsec);
+	if (IsMonthStart(lo) && IsMonthStart(hi))
+		base = psprintf("events_p%04d%02d", tm.tm_year, tm.tm_mon);
+	else if (tm.tm_sec != 0 || fsec != 0)
 		base = psprintf("events_p%04d%02d%02d_%02d%02d%02d", tm.tm_year, tm.tm_mon,
 						tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 	else if (tm.tm_hour != 0 || tm.tm_min != 0)
@@ -301,7 +332,7 @@ static void
 CreatePartition(TimestampTz lo, TimestampTz hi)
 {
 	Oid			nsp = get_namespace_oid("cdp", false);
-	const char *name = quote_identifier(PartitionName(lo, nsp));
+	const char *name = quote_identifier(PartitionName(lo, hi, nsp));
 
 	ExecuteDdl(psprintf("CREATE TABLE cdp.%s (LIKE cdp.events INCLUDING DEFAULTS "
 						"INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)",
@@ -313,13 +344,28 @@ CreatePartition(TimestampTz lo, TimestampTz hi)
 	CommandCounterIncrement();
 }
 
+/* the range a new partition for ts gets: archive_interval for old times */
+static void
+RangeFor(TimestampTz ts, const CdpPartitionConfig *config, TimestampTz *lo, TimestampTz *hi)
+{
+	if (config->has_archive)
+	{
+		AlignedRange(ts, &config->archive_interval, lo, hi);
+		if (*hi <= config->archive_before)
+			return;
+	}
+	AlignedRange(ts, &config->part_interval, lo, hi);
+}
+
 /*
- * The partition that holds ts, created if there is none.  The caller must
+ * The partition that holds ts, created if there is none; -1 if one is
+ * needed and limit (when > 0) partitions exist already.  The caller must
  * hold a lock on cdp.events (so no partition can be dropped under it) and an
  * SPI connection.
  */
 static int
-FindOrCreate(Oid parent, TimestampTz ts, const CdpPartitionConfig *config, bool *created)
+FindOrCreate(Oid parent, TimestampTz ts, const CdpPartitionConfig *config, int limit,
+			 bool *created)
 {
 	TimestampTz gap_lo,
 				gap_hi,
@@ -341,8 +387,10 @@ FindOrCreate(Oid parent, TimestampTz ts, const CdpPartitionConfig *config, bool 
 	idx = FindCached(ts, &gap_lo, &gap_hi);
 	if (idx >= 0)
 		return idx;
+	if (limit > 0 && cache_len >= limit)
+		return -1;
 
-	AlignedRange(ts, &config->part_interval, &lo, &hi);
+	RangeFor(ts, config, &lo, &hi);
 	lo = Max(lo, gap_lo);
 	hi = Min(hi, gap_hi);
 	CreatePartition(lo, hi);
@@ -356,6 +404,34 @@ FindOrCreate(Oid parent, TimestampTz ts, const CdpPartitionConfig *config, bool 
 }
 
 /*
+ * Whether msg's event time lies within what a writer may ask a partition
+ * for; if not it is marked dead.  The future bound is against the clock: a
+ * receipt time can be no later than now, so only an inbox row loaded with a
+ * receipt time ahead of the clock can fail it.
+ */
+static bool
+WithinEventTimeBounds(CdpMessage *msg, const CdpPartitionConfig *config, TimestampTz newest)
+{
+	if (msg->ts < config->oldest_accepted)
+	{
+		/* timestamptz_to_str returns a static buffer: one call per copy */
+		CdpMarkDead(msg, "too_old",
+					"event time %s is before %s, the oldest cdp.max_event_age accepts",
+					pstrdup(timestamptz_to_str(msg->ts)),
+					pstrdup(timestamptz_to_str(config->oldest_accepted)));
+		return false;
+	}
+	if (msg->ts > newest)
+	{
+		CdpMarkDead(msg, "too_far_ahead",
+					"event time %s is after %s, more than cdp.max_future_skew ahead of now",
+					pstrdup(timestamptz_to_str(msg->ts)), pstrdup(timestamptz_to_str(newest)));
+		return false;
+	}
+	return true;
+}
+
+/*
  * Set each pending message's partition, creating the missing ones; returns
  * how many were created.  Runs before deduplication so that partition DDL
  * happens while this transaction holds as few row locks as possible.
@@ -366,6 +442,7 @@ CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *config)
 	Oid			parent = CdpEventsRelid();
 	int			ncreated = 0;
 	int			last = -1;
+	TimestampTz newest = GetCurrentTimestamp() + (int64) cdp_max_future_skew_secs * USECS_PER_SEC;
 
 	LockRelationOid(parent, RowExclusiveLock);
 	for (int i = 0; i < n; i++)
@@ -373,12 +450,23 @@ CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *config)
 		CdpMessage *msg = msgs[i];
 		bool		created;
 
-		if (msg->outcome != CDP_PENDING)
+		if (msg->outcome != CDP_PENDING || !WithinEventTimeBounds(msg, config, newest))
 			continue;
 		/* consecutive events mostly share a partition */
 		if (last < 0 || !cache_valid || msg->ts < cache[last].lo || msg->ts >= cache[last].hi)
 		{
-			last = FindOrCreate(parent, msg->ts, config, &created);
+			int			idx = FindOrCreate(parent, msg->ts, config, cdp_max_partitions, &created);
+
+			if (idx < 0)
+			{
+				CdpMarkDead(msg, "partition_limit",
+							"event time %s needs a new partition and cdp.events has %d, "
+							"the most cdp.max_partitions allows",
+							timestamptz_to_str(msg->ts), cache_len);
+				last = -1;		/* the cache may have been reloaded */
+				continue;
+			}
+			last = idx;
 			if (created)
 				ncreated++;
 		}
@@ -399,7 +487,7 @@ CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto, const CdpPartitio
 	while (t < upto)
 	{
 		bool		created;
-		int			idx = FindOrCreate(parent, t, config, &created);
+		int			idx = FindOrCreate(parent, t, config, 0, &created);
 
 		if (created)
 			ncreated++;
@@ -407,6 +495,17 @@ CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto, const CdpPartitio
 		CHECK_FOR_INTERRUPTS();
 	}
 	return ncreated;
+}
+
+/* How many partitions cdp.events has (what cdp.max_partitions limits). */
+int
+CdpPartitionCount(void)
+{
+	Relation	rel = table_open(CdpEventsRelid(), AccessShareLock);
+	int			n = RelationGetPartitionDesc(rel, true)->nparts;
+
+	table_close(rel, AccessShareLock);
+	return n;
 }
 
 /* Partitions whose whole range lies before horizon, as a List of Oids. */
@@ -425,17 +524,131 @@ CdpPartitionsEndingBefore(TimestampTz horizon)
 	return result;
 }
 
+/* t - iv, calendar-aware (months, then days, then time) */
+static TimestampTz
+MinusInterval(TimestampTz t, const Interval *iv)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(t),
+												   IntervalPGetDatum(iv)));
+}
+
+/* interval ordering as SQL has it (a month is 30 days), without overflow */
+static int
+IntervalCmp(const Interval *a, const Interval *b)
+{
+	return DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(a),
+											 IntervalPGetDatum(b)));
+}
+
 TimestampTz
 CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now)
 {
 	if (!config->has_retention)
 		return DT_NOBEGIN;
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-												   TimestampTzGetDatum(now),
-												   IntervalPGetDatum(&config->retention)));
+	return MinusInterval(now, &config->retention);
 }
 
-/* Read cdp.partition_config; needs an SPI connection. */
+/*
+ * A partition interval must be alignable: whole months or a fixed length,
+ * from 1 hour to about 10 years, so that range arithmetic never overflows.
+ */
+static void
+ValidateInterval(const Interval *iv)
+{
+	if (iv->month != 0 && (iv->day != 0 || iv->time != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition interval must be whole months or a fixed length, not both"),
+				 errhint("Use for example '1 month', '1 day' or '6 hours'.")));
+	/* bounded components first, so that the length below cannot overflow */
+	if (iv->month > MAX_PART_MONTHS ||
+		iv->day > MAX_PART_DAYS || iv->day < -MAX_PART_DAYS ||
+		iv->time > MAX_PART_DAYS * USECS_PER_DAY || iv->time < -MAX_PART_DAYS * USECS_PER_DAY ||
+		iv->day * USECS_PER_DAY + iv->time > MAX_PART_DAYS * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition interval must be at most %d months or %d days",
+						MAX_PART_MONTHS, MAX_PART_DAYS)));
+	if (iv->month < 0 || (iv->month == 0 && iv->day * USECS_PER_DAY + iv->time < MIN_PART_USECS))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition interval must be at least 1 hour")));
+}
+
+/*
+ * A time span subtracted from now: no negative part, and at most
+ * MAX_AGE_YEARS, so that now minus it is always a valid time.
+ */
+static void
+ValidateAge(const Interval *iv, const char *what, bool allow_zero)
+{
+	Interval	max;
+
+	memset(&max, 0, sizeof(max));
+	max.month = MAX_AGE_YEARS * MONTHS_PER_YEAR;
+	if (iv->month < 0 || iv->day < 0 || iv->time < 0 ||
+		(!allow_zero && iv->month == 0 && iv->day == 0 && iv->time == 0) ||
+		IntervalCmp(iv, &max) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a %s interval of at most %d years",
+						what, allow_zero ? "non-negative" : "positive", MAX_AGE_YEARS),
+				 allow_zero ? 0 : errhint("Pass NULL to keep everything.")));
+}
+
+/* retention_mode names what retention does: 'drop' or 'detach' */
+static void
+ValidateMode(const char *mode)
+{
+	if (strcmp(mode, "drop") != 0 && strcmp(mode, "detach") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retention_mode must be 'drop' or 'detach', not \"%s\"", mode)));
+}
+
+/*
+ * Refuse (22023) settings that cannot work: a range too long to align, a
+ * time span that would take now() out of range, and so on.  Used on
+ * configure_partitions' arguments and on the row read back, which an owner
+ * may have edited by hand.
+ */
+static void
+ValidateConfig(const CdpPartitionConfig *config, bool archive_set)
+{
+	ValidateInterval(&config->part_interval);
+	if (config->premake < 0 || config->premake > MAX_PREMAKE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("premake must be between 0 and %d", MAX_PREMAKE)));
+	if (config->has_retention)
+		ValidateAge(&config->retention, "retention", false);
+	ValidateMode(config->retention_mode);
+	if (archive_set)
+	{
+		const Interval *a = &config->archive_interval;
+
+		if (a->day != 0 || a->time != 0 || a->month < 1 || a->month > MAX_PART_MONTHS)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("archive_interval must be whole months, from 1 month to %d months, or NULL",
+							MAX_PART_MONTHS),
+					 errhint("Use for example '1 month', '3 months' or '1 year'.")));
+	}
+	ValidateAge(&config->archive_after, "archive_after", true);
+}
+
+/* says where a bad setting came from when the stored row is refused */
+static void
+ConfigRowContext(void *arg)
+{
+	errcontext("reading cdp.partition_config");
+}
+
+/*
+ * Read cdp.partition_config, and derive the bounds that depend on now (the
+ * transaction's start); needs an SPI connection.
+ */
 void
 CdpLoadPartitionConfig(CdpPartitionConfig *config)
 {
@@ -445,9 +658,13 @@ CdpLoadPartitionConfig(CdpPartitionConfig *config)
 	TupleDesc	desc;
 	int			rc;
 	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	bool		archive_set;
+	ErrorContextCallback context;
 
-	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode "
-					 "FROM cdp.partition_config", false, 1);
+	rc = SPI_execute("SELECT part_interval, premake, retention, retention_mode, "
+					 "archive_interval, archive_after FROM cdp.partition_config",
+					 false, 1);
 	MemoryContextSwitchTo(cxt);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "cdp.partition_config must hold exactly one row");
@@ -460,21 +677,29 @@ CdpLoadPartitionConfig(CdpPartitionConfig *config)
 	if (!isnull)
 		config->retention = *DatumGetIntervalP(d);
 	strlcpy(config->retention_mode, SPI_getvalue(row, desc, 4), sizeof(config->retention_mode));
+	d = SPI_getbinval(row, desc, 5, &isnull);
+	archive_set = !isnull;
+	config->has_archive = false;
+	config->archive_after = *DatumGetIntervalP(SPI_getbinval(row, desc, 6, &isnull));
+	if (archive_set)
+	{
+		config->archive_interval = *DatumGetIntervalP(d);
+		/* an archive interval no longer than part_interval changes nothing */
+		config->has_archive = IntervalCmp(&config->archive_interval,
+										  &config->part_interval) > 0;
+	}
 	SPI_freetuptable(SPI_tuptable);
-}
 
-static void
-ValidateInterval(const Interval *iv)
-{
-	if (iv->month != 0 && (iv->day != 0 || iv->time != 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partition interval must be whole months or a fixed length, not both"),
-				 errhint("Use for example '1 month', '1 day' or '6 hours'.")));
-	if (iv->month < 0 || (iv->month == 0 && iv->day * USECS_PER_DAY + iv->time < MIN_PART_USECS))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partition interval must be at least 1 hour")));
+	context.callback = ConfigRowContext;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
+	ValidateConfig(config, archive_set);
+	error_context_stack = context.previous;
+
+	config->archive_before = config->has_archive ?
+		MinusInterval(now, &config->archive_after) : DT_NOBEGIN;
+	config->oldest_accepted = Max(now - (int64) cdp_max_event_age_mins * USECS_PER_MINUTE,
+								  CDP_MIN_EVENT_TS);
 }
 
 /* premake partitions from the one holding now through now + premake intervals */
@@ -497,45 +722,39 @@ CdpPremake(const CdpPartitionConfig *config, TimestampTz now)
 PG_FUNCTION_INFO_V1(cdp_configure_partitions);
 
 /*
- * cdp.configure_partitions(part_interval, premake, retention, retention_mode):
- * validate, store, and make the partitions ahead at once so a new user's
- * first events never wait on DDL.
+ * cdp.configure_partitions(part_interval, premake, retention, retention_mode,
+ * archive_interval, archive_after): validate, store, and make the partitions
+ * ahead at once so a new user's first events never wait on DDL.
  */
 Datum
 cdp_configure_partitions(PG_FUNCTION_ARGS)
 {
 	CdpPartitionConfig config;
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	Oid			argtypes[4] = {INTERVALOID, INT4OID, INTERVALOID, TEXTOID};
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[6] = {INTERVALOID, INT4OID, INTERVALOID, TEXTOID, INTERVALOID, INTERVALOID};
 	char	   *mode;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(5))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("part_interval, premake and retention_mode must not be NULL")));
-	ValidateInterval(PG_GETARG_INTERVAL_P(0));
-	if (PG_GETARG_INT32(1) < 0 || PG_GETARG_INT32(1) > MAX_PREMAKE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("premake must be between 0 and %d", MAX_PREMAKE)));
-	if (!PG_ARGISNULL(2))
-	{
-		Interval   *r = PG_GETARG_INTERVAL_P(2);
-
-		if (r->month < 0 || r->day < 0 || r->time < 0 ||
-			(r->month == 0 && r->day == 0 && r->time == 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("retention must be a positive interval, or NULL to keep everything")));
-	}
+				 errmsg("part_interval, premake, retention_mode and archive_after must not be NULL")));
 	mode = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	if (strcmp(mode, "drop") != 0 && strcmp(mode, "detach") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("retention_mode must be 'drop' or 'detach', not \"%s\"", mode)));
+	memset(&config, 0, sizeof(config));
+	config.part_interval = *PG_GETARG_INTERVAL_P(0);
+	config.premake = PG_GETARG_INT32(1);
+	config.has_retention = !PG_ARGISNULL(2);
+	if (config.has_retention)
+		config.retention = *PG_GETARG_INTERVAL_P(2);
+	/* checked whole here: the struct's copy is cut to its size */
+	ValidateMode(mode);
+	strlcpy(config.retention_mode, mode, sizeof(config.retention_mode));
+	if (!PG_ARGISNULL(4))
+		config.archive_interval = *PG_GETARG_INTERVAL_P(4);
+	config.archive_after = *PG_GETARG_INTERVAL_P(5);
+	ValidateConfig(&config, !PG_ARGISNULL(4));
 
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 6; i++)
 	{
 		args[i] = PG_GETARG_DATUM(i);
 		if (PG_ARGISNULL(i))
@@ -543,8 +762,9 @@ cdp_configure_partitions(PG_FUNCTION_ARGS)
 	}
 	SPI_connect();
 	if (SPI_execute_with_args("UPDATE cdp.partition_config SET part_interval = $1, "
-							  "premake = $2, retention = $3, retention_mode = $4",
-							  4, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
+							  "premake = $2, retention = $3, retention_mode = $4, "
+							  "archive_interval = $5, archive_after = $6",
+							  6, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update cdp.partition_config");
 	CdpLoadPartitionConfig(&config);
 	CdpPremake(&config, GetCurrentTransactionStartTimestamp());

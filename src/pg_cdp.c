@@ -23,20 +23,44 @@ int			cdp_max_event_bytes = 32 * 1024;
 int			cdp_max_request_bytes = 512 * 1024;
 int			cdp_batch_size = 1000;
 int			cdp_max_merges_per_profile = 100;
+int			cdp_max_event_age_mins = CDP_DEFAULT_MAX_EVENT_AGE_MINS;
+int			cdp_max_partitions = 1000;
+int			cdp_retention_lock_wait_ms = 1000;
 
 void		_PG_init(void);
 
 static void
 DefineSettings(void)
 {
+	/*
+	 * Time ranges are capped where a larger value could only come from a
+	 * typo, so that now() plus or minus any of them is always a valid time.
+	 */
 	DefineCustomIntVariable("cdp.dedup_window",
 							"How long a messageId is remembered for deduplication.",
-							NULL, &cdp_dedup_window_secs, 24 * 60 * 60, 0, INT_MAX,
+							"At most 3650 days.",
+							&cdp_dedup_window_secs, 24 * 60 * 60, 0, 3650 * SECS_PER_DAY,
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("cdp.max_future_skew",
 							"How far ahead of its receipt an event time may be before it is stored at receipt.",
-							NULL, &cdp_max_future_skew_secs, 24 * 60 * 60, 0, INT_MAX,
+							"At most 365 days.",
+							&cdp_max_future_skew_secs, 24 * 60 * 60, 0, 365 * SECS_PER_DAY,
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.max_event_age",
+							"Oldest event time accepted, before now; older events are dead-lettered too_old.",
+							"Bounds how many partitions old timestamps can make; at least 1 hour.",
+							&cdp_max_event_age_mins, CDP_DEFAULT_MAX_EVENT_AGE_MINS, 60, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MIN, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.max_partitions",
+							"How many partitions cdp.events may have before ingest stops creating more.",
+							"A message that would need a partition beyond it is dead-lettered partition_limit.",
+							&cdp_max_partitions, 1000, 10, 100000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.retention_lock_wait",
+							"How long one run_maintenance() keeps trying to lock cdp.events for retention.",
+							"Retention never queues for the lock; what it cannot lock is left for the next run.",
+							&cdp_retention_lock_wait_ms, 1000, 0, 60 * 1000,
+							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("cdp.max_event_bytes",
 							"Largest message accepted; larger ones are dead-lettered.",
 							NULL, &cdp_max_event_bytes, 32 * 1024, 256, MaxAllocSize / 2,

@@ -18,6 +18,12 @@
 /* advisory lock taken by every transaction that changes the identity graph */
 #define CDP_LOCK_IDENTITY		3
 
+/*
+ * A message links at most this many identifiers (the first ones it carries):
+ * it asserts every pair of them, so its evidence grows with the square.
+ */
+#define CDP_MAX_MESSAGE_IDS		32
+
 typedef struct IdRule
 {
 	int			priority;		/* 1 = strongest */

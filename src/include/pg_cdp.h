@@ -19,6 +19,9 @@ extern int	cdp_max_event_bytes;
 extern int	cdp_max_request_bytes;
 extern int	cdp_batch_size;
 extern int	cdp_max_merges_per_profile;
+extern int	cdp_max_event_age_mins;
+extern int	cdp_max_partitions;
+extern int	cdp_retention_lock_wait_ms;
 
 /*
  * Advisory lock keys, in pg_cdp's own class so they never collide with an
@@ -33,6 +36,9 @@ extern int	cdp_max_merges_per_profile;
  * partition range (weeks included) starts in the common era.
  */
 #define CDP_MIN_EVENT_TS	(INT64CONST(-63082281600000000) + 7 * USECS_PER_DAY)
+
+/* cdp.max_event_age's default: 20 years of 365.25 days, in minutes */
+#define CDP_DEFAULT_MAX_EVENT_AGE_MINS	(7305 * 24 * 60)
 
 /* limits from the Segment spec */
 #define CDP_MAX_MESSAGE_ID_CHARS 100
@@ -125,6 +131,13 @@ typedef struct CdpPartitionConfig
 	bool		has_retention;
 	Interval	retention;
 	char		retention_mode[8];
+	bool		has_archive;	/* archive_interval is longer than part_interval */
+	Interval	archive_interval;
+	Interval	archive_after;
+
+	/* derived when loaded, from the transaction's start */
+	TimestampTz archive_before; /* ranges ending by then span archive_interval */
+	TimestampTz oldest_accepted;	/* now - cdp.max_event_age */
 } CdpPartitionConfig;
 
 extern void CdpLoadPartitionConfig(CdpPartitionConfig *config);
@@ -133,6 +146,7 @@ extern int	CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *co
 extern int	CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto,
 									   const CdpPartitionConfig *config);
 extern List *CdpPartitionsEndingBefore(TimestampTz horizon);
+extern int	CdpPartitionCount(void);
 extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
 
 /* event_store.c */

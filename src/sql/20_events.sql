@@ -31,11 +31,15 @@ CREATE INDEX events_ts_brin ON cdp.events USING brin (ts);
 CREATE INDEX events_profile_ts_idx ON cdp.events (profile_id, ts);
 
 -- Partition layout and retention; a single row edited by configure_partitions.
+-- Ranges that ended more than archive_after ago span archive_interval (NULL:
+-- part_interval throughout).
 CREATE TABLE cdp.partition_config (
-    singleton      bool PRIMARY KEY DEFAULT true CHECK (singleton),
-    part_interval  interval NOT NULL,
-    premake        int NOT NULL,
-    retention      interval,
-    retention_mode text NOT NULL
+    singleton        bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    part_interval    interval NOT NULL,
+    premake          int NOT NULL,
+    retention        interval,
+    retention_mode   text NOT NULL,
+    archive_interval interval,
+    archive_after    interval NOT NULL
 );
-INSERT INTO cdp.partition_config VALUES (true, '1 day', 7, NULL, 'drop');
+INSERT INTO cdp.partition_config VALUES (true, '1 day', 7, NULL, 'drop', '1 month', '3 months');

@@ -17,6 +17,49 @@ SET search_path = pg_catalog, cdp;
 COMMENT ON FUNCTION cdp.process_inbox(int) IS
     'validate, deduplicate and store queued messages in this session; returns how many it took';
 
+-- Drain the inbox in chunks, each committed, so that progress survives a
+-- cancel or a statement_timeout (which covers the whole CALL).  It stops once
+-- max_duration has passed, or earlier when another chunk would likely run
+-- into statement_timeout.  SECURITY INVOKER without SET clauses: a procedure
+-- with either cannot commit, so every name is schema-qualified instead.
+CREATE PROCEDURE cdp.drain_inbox(max_duration interval DEFAULT '50 seconds',
+                                 chunk int DEFAULT NULL,
+                                 INOUT messages bigint DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    started timestamptz := pg_catalog.statement_timestamp();
+    timeout interval := pg_catalog.current_setting('statement_timeout')::interval;
+    -- missing_ok: the setting exists only once the library is loaded
+    rows_per_chunk int := coalesce(chunk, pg_catalog.current_setting('cdp.batch_size', true)::int, 1000);
+    chunk_started timestamptz;
+    slowest interval := '0';
+    n bigint;
+BEGIN
+    IF max_duration IS NULL OR max_duration <= '0' THEN
+        RAISE EXCEPTION 'max_duration must be a positive interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF rows_per_chunk < 1 THEN
+        RAISE EXCEPTION 'chunk must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    messages := 0;
+    LOOP
+        chunk_started := pg_catalog.clock_timestamp();
+        EXIT WHEN chunk_started >= started + max_duration;
+        -- another chunk as slow as the slowest so far would meet the timeout
+        EXIT WHEN timeout > '0' AND chunk_started + slowest * 2 >= started + timeout;
+        n := cdp.process_inbox(rows_per_chunk);
+        COMMIT;
+        messages := messages + n;
+        EXIT WHEN n = 0;
+        slowest := greatest(slowest, pg_catalog.clock_timestamp() - chunk_started);
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE cdp.drain_inbox(interval, int, bigint) IS
+    'process the inbox in committed chunks (CALL it outside a transaction block) until it is '
+    'empty or max_duration has passed; returns how many messages it took';
+
 CREATE FUNCTION cdp.replay_dead_letters(ids bigint[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER
@@ -38,12 +81,23 @@ $$;
 COMMENT ON FUNCTION cdp.replay_dead_letters(bigint[]) IS
     're-enqueue dead letters (all, or the given ids); returns how many';
 
--- ISO 8601 in UTC, whatever the session's TimeZone and DateStyle.
+-- ISO 8601 in UTC, whatever the session's TimeZone and DateStyle.  A time a
+-- message cannot carry (infinite, before year 1, after 9999) is refused here:
+-- formatted, it would silently become another time or the receipt time.
 CREATE FUNCTION cdp.iso_timestamp(ts timestamptz)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE plpgsql IMMUTABLE STRICT
 SET search_path = pg_catalog, cdp
-AS $$ SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
+AS $$
+BEGIN
+    IF NOT isfinite(ts) OR ts < '0001-01-01 00:00:00+00' OR ts >= '10000-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'ts % is outside the times a message can carry', ts
+            USING ERRCODE = 'datetime_field_overflow',
+                  HINT = 'Message times run from 0001-01-01 to 9999-12-31 UTC; pass NULL for the receipt time.';
+    END IF;
+    RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+END
+$$;
 
 -- Convenience wrappers: build a Segment-spec message and enqueue it.
 CREATE FUNCTION cdp.track(user_id text, event text, properties jsonb DEFAULT '{}',

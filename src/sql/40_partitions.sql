@@ -4,13 +4,16 @@
 CREATE FUNCTION cdp.configure_partitions(part_interval interval DEFAULT '1 day',
                                          premake int DEFAULT 7,
                                          retention interval DEFAULT NULL,
-                                         retention_mode text DEFAULT 'drop')
+                                         retention_mode text DEFAULT 'drop',
+                                         archive_interval interval DEFAULT '1 month',
+                                         archive_after interval DEFAULT '3 months')
 RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_configure_partitions'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, cdp;
-COMMENT ON FUNCTION cdp.configure_partitions(interval, int, interval, text) IS
-    'set the partition interval, how many to create ahead, and retention (drop or detach)';
+COMMENT ON FUNCTION cdp.configure_partitions(interval, int, interval, text, interval, interval) IS
+    'set the partition interval, how many to create ahead, retention (drop or detach), and the '
+    'coarser interval for ranges older than archive_after';
 
 CREATE FUNCTION cdp.run_maintenance()
 RETURNS jsonb

@@ -8,8 +8,9 @@ SET search_path = pg_catalog, cdp
 AS $$
     VALUES ('cdp-maintenance', '7 * * * *', 'SELECT cdp.run_maintenance()'),
            -- drains the inbox when no background worker does (harmless beside one:
-           -- workers and this job skip each other's locked rows)
-           ('cdp-process-inbox', '* * * * *', 'SELECT cdp.process_inbox()')
+           -- workers and this job skip each other's locked rows), committing
+           -- chunk by chunk so a statement_timeout never loses what it did
+           ('cdp-process-inbox', '* * * * *', 'CALL cdp.drain_inbox()')
 $$;
 
 CREATE FUNCTION cdp.require_pg_cron()

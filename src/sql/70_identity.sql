@@ -66,10 +66,15 @@ CREATE TABLE cdp.identities (
 );
 CREATE INDEX identities_profile_idx ON cdp.identities (profile_id);
 
--- The evidence: each message that changed the identity graph, in ingest
--- order.  identifiers is what the message carried (valid ones, before rules);
--- linked is what it actually linked after blocking and rules.  Rebuilds
--- replay identifiers; explain_link walks linked.
+-- The evidence, in two tables.  identity_pairs holds every distinct pair of
+-- identifiers any message carried together (a < b), with the first message
+-- that did: the real graph, which split_profile and explain_link walk.
+-- identity_evidence holds, in ingest order, each message that changed the
+-- graph or asserted a pair not yet in identity_pairs: rebuilds replay its
+-- identifiers.  A message whose pairs are all known and that changes nothing
+-- adds nothing, so both stay far smaller than the events.  identifiers is
+-- what the message carried (valid ones, before blocking and rules); linked
+-- is what it linked after them.
 CREATE SEQUENCE cdp.identity_seq;
 CREATE TABLE cdp.identity_evidence (
     seq             bigint PRIMARY KEY DEFAULT nextval('cdp.identity_seq'),
@@ -80,7 +85,18 @@ CREATE TABLE cdp.identity_evidence (
     created_profile bigint,
     source          text
 );
-CREATE INDEX identity_evidence_linked_idx ON cdp.identity_evidence USING gin (linked);
+
+CREATE TABLE cdp.identity_pairs (
+    a           cdp.identifier NOT NULL,
+    b           cdp.identifier NOT NULL,
+    message_id  text NOT NULL,      -- the first message that carried both
+    observed_at timestamptz NOT NULL,
+    seq         bigint NOT NULL,    -- its cdp.identity_evidence row
+    PRIMARY KEY (a, b),
+    CHECK (a OPERATOR(cdp.<) b)
+);
+COMMENT ON TABLE cdp.identity_pairs IS
+    'every distinct pair of identifiers a message carried together (a < b), with the first message that did';
 
 CREATE TABLE cdp.merges (
     merged_at    timestamptz NOT NULL DEFAULT now(),
@@ -162,7 +178,7 @@ AS 'MODULE_PATHNAME', 'cdp_explain_link'
 LANGUAGE C STABLE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, cdp;
 COMMENT ON FUNCTION cdp.explain_link(cdp.identifier, cdp.identifier) IS
-    'the chain of evidence that put two identifiers in one profile; no rows if they are apart';
+    'the shortest chain of identifier pairs messages carried that joins two identifiers of one profile; no rows if they are apart';
 
 CREATE FUNCTION cdp.split_profile(profile_id bigint, keep_out cdp.identifier)
 RETURNS SETOF bigint

@@ -113,8 +113,8 @@ SELECT is(pg_temp.ts('{"timestamp": "2026-01-02T03:04Z"}', '2027-06-01'),
           '2026-01-02 03:04:00+00'::timestamptz, 'hours and minutes without seconds');
 SELECT is(pg_temp.ts('{"timestamp": "2026-01-02T03:04:05.1234567Z"}', '2027-06-01'),
           '2026-01-02 03:04:05.123457+00'::timestamptz, 'a seventh fraction digit rounds');
-SELECT is(pg_temp.ts('{"timestamp": "2026-12-31T23:59:60Z"}', '2027-06-01'),
-          '2027-01-01 00:00:00+00'::timestamptz, 'a leap second lands on the next minute');
+SELECT is(pg_temp.ts('{"timestamp": "2016-12-31T23:59:60Z"}', '2017-06-01'),
+          '2017-01-01 00:00:00+00'::timestamptz, 'a leap second lands on the next minute');
 SELECT is(pg_temp.ts('{"timestamp": "2024-02-29T12:00:00Z"}', '2027-06-01'),
           '2024-02-29 12:00:00+00'::timestamptz, '29 February of a leap year');
 SET LOCAL timezone = 'America/New_York';

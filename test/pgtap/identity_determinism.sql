@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(20);
+SELECT plan(22);
 
 SET LOCAL timezone = 'UTC';
 -- cdp.identifier's operators live in schema cdp (see sql/40_identifier.sql)
@@ -16,7 +16,7 @@ SET LOCAL search_path = public, cdp;
 CREATE FUNCTION pg_temp.reset() RETURNS void LANGUAGE sql AS $$
     TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
     TRUNCATE cdp.events;
-    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.merges, cdp.identity_violations,
+    TRUNCATE cdp.identities, cdp.identity_evidence, cdp.identity_pairs, cdp.merges, cdp.identity_violations,
              cdp.identity_splits, cdp.profile_records;
 $$;
 DO $$ BEGIN PERFORM pg_temp.reset(); END $$;
@@ -164,6 +164,10 @@ SELECT results_eq(
 CREATE TEMP TABLE run50 AS SELECT * FROM pg_temp.partition();
 CREATE TEMP TABLE run50_violations AS
 SELECT message_id, identifier::text, rule FROM cdp.identity_violations;
+CREATE TEMP TABLE run50_evidence AS
+SELECT message_id, identifiers::text FROM cdp.identity_evidence;
+CREATE TEMP TABLE run50_pairs AS
+SELECT a::text, b::text, message_id FROM cdp.identity_pairs;
 CREATE TEMP TABLE run50_events AS
 SELECT e.message_id, p.label FROM cdp.events_resolved e
   LEFT JOIN LATERAL (SELECT min(i.identifier::text) AS label FROM cdp.identities i WHERE i.profile_id = e.profile_id) p ON true;
@@ -185,6 +189,12 @@ SELECT set_eq(
         LEFT JOIN LATERAL (SELECT min(i.identifier::text) AS label FROM cdp.identities i WHERE i.profile_id = e.profile_id) p ON true$$,
     $$SELECT * FROM run50_events$$,
     'batches of 7 and of 50 give every event the same profile');
+SELECT set_eq($$SELECT message_id, identifiers::text FROM cdp.identity_evidence$$,
+              $$SELECT * FROM run50_evidence$$,
+              'batches of 7 and of 50 store the same evidence rows');
+SELECT set_eq($$SELECT a::text, b::text, message_id FROM cdp.identity_pairs$$,
+              $$SELECT * FROM run50_pairs$$,
+              'batches of 7 and of 50 store the same pairs, with the same first messages');
 SELECT is((cdp.rebuild_identities(dry_run => true)->>'changed')::int, 0,
           'rebuild dry run after batches of 7 reports 0 changed');
 

@@ -4,7 +4,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(19);
+SELECT plan(21);
 
 -- the error and hint a call raises, as 'SQLSTATE: message | hint'
 CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
@@ -42,7 +42,7 @@ SELECT results_eq(
     $$SELECT jobname::text COLLATE "default", command, database = current_database(), username = current_user, active
         FROM cron.job ORDER BY jobname$$,
     $$VALUES ('cdp-maintenance', 'SELECT cdp.run_maintenance()', true, true, true),
-             ('cdp-process-inbox', 'SELECT cdp.process_inbox()', true, true, true)$$,
+             ('cdp-process-inbox', 'CALL cdp.drain_inbox()', true, true, true)$$,
     'cron.job has cdp-maintenance and cdp-process-inbox, active, for this database and user');
 SELECT is((SELECT schedule::text FROM cron.job WHERE jobname = 'cdp-maintenance'), '7 * * * *',
           'maintenance runs hourly');
@@ -69,9 +69,25 @@ SELECT is(cdp.unschedule_jobs(), 0::bigint, 'unschedule_jobs with nothing schedu
 SELECT is((SELECT count(*)::int FROM cdp.schedule_jobs()), 2, 'jobs can be scheduled again after unscheduling');
 SELECT is((SELECT count(*)::int FROM cron.job WHERE jobname LIKE 'cdp-%'), 2, '... and there are two again');
 
--- the jobs' commands work
-SELECT lives_ok($$SELECT cdp.run_maintenance(); SELECT cdp.process_inbox()$$,
-                'the commands the jobs run succeed');
+-- what the jobs run does the work: the maintenance command makes a missing
+-- partition ahead; the drain command calls a procedure the job's user may
+-- run (a CALL that commits cannot run here: 50_drain_inbox tests it)
+DO $$ BEGIN
+    PERFORM cdp.run_maintenance();
+    EXECUTE format('DROP TABLE %s', (SELECT partition FROM cdp.partitions ORDER BY range_from DESC LIMIT 1));
+END $$;
+CREATE TEMP TABLE job_report (r jsonb);
+DO $$ BEGIN
+    EXECUTE 'INSERT INTO job_report ' || (SELECT command FROM cron.job WHERE jobname = 'cdp-maintenance');
+END $$;
+SELECT is((SELECT r -> 'partitions_created' FROM job_report), '1'::jsonb,
+          'the maintenance job''s command makes the missing partition ahead');
+SELECT is((SELECT p.prokind::text FROM pg_proc p WHERE p.oid = 'cdp.drain_inbox(interval,int,bigint)'::regprocedure),
+          'p', 'the drain job calls cdp.drain_inbox, a procedure (so it can commit chunk by chunk)');
+SELECT ok((SELECT has_function_privilege(username, 'cdp.drain_inbox(interval,int,bigint)', 'EXECUTE')
+             AND has_function_privilege(username, 'cdp.process_inbox(int)', 'EXECUTE')
+             FROM cron.job WHERE jobname = 'cdp-process-inbox'),
+          'the drain job''s user may run it');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -3,20 +3,10 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(34);
+SELECT plan(39);
 
-SET LOCAL timezone = 'UTC';
-TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
+\ir include/partition_setup.psql
 
-CREATE FUNCTION pg_temp.drop_partitions() RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    p regclass;
-BEGIN
-    FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'cdp.events'::regclass LOOP
-        EXECUTE format('DROP TABLE %s', p);
-    END LOOP;
-END
-$$;
 CREATE FUNCTION pg_temp.send(ts timestamptz, event text) RETURNS void LANGUAGE sql AS $$
     SELECT cdp.ingest(jsonb_build_object('type', 'track', 'userId', 'u', 'event', event, 'timestamp', ts));
     SELECT cdp.process_inbox();
@@ -33,8 +23,8 @@ INSERT INTO report VALUES ('first', cdp.run_maintenance());
 SELECT is((SELECT r -> 'partitions_created' FROM report WHERE run = 'first'), '8'::jsonb,
           'run_maintenance creates the partition holding now and premake (7) more');
 SELECT is((SELECT array_agg(k ORDER BY k) FROM report, jsonb_object_keys(r) k WHERE run = 'first'),
-          ARRAY['dedup_purged', 'partitions_created', 'partitions_dropped'],
-          'in drop mode it reports partitions_created, partitions_dropped and dedup_purged');
+          ARRAY['dedup_purged', 'partitions_created', 'partitions_dropped', 'retention_pending'],
+          'in drop mode it reports partitions_created, partitions_dropped, retention_pending and dedup_purged');
 SELECT is((SELECT count(*)::int FROM cdp.partitions WHERE range_to > now()), 8, 'eight partitions exist');
 SELECT is((SELECT min(range_from) FROM cdp.partitions), date_trunc('day', now()),
           'from midnight UTC today');
@@ -42,12 +32,13 @@ SELECT is((SELECT max(range_to) FROM cdp.partitions), date_trunc('day', now()) +
           'through seven days ahead');
 INSERT INTO report VALUES ('second', cdp.run_maintenance());
 SELECT is((SELECT r FROM report WHERE run = 'second'),
-          '{"partitions_created": 0, "partitions_dropped": 0, "dedup_purged": 0}'::jsonb,
+          '{"partitions_created": 0, "partitions_dropped": 0, "retention_pending": 0, "dedup_purged": 0}'::jsonb,
           'a second run does nothing and says so');
 SELECT is((SELECT count(*)::int FROM cdp.partitions), 8, 'a second run creates no partition');
 
--- retention: drop
+-- retention: drop (daily partitions throughout: archive_interval NULL)
 DO $$ BEGIN
+    PERFORM cdp.configure_partitions('1 day', 7, archive_interval => NULL);
     PERFORM pg_temp.send('2019-01-01 10:00:00+00', 'Old 1');
     PERFORM pg_temp.send('2019-01-02 10:00:00+00', 'Old 2');
     PERFORM pg_temp.send(now() - interval '5 days', 'Recent');
@@ -58,7 +49,8 @@ SELECT ok(pg_temp.is_partition('cdp.events_p20190101') AND pg_temp.is_partition(
           'the old events have their partitions');
 CREATE TEMP TABLE before_retention AS
 SELECT partition::text AS name, range_to FROM cdp.partitions;
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 7, '30 days', 'drop')$$, 'retention of 30 days, drop');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 7, '30 days', 'drop', archive_interval => NULL)$$,
+                'retention of 30 days, drop');
 INSERT INTO report VALUES ('drop', cdp.run_maintenance());
 SELECT is((SELECT (r ->> 'partitions_dropped')::int FROM report WHERE run = 'drop'),
           (SELECT count(*)::int FROM before_retention WHERE range_to <= now() - interval '30 days'),
@@ -74,19 +66,19 @@ SELECT results_eq($$SELECT event FROM cdp.events ORDER BY event$$, $$VALUES ('Re
                   'events inside the retention are kept, the others went with their partitions');
 INSERT INTO report VALUES ('drop again', cdp.run_maintenance());
 SELECT is((SELECT r FROM report WHERE run = 'drop again'),
-          '{"partitions_created": 0, "partitions_dropped": 0, "dedup_purged": 0}'::jsonb,
+          '{"partitions_created": 0, "partitions_dropped": 0, "retention_pending": 0, "dedup_purged": 0}'::jsonb,
           'running retention again drops nothing more');
 
 -- retention: detach
 DO $$ BEGIN
-    PERFORM cdp.configure_partitions('1 day', 7);
+    PERFORM cdp.configure_partitions('1 day', 7, archive_interval => NULL);
     PERFORM pg_temp.send('2018-05-05 10:00:00+00', 'Detach Me');
-    PERFORM cdp.configure_partitions('1 day', 7, '30 days', 'detach');
+    PERFORM cdp.configure_partitions('1 day', 7, '30 days', 'detach', archive_interval => NULL);
 END $$;
 SELECT ok(pg_temp.is_partition('cdp.events_p20180505'), 'an old partition exists before detaching');
 INSERT INTO report VALUES ('detach', cdp.run_maintenance());
 SELECT is((SELECT array_agg(k ORDER BY k) FROM report, jsonb_object_keys(r) k WHERE run = 'detach'),
-          ARRAY['dedup_purged', 'partitions_created', 'partitions_detached'],
+          ARRAY['dedup_purged', 'partitions_created', 'partitions_detached', 'retention_pending'],
           'in detach mode it reports partitions_detached instead of partitions_dropped');
 SELECT is((SELECT r -> 'partitions_detached' FROM report WHERE run = 'detach'), '1'::jsonb,
           'one partition detached');
@@ -98,7 +90,7 @@ SELECT is((SELECT count(*)::int FROM cdp.events WHERE event = 'Detach Me'), 0,
 SELECT is((SELECT count(*)::int FROM cdp.partitions WHERE partition::text = 'cdp.events_p20180505'), 0,
           'cdp.partitions no longer lists it');
 DO $$ BEGIN
-    PERFORM cdp.configure_partitions('1 day', 7);
+    PERFORM cdp.configure_partitions('1 day', 7, archive_interval => NULL);
     PERFORM pg_temp.send('2018-05-05 11:00:00+00', 'Same Day Again');
 END $$;
 SELECT is((SELECT tableoid::regclass::text FROM cdp.events WHERE event = 'Same Day Again'),
@@ -121,24 +113,43 @@ SELECT is((SELECT r -> 'dedup_purged' FROM report WHERE run = 'purge 1h'), '2'::
           'the purge follows cdp.dedup_window');
 SELECT is((SELECT count(*)::int FROM cdp.message_ids), 0, 'nothing older than the window is left');
 RESET cdp.dedup_window;
--- a purged messageId is accepted again
+-- the purge forgets exactly the expired messageIds: one inside the window
+-- is still a duplicate after it, a purged one is stored again
+CREATE FUNCTION pg_temp.key(id text) RETURNS uuid LANGUAGE sql AS $$
+    SELECT encode(substr(sha256(convert_to(id, 'UTF8')), 1, 16), 'hex')::uuid;
+$$;
+CREATE FUNCTION pg_temp.send_id(event text, id text) RETURNS void LANGUAGE sql AS $$
+    SELECT cdp.ingest(jsonb_build_object('type', 'track', 'userId', 'u', 'event', event, 'messageId', id));
+    SELECT cdp.process_inbox();
+$$;
 DO $$ BEGIN
-    PERFORM cdp.ingest('{"type": "track", "userId": "u", "event": "Purged", "messageId": "purge-me"}');
-    PERFORM cdp.process_inbox();
+    PERFORM pg_temp.send_id('Purged', 'purge-me');
+    PERFORM pg_temp.send_id('Kept', 'keep-me');
 END $$;
-UPDATE cdp.message_ids SET seen_at = now() - interval '2 days';
+SELECT is((SELECT count(*)::int FROM cdp.message_ids
+            WHERE message_key IN (pg_temp.key('purge-me'), pg_temp.key('keep-me'))), 2,
+          'both messageIds are remembered, under their digests');
+UPDATE cdp.message_ids SET seen_at = now() - interval '2 days' WHERE message_key = pg_temp.key('purge-me');
+INSERT INTO report VALUES ('purge one', cdp.run_maintenance());
+SELECT is((SELECT r -> 'dedup_purged' FROM report WHERE run = 'purge one'), '1'::jsonb,
+          'the purge reports the one expired messageId');
+SELECT ok(NOT EXISTS (SELECT 1 FROM cdp.message_ids WHERE message_key = pg_temp.key('purge-me')),
+          'the expired messageId is gone from cdp.message_ids');
+SELECT ok(EXISTS (SELECT 1 FROM cdp.message_ids WHERE message_key = pg_temp.key('keep-me')),
+          'the one inside the window is kept');
 DO $$ BEGIN
-    PERFORM cdp.run_maintenance();
-    PERFORM cdp.ingest('{"type": "track", "userId": "u", "event": "Purged", "messageId": "purge-me"}');
-    PERFORM cdp.process_inbox();
+    PERFORM pg_temp.send_id('Purged', 'purge-me');
+    PERFORM pg_temp.send_id('Kept', 'keep-me');
 END $$;
+SELECT is((SELECT count(*)::int FROM cdp.events WHERE message_id = 'keep-me'), 1,
+          'after the purge a messageId inside the window is still a duplicate');
 SELECT is((SELECT count(*)::int FROM cdp.events WHERE message_id = 'purge-me'), 2,
-          'a messageId purged from the window is accepted again');
+          'a messageId purged from the window is stored again');
 
 -- premaking follows the configured interval
 DO $$ BEGIN
     PERFORM pg_temp.drop_partitions();
-    PERFORM cdp.configure_partitions('1 week', 2);
+    PERFORM cdp.configure_partitions('1 week', 2, archive_interval => NULL);
     PERFORM pg_temp.drop_partitions();
 END $$;
 INSERT INTO report VALUES ('weekly', cdp.run_maintenance());

@@ -1,13 +1,14 @@
 -- Partitions of cdp.events: configuration is validated; partitions are made
 -- ahead and on demand, aligned to UTC days, Monday weeks and calendar months;
 -- there is never a default partition; retention dead-letters old events.
+-- Coarser partitions for old ranges are switched off here (archive_interval
+-- NULL) and tested in partition_bounds.sql.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
 SELECT plan(58);
 
-SET LOCAL timezone = 'UTC';
-TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
+\ir include/partition_setup.psql
 
 -- ingest one message and process it; the partition its event went to
 CREATE FUNCTION pg_temp.route(msg jsonb) RETURNS regclass LANGUAGE plpgsql AS $$
@@ -23,9 +24,6 @@ $$;
 CREATE FUNCTION pg_temp.range_of(p regclass) RETURNS text LANGUAGE sql AS $$
     SELECT to_char(range_from, 'YYYY-MM-DD HH24:MI') || ' .. ' || to_char(range_to, 'YYYY-MM-DD HH24:MI')
       FROM cdp.partitions WHERE partition = p;
-$$;
-CREATE FUNCTION pg_temp.nparts() RETURNS int LANGUAGE sql AS $$
-    SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'cdp.events'::regclass;
 $$;
 
 -- validation
@@ -44,7 +42,7 @@ SELECT throws_ok($$SELECT cdp.configure_partitions('1 day', -1)$$, '22023', 'pre
 SELECT throws_ok($$SELECT cdp.configure_partitions('1 day', 1001)$$, '22023', NULL,
                  'premake 1001 is refused with 22023');
 SELECT throws_ok($$SELECT cdp.configure_partitions('1 day', 7, '-1 day')$$, '22023',
-                 'retention must be a positive interval, or NULL to keep everything',
+                 'retention must be a positive interval of at most 1000 years',
                  'a negative retention is refused with 22023');
 SELECT throws_ok($$SELECT cdp.configure_partitions('1 day', 7, '0')$$, '22023', NULL,
                  'a zero retention is refused with 22023');
@@ -58,17 +56,8 @@ SELECT is((SELECT row(part_interval, premake, retention, retention_mode)::text F
           'refused configurations leave the default configuration in place');
 
 -- premaking (from no partitions at all)
-CREATE FUNCTION pg_temp.drop_partitions() RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    p regclass;
-BEGIN
-    FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'cdp.events'::regclass LOOP
-        EXECUTE format('DROP TABLE %s', p);
-    END LOOP;
-END
-$$;
 DO $$ BEGIN PERFORM pg_temp.drop_partitions(); END $$;
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 3)$$, 'configure_partitions(1 day, 3) works');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 3, archive_interval => NULL)$$, 'configure_partitions(1 day, 3) works');
 SELECT is(pg_temp.nparts(), 4,
           'configure_partitions makes the partition holding now and premake more: premake + 1');
 SELECT is((SELECT min(range_from) FROM cdp.partitions), date_trunc('day', now()),
@@ -83,16 +72,16 @@ SELECT is((SELECT count(*)::int FROM (
 SELECT is((SELECT count(*)::int FROM cdp.partitions WHERE range_to - range_from <> interval '1 day'), 0,
           'each premade partition is one day');
 CREATE TEMP TABLE premade AS SELECT pg_temp.nparts() AS n;
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 3)$$, 'configuring again works');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 3, archive_interval => NULL)$$, 'configuring again works');
 SELECT is(pg_temp.nparts(), (SELECT n FROM premade), 'configuring again makes no extra partition');
 DO $$ BEGIN PERFORM pg_temp.drop_partitions(); END $$;
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 month', 0)$$, 'configure_partitions(1 month, 0) works');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 month', 0, archive_interval => NULL)$$, 'configure_partitions(1 month, 0) works');
 SELECT results_eq($$SELECT range_from, range_to FROM cdp.partitions$$,
                   $$VALUES (date_trunc('month', now()), date_trunc('month', now()) + interval '1 month')$$,
                   'configure_partitions premakes with the new interval: one partition, this calendar month');
 
 -- on demand, for an event years in the past
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 0)$$, 'daily partitions, nothing ahead');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 0, archive_interval => NULL)$$, 'daily partitions, nothing ahead');
 CREATE TEMP TABLE n AS SELECT pg_temp.nparts() AS before;
 SET LOCAL timezone = 'America/Los_Angeles';
 CREATE TEMP TABLE r AS SELECT pg_temp.route('{"timestamp": "2019-03-15T13:00:00Z"}') AS p;
@@ -107,11 +96,13 @@ SELECT is(pg_temp.route('{"timestamp": "2019-03-15T23:59:59.999999Z"}'), (SELECT
 SELECT is(pg_temp.nparts(), (SELECT before + 1 FROM n), '... without creating another');
 SELECT isnt(pg_temp.route('{"timestamp": "2019-03-16T00:00:00Z"}'), (SELECT p FROM r),
             'midnight belongs to the next day');
+SET LOCAL cdp.max_event_age = 2147483647;
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "0001-01-10T12:00:00Z"}')),
-          '0001-01-10 00:00 .. 0001-01-11 00:00', 'an event in year 1 gets its partition');
+          '0001-01-10 00:00 .. 0001-01-11 00:00', 'with cdp.max_event_age at its most, an event in year 1 gets its partition');
+RESET cdp.max_event_age;
 
 -- other intervals
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 month', 0)$$, 'monthly partitions');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 month', 0, archive_interval => NULL)$$, 'monthly partitions');
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2018-07-20T10:00:00Z"}')),
           '2018-07-01 00:00 .. 2018-08-01 00:00', 'a monthly partition is a calendar month');
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2016-02-29T23:00:00Z"}')),
@@ -119,16 +110,16 @@ SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2016-02-29T23:00:00Z"}'
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2019-03-20T10:00:00Z"}')),
           '2019-03-17 00:00 .. 2019-04-01 00:00',
           'a month that overlaps an older daily partition is clipped to the gap');
-SELECT lives_ok($$SELECT cdp.configure_partitions('3 months', 0)$$, 'quarterly partitions');
+SELECT lives_ok($$SELECT cdp.configure_partitions('3 months', 0, archive_interval => NULL)$$, 'quarterly partitions');
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2017-08-20T10:00:00Z"}')),
           '2017-07-01 00:00 .. 2017-10-01 00:00', 'a quarter starts in January, April, July or October');
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 week', 0)$$, 'weekly partitions');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 week', 0, archive_interval => NULL)$$, 'weekly partitions');
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2015-05-14T10:00:00Z"}')),
           '2015-05-11 00:00 .. 2015-05-18 00:00', 'a weekly partition runs Monday to Monday');
 SELECT is((SELECT count(*)::int FROM cdp.partitions
             WHERE range_to - range_from = interval '7 days' AND extract(isodow FROM range_from) <> 1), 0,
           'every weekly partition starts on a Monday');
-SELECT lives_ok($$SELECT cdp.configure_partitions('6 hours', 0)$$, 'six-hour partitions');
+SELECT lives_ok($$SELECT cdp.configure_partitions('6 hours', 0, archive_interval => NULL)$$, 'six-hour partitions');
 SELECT is(pg_temp.range_of(pg_temp.route('{"timestamp": "2014-01-01T13:00:00Z"}')),
           '2014-01-01 12:00 .. 2014-01-01 18:00', 'a six-hour partition is aligned to midnight UTC');
 SELECT is((SELECT relname::text FROM pg_class WHERE relname LIKE 'events_p20140101%' AND relkind = 'r'), 'events_p20140101_1200',
@@ -147,7 +138,7 @@ SELECT is((SELECT count(*)::int FROM pg_partition_tree('cdp.events') WHERE islea
 -- event times before 0001-01-08 UTC are refused as bad timestamps, so every
 -- partition range (weeks included) starts in the common era
 DO $$ BEGIN
-    PERFORM cdp.configure_partitions('1 day', 0);
+    PERFORM cdp.configure_partitions('1 day', 0, archive_interval => NULL);
     PERFORM pg_temp.route('{"timestamp": "0001-01-01T00:30:00+01:00", "event": "Before Year 1"}');
 END $$;
 SELECT matches((SELECT coalesce((SELECT 'stored' FROM cdp.events WHERE event = 'Before Year 1'),
@@ -156,14 +147,14 @@ SELECT matches((SELECT coalesce((SELECT 'stored' FROM cdp.events WHERE event = '
                'an event before 0001-01-08 UTC (here 1 BC after its offset) is dead-lettered invalid_timestamp');
 
 -- retention: older events are dead-lettered as expired
-SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 0, '30 days')$$, 'retention of 30 days');
+SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 0, '30 days', archive_interval => NULL)$$, 'retention of 30 days');
 SELECT is(pg_temp.route('{"timestamp": "2019-06-01T00:00:00Z", "event": "Too Old"}'), NULL,
           'an event older than the retention is not stored');
 SELECT is((SELECT error_code FROM cdp.dead_letters WHERE payload LIKE '%Too Old%'), 'expired',
           '... it is a dead letter with code expired');
-SELECT matches((SELECT error_message FROM cdp.dead_letters WHERE payload LIKE '%Too Old%'),
-               '^event time 2019-06-01 .* is before the retention horizon',
-               '... and a message naming the event time and the horizon');
+SELECT is((SELECT error_message FROM cdp.dead_letters WHERE payload LIKE '%Too Old%'),
+          'event time 2019-06-01 00:00:00+00 is before the retention horizon ' || (now() - interval '30 days'),
+          '... and a message naming the event time and the horizon');
 SELECT isnt(pg_temp.route(jsonb_build_object('timestamp', now() - interval '30 days', 'event', 'At Horizon')), NULL,
             'an event exactly at the horizon is stored');
 SELECT isnt(pg_temp.route(jsonb_build_object('timestamp', now() - interval '29 days', 'event', 'Recent')), NULL,

@@ -35,7 +35,7 @@ is(scalar_query('SELECT cdp.process_inbox(50)'), '50', 'half the inbox processed
 my $bg = $node->background_psql('postgres', on_error_stop => 1);
 $bg->query_safe(q{
 	SELECT cdp.ingest(jsonb_build_object('type', 'track', 'userId', 'late',
-		'event', 'Backfilled', 'messageId', 'late-1', 'timestamp', '1999-12-31T23:00:00Z'))});
+		'event', 'Backfilled', 'messageId', 'late-1', 'timestamp', '2009-12-31T23:00:00Z'))});
 $bg->query_safe('BEGIN');
 is($bg->query_safe('SELECT cdp.process_inbox()'), '51', 'in-flight batch took the rest');
 
@@ -47,14 +47,14 @@ is(scalar_query('SELECT count(*) FROM cdp.events'), '50',
 	'events committed before the crash survive');
 is(scalar_query('SELECT count(*) FROM cdp.inbox'), '51',
 	'uncommitted processing rolled its messages back into the inbox');
-is(scalar_query(q{SELECT count(*) FROM cdp.partitions WHERE range_from < '2000-01-01'}), '0',
+is(scalar_query(q{SELECT count(*) FROM cdp.partitions WHERE range_from < '2010-01-01'}), '0',
 	'the partition being created in flight is not there half-made');
 
 is(scalar_query('SELECT cdp.process_inbox()'), '51', 'the rest is processed after restart');
 is(scalar_query('SELECT count(*) FROM cdp.events'), '101', 'every acknowledged message stored');
 is(scalar_query('SELECT count(DISTINCT message_id) FROM cdp.events'), '101', 'none stored twice');
 is(scalar_query('SELECT count(*) FROM cdp.dead_letters'), '0', 'nothing dead-lettered');
-is(scalar_query(q{SELECT count(*) FROM cdp.partitions WHERE range_from < '2000-01-01'}), '1',
+is(scalar_query(q{SELECT count(*) FROM cdp.partitions WHERE range_from < '2010-01-01'}), '1',
 	'the backfill partition is created after restart');
 
 # a retry after the crash (same messageIds) is recognised as duplicate
