@@ -176,11 +176,18 @@ SELECT cdp.ingest(jsonb_build_object('batch', jsonb_build_array(
                        'properties', jsonb_build_object('pad', repeat('y', 1500))),
     jsonb_build_object('type', 'track', 'userId', 'u', 'event', 'Small Sibling 2',
                        'messageId', 'sib-2', 'timestamp', '2026-01-01T14:00:03Z'))));
--- envelope_over_max_request_bytes_is_too_large (every item is small)
+-- envelope_over_max_request_bytes_is_refused_at_enqueue (every item is small)
 SELECT cdp.ingest(jsonb_build_object('batch', (
     SELECT jsonb_agg(jsonb_build_object('type', 'track', 'userId', 'u', 'event', 'Item ' || i,
                                         'properties', jsonb_build_object('pad', repeat('z', 400))))
       FROM generate_series(1, 12) i)));
+-- loaded straight into the inbox (as COPY does) it is one too_large dead
+-- letter that keeps the payload's first 4 kB
+INSERT INTO cdp.inbox (payload)
+SELECT jsonb_build_object('batch', (
+    SELECT jsonb_agg(jsonb_build_object('type', 'track', 'userId', 'u', 'event', 'Item ' || i,
+                                        'properties', jsonb_build_object('pad', repeat('z', 400))))
+      FROM generate_series(1, 12) i))::text;
 SELECT pg_temp.process() AS taken;
 SELECT * FROM pg_temp.dead ORDER BY id;
 SELECT * FROM pg_temp.stored ORDER BY ts;

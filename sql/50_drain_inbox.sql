@@ -46,6 +46,12 @@ CALL cdp.drain_inbox(chunk => 10);
 SELECT count(*) AS stored, (SELECT count(*) FROM cdp.inbox) AS queued FROM cdp.events;
 -- an empty inbox: nothing to do
 CALL cdp.drain_inbox();
+-- a chunk of empty envelopes takes rows but no messages: draining goes on
+INSERT INTO cdp.inbox (payload) SELECT '{"batch":[]}' FROM generate_series(1, 3);
+INSERT INTO cdp.inbox (payload) VALUES ('{"type":"track","userId":"u","event":"after","messageId":"d-after"}');
+CALL cdp.drain_inbox(chunk => 3);
+SELECT count(*) AS queued FROM cdp.inbox;
+SELECT count(*) AS stored_after_empty_envelopes FROM cdp.events WHERE message_id = 'd-after';
 
 -- arguments are checked
 CALL cdp.drain_inbox(max_duration => '0');

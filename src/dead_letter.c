@@ -81,21 +81,3 @@ CdpWriteDeadLetters(CdpMessage **msgs, int n)
 		elog(ERROR, "writing dead letters failed: %s", SPI_result_code_string(rc));
 	return ndead;
 }
-
-/* One dead letter outside any message: an inbox row whose processing failed. */
-void
-CdpWriteDeadLetter(const char *payload, const char *source, TimestampTz received_at,
-				   const char *code, const char *message)
-{
-	CdpMessage	msg;
-	CdpMessage *one = &msg;
-
-	memset(&msg, 0, sizeof(msg));
-	msg.raw = payload;
-	msg.source = source;
-	msg.received_at = received_at;
-	msg.outcome = CDP_DEAD;
-	msg.error_code = code;
-	msg.error_message = (char *) message;
-	CdpWriteDeadLetters(&one, 1);
-}

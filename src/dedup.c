@@ -25,9 +25,22 @@ static SPIPlanPtr upsert_plan = NULL;
 typedef struct DedupEntry
 {
 	pg_uuid_t	key;
-	int			index;			/* position in the batch's key array */
 	bool		accepted;
 } DedupEntry;
+
+/* a key to record and the receipt time it is recorded with */
+typedef struct KeyToRecord
+{
+	pg_uuid_t  *key;
+	TimestampTz seen_at;
+} KeyToRecord;
+
+static int
+CompareKeysToRecord(const void *a, const void *b)
+{
+	return memcmp(((const KeyToRecord *) a)->key->data,
+				  ((const KeyToRecord *) b)->key->data, UUID_LEN);
+}
 
 static void
 MessageKey(const char *message_id, pg_uuid_t *key)
@@ -83,6 +96,7 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 {
 	HASHCTL		ctl;
 	HTAB	   *seen;
+	KeyToRecord *record;
 	Datum	   *keys;
 	Datum	   *times;
 	DedupEntry **entry_of;
@@ -96,8 +110,7 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 	ctl.hcxt = CurrentMemoryContext;
 	seen = hash_create("cdp dedup batch", Max(n, 16), &ctl,
 					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	keys = palloc(sizeof(Datum) * Max(n, 1));
-	times = palloc(sizeof(Datum) * Max(n, 1));
+	record = palloc(sizeof(KeyToRecord) * Max(n, 1));
 	entry_of = palloc0(sizeof(DedupEntry *) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)
@@ -117,15 +130,27 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 			msg->outcome = CDP_DUPLICATE;	/* the first in inbox order wins */
 			continue;
 		}
-		entry->index = nkeys;
 		entry->accepted = false;
 		entry_of[i] = entry;
-		keys[nkeys] = UUIDPGetDatum(key);
-		times[nkeys] = TimestampTzGetDatum(msg->received_at);
+		record[nkeys].key = key;
+		record[nkeys].seen_at = msg->received_at;
 		nkeys++;
 	}
 	if (nkeys == 0)
 		return;
+
+	/*
+	 * Keys are recorded in one order in every session, so two sessions
+	 * recording the same keys wait for each other instead of deadlocking.
+	 */
+	qsort(record, nkeys, sizeof(KeyToRecord), CompareKeysToRecord);
+	keys = palloc(sizeof(Datum) * nkeys);
+	times = palloc(sizeof(Datum) * nkeys);
+	for (int k = 0; k < nkeys; k++)
+	{
+		keys[k] = UUIDPGetDatum(record[k].key);
+		times[k] = TimestampTzGetDatum(record[k].seen_at);
+	}
 
 	args[0] = CdpArray(keys, nkeys, UUIDOID);
 	args[1] = CdpArray(times, nkeys, TIMESTAMPTZOID);

@@ -46,18 +46,117 @@ CdpCountMessages(Jsonb *payload)
 	return JsonContainerSize(batch->val.binary.data);
 }
 
+static bool
+IsKey(JsonbValue *v, const char *key)
+{
+	int			len = strlen(key);
+
+	return v->type == jbvString && v->val.string.len == len &&
+		memcmp(v->val.string.val, key, len) == 0;
+}
+
+/* whether a container is an object with a "writeKey" */
+static bool
+HasWriteKey(JsonbContainer *c)
+{
+	return JsonContainerIsObject(c) &&
+		getKeyJsonValueFromContainer(c, "writeKey", 8, NULL) != NULL;
+}
+
+/* whether the payload or an item of its batch has a "writeKey" */
+static bool
+HoldsWriteKey(Jsonb *payload)
+{
+	JsonbValue *batch;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!JB_ROOT_IS_OBJECT(payload))
+		return false;
+	if (HasWriteKey(&payload->root))
+		return true;
+	batch = getKeyJsonValueFromContainer(&payload->root, "batch", 5, NULL);
+	if (batch == NULL || batch->type != jbvBinary || !JsonContainerIsArray(batch->val.binary.data))
+		return false;
+	it = JsonbIteratorInit(batch->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_ELEM && v.type == jbvBinary && HasWriteKey(v.val.binary.data))
+			return true;
+	return false;
+}
+
+static JsonbValue *PushWithoutWriteKeys(JsonbParseState **state, JsonbContainer *obj,
+										bool envelope);
+
+/* push a batch array, its objects without their writeKey */
+static void
+PushItemsWithoutWriteKeys(JsonbParseState **state, JsonbContainer *items)
+{
+	JsonbIterator *it = JsonbIteratorInit(items);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_ELEM && v.type == jbvBinary && HasWriteKey(v.val.binary.data))
+			PushWithoutWriteKeys(state, v.val.binary.data, false);
+		else
+			pushJsonbValue(state, tok, tok == WJB_ELEM ? &v : NULL);
+	}
+}
+
+/*
+ * Push an object without its writeKey (and, for an envelope, its items');
+ * returns the object when it is the outermost.
+ */
+static JsonbValue *
+PushWithoutWriteKeys(JsonbParseState **state, JsonbContainer *obj, bool envelope)
+{
+	JsonbIterator *it = JsonbIteratorInit(obj);
+	JsonbValue *result = NULL;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		skip = false;
+	bool		batch = false;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			skip = IsKey(&v, "writeKey");
+			batch = envelope && IsKey(&v, "batch");
+			if (!skip)
+				pushJsonbValue(state, WJB_KEY, &v);
+		}
+		else if (tok == WJB_VALUE)
+		{
+			if (skip)
+				continue;
+			if (batch && v.type == jbvBinary && JsonContainerIsArray(v.val.binary.data))
+				PushItemsWithoutWriteKeys(state, v.val.binary.data);
+			else
+				pushJsonbValue(state, WJB_VALUE, &v);
+		}
+		else
+			result = pushJsonbValue(state, tok, NULL);
+	}
+	return result;
+}
+
 /*
  * Only a hash of a write key is ever stored, so a key sent inside the payload
- * (as analytics.js does) is removed before the payload is queued.
+ * (as analytics.js does), at the top or in a batch item, is removed before
+ * the payload is queued.
  */
 static Jsonb *
-StripWriteKey(Jsonb *payload)
+StripWriteKeys(Jsonb *payload)
 {
-	if (!JB_ROOT_IS_OBJECT(payload) ||
-		getKeyJsonValueFromContainer(&payload->root, "writeKey", 8, NULL) == NULL)
+	JsonbParseState *state = NULL;
+
+	if (!HoldsWriteKey(payload))
 		return payload;
-	return DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(payload),
-											  CStringGetTextDatum("writeKey")));
+	return JsonbValueToJsonb(PushWithoutWriteKeys(&state, &payload->root, true));
 }
 
 /* A registered source that was disabled takes no more messages. */
@@ -92,6 +191,8 @@ cdp_ingest(PG_FUNCTION_ARGS)
 	int64		count;
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	Datum		args[2];
+	char	   *queued;
+	int			len;
 	int			rc;
 
 	/* not STRICT: a NULL would otherwise vanish without a trace */
@@ -99,16 +200,26 @@ cdp_ingest(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", PG_ARGISNULL(0) ? "payload" : "source")));
-	payload = StripWriteKey(PG_GETARG_JSONB_P(0));
+	payload = StripWriteKeys(PG_GETARG_JSONB_P(0));
 	source = PG_GETARG_TEXT_PP(1);
 	count = CdpCountMessages(payload);
 
 	if (count == 0)
 		PG_RETURN_INT64(0);		/* an empty batch holds nothing to keep */
 
+	/* what processing would refuse is refused now, before it is queued */
+	queued = JsonbToCString(NULL, &payload->root, VARSIZE(payload));
+	len = strlen(queued);
+	if (len > cdp_max_request_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("payload is %d bytes, more than cdp.max_request_bytes (%d)",
+						len, cdp_max_request_bytes),
+				 errhint("Send fewer messages per batch envelope.")));
+
 	SPI_connect();
 	CheckSourceEnabled(source);
-	args[0] = CStringGetTextDatum(JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+	args[0] = CStringGetTextDatum(queued);
 	args[1] = PointerGetDatum(source);
 	rc = SPI_execute_plan(KeepPlan(&enqueue_plan,
 								   "INSERT INTO cdp.inbox (payload, source) VALUES ($1, $2)",

@@ -20,7 +20,7 @@ typedef struct TreeBuildState
 {
 	JsonbParseState *parse_state;
 	JsonbValue *result;
-	bool		top_level_scalar;
+	JsonbValue *top_level_scalar;	/* a bare scalar, the whole text */
 } TreeBuildState;
 
 static void
@@ -103,8 +103,8 @@ TreeScalar(void *state, char *token, JsonTokenType tokentype)
 
 	if (s->parse_state == NULL)
 	{
-		/* a bare scalar is valid JSON but never a message */
-		s->top_level_scalar = true;
+		s->top_level_scalar = palloc(sizeof(JsonbValue));
+		*s->top_level_scalar = v;
 		return;
 	}
 	pushJsonbValue(&s->parse_state,
@@ -113,14 +113,14 @@ TreeScalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
- * Parse text into a jsonb tree (jbvObject/jbvArray with nested values).
- * Returns NULL and sets an error code and message when the text is not JSON,
- * or is JSON that jsonb cannot hold (\u0000).  Duplicate keys keep the last
- * value, as jsonb does.  A bare scalar returns a jbvNull-free NULL result with
- * code "not_an_object".
+ * Parse text into an in-memory value: a jsonb tree (jbvObject/jbvArray with
+ * nested values) or a scalar.  Returns NULL and sets an error code and
+ * message when the text is not JSON, or is JSON that jsonb cannot hold
+ * (\u0000).  Duplicate keys keep the last value, as jsonb does.  A number
+ * beyond numeric's range raises an error (the caller isolates it).
  */
 JsonbValue *
-CdpParseJson(const char *text, int len, const char **error_code, char **error_message)
+CdpParseJsonValue(const char *text, int len, const char **error_code, char **error_message)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
@@ -153,13 +153,25 @@ CdpParseJson(const char *text, int len, const char **error_code, char **error_me
 		}
 		return NULL;
 	}
-	if (state.top_level_scalar || state.result == NULL)
+	return state.top_level_scalar ? state.top_level_scalar : state.result;
+}
+
+/*
+ * Parse text into a jsonb tree, as CdpParseJsonValue; a bare scalar is valid
+ * JSON but never a message: it returns NULL with code "not_an_object".
+ */
+JsonbValue *
+CdpParseJson(const char *text, int len, const char **error_code, char **error_message)
+{
+	JsonbValue *result = CdpParseJsonValue(text, len, error_code, error_message);
+
+	if (result != NULL && result->type != jbvObject && result->type != jbvArray)
 	{
 		*error_code = "not_an_object";
 		*error_message = pstrdup("message is a JSON scalar, not an object");
 		return NULL;
 	}
-	return state.result;
+	return result;
 }
 
 /* JSON type names as a user writes them, for error messages */

@@ -1,10 +1,12 @@
 /*
  * message.c
- *	  Turning inbox payloads into validated messages: batch envelopes are
- *	  expanded (their context, integrations and sentAt apply to items that
- *	  lack them), each message is checked against the Segment spec, and event
- *	  time is corrected for client clock skew.  A message that fails gets a
- *	  stable error code and a readable reason, and later a dead-letter row.
+ *	  Turning inbox rows into validated messages: what a row holds is found
+ *	  first (one message, or a batch envelope's items by a scan of its text),
+ *	  then each message is parsed on its own when its chunk is processed (an
+ *	  envelope's context, integrations and sentAt apply to items that lack
+ *	  them), checked against the Segment spec, and its event time corrected
+ *	  for client clock skew.  A message that fails gets a stable error code
+ *	  and a readable reason, and later a dead-letter row.
  */
 #include "postgres.h"
 
@@ -25,50 +27,61 @@ static const char *const mapped_fields[] = {
 	"traits", "type", "userId", "writeKey"
 };
 
+/* a too large envelope item up to this size is dead-lettered as merged */
+#define TOO_LARGE_PARSE_BYTES (1024 * 1024)
+
 static const char *const message_types[] = {
 	"track", "identify", "page", "screen", "group", "alias"
 };
 
+/* mark a message dead with a code and a reason (printf-style) */
 void
 CdpMarkDead(CdpMessage *msg, const char *code, const char *fmt,...)
 {
-	StringInfoData buf;
+	size_t		size = 128;
 
-	initStringInfo(&buf);
 	for (;;)
 	{
+		char	   *buf = palloc(size);
 		va_list		args;
-		int			needed;
+		size_t		needed;
 
 		va_start(args, fmt);
-		needed = appendStringInfoVA(&buf, fmt, args);
+		needed = pvsnprintf(buf, size, fmt, args);
 		va_end(args);
-		if (needed == 0)
+		if (needed < size)
+		{
+			msg->error_message = buf;
 			break;
-		enlargeStringInfo(&buf, needed);
+		}
+		pfree(buf);
+		size = needed;
 	}
 	msg->outcome = CDP_DEAD;
 	msg->error_code = code;
-	msg->error_message = buf.data;
 }
 
-/* the text to keep in a dead letter: verbatim where we have it */
+/*
+ * The text to keep in a dead letter: the message as validated (envelope
+ * fields merged in, writeKey removed), or where it could not be parsed the
+ * text as received with every writeKey value redacted.
+ */
 const char *
 CdpMessagePayload(CdpMessage *msg)
 {
-	if (msg->raw == NULL)
-		msg->raw = CdpJsonbValueToText(msg->item);
-	return msg->raw;
+	if (msg->raw != NULL)
+		return CdpRedactWriteKeys(msg->raw);
+	return CdpJsonbValueToText(msg->item);
 }
 
 static CdpMessage *
-NewMessage(int64 inbox_id, const char *source, TimestampTz received_at)
+NewMessage(const CdpInboxRow *row)
 {
 	CdpMessage *msg = palloc0(sizeof(CdpMessage));
 
-	msg->inbox_id = inbox_id;
-	msg->source = source;
-	msg->received_at = received_at;
+	msg->inbox_id = row->id;
+	msg->source = row->source;
+	msg->received_at = row->received_at;
 	return msg;
 }
 
@@ -88,124 +101,269 @@ ApplyEnvelopeObject(JsonbValue *item, const char *key, JsonbValue *defaults)
 	return item;				/* a wrong type is reported by validation */
 }
 
-static void
-ExpandEnvelope(List **out, JsonbValue *root, JsonbValue *batch, int payload_len,
-			   int64 inbox_id, const char *source, TimestampTz received_at)
+/* JSON type names of a value's first token, for error messages */
+static const char *
+TokenTypeName(JsonTokenType type)
 {
-	JsonbValue *context = CdpJsonbObjectGet(root, "context");
-	JsonbValue *integrations = CdpJsonbObjectGet(root, "integrations");
-	JsonbValue *sent_at = CdpJsonbObjectGet(root, "sentAt");
-
-	for (int i = 0; i < batch->val.array.nElems; i++)
+	switch (type)
 	{
-		JsonbValue *item = &batch->val.array.elems[i];
-		CdpMessage *msg = NewMessage(inbox_id, source, received_at);
-
-		*out = lappend(*out, msg);
-		msg->item = item;
-		if (item->type != jbvObject)
-		{
-			CdpMarkDead(msg, "not_an_object",
-						"batch item %d is %s, not an object", i, CdpJsonTypeName(item));
-			continue;
-		}
-		item = ApplyEnvelopeObject(item, "context", context);
-		item = ApplyEnvelopeObject(item, "integrations", integrations);
-		if (sent_at != NULL && sent_at->type != jbvNull)
-		{
-			JsonbValue *own = CdpJsonbObjectGet(item, "sentAt");
-
-			if (own == NULL || own->type == jbvNull)
-				item = CdpJsonbObjectWith(item, "sentAt", sent_at);
-		}
-		msg->item = item;
-
-		/* items of a small envelope are small; measure only when it matters */
-		if (payload_len > cdp_max_event_bytes)
-		{
-			int			item_len = strlen(CdpMessagePayload(msg));
-
-			if (item_len > cdp_max_event_bytes)
-				CdpMarkDead(msg, "too_large",
-							"message is %d bytes, more than cdp.max_event_bytes (%d)",
-							item_len, cdp_max_event_bytes);
-		}
+		case JSON_TOKEN_OBJECT_START:
+			return "an object";
+		case JSON_TOKEN_ARRAY_START:
+			return "an array";
+		case JSON_TOKEN_STRING:
+			return "a string";
+		case JSON_TOKEN_NUMBER:
+			return "a number";
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			return "a boolean";
+		default:
+			return "null";
 	}
 }
 
 /*
- * Parse one inbox payload into the messages it holds: one, or every item of a
- * batch envelope.  Messages that are already known bad come back marked dead.
+ * Check what can be checked without reading the row's payload: one too large
+ * to read becomes one dead letter.  Returns whether the payload must be
+ * scanned (CdpScanRow) before its messages are made: whether it may be a
+ * batch envelope.
  */
-List *
-CdpExpandPayload(int64 inbox_id, const char *payload, int len, const char *source,
-				 TimestampTz received_at)
+bool
+CdpPrepareRow(CdpInboxRow *row)
 {
-	List	   *out = NIL;
-	CdpMessage *msg;
-	JsonbValue *root;
-	JsonbValue *batch;
+	row->nitems = -1;
+	if (row->size > cdp_max_request_bytes)
+	{
+		row->error_code = "too_large";
+		row->error_message = psprintf("payload is " INT64_FORMAT " bytes, more than cdp.max_request_bytes (%d)",
+									  row->size, cdp_max_request_bytes);
+		return false;
+	}
+
+	/*
+	 * A message is parsed whole; anything larger may only be an envelope.  A
+	 * "batch" key shows in the text as such, or spelled with \u escapes.
+	 */
+	return row->len > cdp_max_event_bytes ||
+		strstr(row->payload, "batch") != NULL ||
+		strstr(row->payload, "\\u") != NULL;
+}
+
+/* a field the envelope gives its items; false (row dead) if unusable */
+static bool
+SharedField(CdpInboxRow *row, CdpJsonSpan span, JsonbValue **out)
+{
 	const char *code;
 	char	   *reason;
 
-	if (len > cdp_max_request_bytes)
+	*out = NULL;
+	if (span.start < 0)
+		return true;
+	*out = CdpParseJsonValue(row->payload + span.start, span.len, &code, &reason);
+	if (*out != NULL)
 	{
-		msg = NewMessage(inbox_id, source, received_at);
-		msg->raw = payload;
-		CdpMarkDead(msg, "too_large",
-					"payload is %d bytes, more than cdp.max_request_bytes (%d)",
-					len, cdp_max_request_bytes);
-		return list_make1(msg);
+		row->shared_len += span.len;
+		return true;
 	}
+	row->error_code = code;
+	row->error_message = reason;
+	return false;
+}
 
-	root = CdpParseJson(payload, len, &code, &reason);
-	if (root == NULL || root->type != jbvObject)
+/*
+ * Find what a payload holds without building its tree: one message, the
+ * items of a batch envelope (with the envelope's context, integrations and
+ * sentAt parsed for them), or why the row as a whole cannot be stored.
+ * Raises an error only on absurd input (nesting beyond the stack, a number
+ * beyond numeric's range in a shared field).
+ */
+void
+CdpScanRow(CdpInboxRow *row)
+{
+	CdpEnvelopeScan scan;
+	const char *code;
+	char	   *reason;
+
+	if (!CdpScanEnvelope(row->payload, row->len, &scan, &code, &reason))
 	{
-		msg = NewMessage(inbox_id, source, received_at);
-		msg->raw = payload;
-		if (root == NULL)
-		{
-			msg->outcome = CDP_DEAD;
-			msg->error_code = code;
-			msg->error_message = reason;
-		}
-		else
-			CdpMarkDead(msg, "not_an_object", "message is %s, not an object",
-						CdpJsonTypeName(root));
-		return list_make1(msg);
+		row->error_code = code;
+		row->error_message = reason;
+		return;
+	}
+	if (scan.root != JSON_TOKEN_OBJECT_START)
+	{
+		row->error_code = "not_an_object";
+		row->error_message = scan.root == JSON_TOKEN_ARRAY_START ?
+			pstrdup("message is an array, not an object") :
+			pstrdup("message is a JSON scalar, not an object");
+		return;
+	}
+	if (!scan.has_batch)
+		return;					/* one message */
+	if (scan.batch_type != JSON_TOKEN_ARRAY_START)
+	{
+		row->error_code = "batch_not_array";
+		row->error_message = psprintf("\"batch\" must be an array, not %s",
+									  TokenTypeName(scan.batch_type));
+		return;
+	}
+	if (!SharedField(row, scan.context, &row->context) ||
+		!SharedField(row, scan.integrations, &row->integrations) ||
+		!SharedField(row, scan.sent_at, &row->sent_at))
+		return;
+	row->nitems = scan.nitems;
+	row->items = scan.items;
+}
+
+/* how many messages a prepared (and if need be scanned) row holds */
+int
+CdpRowMessages(const CdpInboxRow *row)
+{
+	return (row->error_code != NULL || row->nitems < 0) ? 1 : row->nitems;
+}
+
+/* the input bytes a message of the row stands for (its share of a batch) */
+int64
+CdpMessageCost(const CdpInboxRow *row, int item)
+{
+	if (row->error_code != NULL || row->nitems < 0)
+		return row->len;
+	return row->items[item].len + row->shared_len;
+}
+
+/* a message that is not stored: the row's (or item's) text and why */
+CdpMessage *
+CdpFailedMessage(const CdpInboxRow *row, int item, const char *code, const char *reason)
+{
+	CdpMessage *msg = NewMessage(row);
+
+	if (item < 0 || row->error_code != NULL || row->nitems < 0)
+		msg->raw = row->payload;
+	else
+		msg->raw = pnstrdup(row->payload + row->items[item].start, row->items[item].len);
+	CdpMarkDead(msg, code, "%s", reason);
+	return msg;
+}
+
+static void
+MarkTooLarge(CdpMessage *msg, int64 len)
+{
+	CdpMarkDead(msg, "too_large", "message is " INT64_FORMAT " bytes, more than cdp.max_event_bytes (%d)",
+				len, cdp_max_event_bytes);
+}
+
+/* the row's payload as one message */
+static CdpMessage *
+SingleMessage(const CdpInboxRow *row)
+{
+	CdpMessage *msg = NewMessage(row);
+	JsonbValue *root;
+	const char *code;
+	char	   *reason;
+
+	msg->raw = row->payload;
+	if (row->len > cdp_max_event_bytes)
+	{
+		MarkTooLarge(msg, row->len);
+		return msg;
+	}
+	root = CdpParseJson(row->payload, row->len, &code, &reason);
+	if (root == NULL)
+	{
+		CdpMarkDead(msg, code, "%s", reason);
+		return msg;
+	}
+	if (root->type != jbvObject)
+	{
+		CdpMarkDead(msg, "not_an_object", "message is %s, not an object", CdpJsonTypeName(root));
+		return msg;
 	}
 
 	/* a write key is never stored, not even in a dead letter */
 	if (CdpJsonbObjectGet(root, "writeKey") != NULL)
 	{
 		root = CdpJsonbObjectWithout(root, "writeKey");
-		payload = NULL;			/* dead letters re-serialise the item */
+		msg->raw = NULL;		/* dead letters re-serialise the item */
 	}
-
-	batch = CdpJsonbObjectGet(root, "batch");
-	if (batch != NULL)
-	{
-		if (batch->type == jbvArray)
-		{
-			ExpandEnvelope(&out, root, batch, len, inbox_id, source, received_at);
-			return out;
-		}
-		msg = NewMessage(inbox_id, source, received_at);
-		msg->raw = payload;
-		msg->item = root;
-		CdpMarkDead(msg, "batch_not_array", "\"batch\" must be an array, not %s",
-					CdpJsonTypeName(batch));
-		return list_make1(msg);
-	}
-
-	msg = NewMessage(inbox_id, source, received_at);
-	msg->raw = payload;
 	msg->item = root;
-	if (len > cdp_max_event_bytes)
-		CdpMarkDead(msg, "too_large",
-					"message is %d bytes, more than cdp.max_event_bytes (%d)",
-					len, cdp_max_event_bytes);
-	return list_make1(msg);
+	return msg;
+}
+
+/*
+ * Item i of the row's envelope, parsed on its own, with the envelope's
+ * context and integrations merged into its own key by key and the
+ * envelope's sentAt given if it has none.
+ */
+static CdpMessage *
+EnvelopeItem(const CdpInboxRow *row, int i)
+{
+	CdpMessage *msg = NewMessage(row);
+	CdpJsonSpan span = row->items[i];
+	JsonbValue *item;
+	const char *code;
+	char	   *reason;
+
+	/*
+	 * Parsed even when too large (up to a point), so that its dead letter
+	 * carries what the envelope gave it and replays as it would have been
+	 * stored.
+	 */
+	msg->raw = pnstrdup(row->payload + span.start, span.len);
+	if (span.len > cdp_max_event_bytes && span.len > TOO_LARGE_PARSE_BYTES)
+	{
+		MarkTooLarge(msg, span.len);
+		return msg;
+	}
+	item = CdpParseJsonValue(msg->raw, span.len, &code, &reason);
+	if (item == NULL || item->type != jbvObject)
+	{
+		if (span.len > cdp_max_event_bytes)
+			MarkTooLarge(msg, span.len);
+		else if (item == NULL)
+			CdpMarkDead(msg, code, "%s", reason);
+		else
+			CdpMarkDead(msg, "not_an_object",
+						"batch item %d is %s, not an object", i, CdpJsonTypeName(item));
+		return msg;
+	}
+	msg->raw = NULL;
+	item = CdpJsonbObjectWithout(item, "writeKey");
+	item = ApplyEnvelopeObject(item, "context", row->context);
+	item = ApplyEnvelopeObject(item, "integrations", row->integrations);
+	if (row->sent_at != NULL && row->sent_at->type != jbvNull)
+	{
+		JsonbValue *own = CdpJsonbObjectGet(item, "sentAt");
+
+		if (own == NULL || own->type == jbvNull)
+			item = CdpJsonbObjectWith(item, "sentAt", row->sent_at);
+	}
+	msg->item = item;
+
+	/* only a long item, or what the envelope added, takes it over the limit */
+	if (span.len + row->shared_len > cdp_max_event_bytes)
+	{
+		int			len = strlen(CdpJsonbValueToText(item));
+
+		if (len > cdp_max_event_bytes)
+			MarkTooLarge(msg, len);
+	}
+	return msg;
+}
+
+/*
+ * Message item of a prepared row (item -1 for a row that is one message, or
+ * one dead letter); a message already known bad comes back marked dead.
+ * Parsing is here, per message, so a message costs about its own size.
+ */
+CdpMessage *
+CdpRowMessage(const CdpInboxRow *row, int item)
+{
+	if (row->error_code != NULL)
+		return CdpFailedMessage(row, -1, row->error_code, row->error_message);
+	if (row->nitems < 0)
+		return SingleMessage(row);
+	return EnvelopeItem(row, item);
 }
 
 /* how much of a string value to quote in a message: 64 bytes, whole characters */

@@ -2,22 +2,37 @@
  * process.c
  *	  cdp.process_inbox(): take queued payloads from cdp.inbox in batches and
  *	  carry each message through validation, partition routing, messageId
- *	  deduplication and storage, dead-lettering what cannot be stored.
+ *	  deduplication, identity resolution and storage, dead-lettering what
+ *	  cannot be stored.
  *
- *	  A batch runs in a subtransaction.  If it fails with an error that a
- *	  particular message can cause (bad data, a program limit), the batch is
- *	  rolled back and retried one inbox row at a time, so a poison message
- *	  becomes a dead letter and its neighbours are still stored.  Errors a
- *	  retry can cure (cancel, deadlock, out of memory) are re-thrown and the
- *	  whole transaction, inbox rows included, rolls back.
+ *	  Memory is bounded whatever the rows hold.  A batch takes at most
+ *	  cdp.batch_size rows and about BATCH_INPUT_BYTES of payload text (rows
+ *	  over cdp.max_request_bytes are never read whole).  Messages are made and
+ *	  processed a chunk at a time, at most cdp.batch_size messages standing
+ *	  for CHUNK_INPUT_BYTES of input, in a memory context reset after each
+ *	  chunk; an envelope's items are found by a scan of its text and parsed
+ *	  chunk by chunk, so a big envelope is several chunks.
+ *
+ *	  A batch runs in a subtransaction and each chunk in one inside it.  A
+ *	  chunk that fails with an error a message can cause (bad data, a program
+ *	  limit, a constraint on cdp.events) is rolled back and retried in halves
+ *	  down to the message that fails alone, which becomes a dead letter with
+ *	  its own payload; its siblings are stored.  A deadlock with another
+ *	  session rolls the batch back (its rows return to the inbox) and ends the
+ *	  call early.  Any other error (cancel, out of memory, an integrity
+ *	  violation on pg_cdp's own tables, which is a bug or a race and not bad
+ *	  content) is re-thrown and the whole call rolls back, inbox rows included.
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
@@ -26,46 +41,86 @@
 #include "identity.h"
 #include "spi_util.h"
 
-typedef struct InboxRow
-{
-	int64		id;
-	char	   *payload;
-	int			len;
-	char	   *source;
-	TimestampTz received_at;
-} InboxRow;
+/* payload text a batch takes from the inbox (and at least one row) */
+#define BATCH_INPUT_BYTES	(4 * 1024 * 1024)
 
-typedef struct BatchContext
+/*
+ * Input a chunk of messages stands for: their text (an envelope item's
+ * includes the context, integrations and sentAt it inherits) plus a fixed
+ * overhead per message, for the structures every message needs.
+ */
+#define CHUNK_INPUT_BYTES	(4 * 1024 * 1024)
+#define MESSAGE_OVERHEAD_BYTES 1024
+
+/* memory kept by the chunk context between chunks */
+#define CHUNK_KEEPER_BYTES	(16 * 1024 * 1024)
+
+/*
+ * Memory the chunk context may hold once messages are parsed: a tree can be
+ * 30 times its text (a message of many small fields), so a chunk takes fewer
+ * messages when they are like that.
+ */
+#define CHUNK_PARSE_BYTES	(CHUNK_KEEPER_BYTES + 8 * 1024 * 1024)
+
+/* one message of a chunk: item of row (-1: the row is one message) */
+typedef struct ChunkRef
 {
+	CdpInboxRow *row;
+	int			item;
+} ChunkRef;
+
+/* a batch on its way: the rows it took and the chunk being filled */
+typedef struct Batch
+{
+	/* set by the caller */
+	int			want;			/* rows to take at most */
+	int64		after_id;		/* take rows after this id */
 	CdpPartitionConfig config;
 	TimestampTz retention_horizon;
-} BatchContext;
+	MemoryContext chunk_cxt;
 
-/* memory kept by the batch context between batches */
-#define BATCH_KEEPER_BYTES	(16 * 1024 * 1024)
+	/* what it took */
+	CdpInboxRow *rows;
+	int			nrows;
+	int64		messages;
+
+	/* the chunk being filled */
+	ChunkRef   *refs;
+	int			max_refs;
+	int			nrefs;
+	int64		cost;
+	CdpInboxRow *current;		/* row still adding messages to it */
+} Batch;
 
 static SPIPlanPtr take_plan = NULL;
-static SPIPlanPtr take_one_plan = NULL;
 
 static SPIPlanPtr
 TakePlan(void)
 {
 	if (take_plan == NULL)
 	{
-		Oid			argtypes[2] = {INT4OID, INT8OID};
+		Oid			argtypes[5] = {INT4OID, INT8OID, INT4OID, INT8OID, INT4OID};
 		SPIPlanPtr	plan;
 
 		/*
 		 * SKIP LOCKED lets several sessions and workers drain one inbox.
 		 * "id > $2" starts after this call's previous batch: the rows it
 		 * deleted are still in the index until commit, and rescanning them
-		 * would make a long call quadratic.
+		 * would make a long call quadratic.  Rows are taken while the text
+		 * before them is under the budget $4; a row over the request limit
+		 * $3 counts as $3 and only its first $5 characters are read.
 		 */
 		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE id = ANY (ARRAY("
-						   "SELECT id FROM cdp.inbox WHERE id > $2 ORDER BY id LIMIT $1 "
-						   "FOR UPDATE SKIP LOCKED)) "
-						   "RETURNING id, payload, source, received_at",
-						   2, argtypes);
+						   "SELECT id FROM ("
+						   "SELECT id, sum(len) OVER (ORDER BY id) - len AS before FROM ("
+						   "SELECT id, least(coalesce(octet_length(payload), 0), $3) AS len "
+						   "FROM cdp.inbox WHERE id > $2 ORDER BY id LIMIT $1 "
+						   "FOR UPDATE SKIP LOCKED) c) s "
+						   "WHERE before < $4)) "
+						   "RETURNING id, CASE WHEN octet_length(payload) > $3 "
+						   "THEN substr(payload, 1, $5) ELSE payload END, "
+						   "octet_length(payload), source, received_at",
+						   5, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
@@ -77,8 +132,8 @@ TakePlan(void)
 static int
 CompareRowIds(const void *a, const void *b)
 {
-	const InboxRow *ra = a;
-	const InboxRow *rb = b;
+	const CdpInboxRow *ra = a;
+	const CdpInboxRow *rb = b;
 
 	if (ra->id == rb->id)
 		return 0;
@@ -86,15 +141,18 @@ CompareRowIds(const void *a, const void *b)
 }
 
 /*
- * Remove up to want rows with ids above after_id from the inbox; copies them
- * into the current context, sorted by id.
+ * Remove up to want rows with ids above after_id, and about
+ * BATCH_INPUT_BYTES of text, from the inbox; copies them into the current
+ * context, sorted by id.
  */
-static InboxRow *
+static CdpInboxRow *
 TakeInboxRows(int want, int64 after_id, int *nrows)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	Datum		args[2] = {Int32GetDatum(want), Int64GetDatum(after_id)};
-	InboxRow   *rows;
+	Datum		args[5] = {Int32GetDatum(want), Int64GetDatum(after_id),
+		Int32GetDatum(cdp_max_request_bytes), Int64GetDatum(BATCH_INPUT_BYTES),
+	Int32GetDatum(CDP_TOO_LARGE_PREFIX_BYTES)};
+	CdpInboxRow *rows;
 	int			rc;
 
 	rc = SPI_execute_plan(TakePlan(), args, NULL, false, 0);
@@ -103,98 +161,54 @@ TakeInboxRows(int want, int64 after_id, int *nrows)
 		elog(ERROR, "taking rows from cdp.inbox failed: %s", SPI_result_code_string(rc));
 
 	*nrows = (int) SPI_processed;
-	rows = palloc(sizeof(InboxRow) * Max(*nrows, 1));
+	rows = palloc0(sizeof(CdpInboxRow) * Max(*nrows, 1));
 	for (int i = 0; i < *nrows; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		CdpInboxRow *row = &rows[i];
 		bool		isnull;
 		Datum		d;
 
-		rows[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		row->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		d = SPI_getbinval(tup, desc, 2, &isnull);
-		rows[i].payload = isnull ? pstrdup("") : TextDatumGetCString(d);
-		rows[i].len = strlen(rows[i].payload);
-		rows[i].source = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		rows[i].received_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		row->payload = isnull ? pstrdup("") : TextDatumGetCString(d);
+		row->len = strlen(row->payload);
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		row->size = isnull ? 0 : DatumGetInt32(d);
+		if (row->size > cdp_max_request_bytes)
+		{
+			row->payload = CdpTextPrefix(row->payload, row->len, CDP_TOO_LARGE_PREFIX_BYTES);
+			row->len = strlen(row->payload);
+		}
+		row->source = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+		row->received_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
-	qsort(rows, *nrows, sizeof(InboxRow), CompareRowIds);
+	qsort(rows, *nrows, sizeof(CdpInboxRow), CompareRowIds);
 	return rows;
 }
 
-/* The pipeline for a set of inbox rows; returns how many messages they held. */
-static int
-ProcessRows(InboxRow *rows, int nrows, const BatchContext *bc)
-{
-	List	   *all = NIL;
-	CdpMessage **msgs;
-	int			n;
-	ListCell   *lc;
-
-	for (int i = 0; i < nrows; i++)
-		all = list_concat(all, CdpExpandPayload(rows[i].id, rows[i].payload, rows[i].len,
-												rows[i].source, rows[i].received_at));
-	n = list_length(all);
-	msgs = palloc(sizeof(CdpMessage *) * Max(n, 1));
-	n = 0;
-	foreach(lc, all)
-		msgs[n++] = lfirst(lc);
-
-	for (int i = 0; i < n; i++)
-		CdpValidateMessage(msgs[i], bc->retention_horizon);
-	CdpRouteEvents(msgs, n, &bc->config);
-	CdpDeduplicate(msgs, n);
-	CdpResolveIdentities(msgs, n);
-	CdpStoreEvents(msgs, n);
-	CdpWriteDeadLetters(msgs, n);
-	return n;
-}
-
-typedef enum BatchOutcome
-{
-	BATCH_DONE,					/* processed and kept */
-	BATCH_POISONED,				/* rolled back: some row's content raised an error */
-	BATCH_CONFLICT				/* rolled back: a deadlock with another session */
-} BatchOutcome;
+typedef void (*SubxactWork) (void *arg);
 
 /*
- * Errors a message's content can cause: data exceptions, integrity
- * violations and program limits (stack depth from absurd nesting).
+ * Run work(arg) in a subtransaction.  If it raises an error that catchable
+ * accepts, the subtransaction is rolled back and the error comes back,
+ * copied into the caller's context; any other error is re-thrown.  NULL
+ * when the work succeeded.
  */
-static bool
-IsMessageError(int sqlerrcode)
-{
-	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
-
-	return category == ERRCODE_DATA_EXCEPTION ||
-		category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
-		category == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
-}
-
-/*
- * Take rows (take(arg) returns them) and process them in one subtransaction.
- * On an error a message can cause, or a deadlock with another session, the
- * subtransaction rolls back (the rows return to the inbox) and the outcome
- * says which; any other error is re-thrown.
- */
-static BatchOutcome
-TryBatch(InboxRow *(*take) (void *arg, int *nrows), void *arg, const BatchContext *bc,
-		 InboxRow **rows, int *nrows, int64 *messages, char **reason)
+static ErrorData *
+RunInSubtransaction(SubxactWork work, void *arg, bool (*catchable) (ErrorData *))
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	volatile BatchOutcome outcome = BATCH_DONE;
+	ErrorData  *volatile caught = NULL;
 
-	*nrows = 0;
-	*messages = 0;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		*rows = take(arg, nrows);
-		if (*nrows > 0)
-			*messages = ProcessRows(*rows, *nrows, bc);
+		work(arg);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -209,93 +223,242 @@ TryBatch(InboxRow *(*take) (void *arg, int *nrows), void *arg, const BatchContex
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED)
-			outcome = BATCH_CONFLICT;
-		else if (IsMessageError(edata->sqlerrcode))
-			outcome = BATCH_POISONED;
-		else
+		if (!catchable(edata))
 			ReThrowError(edata);
-		*reason = psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode), edata->message);
-		FreeErrorData(edata);
+		caught = edata;
 	}
 	PG_END_TRY();
-	return outcome;
+	return caught;
 }
 
-typedef struct TakeNext
+/* waiting on would deadlock with another session */
+static bool
+IsConflict(ErrorData *edata)
 {
-	int			want;
-	int64		after_id;
-} TakeNext;
-
-static InboxRow *
-TakeNextRows(void *arg, int *nrows)
-{
-	TakeNext   *t = arg;
-
-	return TakeInboxRows(t->want, t->after_id, nrows);
-}
-
-static InboxRow *
-TakeOneRow(void *arg, int *nrows)
-{
-	InboxRow   *row = arg;
-	Datum		id = Int64GetDatum(row->id);
-	Oid			type = INT8OID;
-
-	/* it may have gone to another session meanwhile: then there is nothing to do */
-	*nrows = (int) CdpExecPlan(CdpPlan(&take_one_plan,
-									   "DELETE FROM cdp.inbox WHERE id = (SELECT id FROM cdp.inbox "
-									   "WHERE id = $1 FOR UPDATE SKIP LOCKED)",
-									   1, &type),
-							   &id, NULL, SPI_OK_DELETE);
-	return row;
+	return edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED;
 }
 
 /*
- * Some row poisoned the batch: go one row at a time, and dead-letter the
- * rows that fail alone.  Returns false if a deadlock stopped it.
+ * Whether an integrity violation was raised on one of pg_cdp's own tables
+ * (identities, profiles, the messageId window, dead letters...), not on
+ * cdp.events or a partition, where a constraint a user added can fail on a
+ * message's content.
  */
 static bool
-ProcessRowByRow(InboxRow *rows, int nrows, const BatchContext *bc, int64 *messages)
+IsOwnTableError(ErrorData *edata)
 {
-	for (int i = 0; i < nrows; i++)
+	Oid			relid;
+	Oid			events;
+
+	if (edata->schema_name == NULL || edata->table_name == NULL ||
+		strcmp(edata->schema_name, "cdp") != 0)
+		return false;
+	relid = get_relname_relid(edata->table_name, get_namespace_oid("cdp", false));
+	events = CdpEventsRelid();
+	if (relid == events)
+		return false;
+	return !(OidIsValid(relid) && get_rel_relispartition(relid) &&
+			 get_partition_parent(relid, true) == events);
+}
+
+/*
+ * Errors a message's content can cause: data exceptions, program limits
+ * (stack depth from absurd nesting) and integrity violations other than on
+ * pg_cdp's own tables (those are a bug or a race: never a dead letter).
+ */
+static bool
+IsMessageError(ErrorData *edata)
+{
+	int			category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+
+	if (category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		return !IsOwnTableError(edata);
+	return category == ERRCODE_DATA_EXCEPTION ||
+		category == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+}
+
+/* "SQLSTATE: message", as a processing_error dead letter gives it */
+static char *
+ErrorReason(ErrorData *edata)
+{
+	return psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode), edata->message);
+}
+
+typedef struct ChunkWork
+{
+	Batch	   *batch;
+	ChunkRef   *refs;
+	int			n;
+	int			made;			/* messages made so far */
+} ChunkWork;
+
+/*
+ * The pipeline for messages of the batch, in the chunk context: as many of
+ * the n as the chunk's memory allows (at least one), the rest are left for
+ * the next chunk (work->made says how many were taken).
+ */
+static void
+ProcessChunk(void *arg)
+{
+	ChunkWork  *w = arg;
+	Batch	   *b = w->batch;
+	CdpMessage **msgs;
+	int			n = w->n;
+
+	MemoryContextSwitchTo(b->chunk_cxt);
+	msgs = palloc(sizeof(CdpMessage *) * n);
+	for (int i = 0; i < n; i++)
 	{
-		InboxRow   *one;
-		int			ntaken;
-		int64		n;
-		char	   *reason;
-		BatchOutcome outcome = TryBatch(TakeOneRow, &rows[i], bc, &one, &ntaken, &n, &reason);
+		w->made = i + 1;
+		msgs[i] = CdpRowMessage(w->refs[i].row, w->refs[i].item);
 
-		if (outcome == BATCH_CONFLICT)
-			return false;
-		if (outcome == BATCH_POISONED)
+		/* parsed trees can be many times their text: stop at the budget */
+		if (MemoryContextMemAllocated(b->chunk_cxt, false) > CHUNK_PARSE_BYTES)
+			break;
+	}
+	n = w->made;
+	for (int i = 0; i < n; i++)
+		CdpValidateMessage(msgs[i], b->retention_horizon);
+	CdpRouteEvents(msgs, n, &b->config);
+	CdpDeduplicate(msgs, n);
+	CdpResolveIdentities(msgs, n);
+	CdpStoreEvents(msgs, n);
+	CdpWriteDeadLetters(msgs, n);
+}
+
+/*
+ * Process messages, a chunk at a time, each chunk in a subtransaction.  If
+ * one of them raises an error its content can cause, go again in halves:
+ * the message that fails alone becomes a processing_error dead letter with
+ * its own payload, and every other one is processed as if it had not been
+ * there.
+ */
+static void
+ProcessRefs(Batch *b, ChunkRef *refs, int n)
+{
+	while (n > 0)
+	{
+		ChunkWork	w = {b, refs, n, 0};
+		ErrorData  *edata = RunInSubtransaction(ProcessChunk, &w, IsMessageError);
+
+		MemoryContextReset(b->chunk_cxt);
+		w.made = Max(w.made, 1);
+		if (edata == NULL)
 		{
-			Datum		id = Int64GetDatum(rows[i].id);
-			Oid			type = INT8OID;
+			/* nothing failed */
+		}
+		else if (w.made > 1)
+		{
+			/* the failure is among the messages made: split them */
+			ProcessRefs(b, refs, w.made / 2);
+			ProcessRefs(b, refs + w.made / 2, w.made - w.made / 2);
+		}
+		else
+		{
+			MemoryContext cxt = MemoryContextSwitchTo(b->chunk_cxt);
+			CdpMessage *msg = CdpFailedMessage(refs[0].row, refs[0].item,
+											   "processing_error", ErrorReason(edata));
 
-			if (CdpExecPlan(CdpPlan(&take_one_plan,
-									"DELETE FROM cdp.inbox WHERE id = (SELECT id FROM cdp.inbox "
-									"WHERE id = $1 FOR UPDATE SKIP LOCKED)",
-									1, &type),
-							&id, NULL, SPI_OK_DELETE) == 1)
+			CdpWriteDeadLetters(&msg, 1);
+			MemoryContextSwitchTo(cxt);
+			MemoryContextReset(b->chunk_cxt);
+		}
+		if (edata != NULL)
+			FreeErrorData(edata);
+		refs += w.made;
+		n -= w.made;
+	}
+}
+
+/*
+ * Process the chunk being filled.  Then the item spans of rows whose every
+ * message has been processed are no longer needed.
+ */
+static void
+FlushChunk(Batch *b)
+{
+	if (b->nrefs == 0)
+		return;
+	ProcessRefs(b, b->refs, b->nrefs);
+	for (int i = 0; i < b->nrefs; i++)
+	{
+		CdpInboxRow *row = b->refs[i].row;
+
+		if (row != b->current && row->items != NULL)
+		{
+			pfree(row->items);
+			row->items = NULL;
+		}
+	}
+	b->nrefs = 0;
+	b->cost = 0;
+}
+
+static void
+AddMessage(Batch *b, CdpInboxRow *row, int item)
+{
+	int64		cost = CdpMessageCost(row, item) + MESSAGE_OVERHEAD_BYTES;
+
+	if (b->nrefs == b->max_refs ||
+		(b->nrefs > 0 && b->cost + cost > CHUNK_INPUT_BYTES))
+		FlushChunk(b);
+	b->refs[b->nrefs].row = row;
+	b->refs[b->nrefs].item = item;
+	b->nrefs++;
+	b->cost += cost;
+	b->messages++;
+}
+
+static void
+ScanRow(void *arg)
+{
+	CdpScanRow((CdpInboxRow *) arg);
+}
+
+/*
+ * Take the next rows and process every message they hold, a chunk at a
+ * time.  A row whose scan raises an error becomes one dead letter.
+ */
+static void
+ProcessBatch(void *arg)
+{
+	Batch	   *b = arg;
+
+	b->rows = TakeInboxRows(b->want, b->after_id, &b->nrows);
+	b->max_refs = cdp_batch_size;
+	b->refs = palloc(sizeof(ChunkRef) * b->max_refs);
+	for (int i = 0; i < b->nrows; i++)
+	{
+		CdpInboxRow *row = &b->rows[i];
+		int			n;
+
+		if (CdpPrepareRow(row))
+		{
+			ErrorData  *edata = RunInSubtransaction(ScanRow, row, IsMessageError);
+
+			if (edata != NULL)
 			{
-				CdpWriteDeadLetter(rows[i].payload, rows[i].source, rows[i].received_at,
-								   "processing_error", reason);
-				n = 1;
+				row->error_code = "processing_error";
+				row->error_message = ErrorReason(edata);
+				FreeErrorData(edata);
 			}
 		}
-		*messages += n;
+		b->current = row;
+		n = CdpRowMessages(row);
+		for (int k = 0; k < n; k++)
+			AddMessage(b, row, (row->error_code != NULL || row->nitems < 0) ? -1 : k);
+		CHECK_FOR_INTERRUPTS();
 	}
-	return true;
+	b->current = NULL;
+	FlushChunk(b);
 }
 
 PG_FUNCTION_INFO_V1(cdp_process_inbox);
 
 /*
  * cdp.process_inbox(max_messages): process queued inbox rows in this
- * session's transaction, in batches of cdp.batch_size; returns how many
- * messages were taken (stored, deduplicated or dead-lettered).
+ * session's transaction, in batches; returns how many messages were taken
+ * (stored, deduplicated or dead-lettered).
  */
 Datum
 cdp_process_inbox(PG_FUNCTION_ARGS)
@@ -306,63 +469,68 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	int64		last_id = 0;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	MemoryContext batch_cxt;
-	BatchContext bc;
+	Batch		b;
 
 	if (limit < 0 && !PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_messages must not be negative")));
 
-	/*
-	 * A batch needs about 15 MB; a kept first block of that size is reused
-	 * after every reset instead of going back to the kernel and faulting in
-	 * again (that alone cost a fifth of the processing time).
-	 */
+	/* rows and item spans keep a first block of their own, as chunks do (below) */
+	memset(&b, 0, sizeof(b));
 	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
-									  BATCH_KEEPER_BYTES, BATCH_KEEPER_BYTES,
+									  BATCH_INPUT_BYTES, BATCH_INPUT_BYTES,
 									  ALLOCSET_DEFAULT_MAXSIZE);
+
+	/*
+	 * A chunk of 1000 small messages needs about 15 MB; a kept first block
+	 * of that size is reused after every reset instead of going back to the
+	 * kernel and faulting in again (that alone cost a fifth of the
+	 * processing time).
+	 */
+	b.chunk_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox chunk",
+										CHUNK_KEEPER_BYTES, CHUNK_KEEPER_BYTES,
+										ALLOCSET_DEFAULT_MAXSIZE);
 	SPI_connect();
 	MemoryContextSwitchTo(batch_cxt);
-	CdpLoadPartitionConfig(&bc.config);
-	bc.retention_horizon = CdpRetentionHorizon(&bc.config, GetCurrentTransactionStartTimestamp());
+	CdpLoadPartitionConfig(&b.config);
+	b.retention_horizon = CdpRetentionHorizon(&b.config, GetCurrentTransactionStartTimestamp());
 
 	while (limit < 0 || taken < limit)
 	{
-		TakeNext	next = {cdp_batch_size, last_id};
-		int			nrows;
-		InboxRow   *rows;
-		int64		n;
-		char	   *reason;
-		BatchOutcome outcome;
+		ErrorData  *edata;
 
+		b.want = cdp_batch_size;
 		if (limit >= 0)
-			next.want = (int) Min((int64) next.want, limit - taken);
+			b.want = (int) Min((int64) b.want, limit - taken);
+		b.after_id = last_id;
+		b.rows = NULL;
+		b.nrows = 0;
+		b.messages = 0;
+		b.nrefs = 0;
+		b.cost = 0;
 		MemoryContextSwitchTo(batch_cxt);
-		outcome = TryBatch(TakeNextRows, &next, &bc, &rows, &nrows, &n, &reason);
-		if (outcome == BATCH_POISONED)
+		edata = RunInSubtransaction(ProcessBatch, &b, IsConflict);
+		if (edata != NULL)
 		{
-			if (!ProcessRowByRow(rows, nrows, &bc, &n))
-				outcome = BATCH_CONFLICT;
-		}
-		if (outcome == BATCH_CONFLICT)
-		{
-			/* waiting on would deadlock: keep what is done, leave the rest queued */
+			/* keep what is done, leave the rest queued */
 			ereport(NOTICE,
 					(errmsg("cdp.process_inbox stopped early to avoid a deadlock with another session"),
 					 errdetail("The remaining messages stay in cdp.inbox for the next call.")));
 			break;
 		}
-		if (nrows == 0)
+		if (b.nrows == 0)
 			break;
-		last_id = rows[nrows - 1].id;
-		messages += n;
-		taken += nrows;
+		last_id = b.rows[b.nrows - 1].id;
+		messages += b.messages;
+		taken += b.nrows;
 		MemoryContextReset(batch_cxt);
 		CHECK_FOR_INTERRUPTS();
 	}
 
 	MemoryContextSwitchTo(caller_cxt);
 	SPI_finish();
+	MemoryContextDelete(b.chunk_cxt);
 	MemoryContextDelete(batch_cxt);
 	PG_RETURN_INT64(messages);
 }

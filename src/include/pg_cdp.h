@@ -8,6 +8,7 @@
 
 #include "postgres.h"
 
+#include "common/jsonapi.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
@@ -37,6 +38,12 @@ extern int	cdp_retention_lock_wait_ms;
  */
 #define CDP_MIN_EVENT_TS	(INT64CONST(-63082281600000000) + 7 * USECS_PER_DAY)
 
+/*
+ * What a dead letter keeps of a payload over cdp.max_request_bytes, which is
+ * never read whole: its first 4 kB.
+ */
+#define CDP_TOO_LARGE_PREFIX_BYTES 4096
+
 /* cdp.max_event_age's default: 20 years of 365.25 days, in minutes */
 #define CDP_DEFAULT_MAX_EVENT_AGE_MINS	(7305 * 24 * 60)
 
@@ -61,7 +68,7 @@ typedef struct CdpMessage
 	int64		inbox_id;
 	const char *source;
 	TimestampTz received_at;
-	const char *raw;			/* verbatim text, or NULL: serialise item */
+	const char *raw;			/* text as received, or NULL: serialise item */
 	JsonbValue *item;			/* parsed object (envelope already merged) */
 
 	/* validated fields (NULL when absent) */
@@ -93,7 +100,53 @@ typedef struct CdpMessage
 	char	   *error_message;
 } CdpMessage;
 
+/* a stretch of payload text: offset and length in bytes */
+typedef struct CdpJsonSpan
+{
+	int			start;			/* -1: absent */
+	int			len;
+} CdpJsonSpan;
+
+/* what a scan of a payload found (envelope.c) */
+typedef struct CdpEnvelopeScan
+{
+	JsonTokenType root;			/* first token of the text */
+	bool		has_batch;
+	JsonTokenType batch_type;	/* first token of "batch"'s value */
+	int			nitems;			/* elements of "batch", when an array */
+	CdpJsonSpan *items;
+	CdpJsonSpan context;
+	CdpJsonSpan integrations;
+	CdpJsonSpan sent_at;
+} CdpEnvelopeScan;
+
+/*
+ * One inbox row being processed, and what its payload holds: one message,
+ * the items of a batch envelope (found by a scan, parsed one chunk at a
+ * time), or nothing storable (error_code set: the row is one dead letter).
+ */
+typedef struct CdpInboxRow
+{
+	int64		id;
+	char	   *payload;		/* the text, only its first bytes if too large */
+	int			len;			/* strlen(payload) */
+	int64		size;			/* the payload's length in the inbox */
+	const char *source;
+	TimestampTz received_at;
+
+	const char *error_code;		/* the whole row is dead: why */
+	char	   *error_message;
+	int			nitems;			/* -1: one message; else envelope items */
+	CdpJsonSpan *items;
+	JsonbValue *context;		/* the envelope's, parsed; NULL if absent */
+	JsonbValue *integrations;
+	JsonbValue *sent_at;
+	int			shared_len;		/* their text length, added to every item */
+} CdpInboxRow;
+
 /* json_parse.c */
+extern JsonbValue *CdpParseJsonValue(const char *text, int len,
+									 const char **error_code, char **error_message);
 extern JsonbValue *CdpParseJson(const char *text, int len,
 								const char **error_code, char **error_message);
 extern JsonbValue *CdpJsonbObjectGet(JsonbValue *obj, const char *key);
@@ -103,12 +156,23 @@ extern JsonbValue *CdpJsonbObjectWithout(JsonbValue *obj, const char *key);
 extern char *CdpJsonbValueToText(JsonbValue *val);
 extern const char *CdpJsonTypeName(JsonbValue *val);
 
+/* envelope.c */
+extern bool CdpScanEnvelope(const char *text, int len, CdpEnvelopeScan *scan,
+							const char **error_code, char **error_message);
+extern const char *CdpRedactWriteKeys(const char *text);
+extern char *CdpTextPrefix(const char *text, int len, int max_bytes);
+
 /* iso8601.c */
 extern bool CdpParseIsoTimestamp(const char *s, int len, TimestampTz *result);
 
 /* message.c */
-extern List *CdpExpandPayload(int64 inbox_id, const char *payload, int len,
-							  const char *source, TimestampTz received_at);
+extern bool CdpPrepareRow(CdpInboxRow *row);
+extern void CdpScanRow(CdpInboxRow *row);
+extern int	CdpRowMessages(const CdpInboxRow *row);
+extern int64 CdpMessageCost(const CdpInboxRow *row, int item);
+extern CdpMessage *CdpRowMessage(const CdpInboxRow *row, int item);
+extern CdpMessage *CdpFailedMessage(const CdpInboxRow *row, int item,
+									const char *code, const char *reason);
 extern void CdpValidateMessage(CdpMessage *msg, TimestampTz retention_horizon);
 extern void CdpMarkDead(CdpMessage *msg, const char *code, const char *fmt,...) pg_attribute_printf(3, 4);
 extern const char *CdpMessagePayload(CdpMessage *msg);
@@ -119,9 +183,6 @@ extern int64 CdpPurgeDedupWindow(void);
 
 /* dead_letter.c */
 extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);
-extern void CdpWriteDeadLetter(const char *payload, const char *source,
-							   TimestampTz received_at, const char *code,
-							   const char *message);
 
 /* partitions.c */
 typedef struct CdpPartitionConfig

@@ -51,7 +51,9 @@ BEGIN
         n := cdp.process_inbox(rows_per_chunk);
         COMMIT;
         messages := messages + n;
-        EXIT WHEN n = 0;
+        -- a chunk of empty envelopes holds no messages: stop only when no
+        -- row is left that this session could take
+        EXIT WHEN n = 0 AND NOT EXISTS (SELECT FROM cdp.inbox FOR UPDATE SKIP LOCKED);
         slowest := greatest(slowest, pg_catalog.clock_timestamp() - chunk_started);
     END LOOP;
 END
