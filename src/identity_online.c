@@ -18,6 +18,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -62,6 +63,13 @@ static SPIPlanPtr plans[NUM_ONLINE_PLANS];
  */
 static bool last_batch_changed = false;
 static Oid	plans_type_oid = InvalidOid;
+
+/*
+ * The transaction that locked profile rows without the identity lock (a
+ * batch of known profiles): it must not wait for that lock any more, since
+ * a writer holding it may be waiting for those rows.
+ */
+static LocalTransactionId rows_without_lock_lxid = InvalidLocalTransactionId;
 
 /* one message (or cdp.link() call) to resolve */
 typedef struct IdItem
@@ -240,7 +248,11 @@ StaleSnapshotContext(void *arg)
 
 /*
  * Every writer of the identity graph comes here first: one writer at a time,
- * and every read after this sees the previous writer's commit.  READ
+ * and every read after this sees the previous writer's commit.  A
+ * transaction already holding profile rows taken without the lock does not
+ * wait for it (that is the order the other writers use the other way round):
+ * it fails as a deadlock victim would, which process_inbox takes as a
+ * reason to stop early.  READ
  * COMMITTED statements run after this take a fresh snapshot; a transaction
  * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
  * commit cannot, so updating the clock row fails for it with 40001.
@@ -251,8 +263,21 @@ CdpLockIdentityGraph(void)
 	static SPIPlanPtr tick = NULL;
 	ErrorContextCallback cb;
 
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-						Int32GetDatum(CDP_LOCK_IDENTITY));
+	if (rows_without_lock_lxid == MyProc->lxid)
+	{
+		if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4,
+											  Int32GetDatum(CDP_LOCK_CLASS),
+											  Int32GetDatum(CDP_LOCK_IDENTITY))))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("cannot wait for the identity lock while holding profile rows"),
+					 errdetail("This transaction updated profiles without the identity lock; "
+							   "the session holding that lock may be waiting for them."),
+					 errhint("Commit, then retry the rest.")));
+	}
+	else
+		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
+							Int32GetDatum(CDP_LOCK_IDENTITY));
 	cb.callback = StaleSnapshotContext;
 	cb.arg = NULL;
 	cb.previous = error_context_stack;
@@ -1184,6 +1209,8 @@ ResolveItems(IdItem *items, int n)
 		/* a split that committed meanwhile makes what we read stale */
 		nlock = AttachedProfiles(g, &lock_ids);
 		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
+		if (!changes_possible && nlock > 0)
+			rows_without_lock_lxid = MyProc->lxid;
 	}
 	if (changes_possible)
 	{
