@@ -305,8 +305,9 @@ PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState
  * The constraint a row violates, described for a dead letter, or NULL.
  * ExecConstraints would raise an error; a batch must keep going, so this
  * evaluates the same NOT NULLs and CHECKs and reports instead.  (A BEFORE
- * trigger that moves a row out of its partition is refused by
- * ExecBRInsertTriggers itself, as for COPY.)
+ * trigger on cdp.events that moves a row out of its partition is refused by
+ * ExecBRInsertTriggers itself, as for COPY; one created on the partition
+ * alone is caught by the partition check in InsertIntoPartition.)
  */
 static char *
 ViolatedConstraint(Relation rel, ConstraintSet *cs, TupleTableSlot *slot, ExprContext *econtext)
@@ -447,6 +448,10 @@ InsertIntoPartition(EventWriter *w, Oid relid, CdpMessage **msgs, int n)
 			ExecComputeStoredGenerated(pw.rri, w->estate, slot, CMD_INSERT);
 		violation = ViolatedConstraint(pw.rri->ri_RelationDesc, &pw.constraints, slot,
 									   GetPerTupleExprContext(w->estate));
+		if (violation == NULL && pw.before_row &&
+			!ExecPartitionCheck(pw.rri, slot, w->estate, false))
+			violation = psprintf("new row for relation \"%s\" violates partition constraint: a BEFORE ROW trigger moved it out of its partition",
+								 RelationGetRelationName(pw.rri->ri_RelationDesc));
 		if (violation != NULL)
 		{
 			CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
