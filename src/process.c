@@ -242,7 +242,9 @@ IsConflict(ErrorData *edata)
  * Whether an integrity violation was raised on one of pg_cdp's own tables
  * (identities, profiles, the messageId window, dead letters...), not on
  * cdp.events or a partition, where a constraint a user added can fail on a
- * message's content.
+ * message's content.  This is asked after the subtransaction rolled back: a
+ * table that no longer exists was created in it, and processing creates
+ * none but partitions of cdp.events.
  */
 static bool
 IsOwnTableError(ErrorData *edata)
@@ -254,11 +256,12 @@ IsOwnTableError(ErrorData *edata)
 		strcmp(edata->schema_name, "cdp") != 0)
 		return false;
 	relid = get_relname_relid(edata->table_name, get_namespace_oid("cdp", false));
+	if (!OidIsValid(relid))
+		return false;
 	events = CdpEventsRelid();
 	if (relid == events)
 		return false;
-	return !(OidIsValid(relid) && get_rel_relispartition(relid) &&
-			 get_partition_parent(relid, true) == events);
+	return !(get_rel_relispartition(relid) && get_partition_parent(relid, true) == events);
 }
 
 /*
