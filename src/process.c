@@ -330,6 +330,41 @@ ProcessChunk(void *arg)
 	CdpWriteDeadLetters(msgs, n);
 }
 
+/* making one message again, for its processing_error dead letter */
+typedef struct RemakeWork
+{
+	ChunkRef   *ref;
+	CdpMessage *msg;
+} RemakeWork;
+
+static void
+RemakeMessage(void *arg)
+{
+	RemakeWork *r = arg;
+
+	r->msg = CdpRowMessage(r->ref->row, r->ref->item);
+}
+
+/*
+ * The processing_error dead letter of a message that failed alone: the
+ * message as it would have been stored (a batch item with what its envelope
+ * gives it) if it can be made again, else its text as received.
+ */
+static CdpMessage *
+ProcessingErrorMessage(ChunkRef *ref, ErrorData *edata)
+{
+	RemakeWork	r = {ref, NULL};
+	char	   *reason = ErrorReason(edata);
+	ErrorData  *again = RunInSubtransaction(RemakeMessage, &r, IsMessageError);
+
+	if (again == NULL && r.msg->outcome == CDP_PENDING && r.msg->item != NULL)
+	{
+		CdpMarkDead(r.msg, "processing_error", "%s", reason);
+		return r.msg;
+	}
+	return CdpFailedMessage(ref->row, ref->item, "processing_error", reason);
+}
+
 /*
  * Process messages, a chunk at a time, each chunk in a subtransaction.  If
  * one of them raises an error its content can cause, go again in halves:
@@ -360,8 +395,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		else
 		{
 			MemoryContext cxt = MemoryContextSwitchTo(b->chunk_cxt);
-			CdpMessage *msg = CdpFailedMessage(refs[0].row, refs[0].item,
-											   "processing_error", ErrorReason(edata));
+			CdpMessage *msg = ProcessingErrorMessage(&refs[0], edata);
 
 			CdpWriteDeadLetters(&msg, 1);
 			MemoryContextSwitchTo(cxt);
