@@ -91,7 +91,8 @@ SELECT has_schema_privilege('public', 'cdp', 'USAGE') AS public_usage,
 SELECT p.oid::regprocedure AS executable_by_public
   FROM pg_proc p
  WHERE p.pronamespace = 'cdp'::regnamespace
-   AND has_function_privilege('public', p.oid, 'EXECUTE');
+   AND has_function_privilege('public', p.oid, 'EXECUTE')
+ ORDER BY p.oid;
 SELECT c.oid::regclass AS usable_by_public
   FROM pg_class c
  WHERE c.relnamespace = 'cdp'::regnamespace

@@ -53,6 +53,20 @@ CALL cdp.drain_inbox(chunk => 3);
 SELECT count(*) AS queued FROM cdp.inbox;
 SELECT count(*) AS stored_after_empty_envelopes FROM cdp.events WHERE message_id = 'd-after';
 
+-- a role granted only EXECUTE on drain_inbox and process_inbox can drain
+CREATE ROLE regress_cdp_drainer;
+GRANT USAGE ON SCHEMA cdp TO regress_cdp_drainer;
+GRANT EXECUTE ON PROCEDURE cdp.drain_inbox(interval, int, bigint) TO regress_cdp_drainer;
+GRANT EXECUTE ON FUNCTION cdp.process_inbox(int) TO regress_cdp_drainer;
+INSERT INTO cdp.inbox (payload) VALUES ('{"type":"track","userId":"u","event":"e","messageId":"d-role"}');
+SET ROLE regress_cdp_drainer;
+CALL cdp.drain_inbox();
+CALL cdp.drain_inbox();
+RESET ROLE;
+SELECT count(*) AS stored_by_role FROM cdp.events WHERE message_id = 'd-role';
+DROP OWNED BY regress_cdp_drainer;
+DROP ROLE regress_cdp_drainer;
+
 -- arguments are checked
 CALL cdp.drain_inbox(max_duration => '0');
 CALL cdp.drain_inbox(chunk => 0);

@@ -343,9 +343,8 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(cxt);
 	idtype = CdpIdentifierTypeOid();
 
-	/* the same lock every writer of the graph takes */
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-						Int32GetDatum(CDP_LOCK_IDENTITY));
+	/* the same lock every writer of the graph takes; every read comes after it */
+	CdpLockIdentityGraph();
 	if (CdpExecArgs("SELECT merged_into FROM cdp.profile_records WHERE profile_id = $1 FOR UPDATE",
 					1, argtypes, args, SPI_OK_SELECT) == 0)
 		ereport(ERROR,
@@ -410,23 +409,33 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 	if (root_keep >= 0)
 		new_profile[root_keep] = profile_id;
 
-	for (int i = 0; i < nmembers; i++)
+	/* the parts that leave: their profiles, then their identities, in one go each */
 	{
-		Oid			types[2] = {INT8OID, idtype};
+		Datum	   *moved = palloc(sizeof(Datum) * Max(nmembers, 1));
+		int64	   *to = palloc(sizeof(int64) * Max(nmembers, 1));
+		int			nmoved = 0;
+		Oid			types[2] = {get_array_type(idtype), INT8ARRAYOID};
 		Datum		vals[2];
-		bool		first_of_part = true;
 
-		if (new_profile[i] == profile_id)
-			continue;
-		for (int k = 0; k < i; k++)
-			first_of_part &= (new_profile[k] != new_profile[i]);
-		vals[0] = Int64GetDatum(new_profile[i]);
-		vals[1] = PointerGetDatum(members[i]);
-		if (first_of_part)
-			CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) VALUES ($1)",
-						1, types, vals, SPI_OK_INSERT);
-		CdpExecArgs("UPDATE cdp.identities SET profile_id = $1 WHERE identifier = $2",
-					2, types, vals, SPI_OK_UPDATE);
+		for (int i = 0; i < nmembers; i++)
+		{
+			if (new_profile[i] == profile_id)
+				continue;
+			moved[nmoved] = PointerGetDatum(members[i]);
+			to[nmoved] = new_profile[i];
+			nmoved++;
+		}
+		if (nmoved > 0)
+		{
+			vals[0] = CdpArray(moved, nmoved, idtype);
+			vals[1] = CdpInt8Array(to, nmoved);
+			CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) "
+						"SELECT DISTINCT p FROM unnest($2) p ORDER BY p",
+						2, types, vals, SPI_OK_INSERT);
+			CdpExecArgs("UPDATE cdp.identities i SET profile_id = u.p "
+						"FROM ROWS FROM (unnest($1), unnest($2)) AS u(id, p) WHERE i.identifier = u.id",
+						2, types, vals, SPI_OK_UPDATE);
+		}
 	}
 
 	/* sessions that read this profile before the split must read again */

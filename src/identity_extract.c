@@ -1,7 +1,8 @@
 /*
  * identity_extract.c
  *	  Which identifiers a message carries (identity.md "Our model"): userId,
- *	  anonymousId, email and phone from traits or context.traits,
+ *	  anonymousId, email and phone from an identify call's traits or from
+ *	  context.traits (never a group call's traits: they describe the group),
  *	  context.device.id, every context.externalIds entry, and an alias's
  *	  previousId.  Always in this order, which the algorithm's tie-breaks
  *	  and rebuilds rely on.
@@ -109,6 +110,7 @@ CdpMessageIdentifiers(CdpMessage *msg, const char *previous_id_type, List **inva
 {
 	Extraction	x = {NIL, NIL};
 	JsonbValue *ctx_traits = NULL;
+	JsonbValue *person = NULL;
 	JsonbValue *device = NULL;
 	JsonbValue *external = NULL;
 
@@ -119,13 +121,17 @@ CdpMessageIdentifiers(CdpMessage *msg, const char *previous_id_type, List **inva
 		external = CdpJsonbObjectGet(msg->context, "externalIds");
 	}
 
+	/* a group call's traits are the company's: its email is not the visitor's */
+	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
+		person = msg->traits;
+
 	if (msg->user_id)
 		Add(&x, "user_id", msg->user_id, strlen(msg->user_id));
 	if (msg->anonymous_id)
 		Add(&x, "anonymous_id", msg->anonymous_id, strlen(msg->anonymous_id));
-	AddFrom(&x, "email", msg->traits, "email");
+	AddFrom(&x, "email", person, "email");
 	AddFrom(&x, "email", ctx_traits, "email");
-	AddFrom(&x, "phone", msg->traits, "phone");
+	AddFrom(&x, "phone", person, "phone");
 	AddFrom(&x, "phone", ctx_traits, "phone");
 	AddFrom(&x, "device_id", device, "id");
 	if (external != NULL && external->type == jbvArray)

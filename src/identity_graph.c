@@ -178,7 +178,8 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 		if (count == 0)
 			continue;
 		r = CdpRuleFor(g->rules, type, strlen(type));
-		if (r->max_per_profile == 0 || count <= r->max_per_profile || r->priority >= best_priority)
+		if (r->max_per_profile == 0 || count <= r->max_per_profile ||
+			(*rule != NULL && r->priority >= best_priority))
 			continue;
 		if (r->window_us != 0)
 		{

@@ -8,7 +8,9 @@
  *	  (a new identifier, a merge) takes the identity advisory lock first and
  *	  reads again, so changes never interleave and an identifier can never
  *	  land on two profiles.  Either way the batch then locks the profile rows
- *	  it updates in ascending id order, which is the one order everyone uses.
+ *	  it updates in ascending id order, which is the one order everyone uses;
+ *	  a batch without the identity lock that finds what it read stale lets
+ *	  go of those rows before it waits for the lock.
  */
 #include "postgres.h"
 
@@ -21,6 +23,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -191,33 +194,88 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 	SPI_freetuptable(SPI_tuptable);
 }
 
-/* the graph asks for every identifier of a profile before checking limits */
+/*
+ * Attach every stored identifier of the given profiles to them, in one
+ * statement however many profiles there are.
+ */
 static void
-LoadMembers(IdentityGraph *g, ProfNode *p)
+LoadMembersOf(IdentityGraph *g, int64 *profiles, int n)
 {
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(p->profile_id)};
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1] = {CdpInt8Array(profiles, n)};
 	uint64		rows;
 
-	if (p->is_new)
-		return;
 	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_MEMBERS,
-							"SELECT identifier, linked_at FROM cdp.identities WHERE profile_id = $1",
-							1, argtypes),
+							"SELECT profile_id, identifier, linked_at FROM cdp.identities "
+							"WHERE profile_id = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-		IdNode	   *node = CdpGraphNode(g, id, true);
+		ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), false);
+		IdNode	   *node = CdpGraphNode(g, DatumGetIdentifierP(SPI_getbinval(tup, desc, 2, &isnull)), true);
 
 		if (!node->in_members)
-			CdpGraphAttach(g, node, p,
-						   DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)),
+			CdpGraphAttach(g, node, p, DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)),
 						   NULL, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+static void
+StaleSnapshotContext(void *arg)
+{
+	errcontext("taking the identity lock: another session changed the identity graph after "
+			   "this transaction took its snapshot; retry the transaction, or run it in "
+			   "READ COMMITTED");
+}
+
+/*
+ * Every writer of the identity graph comes here first: one writer at a time,
+ * and every read after this sees the previous writer's commit.  READ
+ * COMMITTED statements run after this take a fresh snapshot; a transaction
+ * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
+ * commit cannot, so updating the clock row fails for it with 40001.
+ */
+void
+CdpLockIdentityGraph(void)
+{
+	static SPIPlanPtr tick = NULL;
+	ErrorContextCallback cb;
+
+	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
+						Int32GetDatum(CDP_LOCK_IDENTITY));
+	cb.callback = StaleSnapshotContext;
+	cb.arg = NULL;
+	cb.previous = error_context_stack;
+	error_context_stack = &cb;
+	CdpExecPlan(CdpPlan(&tick, "UPDATE cdp.identity_clock SET ticks = ticks + 1", 0, NULL),
+				NULL, NULL, SPI_OK_UPDATE);
+	error_context_stack = cb.previous;
+}
+
+/*
+ * The graph asks for every identifier of a profile before checking limits;
+ * PreloadMembers has read most of them already, this serves the rest.
+ */
+static void
+LoadMembers(IdentityGraph *g, ProfNode *p)
+{
+	if (!p->is_new)
+		LoadMembersOf(g, &p->profile_id, 1);
+}
+
+/* the user_id an alias's previousId would name, or NULL */
+static CdpIdentifier *
+AliasAsUser(CdpMessage *msg)
+{
+	const char *problem;
+
+	if (msg == NULL || msg->previous_id == NULL)
+		return NULL;
+	return CdpMakeIdentifier("user_id", 7, msg->previous_id, strlen(msg->previous_id), &problem);
 }
 
 int64
@@ -294,6 +352,42 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 	return stale;
 }
 
+/*
+ * LockProfiles for a batch that holds no identity lock, in a subtransaction:
+ * if what it read is stale, the subtransaction rolls back and the row locks
+ * go with it, so the batch never waits for the identity lock while holding
+ * profile rows that a writer holding that lock may be waiting for.
+ */
+static bool
+LockProfilesUnlessStale(IdentityGraph *g, int64 *ids, int n)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		stale = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		stale = LockProfiles(g, ids, n);
+	}
+	PG_CATCH();
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (stale)
+		RollbackAndReleaseCurrentSubTransaction();
+	else
+		ReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return stale;
+}
+
 /* the canonical profiles of every attached node, for locking */
 static int
 AttachedProfiles(IdentityGraph *g, int64 **out)
@@ -336,6 +430,49 @@ IsFastNoOp(IdentityGraph *g, IdItem *mi)
 	return true;
 }
 
+/* note the stored profile holding id, once, among those to preload */
+static void
+NoteMembersToLoad(IdentityGraph *g, CdpIdentifier *id, int64 *ids, int *n)
+{
+	IdNode	   *node = id ? CdpGraphNode(g, id, false) : NULL;
+	ProfNode   *p;
+
+	if (node == NULL || !node->attached)
+		return;
+	p = CdpCanonicalOf(node->prof);
+	if (p->is_new || p->members_loaded)
+		return;
+	p->members_loaded = true;
+	ids[(*n)++] = p->profile_id;
+}
+
+/*
+ * Read, in one statement, every identifier of the stored profiles that the
+ * batch's graph-changing messages touch: the algorithm needs a profile's
+ * members before it merges or grows it, and asking profile by profile costs
+ * a statement each.
+ */
+static void
+PreloadMembers(IdentityGraph *g, IdItem *items, int n)
+{
+	uint32		cap = CdpGraphProfileCount(g);
+	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
+	int			nids = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		ListCell   *lc;
+
+		if (IsFastNoOp(g, &items[i]))
+			continue;
+		foreach(lc, items[i].ids)
+			NoteMembersToLoad(g, lfirst(lc), ids, &nids);
+		NoteMembersToLoad(g, AliasAsUser(items[i].msg), ids, &nids);
+	}
+	if (nids > 0)
+		LoadMembersOf(g, ids, nids);
+}
+
 static IdentityGraph *
 BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 {
@@ -349,18 +486,11 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 	g->new_profile_id = NextProfileId;
 	for (int i = 0; i < n; i++)
 	{
-		CdpMessage *msg = items[i].msg;
+		CdpIdentifier *as_user = AliasAsUser(items[i].msg);
 
 		all = list_concat(all, list_copy(items[i].ids));
-		if (msg && msg->previous_id)
-		{
-			const char *problem;
-			CdpIdentifier *as_user = CdpMakeIdentifier("user_id", 7, msg->previous_id,
-													   strlen(msg->previous_id), &problem);
-
-			if (as_user)
-				all = lappend(all, as_user);
-		}
+		if (as_user)
+			all = lappend(all, as_user);
 	}
 	arr = palloc(sizeof(CdpIdentifier *) * Max(list_length(all), 1));
 	foreach(lc, all)
@@ -393,14 +523,12 @@ CapIdentifiers(IdItem *item)
 static void
 AliasTarget(IdentityGraph *g, IdItem *item)
 {
-	const char *problem;
 	CdpIdentifier *as_user;
 	IdNode	   *node;
 
 	if (item->msg == NULL || item->msg->previous_id == NULL)
 		return;
-	as_user = CdpMakeIdentifier("user_id", 7, item->msg->previous_id,
-								strlen(item->msg->previous_id), &problem);
+	as_user = AliasAsUser(item->msg);
 	node = as_user ? CdpGraphNode(g, as_user, false) : NULL;
 	item->ids = CdpMessageIdentifiers(item->msg,
 									  node != NULL && node->attached ? "user_id" : "anonymous_id",
@@ -488,21 +616,30 @@ WriteNewProfiles(IdentityGraph *g)
 				args, NULL, SPI_OK_INSERT);
 }
 
-/* merges of profiles that existed before this batch move rows in the tables */
+/*
+ * Record the batch's merges, and move the rows of the profiles that existed
+ * before it, all in a few statements over arrays: each such profile goes
+ * straight to the profile that holds everything at the end of the batch
+ * (a merge chain within the batch collapses), with its identities, event
+ * counts and seen times, and everything that had been merged into it.
+ */
 static void
 WriteMerges(IdentityGraph *g)
 {
 	int			n = list_length(g->merges);
 	int64	   *from = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *into = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *moved = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *final = palloc(sizeof(int64) * Max(n, 1));
 	const char **mids = palloc(sizeof(char *) * Max(n, 1));
 	const char **reasons = palloc(sizeof(char *) * Max(n, 1));
 	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(n, 1));
-	Oid			two[2] = {INT8OID, INT8OID};
+	Oid			pairs[2] = {INT8ARRAYOID, INT8ARRAYOID};
 	Oid			argtypes[5] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 	TIMESTAMPTZARRAYOID};
 	Datum		args[5];
 	int			k = 0;
+	int			nmoved = 0;
 	ListCell   *lc;
 
 	if (n == 0)
@@ -518,27 +655,43 @@ WriteMerges(IdentityGraph *g)
 		reasons[k] = m->reason;
 		ats[k] = m->at;
 		k++;
-		if (fp->is_new)
-			continue;			/* its identities are written under the final profile */
+		/* a new profile's identities are written under the final profile */
+		if (!fp->is_new)
 		{
-			Datum		pair[2] = {Int64GetDatum(m->into_profile), Int64GetDatum(m->from_profile)};
-
-			CdpExecPlan(OnlinePlanFor(PLAN_MOVE_IDENTITIES,
-							 "UPDATE cdp.identities SET profile_id = $1 WHERE profile_id = $2",
-							 2, two), pair, NULL, SPI_OK_UPDATE);
-			CdpExecPlan(OnlinePlanFor(PLAN_MOVE_STATS,
-							 "UPDATE cdp.profile_records t SET event_count = t.event_count + f.event_count, "
-							 "first_seen = LEAST(t.first_seen, f.first_seen), "
-							 "last_seen = GREATEST(t.last_seen, f.last_seen) "
-							 "FROM cdp.profile_records f WHERE t.profile_id = $1 AND f.profile_id = $2",
-							 2, two), pair, NULL, SPI_OK_UPDATE);
-			/* point every profile merged into "from" straight at "into" */
-			CdpExecPlan(OnlinePlanFor(PLAN_REDIRECT,
-							 "UPDATE cdp.profile_records SET merged_into = $1, event_count = "
-							 "CASE WHEN profile_id = $2 THEN 0 ELSE event_count END "
-							 "WHERE profile_id = $2 OR merged_into = $2",
-							 2, two), pair, NULL, SPI_OK_UPDATE);
+			moved[nmoved] = fp->profile_id;
+			final[nmoved] = CdpCanonicalOf(fp)->profile_id;
+			nmoved++;
 		}
+	}
+	if (nmoved > 0)
+	{
+		Datum		pair[2] = {CdpInt8Array(moved, nmoved), CdpInt8Array(final, nmoved)};
+
+		CdpExecPlan(OnlinePlanFor(PLAN_MOVE_IDENTITIES,
+						 "UPDATE cdp.identities i SET profile_id = u.t "
+						 "FROM ROWS FROM (unnest($1), unnest($2)) AS u(f, t) WHERE i.profile_id = u.f",
+						 2, pairs), pair, NULL, SPI_OK_UPDATE);
+		CdpExecPlan(OnlinePlanFor(PLAN_MOVE_STATS,
+						 "UPDATE cdp.profile_records t SET event_count = t.event_count + s.n, "
+						 "first_seen = LEAST(t.first_seen, s.lo), last_seen = GREATEST(t.last_seen, s.hi) "
+						 "FROM (SELECT u.t, sum(f.event_count) AS n, min(f.first_seen) AS lo, "
+						 "             max(f.last_seen) AS hi "
+						 "        FROM ROWS FROM (unnest($1), unnest($2)) AS u(f, t) "
+						 "        JOIN cdp.profile_records f ON f.profile_id = u.f GROUP BY u.t) s "
+						 "WHERE t.profile_id = s.t",
+						 2, pairs), pair, NULL, SPI_OK_UPDATE);
+		/* the moved profiles and those merged into them point at the final one */
+		CdpExecPlan(OnlinePlanFor(PLAN_REDIRECT,
+						 "UPDATE cdp.profile_records r SET merged_into = m.t, "
+						 "event_count = CASE WHEN m.moved THEN 0 ELSE r.event_count END "
+						 "FROM (SELECT u.f AS id, u.t, true AS moved "
+						 "        FROM ROWS FROM (unnest($1), unnest($2)) AS u(f, t) "
+						 "      UNION ALL "
+						 "      SELECT x.profile_id, u.t, false "
+						 "        FROM ROWS FROM (unnest($1), unnest($2)) AS u(f, t) "
+						 "        JOIN cdp.profile_records x ON x.merged_into = u.f) m "
+						 "WHERE r.profile_id = m.id",
+						 2, pairs), pair, NULL, SPI_OK_UPDATE);
 	}
 	args[0] = CdpInt8Array(from, n);
 	args[1] = CdpInt8Array(into, n);
@@ -962,17 +1115,19 @@ ResolveItems(IdItem *items, int n)
 	{
 		/* a split that committed meanwhile makes what we read stale */
 		nlock = AttachedProfiles(g, &lock_ids);
-		changes_possible = LockProfiles(g, lock_ids, nlock);
+		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
 	}
 	if (changes_possible)
 	{
-		/* one writer of the graph at a time; read again under the lock */
-		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-							Int32GetDatum(CDP_LOCK_IDENTITY));
+		/* one writer of the graph at a time; read again under the lock, rules too */
+		CdpLockIdentityGraph();
+		rules = CdpLoadIdentityRules();
 		g = BuildGraph(rules, items, n, cxt);
-		CdpLoadSplits(g);
+		/* read after the lock: a split that committed before it is seen */
+		g->splits = CdpCachedSplits();
 		nlock = AttachedProfiles(g, &lock_ids);
 		LockProfiles(g, lock_ids, nlock);
+		PreloadMembers(g, items, n);
 	}
 
 	for (int i = 0; i < n; i++)

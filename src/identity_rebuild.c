@@ -5,7 +5,13 @@
  *	  resolution (identity_graph.c) with the current rules, entirely in
  *	  memory.  A profile a message created keeps the id online resolution
  *	  gave it, so an unchanged graph comes out identical: dry_run reports
- *	  0 changed.
+ *	  0 changed.  Profile records follow the replay too: redirects, merge
+ *	  counts for the hub guard, and cdp.merges rows for what it merges or
+ *	  takes apart.
+ *
+ *	  Concurrency: everything is read after the identity lock, with
+ *	  snapshots taken then (see CdpLockIdentityGraph), so a rebuild that
+ *	  waited for a split, a link or ingest replays what they committed.
  */
 #include "postgres.h"
 
@@ -61,41 +67,22 @@ RebuildProfileId(IdentityGraph *g)
 	return rs->next_temp++;
 }
 
-static CdpIdentifier **
-IdentifierList(Datum array, Oid idtype, int *n)
-{
-	Datum	   *elems;
-	CdpIdentifier **ids;
-
-	deconstruct_array(DatumGetArrayTypeP(array), idtype, -1, false, TYPALIGN_INT, &elems, NULL, n);
-	ids = palloc(sizeof(CdpIdentifier *) * Max(*n, 1));
-	for (int i = 0; i < *n; i++)
-		ids[i] = DatumGetIdentifierP(elems[i]);
-	return ids;
-}
-
-/* what split_profile took apart stays apart, online and in every replay */
+/*
+ * What split_profile took apart stays apart in every replay, as online (where
+ * batches use the cached list as it is).
+ */
 void
 CdpLoadSplits(IdentityGraph *g)
 {
-	Oid			idtype = CdpIdentifierTypeOid();
-	uint64		rows = CdpExecSql("SELECT keep_out, members, anchors FROM cdp.identity_splits "
-								  "ORDER BY id", SPI_OK_SELECT);
+	ListCell   *lc;
 
-	for (uint64 r = 0; r < rows; r++)
+	foreach(lc, CdpCachedSplits())
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int			nmembers,
-					nanchors;
-		CdpIdentifier **members = IdentifierList(SPI_getbinval(tup, desc, 2, &isnull), idtype, &nmembers);
-		CdpIdentifier **anchors = IdentifierList(SPI_getbinval(tup, desc, 3, &isnull), idtype, &nanchors);
+		SplitRule  *split = lfirst(lc);
 
-		CdpGraphAddSplit(g, DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull)),
-						 members, nmembers, anchors, nanchors);
+		CdpGraphAddSplit(g, split->keep_out, split->members, split->nmembers,
+						 split->anchors, split->nanchors);
 	}
-	SPI_freetuptable(SPI_tuptable);
 }
 
 /* keep the row's new links if they differ from what it linked before */
@@ -155,7 +142,8 @@ ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
 	MemoryContextSwitchTo(outer);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	/* not read_only: a snapshot taken now, after the identity lock */
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
 	for (;;)
 	{
 		MemoryContextSwitchTo(outer);
@@ -238,6 +226,15 @@ typedef struct Change
 	int64		seq;			/* the evidence row that linked it */
 } Change;
 
+/* a profile record whose redirect or merge count the replay changes */
+typedef struct RecordChange
+{
+	int64		profile;
+	int64		into;			/* 0: canonical */
+	int64		was;			/* its stored merged_into */
+	int32		absorbed;		/* merges_absorbed; -1 leaves it */
+} RecordChange;
+
 /* where cdp.identities holds an identifier now */
 static void
 NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
@@ -248,14 +245,41 @@ NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	CdpGraphNode(g, id, true)->u.stored = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 }
 
+/* a stored profile record that is merged away or has absorbed merges */
+static void
+NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+{
+	bool		isnull;
+	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
+	Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+
+	p->stored_into = isnull ? 0 : DatumGetInt64(into);
+	p->stored_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+}
+
+static void
+AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed)
+{
+	RecordChange *rc = palloc(sizeof(RecordChange));
+
+	rc->profile = p->profile_id;
+	rc->into = into;
+	rc->was = p->stored_into;
+	rc->absorbed = absorbed;
+	*out = lappend(*out, rc);
+}
+
 /*
- * Compare the replayed graph with cdp.identities.  A replayed profile maps
- * to the stored profile of the same id, else to the stored profile of its
- * first member (profiles split off by split_profile have ids no evidence
- * row names).  Returns the identifiers that would move.
+ * Compare the replayed graph with cdp.identities and cdp.profile_records.
+ * A replayed profile maps to the stored profile of the same id, else to the
+ * stored profile of its first member (profiles split off by split_profile
+ * have ids no evidence row names).  Returns the identifiers that would move;
+ * *records gets the profile records whose redirect (every profile the
+ * replay knows points at where its identifiers are now) or merge count (the
+ * hub guard's, as the replay counted it) would change.
  */
 static List *
-Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
+Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 {
 	List	   *changes = NIL;
 	ProfNode   *p;
@@ -282,6 +306,10 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 		if (p->into == NULL && p->nmembers > 0)
 			replayed[nreplayed++] = p;
 	}
+	/* profiles the replay knows only from now on, with their stored state */
+	ForEachRow("SELECT profile_id, merged_into, merges_absorbed FROM cdp.profile_records "
+			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0", NoteRecord, g, NULL);
+	nprofs = CdpGraphProfileCount(g);
 	qsort(replayed, nreplayed, sizeof(ProfNode *), CompareProfNodes);
 	for (int i = 0; i < nreplayed; i++)
 	{
@@ -313,6 +341,36 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored)
 				? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id;
 		/* claims are kept on the profile node of the landing id */
 		CdpGraphProfile(g, p->landing, true)->claimed = true;
+	}
+
+	/* a landing is canonical and has absorbed what its replayed profile has */
+	for (int i = 0; i < nreplayed; i++)
+	{
+		ProfNode   *l;
+
+		p = replayed[i];
+		l = CdpGraphProfile(g, p->landing, false);
+		if (l->stored_into != 0 || l->stored_absorbed != p->merges_absorbed)
+			AddRecordChange(records, l, 0, p->merges_absorbed);
+	}
+
+	/*
+	 * Every other profile the replay knows points at the landing of the
+	 * profile that holds its identifiers now, so its events follow them.
+	 * (Stored profiles the replay does not know are left to Apply: emptied
+	 * ones redirect to where their identifiers went.)
+	 */
+	for (uint32 i = 0; i < nprofs; i++)
+	{
+		int64		want;
+
+		p = CdpGraphProfileAt(g, i);
+		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS ||
+			(p->into == NULL && p->nmembers == 0))
+			continue;
+		want = CdpCanonicalOf(p)->landing;
+		if (p->stored_into != want)
+			AddRecordChange(records, p, want, -1);
 	}
 
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
@@ -375,14 +433,26 @@ WriteRelinked(List *relinked, Oid idtype)
 }
 
 /*
- * Put identifiers on their replayed profiles, with the time and the message
- * of the evidence row the replay linked them by.  A profile that gets
- * identifiers back is canonical again, and the events stored under its id
- * follow it out of the profile that had absorbed it: returns both (a
- * bigint[] to count again); *none when there are none.
+ * Lock the profile rows the rebuild writes, and those redirected to them,
+ * in ascending id order (the order online resolution uses): a batch that
+ * read them before goes first, and every later statement sees what it did.
  */
-static Datum
-MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype, bool *none)
+static void
+LockRecords(Datum profiles)
+{
+	Oid			t[1] = {INT8ARRAYOID};
+	Datum		a[1] = {profiles};
+
+	CdpExecArgs("SELECT 1 FROM cdp.profile_records WHERE profile_id = ANY ($1) OR merged_into = ANY ($1) "
+				"ORDER BY profile_id FOR UPDATE", 1, t, a, SPI_OK_SELECT);
+}
+
+/*
+ * Put identifiers on their replayed profiles, with the time and the message
+ * of the evidence row the replay linked them by.
+ */
+static void
+MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype)
 {
 	Oid			t[4] = {get_array_type(idtype), INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	Datum		a[4] = {ids, to, ats, seqs};
@@ -396,48 +466,75 @@ MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype, bool *non
 				"ON CONFLICT (identifier) DO UPDATE SET profile_id = excluded.profile_id, "
 				"linked_at = excluded.linked_at, message_id = excluded.message_id",
 				4, t, a, SPI_OK_INSERT);
-	CdpExecArgs("WITH back AS (UPDATE cdp.profile_records p SET merged_into = NULL "
-				"  FROM cdp.profile_records old WHERE old.profile_id = p.profile_id "
-				"   AND p.profile_id = ANY ($2) AND p.merged_into IS NOT NULL "
-				"RETURNING p.profile_id, old.merged_into AS was) "
-				"SELECT array_agg(x) FROM back, LATERAL (VALUES (profile_id), (was)) v(x)",
-				4, t, a, SPI_OK_SELECT);
-	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, none);
+}
+
+/*
+ * Give profile records the redirect and merge count of the replay.  Each
+ * merge and un-merge this makes is logged in cdp.merges; a profile that
+ * comes back takes its events (and those of the profiles redirected to it)
+ * back, counted again by the caller.
+ */
+static void
+WriteRecords(Datum profiles, Datum into, Datum absorbed)
+{
+	Oid			t[3] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
+	Datum		a[3] = {profiles, into, absorbed};
+
+	CdpExecArgs("WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, i, a)), "
+				"old AS (SELECT r.profile_id, r.merged_into FROM cdp.profile_records r "
+				"         JOIN u ON u.p = r.profile_id), "
+				"upd AS (UPDATE cdp.profile_records r SET merged_into = nullif(u.i, 0), "
+				"        merges_absorbed = CASE WHEN u.a < 0 THEN r.merges_absorbed ELSE u.a END, "
+				"        event_count = CASE WHEN u.i = 0 THEN r.event_count ELSE 0 END, "
+				"        version = r.version + 1 "
+				"        FROM u WHERE r.profile_id = u.p RETURNING r.profile_id) "
+				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
+				"SELECT o.profile_id, coalesce(nullif(u.i, 0), o.merged_into), "
+				"       CASE WHEN u.i = 0 "
+				"            THEN format('rebuild: taken apart from profile %s under the current rules', "
+				"                        o.merged_into) "
+				"            WHEN o.merged_into IS NULL THEN 'rebuild: merged under the current rules' "
+				"            ELSE format('rebuild: merged under the current rules (was merged into profile %s)', "
+				"                        o.merged_into) END "
+				"  FROM old o JOIN u ON u.p = o.profile_id WHERE coalesce(o.merged_into, 0) <> u.i",
+				3, t, a, SPI_OK_INSERT);
 }
 
 /* $1, $2: profiles that lost identifiers and where the last of them went */
 #define EMPTIED "(SELECT r.f, r.t FROM ROWS FROM (unnest($1), unnest($2)) AS r(f, t) " \
 	"WHERE r.t <> 0 AND r.f <> r.t " \
-	"AND NOT EXISTS (SELECT 1 FROM cdp.identities i WHERE i.profile_id = r.f))"
+	"AND NOT EXISTS (SELECT 1 FROM cdp.identities i WHERE i.profile_id = r.f) " \
+	"AND EXISTS (SELECT 1 FROM cdp.profile_records x WHERE x.profile_id = r.f AND x.merged_into IS NULL))"
 
 /*
  * Profiles that lost identifiers must be read again by sessions that read
- * them before; one left with none passes its event counts to where the last
- * of them went, and redirects there (with the profiles merged into it).
+ * them before; a canonical one left with none redirects to where the last
+ * of them went (a merge, logged).  Then every profile redirected to one
+ * that is no longer canonical points straight at where that one points.
  */
 static void
-RedirectEmptied(Datum froms, Datum last_to)
+RedirectEmptied(Datum froms, Datum last_to, Datum touched)
 {
-	Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
-	Datum		a[2] = {froms, last_to};
+	Oid			t[3] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum		a[3] = {froms, last_to, touched};
 
 	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
-				2, t, a, SPI_OK_UPDATE);
-	CdpExecArgs("UPDATE cdp.profile_records p SET event_count = p.event_count + s.n, "
-				"first_seen = LEAST(p.first_seen, s.lo), last_seen = GREATEST(p.last_seen, s.hi) "
-				"FROM (SELECT r.t, sum(f.event_count) AS n, min(f.first_seen) AS lo, "
-				"             max(f.last_seen) AS hi "
-				"        FROM " EMPTIED " r JOIN cdp.profile_records f ON f.profile_id = r.f "
-				"       WHERE f.merged_into IS NULL GROUP BY r.t) s "
-				"WHERE p.profile_id = s.t", 2, t, a, SPI_OK_UPDATE);
-	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t "
-				"FROM " EMPTIED " r WHERE p.merged_into = r.f AND p.profile_id <> r.t",
-				2, t, a, SPI_OK_UPDATE);
-	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
-				"FROM " EMPTIED " r WHERE p.profile_id = r.f", 2, t, a, SPI_OK_UPDATE);
+				3, t, a, SPI_OK_UPDATE);
+	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
+				"             FROM " EMPTIED " r WHERE p.profile_id = r.f RETURNING p.profile_id, r.t) "
+				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
+				"SELECT profile_id, t, 'rebuild: merged under the current rules' FROM upd",
+				3, t, a, SPI_OK_INSERT);
+	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = t.merged_into "
+				"FROM cdp.profile_records t WHERE t.profile_id = ANY ($3) AND t.merged_into IS NOT NULL "
+				"AND p.merged_into = t.profile_id AND p.profile_id <> t.merged_into",
+				3, t, a, SPI_OK_UPDATE);
 }
 
-/* counts and seen times of these profiles' canonical ones, from the events */
+/*
+ * Counts and seen times of these profiles' canonical ones, from the events
+ * stored under them and under every profile redirected to them.
+ */
 static void
 RecountProfiles(Datum profiles)
 {
@@ -455,16 +552,34 @@ RecountProfiles(Datum profiles)
 				"WHERE p.profile_id = s.p", 1, t, a, SPI_OK_UPDATE);
 }
 
+/* the real id for a replayed one: new profiles get theirs here, once */
+static int64
+RealProfileId(HTAB *fresh, int64 id)
+{
+	Landing    *l;
+	bool		found;
+
+	if (id < TEMP_PROFILE_IDS)
+		return id;
+	l = hash_search(fresh, &id, HASH_ENTER, &found);
+	if (!found)
+		l->profile = CdpNextProfileId();
+	return l->profile;
+}
+
 /*
- * Write the replayed graph: evidence rows record what they link now, then
- * identifiers move, profiles left empty redirect, and profiles that came
- * apart are counted again.  A statement a step, over arrays: a rule change
- * can move a large share of a million identifiers.
+ * Write the replayed graph: lock what it touches, evidence rows record what
+ * they link now, identifiers move, profile records take the replay's
+ * redirects and merge counts, profiles left empty redirect, and every
+ * profile touched is counted again from the events.  A statement a step,
+ * over arrays: a rule change can move a large share of a million
+ * identifiers.
  */
 static void
-Apply(List *changes, List *relinked, Oid idtype)
+Apply(List *changes, List *records, List *relinked, Oid idtype)
 {
 	int			n = list_length(changes);
+	int			nrec = list_length(records);
 	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *gone = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *to = palloc(sizeof(int64) * Max(n, 1));
@@ -472,17 +587,20 @@ Apply(List *changes, List *relinked, Oid idtype)
 	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *froms = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *last_to = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *rec_ids = palloc(sizeof(int64) * Max(nrec, 1));
+	int64	   *rec_into = palloc(sizeof(int64) * Max(nrec, 1));
+	Datum	   *rec_absorbed = palloc(sizeof(Datum) * Max(nrec, 1));
+	int64	   *touched = palloc(sizeof(int64) * (2 * n + 3 * nrec + 1));
 	int			nmoved = 0,
 				ngone = 0,
-				nfrom = 0;
+				nfrom = 0,
+				ntouched = 0,
+				k = 0;
 	HASHCTL		ctl;
 	HTAB	   *fresh;
 	HTAB	   *from_place;
 	ListCell   *lc;
-	bool		no_recount = true;
-	Datum		recount = (Datum) 0;
-
-	WriteRelinked(relinked, idtype);
+	Datum		touched_arr;
 
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(Landing);
@@ -494,14 +612,7 @@ Apply(List *changes, List *relinked, Oid idtype)
 		Change	   *c = lfirst(lc);
 		bool		found;
 
-		if (c->to >= TEMP_PROFILE_IDS)
-		{
-			Landing    *l = hash_search(fresh, &c->to, HASH_ENTER, &found);
-
-			if (!found)
-				l->profile = CdpNextProfileId();
-			c->to = l->profile;
-		}
+		c->to = RealProfileId(fresh, c->to);
 		if (c->to == 0)
 			gone[ngone++] = PointerGetDatum(c->id);
 		else
@@ -510,6 +621,7 @@ Apply(List *changes, List *relinked, Oid idtype)
 			to[nmoved] = c->to;
 			seqs[nmoved] = c->seq;
 			ats[nmoved] = TimestampTzGetDatum(c->linked_at);
+			touched[ntouched++] = c->to;
 			nmoved++;
 		}
 		if (c->from != 0)
@@ -522,12 +634,30 @@ Apply(List *changes, List *relinked, Oid idtype)
 				l->profile = nfrom;
 				froms[nfrom] = c->from;
 				last_to[nfrom++] = 0;
+				touched[ntouched++] = c->from;
 			}
 			if (c->to != 0)
 				last_to[l->profile] = c->to;
 		}
 	}
+	foreach(lc, records)
+	{
+		RecordChange *rc = lfirst(lc);
 
+		rec_ids[k] = RealProfileId(fresh, rc->profile);
+		rec_into[k] = RealProfileId(fresh, rc->into);
+		rec_absorbed[k] = Int32GetDatum(rc->absorbed);
+		touched[ntouched++] = rec_ids[k];
+		if (rec_into[k] != 0)
+			touched[ntouched++] = rec_into[k];
+		if (rc->was != 0)
+			touched[ntouched++] = rc->was;
+		k++;
+	}
+	touched_arr = CdpInt8Array(touched, ntouched);
+
+	LockRecords(touched_arr);
+	WriteRelinked(relinked, idtype);
 	if (ngone > 0)
 	{
 		Oid			t[1] = {get_array_type(idtype)};
@@ -536,13 +666,13 @@ Apply(List *changes, List *relinked, Oid idtype)
 		CdpExecArgs("DELETE FROM cdp.identities WHERE identifier = ANY ($1)", 1, t, a, SPI_OK_DELETE);
 	}
 	if (nmoved > 0)
-		recount = MoveIdentities(CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
-								 CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved),
-								 idtype, &no_recount);
-	if (nfrom > 0)
-		RedirectEmptied(CdpInt8Array(froms, nfrom), CdpInt8Array(last_to, nfrom));
-	if (!no_recount)
-		RecountProfiles(recount);
+		MoveIdentities(CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
+					   CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved), idtype);
+	if (nrec > 0)
+		WriteRecords(CdpInt8Array(rec_ids, nrec), CdpInt8Array(rec_into, nrec),
+					 CdpArray(rec_absorbed, nrec, INT4OID));
+	RedirectEmptied(CdpInt8Array(froms, nfrom), CdpInt8Array(last_to, nfrom), touched_arr);
+	RecountProfiles(touched_arr);
 }
 
 PG_FUNCTION_INFO_V1(cdp_rebuild_identities);
@@ -561,15 +691,15 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 				nprofiles = 0;
 	Size		peak;
 	List	   *changes;
+	List	   *records = NIL;
 	instr_time	start,
 				elapsed;
 	char	   *report;
 
 	INSTR_TIME_SET_CURRENT(start);
 	SPI_connect();
-	/* no other writer while we read the whole graph */
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-						Int32GetDatum(CDP_LOCK_IDENTITY));
+	/* no other writer while we read the whole graph, and every read after it */
+	CdpLockIdentityGraph();
 	cxt = AllocSetContextCreate(caller, "cdp rebuild graph", 0, 1024 * 1024, 8 * 1024 * 1024);
 	MemoryContextSwitchTo(cxt);
 	idtype = CdpIdentifierTypeOid();
@@ -586,18 +716,20 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 
 		nprofiles += (p->into == NULL && p->nmembers > 0);
 	}
-	changes = Compare(g, idtype, &nstored);
+	changes = Compare(g, idtype, &nstored, &records);
 	peak = MemoryContextMemAllocated(cxt, true);
-	if (!dry_run && (changes != NIL || rs.relinked != NIL))
-		Apply(changes, rs.relinked, idtype);
+	if (!dry_run && (changes != NIL || records != NIL || rs.relinked != NIL))
+		Apply(changes, records, rs.relinked, idtype);
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
 
 	MemoryContextSwitchTo(caller);
-	report = psprintf("{\"dry_run\": %s, \"changed\": %d, \"evidence_rows\": " INT64_FORMAT
+	report = psprintf("{\"dry_run\": %s, \"changed\": %d, \"profiles_changed\": %d, "
+					  "\"evidence_rows\": " INT64_FORMAT
 					  ", \"identifiers\": " INT64_FORMAT ", \"profiles\": " INT64_FORMAT
 					  ", \"graph_bytes\": %zu, \"elapsed_ms\": %.1f}",
-					  dry_run ? "true" : "false", list_length(changes), nevidence, nstored,
+					  dry_run ? "true" : "false", list_length(changes), list_length(records),
+					  nevidence, nstored,
 					  nprofiles, peak, INSTR_TIME_GET_MILLISEC(elapsed));
 	SPI_finish();
 	MemoryContextDelete(cxt);

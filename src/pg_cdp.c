@@ -13,6 +13,7 @@
 #include "utils/inval.h"
 
 #include "pg_cdp.h"
+#include "identity.h"
 #include "partitions.h"
 
 PG_MODULE_MAGIC;
@@ -85,4 +86,5 @@ _PG_init(void)
 {
 	DefineSettings();
 	CacheRegisterRelcacheCallback(CdpPartitionCacheCallback, (Datum) 0);
+	CacheRegisterRelcacheCallback(CdpIdentityCacheCallback, (Datum) 0);
 }

@@ -75,6 +75,7 @@ struct ProfNode
 	int64		profile_id;		/* the key */
 	ProfNode   *into;			/* merged into; NULL while canonical */
 	int64		landing;		/* rebuild: the stored profile it maps to */
+	int64		stored_into;	/* rebuild: profile_records.merged_into, 0 none */
 	IdNode	   *members;
 	IdNode	   *members_tail;
 	int32	   *type_counts;	/* per type slot (inline_counts while few) */
@@ -86,6 +87,7 @@ struct ProfNode
 	bool		is_new;			/* made during this run */
 	bool		members_loaded;
 	bool		claimed;		/* rebuild: some replayed profile lands here */
+	int32		stored_absorbed;	/* rebuild: profile_records.merges_absorbed */
 };
 
 typedef struct IdMerge
@@ -200,6 +202,8 @@ typedef struct IdMessage
 
 /* identity_rules.c */
 extern IdentityRules *CdpLoadIdentityRules(void);
+extern List *CdpCachedSplits(void);
+extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
 extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
 
@@ -242,5 +246,6 @@ extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *
 								const char *message_id);
 extern Oid	CdpIdentifierTypeOid(void);
 extern int64 CdpNextProfileId(void);
+extern void CdpLockIdentityGraph(void);
 
 #endif

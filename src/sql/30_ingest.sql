@@ -52,8 +52,13 @@ BEGIN
         COMMIT;
         messages := messages + n;
         -- a chunk of empty envelopes holds no messages: stop only when no
-        -- row is left that this session could take
-        EXIT WHEN n = 0 AND NOT EXISTS (SELECT FROM cdp.inbox FOR UPDATE SKIP LOCKED);
+        -- row is left that this session could take.  Looking needs SELECT
+        -- and UPDATE on cdp.inbox, which a caller granted only EXECUTE lacks:
+        -- it stops at such a chunk, and its next call goes on.
+        IF n = 0 THEN
+            EXIT WHEN NOT pg_catalog.has_table_privilege('cdp.inbox', 'SELECT, UPDATE');
+            EXIT WHEN NOT EXISTS (SELECT FROM cdp.inbox FOR UPDATE SKIP LOCKED);
+        END IF;
         slowest := greatest(slowest, pg_catalog.clock_timestamp() - chunk_started);
     END LOOP;
 END

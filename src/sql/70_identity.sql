@@ -2,11 +2,12 @@
 -- evidence they are derived from, and the record of merges, violations and
 -- splits.  The algorithm is C (src/identity_*.c); see README "Identity".
 
+-- Bounds of a rule (cdp.check_identity_rule says why each exists).
 CREATE TABLE cdp.identity_rules (
     id_type         text PRIMARY KEY CHECK (id_type = '*' OR id_type ~ '^[a-z][a-z0-9_]{0,62}$'),
-    priority        int NOT NULL CHECK (priority >= 1),
-    max_per_profile int CHECK (max_per_profile >= 1),
-    time_window     interval CHECK (time_window > interval '0')
+    priority        int NOT NULL CHECK (priority BETWEEN 1 AND 1000),
+    max_per_profile int CHECK (max_per_profile BETWEEN 1 AND 1000000),
+    time_window     interval CHECK (time_window > interval '0' AND time_window <= interval '1000 years')
 );
 COMMENT ON TABLE cdp.identity_rules IS
     'per identifier type: priority (1 = strongest), max_per_profile (NULL = no limit), time_window (NULL = ever); ''*'' is every other type';
@@ -20,7 +21,7 @@ INSERT INTO cdp.identity_rules VALUES
 
 CREATE TABLE cdp.blocked_identifiers (
     id_type  text NOT NULL CHECK (id_type = '*' OR id_type ~ '^[a-z][a-z0-9_]{0,62}$'),
-    pattern  text NOT NULL CHECK (pattern <> ''),
+    pattern  text NOT NULL CHECK (pattern <> '' AND octet_length(pattern) <= 1024),
     is_regex bool NOT NULL DEFAULT false,
     PRIMARY KEY (id_type, pattern, is_regex)
 );
@@ -128,6 +129,33 @@ CREATE TABLE cdp.identity_splits (
     split_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- One row every writer of the identity graph (ingest that changes it, link,
+-- split_profile, rebuild_identities) updates as soon as it holds the identity
+-- lock.  Under READ COMMITTED each writer reads after that; a REPEATABLE READ
+-- or SERIALIZABLE transaction whose snapshot is older than another writer's
+-- commit fails right there (40001) instead of writing from a stale picture.
+CREATE TABLE cdp.identity_clock (
+    one   bool PRIMARY KEY DEFAULT true CHECK (one),
+    ticks bigint NOT NULL
+);
+INSERT INTO cdp.identity_clock VALUES (true, 0);
+
+-- Every backend caches the rules, blocked values and splits; a change to
+-- their tables tells every backend to read them again once it commits.
+CREATE FUNCTION cdp.identity_config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cdp_identity_config_changed'
+LANGUAGE C;
+CREATE TRIGGER identity_rules_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.identity_rules FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+CREATE TRIGGER blocked_identifiers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.blocked_identifiers FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+CREATE TRIGGER identity_splits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON cdp.identity_splits FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+ALTER TABLE cdp.identity_rules ENABLE ALWAYS TRIGGER identity_rules_changed;
+ALTER TABLE cdp.blocked_identifiers ENABLE ALWAYS TRIGGER blocked_identifiers_changed;
+ALTER TABLE cdp.identity_splits ENABLE ALWAYS TRIGGER identity_splits_changed;
+
 -- Events with profile_id replaced by the profile's current canonical id.
 CREATE VIEW cdp.events_resolved AS
 SELECT e.message_id, e.source, e.type, e.event, e.name,
@@ -211,6 +239,102 @@ BEGIN
 END
 $$;
 
+-- Every rule row, however written (set_identity_rule or straight into the
+-- table), is checked here, so no rule that cannot work reaches ingest:
+-- priority at most 1000 (priorities only order the types), a limit of at
+-- most a million (more is no limit: say NULL), and a time window of at most
+-- 1000 years (the window is taken off event times from the year 1 on; NULL
+-- means ever).  SECURITY DEFINER: whoever may write the table may have the
+-- row checked, without EXECUTE on the checks it calls.
+CREATE FUNCTION cdp.check_identity_rule()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+BEGIN
+    PERFORM cdp.check_id_type(NEW.id_type);
+    IF NEW.priority IS NULL OR NEW.priority < 1 THEN
+        RAISE EXCEPTION 'priority must be 1 or more (1 is the strongest), not %', coalesce(NEW.priority::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.priority > 1000 THEN
+        RAISE EXCEPTION 'priority must be at most 1000, not %', NEW.priority
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Priorities only order the types: 1 is the strongest, other types default to 10.';
+    END IF;
+    IF NEW.max_per_profile < 1 THEN
+        RAISE EXCEPTION 'max_per_profile must be 1 or more, or NULL for no limit, not %', NEW.max_per_profile
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.max_per_profile > 1000000 THEN
+        RAISE EXCEPTION 'max_per_profile must be at most 1000000, or NULL for no limit, not %', NEW.max_per_profile
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.time_window <= interval '0' THEN
+        RAISE EXCEPTION 'time_window must be positive, or NULL for ever, not %', NEW.time_window
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.time_window > interval '1000 years' THEN
+        RAISE EXCEPTION 'time_window must be at most 1000 years, or NULL for ever, not %', NEW.time_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Months count as 30 days, as interval comparison counts them.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER identity_rules_check BEFORE INSERT OR UPDATE ON cdp.identity_rules
+    FOR EACH ROW EXECUTE FUNCTION cdp.check_identity_rule();
+ALTER TABLE cdp.identity_rules ENABLE ALWAYS TRIGGER identity_rules_check;
+
+-- Every blocked value is checked when it is defined, never at ingest: a
+-- regex must compile as ingest matches it (case-insensitive, C collation);
+-- a plain value must be one an identifier of its type can have (a phone
+-- block of "n/a" could never match: phones are digits).
+CREATE FUNCTION cdp.check_blocked_identifier()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    problem text;
+BEGIN
+    PERFORM cdp.check_id_type(NEW.id_type);
+    IF NEW.pattern IS NULL OR NEW.pattern = '' THEN
+        RAISE EXCEPTION 'pattern must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF octet_length(NEW.pattern) > 1024 THEN
+        RAISE EXCEPTION 'pattern must be at most 1024 bytes, not %', octet_length(NEW.pattern)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'An identifier value is at most 1024 bytes.';
+    END IF;
+    IF NEW.is_regex IS NULL THEN
+        NEW.is_regex := false;
+    END IF;
+    IF NEW.is_regex THEN
+        BEGIN
+            PERFORM '' COLLATE "C" ~* NEW.pattern;
+        EXCEPTION WHEN invalid_regular_expression THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid regular expression "%"', NEW.pattern
+                USING ERRCODE = 'invalid_regular_expression', DETAIL = problem;
+        END;
+    ELSE
+        BEGIN
+            PERFORM cdp.identifier(CASE WHEN NEW.id_type = '*' THEN 'x' ELSE NEW.id_type END, NEW.pattern);
+        EXCEPTION WHEN invalid_text_representation THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            RAISE EXCEPTION 'pattern "%" can never be the value of % identifier', NEW.pattern,
+                    CASE WHEN NEW.id_type = '*' THEN 'an' ELSE 'a ' || NEW.id_type END
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = problem;
+        END;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER blocked_identifiers_check BEFORE INSERT OR UPDATE ON cdp.blocked_identifiers
+    FOR EACH ROW EXECUTE FUNCTION cdp.check_blocked_identifier();
+ALTER TABLE cdp.blocked_identifiers ENABLE ALWAYS TRIGGER blocked_identifiers_check;
+
 CREATE FUNCTION cdp.set_identity_rule(id_type text, priority int, max_per_profile int DEFAULT NULL,
                                       time_window interval DEFAULT NULL)
 RETURNS void
@@ -218,19 +342,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, cdp
 AS $$
 BEGIN
-    PERFORM cdp.check_id_type(id_type);
-    IF priority IS NULL OR priority < 1 THEN
-        RAISE EXCEPTION 'priority must be 1 or more (1 is the strongest), not %', priority
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF max_per_profile < 1 THEN
-        RAISE EXCEPTION 'max_per_profile must be 1 or more, or NULL for no limit, not %', max_per_profile
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF time_window <= interval '0' THEN
-        RAISE EXCEPTION 'time_window must be positive, or NULL for ever, not %', time_window
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- cdp.check_identity_rule refuses what cannot work
     INSERT INTO cdp.identity_rules AS r VALUES (id_type, priority, max_per_profile, time_window)
     ON CONFLICT ON CONSTRAINT identity_rules_pkey DO UPDATE
        SET priority = excluded.priority, max_per_profile = excluded.max_per_profile,
@@ -238,7 +350,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION cdp.set_identity_rule(text, int, int, interval) IS
-    'set the priority, per-profile limit and time window of an identifier type';
+    'set the priority (1-1000), per-profile limit (1-1000000, NULL none) and time window (up to 1000 years, NULL ever) of an identifier type';
 
 CREATE FUNCTION cdp.block_identifier(id_type text, pattern text, is_regex bool DEFAULT false)
 RETURNS void
@@ -246,22 +358,10 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, cdp
 AS $$
 BEGIN
-    PERFORM cdp.check_id_type(id_type);
-    IF pattern IS NULL OR pattern = '' THEN
-        RAISE EXCEPTION 'pattern must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF is_regex THEN
-        BEGIN
-            PERFORM '' ~* pattern;
-        EXCEPTION WHEN invalid_regular_expression THEN
-            RAISE EXCEPTION 'invalid regular expression "%"', pattern
-                USING ERRCODE = 'invalid_regular_expression';
-        END;
-    END IF;
+    -- cdp.check_blocked_identifier refuses what cannot work
     INSERT INTO cdp.blocked_identifiers VALUES (id_type, pattern, coalesce(is_regex, false))
     ON CONFLICT DO NOTHING;
 END
 $$;
 COMMENT ON FUNCTION cdp.block_identifier(text, text, bool) IS
     'never link on this value (matched case-insensitively; ''*'' for every type)';
-
