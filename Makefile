@@ -34,12 +34,16 @@ $(OBJS): $(wildcard src/include/*.h)
 $(DATA_built): $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 
-.PHONY: deps test run stop
+.PHONY: deps test fuzz run stop
 deps:
 	@bash .ci/deps.sh
 
 test:
 	@bash .ci/test.sh
+
+# make fuzz [SEED=n] [COUNT=messages] [MAX_RSS_MB=512]: a long fuzz run
+fuzz:
+	@SEED="$(SEED)" COUNT="$(COUNT)" MAX_RSS_MB="$(MAX_RSS_MB)" bash .ci/fuzz.sh
 
 run:
 	@bash .ci/cluster.sh start

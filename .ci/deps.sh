@@ -11,6 +11,7 @@ packages=(
   postgresql-15-pgtap
   libtap-parser-sourcehandler-pgtap-perl
   libipc-run-perl
+  python3-psycopg2
 )
 
 missing=()

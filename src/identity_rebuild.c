@@ -523,7 +523,8 @@ RedirectEmptied(Datum froms, Datum last_to, Datum touched)
 	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
 				"             FROM " EMPTIED " r WHERE p.profile_id = r.f RETURNING p.profile_id, r.t) "
 				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
-				"SELECT profile_id, t, 'rebuild: merged under the current rules' FROM upd",
+				"SELECT profile_id, t, 'rebuild: emptied, its identifiers moved here under the current rules' "
+				"FROM upd",
 				3, t, a, SPI_OK_INSERT);
 	CdpExecArgs("UPDATE cdp.profile_records p SET merged_into = t.merged_into "
 				"FROM cdp.profile_records t WHERE t.profile_id = ANY ($3) AND t.merged_into IS NOT NULL "

@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "commands/trigger.h"
@@ -135,7 +136,9 @@ CacheStale(ConfigCache *c, Oid rel0, Oid rel1, uint64 *seen)
 /*
  * Install a newly read copy (its context becomes the cache's) and free the
  * old one.  It is current unless an invalidation came while it was read:
- * then it serves this call and is read again next time.
+ * then it serves this call and is read again next time.  A copy read with a
+ * transaction snapshot (REPEATABLE READ, SERIALIZABLE) may miss a change
+ * whose invalidation was already taken, so it serves this transaction only.
  */
 static void
 CacheInstall(ConfigCache *c, MemoryContext cxt, uint64 seen)
@@ -144,7 +147,7 @@ CacheInstall(ConfigCache *c, MemoryContext cxt, uint64 seen)
 	if (c->cxt != NULL)
 		MemoryContextDelete(c->cxt);
 	c->cxt = cxt;
-	c->valid = (c->invalidations == seen);
+	c->valid = (c->invalidations == seen) && !IsolationUsesXactSnapshot();
 }
 
 /*
