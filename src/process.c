@@ -108,7 +108,9 @@ TakePlan(void)
 		 * deleted are still in the index until commit, and rescanning them
 		 * would make a long call quadratic.  Rows are taken while the text
 		 * before them is under the budget $4; a row over the request limit
-		 * $3 counts as $3 and only its first $5 characters are read.
+		 * $3 counts as $3 and only its first $5 characters are read.  No
+		 * source name is longer than 63 bytes: a longer one is unknown, and
+		 * 128 characters of it are enough to say so.
 		 */
 		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE id = ANY (ARRAY("
 						   "SELECT id FROM ("
@@ -119,7 +121,7 @@ TakePlan(void)
 						   "WHERE before < $4)) "
 						   "RETURNING id, CASE WHEN octet_length(payload) > $3 "
 						   "THEN substr(payload, 1, $5) ELSE payload END, "
-						   "octet_length(payload), source, received_at",
+						   "octet_length(payload), left(source, 128), received_at",
 						   5, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
