@@ -108,7 +108,9 @@ TakePlan(void)
 		 * deleted are still in the index until commit, and rescanning them
 		 * would make a long call quadratic.  Rows are taken while the text
 		 * before them is under the budget $4; a row over the request limit
-		 * $3 counts as $3 and only its first $5 characters are read.
+		 * $3 counts as $3 and only its first $5 characters are read.  No
+		 * source name is longer than 63 bytes: a longer one is unknown, and
+		 * 128 characters of it are enough to say so.
 		 */
 		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE id = ANY (ARRAY("
 						   "SELECT id FROM ("
@@ -119,7 +121,7 @@ TakePlan(void)
 						   "WHERE before < $4)) "
 						   "RETURNING id, CASE WHEN octet_length(payload) > $3 "
 						   "THEN substr(payload, 1, $5) ELSE payload END, "
-						   "octet_length(payload), source, received_at",
+						   "octet_length(payload), left(source, 128), received_at",
 						   5, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -242,7 +244,9 @@ IsConflict(ErrorData *edata)
  * Whether an integrity violation was raised on one of pg_cdp's own tables
  * (identities, profiles, the messageId window, dead letters...), not on
  * cdp.events or a partition, where a constraint a user added can fail on a
- * message's content.
+ * message's content.  This is asked after the subtransaction rolled back: a
+ * table that no longer exists was created in it, and processing creates
+ * none but partitions of cdp.events.
  */
 static bool
 IsOwnTableError(ErrorData *edata)
@@ -254,11 +258,12 @@ IsOwnTableError(ErrorData *edata)
 		strcmp(edata->schema_name, "cdp") != 0)
 		return false;
 	relid = get_relname_relid(edata->table_name, get_namespace_oid("cdp", false));
+	if (!OidIsValid(relid))
+		return false;
 	events = CdpEventsRelid();
 	if (relid == events)
 		return false;
-	return !(OidIsValid(relid) && get_rel_relispartition(relid) &&
-			 get_partition_parent(relid, true) == events);
+	return !(get_rel_relispartition(relid) && get_partition_parent(relid, true) == events);
 }
 
 /*
@@ -327,6 +332,41 @@ ProcessChunk(void *arg)
 	CdpWriteDeadLetters(msgs, n);
 }
 
+/* making one message again, for its processing_error dead letter */
+typedef struct RemakeWork
+{
+	ChunkRef   *ref;
+	CdpMessage *msg;
+} RemakeWork;
+
+static void
+RemakeMessage(void *arg)
+{
+	RemakeWork *r = arg;
+
+	r->msg = CdpRowMessage(r->ref->row, r->ref->item);
+}
+
+/*
+ * The processing_error dead letter of a message that failed alone: the
+ * message as it would have been stored (a batch item with what its envelope
+ * gives it) if it can be made again, else its text as received.
+ */
+static CdpMessage *
+ProcessingErrorMessage(ChunkRef *ref, ErrorData *edata)
+{
+	RemakeWork	r = {ref, NULL};
+	char	   *reason = ErrorReason(edata);
+	ErrorData  *again = RunInSubtransaction(RemakeMessage, &r, IsMessageError);
+
+	if (again == NULL && r.msg->outcome == CDP_PENDING && r.msg->item != NULL)
+	{
+		CdpMarkDead(r.msg, "processing_error", "%s", reason);
+		return r.msg;
+	}
+	return CdpFailedMessage(ref->row, ref->item, "processing_error", reason);
+}
+
 /*
  * Process messages, a chunk at a time, each chunk in a subtransaction.  If
  * one of them raises an error its content can cause, go again in halves:
@@ -357,8 +397,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		else
 		{
 			MemoryContext cxt = MemoryContextSwitchTo(b->chunk_cxt);
-			CdpMessage *msg = CdpFailedMessage(refs[0].row, refs[0].item,
-											   "processing_error", ErrorReason(edata));
+			CdpMessage *msg = ProcessingErrorMessage(&refs[0], edata);
 
 			CdpWriteDeadLetters(&msg, 1);
 			MemoryContextSwitchTo(cxt);

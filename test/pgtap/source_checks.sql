@@ -45,7 +45,7 @@ SELECT is((SELECT error_message FROM cdp.dead_letters WHERE source = 'WEB'), 'so
 SELECT is((SELECT max(length(error_message)) FROM cdp.dead_letters) < 100, true,
           'a 100,000-character name is quoted only in part');
 SELECT is((SELECT length(source) FROM cdp.dead_letters WHERE error_code = 'unknown_source' AND source LIKE 'xxx%'),
-          100000, 'the dead letter keeps the source as queued');
+          128, 'the dead letter keeps the first 128 characters of a source no name can be (what a batch holds stays bounded)');
 SELECT is((SELECT payload FROM cdp.dead_letters WHERE payload LIKE '{"batch"%'),
           '{"batch":[{"type":"track","userId":"u","event":"B1","messageId":"b-1"},'
           '{"type":"track","userId":"u","event":"B2","messageId":"b-2"}]}',
