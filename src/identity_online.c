@@ -173,7 +173,7 @@ TextArray(const char **v, int n)
 static SPIPlanPtr
 OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
 {
-	return CdpPlan(&plans[which], sql, nargs, argtypes);
+	return CdpPlanReplanned(&plans[which], sql, nargs, argtypes);
 }
 
 /* attach the stored identities of ids to the graph */

@@ -33,6 +33,30 @@ CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
+/*
+ * Like CdpPlan, for statements over arrays whose tables grow while one call
+ * runs (the identity write-back inside a long process_inbox): planned anew
+ * for every execution with the arrays' real sizes and the tables' current
+ * sizes.  A cached generic plan made while the tables were small would keep
+ * hashing whole tables per batch, making a long call quadratic.
+ */
+SPIPlanPtr
+CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+
+		MemoryContextSwitchTo(cxt);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed (%s): %s", SPI_result_code_string(SPI_result), sql);
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
 /* run a plan; expected is the SPI_OK_* code it must return */
 uint64
 CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected)
