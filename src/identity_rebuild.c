@@ -380,21 +380,29 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 
 	/*
 	 * Every other profile the replay knows points at the landing of the
-	 * profile that holds its identifiers now, so its events follow them.
-	 * (Stored profiles the replay does not know are left to Apply: emptied
-	 * ones redirect to where their identifiers went.)
+	 * profile that holds its identifiers now, so its events follow them.  A
+	 * merged-away profile with a merge rank is the one the replay knows by
+	 * that id (a rebuild made it that one's landing, then a message merged
+	 * it), whatever the replay's profile of its own id became; a canonical
+	 * one redirected now stops being a landing, so its rank goes.  (Stored
+	 * profiles the replay does not know are left to Apply: emptied ones
+	 * redirect to where their identifiers went, and lose their rank too.)
 	 */
 	for (uint32 i = 0; i < nprofs; i++)
 	{
+		ProfNode   *known;
 		int64		want;
 
 		p = CdpGraphProfileAt(g, i);
-		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS ||
-			(p->into == NULL && p->nmembers == 0))
+		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS)
 			continue;
-		want = CdpCanonicalOf(p)->landing;
+		known = (p->stored_rank != 0 && p->stored_into != 0)
+			? CdpGraphProfile(g, p->stored_rank, false) : p;
+		if (known == NULL || (known->into == NULL && known->nmembers == 0))
+			continue;
+		want = CdpCanonicalOf(known)->landing;
 		if (p->stored_into != want)
-			AddRecordChange(records, p, want, -1, -1);
+			AddRecordChange(records, p, want, -1, p->stored_into == 0 ? 0 : -1);
 	}
 
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
@@ -546,7 +554,8 @@ RedirectEmptied(Datum froms, Datum last_to, Datum touched)
 
 	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
 				3, t, a, SPI_OK_UPDATE);
-	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
+	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0, "
+				"             merge_rank = NULL "
 				"             FROM " EMPTIED " r WHERE p.profile_id = r.f RETURNING p.profile_id, r.t) "
 				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
 				"SELECT profile_id, t, 'rebuild: emptied, its identifiers moved here under the current rules' "
