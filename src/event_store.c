@@ -261,13 +261,14 @@ PrepareDefaults(EventWriter *w, PartitionWriter *pw)
 }
 
 /*
- * Prepare a partition's NOT NULLs (beyond those pg_cdp always satisfies) and
- * CHECKs.  With only_cols, just the constraints whose every column is in it
- * (attribute numbers offset by FirstLowInvalidHeapAttributeNumber).
+ * Prepare a partition's NOT NULLs (beyond those pg_cdp always satisfies,
+ * unless a BEFORE ROW trigger may have changed the row: trusted_fill false)
+ * and CHECKs.  With only_cols, just the constraints whose every column is in
+ * it (attribute numbers offset by FirstLowInvalidHeapAttributeNumber).
  */
 static void
-PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState *estate,
-				   ConstraintSet *cs)
+PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, bool trusted_fill,
+				   EState *estate, ConstraintSet *cs)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleConstr *constr = desc->constr;
@@ -280,7 +281,8 @@ PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attnotnull || att->attisdropped || IsAlwaysSet(attnos, i + 1) ||
+		if (!att->attnotnull || att->attisdropped ||
+			(trusted_fill && IsAlwaysSet(attnos, i + 1)) ||
 			(only_cols != NULL &&
 			 !bms_is_member(i + 1 - FirstLowInvalidHeapAttributeNumber, only_cols)))
 			continue;
@@ -305,8 +307,9 @@ PrepareConstraints(Relation rel, const int *attnos, Bitmapset *only_cols, EState
  * The constraint a row violates, described for a dead letter, or NULL.
  * ExecConstraints would raise an error; a batch must keep going, so this
  * evaluates the same NOT NULLs and CHECKs and reports instead.  (A BEFORE
- * trigger that moves a row out of its partition is refused by
- * ExecBRInsertTriggers itself, as for COPY.)
+ * trigger on cdp.events that moves a row out of its partition is refused by
+ * ExecBRInsertTriggers itself, as for COPY; one created on the partition
+ * alone is caught by the partition check in InsertIntoPartition.)
  */
 static char *
 ViolatedConstraint(Relation rel, ConstraintSet *cs, TupleTableSlot *slot, ExprContext *econtext)
@@ -362,7 +365,7 @@ OpenPartition(EventWriter *w, Oid relid, PartitionWriter *pw)
 	pw->after_row = (trig != NULL && trig->trig_insert_after_row) ||
 		(w->transition != NULL && w->transition->tcs_insert_new_table);
 	pw->generated = constr != NULL && constr->has_generated_stored;
-	PrepareConstraints(rel, pw->attnos, NULL, w->estate, &pw->constraints);
+	PrepareConstraints(rel, pw->attnos, NULL, !pw->before_row, w->estate, &pw->constraints);
 	PrepareDefaults(w, pw);
 }
 
@@ -447,6 +450,10 @@ InsertIntoPartition(EventWriter *w, Oid relid, CdpMessage **msgs, int n)
 			ExecComputeStoredGenerated(pw.rri, w->estate, slot, CMD_INSERT);
 		violation = ViolatedConstraint(pw.rri->ri_RelationDesc, &pw.constraints, slot,
 									   GetPerTupleExprContext(w->estate));
+		if (violation == NULL && pw.before_row &&
+			!ExecPartitionCheck(pw.rri, slot, w->estate, false))
+			violation = psprintf("new row for relation \"%s\" violates partition constraint: a BEFORE ROW trigger moved it out of its partition",
+								 RelationGetRelationName(pw.rri->ri_RelationDesc));
 		if (violation != NULL)
 		{
 			CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
@@ -574,7 +581,7 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 		if (c != COL_PROFILE_ID)
 			message_cols = bms_add_member(message_cols,
 										  attnos[c] - FirstLowInvalidHeapAttributeNumber);
-	PrepareConstraints(rel, attnos, message_cols, estate, &cs);
+	PrepareConstraints(rel, attnos, message_cols, true, estate, &cs);
 	if (cs.any)
 	{
 		slot = table_slot_create(rel, NULL);

@@ -74,7 +74,8 @@ cdp_link(PG_FUNCTION_ARGS)
 /*
  * A profile's identifiers (by linked_at, then identifier) and the links
  * between them that hold: the pairs of cdp.identity_pairs with both ends in
- * the profile, less those a split took apart.  Links come in evidence order.
+ * the profile, less those a split took apart and those whose message did not
+ * link both ends (a rule refused one).  Links come in evidence order.
  */
 typedef struct ProfileLinks
 {
@@ -131,7 +132,9 @@ LoadProfileLinks(int64 profile_id, bool read_only)
 							  "  FROM m ma JOIN cdp.identity_pairs p ON p.a = ma.identifier "
 							  "  JOIN m mb ON mb.identifier = p.b "
 							  "  LEFT JOIN cut ON cut.a = p.a AND cut.b = p.b "
+							  "  LEFT JOIN cdp.identity_evidence e ON e.seq = p.seq "
 							  " WHERE cut.a IS NULL "
+							  "   AND (e.seq IS NULL OR e.linked @> ARRAY[p.a, p.b]) "
 							  " ORDER BY p.seq, p.a, p.b",
 							  1, argtypes, args, NULL, read_only, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the links of the profile failed");

@@ -18,6 +18,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -45,7 +46,9 @@ typedef enum OnlinePlan
 	PLAN_INSERT_VIOLATIONS,
 	PLAN_INSERT_EVIDENCE,
 	PLAN_KNOWN_PAIRS,
+	PLAN_KNOWN_PAIRS_LINKED,
 	PLAN_INSERT_PAIRS,
+	PLAN_RELINK_PAIRS,
 	PLAN_UPDATE_STATS,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
@@ -60,6 +63,13 @@ static SPIPlanPtr plans[NUM_ONLINE_PLANS];
  */
 static bool last_batch_changed = false;
 static Oid	plans_type_oid = InvalidOid;
+
+/*
+ * The transaction that locked profile rows without the identity lock (a
+ * batch of known profiles): it must not wait for that lock any more, since
+ * a writer holding it may be waiting for those rows.
+ */
+static LocalTransactionId rows_without_lock_lxid = InvalidLocalTransactionId;
 
 /* one message (or cdp.link() call) to resolve */
 typedef struct IdItem
@@ -81,6 +91,10 @@ typedef struct PairRef
 	CdpIdentifier *a;
 	CdpIdentifier *b;
 	int			item;			/* the first message of the batch carrying it */
+	int			link_item;		/* the first that linked both ends and changed the graph, or -1 */
+	bool		first_links;	/* the first message linked both ends */
+	int16		x;				/* where a and b sit in the item's identifiers */
+	int16		y;
 } PairRef;
 
 Oid
@@ -236,7 +250,11 @@ StaleSnapshotContext(void *arg)
 
 /*
  * Every writer of the identity graph comes here first: one writer at a time,
- * and every read after this sees the previous writer's commit.  READ
+ * and every read after this sees the previous writer's commit.  A
+ * transaction already holding profile rows taken without the lock does not
+ * wait for it (that is the order the other writers use the other way round):
+ * it fails as a deadlock victim would, which process_inbox takes as a
+ * reason to stop early.  READ
  * COMMITTED statements run after this take a fresh snapshot; a transaction
  * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
  * commit cannot, so updating the clock row fails for it with 40001.
@@ -247,8 +265,21 @@ CdpLockIdentityGraph(void)
 	static SPIPlanPtr tick = NULL;
 	ErrorContextCallback cb;
 
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
-						Int32GetDatum(CDP_LOCK_IDENTITY));
+	if (rows_without_lock_lxid == MyProc->lxid)
+	{
+		if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4,
+											  Int32GetDatum(CDP_LOCK_CLASS),
+											  Int32GetDatum(CDP_LOCK_IDENTITY))))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+					 errmsg("cannot wait for the identity lock while holding profile rows"),
+					 errdetail("This transaction updated profiles without the identity lock; "
+							   "the session holding that lock may be waiting for them."),
+					 errhint("Commit, then retry the rest.")));
+	}
+	else
+		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(CDP_LOCK_CLASS),
+							Int32GetDatum(CDP_LOCK_IDENTITY));
 	cb.callback = StaleSnapshotContext;
 	cb.arg = NULL;
 	cb.previous = error_context_stack;
@@ -761,14 +792,26 @@ ComparePairRefs(const void *x, const void *y)
 	return c;
 }
 
+/* did the message of item link both ends of the pair it carries? */
+static bool
+LinksPair(IdItem *items, PairRef *pr)
+{
+	IdMessage  *m = &items[pr->item].m;
+
+	return m->linked != NULL && m->linked[pr->x] && m->linked[pr->y];
+}
+
 /*
  * Every distinct pair of identifiers the batch's messages carry, in (a, b)
  * order (the one order every session inserts them in), each with the first
- * message carrying it; *known says which cdp.identity_pairs already holds.
- * One probe of the pair table for the whole batch.
+ * message carrying it and whether that one linked both ends, and the first
+ * that linked both ends and changed the graph (so leaves evidence); *known says
+ * which cdp.identity_pairs already holds, and with linked (when wanted)
+ * whether the message stored for it linked both ends.  One probe of the
+ * pair table for the whole batch.
  */
 static int
-BatchPairs(IdItem *items, int n, PairRef **out, bool **known)
+BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 {
 	int64		cap = 0;
 	int			np = 0,
@@ -805,6 +848,8 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known)
 				pairs[np].a = c < 0 ? a : b;
 				pairs[np].b = c < 0 ? b : a;
 				pairs[np].item = i;
+				pairs[np].x = x;
+				pairs[np].y = y;
 				np++;
 			}
 		}
@@ -812,11 +857,24 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known)
 	qsort(pairs, np, sizeof(PairRef), ComparePairRefs);
 	/* sorted by message within a pair: the first one stays */
 	for (int i = 0; i < np; i++)
-		if (nd == 0 || CdpIdentifierCompare(pairs[nd - 1].a, pairs[i].a) != 0 ||
-			CdpIdentifierCompare(pairs[nd - 1].b, pairs[i].b) != 0)
-			pairs[nd++] = pairs[i];
+	{
+		bool		first = nd == 0 || CdpIdentifierCompare(pairs[nd - 1].a, pairs[i].a) != 0 ||
+			CdpIdentifierCompare(pairs[nd - 1].b, pairs[i].b) != 0;
+		bool		links = LinksPair(items, &pairs[i]);
+
+		if (first)
+		{
+			pairs[nd] = pairs[i];
+			pairs[nd].first_links = links;
+			pairs[nd++].link_item = -1;
+		}
+		if (links && pairs[nd - 1].link_item < 0 && items[pairs[i].item].m.changed)
+			pairs[nd - 1].link_item = pairs[i].item;
+	}
 	*out = pairs;
 	*known = palloc0(sizeof(bool) * Max(nd, 1));
+	if (linked)
+		*linked = palloc0(sizeof(bool) * Max(nd, 1));
 	if (nd == 0)
 		return 0;
 
@@ -830,18 +888,32 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known)
 	argtypes[0] = argtypes[1] = get_array_type(plans_type_oid);
 	args[0] = IdentifierArray(as, nd);
 	args[1] = IdentifierArray(bs, nd);
-	rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS,
-							"SELECT u.ord::int4 FROM ROWS FROM (unnest($1), unnest($2)) "
-							"WITH ORDINALITY AS u(a, b, ord) "
-							"JOIN cdp.identity_pairs p ON p.a = u.a AND p.b = u.b",
-							2, argtypes),
-					   args, NULL, SPI_OK_SELECT);
+	if (linked)
+		rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS_LINKED,
+										 "SELECT u.ord::int4, NOT EXISTS (SELECT FROM cdp.identity_evidence e "
+										 "  WHERE e.seq = p.seq AND NOT e.linked @> ARRAY[p.a, p.b]) "
+										 "FROM ROWS FROM (unnest($1), unnest($2)) "
+										 "WITH ORDINALITY AS u(a, b, ord) "
+										 "JOIN cdp.identity_pairs p ON p.a = u.a AND p.b = u.b",
+										 2, argtypes),
+						   args, NULL, SPI_OK_SELECT);
+	else
+		rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS,
+										 "SELECT u.ord::int4 FROM ROWS FROM (unnest($1), unnest($2)) "
+										 "WITH ORDINALITY AS u(a, b, ord) "
+										 "JOIN cdp.identity_pairs p ON p.a = u.a AND p.b = u.b",
+										 2, argtypes),
+						   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
+		int			k = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
+													&isnull)) - 1;
 
-		(*known)[DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
-											 &isnull)) - 1] = true;
+		(*known)[k] = true;
+		if (linked)
+			(*linked)[k] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+													  2, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return nd;
@@ -853,7 +925,7 @@ AssertsNewPair(IdItem *items, int n)
 {
 	PairRef    *pairs;
 	bool	   *known;
-	int			np = BatchPairs(items, n, &pairs, &known);
+	int			np = BatchPairs(items, n, &pairs, &known, NULL);
 
 	for (int i = 0; i < np; i++)
 		if (!known[i])
@@ -863,13 +935,16 @@ AssertsNewPair(IdItem *items, int n)
 
 /*
  * Store the pairs no earlier message carried, in (a, b) order, each with
- * the evidence row of the first message of the batch carrying it.  Under
- * the identity lock nobody else adds them; ON CONFLICT is the safety net.
+ * the evidence row of the first message of the batch that linked both ends
+ * (else the first carrying it).  A pair whose stored message did not link
+ * it (a rule refused one end) takes the first message that does: only a
+ * pair its message linked is a link for split_profile and explain_link.
+ * Under the identity lock nobody else writes them; ON CONFLICT is the
+ * safety net.
  */
 static void
-WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, int np, int64 *item_seq)
+WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, bool *linked, int np, int64 *item_seq)
 {
-	int			nnew = 0;
 	CdpIdentifier **as = palloc(sizeof(CdpIdentifier *) * Max(np, 1));
 	CdpIdentifier **bs = palloc(sizeof(CdpIdentifier *) * Max(np, 1));
 	const char **pmids = palloc(sizeof(char *) * Max(np, 1));
@@ -879,32 +954,49 @@ WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, int np, int64 *item_se
 	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	Datum		pargs[5];
 
-	for (int p = 0; p < np; p++)
+	for (int pass = 0; pass < 2; pass++)
 	{
-		IdItem	   *item = &items[pairs[p].item];
+		int			count = 0;
 
-		if (known[p])
+		for (int p = 0; p < np; p++)
+		{
+			int			first = pairs[p].item;
+			int			links = (pairs[p].first_links && item_seq[first] != 0) ? first :
+				pairs[p].link_item;
+			int			it = links >= 0 ? links : first;
+			IdItem	   *item = &items[it];
+
+			if (pass == 0 ? known[p] : (!known[p] || linked[p] || links < 0))
+				continue;
+			as[count] = pairs[p].a;
+			bs[count] = pairs[p].b;
+			pmids[count] = item->message_id;
+			pats[count] = item->ts;
+			pseqs[count] = item_seq[it];
+			count++;
+		}
+		if (count == 0)
 			continue;
-		as[nnew] = pairs[p].a;
-		bs[nnew] = pairs[p].b;
-		pmids[nnew] = item->message_id;
-		pats[nnew] = item->ts;
-		pseqs[nnew] = item_seq[pairs[p].item];
-		nnew++;
+		pargs[0] = IdentifierArray(as, count);
+		pargs[1] = IdentifierArray(bs, count);
+		pargs[2] = TextArray(pmids, count);
+		pargs[3] = TimestampArray(pats, count);
+		pargs[4] = CdpInt8Array(pseqs, count);
+		if (pass == 0)
+			CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PAIRS,
+							 "INSERT INTO cdp.identity_pairs (a, b, message_id, observed_at, seq) "
+							 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), "
+							 "unnest($5)) ON CONFLICT DO NOTHING",
+							 5, ptypes),
+						pargs, NULL, SPI_OK_INSERT);
+		else
+			CdpExecPlan(OnlinePlanFor(PLAN_RELINK_PAIRS,
+							 "UPDATE cdp.identity_pairs p SET message_id = u.m, observed_at = u.t, seq = u.q "
+							 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)) "
+							 "AS u(a, b, m, t, q) WHERE p.a = u.a AND p.b = u.b",
+							 5, ptypes),
+						pargs, NULL, SPI_OK_UPDATE);
 	}
-	if (nnew == 0)
-		return;
-	pargs[0] = IdentifierArray(as, nnew);
-	pargs[1] = IdentifierArray(bs, nnew);
-	pargs[2] = TextArray(pmids, nnew);
-	pargs[3] = TimestampArray(pats, nnew);
-	pargs[4] = CdpInt8Array(pseqs, nnew);
-	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PAIRS,
-					 "INSERT INTO cdp.identity_pairs (a, b, message_id, observed_at, seq) "
-					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), "
-					 "unnest($5)) ON CONFLICT DO NOTHING",
-					 5, ptypes),
-				pargs, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -920,7 +1012,8 @@ WriteEvidence(IdItem *items, int n)
 {
 	PairRef    *pairs;
 	bool	   *known;
-	int			np = BatchPairs(items, n, &pairs, &known);
+	bool	   *known_linked;
+	int			np = BatchPairs(items, n, &pairs, &known, &known_linked);
 	bool	   *asserts_new = palloc0(sizeof(bool) * n);
 	int64	   *item_seq = palloc0(sizeof(int64) * n);
 	Oid			seq_rel = get_relname_relid("identity_seq", get_namespace_oid("cdp", false));
@@ -1011,7 +1104,7 @@ WriteEvidence(IdItem *items, int n)
 					 11, argtypes),
 				args, NULL, SPI_OK_INSERT);
 
-	WriteNewPairs(items, pairs, known, np, item_seq);
+	WriteNewPairs(items, pairs, known, known_linked, np, item_seq);
 }
 
 /*
@@ -1119,6 +1212,8 @@ ResolveItems(IdItem *items, int n)
 		/* a split that committed meanwhile makes what we read stale */
 		nlock = AttachedProfiles(g, &lock_ids);
 		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
+		if (!changes_possible && nlock > 0)
+			rows_without_lock_lxid = MyProc->lxid;
 	}
 	if (changes_possible)
 	{

@@ -244,7 +244,9 @@ IsConflict(ErrorData *edata)
  * Whether an integrity violation was raised on one of pg_cdp's own tables
  * (identities, profiles, the messageId window, dead letters...), not on
  * cdp.events or a partition, where a constraint a user added can fail on a
- * message's content.
+ * message's content.  This is asked after the subtransaction rolled back: a
+ * table that no longer exists was created in it, and processing creates
+ * none but partitions of cdp.events.
  */
 static bool
 IsOwnTableError(ErrorData *edata)
@@ -256,11 +258,12 @@ IsOwnTableError(ErrorData *edata)
 		strcmp(edata->schema_name, "cdp") != 0)
 		return false;
 	relid = get_relname_relid(edata->table_name, get_namespace_oid("cdp", false));
+	if (!OidIsValid(relid))
+		return false;
 	events = CdpEventsRelid();
 	if (relid == events)
 		return false;
-	return !(OidIsValid(relid) && get_rel_relispartition(relid) &&
-			 get_partition_parent(relid, true) == events);
+	return !(get_rel_relispartition(relid) && get_partition_parent(relid, true) == events);
 }
 
 /*
@@ -329,6 +332,41 @@ ProcessChunk(void *arg)
 	CdpWriteDeadLetters(msgs, n);
 }
 
+/* making one message again, for its processing_error dead letter */
+typedef struct RemakeWork
+{
+	ChunkRef   *ref;
+	CdpMessage *msg;
+} RemakeWork;
+
+static void
+RemakeMessage(void *arg)
+{
+	RemakeWork *r = arg;
+
+	r->msg = CdpRowMessage(r->ref->row, r->ref->item);
+}
+
+/*
+ * The processing_error dead letter of a message that failed alone: the
+ * message as it would have been stored (a batch item with what its envelope
+ * gives it) if it can be made again, else its text as received.
+ */
+static CdpMessage *
+ProcessingErrorMessage(ChunkRef *ref, ErrorData *edata)
+{
+	RemakeWork	r = {ref, NULL};
+	char	   *reason = ErrorReason(edata);
+	ErrorData  *again = RunInSubtransaction(RemakeMessage, &r, IsMessageError);
+
+	if (again == NULL && r.msg->outcome == CDP_PENDING && r.msg->item != NULL)
+	{
+		CdpMarkDead(r.msg, "processing_error", "%s", reason);
+		return r.msg;
+	}
+	return CdpFailedMessage(ref->row, ref->item, "processing_error", reason);
+}
+
 /*
  * Process messages, a chunk at a time, each chunk in a subtransaction.  If
  * one of them raises an error its content can cause, go again in halves:
@@ -359,8 +397,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		else
 		{
 			MemoryContext cxt = MemoryContextSwitchTo(b->chunk_cxt);
-			CdpMessage *msg = CdpFailedMessage(refs[0].row, refs[0].item,
-											   "processing_error", ErrorReason(edata));
+			CdpMessage *msg = ProcessingErrorMessage(&refs[0], edata);
 
 			CdpWriteDeadLetters(&msg, 1);
 			MemoryContextSwitchTo(cxt);

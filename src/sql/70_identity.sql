@@ -93,14 +93,14 @@ CREATE TABLE cdp.identity_evidence (
 CREATE TABLE cdp.identity_pairs (
     a           cdp.identifier NOT NULL,
     b           cdp.identifier NOT NULL,
-    message_id  text NOT NULL,      -- the first message that carried both
+    message_id  text NOT NULL,      -- the first message that linked both (else carried both)
     observed_at timestamptz NOT NULL,
     seq         bigint NOT NULL,    -- its cdp.identity_evidence row
     PRIMARY KEY (a, b),
     CHECK (a OPERATOR(cdp.<) b)
 );
 COMMENT ON TABLE cdp.identity_pairs IS
-    'every distinct pair of identifiers a message carried together (a < b), with the first message that did';
+    'every distinct pair of identifiers a message carried together (a < b), with the first message that linked both (the first that carried them while none did)';
 
 CREATE TABLE cdp.merges (
     merged_at    timestamptz NOT NULL DEFAULT now(),
