@@ -11,7 +11,8 @@
  *	  type's max_per_profile within its time window, a split pair, the hub
  *	  guard), drop the message's lowest-priority identifier, record the
  *	  violation and look again; then create a profile, or merge the profiles
- *	  into the oldest (lowest id) and attach the new identifiers.
+ *	  into the oldest (lowest rank, then id: see CdpOlderProfile) and attach
+ *	  the new identifiers.
  */
 #include "postgres.h"
 
@@ -227,7 +228,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 		ProfNode   *target = profiles[0];
 
 		for (int j = 1; j < np; j++)
-			if (profiles[j]->profile_id < target->profile_id)
+			if (CdpOlderProfile(profiles[j], target))
 				target = profiles[j];
 		if (target->merges_absorbed >= g->rules->max_merges)
 		{
@@ -473,7 +474,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		int			t = 0;
 
 		for (int j = 1; j < np; j++)
-			if (profiles[j]->profile_id < profiles[t]->profile_id)
+			if (CdpOlderProfile(profiles[j], profiles[t]))
 				t = j;
 		target = profiles[t];
 		for (int j = 0; j < np; j++)

@@ -187,7 +187,8 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 	if (n == 0)
 		return;
 	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
-							"SELECT i.identifier, i.profile_id, i.linked_at, r.version "
+							"SELECT i.identifier, i.profile_id, i.linked_at, r.version, "
+							"coalesce(r.merge_rank, r.profile_id) "
 							"FROM cdp.identities i JOIN cdp.profile_records r USING (profile_id) "
 							"WHERE i.identifier = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
@@ -203,6 +204,7 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
 		ProfNode   *p = CdpGraphProfile(g, profile, true);
 
 		p->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		p->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 		CdpGraphAttach(g, node, p, linked_at, NULL, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -354,8 +356,8 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		qsort(ids, n, sizeof(int64), CompareInt64);
 		args[0] = CdpInt8Array(ids, n);
 		rows = CdpExecPlan(OnlinePlanFor(PLAN_LOCK_PROFILES,
-								"SELECT profile_id, merged_into, merges_absorbed, version "
-								"FROM cdp.profile_records WHERE profile_id = ANY ($1) "
+								"SELECT profile_id, merged_into, merges_absorbed, version, "
+								"coalesce(merge_rank, profile_id) FROM cdp.profile_records WHERE profile_id = ANY ($1) "
 								"ORDER BY profile_id FOR UPDATE", 1, argtypes),
 						   args, NULL, SPI_OK_SELECT);
 		for (uint64 r = 0; r < rows; r++)
@@ -367,6 +369,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			Datum		into;
 
 			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			p->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 			stale |= p->version >= 0 &&
 				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);

@@ -233,6 +233,8 @@ typedef struct RecordChange
 	int64		into;			/* 0: canonical */
 	int64		was;			/* its stored merged_into */
 	int32		absorbed;		/* merges_absorbed; -1 leaves it */
+	int64		rank;			/* merge_rank, 0 for none; -1 leaves it */
+	bool		rank_only;		/* only merge_rank changes */
 } RecordChange;
 
 /* where cdp.identities holds an identifier now */
@@ -252,16 +254,21 @@ NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	bool		isnull;
 	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
 	Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+	Datum		rank;
 
 	p->stored_into = isnull ? 0 : DatumGetInt64(into);
 	p->stored_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	rank = SPI_getbinval(tup, desc, 4, &isnull);
+	p->stored_rank = isnull ? 0 : DatumGetInt64(rank);
 }
 
 static void
-AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed)
+AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed, int64 rank)
 {
 	RecordChange *rc = palloc(sizeof(RecordChange));
 
+	rc->rank = rank;
+	rc->rank_only = false;
 	rc->profile = p->profile_id;
 	rc->into = into;
 	rc->was = p->stored_into;
@@ -275,8 +282,8 @@ AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed)
  * stored profile of its first member (profiles split off by split_profile
  * have ids no evidence row names).  Returns the identifiers that would move;
  * *records gets the profile records whose redirect (every profile the
- * replay knows points at where its identifiers are now) or merge count (the
- * hub guard's, as the replay counted it) would change.
+ * replay knows points at where its identifiers are now), merge count (the
+ * hub guard's, as the replay counted it) or merge rank would change.
  */
 static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
@@ -307,8 +314,9 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			replayed[nreplayed++] = p;
 	}
 	/* profiles the replay knows only from now on, with their stored state */
-	ForEachRow("SELECT profile_id, merged_into, merges_absorbed FROM cdp.profile_records "
-			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0", NoteRecord, g, NULL);
+	ForEachRow("SELECT profile_id, merged_into, merges_absorbed, merge_rank FROM cdp.profile_records "
+			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0 OR merge_rank IS NOT NULL",
+			   NoteRecord, g, NULL);
 	nprofs = CdpGraphProfileCount(g);
 	qsort(replayed, nreplayed, sizeof(ProfNode *), CompareProfNodes);
 	for (int i = 0; i < nreplayed; i++)
@@ -343,34 +351,58 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		CdpGraphProfile(g, p->landing, true)->claimed = true;
 	}
 
-	/* a landing is canonical and has absorbed what its replayed profile has */
+	/*
+	 * A landing is canonical, has absorbed what its replayed profile has,
+	 * and ranks where the replay's id for it does (merges go into the
+	 * lowest): online resolution then picks the profile a merge goes into,
+	 * and the one whose merges the hub guard counts, as the next replay
+	 * will, also when the landing's id orders otherwise (split_profile and
+	 * rebuilds give new ids; a replay knows a profile no message created
+	 * by an id of its own).
+	 */
 	for (int i = 0; i < nreplayed; i++)
 	{
 		ProfNode   *l;
+		int64		rank;
 
 		p = replayed[i];
 		l = CdpGraphProfile(g, p->landing, false);
+		rank = (p->landing == p->profile_id && p->profile_id < TEMP_PROFILE_IDS) ? 0 : p->profile_id;
 		if (l->stored_into != 0 || l->stored_absorbed != p->merges_absorbed)
-			AddRecordChange(records, l, 0, p->merges_absorbed);
+			AddRecordChange(records, l, 0, p->merges_absorbed, rank);
+		else if (l->stored_rank != rank)
+		{
+			/* reported apart: no profile changes, only what later merges pick */
+			AddRecordChange(records, l, 0, p->merges_absorbed, rank);
+			((RecordChange *) llast(*records))->rank_only = true;
+		}
 	}
 
 	/*
 	 * Every other profile the replay knows points at the landing of the
-	 * profile that holds its identifiers now, so its events follow them.
-	 * (Stored profiles the replay does not know are left to Apply: emptied
-	 * ones redirect to where their identifiers went.)
+	 * profile that holds its identifiers now, so its events follow them.  A
+	 * merged-away profile with a merge rank is the one the replay knows by
+	 * that id (a rebuild made it that one's landing, then a message merged
+	 * it), whatever the replay's profile of its own id became; a canonical
+	 * one redirected now stops being a landing, so its rank goes.  (Stored
+	 * profiles the replay does not know are left to Apply: emptied ones
+	 * redirect to where their identifiers went, and lose their rank too.)
 	 */
 	for (uint32 i = 0; i < nprofs; i++)
 	{
+		ProfNode   *known;
 		int64		want;
 
 		p = CdpGraphProfileAt(g, i);
-		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS ||
-			(p->into == NULL && p->nmembers == 0))
+		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS)
 			continue;
-		want = CdpCanonicalOf(p)->landing;
+		known = (p->stored_rank != 0 && p->stored_into != 0)
+			? CdpGraphProfile(g, p->stored_rank, false) : p;
+		if (known == NULL || (known->into == NULL && known->nmembers == 0))
+			continue;
+		want = CdpCanonicalOf(known)->landing;
 		if (p->stored_into != want)
-			AddRecordChange(records, p, want, -1);
+			AddRecordChange(records, p, want, -1, p->stored_into == 0 ? 0 : -1);
 	}
 
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
@@ -469,22 +501,24 @@ MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype)
 }
 
 /*
- * Give profile records the redirect and merge count of the replay.  Each
- * merge and un-merge this makes is logged in cdp.merges; a profile that
- * comes back takes its events (and those of the profiles redirected to it)
- * back, counted again by the caller.
+ * Give profile records the redirect, merge count and merge rank of the
+ * replay.  Each merge and un-merge this makes is logged in cdp.merges; a
+ * profile that comes back takes its events (and those of the profiles
+ * redirected to it) back, counted again by the caller.
  */
 static void
-WriteRecords(Datum profiles, Datum into, Datum absorbed)
+WriteRecords(Datum profiles, Datum into, Datum absorbed, Datum ranks)
 {
-	Oid			t[3] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
-	Datum		a[3] = {profiles, into, absorbed};
+	Oid			t[4] = {INT8ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum		a[4] = {profiles, into, absorbed, ranks};
 
-	CdpExecArgs("WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, i, a)), "
+	CdpExecArgs("WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+				"         AS u(p, i, a, k)), "
 				"old AS (SELECT r.profile_id, r.merged_into FROM cdp.profile_records r "
 				"         JOIN u ON u.p = r.profile_id), "
 				"upd AS (UPDATE cdp.profile_records r SET merged_into = nullif(u.i, 0), "
 				"        merges_absorbed = CASE WHEN u.a < 0 THEN r.merges_absorbed ELSE u.a END, "
+				"        merge_rank = CASE WHEN u.k < 0 THEN r.merge_rank ELSE nullif(u.k, 0) END, "
 				"        event_count = CASE WHEN u.i = 0 THEN r.event_count ELSE 0 END, "
 				"        version = r.version + 1 "
 				"        FROM u WHERE r.profile_id = u.p RETURNING r.profile_id) "
@@ -497,7 +531,7 @@ WriteRecords(Datum profiles, Datum into, Datum absorbed)
 				"            ELSE format('rebuild: merged under the current rules (was merged into profile %s)', "
 				"                        o.merged_into) END "
 				"  FROM old o JOIN u ON u.p = o.profile_id WHERE coalesce(o.merged_into, 0) <> u.i",
-				3, t, a, SPI_OK_INSERT);
+				4, t, a, SPI_OK_INSERT);
 }
 
 /* $1, $2: profiles that lost identifiers and where the last of them went */
@@ -520,7 +554,8 @@ RedirectEmptied(Datum froms, Datum last_to, Datum touched)
 
 	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = ANY ($1)",
 				3, t, a, SPI_OK_UPDATE);
-	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0 "
+	CdpExecArgs("WITH upd AS (UPDATE cdp.profile_records p SET merged_into = r.t, event_count = 0, "
+				"             merge_rank = NULL "
 				"             FROM " EMPTIED " r WHERE p.profile_id = r.f RETURNING p.profile_id, r.t) "
 				"INSERT INTO cdp.merges (from_profile, into_profile, reason) "
 				"SELECT profile_id, t, 'rebuild: emptied, its identifiers moved here under the current rules' "
@@ -591,6 +626,7 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 	int64	   *rec_ids = palloc(sizeof(int64) * Max(nrec, 1));
 	int64	   *rec_into = palloc(sizeof(int64) * Max(nrec, 1));
 	Datum	   *rec_absorbed = palloc(sizeof(Datum) * Max(nrec, 1));
+	int64	   *rec_rank = palloc(sizeof(int64) * Max(nrec, 1));
 	int64	   *touched = palloc(sizeof(int64) * (2 * n + 3 * nrec + 1));
 	int			nmoved = 0,
 				ngone = 0,
@@ -648,6 +684,8 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 		rec_ids[k] = RealProfileId(fresh, rc->profile);
 		rec_into[k] = RealProfileId(fresh, rc->into);
 		rec_absorbed[k] = Int32GetDatum(rc->absorbed);
+		/* a rank is the replay's id itself, never a real one */
+		rec_rank[k] = rc->rank;
 		touched[ntouched++] = rec_ids[k];
 		if (rec_into[k] != 0)
 			touched[ntouched++] = rec_into[k];
@@ -671,7 +709,7 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 					   CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved), idtype);
 	if (nrec > 0)
 		WriteRecords(CdpInt8Array(rec_ids, nrec), CdpInt8Array(rec_into, nrec),
-					 CdpArray(rec_absorbed, nrec, INT4OID));
+					 CdpArray(rec_absorbed, nrec, INT4OID), CdpInt8Array(rec_rank, nrec));
 	RedirectEmptied(CdpInt8Array(froms, nfrom), CdpInt8Array(last_to, nfrom), touched_arr);
 	RecountProfiles(touched_arr);
 }
@@ -693,6 +731,8 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	Size		peak;
 	List	   *changes;
 	List	   *records = NIL;
+	int			nranks = 0;
+	ListCell   *lc;
 	instr_time	start,
 				elapsed;
 	char	   *report;
@@ -723,13 +763,17 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 		Apply(changes, records, rs.relinked, idtype);
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
+	foreach(lc, records)
+		nranks += ((RecordChange *) lfirst(lc))->rank_only;
 
 	MemoryContextSwitchTo(caller);
 	report = psprintf("{\"dry_run\": %s, \"changed\": %d, \"profiles_changed\": %d, "
+					  "\"ranks_changed\": %d, "
 					  "\"evidence_rows\": " INT64_FORMAT
 					  ", \"identifiers\": " INT64_FORMAT ", \"profiles\": " INT64_FORMAT
 					  ", \"graph_bytes\": %zu, \"elapsed_ms\": %.1f}",
-					  dry_run ? "true" : "false", list_length(changes), list_length(records),
+					  dry_run ? "true" : "false", list_length(changes), list_length(records) - nranks,
+					  nranks,
 					  nevidence, nstored,
 					  nprofiles, peak, INSTR_TIME_GET_MILLISEC(elapsed));
 	SPI_finish();

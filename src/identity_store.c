@@ -295,6 +295,7 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 		return NULL;
 	p = PagedAppend(&g->profs, g->cxt, &ref);
 	p->profile_id = profile_id;
+	p->rank = profile_id;
 	p->version = -1;
 	p->type_counts = p->inline_counts;
 	p->ntype_counts = lengthof(p->inline_counts);

@@ -73,6 +73,7 @@ struct IdNode
 struct ProfNode
 {
 	int64		profile_id;		/* the key */
+	int64		rank;			/* merges go into the lowest (rank, id) */
 	ProfNode   *into;			/* merged into; NULL while canonical */
 	int64		landing;		/* rebuild: the stored profile it maps to */
 	int64		stored_into;	/* rebuild: profile_records.merged_into, 0 none */
@@ -88,6 +89,7 @@ struct ProfNode
 	bool		members_loaded;
 	bool		claimed;		/* rebuild: some replayed profile lands here */
 	int32		stored_absorbed;	/* rebuild: profile_records.merges_absorbed */
+	int64		stored_rank;	/* rebuild: profile_records.merge_rank, 0 none */
 };
 
 typedef struct IdMerge
@@ -224,6 +226,17 @@ CdpCanonicalOf(ProfNode *p)
 	while (p->into != NULL)
 		p = p->into;
 	return p;
+}
+
+/*
+ * Is a older than b, the one merges go into?  Online, rank is the id the
+ * last rebuild's replay knew the profile by, so online resolution orders
+ * profiles as the next replay will; in a replay it is the profile's id.
+ */
+static inline bool
+CdpOlderProfile(const ProfNode *a, const ProfNode *b)
+{
+	return a->rank < b->rank || (a->rank == b->rank && a->profile_id < b->profile_id);
 }
 
 /* identity_graph.c */

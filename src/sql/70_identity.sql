@@ -47,6 +47,9 @@ CREATE TABLE cdp.profile_records (
     merges_absorbed int NOT NULL DEFAULT 0,
     merged_into     bigint,
     version         int NOT NULL DEFAULT 0,    -- bumped when identifiers leave (split, rebuild)
+    -- where the profile stands when merges pick the oldest: the id the last
+    -- rebuild's replay knew it by, when that differs from profile_id
+    merge_rank      bigint,
     traits          jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX profile_records_merged_into_idx ON cdp.profile_records (merged_into)
