@@ -1316,7 +1316,12 @@ CdpResolveIdentities(CdpMessage **msgs, int n)
 		k++;
 	}
 	if (k > 0)
+	{
+		int			level = CdpBeginIndexedPlans();
+
 		ResolveItems(items, k);
+		CdpEndIndexedPlans(level);
+	}
 }
 
 /* cdp.link(): evidence that a and b are one person, under the same rules */

@@ -13,6 +13,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "utils/guc.h"
+
 #include "spi_util.h"
 
 /* the plan in *slot, prepared and kept on first use */
@@ -117,4 +119,31 @@ CdpInt8Array(int64 *v, int n)
 	for (int i = 0; i < n; i++)
 		d[i] = Int64GetDatum(v[i]);
 	return CdpArray(d, n, INT8OID);
+}
+
+/*
+ * Until CdpEndIndexedPlans(level): statements planned meanwhile use index
+ * lookups, never a scan of a whole table.  The identity write-back touches a
+ * few rows of tables that grow inside one long call, where the statistics
+ * lag far behind; a hash or merge join chosen from them would read every
+ * row each batch.  Undone with the (sub)transaction on an error.
+ */
+int
+CdpBeginIndexedPlans(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+void
+CdpEndIndexedPlans(int level)
+{
+	AtEOXact_GUC(true, level);
 }

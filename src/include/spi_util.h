@@ -9,6 +9,8 @@
 
 extern SPIPlanPtr CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern int	CdpBeginIndexedPlans(void);
+extern void CdpEndIndexedPlans(int level);
 extern uint64 CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected);
 extern uint64 CdpExecSql(const char *sql, int expected);
 extern Datum CdpArray(Datum *elems, int n, Oid elemtype);
