@@ -723,7 +723,8 @@ WriteMerges(IdentityGraph *g)
 						 "      UNION ALL "
 						 "      SELECT x.profile_id, u.t, false "
 						 "        FROM ROWS FROM (unnest($1), unnest($2)) AS u(f, t) "
-						 "        JOIN cdp.profile_records x ON x.merged_into = u.f) m "
+						 "        JOIN cdp.profile_records x ON x.merged_into = u.f "
+						 "       WHERE x.merged_into IS NOT NULL) m "	/* its partial index */
 						 "WHERE r.profile_id = m.id",
 						 2, pairs), pair, NULL, SPI_OK_UPDATE);
 	}
