@@ -50,7 +50,15 @@ CREATE TABLE cdp.profile_records (
     -- where the profile stands when merges pick the oldest: the id the last
     -- rebuild's replay knew it by, when that differs from profile_id
     merge_rank      bigint,
-    traits          jsonb NOT NULL DEFAULT '{}'
+    -- derived from the per-identifier stores (cdp.identifier_traits,
+    -- cdp.identifier_consent) of the profile's identifiers: for each trait
+    -- key the value with the latest event time, and its time (ISO 8601)
+    traits          jsonb NOT NULL DEFAULT '{}',
+    trait_times     jsonb NOT NULL DEFAULT '{}',
+    -- per purpose the latest decision: {"granted": bool, "at": ISO time,
+    -- "source": text, "message_id": text or null}; purposes without one
+    -- take the purpose's default
+    consent         jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX profile_records_merged_into_idx ON cdp.profile_records (merged_into)
     WHERE merged_into IS NOT NULL;
