@@ -3,6 +3,12 @@
 -- functions stay with the extension owner unless granted.
 REVOKE ALL ON ALL ROUTINES IN SCHEMA cdp FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA cdp FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA cdp FROM PUBLIC;
+-- ... and what is made in cdp later (partitions, upgrades): PostgreSQL makes
+-- new functions executable by PUBLIC unless told otherwise.
+ALTER DEFAULT PRIVILEGES IN SCHEMA cdp REVOKE ALL ON FUNCTIONS FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA cdp REVOKE ALL ON TABLES FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA cdp REVOKE ALL ON SEQUENCES FROM PUBLIC;
 
 -- The identifier type is a plain value type: anyone who may see one may
 -- compare and print it (analysts join on it), so its support functions are
