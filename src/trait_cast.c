@@ -256,27 +256,15 @@ ConvertDirectly(Oid typid, Jsonb *jb, JsonbValue *v, bool is_scalar,
 	}
 }
 
-PG_FUNCTION_INFO_V1(cdp_trait_as);
-
-/*
- * cdp.trait_as(value jsonb, template anyelement) → anyelement: value as the
- * template's type (only its type matters), NULL when value is NULL, JSON
- * null, or does not convert.
- */
-Datum
-cdp_trait_as(PG_FUNCTION_ARGS)
+/* the call site's target type, looked up on its first call */
+static TraitTarget *
+GetTarget(FunctionCallInfo fcinfo, int template_arg)
 {
 	TraitTarget *target = (TraitTarget *) fcinfo->flinfo->fn_extra;
-	Jsonb	   *jb;
-	JsonbValue	v;
-	bool		is_scalar;
-	Datum		result = (Datum) 0;
-	bool		isnull;
-	char	   *text;
 
 	if (target == NULL)
 	{
-		Oid			typid = get_fn_expr_argtype(fcinfo->flinfo, 1);
+		Oid			typid = get_fn_expr_argtype(fcinfo->flinfo, template_arg);
 		Oid			inputfn;
 
 		if (!OidIsValid(typid))
@@ -289,22 +277,88 @@ cdp_trait_as(PG_FUNCTION_ARGS)
 		fmgr_info_cxt(inputfn, &target->input, fcinfo->flinfo->fn_mcxt);
 		fcinfo->flinfo->fn_extra = target;
 	}
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	jb = PG_GETARG_JSONB_P(0);
-	is_scalar = JB_ROOT_IS_SCALAR(jb) && JsonbExtractScalar(&jb->root, &v);
-	if (is_scalar && v.type == jbvNull)
-		PG_RETURN_NULL();
+	return target;
+}
 
-	if (ConvertDirectly(target->typid, jb, &v, is_scalar, &result, &isnull))
+/*
+ * Convert one JSON value (jb's root when v is NULL, else v, a value inside
+ * jb) to the target type; false when it is null or does not convert.
+ */
+static bool
+ConvertTrait(TraitTarget *target, Jsonb *jb, JsonbValue *inner, Datum *result)
+{
+	JsonbValue	v;
+	bool		is_scalar;
+	bool		isnull;
+
+	if (inner != NULL && (inner->type == jbvBinary ||
+						  target->typid == JSONBOID || target->typid == JSONOID))
 	{
-		if (isnull)
-			PG_RETURN_NULL();
-		PG_RETURN_DATUM(result);
+		/* an object or array inside, or a value kept as JSON: a jsonb of its own */
+		jb = JsonbValueToJsonb(inner);
+		inner = NULL;
 	}
-	text = JsonbValueText(jb, &v, is_scalar);
-	result = InputOrNull(target, text, &isnull);
-	if (isnull)
+	if (inner != NULL)
+	{
+		v = *inner;
+		is_scalar = true;
+	}
+	else
+		is_scalar = JB_ROOT_IS_SCALAR(jb) && JsonbExtractScalar(&jb->root, &v);
+	if (is_scalar && v.type == jbvNull)
+		return false;
+	if (ConvertDirectly(target->typid, jb, &v, is_scalar, result, &isnull))
+		return !isnull;
+	*result = InputOrNull(target, JsonbValueText(jb, &v, is_scalar), &isnull);
+	return !isnull;
+}
+
+PG_FUNCTION_INFO_V1(cdp_trait_as);
+
+/*
+ * cdp.trait_as(value jsonb, template anyelement) → anyelement: value as the
+ * template's type (only its type matters), NULL when value is NULL, JSON
+ * null, or does not convert.
+ */
+Datum
+cdp_trait_as(PG_FUNCTION_ARGS)
+{
+	TraitTarget *target = GetTarget(fcinfo, 1);
+	Datum		result;
+
+	if (PG_ARGISNULL(0) || !ConvertTrait(target, PG_GETARG_JSONB_P(0), NULL, &result))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
+
+PG_FUNCTION_INFO_V1(cdp_trait_of);
+
+/*
+ * cdp.trait_as(traits jsonb, key text, template anyelement) → anyelement:
+ * traits->key as the template's type, found in place (what profile views
+ * call for every trait column: no jsonb copy of the value).
+ */
+Datum
+cdp_trait_of(PG_FUNCTION_ARGS)
+{
+	TraitTarget *target = GetTarget(fcinfo, 2);
+	Jsonb	   *traits;
+	text	   *key;
+	JsonbValue	k;
+	JsonbValue *v;
+	Datum		result;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	traits = PG_GETARG_JSONB_P(0);
+	if (!JB_ROOT_IS_OBJECT(traits))
+		PG_RETURN_NULL();
+	key = PG_GETARG_TEXT_PP(1);
+	k.type = jbvString;
+	k.val.string.val = VARDATA_ANY(key);
+	k.val.string.len = VARSIZE_ANY_EXHDR(key);
+	v = findJsonbValueFromContainer(&traits->root, JB_FOBJECT, &k);
+	if (v == NULL || !ConvertTrait(target, traits, v, &result))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
 }

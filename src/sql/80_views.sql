@@ -12,6 +12,24 @@ LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION cdp.trait_as(jsonb, anyelement) IS
     'a JSON value as the template''s type, NULL when it does not convert';
 
+-- The same for traits->key, found in place: what profile views call.
+CREATE FUNCTION cdp.trait_as(traits jsonb, key text, template anyelement)
+RETURNS anyelement
+AS 'MODULE_PATHNAME', 'cdp_trait_of'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION cdp.trait_as(jsonb, text, anyelement) IS
+    'traits->key as the template''s type, NULL when absent or it does not convert';
+
+-- Whether a profile's consent grants a purpose: its latest decision, else
+-- the purpose's default, read from cdp.purposes when the view is queried
+-- (so define_purpose changing a default needs no new view).
+CREATE FUNCTION cdp.consent_granted(consent jsonb, purpose text)
+RETURNS bool
+AS 'MODULE_PATHNAME', 'cdp_consent_granted'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION cdp.consent_granted(jsonb, text) IS
+    'consent''s decision for purpose, else the purpose''s default (false for an unknown purpose)';
+
 -- Declared traits, in the order views show them.
 CREATE TABLE cdp.trait_definitions (
     name       text PRIMARY KEY
@@ -40,32 +58,6 @@ CREATE TABLE cdp.analyst_roles (
     role       regrole PRIMARY KEY,
     granted_at timestamptz NOT NULL DEFAULT now()
 );
-
--- Whether profile record r granted purpose: its latest decision, else the
--- purpose's default.  Defaults are read when the view is queried (from d,
--- one row with a column per purpose the view needs), so define_purpose
--- changing a default needs no new view.
-CREATE FUNCTION cdp.granted_expression(purpose text, purposes text[])
-RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, cdp
-AS $$
-    SELECT format('CASE r.consent -> %L ->> ''granted'' WHEN ''true'' THEN true WHEN ''false'' THEN false '
-                  'ELSE coalesce(d.default_%s, false) END',
-                  purpose, array_position(purposes, purpose))
-$$;
-
--- The one-row relation d granted_expression reads defaults from.
-CREATE FUNCTION cdp.purpose_defaults(purposes text[])
-RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, cdp
-AS $$
-    SELECT format('(SELECT %s FROM cdp.purposes p) d',
-                  string_agg(format('bool_or(p.default_granted) FILTER (WHERE p.name = %L) AS default_%s', u.p, u.i),
-                             ', ' ORDER BY u.i))
-      FROM unnest(purposes) WITH ORDINALITY u (p, i)
-$$;
 
 -- Names that become SQL identifiers in generated views (trait names, view
 -- and schema names): every one is quoted, and those that could only be an
@@ -107,7 +99,6 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     columns text := '';
-    purposes text[] := ARRAY[purpose];
     t record;
 BEGIN
     IF kind = 'event' THEN
@@ -115,25 +106,24 @@ BEGIN
           FROM pg_attribute a
          WHERE a.attrelid = 'cdp.events_resolved'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
         RETURN format('SELECT %s FROM cdp.events_resolved e '
-                      'JOIN cdp.profile_records r ON r.profile_id = e.profile_id CROSS JOIN %s '
-                      'WHERE r.merged_into IS NULL AND %s',
-                      columns, cdp.purpose_defaults(purposes), cdp.granted_expression(purpose, purposes));
+                      'JOIN cdp.profile_records r ON r.profile_id = e.profile_id '
+                      'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
+                      columns, purpose);
     END IF;
     FOR t IN SELECT d.name, d.type, d.purpose
                FROM cdp.trait_definitions d
                LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = d.name
               WHERE traits IS NULL OR w.name IS NOT NULL
               ORDER BY w.ord, d.position LOOP
-        IF NOT t.purpose = ANY (purposes) THEN
-            purposes := purposes || t.purpose;
-        END IF;
-        columns := columns || format(', CASE WHEN %s THEN cdp.trait_as(r.traits -> %L, NULL::%s) END AS %I',
-                                     cdp.granted_expression(t.purpose, purposes), t.name,
-                                     format_type(t.type, NULL), t.name);
+        -- the view's own purpose is granted on every row it shows
+        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', cdp.trait_as(r.traits, %2$L, NULL::%3$s) AS %4$I'
+                                          ELSE ', CASE WHEN cdp.consent_granted(r.consent, %1$L) '
+                                               'THEN cdp.trait_as(r.traits, %2$L, NULL::%3$s) END AS %4$I' END,
+                                     t.purpose, t.name, format_type(t.type, NULL), t.name);
     END LOOP;
-    RETURN format('SELECT r.profile_id%s FROM cdp.profile_records r CROSS JOIN %s '
-                  'WHERE r.merged_into IS NULL AND %s',
-                  columns, cdp.purpose_defaults(purposes), cdp.granted_expression(purpose, purposes));
+    RETURN format('SELECT r.profile_id%s FROM cdp.profile_records r '
+                  'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
+                  columns, purpose);
 END
 $$;
 
@@ -204,8 +194,8 @@ END
 $$;
 
 -- Analysts read a view with the rights of its owner, but call the functions
--- in it with their own: they need EXECUTE on cdp.trait_as (a pure
--- conversion) and USAGE on the view's schema.
+-- in it with their own: they need EXECUTE on cdp.trait_as and
+-- cdp.consent_granted (grant_analyst gives it) and USAGE on the view's schema.
 CREATE FUNCTION cdp.grant_generated_view(view regclass, role regrole)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -361,7 +351,8 @@ DECLARE
 BEGIN
     LOCK TABLE cdp.generated_views IN SHARE ROW EXCLUSIVE MODE;
     INSERT INTO cdp.analyst_roles (role) VALUES (r) ON CONFLICT DO NOTHING;
-    EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.trait_as(jsonb, anyelement) TO %I', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.trait_as(jsonb, anyelement), cdp.trait_as(jsonb, text, anyelement), '
+                   'cdp.consent_granted(jsonb, text) TO %I', role);
     PERFORM cdp.grant_generated_view(g.view, r) FROM cdp.generated_views g;
 END
 $$;
@@ -383,7 +374,8 @@ BEGIN
               WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = g.view) LOOP
         EXECUTE format('REVOKE SELECT ON %s FROM %I', v.view, role);
     END LOOP;
-    EXECUTE format('REVOKE EXECUTE ON FUNCTION cdp.trait_as(jsonb, anyelement) FROM %I', role);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION cdp.trait_as(jsonb, anyelement), cdp.trait_as(jsonb, text, anyelement), '
+                   'cdp.consent_granted(jsonb, text) FROM %I', role);
 END
 $$;
 COMMENT ON FUNCTION cdp.revoke_analyst(name) IS

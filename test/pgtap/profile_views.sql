@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(64);
+SELECT plan(66);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -216,6 +216,27 @@ SELECT is(pg_typeof(cdp.trait_as('5', NULL::pg_temp.positive))::text, (SELECT 'p
 SELECT is((SELECT count(*)::int FROM generate_series(1, 200) i WHERE cdp.trait_as(to_jsonb('x' || i), NULL::uuid) IS NULL),
           200, 'many failed conversions in one statement');
 SELECT is(cdp.trait_as('"7"', NULL::int) + 1, 8, 'the transaction goes on afterwards');
+
+-- cdp.trait_as(traits, key, template): the value under a key, found in place
+SELECT results_eq(
+    $$SELECT cdp.trait_as(t, 'a', NULL::int), cdp.trait_as(t, 'n', NULL::text), cdp.trait_as(t, 'n', NULL::jsonb),
+             cdp.trait_as(t, 's', NULL::json)::text, cdp.trait_as(t, 's', NULL::jsonb), cdp.trait_as(t, 'missing', NULL::text),
+             cdp.trait_as(t, 'z', NULL::text), cdp.trait_as('[1]', 'a', NULL::int), cdp.trait_as(t, 's', NULL::uuid)
+        FROM (SELECT '{"a": "12", "n": {"x": [1, 2]}, "s": "str", "z": null}'::jsonb AS t) x$$,
+    $$VALUES (12, '{"x": [1, 2]}'::text, '{"x": [1, 2]}'::jsonb, '"str"'::text, '"str"'::jsonb, NULL::text,
+              NULL::text, NULL::int, NULL::uuid)$$,
+    'a key''s value converts like a whole value; a missing key, JSON null or a non-object is NULL');
+
+-- cdp.consent_granted: the decision, else the purpose's default
+SELECT results_eq(
+    $$SELECT cdp.consent_granted('{}', 'analytics'), cdp.consent_granted('{}', 'marketing'),
+             cdp.consent_granted('{"marketing": {"granted": true}}', 'marketing'),
+             cdp.consent_granted('{"analytics": {"granted": false}}', 'analytics'),
+             cdp.consent_granted('{"analytics": {"granted": "yes"}}', 'analytics'),
+             cdp.consent_granted('{"analytics": true}', 'analytics'), cdp.consent_granted('[]', 'analytics'),
+             cdp.consent_granted(NULL, 'analytics'), cdp.consent_granted('{}', 'nope'), cdp.consent_granted('{}', NULL)$$,
+    $$VALUES (true, false, true, false, true, true, true, true, false, false)$$,
+    'a decision wins; no decision (or a malformed one) takes the default; an unknown purpose is not granted');
 
 SELECT * FROM finish();
 ROLLBACK;
