@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(46);
+SELECT plan(48);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -60,6 +60,23 @@ SELECT throws_ok(format('SELECT %s', f), '42501', NULL, 'an analyst cannot call 
                     'cdp.refresh_generated_views()', $$cdp.ingest('{}')$$, $$cdp.resolve('user_id:a')$$,
                     'cdp.process_inbox()']) f;
 SELECT ok(NOT has_table_privilege('bi.people', 'INSERT, UPDATE, DELETE, TRUNCATE'), 'an analyst cannot write to a view');
+RESET ROLE;
+
+-- a reader's own condition never sees the rows of people outside the view:
+-- a cheap function that records what it is shown runs after the consent check
+CREATE FUNCTION public.regress_peek(v bigint) RETURNS bool LANGUAGE plpgsql STABLE COST 0.0001 AS $$
+BEGIN
+    PERFORM set_config('regress.seen', current_setting('regress.seen', true) || ',' || v, false);
+    RETURN true;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.regress_peek(bigint) TO regress_analyst;
+SET LOCAL ROLE regress_analyst;
+SELECT set_config('regress.seen', '', false);
+SELECT is((SELECT count(*)::int FROM bi.marketing WHERE regress_peek(profile_id)), 1, 'a reader''s condition on a view ...');
+RESET ROLE;
+SELECT is(current_setting('regress.seen'), ',' || pg_temp.pid('user_id:a'),
+          '... is shown only the rows of people who granted the purpose');
 RESET ROLE;
 
 -- another role gets nothing from grant_analyst
