@@ -201,16 +201,42 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, cdp
 AS $$
+DECLARE
+    schema_name name;
+    role_name name;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = role) THEN
-        RETURN;     -- a role dropped since it became an analyst
+    SELECT a.rolname INTO role_name FROM pg_roles a WHERE a.oid = role;
+    -- only a view the generator made (owned as the registry is): a registry
+    -- row whose view went away must never grant a relation that took its oid
+    SELECT n.nspname INTO schema_name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = view AND c.relkind = 'v'
+       AND c.relowner = (SELECT g.relowner FROM pg_class g WHERE g.oid = 'cdp.generated_views'::regclass);
+    IF role_name IS NULL OR schema_name IS NULL THEN
+        RETURN;     -- a role dropped since it became an analyst, a view dropped by hand
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
-                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.oid = view), (SELECT rolname FROM pg_roles WHERE oid = role));
-    EXECUTE format('GRANT SELECT ON %s TO %I', view, (SELECT rolname FROM pg_roles WHERE oid = role));
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, role_name);
+    EXECUTE format('GRANT SELECT ON %s TO %I', view, role_name);
 END
 $$;
+
+-- A generated view dropped by hand (or with its schema, or its owner's
+-- objects) leaves the registry at once, so its oid is never taken for
+-- another relation's.  SECURITY DEFINER: whoever drops a view they own may
+-- not write the registry.
+CREATE FUNCTION cdp.forget_dropped_views()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+BEGIN
+    DELETE FROM cdp.generated_views g
+     WHERE g.view IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d WHERE d.object_type = 'view');
+END
+$$;
+CREATE EVENT TRIGGER cdp_forget_dropped_views ON sql_drop
+    WHEN TAG IN ('DROP VIEW', 'DROP SCHEMA', 'DROP OWNED', 'DROP TABLE')
+    EXECUTE FUNCTION cdp.forget_dropped_views();
 
 -- view_name as parse_ident reads it, unqualified names in the caller's
 -- first schema.  SECURITY INVOKER without SET clauses (the caller's

@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(48);
+SELECT plan(50);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -115,6 +115,11 @@ SELECT results_eq($$SELECT username::text COLLATE "default" FROM cron.job WHERE 
 SET LOCAL ROLE regress_operator;
 SELECT is(cdp.unschedule_jobs(), 2::bigint, 'an operator unschedules them');
 RESET ROLE;
+
+-- views dropped with their schema leave the registry: granting goes on
+DROP SCHEMA bi CASCADE;
+SELECT is((SELECT count(*)::int FROM cdp.generated_views), 0, 'views dropped with their schema leave the registry');
+SELECT lives_ok($$SELECT cdp.grant_analyst('regress_other')$$, 'grant_analyst after views were dropped');
 
 SELECT * FROM finish();
 ROLLBACK;
