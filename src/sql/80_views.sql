@@ -110,16 +110,21 @@ BEGIN
                       'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
                       columns, purpose);
     END IF;
-    FOR t IN SELECT d.name, d.type, d.purpose
+    -- the type template: a domain's NULL through a subquery that yields no
+    -- row, so that its NOT NULL or CHECK never runs on it (once per query)
+    FOR t IN SELECT d.name, d.purpose,
+                    CASE WHEN y.typtype = 'd' THEN format('(SELECT NULL::%s WHERE false)', format_type(d.type, NULL))
+                         ELSE format('NULL::%s', format_type(d.type, NULL)) END AS template
                FROM cdp.trait_definitions d
+               JOIN pg_type y ON y.oid = d.type
                LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = d.name
               WHERE traits IS NULL OR w.name IS NOT NULL
               ORDER BY w.ord, d.position LOOP
         -- the view's own purpose is granted on every row it shows
-        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', cdp.trait_as(r.traits, %2$L, NULL::%3$s) AS %4$I'
+        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', cdp.trait_as(r.traits, %2$L, %3$s) AS %4$I'
                                           ELSE ', CASE WHEN cdp.consent_granted(r.consent, %1$L) '
-                                               'THEN cdp.trait_as(r.traits, %2$L, NULL::%3$s) END AS %4$I' END,
-                                     t.purpose, t.name, format_type(t.type, NULL), t.name);
+                                               'THEN cdp.trait_as(r.traits, %2$L, %3$s) END AS %4$I' END,
+                                     t.purpose, t.name, t.template, t.name);
     END LOOP;
     RETURN format('SELECT r.profile_id%s FROM cdp.profile_records r '
                   'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
