@@ -99,10 +99,26 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     columns text := '';
+    withheld text;
     t record;
 BEGIN
     IF kind = 'event' THEN
-        SELECT string_agg(format('e.%I', a.attname), ', ' ORDER BY a.attnum) INTO columns
+        -- the traits a message carried (traits, context.traits) without the
+        -- declared ones whose own purpose the person has not granted
+        SELECT format('ARRAY[%s]::text[]',
+                      string_agg(format('CASE WHEN NOT cdp.consent_granted(r.consent, %L) THEN %L END', d.purpose, d.name),
+                                 ', ' ORDER BY d.position))
+          INTO withheld
+          FROM cdp.trait_definitions d
+         WHERE d.purpose <> generated_view_query.purpose;
+        SELECT string_agg(CASE WHEN withheld IS NULL OR a.attname NOT IN ('traits', 'context') THEN format('e.%I', a.attname)
+                               WHEN a.attname = 'traits'
+                               THEN format('CASE WHEN jsonb_typeof(e.traits) = ''object'' THEN e.traits - %s '
+                                           'ELSE e.traits END AS traits', withheld)
+                               ELSE format('CASE WHEN jsonb_typeof(e.context->''traits'') = ''object'' '
+                                           'THEN jsonb_set(e.context, ''{traits}'', (e.context->''traits'') - %s) '
+                                           'ELSE e.context END AS context', withheld) END,
+                          ', ' ORDER BY a.attnum) INTO columns
           FROM pg_attribute a
          WHERE a.attrelid = 'cdp.events_resolved'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
         RETURN format('SELECT %s FROM cdp.events_resolved e '
