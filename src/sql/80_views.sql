@@ -241,22 +241,29 @@ BEGIN
 END
 $$;
 
--- A generated view dropped by hand (or with its schema, or its owner's
--- objects) leaves the registry at once, so its oid is never taken for
--- another relation's.  SECURITY DEFINER: whoever drops a view they own may
--- not write the registry.
+-- A generated view dropped by hand, or by any DROP ... CASCADE (its schema,
+-- its owner's objects, a trait's type or the extension that made it)
+-- leaves the registry at once, so its oid is never taken for another
+-- relation's; a trait whose type is dropped goes with it, as a column
+-- would.  The tables are touched only when a view or type was dropped.
+-- SECURITY DEFINER: whoever drops what they own may not write the registry.
 CREATE FUNCTION cdp.forget_dropped_views()
 RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, cdp
 AS $$
+DECLARE
+    dropped oid[];
 BEGIN
-    DELETE FROM cdp.generated_views g
-     WHERE g.view IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d WHERE d.object_type = 'view');
+    SELECT array_agg(d.objid) INTO dropped FROM pg_event_trigger_dropped_objects() d
+     WHERE d.object_type IN ('view', 'type', 'domain');
+    IF dropped IS NOT NULL THEN
+        DELETE FROM cdp.generated_views g WHERE g.view = ANY (dropped);
+        DELETE FROM cdp.trait_definitions t WHERE t.type = ANY (dropped);
+    END IF;
 END
 $$;
 CREATE EVENT TRIGGER cdp_forget_dropped_views ON sql_drop
-    WHEN TAG IN ('DROP VIEW', 'DROP SCHEMA', 'DROP OWNED', 'DROP TABLE')
     EXECUTE FUNCTION cdp.forget_dropped_views();
 
 -- view_name as parse_ident reads it, unqualified names in the caller's
