@@ -166,6 +166,9 @@ DECLARE
     result regclass;
     missing text;
     made timestamptz;
+    acl aclitem[];
+    dependents text;
+    grant_row record;
 BEGIN
     -- one writer of generated views at a time: a view and its registry row agree
     LOCK TABLE cdp.generated_views IN SHARE ROW EXCLUSIVE MODE;
@@ -196,9 +199,26 @@ BEGIN
     BEGIN
         EXECUTE format('CREATE OR REPLACE VIEW %s WITH (security_barrier) AS %s', qualified, query);
     EXCEPTION WHEN invalid_table_definition THEN
-        -- columns removed, renamed or retyped: only a new view can have them
-        EXECUTE format('DROP VIEW %s', qualified);
+        -- columns removed, renamed or retyped: only a new view can have them;
+        -- it gets the grants the old one had (also those made by hand)
+        SELECT c.relacl INTO acl FROM pg_class c WHERE c.oid = existing;
+        BEGIN
+            EXECUTE format('DROP VIEW %s', qualified);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            GET STACKED DIAGNOSTICS dependents = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION 'cannot make view % again: other objects depend on it', qualified
+                USING ERRCODE = 'dependent_objects_still_exist', DETAIL = dependents,
+                      HINT = 'A trait''s new type or a removed trait needs a new view: drop or change '
+                             'the objects built on it first, or keep the trait''s type.';
+        END;
         EXECUTE format('CREATE VIEW %s WITH (security_barrier) AS %s', qualified, query);
+        FOR grant_row IN SELECT a.privilege_type, a.is_grantable,
+                                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee
+                           FROM aclexplode(acl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+                          WHERE a.grantee <> a.grantor AND (a.grantee = 0 OR r.oid IS NOT NULL) LOOP
+            EXECUTE format('GRANT %s ON %s TO %s%s', grant_row.privilege_type, qualified, grant_row.grantee,
+                           CASE WHEN grant_row.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END;
     result := qualified::regclass;
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', qualified);
