@@ -1,0 +1,353 @@
+-- Erasure and export: cdp.forget erases a person and suppresses their
+-- identifiers (kept only as salted hashes, so a later message carrying one is
+-- dropped at ingest, src/suppression.c); cdp.export_subject returns
+-- everything held about a person.
+
+-- The per-database secret that salts the hashes: without it a hash cannot be
+-- tested against guessed identifiers.  Only the owner reads it.
+CREATE TABLE cdp.suppression_salt (
+    one  bool PRIMARY KEY DEFAULT true CHECK (one),
+    salt bytea NOT NULL CHECK (octet_length(salt) = 32)
+);
+-- gen_random_uuid() draws from the server's strong random source: 2 x 122 bits
+INSERT INTO cdp.suppression_salt (salt)
+SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
+
+-- One row per suppressed identifier: its salted SHA-256 and how many later
+-- messages carrying it were dropped.
+CREATE TABLE cdp.suppressions (
+    hash            bytea PRIMARY KEY CHECK (octet_length(hash) = 32),
+    suppressed_at   timestamptz NOT NULL DEFAULT now(),
+    dropped         bigint NOT NULL DEFAULT 0,
+    last_dropped_at timestamptz
+);
+COMMENT ON TABLE cdp.suppressions IS
+    'identifiers of forgotten people as salted SHA-256 hashes; dropped counts the later messages carrying one that ingest dropped';
+COMMENT ON COLUMN cdp.suppressions.dropped IS
+    'messages dropped at ingest because they carried this identifier (each counted once, on its first suppressed identifier)';
+
+-- Ingest caches whether any suppression exists: rows coming or going tell
+-- every backend (the counters ingest updates do not).
+CREATE TRIGGER suppressions_changed AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF hash
+    ON cdp.suppressions FOR EACH STATEMENT EXECUTE FUNCTION cdp.identity_config_changed();
+ALTER TABLE cdp.suppressions ENABLE ALWAYS TRIGGER suppressions_changed;
+
+-- What was erased, when and why: counts only, never an identifier.
+CREATE TABLE cdp.forget_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    forgotten_at timestamptz NOT NULL DEFAULT now(),
+    reason       text,
+    summary      jsonb NOT NULL
+);
+COMMENT ON TABLE cdp.forget_log IS 'every cdp.forget call: when, the reason given, and what it erased (counts)';
+
+CREATE FUNCTION cdp.suppression_hash(salt bytea, id cdp.identifier)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'cdp_suppression_hash'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION cdp.payload_carries(payload text, ids cdp.identifier[])
+RETURNS bool
+AS 'MODULE_PATHNAME', 'cdp_payload_carries'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION cdp.payload_carries(text, cdp.identifier[]) IS
+    'whether a queued or dead-lettered payload carries one of the identifiers, read as ingest reads them';
+
+CREATE FUNCTION cdp.forget_lock()
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_forget_lock'
+LANGUAGE C VOLATILE;
+
+-- The person an identifier names: its canonical profile, every profile
+-- merged into it, and all their identifiers (the identifier itself even
+-- when no profile holds it).
+CREATE FUNCTION cdp.subject_of(id cdp.identifier, OUT profile_id bigint,
+                               OUT profile_ids bigint[], OUT identifiers cdp.identifier[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+BEGIN
+    SELECT i.profile_id INTO profile_id FROM cdp.identities i WHERE i.identifier = subject_of.id;
+    profile_ids := ARRAY(SELECT subject_of.profile_id WHERE subject_of.profile_id IS NOT NULL
+                         UNION
+                         SELECT r.profile_id FROM cdp.profile_records r
+                          WHERE r.merged_into = subject_of.profile_id
+                         ORDER BY 1);
+    identifiers := ARRAY(SELECT i.identifier FROM cdp.identities i
+                          WHERE i.profile_id = subject_of.profile_id
+                         UNION
+                         SELECT subject_of.id
+                         ORDER BY 1);
+END
+$$;
+
+-- The events of a person in one events relation (cdp.events or a detached
+-- partition), found by index: the person's profiles on (profile_id, ts);
+-- events stored without a profile by their raw userId/anonymousId/previousId
+-- among the profile_id IS NULL entries of that index; and events whose
+-- identifier a rule refused (so they went to another profile) through the
+-- violation that names it, by event time and messageId (partition pruning,
+-- then the time index).  erase: delete them and return how many as
+-- {"count": n}; else return them as {"events": [...]}.
+CREATE FUNCTION cdp.subject_events(rel regclass, profile_ids bigint[],
+                                   identifiers cdp.identifier[], erase bool)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    raw_ids text[] := ARRAY(SELECT cdp.id_value(x) FROM unnest(identifiers) x
+                             WHERE cdp.id_type(x) IN ('user_id', 'anonymous_id'));
+    v record;
+    n bigint;
+    total bigint := 0;
+    found jsonb := '[]';
+    part jsonb;
+BEGIN
+    IF erase THEN
+        EXECUTE format('DELETE FROM %s WHERE profile_id = ANY ($1)', rel) USING profile_ids;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+        EXECUTE format('DELETE FROM %s WHERE profile_id IS NULL AND (user_id = ANY ($1) '
+                       'OR anonymous_id = ANY ($1) OR previous_id = ANY ($1))', rel) USING raw_ids;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+    ELSE
+        EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(e)), ''[]'') FROM %s e '
+                       'WHERE profile_id = ANY ($1) OR (profile_id IS NULL AND (user_id = ANY ($2) '
+                       'OR anonymous_id = ANY ($2) OR previous_id = ANY ($2)))', rel)
+            INTO found USING profile_ids, raw_ids;
+    END IF;
+    FOR v IN SELECT DISTINCT iv.at, iv.message_id FROM cdp.identity_violations iv
+              WHERE iv.identifier = ANY (identifiers) AND iv.message_id IS NOT NULL LOOP
+        IF erase THEN
+            EXECUTE format('DELETE FROM %s WHERE ts = $1 AND message_id = $2', rel)
+                USING v.at, v.message_id;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        ELSE
+            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(e)), ''[]'') FROM %s e '
+                           'WHERE ts = $1 AND message_id = $2 '
+                           'AND NOT (profile_id IS NOT NULL AND profile_id = ANY ($3))', rel)
+                INTO part USING v.at, v.message_id, profile_ids;
+            found := found || part;
+        END IF;
+    END LOOP;
+    IF erase THEN
+        RETURN jsonb_build_object('count', total);
+    END IF;
+    RETURN jsonb_build_object('events', found);
+END
+$$;
+
+-- Tables in cdp that a retention in 'detach' mode (or an operator) took out
+-- of cdp.events and that still exist: the events' columns, not a partition,
+-- not part of the extension.
+CREATE FUNCTION cdp.detached_event_tables()
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+    SELECT c.oid::regclass
+      FROM pg_class c
+     WHERE c.relnamespace = 'cdp'::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+       AND NOT EXISTS (SELECT FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.deptype = 'e')
+       AND (SELECT count(*) FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND NOT a.attisdropped
+               AND (a.attname, a.atttypid) IN (('profile_id', 'int8'::regtype), ('user_id', 'text'::regtype),
+                                               ('anonymous_id', 'text'::regtype), ('previous_id', 'text'::regtype),
+                                               ('ts', 'timestamptz'::regtype), ('message_id', 'text'::regtype))) = 6
+     ORDER BY c.relname
+$$;
+
+-- Identifier arrays without the given identifiers, in their order.
+CREATE FUNCTION cdp.without_identifiers(ids cdp.identifier[], gone cdp.identifier[])
+RETURNS cdp.identifier[]
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, cdp
+AS $$
+    SELECT coalesce(array_agg(x ORDER BY o), '{}')
+      FROM unnest(ids) WITH ORDINALITY u(x, o)
+     WHERE x <> ALL (gone)
+$$;
+
+CREATE FUNCTION cdp.forget(id cdp.identifier, reason text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    subject record;
+    ids cdp.identifier[];
+    pids bigint[];
+    texts text[];
+    summary jsonb := '{}';
+    detached jsonb := '{}';
+    not_erased jsonb := '[]';
+    rel regclass;
+    n bigint;
+    problem text;
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF octet_length(reason) > 1000 THEN
+        RAISE EXCEPTION 'reason must be at most 1000 bytes, not %', octet_length(reason)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- no ingest, merge, split or rebuild in flight from here on
+    PERFORM cdp.forget_lock();
+    subject := cdp.subject_of(id);
+    ids := subject.identifiers;
+    pids := subject.profile_ids;
+    texts := ARRAY(SELECT x::text FROM unnest(ids) x);
+
+    -- the log keeps no identifier: a reason naming one is refused
+    IF EXISTS (SELECT FROM unnest(ids) x
+                WHERE length(cdp.id_value(x)) >= 3
+                  AND strpos(lower(reason), lower(cdp.id_value(x))) > 0) THEN
+        RAISE EXCEPTION 'reason must not contain the person''s identifiers'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The forget log keeps the reason; refer to the request by a ticket number instead.';
+    END IF;
+
+    summary := summary || jsonb_build_object('profiles', cardinality(pids), 'identifiers', cardinality(ids));
+    summary := summary || jsonb_build_object('events',
+        (cdp.subject_events('cdp.events', pids, ids, true)->>'count')::bigint);
+
+    -- detached partitions still hold events: reach each, or say which not
+    FOR rel IN SELECT * FROM cdp.detached_event_tables() LOOP
+        BEGIN
+            detached := detached || jsonb_build_object(rel::text,
+                (cdp.subject_events(rel, pids, ids, true)->>'count')::bigint);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            not_erased := not_erased || jsonb_build_object('relation', rel::text, 'error', problem);
+        END;
+    END LOOP;
+    summary := summary || jsonb_build_object('detached_partitions', detached, 'not_erased', not_erased);
+
+    -- events refused to another profile are erased above: their violations go last
+    DELETE FROM cdp.identities i WHERE i.profile_id = ANY (pids) OR i.identifier = ANY (ids);
+    DELETE FROM cdp.identity_evidence e WHERE e.identifiers <@ ids AND e.linked <@ ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('evidence', n);
+    -- evidence shared with other people loses only this person's part
+    UPDATE cdp.identity_evidence e
+       SET identifiers = cdp.without_identifiers(e.identifiers, ids),
+           linked = cdp.without_identifiers(e.linked, ids),
+           created_profile = CASE WHEN e.created_profile = ANY (pids) THEN NULL ELSE e.created_profile END
+     WHERE e.identifiers && ids OR e.linked && ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('evidence_redacted', n);
+    DELETE FROM cdp.identity_pairs p WHERE p.a = ANY (ids) OR p.b = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('identity_pairs', n);
+    DELETE FROM cdp.identity_splits s WHERE s.keep_out = ANY (ids) OR s.members <@ ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE cdp.identity_splits s
+       SET members = cdp.without_identifiers(s.members, ids),
+           anchors = cdp.without_identifiers(s.anchors, ids)
+     WHERE s.members && ids OR s.anchors && ids;
+    summary := summary || jsonb_build_object('splits', n);
+    DELETE FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('merges', n);
+    DELETE FROM cdp.identity_violations v
+     WHERE v.identifier = ANY (ids)
+        OR EXISTS (SELECT FROM unnest(texts) t WHERE strpos(v.detail, t) > 0);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('identity_violations', n);
+
+    DELETE FROM cdp.consent_log c WHERE c.identifier = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('consent_log', n);
+    DELETE FROM cdp.identifier_consent c WHERE c.identifier = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('identifier_consent', n);
+    DELETE FROM cdp.identifier_traits t WHERE t.identifier = ANY (ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('identifier_traits', n);
+    DELETE FROM cdp.profile_records r WHERE r.profile_id = ANY (pids);
+
+    -- queued and dead-lettered messages: every row is tested, most without
+    -- parsing (cdp.payload_carries looks for the values' text first)
+    DELETE FROM cdp.inbox q WHERE q.payload IS NOT NULL AND cdp.payload_carries(q.payload, ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('inbox', n);
+    DELETE FROM cdp.dead_letters d WHERE cdp.payload_carries(d.payload, ids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('dead_letters', n);
+
+    INSERT INTO cdp.suppressions (hash)
+    SELECT DISTINCT cdp.suppression_hash(s.salt, x)
+      FROM unnest(ids) x, cdp.suppression_salt s
+    ON CONFLICT (hash) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    summary := summary || jsonb_build_object('suppressed', n);
+
+    INSERT INTO cdp.forget_log (reason, summary) VALUES (reason, summary) RETURNING forget_log.id INTO n;
+    RETURN jsonb_build_object('forget_id', n) || summary;
+END
+$$;
+COMMENT ON FUNCTION cdp.forget(cdp.identifier, text) IS
+    'erase the person an identifier names (profile, events, identifiers, evidence, consent, traits, queued and dead-lettered messages) and suppress their identifiers; returns what was erased';
+
+CREATE FUNCTION cdp.export_subject(id cdp.identifier)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    subject record;
+    ids cdp.identifier[];
+    pids bigint[];
+    events jsonb;
+    detached jsonb := '{}';
+    rel regclass;
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    subject := cdp.subject_of(id);
+    ids := subject.identifiers;
+    pids := subject.profile_ids;
+    events := cdp.subject_events('cdp.events', pids, ids, false)->'events';
+    FOR rel IN SELECT * FROM cdp.detached_event_tables() LOOP
+        detached := detached || jsonb_build_object(rel::text,
+            cdp.subject_events(rel, pids, ids, false)->'events');
+    END LOOP;
+    RETURN jsonb_build_object(
+        'identifier', id::text,
+        'suppressed', EXISTS (SELECT FROM cdp.suppressions s, cdp.suppression_salt k
+                               WHERE s.hash = cdp.suppression_hash(k.salt, id)),
+        'profile', (SELECT to_jsonb(r) FROM cdp.profile_records r WHERE r.profile_id = subject.profile_id),
+        'merged_profiles', (SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.profile_id), '[]')
+                              FROM cdp.profile_records r
+                             WHERE r.profile_id = ANY (pids) AND r.profile_id <> subject.profile_id),
+        'identifiers', (SELECT coalesce(jsonb_agg(to_jsonb(i) ORDER BY i.identifier), '[]')
+                          FROM cdp.identities i WHERE i.identifier = ANY (ids)),
+        'traits', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.identifier), '[]')
+                     FROM cdp.identifier_traits t WHERE t.identifier = ANY (ids)),
+        'consent', (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.identifier, c.purpose), '[]')
+                      FROM cdp.identifier_consent c WHERE c.identifier = ANY (ids)),
+        'consent_history', (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.at, c.id), '[]')
+                              FROM cdp.consent_log c WHERE c.identifier = ANY (ids)),
+        'events', (SELECT coalesce(jsonb_agg(e ORDER BY (e->>'ts')::timestamptz, e->>'message_id'), '[]')
+                     FROM jsonb_array_elements(events) e),
+        'detached_partition_events', detached,
+        'merges', (SELECT coalesce(jsonb_agg(to_jsonb(m) ORDER BY m.merged_at), '[]')
+                     FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids)),
+        'identity_violations', (SELECT coalesce(jsonb_agg(to_jsonb(v) ORDER BY v.at), '[]')
+                                  FROM cdp.identity_violations v WHERE v.identifier = ANY (ids)),
+        'inbox', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.id), '[]')
+                    FROM cdp.inbox q WHERE q.payload IS NOT NULL AND cdp.payload_carries(q.payload, ids)),
+        'dead_letters', (SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY d.id), '[]')
+                           FROM cdp.dead_letters d WHERE cdp.payload_carries(d.payload, ids)));
+END
+$$;
+COMMENT ON FUNCTION cdp.export_subject(cdp.identifier) IS
+    'everything held about the person an identifier names, as one JSON document (all their events included)';
