@@ -88,7 +88,8 @@ $$;
 -- identifier a rule refused (so they went to another profile) through the
 -- violation that names it, by event time and messageId (partition pruning,
 -- then the time index).  erase: delete them and return how many as
--- {"count": n}; else return them as {"events": [...]}.
+-- {"count": n, "others": [{profile_id, ts} of erased events of other
+-- profiles]}; else return them as {"events": [...]}.
 CREATE FUNCTION cdp.subject_events(rel regclass, profile_ids bigint[],
                                    identifiers cdp.identifier[], erase bool)
 RETURNS jsonb
@@ -102,6 +103,7 @@ DECLARE
     n bigint;
     total bigint := 0;
     found jsonb := '[]';
+    others jsonb := '[]';
     part jsonb;
 BEGIN
     IF erase THEN
@@ -121,10 +123,13 @@ BEGIN
     FOR v IN SELECT DISTINCT iv.at, iv.message_id FROM cdp.identity_violations iv
               WHERE iv.identifier = ANY (identifiers) AND iv.message_id IS NOT NULL LOOP
         IF erase THEN
-            EXECUTE format('DELETE FROM %s WHERE ts = $1 AND message_id = $2', rel)
-                USING v.at, v.message_id;
-            GET DIAGNOSTICS n = ROW_COUNT;
+            EXECUTE format('WITH d AS (DELETE FROM %s WHERE ts = $1 AND message_id = $2 '
+                           'RETURNING profile_id, ts) '
+                           'SELECT count(*), coalesce(jsonb_agg(jsonb_build_object(''profile_id'', profile_id, '
+                           '''ts'', ts)) FILTER (WHERE profile_id IS NOT NULL), ''[]'') FROM d', rel)
+                INTO n, part USING v.at, v.message_id;
             total := total + n;
+            others := others || part;
         ELSE
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(e)), ''[]'') FROM %s e '
                            'WHERE ts = $1 AND message_id = $2 '
@@ -134,7 +139,7 @@ BEGIN
         END IF;
     END LOOP;
     IF erase THEN
-        RETURN jsonb_build_object('count', total);
+        RETURN jsonb_build_object('count', total, 'others', others);
     END IF;
     RETURN jsonb_build_object('events', found);
 END
@@ -189,6 +194,8 @@ DECLARE
     rel regclass;
     n bigint;
     problem text;
+    erased jsonb;
+    others jsonb;
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -215,20 +222,46 @@ BEGIN
     END IF;
 
     summary := summary || jsonb_build_object('profiles', cardinality(pids), 'identifiers', cardinality(ids));
-    summary := summary || jsonb_build_object('events',
-        (cdp.subject_events('cdp.events', pids, ids, true)->>'count')::bigint);
+    erased := cdp.subject_events('cdp.events', pids, ids, true);
+    others := erased->'others';
+    summary := summary || jsonb_build_object('events', (erased->>'count')::bigint);
 
     -- detached partitions still hold events: reach each, or say which not
     FOR rel IN SELECT * FROM cdp.detached_event_tables() LOOP
         BEGIN
-            detached := detached || jsonb_build_object(rel::text,
-                (cdp.subject_events(rel, pids, ids, true)->>'count')::bigint);
+            erased := cdp.subject_events(rel, pids, ids, true);
+            detached := detached || jsonb_build_object(rel::text, (erased->>'count')::bigint);
+            others := others || (erased->'others');
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
             not_erased := not_erased || jsonb_build_object('relation', rel::text, 'error', problem);
         END;
     END LOOP;
     summary := summary || jsonb_build_object('detached_partitions', detached, 'not_erased', not_erased);
+
+    -- events refused to other profiles leave their counts and times
+    WITH o AS (
+        SELECT coalesce(r.merged_into, r.profile_id) AS canon, count(*) AS n,
+               min((x->>'ts')::timestamptz) AS lo, max((x->>'ts')::timestamptz) AS hi
+          FROM jsonb_array_elements(others) x
+          JOIN cdp.profile_records r ON r.profile_id = (x->>'profile_id')::bigint
+         WHERE r.profile_id <> ALL (pids)
+         GROUP BY 1
+    ), m AS (
+        SELECT o.*, ARRAY(SELECT o.canon UNION ALL
+                          SELECT p.profile_id FROM cdp.profile_records p WHERE p.merged_into = o.canon) AS members
+          FROM o
+    )
+    UPDATE cdp.profile_records r
+       SET event_count = greatest(r.event_count - m.n, 0),
+           first_seen = CASE WHEN m.lo <= r.first_seen
+                             THEN (SELECT min(e.ts) FROM cdp.events e WHERE e.profile_id = ANY (m.members))
+                             ELSE r.first_seen END,
+           last_seen = CASE WHEN m.hi >= r.last_seen
+                            THEN (SELECT max(e.ts) FROM cdp.events e WHERE e.profile_id = ANY (m.members))
+                            ELSE r.last_seen END
+      FROM m
+     WHERE r.profile_id = m.canon;
 
     -- events refused to another profile are erased above: their violations go last
     DELETE FROM cdp.identities i WHERE i.profile_id = ANY (pids) OR i.identifier = ANY (ids);
