@@ -533,3 +533,23 @@ cdp_payload_carries(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_BOOL(result);
 }
+
+PG_FUNCTION_INFO_V1(cdp_identifier_blocked);
+
+/*
+ * cdp.identifier_blocked(id): whether identity resolution never links this
+ * value (a placeholder such as "guest").  Such a value names nobody in
+ * particular, so cdp.forget refuses it rather than erase and suppress
+ * everyone who sends it.
+ */
+Datum
+cdp_identifier_blocked(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	bool		blocked;
+
+	SPI_connect();
+	blocked = CdpIsBlocked(CdpLoadIdentityRules(), id);
+	SPI_finish();
+	PG_RETURN_BOOL(blocked);
+}

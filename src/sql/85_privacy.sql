@@ -53,6 +53,11 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION cdp.payload_carries(text, cdp.identifier[]) IS
     'whether a queued or dead-lettered payload carries one of the identifiers, read as ingest reads them';
 
+CREATE FUNCTION cdp.identifier_blocked(id cdp.identifier)
+RETURNS bool
+AS 'MODULE_PATHNAME', 'cdp_identifier_blocked'
+LANGUAGE C STABLE STRICT;
+
 CREATE FUNCTION cdp.forget_lock()
 RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_forget_lock'
@@ -199,6 +204,12 @@ DECLARE
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cdp.identifier_blocked(id) THEN
+        RAISE EXCEPTION 'identifier % is blocked: it names no one person', id
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Blocked values (cdp.blocked_identifiers) are never linked to a profile; '
+                         'forget one of the person''s other identifiers.';
     END IF;
     IF octet_length(reason) > 1000 THEN
         RAISE EXCEPTION 'reason must be at most 1000 bytes, not %', octet_length(reason)

@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(14);
+SELECT plan(15);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -59,6 +59,10 @@ SELECT throws_ok($$ SELECT cdp.link('email:sup@example.com', 'user_id:someone') 
                  'cannot link a suppressed identifier', 'link refuses a suppressed identifier');
 SELECT is(cdp.link('user_id:sup-keep', 'email:keep@example.com'), pg_temp.pid('user_id:sup-keep'),
           'link goes on for everyone else');
+
+SELECT throws_ok($$ SELECT cdp.forget('anonymous_id:Guest') $$, '22023',
+                 'identifier anonymous_id:Guest is blocked: it names no one person',
+                 'a blocked placeholder value is refused: it would suppress everyone sending it');
 
 SELECT * FROM finish();
 ROLLBACK;
