@@ -6,10 +6,13 @@
  *	  person is made again.  A dropped message is counted on the hash it
  *	  matched (cdp.suppressions.dropped), never stored nor dead-lettered.
  *
- *	  Cost: each backend caches the salt and whether any suppression exists;
- *	  a statement trigger on cdp.suppressions sends a relcache invalidation
- *	  when rows come or go.  While none exists a batch costs nothing here;
- *	  otherwise one index probe of an array of hashes per batch.
+ *	  Cost: each backend caches the salt and the suppressed hashes (up to
+ *	  MAX_CACHED_HASHES of them, sorted); a statement trigger on
+ *	  cdp.suppressions sends a relcache invalidation when rows come or go.
+ *	  While none exists a batch costs nothing here.  Otherwise each carried
+ *	  identifier is hashed and looked up in memory, or, past the cached
+ *	  number, in one index probe of the batch's array of hashes; only a
+ *	  batch that drops something writes (the counts).
  *
  *	  Serial order with cdp.forget: every cdp.process_inbox call and
  *	  cdp.link take the suppression lock shared before touching the inbox or
@@ -36,8 +39,12 @@
 #include "spi_util.h"
 
 #define SALT_BYTES	32
+#define HASH_BYTES	PG_SHA256_DIGEST_LENGTH
 
-/* per backend: the salt and whether cdp.suppressions has any row */
+/* suppressed hashes a backend keeps in memory (2 MB); more are probed by index */
+#define MAX_CACHED_HASHES	65536
+
+/* per backend: the salt and the suppressed hashes */
 static struct
 {
 	bool		registered;
@@ -45,9 +52,14 @@ static struct
 	Oid			relid;			/* cdp.suppressions when last read */
 	bool		any;
 	uint8		salt[SALT_BYTES];
+	bool		all_cached;		/* hashes holds every suppressed hash */
+	uint8	   *hashes;			/* sorted, HASH_BYTES each, in cxt */
+	int			nhashes;
+	MemoryContext cxt;
 }			cache;
 
 static SPIPlanPtr read_plan = NULL;
+static SPIPlanPtr hashes_plan = NULL;
 static SPIPlanPtr find_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 
@@ -57,6 +69,49 @@ SuppressionCacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cache.relid)
 		cache.valid = false;
+}
+
+/*
+ * Keep the suppressed hashes in memory when there are few enough, sorted
+ * (bytea order is memcmp order for equal lengths).
+ */
+static void
+LoadHashes(void)
+{
+	Datum		arg = Int32GetDatum(MAX_CACHED_HASHES + 1);
+	Oid			argtype = INT4OID;
+	uint64		n;
+
+	if (cache.cxt == NULL)
+		cache.cxt = AllocSetContextCreate(TopMemoryContext, "cdp suppressions",
+										  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(cache.cxt);
+	cache.hashes = NULL;
+	cache.nhashes = 0;
+	cache.all_cached = true;
+	if (!cache.any)
+		return;
+	n = CdpExecPlan(CdpPlan(&hashes_plan,
+							"SELECT hash FROM cdp.suppressions ORDER BY hash LIMIT $1",
+							1, &argtype),
+					&arg, NULL, SPI_OK_SELECT);
+	if (n > MAX_CACHED_HASHES)
+	{
+		cache.all_cached = false;
+		SPI_freetuptable(SPI_tuptable);
+		return;
+	}
+	cache.hashes = MemoryContextAlloc(cache.cxt, Max(n, 1) * HASH_BYTES);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		bytea	   *h = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		memcpy(cache.hashes + i * HASH_BYTES, VARDATA_ANY(h), HASH_BYTES);
+	}
+	cache.nhashes = (int) n;
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
@@ -102,33 +157,111 @@ SuppressionsExist(void)
 	cache.any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 										   &isnull));
 	SPI_freetuptable(SPI_tuptable);
+	LoadHashes();
 	return cache.any;
 }
 
 /*
  * sha256(salt, type length byte, type, value): the form cdp.suppressions
- * keeps; the length byte keeps ("ab", "c") and ("a", "bc") apart.
+ * keeps; the length byte keeps ("ab", "c") and ("a", "bc") apart.  ctx is
+ * made once per caller (making one per hash costs more than hashing).
  */
 static bytea *
-HashIdentifier(const uint8 *salt, const CdpIdentifier *id)
+HashIdentifier(pg_cryptohash_ctx *ctx, const uint8 *salt, const CdpIdentifier *id)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
-	bytea	   *out = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	bytea	   *out = palloc(VARHDRSZ + HASH_BYTES);
 	uint8		type_len = id->type_len;
 
-	if (ctx == NULL ||
-		pg_cryptohash_init(ctx) < 0 ||
+	if (pg_cryptohash_init(ctx) < 0 ||
 		pg_cryptohash_update(ctx, salt, SALT_BYTES) < 0 ||
 		pg_cryptohash_update(ctx, &type_len, 1) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) IdTypePtr(id), id->type_len) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) IdValuePtr(id), IdValueLen(id)) < 0 ||
-		pg_cryptohash_final(ctx, (uint8 *) VARDATA(out), PG_SHA256_DIGEST_LENGTH) < 0)
+		pg_cryptohash_final(ctx, (uint8 *) VARDATA(out), HASH_BYTES) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not compute a SHA-256 hash: %s", pg_cryptohash_error(ctx))));
-	pg_cryptohash_free(ctx);
-	SET_VARSIZE(out, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	SET_VARSIZE(out, VARHDRSZ + HASH_BYTES);
 	return out;
+}
+
+static pg_cryptohash_ctx *
+NewHashContext(void)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (ctx == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	return ctx;
+}
+
+/* bytea * of HASH_BYTES each, as bsearch and qsort see them */
+static int
+CompareHashes(const void *a, const void *b)
+{
+	return memcmp(VARDATA_ANY(*(bytea *const *) a), VARDATA_ANY(*(bytea *const *) b), HASH_BYTES);
+}
+
+static int
+CompareRawHashes(const void *a, const void *b)
+{
+	return memcmp(a, b, HASH_BYTES);
+}
+
+/*
+ * The suppressed ones among hashes (bytea datums), sorted: from memory, or
+ * by one index probe when there are too many suppressions to keep.
+ */
+static bytea **
+FindSuppressed(Datum *hashes, int nhashes, int *nhits)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			argtype = BYTEAARRAYOID;
+	bytea	  **hits;
+	Datum		arg;
+	int			n;
+
+	*nhits = 0;
+	if (cache.all_cached)
+	{
+		hits = palloc(sizeof(bytea *) * nhashes);
+		for (int i = 0; i < nhashes; i++)
+		{
+			bytea	   *h = DatumGetByteaPP(hashes[i]);
+
+			if (cache.nhashes > 0 &&
+				bsearch(VARDATA_ANY(h), cache.hashes, cache.nhashes, HASH_BYTES,
+						CompareRawHashes) != NULL)
+				hits[(*nhits)++] = h;
+		}
+		qsort(hits, *nhits, sizeof(bytea *), CompareHashes);
+		/* one entry per hash */
+		n = 0;
+		for (int i = 0; i < *nhits; i++)
+			if (n == 0 || CompareHashes(&hits[n - 1], &hits[i]) != 0)
+				hits[n++] = hits[i];
+		*nhits = n;
+		return hits;
+	}
+	arg = CdpArray(hashes, nhashes, BYTEAOID);
+	n = (int) CdpExecPlan(CdpPlan(&find_plan,
+								  "SELECT hash FROM cdp.suppressions WHERE hash = ANY ($1) ORDER BY hash",
+								  1, &argtype),
+						  &arg, NULL, SPI_OK_SELECT);
+	hits = palloc(sizeof(bytea *) * Max(n, 1));
+	for (int j = 0; j < n; j++)
+	{
+		bool		isnull;
+
+		hits[j] = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[j],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	MemoryContextSwitchTo(cxt);
+	*nhits = n;
+	return hits;
 }
 
 /* a string or number field of obj as text, or NULL */
@@ -196,23 +329,15 @@ CarriedIdentifiers(CdpMessage *msg)
 	return ids;
 }
 
-static int
-CompareHashes(const void *a, const void *b)
-{
-	return memcmp(VARDATA(*(bytea *const *) a), VARDATA(*(bytea *const *) b),
-				  PG_SHA256_DIGEST_LENGTH);
-}
-
 /*
  * Drop the messages of a chunk that carry a suppressed identifier: pending
- * ones and those failing validation (which would be dead-lettered).  One
- * index probe for the chunk's hashes; counting the drops, on the first
+ * ones and those failing validation (which would be dead-lettered).  The
+ * chunk's hashes are looked up at once; the drops are counted, on the first
  * suppressed hash of each message, only when something matched.
  */
 void
 CdpDropSuppressed(CdpMessage **msgs, int n)
 {
-	MemoryContext cxt = CurrentMemoryContext;
 	List	  **carried;
 	int		   *first;
 	Datum	   *hashes;
@@ -224,6 +349,7 @@ CdpDropSuppressed(CdpMessage **msgs, int n)
 	int64	   *counts;
 	Datum	   *count_datums;
 	Datum	   *hit_datums;
+	pg_cryptohash_ctx *ctx;
 
 	if (n == 0 || !SuppressionsExist())
 		return;
@@ -242,35 +368,19 @@ CdpDropSuppressed(CdpMessage **msgs, int n)
 	if (nhashes == 0)
 		return;
 	hashes = palloc(sizeof(Datum) * nhashes);
+	ctx = NewHashContext();
 	for (int i = 0, k = 0; i < n; i++)
 	{
 		ListCell   *lc;
 
 		foreach(lc, carried[i])
-			hashes[k++] = PointerGetDatum(HashIdentifier(cache.salt, lfirst(lc)));
+			hashes[k++] = PointerGetDatum(HashIdentifier(ctx, cache.salt, lfirst(lc)));
 	}
+	pg_cryptohash_free(ctx);
 
-	args[0] = CdpArray(hashes, nhashes, BYTEAOID);
-	CdpExecPlan(CdpPlan(&find_plan,
-						"SELECT hash FROM cdp.suppressions WHERE hash = ANY ($1) ORDER BY hash",
-						1, argtypes),
-				args, NULL, SPI_OK_SELECT);
-	nhits = (int) SPI_processed;
+	hits = FindSuppressed(hashes, nhashes, &nhits);
 	if (nhits == 0)
-	{
-		SPI_freetuptable(SPI_tuptable);
 		return;
-	}
-	hits = palloc(sizeof(bytea *) * nhits);
-	for (int j = 0; j < nhits; j++)
-	{
-		bool		isnull;
-
-		hits[j] = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[j],
-												   SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	SPI_freetuptable(SPI_tuptable);
-	MemoryContextSwitchTo(cxt);
 
 	counts = palloc0(sizeof(int64) * nhits);
 	for (int i = 0; i < n; i++)
@@ -337,19 +447,18 @@ CdpLockSuppressions(bool exclusive)
 void
 CdpCheckNotSuppressed(CdpIdentifier *id)
 {
-	Oid			argtype = BYTEAARRAYOID;
-	Datum		arg;
+	pg_cryptohash_ctx *ctx;
 	Datum		h;
+	int			nhits;
 
 	CdpLockSuppressions(false);
 	if (!SuppressionsExist())
 		return;
-	h = PointerGetDatum(HashIdentifier(cache.salt, id));
-	arg = CdpArray(&h, 1, BYTEAOID);
-	if (CdpExecPlan(CdpPlan(&find_plan,
-							"SELECT hash FROM cdp.suppressions WHERE hash = ANY ($1) ORDER BY hash",
-							1, &argtype),
-					&arg, NULL, SPI_OK_SELECT) > 0)
+	ctx = NewHashContext();
+	h = PointerGetDatum(HashIdentifier(ctx, cache.salt, id));
+	pg_cryptohash_free(ctx);
+	(void) FindSuppressed(&h, 1, &nhits);
+	if (nhits > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot link a suppressed identifier"),
@@ -368,13 +477,19 @@ cdp_suppression_hash(PG_FUNCTION_ARGS)
 {
 	bytea	   *salt = PG_GETARG_BYTEA_PP(0);
 	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(1);
+	pg_cryptohash_ctx *ctx;
+	bytea	   *result;
 
 	if (VARSIZE_ANY_EXHDR(salt) != SALT_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the salt must be %d bytes, not %d", SALT_BYTES,
 						(int) VARSIZE_ANY_EXHDR(salt))));
-	PG_RETURN_BYTEA_P(HashIdentifier((const uint8 *) VARDATA_ANY(salt), id));
+
+	ctx = NewHashContext();
+	result = HashIdentifier(ctx, (const uint8 *) VARDATA_ANY(salt), id);
+	pg_cryptohash_free(ctx);
+	PG_RETURN_BYTEA_P(result);
 }
 
 PG_FUNCTION_INFO_V1(cdp_forget_lock);

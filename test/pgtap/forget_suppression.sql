@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(15);
+SELECT plan(17);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -59,6 +59,17 @@ SELECT throws_ok($$ SELECT cdp.link('email:sup@example.com', 'user_id:someone') 
                  'cannot link a suppressed identifier', 'link refuses a suppressed identifier');
 SELECT is(cdp.link('user_id:sup-keep', 'email:keep@example.com'), pg_temp.pid('user_id:sup-keep'),
           'link goes on for everyone else');
+
+-- more suppressions than a backend keeps in memory: looked up by index
+INSERT INTO cdp.suppressions (hash) SELECT sha256(i::text::bytea) FROM generate_series(1, 70000) i;
+DO $$ BEGIN
+    PERFORM pg_temp.send('big1', '{"userId": "sup-user"}', '2026-05-04 10:00+00');
+    PERFORM pg_temp.send('big2', '{"userId": "sup-keep"}', '2026-05-04 10:00+00');
+    PERFORM pg_temp.run();
+END $$;
+SELECT is((SELECT array_agg(message_id ORDER BY message_id) FROM cdp.events WHERE ts = '2026-05-04 10:00+00'),
+          '{big2}', 'with 70000 suppressions the message is still dropped, the other stored');
+SELECT is((SELECT sum(dropped) FROM cdp.suppressions), 7::numeric, 'and counted');
 
 SELECT throws_ok($$ SELECT cdp.forget('anonymous_id:Guest') $$, '22023',
                  'identifier anonymous_id:Guest is blocked: it names no one person',
