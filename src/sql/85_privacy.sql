@@ -92,7 +92,8 @@ $$;
 -- among the profile_id IS NULL entries of that index; and events whose
 -- identifier a rule refused (so they went to another profile) through the
 -- violation that names it, by event time and messageId (partition pruning,
--- then the time index).  erase: delete them and return how many as
+-- then the time index); and the messages that carried an identifier before
+-- it was split off another profile, among that profile's events.  erase: delete them and return how many as
 -- {"count": n, "others": [{profile_id, ts} of erased events of other
 -- profiles]}; else return them as {"events": [...]}.
 CREATE FUNCTION cdp.subject_events(rel regclass, profile_ids bigint[],
@@ -104,6 +105,24 @@ AS $$
 DECLARE
     raw_ids text[] := ARRAY(SELECT cdp.id_value(x) FROM unnest(identifiers) x
                              WHERE cdp.id_type(x) IN ('user_id', 'anonymous_id'));
+    devices text[] := ARRAY(SELECT cdp.id_value(x) FROM unnest(identifiers) x WHERE cdp.id_type(x) = 'device_id');
+    emails text[] := ARRAY(SELECT cdp.id_value(x) FROM unnest(identifiers) x WHERE cdp.id_type(x) = 'email');
+    -- the profiles this person's identifiers were split off from, and those merged into them
+    split_pids bigint[] := ARRAY(
+        SELECT p FROM (SELECT i.profile_id AS p
+                         FROM cdp.identity_splits s, unnest(s.members) m, cdp.identities i
+                        WHERE s.keep_out = ANY (identifiers) AND i.identifier = m
+                       UNION
+                       SELECT r.profile_id
+                         FROM cdp.identity_splits s, unnest(s.members) m, cdp.identities i, cdp.profile_records r
+                        WHERE s.keep_out = ANY (identifiers) AND i.identifier = m
+                          AND r.merged_into = i.profile_id) x
+         WHERE p <> ALL (profile_ids));
+    -- a message of theirs, as ingest reads the identifiers it carries
+    carried text := '(user_id = ANY ($2) OR anonymous_id = ANY ($2) OR previous_id = ANY ($2) '
+                    'OR context->''device''->>''id'' = ANY ($3) '
+                    'OR lower(btrim(context->''traits''->>''email'')) = ANY ($4) '
+                    'OR (type = ''identify'' AND lower(btrim(traits->>''email'')) = ANY ($4)))';
     v record;
     n bigint;
     total bigint := 0;
@@ -124,6 +143,24 @@ BEGIN
                        'WHERE profile_id = ANY ($1) OR (profile_id IS NULL AND (user_id = ANY ($2) '
                        'OR anonymous_id = ANY ($2) OR previous_id = ANY ($2)))', rel)
             INTO found USING profile_ids, raw_ids;
+    END IF;
+    -- split off another profile: the messages that carried it before the
+    -- split stay with that profile; found there by the (profile_id, ts) index
+    IF split_pids <> '{}' THEN
+        IF erase THEN
+            EXECUTE format('WITH d AS (DELETE FROM %s WHERE profile_id = ANY ($1) AND %s '
+                           'RETURNING profile_id, ts) '
+                           'SELECT count(*), coalesce(jsonb_agg(jsonb_build_object(''profile_id'', profile_id, '
+                           '''ts'', ts)), ''[]'') FROM d', rel, carried)
+                INTO n, part USING split_pids, raw_ids, devices, emails;
+            total := total + n;
+            others := others || part;
+        ELSE
+            EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(e)), ''[]'') FROM %s e '
+                           'WHERE profile_id = ANY ($1) AND %s', rel, carried)
+                INTO part USING split_pids, raw_ids, devices, emails;
+            found := found || part;
+        END IF;
     END IF;
     FOR v IN SELECT DISTINCT iv.at, iv.message_id FROM cdp.identity_violations iv
               WHERE iv.identifier = ANY (identifiers) AND iv.message_id IS NOT NULL LOOP
