@@ -576,6 +576,83 @@ ObjectCarries(JsonbValue *obj, CdpIdentifier **ids, int nids)
 	return false;
 }
 
+/* the identifiers payload_carries looks for, kept for the whole statement */
+typedef struct CarriesIds
+{
+	Size		arrsize;		/* the array they came from, to notice another */
+	char	   *arr;
+	int			nids;
+	CdpIdentifier **ids;
+	const char **needles;
+	int		   *nlens;
+	bool		always_parse;	/* an id with no needle */
+	bool		first[256];		/* bytes a needle starts with, either case */
+} CarriesIds;
+
+/* does text hold one of c's needles, case-insensitively?  One pass over text */
+static bool
+HoldsNeedle(CarriesIds *c, const char *text, int len)
+{
+	for (int i = 0; i < len; i++)
+	{
+		unsigned char ch = (unsigned char) text[i];
+
+		if (!c->first[ch])
+			continue;
+		for (int j = 0; j < c->nids; j++)
+			if (c->nlens[j] > 0 && c->nlens[j] <= len - i &&
+				pg_ascii_tolower((unsigned char) c->needles[j][0]) == pg_ascii_tolower(ch) &&
+				pg_strncasecmp(text + i, c->needles[j], c->nlens[j]) == 0)
+				return true;
+	}
+	return false;
+}
+
+/* the ids of arr, with their needles, in the function's memory */
+static CarriesIds *
+PrepareCarriesIds(FunctionCallInfo fcinfo, ArrayType *arr)
+{
+	CarriesIds *c = fcinfo->flinfo->fn_extra;
+	Size		size = VARSIZE(arr);
+	MemoryContext old;
+	Datum	   *elems;
+	bool	   *nulls;
+
+	if (c != NULL && c->arrsize == size && memcmp(c->arr, arr, size) == 0)
+		return c;
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	c = palloc0(sizeof(CarriesIds));
+	c->arrsize = size;
+	c->arr = palloc(size);
+	memcpy(c->arr, arr, size);
+	deconstruct_array((ArrayType *) c->arr, ARR_ELEMTYPE(arr), -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &c->nids);
+	c->ids = palloc(sizeof(CdpIdentifier *) * Max(c->nids, 1));
+	c->needles = palloc(sizeof(char *) * Max(c->nids, 1));
+	c->nlens = palloc(sizeof(int) * Max(c->nids, 1));
+	for (int i = 0; i < c->nids; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("identifiers must not be NULL")));
+		c->ids[i] = DatumGetIdentifierP(elems[i]);
+		Needle(c->ids[i], &c->needles[i], &c->nlens[i]);
+		if (c->nlens[i] == 0)
+			c->always_parse = true;
+		else
+		{
+			unsigned char ch = (unsigned char) c->needles[i][0];
+
+			c->first[pg_ascii_tolower(ch)] = true;
+			c->first[pg_ascii_toupper(ch)] = true;
+		}
+	}
+	MemoryContextSwitchTo(old);
+	fcinfo->flinfo->fn_extra = c;
+	return c;
+}
+
 PG_FUNCTION_INFO_V1(cdp_payload_carries);
 
 /*
@@ -589,62 +666,41 @@ Datum
 cdp_payload_carries(PG_FUNCTION_ARGS)
 {
 	text	   *payload = PG_GETARG_TEXT_PP(0);
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	CarriesIds *c = PrepareCarriesIds(fcinfo, PG_GETARG_ARRAYTYPE_P(1));
 	const char *text = VARDATA_ANY(payload);
 	int			len = VARSIZE_ANY_EXHDR(payload);
-	Datum	   *elems;
-	bool	   *nulls;
-	int			nids;
-	CdpIdentifier **ids;
-	bool		candidate = false;
 	JsonbValue *root;
 	const char *code;
 	char	   *message;
 	bool		result = false;
 
-	deconstruct_array(arr, ARR_ELEMTYPE(arr), -1, false, TYPALIGN_INT, &elems, &nulls, &nids);
-	ids = palloc(sizeof(CdpIdentifier *) * Max(nids, 1));
-	for (int i = 0; i < nids; i++)
-	{
-		const char *needle;
-		int			nlen;
-
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("identifiers must not be NULL")));
-		ids[i] = DatumGetIdentifierP(elems[i]);
-		Needle(ids[i], &needle, &nlen);
-		if (nlen == 0 || ContainsCaseless(text, len, needle, nlen))
-			candidate = true;
-	}
-	if (!candidate)
+	if (!c->always_parse && !HoldsNeedle(c, text, len))
 		PG_RETURN_BOOL(false);
 
 	root = len > cdp_max_request_bytes ? NULL : CdpParseJson(text, len, &code, &message);
 	if (root == NULL)
 	{
 		/* not a message: the whole value, as text */
-		for (int i = 0; i < nids && !result; i++)
-			result = IdValueLen(ids[i]) > 0 &&
-				ContainsCaseless(text, len, IdValuePtr(ids[i]), IdValueLen(ids[i]));
+		for (int i = 0; i < c->nids && !result; i++)
+			result = IdValueLen(c->ids[i]) > 0 &&
+				ContainsCaseless(text, len, IdValuePtr(c->ids[i]), IdValueLen(c->ids[i]));
 		PG_RETURN_BOOL(result);
 	}
 	if (root->type == jbvObject)
 	{
 		JsonbValue *batch = CdpJsonbObjectGet(root, "batch");
 
-		result = ObjectCarries(root, ids, nids);
+		result = ObjectCarries(root, c->ids, c->nids);
 		if (!result && batch != NULL && batch->type == jbvArray)
 			for (int i = 0; i < batch->val.array.nElems && !result; i++)
 				if (batch->val.array.elems[i].type == jbvObject)
-					result = ObjectCarries(&batch->val.array.elems[i], ids, nids);
+					result = ObjectCarries(&batch->val.array.elems[i], c->ids, c->nids);
 	}
 	else if (root->type == jbvArray)
 	{
 		for (int i = 0; i < root->val.array.nElems && !result; i++)
 			if (root->val.array.elems[i].type == jbvObject)
-				result = ObjectCarries(&root->val.array.elems[i], ids, nids);
+				result = ObjectCarries(&root->val.array.elems[i], c->ids, c->nids);
 	}
 	PG_RETURN_BOOL(result);
 }

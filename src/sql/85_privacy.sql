@@ -238,6 +238,7 @@ DECLARE
     problem text;
     erased jsonb;
     others jsonb;
+    seqs bigint[];
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -313,7 +314,11 @@ BEGIN
 
     -- events refused to another profile are erased above: their violations go last
     DELETE FROM cdp.identities i WHERE i.profile_id = ANY (pids) OR i.identifier = ANY (ids);
-    DELETE FROM cdp.identity_evidence e WHERE e.identifiers <@ ids AND e.linked <@ ids;
+    -- the evidence naming them, in one pass (no index covers the arrays);
+    -- x = ANY (ids) is answered by hashing ids once
+    seqs := ARRAY(SELECT e.seq FROM cdp.identity_evidence e
+                   WHERE EXISTS (SELECT FROM unnest(e.identifiers || e.linked) x WHERE x = ANY (ids)));
+    DELETE FROM cdp.identity_evidence e WHERE e.seq = ANY (seqs) AND e.identifiers <@ ids AND e.linked <@ ids;
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('evidence', n);
     -- evidence shared with other people loses only this person's part
@@ -321,7 +326,7 @@ BEGIN
        SET identifiers = cdp.without_identifiers(e.identifiers, ids),
            linked = cdp.without_identifiers(e.linked, ids),
            created_profile = CASE WHEN e.created_profile = ANY (pids) THEN NULL ELSE e.created_profile END
-     WHERE e.identifiers && ids OR e.linked && ids;
+     WHERE e.seq = ANY (seqs);
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('evidence_redacted', n);
     DELETE FROM cdp.identity_pairs p WHERE p.a = ANY (ids) OR p.b = ANY (ids);
