@@ -49,6 +49,7 @@ static struct
 {
 	bool		registered;
 	bool		valid;
+	uint64		invalidations;	/* bumped by every invalidation */
 	Oid			relid;			/* cdp.suppressions when last read */
 	bool		any;
 	uint8		salt[SALT_BYTES];
@@ -68,7 +69,10 @@ static void
 SuppressionCacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cache.relid)
+	{
 		cache.valid = false;
+		cache.invalidations++;
+	}
 }
 
 /*
@@ -125,6 +129,7 @@ SuppressionsExist(void)
 	bool		isnull;
 	Datum		d;
 	bytea	   *salt;
+	uint64		before;
 
 	if (!cache.registered)
 	{
@@ -135,8 +140,8 @@ SuppressionsExist(void)
 	if (cache.valid)
 		return cache.any;
 
-	/* valid first: an invalidation arriving while reading marks it stale again */
-	cache.valid = true;
+	/* current unless an invalidation arrives while reading (or reading fails) */
+	before = cache.invalidations;
 	cache.relid = get_relname_relid("suppressions", get_namespace_oid("cdp", false));
 	CdpExecPlan(CdpPlan(&read_plan,
 						"SELECT s.salt, EXISTS (SELECT FROM cdp.suppressions) "
@@ -148,8 +153,8 @@ SuppressionsExist(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cdp.suppression_salt must hold exactly one row")));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	salt = DatumGetByteaPP(d);
-	if (isnull || VARSIZE_ANY_EXHDR(salt) != SALT_BYTES)
+	salt = isnull ? NULL : DatumGetByteaPP(d);
+	if (salt == NULL || VARSIZE_ANY_EXHDR(salt) != SALT_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the salt in cdp.suppression_salt must be %d bytes", SALT_BYTES)));
@@ -158,6 +163,7 @@ SuppressionsExist(void)
 										   &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	LoadHashes();
+	cache.valid = (cache.invalidations == before);
 	return cache.any;
 }
 
