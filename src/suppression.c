@@ -730,3 +730,30 @@ cdp_identifier_blocked(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_BOOL(blocked);
 }
+
+PG_FUNCTION_INFO_V1(cdp_identifier_suppressed);
+
+/*
+ * cdp.identifier_suppressed(id): whether id belongs to a forgotten person.
+ * For functions that record something about an identifier outside ingest
+ * (consent set through the API, links), which must not bring one back.
+ */
+Datum
+cdp_identifier_suppressed(PG_FUNCTION_ARGS)
+{
+	CdpIdentifier *id = PG_GETARG_IDENTIFIER_P(0);
+	pg_cryptohash_ctx *ctx;
+	Datum		h;
+	int			nhits = 0;
+
+	SPI_connect();
+	if (SuppressionsExist())
+	{
+		ctx = NewHashContext();
+		h = PointerGetDatum(HashIdentifier(ctx, cache.salt, id));
+		pg_cryptohash_free(ctx);
+		(void) FindSuppressed(&h, 1, &nhits);
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(nhits > 0);
+}

@@ -58,6 +58,13 @@ RETURNS bool
 AS 'MODULE_PATHNAME', 'cdp_identifier_blocked'
 LANGUAGE C STABLE STRICT;
 
+CREATE FUNCTION cdp.identifier_suppressed(id cdp.identifier)
+RETURNS bool
+AS 'MODULE_PATHNAME', 'cdp_identifier_suppressed'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION cdp.identifier_suppressed(cdp.identifier) IS
+    'whether an identifier belongs to a person erased with cdp.forget (internal: API functions that record something about an identifier refuse these)';
+
 CREATE FUNCTION cdp.forget_lock()
 RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_forget_lock'
@@ -408,8 +415,7 @@ BEGIN
     END LOOP;
     RETURN jsonb_build_object(
         'identifier', id::text,
-        'suppressed', EXISTS (SELECT FROM cdp.suppressions s, cdp.suppression_salt k
-                               WHERE s.hash = cdp.suppression_hash(k.salt, id)),
+        'suppressed', cdp.identifier_suppressed(id),
         'profile', (SELECT to_jsonb(r) FROM cdp.profile_records r WHERE r.profile_id = subject.profile_id),
         'merged_profiles', (SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.profile_id), '[]')
                               FROM cdp.profile_records r
