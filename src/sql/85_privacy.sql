@@ -368,9 +368,16 @@ BEGIN
 
     -- queued and dead-lettered messages: every row is tested, most without
     -- parsing (cdp.payload_carries looks for the values' text first)
-    DELETE FROM cdp.inbox q WHERE q.payload IS NOT NULL AND cdp.payload_carries(q.payload, ids);
+    -- a row another transaction holds is left: only cdp.process_inbox
+    -- processes rows, and it waits for this transaction, so it drops it
+    -- (waiting here could deadlock with a cdp.drain_inbox between chunks)
+    DELETE FROM cdp.inbox q
+     WHERE q.id = ANY (ARRAY(SELECT l.id FROM cdp.inbox l
+                              WHERE l.payload IS NOT NULL AND cdp.payload_carries(l.payload, ids)
+                                FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS n = ROW_COUNT;
-    summary := summary || jsonb_build_object('inbox', n);
+    summary := summary || jsonb_build_object('inbox', n, 'inbox_in_flight',
+        (SELECT count(*) FROM cdp.inbox l WHERE l.payload IS NOT NULL AND cdp.payload_carries(l.payload, ids)));
     DELETE FROM cdp.dead_letters d WHERE cdp.payload_carries(d.payload, ids);
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('dead_letters', n);

@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(17);
+SELECT plan(19);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -74,6 +74,10 @@ SELECT is((SELECT sum(dropped) FROM cdp.suppressions), 7::numeric, 'and counted'
 SELECT throws_ok($$ SELECT cdp.forget('anonymous_id:Guest') $$, '22023',
                  'identifier anonymous_id:Guest is blocked: it names no one person',
                  'a blocked placeholder value is refused: it would suppress everyone sending it');
+
+SELECT throws_ok($$ SELECT cdp.forget(NULL) $$, '22004', 'id must not be NULL', 'a NULL identifier is refused');
+SELECT throws_ok($$ SELECT cdp.forget('user_id:sup-keep', repeat('x', 1001)) $$, '22023',
+                 'reason must be at most 1000 bytes, not 1001', 'the reason is bounded');
 
 SELECT * FROM finish();
 ROLLBACK;
