@@ -319,7 +319,7 @@ BEGIN
       FROM m
      WHERE r.profile_id = m.canon;
 
-    -- events refused to another profile are erased above: their violations go last
+    -- the identity records (violations last: the events above were found through them)
     DELETE FROM cdp.identities i WHERE i.profile_id = ANY (pids) OR i.identifier = ANY (ids);
     -- the evidence naming them, in one pass (no index covers the arrays);
     -- x = ANY (ids) is answered by hashing ids once
