@@ -227,6 +227,58 @@ AS $$
      WHERE x <> ALL (gone)
 $$;
 
+-- Remove, from the traits of the given profiles' identifiers and from the
+-- profiles' own traits, every key whose value is one of the identifiers'
+-- values (as ingest would read it: trimmed, emails in any letters, phones
+-- in any format); then derive the profiles' traits again where the per-
+-- identifier stores are the source.  Returns how many identifiers lost keys.
+CREATE FUNCTION cdp.forget_trait_values(profile_ids bigint[], identifiers cdp.identifier[])
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    vals text[] := ARRAY(SELECT lower(cdp.id_value(x)) FROM unnest(identifiers) x);
+    phones text[] := ARRAY(SELECT cdp.id_value(x) FROM unnest(identifiers) x WHERE cdp.id_type(x) = 'phone');
+    members bigint[] := ARRAY(SELECT unnest(profile_ids)
+                              UNION SELECT r.profile_id FROM cdp.profile_records r
+                                     WHERE r.merged_into = ANY (profile_ids));
+    n bigint;
+BEGIN
+    WITH m AS (
+        SELECT t.identifier, array_agg(e.k) AS keys
+          FROM cdp.identities i
+          JOIN cdp.identifier_traits t ON t.identifier = i.identifier,
+               jsonb_each_text(t.traits) e(k, v)
+         WHERE i.profile_id = ANY (profile_ids)
+           AND (lower(btrim(e.v)) = ANY (vals)
+                OR (phones <> '{}' AND regexp_replace(e.v, '[^0-9+]', '', 'g') = ANY (phones)))
+         GROUP BY t.identifier
+    )
+    UPDATE cdp.identifier_traits t
+       SET traits = t.traits - m.keys, trait_times = t.trait_times - m.keys
+      FROM m
+     WHERE t.identifier = m.identifier;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH m AS (
+        SELECT r.profile_id, array_agg(e.k) AS keys
+          FROM cdp.profile_records r, jsonb_each_text(r.traits) e(k, v)
+         WHERE r.profile_id = ANY (members)
+           AND (lower(btrim(e.v)) = ANY (vals)
+                OR (phones <> '{}' AND regexp_replace(e.v, '[^0-9+]', '', 'g') = ANY (phones)))
+         GROUP BY r.profile_id
+    )
+    UPDATE cdp.profile_records r
+       SET traits = r.traits - m.keys, trait_times = r.trait_times - m.keys
+      FROM m
+     WHERE r.profile_id = m.profile_id;
+    IF to_regprocedure('cdp.recompute_profile_state(bigint[])') IS NOT NULL THEN
+        EXECUTE 'SELECT cdp.recompute_profile_state($1)' USING profile_ids;
+    END IF;
+    RETURN n;
+END
+$$;
+
 CREATE FUNCTION cdp.forget(id cdp.identifier, reason text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -246,6 +298,7 @@ DECLARE
     erased jsonb;
     others jsonb;
     seqs bigint[];
+    affected bigint[];
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -318,6 +371,19 @@ BEGIN
                             ELSE r.last_seen END
       FROM m
      WHERE r.profile_id = m.canon;
+
+    -- messages of the person that other profiles stored (a rule refused an
+    -- identifier, or it was split off later) may have given those profiles'
+    -- identifiers traits holding the person's identifier values: drop those
+    -- keys, then derive the profiles' traits again
+    affected := ARRAY(SELECT DISTINCT coalesce(r.merged_into, r.profile_id)
+                        FROM jsonb_array_elements(others) x
+                        JOIN cdp.profile_records r ON r.profile_id = (x->>'profile_id')::bigint
+                       WHERE r.profile_id <> ALL (pids));
+    IF affected <> '{}' THEN
+        n := cdp.forget_trait_values(affected, ids);
+        summary := summary || jsonb_build_object('other_traits', n);
+    END IF;
 
     -- the identity records (violations last: the events above were found through them)
     DELETE FROM cdp.identities i WHERE i.profile_id = ANY (pids) OR i.identifier = ANY (ids);

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(7);
+SELECT plan(8);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -20,6 +20,11 @@ DO $$ BEGIN
                          '2026-05-02 12:00+00');
     PERFORM pg_temp.send('a2', '{"userId": "spl-keep"}', '2026-05-03 10:00+00');
     PERFORM pg_temp.run();
+    -- what ingest keeps of b3's traits (context.traits) for the user id
+    INSERT INTO cdp.identifier_traits VALUES
+        ('user_id:spl-keep', '{"email": " GE@Example.com", "plan": "pro"}',
+         '{"email": "2026-05-02T12:00:00Z", "plan": "2026-05-02T12:00:00Z"}')
+    ON CONFLICT (identifier) DO UPDATE SET traits = excluded.traits, trait_times = excluded.trait_times;
     PERFORM cdp.split_profile(pg_temp.pid('user_id:spl-keep'), 'anonymous_id:ga-anon');
     PERFORM cdp.split_profile(pg_temp.pid('user_id:spl-keep'), 'device_id:gd-device');
     PERFORM cdp.split_profile(pg_temp.pid('user_id:spl-keep'), 'email:ge@example.com');
@@ -43,6 +48,9 @@ SELECT is((SELECT array_agg(message_id ORDER BY ts) FROM cdp.events_resolved WHE
 SELECT is((SELECT (event_count, first_seen, last_seen) FROM cdp.profile_records WHERE profile_id = pg_temp.saved('keep')),
           (2::bigint, '2026-05-01 10:00+00'::timestamptz, '2026-05-03 10:00+00'::timestamptz),
           'and its counts follow');
+
+SELECT is((SELECT traits->>'plan' FROM cdp.identifier_traits WHERE identifier = 'user_id:spl-keep'), 'pro',
+          'the other identifier keeps its other traits');
 
 SELECT * FROM finish();
 ROLLBACK;
