@@ -473,6 +473,8 @@ DECLARE
     pids bigint[];
     events jsonb;
     detached jsonb := '{}';
+    not_read jsonb := '[]';
+    problem text;
     rel regclass;
 BEGIN
     IF id IS NULL THEN
@@ -483,8 +485,13 @@ BEGIN
     pids := subject.profile_ids;
     events := cdp.subject_events('cdp.events', pids, ids, false)->'events';
     FOR rel IN SELECT * FROM cdp.detached_event_tables() LOOP
-        detached := detached || jsonb_build_object(rel::text,
-            cdp.subject_events(rel, pids, ids, false)->'events');
+        BEGIN
+            detached := detached || jsonb_build_object(rel::text,
+                cdp.subject_events(rel, pids, ids, false)->'events');
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
+            not_read := not_read || jsonb_build_object('relation', rel::text, 'error', problem);
+        END;
     END LOOP;
     RETURN jsonb_build_object(
         'identifier', id::text,
@@ -504,6 +511,7 @@ BEGIN
         'events', (SELECT coalesce(jsonb_agg(e ORDER BY (e->>'ts')::timestamptz, e->>'message_id'), '[]')
                      FROM jsonb_array_elements(events) e),
         'detached_partition_events', detached,
+        'not_read', not_read,
         'merges', (SELECT coalesce(jsonb_agg(to_jsonb(m) ORDER BY m.merged_at), '[]')
                      FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids)),
         'identity_violations', (SELECT coalesce(jsonb_agg(to_jsonb(v) ORDER BY v.at), '[]')

@@ -3,7 +3,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(6);
+SELECT plan(8);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -46,6 +46,13 @@ BEGIN
     RETURN res;
 END
 $$;
+
+-- export reads the detached partitions too
+CREATE TEMP TABLE export AS SELECT cdp.export_subject('user_id:det-user') AS j;
+SELECT is((SELECT array_agg(e->>'message_id' ORDER BY e->>'message_id')
+             FROM export, jsonb_each(j->'detached_partition_events') d, jsonb_array_elements(d.value) e),
+          '{d1,d2}', 'export includes the events in detached partitions');
+SELECT is((SELECT jsonb_array_length(j->'events') FROM export), 1, 'beside those attached');
 
 CREATE TEMP TABLE result AS SELECT cdp.forget('user_id:det-user') AS r;
 
