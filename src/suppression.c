@@ -191,6 +191,7 @@ HashIdentifier(pg_cryptohash_ctx *ctx, const uint8 *salt, const CdpIdentifier *i
 	return out;
 }
 
+/* a SHA-256 context (freed with the resource owner if an error comes first) */
 static pg_cryptohash_ctx *
 NewHashContext(void)
 {
@@ -210,6 +211,7 @@ CompareHashes(const void *a, const void *b)
 	return memcmp(VARDATA_ANY(*(bytea *const *) a), VARDATA_ANY(*(bytea *const *) b), HASH_BYTES);
 }
 
+/* two raw hashes, as the sorted cache holds them */
 static int
 CompareRawHashes(const void *a, const void *b)
 {
@@ -551,6 +553,7 @@ Needle(const CdpIdentifier *id, const char **start, int *len)
 	}
 }
 
+/* does hay hold needle, ASCII letters in either case? */
 static bool
 ContainsCaseless(const char *hay, int haylen, const char *needle, int len)
 {
