@@ -222,6 +222,14 @@ BEGIN
         END LOOP;
     END;
     result := qualified::regclass;
+    -- a relation another role made under that name since the check above:
+    -- CREATE OR REPLACE must not have taken it over
+    IF (SELECT c.relowner FROM pg_class c WHERE c.oid = result)
+       <> (SELECT c.relowner FROM pg_class c WHERE c.oid = 'cdp.generated_views'::regclass) THEN
+        RAISE EXCEPTION 'relation % already exists and is not a generated view', qualified
+            USING ERRCODE = 'duplicate_table',
+                  HINT = 'Choose another name, or drop that relation first.';
+    END IF;
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', qualified);
     EXECUTE format('COMMENT ON VIEW %s IS %L', qualified,
                    CASE kind WHEN 'profile' THEN 'profiles' ELSE 'events of the profiles' END
