@@ -328,6 +328,7 @@ ProcessChunk(void *arg)
 	CdpCheckEventConstraints(msgs, n);
 	CdpDeduplicate(msgs, n);
 	CdpResolveIdentities(msgs, n);
+	CdpStoreProfileState(msgs, n);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 }

@@ -1,0 +1,602 @@
+/*
+ * profile_state.c
+ *	  What people say about themselves in messages: traits (identify traits,
+ *	  context.traits on any type) and consent (Segment categoryPreferences
+ *	  and its "Segment Consent Preference Updated" event, RudderStack
+ *	  consentManagement), written once per batch.
+ *
+ *	  Both are kept per identifier (cdp.identifier_traits,
+ *	  cdp.identifier_consent, the history in cdp.consent_log), which merges,
+ *	  splits and rebuilds never rewrite, and derived into the profile record
+ *	  (traits, trait_times, consent).  A message's state belongs to the
+ *	  strongest identifier it linked (by identity rule priority: a userId
+ *	  before an email before an anonymousId), so that a split moves it with
+ *	  the identifier that is most surely that person, and a profile holds
+ *	  the state of every identifier it holds.  Per key and per purpose the
+ *	  value with the latest event time wins (ties broken by a total order,
+ *	  see 75_profile_state.sql), so the order messages arrive in does not
+ *	  matter and a profile built up a batch at a time equals one recomputed
+ *	  from its identifiers.
+ *
+ *	  Locking: a batch writes the state of identifiers whose profile rows it
+ *	  holds (identity resolution locked them), which is what cdp.set_consent
+ *	  takes too; profile rows before state rows, everywhere.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "identity.h"
+#include "spi_util.h"
+
+/* Trait keys one message sets at most; the rest are skipped (a violation). */
+#define CDP_MAX_MESSAGE_TRAITS		100
+/* Trait keys one identifier holds at most; new keys past it are skipped. */
+#define CDP_MAX_IDENTIFIER_TRAITS	256
+/* Trait keys a profile shows at most (the first ones in key order). */
+#define CDP_MAX_PROFILE_TRAITS		1000	/* as cdp.recompute_profile_state */
+/* Consent categories one message states at most; the rest are skipped. */
+#define CDP_MAX_MESSAGE_CONSENTS	64
+
+#define CONSENT_EVENT "Segment Consent Preference Updated"
+
+typedef enum StatePlan
+{
+	PLAN_TRAITS,
+	PLAN_CONSENT,
+	PLAN_VIOLATIONS,
+	PLAN_STATEFUL_NEW,
+	PLAN_RECOMPUTE,
+	NUM_STATE_PLANS
+} StatePlan;
+
+static SPIPlanPtr plans[NUM_STATE_PLANS];
+static Oid	plans_type_oid = InvalidOid;
+
+/* a growable column of Datums (with nulls) */
+typedef struct Column
+{
+	Datum	   *v;
+	bool	   *nulls;
+} Column;
+
+/* what a batch writes: one row per trait key, one per consent decision */
+typedef struct StateRows
+{
+	int			cap;
+	int			n;
+	Column		cols[8];
+} StateRows;
+
+typedef struct Violation
+{
+	CdpIdentifier *id;
+	const char *message_id;
+	TimestampTz at;
+	const char *rule;
+	char	   *detail;
+} Violation;
+
+/* plans name the identifier type by oid: prepare them again if it changed */
+static void
+CheckPlans(void)
+{
+	Oid			typid = CdpIdentifierTypeOid();
+
+	if (typid == plans_type_oid)
+		return;
+	for (int i = 0; i < NUM_STATE_PLANS; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	plans_type_oid = typid;
+}
+
+static void
+AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
+{
+	if (rows->n == rows->cap)
+	{
+		int			cap = Max(64, rows->cap * 2);
+
+		for (int c = 0; c < ncols; c++)
+		{
+			Column	   *col = &rows->cols[c];
+
+			col->v = col->v ? repalloc(col->v, sizeof(Datum) * cap) : palloc(sizeof(Datum) * cap);
+			col->nulls = col->nulls ? repalloc(col->nulls, sizeof(bool) * cap) :
+				palloc(sizeof(bool) * cap);
+		}
+		rows->cap = cap;
+	}
+	for (int c = 0; c < ncols; c++)
+	{
+		rows->cols[c].v[rows->n] = values[c];
+		rows->cols[c].nulls[rows->n] = nulls ? nulls[c] : false;
+	}
+	rows->n++;
+}
+
+/* a column as an array of elemtype, NULL elements where nulls says */
+static Datum
+ColumnArray(StateRows *rows, int c, Oid elemtype)
+{
+	int16		typlen;
+	bool		byval;
+	char		align;
+	int			dims[1] = {rows->n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	return PointerGetDatum(construct_md_array(rows->cols[c].v, rows->cols[c].nulls, 1, dims, lbs,
+											  elemtype, typlen, byval, align));
+}
+
+static JsonbValue *
+ObjectGet(JsonbValue *obj, const char *key)
+{
+	if (obj == NULL || obj->type != jbvObject)
+		return NULL;
+	return CdpJsonbObjectGet(obj, key);
+}
+
+static bool
+IsConsentEvent(CdpMessage *msg)
+{
+	return msg->type != NULL && strcmp(msg->type, "track") == 0 &&
+		msg->event != NULL && strcmp(msg->event, CONSENT_EVENT) == 0;
+}
+
+/*
+ * Whether a message carries traits or consent (cheap: the hot path asks
+ * for every message).  A group call's traits are the company's, never the
+ * person's: only its context.traits count.
+ */
+bool
+CdpMessageHasProfileState(CdpMessage *msg)
+{
+	JsonbValue *ctx = msg->context;
+
+	if (msg->type != NULL && strcmp(msg->type, "identify") == 0 &&
+		msg->traits != NULL && msg->traits->type == jbvObject && msg->traits->val.object.nPairs > 0)
+		return true;
+	if (IsConsentEvent(msg))
+		return true;
+	if (ctx == NULL || ctx->type != jbvObject)
+		return false;
+	return ObjectGet(ctx, "traits") != NULL || ObjectGet(ctx, "consent") != NULL ||
+		ObjectGet(ctx, "consentManagement") != NULL;
+}
+
+static bool
+HasKey(JsonbValue *obj, JsonbValue *key)
+{
+	char	   *k;
+
+	if (obj == NULL || obj->type != jbvObject)
+		return false;
+	k = pnstrdup(key->val.string.val, key->val.string.len);
+	return CdpJsonbObjectGet(obj, k) != NULL;
+}
+
+/*
+ * The trait rows of one message: identify traits first, then context.traits
+ * for keys the former does not set; at most CDP_MAX_MESSAGE_TRAITS keys.
+ * Returns how many keys it carried in all.
+ */
+static int
+AddTraits(StateRows *rows, CdpMessage *msg)
+{
+	JsonbValue *sources[2] = {NULL, NULL};
+	int			carried = 0;
+	int			taken = 0;
+
+	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
+		sources[0] = msg->traits;
+	sources[1] = ObjectGet(msg->context, "traits");
+	for (int s = 0; s < 2; s++)
+	{
+		JsonbValue *obj = sources[s];
+
+		if (obj == NULL || obj->type != jbvObject)
+			continue;
+		for (int i = 0; i < obj->val.object.nPairs; i++)
+		{
+			JsonbPair  *pair = &obj->val.object.pairs[i];
+			Datum		values[5];
+
+			if (s == 1 && HasKey(sources[0], &pair->key))
+				continue;
+			carried++;
+			if (taken >= CDP_MAX_MESSAGE_TRAITS)
+				continue;
+			values[0] = PointerGetDatum(msg->state_anchor);
+			values[1] = PointerGetDatum(cstring_to_text_with_len(pair->key.val.string.val,
+																 pair->key.val.string.len));
+			values[2] = JsonbPGetDatum(JsonbValueToJsonb(&pair->value));
+			values[3] = TimestampTzGetDatum(msg->ts);
+			values[4] = Int64GetDatum(msg->profile_id);
+			AddRow(rows, 5, values, NULL);
+			taken++;
+		}
+	}
+	return carried;
+}
+
+/*
+ * One consent decision of a message (purpose NULL: the message is a full
+ * statement, every defined purpose it leaves out is denied).  A category
+ * is lower-cased; one that names no defined purpose is dropped when
+ * written.  Returns false once the message is over its bound.
+ */
+static bool
+AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *name, int len,
+		   bool granted)
+{
+	Datum		values[8];
+	bool		nulls[8] = {false};
+
+	if (name != NULL)
+	{
+		if (++(*count) > CDP_MAX_MESSAGE_CONSENTS)
+			return false;
+		/* longer than a purpose name can be: it names none */
+		if (len > 63)
+			return true;
+	}
+	values[0] = PointerGetDatum(msg->state_anchor);
+	nulls[1] = (name == NULL);
+	if (name != NULL)
+	{
+		char	   *lower = pnstrdup(name, len);
+
+		for (int i = 0; i < len; i++)
+			lower[i] = pg_ascii_tolower((unsigned char) lower[i]);
+		values[1] = CStringGetTextDatum(lower);
+	}
+	values[2] = BoolGetDatum(granted);
+	values[3] = TimestampTzGetDatum(msg->ts);
+	nulls[4] = (msg->message_id == NULL);
+	values[4] = msg->message_id ? CStringGetTextDatum(msg->message_id) : (Datum) 0;
+	values[5] = CStringGetTextDatum(msg->source ? msg->source : "");
+	values[6] = Int32GetDatum(ord);
+	values[7] = Int64GetDatum(msg->profile_id);
+	AddRow(rows, 8, values, nulls);
+	return true;
+}
+
+/* the ids of a consentManagement list, each a decision */
+static bool
+AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue *list,
+			  bool granted)
+{
+	if (list == NULL || list->type != jbvArray)
+		return true;
+	for (int i = 0; i < list->val.array.nElems; i++)
+	{
+		JsonbValue *e = &list->val.array.elems[i];
+
+		if (e->type != jbvString)
+			continue;
+		if (!AddConsent(rows, msg, ord, count, e->val.string.val, e->val.string.len, granted))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The consent rows of one message, from every form it may carry them in.
+ * Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS categories
+ * (the first ones are kept).
+ */
+static bool
+AddConsents(StateRows *rows, CdpMessage *msg, int ord)
+{
+	JsonbValue *prefs = ObjectGet(ObjectGet(msg->context, "consent"), "categoryPreferences");
+	JsonbValue *rudder = ObjectGet(msg->context, "consentManagement");
+	int			count = 0;
+
+	if (IsConsentEvent(msg))
+		AddConsent(rows, msg, ord, &count, NULL, 0, false);
+	if (prefs != NULL && prefs->type == jbvObject)
+	{
+		for (int i = 0; i < prefs->val.object.nPairs; i++)
+		{
+			JsonbPair  *pair = &prefs->val.object.pairs[i];
+
+			if (pair->value.type != jbvBool)
+				continue;
+			if (!AddConsent(rows, msg, ord, &count, pair->key.val.string.val,
+							pair->key.val.string.len, pair->value.val.boolean))
+				return false;
+		}
+	}
+	if (!AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "allowedConsentIds"), true))
+		return false;
+	return AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "deniedConsentIds"), false);
+}
+
+/*
+ * Trait rows to the identifiers' stores (key by key, the latest time wins,
+ * at most CDP_MAX_IDENTIFIER_TRAITS keys each), and the identifier rows that
+ * changed into their profiles: one statement.
+ */
+static void
+WriteTraits(StateRows *rows)
+{
+	Oid			argtypes[7] = {get_array_type(plans_type_oid), TEXTARRAYOID, JSONBARRAYOID,
+	TIMESTAMPTZARRAYOID, INT8ARRAYOID, INT4OID, INT4OID};
+	Datum		args[7];
+
+	args[0] = ColumnArray(rows, 0, plans_type_oid);
+	args[1] = ColumnArray(rows, 1, TEXTOID);
+	args[2] = ColumnArray(rows, 2, JSONBOID);
+	args[3] = ColumnArray(rows, 3, TIMESTAMPTZOID);
+	args[4] = ColumnArray(rows, 4, INT8OID);
+	args[5] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
+	args[6] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_TRAITS],
+								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
+								 "  unnest($4), unnest($5)) AS u(i, k, v, t, p)), "
+								 "b AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM u "
+								 "  ORDER BY i, k, u.t DESC, v::text COLLATE \"C\" DESC), "
+								 "n AS (SELECT g.i, m.traits, m.trait_times "
+								 "  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
+								 "          FROM b GROUP BY i) g, "
+								 "  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $6, true) m), "
+								 "w AS (INSERT INTO cdp.identifier_traits AS s (identifier, traits, trait_times) "
+								 "  SELECT i, traits, trait_times FROM n ORDER BY i "
+								 "  ON CONFLICT (identifier) DO UPDATE SET (traits, trait_times) = "
+								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+								 "     ARRAY[s.traits, excluded.traits], ARRAY[s.trait_times, excluded.trait_times], "
+								 "     $6, true) m) "
+								 "  WHERE EXISTS (SELECT 1 FROM jsonb_each_text(excluded.trait_times) e "
+								 "     WHERE s.trait_times ->> e.key IS NULL "
+								 "        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
+								 "        OR (e.value = s.trait_times ->> e.key AND "
+								 "            (excluded.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
+								 "  RETURNING s.identifier, s.traits, s.trait_times), "
+								 "x AS (SELECT DISTINCT i, p FROM u) "
+								 "UPDATE cdp.profile_records r SET (traits, trait_times) = "
+								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+								 "     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $7, false) m) "
+								 "FROM (SELECT x.p, array_agg(w.traits ORDER BY w.identifier) AS tr, "
+								 "             array_agg(w.trait_times ORDER BY w.identifier) AS tt "
+								 "        FROM w JOIN x ON x.i = w.identifier GROUP BY x.p) q "
+								 "WHERE r.profile_id = q.p",
+								 7, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Consent rows to the history, the identifiers' latest decisions, and the
+ * decisions that became an identifier's latest into its profile: one
+ * statement.  Categories that name no defined purpose are dropped here; a
+ * full statement (purpose NULL) denies every defined purpose its message
+ * does not state.
+ */
+static void
+WriteConsent(StateRows *rows)
+{
+	Oid			argtypes[8] = {get_array_type(plans_type_oid), TEXTARRAYOID, BOOLARRAYOID,
+	TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum		args[8];
+
+	args[0] = ColumnArray(rows, 0, plans_type_oid);
+	args[1] = ColumnArray(rows, 1, TEXTOID);
+	args[2] = ColumnArray(rows, 2, BOOLOID);
+	args[3] = ColumnArray(rows, 3, TIMESTAMPTZOID);
+	args[4] = ColumnArray(rows, 4, TEXTOID);
+	args[5] = ColumnArray(rows, 5, TEXTOID);
+	args[6] = ColumnArray(rows, 6, INT4OID);
+	args[7] = ColumnArray(rows, 7, INT8OID);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_CONSENT],
+								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
+								 "  unnest($4), unnest($5), unnest($6), unnest($7), unnest($8)) "
+								 "  AS u(i, c, g, t, m, s, o, p)), "
+								 "d AS (SELECT u.i, u.c AS purpose, u.g, u.t, u.m, u.s FROM u "
+								 "        JOIN cdp.purposes pp ON pp.name = u.c "
+								 "      UNION ALL "
+								 "      SELECT u.i, pp.name, false, u.t, u.m, u.s FROM u CROSS JOIN cdp.purposes pp "
+								 "       WHERE u.c IS NULL "
+								 "         AND NOT EXISTS (SELECT 1 FROM u v WHERE v.o = u.o AND v.c = pp.name)), "
+								 "l AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
+								 "  SELECT i, purpose, g, t, m, s FROM d), "
+								 "b AS (SELECT DISTINCT ON (i, purpose) * FROM d "
+								 "  ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
+								 "           s COLLATE \"C\" DESC), "
+								 "w AS (INSERT INTO cdp.identifier_consent AS c "
+								 "  (identifier, purpose, granted, at, message_id, source) "
+								 "  SELECT i, purpose, g, t, m, s FROM b ORDER BY i, purpose "
+								 "  ON CONFLICT (identifier, purpose) DO UPDATE SET granted = excluded.granted, "
+								 "  at = excluded.at, message_id = excluded.message_id, source = excluded.source "
+								 "  WHERE (excluded.at, NOT excluded.granted, "
+								 "         coalesce(excluded.message_id, '') COLLATE \"C\", excluded.source COLLATE \"C\") "
+								 "      > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", "
+								 "         c.source COLLATE \"C\") "
+								 "  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source), "
+								 "x AS (SELECT DISTINCT i, p FROM u) "
+								 "UPDATE cdp.profile_records r SET consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
+								 "FROM (SELECT x.p, array_agg(jsonb_build_object(w.purpose, "
+								 "               cdp.consent_entry(w.granted, w.at, w.source, w.message_id))) AS e "
+								 "        FROM w JOIN x ON x.i = w.identifier GROUP BY x.p) q "
+								 "WHERE r.profile_id = q.p",
+								 8, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+}
+
+static void
+WriteViolations(List *violations)
+{
+	int			n = list_length(violations);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *mids = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *mid_nulls = palloc(sizeof(bool) * Max(n, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *rules = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *details = palloc(sizeof(Datum) * Max(n, 1));
+	Oid			argtypes[5] = {get_array_type(plans_type_oid), TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID};
+	Datum		args[5];
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			k = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, violations)
+	{
+		Violation  *v = lfirst(lc);
+
+		ids[k] = PointerGetDatum(v->id);
+		mid_nulls[k] = (v->message_id == NULL);
+		mids[k] = v->message_id ? CStringGetTextDatum(v->message_id) : (Datum) 0;
+		ats[k] = TimestampTzGetDatum(v->at);
+		rules[k] = CStringGetTextDatum(v->rule);
+		details[k] = CStringGetTextDatum(v->detail);
+		k++;
+	}
+	args[0] = CdpArray(ids, n, plans_type_oid);
+	args[1] = PointerGetDatum(construct_md_array(mids, mid_nulls, 1, dims, lbs, TEXTOID, -1, false,
+												 TYPALIGN_INT));
+	args[2] = CdpArray(ats, n, TIMESTAMPTZOID);
+	args[3] = CdpArray(rules, n, TEXTOID);
+	args[4] = CdpArray(details, n, TEXTOID);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_VIOLATIONS],
+								 "INSERT INTO cdp.identity_violations (identifier, message_id, at, rule, detail) "
+								 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), "
+								 "unnest($5))",
+								 5, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+static Violation *
+NewViolation(CdpMessage *msg, const char *rule, char *detail)
+{
+	Violation  *v = palloc(sizeof(Violation));
+
+	v->id = msg->state_anchor;
+	v->message_id = msg->message_id;
+	v->at = msg->ts;
+	v->rule = rule;
+	v->detail = detail;
+	return v;
+}
+
+/*
+ * After identity resolution: the traits and consent of a batch's messages
+ * that resolved to a profile, into the per-identifier stores and their
+ * profiles, in at most three statements for the whole batch (none when no
+ * message carries any).
+ */
+void
+CdpStoreProfileState(CdpMessage **msgs, int n)
+{
+	StateRows	traits = {0};
+	StateRows	consent = {0};
+	List	   *violations = NIL;
+
+	for (int i = 0; i < n; i++)
+	{
+		CdpMessage *msg = msgs[i];
+		int			carried;
+
+		if (msg->outcome != CDP_PENDING || !msg->has_profile_id || msg->state_anchor == NULL)
+			continue;
+		carried = AddTraits(&traits, msg);
+		if (carried > CDP_MAX_MESSAGE_TRAITS)
+			violations = lappend(violations,
+								 NewViolation(msg, "too_many_traits",
+											  psprintf("the message sets %d traits; only the first %d are kept",
+													   carried, CDP_MAX_MESSAGE_TRAITS)));
+		if (!AddConsents(&consent, msg, i))
+			violations = lappend(violations,
+								 NewViolation(msg, "too_many_consent_categories",
+											  psprintf("the message states more than %d consent categories; "
+													   "only the first %d are kept",
+													   CDP_MAX_MESSAGE_CONSENTS, CDP_MAX_MESSAGE_CONSENTS)));
+	}
+	if (traits.n == 0 && consent.n == 0 && violations == NIL)
+		return;
+	CheckPlans();
+	{
+		int			level = CdpBeginIndexedPlans();
+
+		if (traits.n > 0)
+			WriteTraits(&traits);
+		if (consent.n > 0)
+			WriteConsent(&consent);
+		WriteViolations(violations);
+		CdpEndIndexedPlans(level);
+	}
+}
+
+/*
+ * Derive the traits and consent of these profiles (and of those they were
+ * merged into) from their identifiers' stores; the caller holds their rows.
+ * Merges, splits and rebuilds call it; so may forget.
+ */
+void
+CdpRecomputeProfileState(int64 *profile_ids, int n)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+
+	if (n == 0)
+		return;
+	CheckPlans();
+	args[0] = CdpInt8Array(profile_ids, n);
+	CdpExecPlan(CdpPlan(&plans[PLAN_RECOMPUTE], "SELECT cdp.recompute_profile_state($1)",
+						1, argtypes),
+				args, NULL, SPI_OK_SELECT);
+}
+
+/*
+ * Identifiers that just joined profiles: those that already hold state
+ * (set_consent before any message, or a message before a rebuild or split
+ * took them out) bring it to their profile.  One probe for the batch; a
+ * recompute only when some do.
+ */
+void
+CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
+{
+	Oid			argtypes[2];
+	Datum		args[2];
+	uint64		rows;
+	int64	   *found;
+
+	if (n == 0)
+		return;
+	CheckPlans();
+	argtypes[0] = get_array_type(plans_type_oid);
+	argtypes[1] = INT8ARRAYOID;
+	args[0] = CdpArray((Datum *) ids, n, plans_type_oid);
+	args[1] = CdpInt8Array(profiles, n);
+	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATEFUL_NEW],
+										"SELECT DISTINCT u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(i, p) "
+										"WHERE EXISTS (SELECT 1 FROM cdp.identifier_traits t WHERE t.identifier = u.i) "
+										"   OR EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = u.i)",
+										2, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	if (rows == 0)
+		return;
+	found = palloc(sizeof(int64) * rows);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+
+		found[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
+											   &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	CdpRecomputeProfileState(found, (int) rows);
+}
