@@ -25,8 +25,10 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -211,7 +213,7 @@ AddTraits(StateRows *rows, CdpMessage *msg)
 		for (int i = 0; i < obj->val.object.nPairs; i++)
 		{
 			JsonbPair  *pair = &obj->val.object.pairs[i];
-			Datum		values[5];
+			Datum		values[4];
 
 			if (s == 1 && HasKey(sources[0], &pair->key))
 				continue;
@@ -223,8 +225,7 @@ AddTraits(StateRows *rows, CdpMessage *msg)
 																 pair->key.val.string.len));
 			values[2] = JsonbPGetDatum(JsonbValueToJsonb(&pair->value));
 			values[3] = TimestampTzGetDatum(msg->ts);
-			values[4] = Int64GetDatum(msg->profile_id);
-			AddRow(rows, 5, values, NULL);
+			AddRow(rows, 4, values, NULL);
 			taken++;
 		}
 	}
@@ -241,8 +242,8 @@ static bool
 AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *name, int len,
 		   bool granted)
 {
-	Datum		values[8];
-	bool		nulls[8] = {false};
+	Datum		values[7];
+	bool		nulls[7] = {false};
 
 	if (name != NULL)
 	{
@@ -268,8 +269,7 @@ AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *na
 	values[4] = msg->message_id ? CStringGetTextDatum(msg->message_id) : (Datum) 0;
 	values[5] = CStringGetTextDatum(msg->source ? msg->source : "");
 	values[6] = Int32GetDatum(ord);
-	values[7] = Int64GetDatum(msg->profile_id);
-	AddRow(rows, 8, values, nulls);
+	AddRow(rows, 7, values, nulls);
 	return true;
 }
 
@@ -332,63 +332,63 @@ AddConsents(StateRows *rows, CdpMessage *msg, int ord)
 static void
 WriteTraits(StateRows *rows)
 {
-	Oid			argtypes[7] = {get_array_type(plans_type_oid), TEXTARRAYOID, JSONBARRAYOID,
-	TIMESTAMPTZARRAYOID, INT8ARRAYOID, INT4OID, INT4OID};
-	Datum		args[7];
+	Oid			argtypes[6] = {get_array_type(plans_type_oid), TEXTARRAYOID, JSONBARRAYOID,
+	TIMESTAMPTZARRAYOID, INT4OID, INT4OID};
+	Datum		args[6];
 
 	args[0] = ColumnArray(rows, 0, plans_type_oid);
 	args[1] = ColumnArray(rows, 1, TEXTOID);
 	args[2] = ColumnArray(rows, 2, JSONBOID);
 	args[3] = ColumnArray(rows, 3, TIMESTAMPTZOID);
-	args[4] = ColumnArray(rows, 4, INT8OID);
-	args[5] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
-	args[6] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
+	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
 	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_TRAITS],
 								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-								 "  unnest($4), unnest($5)) AS u(i, k, v, t, p)), "
+								 "  unnest($4)) AS u(i, k, v, t)), "
 								 "b AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM u "
 								 "  ORDER BY i, k, u.t DESC, v::text COLLATE \"C\" DESC), "
 								 "n AS (SELECT g.i, m.traits, m.trait_times "
 								 "  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
 								 "          FROM b GROUP BY i) g, "
-								 "  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $6, true) m), "
+								 "  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
 								 "w AS (INSERT INTO cdp.identifier_traits AS s (identifier, traits, trait_times) "
 								 "  SELECT i, traits, trait_times FROM n ORDER BY i "
 								 "  ON CONFLICT (identifier) DO UPDATE SET (traits, trait_times) = "
 								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
 								 "     ARRAY[s.traits, excluded.traits], ARRAY[s.trait_times, excluded.trait_times], "
-								 "     $6, true) m) "
+								 "     $5, true) m) "
 								 "  WHERE EXISTS (SELECT 1 FROM jsonb_each_text(excluded.trait_times) e "
 								 "     WHERE s.trait_times ->> e.key IS NULL "
 								 "        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
 								 "        OR (e.value = s.trait_times ->> e.key AND "
 								 "            (excluded.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
-								 "  RETURNING s.identifier, s.traits, s.trait_times), "
-								 "x AS (SELECT DISTINCT i, p FROM u) "
+								 "  RETURNING s.identifier, s.traits, s.trait_times) "
 								 "UPDATE cdp.profile_records r SET (traits, trait_times) = "
 								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-								 "     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $7, false) m) "
-								 "FROM (SELECT x.p, array_agg(w.traits ORDER BY w.identifier) AS tr, "
-								 "             array_agg(w.trait_times ORDER BY w.identifier) AS tt "
-								 "        FROM w JOIN x ON x.i = w.identifier GROUP BY x.p) q "
+								 "     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $6, false) m) "
+								 "FROM (SELECT i.profile_id AS p, array_agg(w.traits) AS tr, "
+								 "             array_agg(w.trait_times) AS tt "
+								 "        FROM w JOIN cdp.identities i ON i.identifier = w.identifier "
+								 "       GROUP BY i.profile_id) q "
 								 "WHERE r.profile_id = q.p",
-								 7, argtypes),
+								 6, argtypes),
 				args, NULL, SPI_OK_UPDATE);
 }
 
 /*
- * Consent rows to the history, the identifiers' latest decisions, and the
- * decisions that became an identifier's latest into its profile: one
- * statement.  Categories that name no defined purpose are dropped here; a
- * full statement (purpose NULL) denies every defined purpose its message
- * does not state.
+ * Consent rows to the identifiers' latest decisions, the decisions that
+ * became an identifier's latest into its profile, and to the history those
+ * that set or change a decision (a repeat of the one before it is not
+ * history): one statement.  Categories that name no defined purpose are
+ * dropped here; a full statement (purpose NULL) denies every defined
+ * purpose its message does not state.
  */
 static void
 WriteConsent(StateRows *rows)
 {
-	Oid			argtypes[8] = {get_array_type(plans_type_oid), TEXTARRAYOID, BOOLARRAYOID,
-	TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
-	Datum		args[8];
+	Oid			argtypes[7] = {get_array_type(plans_type_oid), TEXTARRAYOID, BOOLARRAYOID,
+	TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+	Datum		args[7];
 
 	args[0] = ColumnArray(rows, 0, plans_type_oid);
 	args[1] = ColumnArray(rows, 1, TEXTOID);
@@ -397,11 +397,9 @@ WriteConsent(StateRows *rows)
 	args[4] = ColumnArray(rows, 4, TEXTOID);
 	args[5] = ColumnArray(rows, 5, TEXTOID);
 	args[6] = ColumnArray(rows, 6, INT4OID);
-	args[7] = ColumnArray(rows, 7, INT8OID);
 	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_CONSENT],
 								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-								 "  unnest($4), unnest($5), unnest($6), unnest($7), unnest($8)) "
-								 "  AS u(i, c, g, t, m, s, o, p)), "
+								 "  unnest($4), unnest($5), unnest($6), unnest($7)) AS u(i, c, g, t, m, s, o)), "
 								 "d AS (SELECT u.i, u.c AS purpose, u.g, u.t, u.m, u.s FROM u "
 								 "        JOIN cdp.purposes pp ON pp.name = u.c "
 								 "      UNION ALL "
@@ -409,7 +407,12 @@ WriteConsent(StateRows *rows)
 								 "       WHERE u.c IS NULL "
 								 "         AND NOT EXISTS (SELECT 1 FROM u v WHERE v.o = u.o AND v.c = pp.name)), "
 								 "l AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
-								 "  SELECT i, purpose, g, t, m, s FROM d), "
+								 "  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
+								 "    SELECT d.*, coalesce(lag(d.g) OVER (PARTITION BY d.i, d.purpose ORDER BY d.t, d.g DESC), "
+								 "                         ic.granted) AS prev "
+								 "      FROM d LEFT JOIN cdp.identifier_consent ic "
+								 "        ON ic.identifier = d.i AND ic.purpose = d.purpose) h "
+								 "   WHERE h.prev IS DISTINCT FROM h.g), "
 								 "b AS (SELECT DISTINCT ON (i, purpose) * FROM d "
 								 "  ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
 								 "           s COLLATE \"C\" DESC), "
@@ -422,14 +425,14 @@ WriteConsent(StateRows *rows)
 								 "         coalesce(excluded.message_id, '') COLLATE \"C\", excluded.source COLLATE \"C\") "
 								 "      > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", "
 								 "         c.source COLLATE \"C\") "
-								 "  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source), "
-								 "x AS (SELECT DISTINCT i, p FROM u) "
+								 "  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source) "
 								 "UPDATE cdp.profile_records r SET consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
-								 "FROM (SELECT x.p, array_agg(jsonb_build_object(w.purpose, "
+								 "FROM (SELECT i.profile_id AS p, array_agg(jsonb_build_object(w.purpose, "
 								 "               cdp.consent_entry(w.granted, w.at, w.source, w.message_id))) AS e "
-								 "        FROM w JOIN x ON x.i = w.identifier GROUP BY x.p) q "
+								 "        FROM w JOIN cdp.identities i ON i.identifier = w.identifier "
+								 "       GROUP BY i.profile_id) q "
 								 "WHERE r.profile_id = q.p",
-								 8, argtypes),
+								 7, argtypes),
 				args, NULL, SPI_OK_UPDATE);
 }
 
@@ -531,6 +534,9 @@ CdpStoreProfileState(CdpMessage **msgs, int n)
 	{
 		int			level = CdpBeginIndexedPlans();
 
+		/* the disabled plan types make every cost huge: never worth compiling */
+		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		if (traits.n > 0)
 			WriteTraits(&traits);
 		if (consent.n > 0)
@@ -599,4 +605,340 @@ CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
 	}
 	SPI_freetuptable(SPI_tuptable);
 	CdpRecomputeProfileState(found, (int) rows);
+}
+
+/* one key of a trait map being merged */
+typedef struct TraitEntry
+{
+	char	   *key;
+	int			keylen;
+	JsonbValue	value;			/* scalar, or jbvBinary for a container */
+	char	   *time;			/* "" when the time map lacks the key */
+	char	   *text;			/* the value as jsonb text, made when a tie needs it */
+	bool		first;			/* from the first map (keep_first) */
+} TraitEntry;
+
+static int
+CompareKeyBytes(const char *a, int alen, const char *b, int blen)
+{
+	int			c = memcmp(a, b, Min(alen, blen));
+
+	if (c != 0)
+		return c;
+	return (alen > blen) - (alen < blen);
+}
+
+static char *
+ValueText(TraitEntry *e)
+{
+	if (e->text == NULL)
+	{
+		Jsonb	   *jb = JsonbValueToJsonb(&e->value);
+
+		e->text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	return e->text;
+}
+
+/* by key, then the winner first: the latest time, then the larger value text */
+static int
+CompareTraitEntries(const void *x, const void *y)
+{
+	TraitEntry *a = *(TraitEntry * const *) x;
+	TraitEntry *b = *(TraitEntry * const *) y;
+	int			c = CompareKeyBytes(a->key, a->keylen, b->key, b->keylen);
+
+	if (c != 0)
+		return c;
+	c = strcmp(b->time, a->time);
+	if (c != 0)
+		return c;
+	return strcmp(ValueText(b), ValueText(a));
+}
+
+/* the keys kept when over the cap: keep_first's keys first, then key order */
+static int
+CompareKept(const void *x, const void *y)
+{
+	TraitEntry *a = *(TraitEntry * const *) x;
+	TraitEntry *b = *(TraitEntry * const *) y;
+
+	if (a->first != b->first)
+		return a->first ? -1 : 1;
+	return CompareKeyBytes(a->key, a->keylen, b->key, b->keylen);
+}
+
+/* a jsonb array argument as its non-null elements */
+static int
+JsonbElements(ArrayType *arr, Jsonb ***out)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			k = 0;
+
+	deconstruct_array(arr, JSONBOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	*out = palloc(sizeof(Jsonb *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*out)[k++] = nulls[i] ? NULL : DatumGetJsonbP(elems[i]);
+	return k;
+}
+
+static Datum
+PushedObject(JsonbValue *end)
+{
+	return JsonbPGetDatum(JsonbValueToJsonb(end));
+}
+
+PG_FUNCTION_INFO_V1(cdp_merge_traits);
+
+/*
+ * cdp.merge_traits(trait_maps jsonb[], time_maps jsonb[], max_keys int,
+ * keep_first bool): merge trait maps key by key, for each key the value with
+ * the latest time (ISO text, fixed width, so compared as text), ties to the
+ * larger value text: a total order, so neither the order of the maps nor
+ * that of batches changes the result.  At most max_keys keys: with
+ * keep_first the first map's keys stay and new ones come in key order while
+ * there is room (an identifier's store never loses a key), without it the
+ * first max_keys in key order (a profile: the same built a batch at a time
+ * or recomputed).  In C: it runs for every row a batch writes.
+ */
+Datum
+cdp_merge_traits(PG_FUNCTION_ARGS)
+{
+	Jsonb	  **traits;
+	Jsonb	  **times;
+	int			ntraits;
+	int			ntimes;
+	int			max_keys = PG_ARGISNULL(2) ? INT_MAX : PG_GETARG_INT32(2);
+	bool		keep_first = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+	TraitEntry **entries = NULL;
+	int			nentries = 0;
+	int			cap = 0;
+	int			nwin = 0;
+	TupleDesc	desc;
+	JsonbParseState *ts = NULL;
+	JsonbParseState *tt = NULL;
+	JsonbValue *tend;
+	JsonbValue *ttend;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "cdp.merge_traits must return a record");
+	desc = BlessTupleDesc(desc);
+	ntraits = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &traits);
+	ntimes = JsonbElements(PG_GETARG_ARRAYTYPE_P(1), &times);
+
+	for (int m = 0; m < ntraits; m++)
+	{
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		JsonbValue	key = {0};
+
+		if (traits[m] == NULL || !JB_ROOT_IS_OBJECT(traits[m]))
+			continue;
+		it = JsonbIteratorInit(&traits[m]->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			TraitEntry *e;
+			JsonbValue *t;
+
+			if (tok == WJB_KEY)
+			{
+				key = v;
+				continue;
+			}
+			if (tok != WJB_VALUE)
+				continue;
+			if (nentries == cap)
+			{
+				cap = Max(16, cap * 2);
+				entries = entries ? repalloc(entries, sizeof(TraitEntry *) * cap) :
+					palloc(sizeof(TraitEntry *) * cap);
+			}
+			e = palloc0(sizeof(TraitEntry));
+			e->key = key.val.string.val;
+			e->keylen = key.val.string.len;
+			e->value = v;
+			e->first = keep_first && m == 0;
+			t = (m < ntimes && times[m] != NULL && JB_ROOT_IS_OBJECT(times[m])) ?
+				getKeyJsonValueFromContainer(&times[m]->root, e->key, e->keylen, NULL) : NULL;
+			e->time = (t != NULL && t->type == jbvString) ?
+				pnstrdup(t->val.string.val, t->val.string.len) : "";
+			entries[nentries++] = e;
+		}
+	}
+
+	if (nentries > 0)
+		qsort(entries, nentries, sizeof(TraitEntry *), CompareTraitEntries);
+	/* the winner of each key, which is from the first map if any of its entries is */
+	for (int i = 0; i < nentries; i++)
+	{
+		if (nwin > 0 && CompareKeyBytes(entries[nwin - 1]->key, entries[nwin - 1]->keylen,
+										entries[i]->key, entries[i]->keylen) == 0)
+		{
+			entries[nwin - 1]->first |= entries[i]->first;
+			continue;
+		}
+		entries[nwin++] = entries[i];
+	}
+	if (nwin > max_keys)
+	{
+		qsort(entries, nwin, sizeof(TraitEntry *), CompareKept);
+		nwin = Max(max_keys, 0);
+	}
+
+	pushJsonbValue(&ts, WJB_BEGIN_OBJECT, NULL);
+	pushJsonbValue(&tt, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < nwin; i++)
+	{
+		JsonbValue	k;
+		JsonbValue	t;
+
+		k.type = jbvString;
+		k.val.string.val = entries[i]->key;
+		k.val.string.len = entries[i]->keylen;
+		t.type = jbvString;
+		t.val.string.val = entries[i]->time;
+		t.val.string.len = strlen(entries[i]->time);
+		pushJsonbValue(&ts, WJB_KEY, &k);
+		pushJsonbValue(&ts, WJB_VALUE, &entries[i]->value);
+		pushJsonbValue(&tt, WJB_KEY, &k);
+		pushJsonbValue(&tt, WJB_VALUE, &t);
+	}
+	tend = pushJsonbValue(&ts, WJB_END_OBJECT, NULL);
+	ttend = pushJsonbValue(&tt, WJB_END_OBJECT, NULL);
+	values[0] = PushedObject(tend);
+	values[1] = PushedObject(ttend);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/* one purpose's decision in a consent map being merged */
+typedef struct ConsentEntry
+{
+	char	   *purpose;
+	int			purposelen;
+	JsonbValue	entry;			/* jbvBinary: the decision object */
+	char	   *at;
+	bool		granted;
+	char	   *message_id;
+	char	   *source;
+} ConsentEntry;
+
+static char *
+EntryText(JsonbValue *obj, const char *key)
+{
+	JsonbValue *v;
+
+	if (obj->type != jbvBinary)
+		return "";
+	v = getKeyJsonValueFromContainer(obj->val.binary.data, key, strlen(key), NULL);
+	if (v == NULL || v->type != jbvString)
+		return "";
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* by purpose, then the winner first: latest, a denial, larger message id, source */
+static int
+CompareConsentEntries(const void *x, const void *y)
+{
+	ConsentEntry *a = *(ConsentEntry * const *) x;
+	ConsentEntry *b = *(ConsentEntry * const *) y;
+	int			c = CompareKeyBytes(a->purpose, a->purposelen, b->purpose, b->purposelen);
+
+	if (c != 0)
+		return c;
+	if ((c = strcmp(b->at, a->at)) != 0)
+		return c;
+	if (a->granted != b->granted)
+		return a->granted ? 1 : -1;
+	if ((c = strcmp(b->message_id, a->message_id)) != 0)
+		return c;
+	return strcmp(b->source, a->source);
+}
+
+PG_FUNCTION_INFO_V1(cdp_merge_consent);
+
+/*
+ * cdp.merge_consent(consent_maps jsonb[]): merge {purpose: decision} maps
+ * purpose by purpose, the latest decision winning; at the same time a
+ * denial wins over a grant, then the larger message id and source (a total
+ * order, as for traits).
+ */
+Datum
+cdp_merge_consent(PG_FUNCTION_ARGS)
+{
+	Jsonb	  **maps;
+	int			nmaps;
+	ConsentEntry **entries = NULL;
+	int			nentries = 0;
+	int			cap = 0;
+	JsonbParseState *st = NULL;
+	JsonbValue *end;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	nmaps = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &maps);
+	for (int m = 0; m < nmaps; m++)
+	{
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbValue	key = {0};
+		JsonbIteratorToken tok;
+
+		if (maps[m] == NULL || !JB_ROOT_IS_OBJECT(maps[m]))
+			continue;
+		it = JsonbIteratorInit(&maps[m]->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			ConsentEntry *e;
+			JsonbValue *g;
+
+			if (tok == WJB_KEY)
+			{
+				key = v;
+				continue;
+			}
+			if (tok != WJB_VALUE || v.type != jbvBinary)
+				continue;
+			if (nentries == cap)
+			{
+				cap = Max(16, cap * 2);
+				entries = entries ? repalloc(entries, sizeof(ConsentEntry *) * cap) :
+					palloc(sizeof(ConsentEntry *) * cap);
+			}
+			e = palloc0(sizeof(ConsentEntry));
+			e->purpose = key.val.string.val;
+			e->purposelen = key.val.string.len;
+			e->entry = v;
+			e->at = EntryText(&v, "at");
+			e->message_id = EntryText(&v, "message_id");
+			e->source = EntryText(&v, "source");
+			g = getKeyJsonValueFromContainer(v.val.binary.data, "granted", 7, NULL);
+			e->granted = g != NULL && g->type == jbvBool && g->val.boolean;
+			entries[nentries++] = e;
+		}
+	}
+	if (nentries > 0)
+		qsort(entries, nentries, sizeof(ConsentEntry *), CompareConsentEntries);
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < nentries; i++)
+	{
+		JsonbValue	k;
+
+		if (i > 0 && CompareKeyBytes(entries[i - 1]->purpose, entries[i - 1]->purposelen,
+									 entries[i]->purpose, entries[i]->purposelen) == 0)
+			continue;
+		k.type = jbvString;
+		k.val.string.val = entries[i]->purpose;
+		k.val.string.len = entries[i]->purposelen;
+		pushJsonbValue(&st, WJB_KEY, &k);
+		pushJsonbValue(&st, WJB_VALUE, &entries[i]->entry);
+	}
+	end = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(end));
 }

@@ -50,9 +50,10 @@ CREATE TABLE cdp.identifier_consent (
 -- Times in the derived columns and the per-identifier trait times: ISO 8601
 -- in UTC, fixed width, so that comparing the text (COLLATE "C") orders them
 -- as times and every session writes the same text for the same instant.
+-- STABLE as to_char is, so that it is inlined where it is used.
 CREATE FUNCTION cdp.state_time(ts timestamptz)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
 -- Merge trait maps key by key: for each key the value with the latest time
@@ -64,27 +65,13 @@ RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 -- up a batch at a time or recomputed at once).
 CREATE FUNCTION cdp.merge_traits(trait_maps jsonb[], time_maps jsonb[], max_keys int,
                                  keep_first bool, OUT traits jsonb, OUT trait_times jsonb)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    WITH x AS (
-        SELECT e.key AS k, e.value AS v, m.t ->> e.key AS t, keep_first AND m.o = 1 AS first
-          FROM unnest(trait_maps, time_maps) WITH ORDINALITY AS m(tr, t, o),
-               jsonb_each(m.tr) AS e),
-    w AS (
-        SELECT DISTINCT ON (x.k) x.k, x.v, x.t, bool_or(x.first) OVER (PARTITION BY x.k) AS first
-          FROM x
-         ORDER BY x.k, x.t COLLATE "C" DESC, x.v::text COLLATE "C" DESC),
-    c AS (
-        SELECT w.k, w.v, w.t, row_number() OVER (ORDER BY NOT w.first, w.k COLLATE "C") AS rn
-          FROM w)
-    SELECT coalesce(jsonb_object_agg(c.k, c.v), '{}'), coalesce(jsonb_object_agg(c.k, c.t), '{}')
-      FROM c WHERE c.rn <= max_keys;
-END;
+AS 'MODULE_PATHNAME', 'cdp_merge_traits'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
 -- One consent decision as the profile's consent column holds it.
 CREATE FUNCTION cdp.consent_entry(granted bool, at timestamptz, source text, message_id text)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN jsonb_build_object('granted', granted, 'at', cdp.state_time(at), 'source', source,
                           'message_id', message_id);
 
@@ -93,16 +80,8 @@ RETURN jsonb_build_object('granted', granted, 'at', cdp.state_time(at), 'source'
 -- the larger message id and source (a total order).
 CREATE FUNCTION cdp.merge_consent(consent_maps jsonb[])
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(jsonb_object_agg(d.k, d.v), '{}')
-      FROM (SELECT DISTINCT ON (e.key) e.key AS k, e.value AS v
-              FROM unnest(consent_maps) AS m(c), jsonb_each(m.c) AS e
-             ORDER BY e.key, e.value ->> 'at' COLLATE "C" DESC,
-                      (e.value ->> 'granted')::bool,
-                      coalesce(e.value ->> 'message_id', '') COLLATE "C" DESC,
-                      e.value ->> 'source' COLLATE "C" DESC) d;
-END;
+AS 'MODULE_PATHNAME', 'cdp_merge_consent'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 -- Derive the traits and consent of the given profiles (and of the canonical
 -- profiles they were merged into) from the per-identifier stores of their

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(29);
+SELECT plan(31);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -75,6 +75,18 @@ END $$;
 SELECT is(pg_temp.granted('user_id:cs-u3', 'marketing'), false, 'an older decision arriving later does not win');
 SELECT is((SELECT array_agg(message_id || ':' || granted ORDER BY at) FROM cdp.consent_log WHERE identifier = 'user_id:cs-u3'),
           ARRAY['cs-4:true', 'cs-5:false'], '... both are in the history, with their message');
+-- repeating the current decision is no history; changing it is
+DO $$ BEGIN
+    PERFORM pg_temp.send('cs-5b', '{"userId": "cs-u3", "context": {"consent": {"categoryPreferences": {"marketing": false}}}}',
+                         '2026-04-04 00:00+00');
+    PERFORM pg_temp.send('cs-5c', '{"userId": "cs-u3", "context": {"consent": {"categoryPreferences": {"marketing": true}}}}',
+                         '2026-04-05 00:00+00');
+    PERFORM pg_temp.run();
+END $$;
+SELECT is((SELECT array_agg(message_id || ':' || granted ORDER BY at) FROM cdp.consent_log WHERE identifier = 'user_id:cs-u3'),
+          ARRAY['cs-4:true', 'cs-5:false', 'cs-5c:true'], 'a repeated decision is not logged again, a change is');
+SELECT is((SELECT at FROM cdp.identifier_consent WHERE identifier = 'user_id:cs-u3' AND purpose = 'marketing'),
+          '2026-04-05 00:00+00'::timestamptz, '... and the latest decision''s time is kept');
 -- the same time: a denial wins over a grant
 DO $$ BEGIN
     PERFORM pg_temp.send('cs-6', '{"userId": "cs-u4", "context": {"consent": {"categoryPreferences": {"marketing": false}},
