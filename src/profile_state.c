@@ -50,8 +50,7 @@
 
 typedef enum StatePlan
 {
-	PLAN_TRAITS,
-	PLAN_CONSENT,
+	PLAN_STATE,
 	PLAN_VIOLATIONS,
 	PLAN_STATEFUL_NEW,
 	PLAN_RECOMPUTE,
@@ -102,6 +101,22 @@ CheckPlans(void)
 	plans_type_oid = typid;
 }
 
+/*
+ * Plans by index only, as identity resolution makes them (statistics lag
+ * tables that grow inside one long call), and never JIT-compiled: with
+ * plan types disabled every cost looks huge, and compiling would take
+ * longer than running.  CdpEndIndexedPlans(level) undoes it.
+ */
+static int
+BeginStatePlans(void)
+{
+	int			level = CdpBeginIndexedPlans();
+
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
 static void
 AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
 {
@@ -137,6 +152,8 @@ ColumnArray(StateRows *rows, int c, Oid elemtype)
 	int			dims[1] = {rows->n};
 	int			lbs[1] = {1};
 
+	if (rows->n == 0)
+		return PointerGetDatum(construct_empty_array(elemtype));
 	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
 	return PointerGetDatum(construct_md_array(rows->cols[c].v, rows->cols[c].nulls, 1, dims, lbs,
 											  elemtype, typlen, byval, align));
@@ -325,34 +342,50 @@ AddConsents(StateRows *rows, CdpMessage *msg, int ord)
 }
 
 /*
- * Trait rows to the identifiers' stores (key by key, the latest time wins,
- * at most CDP_MAX_IDENTIFIER_TRAITS keys each), and the identifier rows that
- * changed into their profiles: one statement.
+ * A batch's state in one statement: trait rows to the identifiers' stores
+ * (key by key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys
+ * each); consent rows to the identifiers' latest decisions, and to the
+ * history those that set or change a decision (a repeat of the one before
+ * it is not history); then the identifier rows that changed into their
+ * profiles, each profile row written once.  Categories that name no defined
+ * purpose are dropped here; a full statement (purpose NULL) denies every
+ * defined purpose its message does not state.
  */
 static void
-WriteTraits(StateRows *rows)
+WriteState(StateRows *traits, StateRows *consent)
 {
-	Oid			argtypes[6] = {get_array_type(plans_type_oid), TEXTARRAYOID, JSONBARRAYOID,
-	TIMESTAMPTZARRAYOID, INT4OID, INT4OID};
-	Datum		args[6];
+	Oid			idarray = get_array_type(plans_type_oid);
+	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
+		INT4OID, INT4OID,
+		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID};
+	Datum		args[13];
 
-	args[0] = ColumnArray(rows, 0, plans_type_oid);
-	args[1] = ColumnArray(rows, 1, TEXTOID);
-	args[2] = ColumnArray(rows, 2, JSONBOID);
-	args[3] = ColumnArray(rows, 3, TIMESTAMPTZOID);
+	args[0] = ColumnArray(traits, 0, plans_type_oid);
+	args[1] = ColumnArray(traits, 1, TEXTOID);
+	args[2] = ColumnArray(traits, 2, JSONBOID);
+	args[3] = ColumnArray(traits, 3, TIMESTAMPTZOID);
 	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
 	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_TRAITS],
-								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
+	args[6] = ColumnArray(consent, 0, plans_type_oid);
+	args[7] = ColumnArray(consent, 1, TEXTOID);
+	args[8] = ColumnArray(consent, 2, BOOLOID);
+	args[9] = ColumnArray(consent, 3, TIMESTAMPTZOID);
+	args[10] = ColumnArray(consent, 4, TEXTOID);
+	args[11] = ColumnArray(consent, 5, TEXTOID);
+	args[12] = ColumnArray(consent, 6, INT4OID);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE],
+	/* traits */
+								 "WITH tu AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
 								 "  unnest($4)) AS u(i, k, v, t)), "
-								 "b AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM u "
-								 "  ORDER BY i, k, u.t DESC, v::text COLLATE \"C\" DESC), "
-								 "n AS (SELECT g.i, m.traits, m.trait_times "
+								 "tb AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM tu "
+								 "  ORDER BY i, k, tu.t DESC, v::text COLLATE \"C\" DESC), "
+								 "tn AS (SELECT g.i, m.traits, m.trait_times "
 								 "  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
-								 "          FROM b GROUP BY i) g, "
+								 "          FROM tb GROUP BY i) g, "
 								 "  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
-								 "w AS (INSERT INTO cdp.identifier_traits AS s (identifier, traits, trait_times) "
-								 "  SELECT i, traits, trait_times FROM n ORDER BY i "
+								 "tw AS (INSERT INTO cdp.identifier_traits AS s (identifier, traits, trait_times) "
+								 "  SELECT i, traits, trait_times FROM tn ORDER BY i "
 								 "  ON CONFLICT (identifier) DO UPDATE SET (traits, trait_times) = "
 								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
 								 "     ARRAY[s.traits, excluded.traits], ARRAY[s.trait_times, excluded.trait_times], "
@@ -362,77 +395,55 @@ WriteTraits(StateRows *rows)
 								 "        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
 								 "        OR (e.value = s.trait_times ->> e.key AND "
 								 "            (excluded.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
-								 "  RETURNING s.identifier, s.traits, s.trait_times) "
-								 "UPDATE cdp.profile_records r SET (traits, trait_times) = "
-								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-								 "     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $6, false) m) "
-								 "FROM (SELECT i.profile_id AS p, array_agg(w.traits) AS tr, "
-								 "             array_agg(w.trait_times) AS tt "
-								 "        FROM w JOIN cdp.identities i ON i.identifier = w.identifier "
-								 "       GROUP BY i.profile_id) q "
-								 "WHERE r.profile_id = q.p",
-								 6, argtypes),
-				args, NULL, SPI_OK_UPDATE);
-}
-
-/*
- * Consent rows to the identifiers' latest decisions, the decisions that
- * became an identifier's latest into its profile, and to the history those
- * that set or change a decision (a repeat of the one before it is not
- * history): one statement.  Categories that name no defined purpose are
- * dropped here; a full statement (purpose NULL) denies every defined
- * purpose its message does not state.
- */
-static void
-WriteConsent(StateRows *rows)
-{
-	Oid			argtypes[7] = {get_array_type(plans_type_oid), TEXTARRAYOID, BOOLARRAYOID,
-	TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
-	Datum		args[7];
-
-	args[0] = ColumnArray(rows, 0, plans_type_oid);
-	args[1] = ColumnArray(rows, 1, TEXTOID);
-	args[2] = ColumnArray(rows, 2, BOOLOID);
-	args[3] = ColumnArray(rows, 3, TIMESTAMPTZOID);
-	args[4] = ColumnArray(rows, 4, TEXTOID);
-	args[5] = ColumnArray(rows, 5, TEXTOID);
-	args[6] = ColumnArray(rows, 6, INT4OID);
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_CONSENT],
-								 "WITH u AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-								 "  unnest($4), unnest($5), unnest($6), unnest($7)) AS u(i, c, g, t, m, s, o)), "
-								 "d AS (SELECT u.i, u.c AS purpose, u.g, u.t, u.m, u.s FROM u "
-								 "        JOIN cdp.purposes pp ON pp.name = u.c "
+								 "  RETURNING s.identifier, s.traits, s.trait_times), "
+	/* consent */
+								 "cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
+								 "  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
+								 "cd AS (SELECT cu.i, cu.c AS purpose, cu.g, cu.t, cu.m, cu.s FROM cu "
+								 "        JOIN cdp.purposes pp ON pp.name = cu.c "
 								 "      UNION ALL "
-								 "      SELECT u.i, pp.name, false, u.t, u.m, u.s FROM u CROSS JOIN cdp.purposes pp "
-								 "       WHERE u.c IS NULL "
-								 "         AND NOT EXISTS (SELECT 1 FROM u v WHERE v.o = u.o AND v.c = pp.name)), "
-								 "l AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
+								 "      SELECT cu.i, pp.name, false, cu.t, cu.m, cu.s FROM cu CROSS JOIN cdp.purposes pp "
+								 "       WHERE cu.c IS NULL "
+								 "         AND NOT EXISTS (SELECT 1 FROM cu v WHERE v.o = cu.o AND v.c = pp.name)), "
+								 "cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
 								 "  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
-								 "    SELECT d.*, coalesce(lag(d.g) OVER (PARTITION BY d.i, d.purpose ORDER BY d.t, d.g DESC), "
-								 "                         ic.granted) AS prev "
-								 "      FROM d LEFT JOIN cdp.identifier_consent ic "
-								 "        ON ic.identifier = d.i AND ic.purpose = d.purpose) h "
+								 "    SELECT cd.*, coalesce(lag(cd.g) OVER (PARTITION BY cd.i, cd.purpose "
+								 "                                          ORDER BY cd.t, cd.g DESC), "
+								 "                          ic.granted) AS prev "
+								 "      FROM cd LEFT JOIN cdp.identifier_consent ic "
+								 "        ON ic.identifier = cd.i AND ic.purpose = cd.purpose) h "
 								 "   WHERE h.prev IS DISTINCT FROM h.g), "
-								 "b AS (SELECT DISTINCT ON (i, purpose) * FROM d "
+								 "cb AS (SELECT DISTINCT ON (i, purpose) * FROM cd "
 								 "  ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
 								 "           s COLLATE \"C\" DESC), "
-								 "w AS (INSERT INTO cdp.identifier_consent AS c "
+								 "cw AS (INSERT INTO cdp.identifier_consent AS c "
 								 "  (identifier, purpose, granted, at, message_id, source) "
-								 "  SELECT i, purpose, g, t, m, s FROM b ORDER BY i, purpose "
+								 "  SELECT i, purpose, g, t, m, s FROM cb ORDER BY i, purpose "
 								 "  ON CONFLICT (identifier, purpose) DO UPDATE SET granted = excluded.granted, "
 								 "  at = excluded.at, message_id = excluded.message_id, source = excluded.source "
 								 "  WHERE (excluded.at, NOT excluded.granted, "
 								 "         coalesce(excluded.message_id, '') COLLATE \"C\", excluded.source COLLATE \"C\") "
 								 "      > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", "
 								 "         c.source COLLATE \"C\") "
-								 "  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source) "
-								 "UPDATE cdp.profile_records r SET consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
-								 "FROM (SELECT i.profile_id AS p, array_agg(jsonb_build_object(w.purpose, "
-								 "               cdp.consent_entry(w.granted, w.at, w.source, w.message_id))) AS e "
-								 "        FROM w JOIN cdp.identities i ON i.identifier = w.identifier "
-								 "       GROUP BY i.profile_id) q "
-								 "WHERE r.profile_id = q.p",
-								 7, argtypes),
+								 "  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source), "
+	/* what changed, per profile */
+								 "x AS (SELECT i.profile_id AS p, tw.traits AS tr, tw.trait_times AS tt, NULL::jsonb AS e "
+								 "        FROM tw JOIN cdp.identities i ON i.identifier = tw.identifier "
+								 "      UNION ALL "
+								 "      SELECT i.profile_id, NULL, NULL, jsonb_build_object(cw.purpose, "
+								 "               cdp.consent_entry(cw.granted, cw.at, cw.source, cw.message_id)) "
+								 "        FROM cw JOIN cdp.identities i ON i.identifier = cw.identifier), "
+								 "q AS (SELECT p, array_agg(tr) FILTER (WHERE tr IS NOT NULL) AS tr, "
+								 "             array_agg(tt) FILTER (WHERE tt IS NOT NULL) AS tt, "
+								 "             array_agg(e) FILTER (WHERE e IS NOT NULL) AS e "
+								 "        FROM x GROUP BY p) "
+								 "UPDATE cdp.profile_records r SET (traits, trait_times) = "
+								 "  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+								 "     array_prepend(r.traits, coalesce(q.tr, '{}')), "
+								 "     array_prepend(r.trait_times, coalesce(q.tt, '{}')), $6, false) m), "
+								 "  consent = cdp.merge_consent(array_prepend(r.consent, coalesce(q.e, '{}'))) "
+								 "FROM q WHERE r.profile_id = q.p",
+								 13, argtypes),
 				args, NULL, SPI_OK_UPDATE);
 }
 
@@ -498,8 +509,8 @@ NewViolation(CdpMessage *msg, const char *rule, char *detail)
 /*
  * After identity resolution: the traits and consent of a batch's messages
  * that resolved to a profile, into the per-identifier stores and their
- * profiles, in at most three statements for the whole batch (none when no
- * message carries any).
+ * profiles, in one statement for the whole batch (none when no message
+ * carries any; one more for messages over a bound).
  */
 void
 CdpStoreProfileState(CdpMessage **msgs, int n)
@@ -532,15 +543,10 @@ CdpStoreProfileState(CdpMessage **msgs, int n)
 		return;
 	CheckPlans();
 	{
-		int			level = CdpBeginIndexedPlans();
+		int			level = BeginStatePlans();
 
-		/* the disabled plan types make every cost huge: never worth compiling */
-		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		if (traits.n > 0)
-			WriteTraits(&traits);
-		if (consent.n > 0)
-			WriteConsent(&consent);
+		if (traits.n > 0 || consent.n > 0)
+			WriteState(&traits, &consent);
 		WriteViolations(violations);
 		CdpEndIndexedPlans(level);
 	}
@@ -556,14 +562,17 @@ CdpRecomputeProfileState(int64 *profile_ids, int n)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
+	int			level;
 
 	if (n == 0)
 		return;
 	CheckPlans();
+	level = BeginStatePlans();
 	args[0] = CdpInt8Array(profile_ids, n);
 	CdpExecPlan(CdpPlan(&plans[PLAN_RECOMPUTE], "SELECT cdp.recompute_profile_state($1)",
 						1, argtypes),
 				args, NULL, SPI_OK_SELECT);
+	CdpEndIndexedPlans(level);
 }
 
 /*

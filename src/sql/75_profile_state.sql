@@ -21,7 +21,7 @@ CREATE TABLE cdp.identifier_traits (
     identifier  cdp.identifier PRIMARY KEY,
     traits      jsonb NOT NULL,
     trait_times jsonb NOT NULL
-);
+) WITH (fillfactor = 80);
 
 -- Every consent decision ever recorded (the history), and per identifier and
 -- purpose the latest by decision time.
@@ -45,7 +45,12 @@ CREATE TABLE cdp.identifier_consent (
     message_id  text,
     source      text NOT NULL,
     PRIMARY KEY (identifier, purpose)
-);
+) WITH (fillfactor = 80);
+
+-- A batch rewrites the state rows and profile records of the people it
+-- carries (SDKs repeat traits and consent on every message): room on each
+-- page lets those updates stay on the page (HOT), with no new index entries.
+ALTER TABLE cdp.profile_records SET (fillfactor = 80);
 
 -- Times in the derived columns and the per-identifier trait times: ISO 8601
 -- in UTC, fixed width, so that comparing the text (COLLATE "C") orders them
