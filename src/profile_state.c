@@ -117,6 +117,7 @@ BeginStatePlans(void)
 	return level;
 }
 
+/* append one row (a value per column) to a batch's rows, growing them */
 static void
 AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
 {
@@ -159,6 +160,7 @@ ColumnArray(StateRows *rows, int c, Oid elemtype)
 											  elemtype, typlen, byval, align));
 }
 
+/* obj[key] when obj is an object (message fields may be any JSON type) */
 static JsonbValue *
 ObjectGet(JsonbValue *obj, const char *key)
 {
@@ -167,6 +169,7 @@ ObjectGet(JsonbValue *obj, const char *key)
 	return CdpJsonbObjectGet(obj, key);
 }
 
+/* the Segment event that states every category: a full statement */
 static bool
 IsConsentEvent(CdpMessage *msg)
 {
@@ -195,6 +198,7 @@ CdpMessageHasProfileState(CdpMessage *msg)
 		ObjectGet(ctx, "consentManagement") != NULL;
 }
 
+/* whether an identify's own traits set key (they win over context.traits) */
 static bool
 HasKey(JsonbValue *obj, JsonbValue *key)
 {
@@ -447,6 +451,10 @@ WriteState(StateRows *traits, StateRows *consent)
 				args, NULL, SPI_OK_UPDATE);
 }
 
+/*
+ * Messages over a bound, recorded with the identity violations (the
+ * record of what a message asked for and did not get), in one statement.
+ */
 static void
 WriteViolations(List *violations)
 {
@@ -493,6 +501,7 @@ WriteViolations(List *violations)
 				args, NULL, SPI_OK_INSERT);
 }
 
+/* a violation of msg, recorded under the identifier its state goes to */
 static Violation *
 NewViolation(CdpMessage *msg, const char *rule, char *detail)
 {
@@ -627,6 +636,7 @@ typedef struct TraitEntry
 	bool		first;			/* from the first map (keep_first) */
 } TraitEntry;
 
+/* bytewise, a prefix first: the order COLLATE "C" gives the same keys */
 static int
 CompareKeyBytes(const char *a, int alen, const char *b, int blen)
 {
@@ -637,6 +647,7 @@ CompareKeyBytes(const char *a, int alen, const char *b, int blen)
 	return (alen > blen) - (alen < blen);
 }
 
+/* the value as jsonb text (its ::text), made once, only for a tie */
 static char *
 ValueText(TraitEntry *e)
 {
@@ -693,6 +704,7 @@ JsonbElements(ArrayType *arr, Jsonb ***out)
 	return k;
 }
 
+/* the object a parse state ended with, as a jsonb datum */
 static Datum
 PushedObject(JsonbValue *end)
 {
@@ -838,6 +850,7 @@ typedef struct ConsentEntry
 	char	   *source;
 } ConsentEntry;
 
+/* a decision's string field, "" when absent or null (they order first) */
 static char *
 EntryText(JsonbValue *obj, const char *key)
 {
