@@ -39,6 +39,9 @@
 
 /* Trait keys one message sets at most; the rest are skipped (a violation). */
 #define CDP_MAX_MESSAGE_TRAITS		100
+/* A trait's key and value (as jsonb) at most; bigger ones are skipped. */
+#define CDP_MAX_TRAIT_KEY_BYTES		128
+#define CDP_MAX_TRAIT_VALUE_BYTES	2048
 /* Trait keys one identifier holds at most; new keys past it are skipped. */
 #define CDP_MAX_IDENTIFIER_TRAITS	256
 /* Trait keys a profile shows at most (the first ones in key order). */
@@ -210,17 +213,35 @@ HasKey(JsonbValue *obj, JsonbValue *key)
 	return CdpJsonbObjectGet(obj, k) != NULL;
 }
 
+/* a violation of msg, recorded under the identifier its state goes to */
+static Violation *
+NewViolation(CdpMessage *msg, const char *rule, char *detail)
+{
+	Violation  *v = palloc(sizeof(Violation));
+
+	v->id = msg->state_anchor;
+	v->message_id = msg->message_id;
+	v->at = msg->ts;
+	v->rule = rule;
+	v->detail = detail;
+	return v;
+}
+
 /*
  * The trait rows of one message: identify traits first, then context.traits
- * for keys the former does not set; at most CDP_MAX_MESSAGE_TRAITS keys.
- * Returns how many keys it carried in all.
+ * for keys the former does not set.  At most CDP_MAX_MESSAGE_TRAITS keys,
+ * keys of at most CDP_MAX_TRAIT_KEY_BYTES and values of at most
+ * CDP_MAX_TRAIT_VALUE_BYTES (as jsonb); what is skipped becomes a violation
+ * in *violations.
  */
-static int
-AddTraits(StateRows *rows, CdpMessage *msg)
+static void
+AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 {
 	JsonbValue *sources[2] = {NULL, NULL};
 	int			carried = 0;
 	int			taken = 0;
+	char	   *too_large = NULL;
+	int			ntoo_large = 0;
 
 	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
 		sources[0] = msg->traits;
@@ -235,22 +256,43 @@ AddTraits(StateRows *rows, CdpMessage *msg)
 		{
 			JsonbPair  *pair = &obj->val.object.pairs[i];
 			Datum		values[4];
+			Jsonb	   *value;
 
 			if (s == 1 && HasKey(sources[0], &pair->key))
 				continue;
 			carried++;
 			if (taken >= CDP_MAX_MESSAGE_TRAITS)
 				continue;
+			value = pair->key.val.string.len > CDP_MAX_TRAIT_KEY_BYTES ? NULL :
+				JsonbValueToJsonb(&pair->value);
+			if (value == NULL || VARSIZE(value) > CDP_MAX_TRAIT_VALUE_BYTES)
+			{
+				if (ntoo_large++ == 0)
+					too_large = pnstrdup(pair->key.val.string.val,
+										 Min(pair->key.val.string.len, 64));
+				continue;
+			}
 			values[0] = PointerGetDatum(msg->state_anchor);
 			values[1] = PointerGetDatum(cstring_to_text_with_len(pair->key.val.string.val,
 																 pair->key.val.string.len));
-			values[2] = JsonbPGetDatum(JsonbValueToJsonb(&pair->value));
+			values[2] = JsonbPGetDatum(value);
 			values[3] = TimestampTzGetDatum(msg->ts);
 			AddRow(rows, 4, values, NULL);
 			taken++;
 		}
 	}
-	return carried;
+	if (carried > CDP_MAX_MESSAGE_TRAITS)
+		*violations = lappend(*violations,
+							  NewViolation(msg, "too_many_traits",
+										   psprintf("the message sets %d traits; only the first %d are kept",
+													carried, CDP_MAX_MESSAGE_TRAITS)));
+	if (ntoo_large > 0)
+		*violations = lappend(*violations,
+							  NewViolation(msg, "trait_too_large",
+										   psprintf("%d traits skipped, \"%s\" the first: keys are at most %d bytes, "
+													"values at most %d bytes as jsonb",
+													ntoo_large, too_large, CDP_MAX_TRAIT_KEY_BYTES,
+													CDP_MAX_TRAIT_VALUE_BYTES)));
 }
 
 /*
@@ -501,20 +543,6 @@ WriteViolations(List *violations)
 				args, NULL, SPI_OK_INSERT);
 }
 
-/* a violation of msg, recorded under the identifier its state goes to */
-static Violation *
-NewViolation(CdpMessage *msg, const char *rule, char *detail)
-{
-	Violation  *v = palloc(sizeof(Violation));
-
-	v->id = msg->state_anchor;
-	v->message_id = msg->message_id;
-	v->at = msg->ts;
-	v->rule = rule;
-	v->detail = detail;
-	return v;
-}
-
 /*
  * After identity resolution: the traits and consent of a batch's messages
  * that resolved to a profile, into the per-identifier stores and their
@@ -531,16 +559,10 @@ CdpStoreProfileState(CdpMessage **msgs, int n)
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
-		int			carried;
 
 		if (msg->outcome != CDP_PENDING || !msg->has_profile_id || msg->state_anchor == NULL)
 			continue;
-		carried = AddTraits(&traits, msg);
-		if (carried > CDP_MAX_MESSAGE_TRAITS)
-			violations = lappend(violations,
-								 NewViolation(msg, "too_many_traits",
-											  psprintf("the message sets %d traits; only the first %d are kept",
-													   carried, CDP_MAX_MESSAGE_TRAITS)));
+		AddTraits(&traits, msg, &violations);
 		if (!AddConsents(&consent, msg, i))
 			violations = lappend(violations,
 								 NewViolation(msg, "too_many_consent_categories",

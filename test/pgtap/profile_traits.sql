@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(16);
+SELECT plan(18);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -124,6 +124,18 @@ SELECT is((SELECT count(*) FROM cdp.identifier_traits i, jsonb_object_keys(i.tra
 SELECT ok((SELECT traits ?& (SELECT array_agg(format('k%s', lpad(i::text, 3, '0'))) FROM generate_series(1, 100) i)
              FROM cdp.identifier_traits WHERE identifier = 'user_id:pt-u10'),
           '... keys it held before stay');
+
+-- a value over 2 kB or a key over 128 bytes is skipped and recorded, the rest kept
+DO $$ BEGIN
+    PERFORM pg_temp.send('pt-21', jsonb_build_object('type', 'identify', 'userId', 'pt-u11', 'traits',
+        jsonb_build_object('bio', repeat('x', 3000), repeat('k', 200), 1, 'ok', 'yes',
+                           'list', (SELECT jsonb_agg(i) FROM generate_series(1, 1000) i))));
+    PERFORM pg_temp.run();
+END $$;
+SELECT is(pg_temp.traits('user_id:pt-u11'), '{"ok": "yes"}', 'a trait value over 2 kB or a key over 128 bytes is skipped');
+SELECT is((SELECT detail FROM cdp.identity_violations WHERE message_id = 'pt-21' AND rule = 'trait_too_large'),
+          '3 traits skipped, "bio" the first: keys are at most 128 bytes, values at most 2048 bytes as jsonb',
+          '... and recorded as a violation');
 
 SELECT is(pg_temp.state_drift(), 0::bigint, 'every profile''s traits equal a recompute from its identifiers');
 
