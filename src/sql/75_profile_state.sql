@@ -23,8 +23,10 @@ CREATE TABLE cdp.identifier_traits (
     trait_times jsonb NOT NULL
 ) WITH (fillfactor = 80);
 
--- Every consent decision ever recorded (the history), and per identifier and
--- purpose the latest by decision time.
+-- The history of consent decisions (every set_consent call, and every
+-- decision of a message that set or changed one: SDKs repeat the current
+-- preferences on every message, and a repeat is no history), and per
+-- identifier and purpose the latest by decision time.
 CREATE TABLE cdp.consent_log (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     identifier  cdp.identifier NOT NULL,
