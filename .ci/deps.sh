@@ -12,6 +12,9 @@ packages=(
   libtap-parser-sourcehandler-pgtap-perl
   libipc-run-perl
   python3-psycopg2
+  python3-sqlalchemy
+  default-jdk-headless
+  libpostgresql-jdbc-java
 )
 
 missing=()

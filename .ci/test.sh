@@ -34,6 +34,9 @@ pg_virtualenv -t "${preload[@]}" -o cron.database_name=cdp_tap bash -c '
   pg_prove --ext .sql -d cdp_tap test/pgtap/
 '
 
+echo "== BI tools browsing the generated views (SQLAlchemy, pgjdbc)"
+pg_virtualenv -t "${preload[@]}" bash test/bi/run.sh
+
 echo "== Perl TAP suites (crash and restart)"
 # PostgreSQL::Test::Cluster runs initdb, which refuses root: run as postgres
 # in a directory that user owns.

@@ -1,7 +1,7 @@
 /*
  * identity_api.c
  *	  SQL functions over the identity graph: cdp.link, cdp.explain_link and
- *	  cdp.split_profile.  (Lookups like cdp.resolve are plain SQL.)
+ *	  cdp.split_profile.  (cdp.resolve is in identity_lookup.c.)
  */
 #include "postgres.h"
 

@@ -180,11 +180,13 @@ COMMENT ON VIEW cdp.events_resolved IS
 
 -- Functions over the graph (the algorithm is C).
 
+-- One probe of cdp.identities' primary key, in C (src/identity_lookup.c):
+-- the first step of every profile lookup.  It reads the table directly, so
+-- whoever may EXECUTE it needs no privilege on cdp.identities.
 CREATE FUNCTION cdp.resolve(id cdp.identifier)
 RETURNS bigint
-LANGUAGE sql STABLE STRICT SECURITY DEFINER
-SET search_path = pg_catalog, cdp
-AS $$ SELECT i.profile_id FROM cdp.identities i WHERE i.identifier = resolve.id $$;
+AS 'MODULE_PATHNAME', 'cdp_resolve'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION cdp.resolve(cdp.identifier) IS
     'the canonical profile holding an identifier, NULL if unknown';
 
