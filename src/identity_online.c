@@ -727,8 +727,11 @@ WriteMerges(IdentityGraph *g)
 						 "       WHERE x.merged_into IS NOT NULL) m "	/* its partial index */
 						 "WHERE r.profile_id = m.id",
 						 2, pairs), pair, NULL, SPI_OK_UPDATE);
-		/* the profiles that took identifiers hold their traits and consent now */
-		CdpRecomputeProfileState(final, nmoved);
+		/*
+		 * The profiles that took identifiers hold their traits and consent
+		 * now; those merged away keep none (recomputed from no identifiers).
+		 */
+		CdpRecomputeProfileState(moved, nmoved);
 	}
 	args[0] = CdpInt8Array(from, n);
 	args[1] = CdpInt8Array(into, n);

@@ -5,7 +5,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(15);
+SELECT plan(16);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -31,6 +31,8 @@ SELECT is(pg_temp.pid('anonymous_id:tm-a1'), pg_temp.saved('u1'), 'setup: the al
 SELECT is(pg_temp.traits('user_id:tm-u1'), '{"plan": "pro", "name": "Bob", "ref": "ad"}',
           'a merge keeps per key the latest value over both profiles');
 SELECT is(pg_temp.state_drift(), 0::bigint, '... equal to a recompute');
+SELECT is((SELECT traits || consent FROM cdp.profile_records WHERE profile_id = pg_temp.saved('a1')), '{}',
+          '... and the merged-away record keeps no copy of them');
 
 -- a late event of the merged-away visitor cannot overwrite the newer value
 DO $$ BEGIN
