@@ -95,6 +95,51 @@ JsonbElements(ArrayType *arr, Jsonb ***out)
 	return k;
 }
 
+/* a top-level pair of one of the maps being merged */
+typedef struct MapPair
+{
+	JsonbValue	key;
+	JsonbValue	value;			/* scalar, or jbvBinary for a container */
+	int			map;			/* which map it came from */
+} MapPair;
+
+/* every top-level pair of the maps that are objects, in map order */
+static int
+MapPairs(Jsonb **maps, int nmaps, MapPair **out)
+{
+	int			n = 0;
+	int			cap = 0;
+
+	for (int m = 0; m < nmaps; m++)
+		if (maps[m] != NULL && JB_ROOT_IS_OBJECT(maps[m]))
+			cap += JsonContainerSize(&maps[m]->root);
+	*out = palloc(sizeof(MapPair) * Max(cap, 1));
+	for (int m = 0; m < nmaps; m++)
+	{
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbValue	key = {0};
+		JsonbIteratorToken tok;
+
+		if (maps[m] == NULL || !JB_ROOT_IS_OBJECT(maps[m]))
+			continue;
+		it = JsonbIteratorInit(&maps[m]->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				key = v;
+			else if (tok == WJB_VALUE && n < cap)
+			{
+				(*out)[n].key = key;
+				(*out)[n].value = v;
+				(*out)[n].map = m;
+				n++;
+			}
+		}
+	}
+	return n;
+}
+
 /* the object a parse state ended with, as a jsonb datum */
 static Datum
 PushedObject(JsonbValue *end)
@@ -124,9 +169,10 @@ cdp_merge_traits(PG_FUNCTION_ARGS)
 	int			ntimes;
 	int			max_keys = PG_ARGISNULL(2) ? INT_MAX : PG_GETARG_INT32(2);
 	bool		keep_first = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
-	TraitEntry **entries = NULL;
+	TraitEntry **entries;
+	MapPair    *pairs;
+	int			npairs;
 	int			nentries = 0;
-	int			cap = 0;
 	int			nwin = 0;
 	TupleDesc	desc;
 	JsonbParseState *ts = NULL;
@@ -144,45 +190,23 @@ cdp_merge_traits(PG_FUNCTION_ARGS)
 	ntraits = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &traits);
 	ntimes = JsonbElements(PG_GETARG_ARRAYTYPE_P(1), &times);
 
-	for (int m = 0; m < ntraits; m++)
+	npairs = MapPairs(traits, ntraits, &pairs);
+	entries = palloc(sizeof(TraitEntry *) * Max(npairs, 1));
+	for (int p = 0; p < npairs; p++)
 	{
-		JsonbIterator *it;
-		JsonbValue	v;
-		JsonbIteratorToken tok;
-		JsonbValue	key = {0};
+		TraitEntry *e = palloc0(sizeof(TraitEntry));
+		int			m = pairs[p].map;
+		JsonbValue *t;
 
-		if (traits[m] == NULL || !JB_ROOT_IS_OBJECT(traits[m]))
-			continue;
-		it = JsonbIteratorInit(&traits[m]->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			TraitEntry *e;
-			JsonbValue *t;
-
-			if (tok == WJB_KEY)
-			{
-				key = v;
-				continue;
-			}
-			if (tok != WJB_VALUE)
-				continue;
-			if (nentries == cap)
-			{
-				cap = Max(16, cap * 2);
-				entries = entries ? repalloc(entries, sizeof(TraitEntry *) * cap) :
-					palloc(sizeof(TraitEntry *) * cap);
-			}
-			e = palloc0(sizeof(TraitEntry));
-			e->key = key.val.string.val;
-			e->keylen = key.val.string.len;
-			e->value = v;
-			e->first = keep_first && m == 0;
-			t = (m < ntimes && times[m] != NULL && JB_ROOT_IS_OBJECT(times[m])) ?
-				getKeyJsonValueFromContainer(&times[m]->root, e->key, e->keylen, NULL) : NULL;
-			e->time = (t != NULL && t->type == jbvString) ?
-				pnstrdup(t->val.string.val, t->val.string.len) : "";
-			entries[nentries++] = e;
-		}
+		e->key = pairs[p].key.val.string.val;
+		e->keylen = pairs[p].key.val.string.len;
+		e->value = pairs[p].value;
+		e->first = keep_first && m == 0;
+		t = (m < ntimes && times[m] != NULL && JB_ROOT_IS_OBJECT(times[m])) ?
+			getKeyJsonValueFromContainer(&times[m]->root, e->key, e->keylen, NULL) : NULL;
+		e->time = (t != NULL && t->type == jbvString) ?
+			pnstrdup(t->val.string.val, t->val.string.len) : "";
+		entries[nentries++] = e;
 	}
 
 	if (nentries > 0)
@@ -287,54 +311,36 @@ cdp_merge_consent(PG_FUNCTION_ARGS)
 {
 	Jsonb	  **maps;
 	int			nmaps;
-	ConsentEntry **entries = NULL;
+	ConsentEntry **entries;
+	MapPair    *pairs;
+	int			npairs;
 	int			nentries = 0;
-	int			cap = 0;
 	JsonbParseState *st = NULL;
 	JsonbValue *end;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	nmaps = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &maps);
-	for (int m = 0; m < nmaps; m++)
+	npairs = MapPairs(maps, nmaps, &pairs);
+	entries = palloc(sizeof(ConsentEntry *) * Max(npairs, 1));
+	for (int p = 0; p < npairs; p++)
 	{
-		JsonbIterator *it;
-		JsonbValue	v;
-		JsonbValue	key = {0};
-		JsonbIteratorToken tok;
+		ConsentEntry *e;
+		JsonbValue *v = &pairs[p].value;
+		JsonbValue *g;
 
-		if (maps[m] == NULL || !JB_ROOT_IS_OBJECT(maps[m]))
+		if (v->type != jbvBinary)
 			continue;
-		it = JsonbIteratorInit(&maps[m]->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			ConsentEntry *e;
-			JsonbValue *g;
-
-			if (tok == WJB_KEY)
-			{
-				key = v;
-				continue;
-			}
-			if (tok != WJB_VALUE || v.type != jbvBinary)
-				continue;
-			if (nentries == cap)
-			{
-				cap = Max(16, cap * 2);
-				entries = entries ? repalloc(entries, sizeof(ConsentEntry *) * cap) :
-					palloc(sizeof(ConsentEntry *) * cap);
-			}
-			e = palloc0(sizeof(ConsentEntry));
-			e->purpose = key.val.string.val;
-			e->purposelen = key.val.string.len;
-			e->entry = v;
-			e->at = EntryText(&v, "at");
-			e->message_id = EntryText(&v, "message_id");
-			e->source = EntryText(&v, "source");
-			g = getKeyJsonValueFromContainer(v.val.binary.data, "granted", 7, NULL);
-			e->granted = g != NULL && g->type == jbvBool && g->val.boolean;
-			entries[nentries++] = e;
-		}
+		e = palloc0(sizeof(ConsentEntry));
+		e->purpose = pairs[p].key.val.string.val;
+		e->purposelen = pairs[p].key.val.string.len;
+		e->entry = *v;
+		e->at = EntryText(v, "at");
+		e->message_id = EntryText(v, "message_id");
+		e->source = EntryText(v, "source");
+		g = getKeyJsonValueFromContainer(v->val.binary.data, "granted", 7, NULL);
+		e->granted = g != NULL && g->type == jbvBool && g->val.boolean;
+		entries[nentries++] = e;
 	}
 	if (nentries > 0)
 		qsort(entries, nentries, sizeof(ConsentEntry *), CompareConsentEntries);
