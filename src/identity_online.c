@@ -50,6 +50,7 @@ typedef enum OnlinePlan
 	PLAN_INSERT_PAIRS,
 	PLAN_RELINK_PAIRS,
 	PLAN_UPDATE_STATS,
+	PLAN_WRITE_STATS,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
 
@@ -1114,12 +1115,134 @@ WriteEvidence(IdItem *items, int n)
 	WriteNewPairs(items, pairs, known, known_linked, np, item_seq);
 }
 
+/* one profile's events not yet added to its profile record */
+typedef struct StatsEntry
+{
+	int64		profile_id;		/* hash key */
+	int64		count;
+	TimestampTz lo;
+	TimestampTz hi;
+} StatsEntry;
+
 /*
- * Add this batch's events to their profiles' counts and seen times, and
- * store merge counters; every row here was locked by LockProfiles or is new.
+ * An empty table of events' counts and seen times per profile, gathered in
+ * memory and written by CdpWriteProfileStats.  Updating a profile record
+ * once per batch leaves, for the rest of the transaction, a dead version of
+ * it per batch (none can be pruned before commit) that every later lookup
+ * of the profile walks: in one long process_inbox call that made the
+ * profile lookups and updates the biggest cost of small events.
+ */
+HTAB *
+CdpNewProfileStats(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(StatsEntry);
+	ctl.hcxt = cxt;
+	return hash_create("cdp profile stats", 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+static void
+AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi)
+{
+	bool		found;
+	StatsEntry *e = hash_search(stats, &profile_id, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		e->count = 0;
+		e->lo = DT_NOEND;
+		e->hi = DT_NOBEGIN;
+	}
+	e->count += count;
+	e->lo = Min(e->lo, lo);
+	e->hi = Max(e->hi, hi);
+}
+
+/* add the stats in from to into: a committed chunk's to its batch's, a batch's to its call's */
+void
+CdpMergeProfileStats(HTAB *into, HTAB *from)
+{
+	HASH_SEQ_STATUS seq;
+	StatsEntry *e;
+
+	hash_seq_init(&seq, from);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi);
+}
+
+/*
+ * Add gathered stats to the profile records, in one statement, and empty
+ * the table.  A profile merged away since its events were counted hands
+ * them to the profile holding it now (merged_into names the final one).
+ * The batch that counted them locked every row, or created it.
+ */
+void
+CdpWriteProfileStats(HTAB *stats)
+{
+	long		n = hash_get_num_entries(stats);
+	int64	   *ids;
+	int64	   *counts;
+	TimestampTz *lo;
+	TimestampTz *hi;
+	HASH_SEQ_STATUS seq;
+	StatsEntry *e;
+	int			k = 0;
+	int			level;
+	Oid			argtypes[4] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID};
+	Datum		args[4];
+
+	if (n == 0)
+		return;
+	ids = palloc(sizeof(int64) * n);
+	counts = palloc(sizeof(int64) * n);
+	lo = palloc(sizeof(TimestampTz) * n);
+	hi = palloc(sizeof(TimestampTz) * n);
+	hash_seq_init(&seq, stats);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		ids[k] = e->profile_id;
+		counts[k] = e->count;
+		lo[k] = e->lo;
+		hi[k] = e->hi;
+		k++;
+	}
+	args[0] = CdpInt8Array(ids, k);
+	args[1] = CdpInt8Array(counts, k);
+	args[2] = TimestampArray(lo, k);
+	args[3] = TimestampArray(hi, k);
+	CheckPlans(CdpIdentifierTypeOid());
+	level = CdpBeginIndexedPlans();
+	CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
+							  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
+							  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
+							  "FROM (SELECT coalesce(p.merged_into, p.profile_id) AS id, sum(u.n) AS n, "
+							  "             min(u.lo) AS lo, max(u.hi) AS hi "
+							  "        FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+							  "             AS u(id, n, lo, hi) "
+							  "        JOIN cdp.profile_records p ON p.profile_id = u.id GROUP BY 1) d "
+							  "WHERE r.profile_id = d.id",
+							  4, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+	CdpEndIndexedPlans(level);
+	pfree(ids);
+	pfree(counts);
+	pfree(lo);
+	pfree(hi);
+	hash_seq_init(&seq, stats);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		hash_search(stats, &e->profile_id, HASH_REMOVE, NULL);
+}
+
+/*
+ * Add this batch's events to their profiles' counts and seen times (into
+ * stats when given, else to the records now), and store merge counters;
+ * every row here was locked by LockProfiles or is new.
  */
 static void
-WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
+WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 {
 	ProfNode   *p;
 	uint32		cap = CdpGraphProfileCount(g);
@@ -1163,11 +1286,19 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n)
 		hit = bsearch(&msg->profile_id, ids, np, sizeof(int64), CompareInt64);
 		if (hit == NULL)
 			continue;
+		if (stats != NULL)
+		{
+			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts);
+			continue;
+		}
 		j = hit - ids;
 		counts[j]++;
 		lo[j] = Min(lo[j], msg->ts);
 		hi[j] = Max(hi[j], msg->ts);
 	}
+	/* merge counters change with merges only */
+	if (stats != NULL && g->merges == NIL)
+		return;
 	args[0] = CdpInt8Array(ids, np);
 	args[1] = CdpInt8Array(counts, np);
 	args[2] = TimestampArray(lo, np);
@@ -1222,7 +1353,7 @@ StateAnchor(IdentityGraph *g, IdItem *item)
  * what changed; see the file header for the locking.
  */
 static void
-ResolveItems(IdItem *items, int n)
+ResolveItems(IdItem *items, int n, HTAB *stats)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	IdentityRules *rules;
@@ -1335,12 +1466,15 @@ ResolveItems(IdItem *items, int n)
 		WriteEvidence(items, n);
 	}
 	WriteViolations(g);
-	WriteProfileStats(g, items, n);
+	WriteProfileStats(g, items, n, stats);
 }
 
-/* Set profile_id on a batch's pending messages (validated, not duplicates). */
+/*
+ * Set profile_id on a batch's pending messages (validated, not duplicates);
+ * their counts and seen times go to stats (see CdpNewProfileStats).
+ */
 void
-CdpResolveIdentities(CdpMessage **msgs, int n)
+CdpResolveIdentities(CdpMessage **msgs, int n, HTAB *stats)
 {
 	IdItem	   *items = palloc0(sizeof(IdItem) * Max(n, 1));
 	int			k = 0;
@@ -1361,7 +1495,7 @@ CdpResolveIdentities(CdpMessage **msgs, int n)
 	{
 		int			level = CdpBeginIndexedPlans();
 
-		ResolveItems(items, k);
+		ResolveItems(items, k, stats);
 		CdpEndIndexedPlans(level);
 	}
 }
@@ -1379,6 +1513,6 @@ CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 	item.ts = GetCurrentTransactionStartTimestamp();
 	item.ids = list_make2(a, b);
 	item.ncarried = 2;
-	ResolveItems(&item, 1);
+	ResolveItems(&item, 1, NULL);
 	return item.m.profile;
 }

@@ -254,7 +254,10 @@ extern List *CdpMessageIdentifiers(struct CdpMessage *msg, const char *previous_
 								   List **invalid);
 
 /* identity_online.c */
-extern void CdpResolveIdentities(struct CdpMessage **msgs, int n);
+extern void CdpResolveIdentities(struct CdpMessage **msgs, int n, HTAB *stats);
+extern HTAB *CdpNewProfileStats(MemoryContext cxt);
+extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
+extern void CdpWriteProfileStats(HTAB *stats);
 extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 								const char *message_id);
 extern Oid	CdpIdentifierTypeOid(void);
