@@ -397,18 +397,21 @@ static const char *const state_sql =
 	"  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
 	"          FROM tb GROUP BY i) g, "
 	"  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
-	"tw AS (INSERT INTO cdp.identifier_traits AS s (identifier, traits, trait_times) "
-	"  SELECT i, traits, trait_times FROM tn ORDER BY i "
-	"  ON CONFLICT (identifier) DO UPDATE SET (traits, trait_times) = "
+	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
 	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     ARRAY[s.traits, excluded.traits], ARRAY[s.trait_times, excluded.trait_times], "
-	"     $5, true) m) "
-	"  WHERE EXISTS (SELECT 1 FROM jsonb_each_text(excluded.trait_times) e "
+	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $5, true) m) "
+	"  FROM tn WHERE s.identifier = tn.i "
+	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
 	"     WHERE s.trait_times ->> e.key IS NULL "
 	"        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
 	"        OR (e.value = s.trait_times ->> e.key AND "
-	"            (excluded.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
+	"            (tn.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
 	"  RETURNING s.identifier, s.traits, s.trait_times), "
+	"ti AS (INSERT INTO cdp.identifier_traits (identifier, traits, trait_times) "
+	"  SELECT tn.i, tn.traits, tn.trait_times FROM tn "
+	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = tn.i) "
+	"  RETURNING identifier, traits, trait_times), "
+	"tw AS (SELECT * FROM tu2 UNION ALL SELECT * FROM ti), "
 	/* consent */
 	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
 	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
@@ -429,23 +432,26 @@ static const char *const state_sql =
 	"cb AS (SELECT DISTINCT ON (i, purpose) * FROM cd "
 	"  ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
 	"           s COLLATE \"C\" DESC), "
-	"cw AS (INSERT INTO cdp.identifier_consent AS c "
-	"  (identifier, purpose, granted, at, message_id, source) "
-	"  SELECT i, purpose, g, t, m, s FROM cb ORDER BY i, purpose "
-	"  ON CONFLICT (identifier, purpose) DO UPDATE SET granted = excluded.granted, "
-	"  at = excluded.at, message_id = excluded.message_id, source = excluded.source "
-	"  WHERE (excluded.at, NOT excluded.granted, "
-	"         coalesce(excluded.message_id, '') COLLATE \"C\", excluded.source COLLATE \"C\") "
-	"      > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", "
-	"         c.source COLLATE \"C\") "
+	"cu2 AS (UPDATE cdp.identifier_consent c SET granted = cb.g, at = cb.t, message_id = cb.m, source = cb.s "
+	"  FROM cb WHERE c.identifier = cb.i AND c.purpose = cb.purpose "
+	"   AND (cb.t, NOT cb.g, coalesce(cb.m, '') COLLATE \"C\", cb.s COLLATE \"C\") "
+	"     > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", c.source COLLATE \"C\") "
 	"  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source), "
+	"ci AS (INSERT INTO cdp.identifier_consent (identifier, purpose, granted, at, message_id, source) "
+	"  SELECT cb.i, cb.purpose, cb.g, cb.t, cb.m, cb.s FROM cb "
+	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c "
+	"                      WHERE c.identifier = cb.i AND c.purpose = cb.purpose) "
+	"  RETURNING identifier, purpose, granted, at, message_id, source), "
+	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci), "
 	/* what changed, per profile */
 	"x AS (SELECT i.profile_id AS p, tw.traits AS tr, tw.trait_times AS tt, NULL::jsonb AS e "
 	"        FROM tw JOIN cdp.identities i ON i.identifier = tw.identifier "
 	"      UNION ALL "
-	"      SELECT i.profile_id, NULL, NULL, jsonb_build_object(cw.purpose, "
-	"               cdp.consent_entry(cw.granted, cw.at, cw.source, cw.message_id)) "
-	"        FROM cw JOIN cdp.identities i ON i.identifier = cw.identifier), "
+	"      SELECT i.profile_id, NULL, NULL, c.e "
+	"        FROM (SELECT cw.identifier, jsonb_object_agg(cw.purpose, "
+	"                       cdp.consent_entry(cw.granted, cw.at, cw.source, cw.message_id)) AS e "
+	"                FROM cw GROUP BY cw.identifier) c "
+	"        JOIN cdp.identities i ON i.identifier = c.identifier), "
 	"q AS (SELECT p, array_agg(tr) FILTER (WHERE tr IS NOT NULL) AS tr, "
 	"             array_agg(tt) FILTER (WHERE tt IS NOT NULL) AS tt, "
 	"             array_agg(e) FILTER (WHERE e IS NOT NULL) AS e "
@@ -465,7 +471,11 @@ static const char *const state_sql =
  * it is not history); then the identifier rows that changed into their
  * profiles, each profile row written once.  Categories that name no defined
  * purpose are dropped here; a full statement (purpose NULL) denies every
- * defined purpose its message does not state.
+ * defined purpose its message does not state.  Stored rows are updated
+ * and missing ones inserted (cheaper than INSERT ... ON CONFLICT, which
+ * locks each row first): only holders of an identifier's profile row, or
+ * of the identity lock while it has none, write its rows, so no other
+ * session inserts one meanwhile.
  */
 static void
 WriteState(StateRows *traits, StateRows *consent)
