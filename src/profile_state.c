@@ -27,7 +27,6 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -101,22 +100,6 @@ CheckPlans(void)
 		plans[i] = NULL;
 	}
 	plans_type_oid = typid;
-}
-
-/*
- * Plans by index only, as identity resolution makes them (statistics lag
- * tables that grow inside one long call), and never JIT-compiled: with
- * plan types disabled every cost looks huge, and compiling would take
- * longer than running.  CdpEndIndexedPlans(level) undoes it.
- */
-static int
-BeginStatePlans(void)
-{
-	int			level = CdpBeginIndexedPlans();
-
-	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return level;
 }
 
 /* append one row (a value per column) to a batch's rows, growing them */
@@ -585,7 +568,7 @@ CdpStoreProfileState(CdpMessage **msgs, int n)
 		return;
 	CheckPlans();
 	{
-		int			level = BeginStatePlans();
+		int			level = CdpBeginIndexedPlans();
 
 		if (traits.n > 0 || consent.n > 0)
 			WriteState(&traits, &consent);
@@ -609,7 +592,7 @@ CdpRecomputeProfileState(int64 *profile_ids, int n)
 	if (n == 0)
 		return;
 	CheckPlans();
-	level = BeginStatePlans();
+	level = CdpBeginIndexedPlans();
 	args[0] = CdpInt8Array(profile_ids, n);
 	CdpExecPlan(CdpPlan(&plans[PLAN_RECOMPUTE], "SELECT cdp.recompute_profile_state($1)",
 						1, argtypes),
