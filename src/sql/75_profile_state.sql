@@ -26,7 +26,7 @@ CREATE TABLE cdp.identifier_traits (
 -- The history of consent decisions (every set_consent call, and every
 -- decision of a message that set or changed one: SDKs repeat the current
 -- preferences on every message, and a repeat is no history), and per
--- identifier and purpose the latest by decision time.
+-- identifier the latest decision per purpose by decision time.
 CREATE TABLE cdp.consent_log (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     identifier  cdp.identifier NOT NULL,
@@ -40,13 +40,12 @@ CREATE TABLE cdp.consent_log (
 CREATE INDEX consent_log_identifier_idx ON cdp.consent_log (identifier);
 
 CREATE TABLE cdp.identifier_consent (
-    identifier  cdp.identifier NOT NULL,
-    purpose     text NOT NULL,
-    granted     bool NOT NULL,
-    at          timestamptz NOT NULL,
-    message_id  text,
-    source      text NOT NULL,
-    PRIMARY KEY (identifier, purpose)
+    identifier  cdp.identifier PRIMARY KEY,
+    -- {purpose: {"granted": bool, "at": ISO 8601 text, "source": text,
+    --  "message_id": text or null}}, as profile_records.consent holds them:
+    -- one row per identifier, so a message stating several purposes
+    -- updates one row, not one per purpose
+    consent     jsonb NOT NULL
 ) WITH (fillfactor = 80);
 
 -- A batch rewrites the state rows and profile records of the people it
@@ -102,8 +101,7 @@ BEGIN ATOMIC
     UPDATE cdp.profile_records r
        SET traits = t.traits, trait_times = t.trait_times,
            consent = cdp.merge_consent(ARRAY(
-               SELECT jsonb_build_object(c.purpose,
-                          cdp.consent_entry(c.granted, c.at, c.source, c.message_id))
+               SELECT c.consent
                  FROM cdp.identities i
                  JOIN cdp.identifier_consent c ON c.identifier OPERATOR(cdp.=) i.identifier
                 WHERE i.profile_id = r.profile_id))
@@ -195,14 +193,11 @@ BEGIN
 
     INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source)
     VALUES (id, purpose, granted, at, NULL, 'api');
-    INSERT INTO cdp.identifier_consent AS c (identifier, purpose, granted, at, message_id, source)
-    VALUES (id, purpose, granted, at, NULL, 'api')
+    INSERT INTO cdp.identifier_consent AS c (identifier, consent)
+    VALUES (id, jsonb_build_object(purpose, cdp.consent_entry(granted, at, 'api', NULL)))
     ON CONFLICT ON CONSTRAINT identifier_consent_pkey DO UPDATE
-       SET granted = excluded.granted, at = excluded.at, message_id = excluded.message_id,
-           source = excluded.source
-     WHERE (excluded.at, NOT excluded.granted, coalesce(excluded.message_id, '') COLLATE "C",
-            excluded.source COLLATE "C")
-         > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE "C", c.source COLLATE "C");
+       SET consent = cdp.merge_consent(ARRAY[c.consent, excluded.consent])
+     WHERE cdp.merge_consent(ARRAY[c.consent, excluded.consent]) IS DISTINCT FROM c.consent;
     IF prof IS NOT NULL THEN
         PERFORM cdp.recompute_profile_state(ARRAY[prof]);
     END IF;

@@ -504,8 +504,11 @@ BEGIN
                           FROM cdp.identities i WHERE i.identifier = ANY (ids)),
         'traits', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.identifier), '[]')
                      FROM cdp.identifier_traits t WHERE t.identifier = ANY (ids)),
-        'consent', (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.identifier, c.purpose), '[]')
-                      FROM cdp.identifier_consent c WHERE c.identifier = ANY (ids)),
+        'consent', (SELECT coalesce(jsonb_agg(jsonb_build_object('identifier', c.identifier,
+                                                                  'purpose', e.key) || e.value
+                                              ORDER BY c.identifier, e.key), '[]')
+                      FROM cdp.identifier_consent c, jsonb_each(c.consent) e
+                     WHERE c.identifier = ANY (ids)),
         'consent_history', (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.at, c.id), '[]')
                               FROM cdp.consent_log c WHERE c.identifier = ANY (ids)),
         'events', (SELECT coalesce(jsonb_agg(e ORDER BY (e->>'ts')::timestamptz, e->>'message_id'), '[]')

@@ -31,9 +31,10 @@ ON CONFLICT (identifier) DO UPDATE SET traits = cdp.identifier_traits.traits || 
 INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) VALUES
     ('user_id:exp-user', 'marketing', true, '2026-05-01 10:00+00', 'e1', 'sql'),
     ('user_id:exp-user', 'marketing', false, '2026-05-02 10:00+00', NULL, 'api');
-INSERT INTO cdp.identifier_consent (identifier, purpose, granted, at, message_id, source) VALUES
-    ('user_id:exp-user', 'marketing', false, '2026-05-02 10:00+00', NULL, 'api')
-ON CONFLICT (identifier, purpose) DO NOTHING;
+INSERT INTO cdp.identifier_consent (identifier, consent) VALUES
+    ('user_id:exp-user', jsonb_build_object('marketing',
+                                            cdp.consent_entry(false, '2026-05-02 10:00+00', 'api', NULL)))
+ON CONFLICT (identifier) DO NOTHING;
 
 CREATE TEMP TABLE x AS SELECT cdp.export_subject('anonymous_id:exp-anon') AS j;
 

@@ -55,10 +55,12 @@ INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, sourc
     ('user_id:fzp-user', 'marketing', true, '2026-05-01 10:00+00', 'p1', 'sql'),
     ('anonymous_id:fzp-anon2', 'marketing', false, '2026-05-02 10:00+00', 'p2', 'sql'),
     ('user_id:keep-user', 'marketing', true, '2026-05-02 09:00+00', 'o1', 'sql');
-INSERT INTO cdp.identifier_consent (identifier, purpose, granted, at, message_id, source) VALUES
-    ('anonymous_id:fzp-anon2', 'marketing', false, '2026-05-02 10:00+00', 'p2', 'sql'),
-    ('user_id:keep-user', 'marketing', true, '2026-05-02 09:00+00', 'o1', 'sql')
-ON CONFLICT (identifier, purpose) DO NOTHING;
+INSERT INTO cdp.identifier_consent (identifier, consent) VALUES
+    ('anonymous_id:fzp-anon2', jsonb_build_object('marketing',
+                                                  cdp.consent_entry(false, '2026-05-02 10:00+00', 'sql', 'p2'))),
+    ('user_id:keep-user', jsonb_build_object('marketing',
+                                             cdp.consent_entry(true, '2026-05-02 09:00+00', 'sql', 'o1')))
+ON CONFLICT (identifier) DO NOTHING;
 -- queued, not processed yet: one message, an envelope carrying the email in
 -- other letters, a phone written another way, and one of someone else
 SELECT cdp.ingest('{"type": "track", "event": "queued", "userId": "fzp-user"}');
