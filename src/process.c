@@ -58,6 +58,12 @@
  */
 #define STATS_PROFILES		65536
 
+/*
+ * Identifiers whose traits or consent a call changed before it writes them
+ * into their profiles (see CdpNewStateQueue): under 100 bytes each.
+ */
+#define STATE_IDENTIFIERS	65536
+
 /* memory kept by the chunk context between chunks */
 #define CHUNK_KEEPER_BYTES	(16 * 1024 * 1024)
 
@@ -85,6 +91,7 @@ typedef struct Batch
 	TimestampTz retention_horizon;
 	MemoryContext chunk_cxt;
 	HTAB	   *stats;			/* profile stats of its committed chunks */
+	CdpStateQueue *state;		/* identifiers whose state the call changed */
 
 	/* what it took */
 	CdpInboxRow *rows;
@@ -341,7 +348,7 @@ ProcessChunk(void *arg)
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
 	CdpResolveIdentities(msgs, n, w->stats);
-	CdpStoreProfileState(msgs, n);
+	CdpStoreProfileState(msgs, n, b->state);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 }
@@ -551,6 +558,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
 	CdpLockSuppressions(false);
 	stats = CdpNewProfileStats(caller_cxt);
+	b.state = CdpNewStateQueue(caller_cxt);
 	SPI_connect();
 	MemoryContextSwitchTo(batch_cxt);
 	CdpLoadPartitionConfig(&b.config);
@@ -588,6 +596,8 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		CdpMergeProfileStats(stats, b.stats);
 		if (hash_get_num_entries(stats) >= STATS_PROFILES)
 			CdpWriteProfileStats(stats);
+		if (CdpStateQueueLength(b.state) >= STATE_IDENTIFIERS)
+			CdpWriteQueuedProfileState(b.state);
 		MemoryContextReset(batch_cxt);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -595,6 +605,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	/* the counts of every committed batch, including one that stopped early */
 	MemoryContextSwitchTo(batch_cxt);
 	CdpWriteProfileStats(stats);
+	CdpWriteQueuedProfileState(b.state);
 	MemoryContextSwitchTo(caller_cxt);
 	SPI_finish();
 	MemoryContextDelete(b.chunk_cxt);

@@ -3,7 +3,8 @@
  *	  What people say about themselves in messages: traits (identify traits,
  *	  context.traits on any type) and consent (Segment categoryPreferences
  *	  and its "Segment Consent Preference Updated" event, RudderStack
- *	  consentManagement), written once per batch.
+ *	  consentManagement), written per identifier once per batch and into
+ *	  profiles once per process_inbox call.
  *
  *	  Both are kept per identifier (cdp.identifier_traits,
  *	  cdp.identifier_consent, the history in cdp.consent_log), which merges,
@@ -55,6 +56,7 @@ typedef enum StatePlan
 	PLAN_VIOLATIONS,
 	PLAN_STATEFUL_NEW,
 	PLAN_RECOMPUTE,
+	PLAN_QUEUED,
 	NUM_STATE_PLANS
 } StatePlan;
 
@@ -75,6 +77,15 @@ typedef struct StateRows
 	int			n;
 	Column		cols[8];
 } StateRows;
+
+/* identifiers whose state changed, not yet written into their profiles */
+struct CdpStateQueue
+{
+	MemoryContext cxt;
+	Datum	   *ids;
+	int			n;
+	int			cap;
+};
 
 typedef struct Violation
 {
@@ -423,31 +434,36 @@ static const char *const state_sql =
 	"  SELECT cb.i, cb.e FROM cb "
 	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = cb.i) "
 	"  RETURNING identifier, consent), "
-	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci), "
-	/* what changed, per profile */
-	"x AS (SELECT i.profile_id AS p, tw.traits AS tr, tw.trait_times AS tt, NULL::jsonb AS e "
-	"        FROM tw JOIN cdp.identities i ON i.identifier = tw.identifier "
-	"      UNION ALL "
-	"      SELECT i.profile_id, NULL, NULL, cw.consent "
-	"        FROM cw JOIN cdp.identities i ON i.identifier = cw.identifier), "
-	"q AS (SELECT p, array_agg(tr) FILTER (WHERE tr IS NOT NULL) AS tr, "
-	"             array_agg(tt) FILTER (WHERE tt IS NOT NULL) AS tt, "
-	"             array_agg(e) FILTER (WHERE e IS NOT NULL) AS e "
-	"        FROM x GROUP BY p) "
+	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci) "
+	/* the identifiers whose state changed */
+	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
+
+/* the statement of CdpWriteQueuedProfileState */
+static const char *const queued_sql =
 	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
 	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     array_prepend(r.traits, coalesce(q.tr, '{}')), "
-	"     array_prepend(r.trait_times, coalesce(q.tt, '{}')), $6, false) m), "
-	"  consent = cdp.merge_consent(array_prepend(r.consent, coalesce(q.e, '{}'))) "
-	"FROM q WHERE r.profile_id = q.p";
+	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
+	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
+	"FROM (SELECT i.profile_id AS p, "
+	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
+	"                      '{}') AS tr, "
+	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
+	"                      '{}') AS tt, "
+	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
+	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
+	"        JOIN cdp.identities i ON i.identifier = u.i "
+	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
+	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
+	"       GROUP BY i.profile_id) q "
+	"WHERE r.profile_id = q.p";
 
 /*
  * A batch's state in one statement: trait rows to the identifiers' stores
  * (key by key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys
  * each); consent rows to the identifiers' latest decisions, and to the
  * history those that set or change a decision (a repeat of the one before
- * it is not history); then the identifier rows that changed into their
- * profiles, each profile row written once.  Categories that name no defined
+ * it is not history); the identifiers whose rows changed go to queue, for
+ * their profiles (CdpWriteQueuedProfileState).  Categories that name no defined
  * purpose are dropped here; a full statement (purpose NULL) denies every
  * defined purpose its message does not state.  Stored rows are updated
  * and missing ones inserted (cheaper than INSERT ... ON CONFLICT, which
@@ -456,7 +472,7 @@ static const char *const state_sql =
  * session inserts one meanwhile.
  */
 static void
-WriteState(StateRows *traits, StateRows *consent)
+WriteState(StateRows *traits, StateRows *consent, CdpStateQueue *queue)
 {
 	Oid			idarray = get_array_type(plans_type_oid);
 	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
@@ -464,6 +480,7 @@ WriteState(StateRows *traits, StateRows *consent)
 		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 	INT4ARRAYOID};
 	Datum		args[13];
+	uint64		rows;
 
 	args[0] = ColumnArray(traits, 0, plans_type_oid);
 	args[1] = ColumnArray(traits, 1, TEXTOID);
@@ -478,8 +495,24 @@ WriteState(StateRows *traits, StateRows *consent)
 	args[10] = ColumnArray(consent, 4, TEXTOID);
 	args[11] = ColumnArray(consent, 5, TEXTOID);
 	args[12] = ColumnArray(consent, 6, INT4OID);
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
-				args, NULL, SPI_OK_UPDATE);
+	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext old = MemoryContextSwitchTo(queue->cxt);
+
+		if (queue->n == queue->cap)
+		{
+			queue->cap = Max(1024, queue->cap * 2);
+			queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
+				palloc(sizeof(Datum) * queue->cap);
+		}
+		queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
@@ -534,12 +567,13 @@ WriteViolations(List *violations)
 
 /*
  * After identity resolution: the traits and consent of a batch's messages
- * that resolved to a profile, into the per-identifier stores and their
- * profiles, in one statement for the whole batch (none when no message
- * carries any; one more for messages over a bound).
+ * that resolved to a profile, into the per-identifier stores, in one
+ * statement for the whole batch (none when no message carries any; one
+ * more for messages over a bound); the identifiers that changed wait in
+ * queue for their profiles.
  */
 void
-CdpStoreProfileState(CdpMessage **msgs, int n)
+CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 {
 	StateRows	traits = {0};
 	StateRows	consent = {0};
@@ -566,10 +600,64 @@ CdpStoreProfileState(CdpMessage **msgs, int n)
 		int			level = CdpBeginIndexedPlans();
 
 		if (traits.n > 0 || consent.n > 0)
-			WriteState(&traits, &consent);
+			WriteState(&traits, &consent, queue);
 		WriteViolations(violations);
 		CdpEndIndexedPlans(level);
 	}
+}
+
+/*
+ * An empty queue of identifiers whose state a call changed, written into
+ * their profiles by CdpWriteQueuedProfileState.  Writing a profile record
+ * once per batch leaves a dead version of it per batch for the rest of the
+ * transaction (see CdpNewProfileStats); once per call leaves one.
+ */
+CdpStateQueue *
+CdpNewStateQueue(MemoryContext cxt)
+{
+	CdpStateQueue *queue = MemoryContextAllocZero(cxt, sizeof(CdpStateQueue));
+
+	queue->cxt = cxt;
+	return queue;
+}
+
+/* how many identifiers wait (some maybe twice) */
+int
+CdpStateQueueLength(CdpStateQueue *queue)
+{
+	return queue->n;
+}
+
+/*
+ * Merge the state of the queued identifiers into the profiles holding them
+ * now, in one statement, and empty the queue.  Per key and purpose the
+ * merge keeps the latest and an identifier's maps only gain newer entries,
+ * so merging an identifier's whole maps into its profile again is harmless:
+ * it stays right when a merge, split or rebuild recomputed the profile in
+ * between, or when the part that queued the identifier was rolled back.
+ * The call holds the profile rows (its identity resolution locked them).
+ */
+void
+CdpWriteQueuedProfileState(CdpStateQueue *queue)
+{
+	Oid			argtypes[2];
+	Datum		args[2];
+	int			level;
+
+	if (queue->n == 0)
+		return;
+	CheckPlans();
+	argtypes[0] = get_array_type(plans_type_oid);
+	argtypes[1] = INT4OID;
+	args[0] = CdpArray(queue->ids, queue->n, plans_type_oid);
+	args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+	level = CdpBeginIndexedPlans();
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+	CdpEndIndexedPlans(level);
+	for (int i = 0; i < queue->n; i++)
+		pfree(DatumGetPointer(queue->ids[i]));
+	queue->n = 0;
 }
 
 /*

@@ -266,7 +266,11 @@ extern void CdpLockIdentityGraph(void);
 
 /* profile_state.c */
 extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
-extern void CdpStoreProfileState(struct CdpMessage **msgs, int n);
+typedef struct CdpStateQueue CdpStateQueue;
+extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
+extern int	CdpStateQueueLength(CdpStateQueue *queue);
+extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
+extern void CdpWriteQueuedProfileState(CdpStateQueue *queue);
 extern void CdpRecomputeProfileState(int64 *profile_ids, int n);
 extern void CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n);
 

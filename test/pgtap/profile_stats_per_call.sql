@@ -50,16 +50,7 @@ SELECT is(pg_temp.record_updates() - (SELECT n FROM updates_before), 1::bigint,
 -- two visitors counted in one batch, merged in the next, more events after;
 -- a message a trigger on cdp.events refuses, after identity resolution
 -- counted it, is rolled back with its counts (its batch is retried without it)
-CREATE FUNCTION public.refuse_bad_events() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.event = 'Bad' THEN
-        RAISE EXCEPTION 'bad event' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER refuse_bad_events BEFORE INSERT ON cdp.events
-    FOR EACH ROW EXECUTE FUNCTION public.refuse_bad_events();
+\ir include/refuse_bad_events.psql
 DO $$ BEGIN
     PERFORM pg_temp.send('m-1', '{"anonymousId": "m1"}', '2026-06-02 10:00+00');
     PERFORM pg_temp.send('m-2', '{"anonymousId": "m2"}', '2026-06-02 07:00+00');
