@@ -91,7 +91,7 @@ typedef struct Batch
 	TimestampTz retention_horizon;
 	MemoryContext chunk_cxt;
 	HTAB	   *stats;			/* profile stats of its committed chunks */
-	CdpStateQueue *state;		/* identifiers whose state the call changed */
+	CdpStateQueue *state;		/* the same of its committed chunks */
 
 	/* what it took */
 	CdpInboxRow *rows;
@@ -313,6 +313,7 @@ typedef struct ChunkWork
 	int			n;
 	int			made;			/* messages made so far */
 	HTAB	   *stats;			/* profile stats of the chunk */
+	CdpStateQueue *state;		/* identifiers whose state the chunk changed */
 } ChunkWork;
 
 /*
@@ -330,6 +331,7 @@ ProcessChunk(void *arg)
 
 	MemoryContextSwitchTo(b->chunk_cxt);
 	w->stats = CdpNewProfileStats(b->chunk_cxt);
+	w->state = CdpNewStateQueue(b->chunk_cxt);
 	msgs = palloc(sizeof(CdpMessage *) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -348,7 +350,7 @@ ProcessChunk(void *arg)
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
 	CdpResolveIdentities(msgs, n, w->stats);
-	CdpStoreProfileState(msgs, n, b->state);
+	CdpStoreProfileState(msgs, n, w->state);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 }
@@ -400,11 +402,14 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 {
 	while (n > 0)
 	{
-		ChunkWork	w = {b, refs, n, 0, NULL};
+		ChunkWork	w = {b, refs, n, 0, NULL, NULL};
 		ErrorData  *edata = RunInSubtransaction(ProcessChunk, &w, IsMessageError);
 
 		if (edata == NULL)
+		{
 			CdpMergeProfileStats(b->stats, w.stats);
+			CdpMergeStateQueue(b->state, w.state);
+		}
 		MemoryContextReset(b->chunk_cxt);
 		w.made = Max(w.made, 1);
 		if (edata == NULL)
@@ -533,6 +538,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	MemoryContext batch_cxt;
 	HTAB	   *stats;
+	CdpStateQueue *state;
 	Batch		b;
 
 	if (limit < 0 && !PG_ARGISNULL(0))
@@ -558,7 +564,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
 	CdpLockSuppressions(false);
 	stats = CdpNewProfileStats(caller_cxt);
-	b.state = CdpNewStateQueue(caller_cxt);
+	state = CdpNewStateQueue(caller_cxt);
 	SPI_connect();
 	MemoryContextSwitchTo(batch_cxt);
 	CdpLoadPartitionConfig(&b.config);
@@ -579,6 +585,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		b.cost = 0;
 		MemoryContextSwitchTo(batch_cxt);
 		b.stats = CdpNewProfileStats(batch_cxt);
+		b.state = CdpNewStateQueue(batch_cxt);
 		edata = RunInSubtransaction(ProcessBatch, &b, IsConflict);
 		if (edata != NULL)
 		{
@@ -594,10 +601,11 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		messages += b.messages;
 		taken += b.nrows;
 		CdpMergeProfileStats(stats, b.stats);
+		CdpMergeStateQueue(state, b.state);
 		if (hash_get_num_entries(stats) >= STATS_PROFILES)
 			CdpWriteProfileStats(stats);
-		if (CdpStateQueueLength(b.state) >= STATE_IDENTIFIERS)
-			CdpWriteQueuedProfileState(b.state);
+		if (CdpStateQueueLength(state) >= STATE_IDENTIFIERS)
+			CdpWriteQueuedProfileState(state);
 		MemoryContextReset(batch_cxt);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -605,7 +613,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	/* the counts of every committed batch, including one that stopped early */
 	MemoryContextSwitchTo(batch_cxt);
 	CdpWriteProfileStats(stats);
-	CdpWriteQueuedProfileState(b.state);
+	CdpWriteQueuedProfileState(state);
 	MemoryContextSwitchTo(caller_cxt);
 	SPI_finish();
 	MemoryContextDelete(b.chunk_cxt);

@@ -380,6 +380,22 @@ AddConsents(StateRows *rows, CdpMessage *msg, int ord)
 	return AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "deniedConsentIds"), false);
 }
 
+/* a copy of an identifier into the queue's memory */
+static void
+Enqueue(CdpStateQueue *queue, Datum id)
+{
+	MemoryContext old = MemoryContextSwitchTo(queue->cxt);
+
+	if (queue->n == queue->cap)
+	{
+		queue->cap = Max(1024, queue->cap * 2);
+		queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
+			palloc(sizeof(Datum) * queue->cap);
+	}
+	queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
+	MemoryContextSwitchTo(old);
+}
+
 /* the statement of WriteState, in parts: traits, consent, profiles */
 static const char *const state_sql =
 	/* traits */
@@ -500,17 +516,8 @@ WriteState(StateRows *traits, StateRows *consent, CdpStateQueue *queue)
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContext old = MemoryContextSwitchTo(queue->cxt);
 
-		if (queue->n == queue->cap)
-		{
-			queue->cap = Max(1024, queue->cap * 2);
-			queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
-				palloc(sizeof(Datum) * queue->cap);
-		}
-		queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
-		MemoryContextSwitchTo(old);
+		Enqueue(queue, SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -607,7 +614,7 @@ CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 }
 
 /*
- * An empty queue of identifiers whose state a call changed, written into
+ * An empty queue of identifiers whose state a part changed, written into
  * their profiles by CdpWriteQueuedProfileState.  Writing a profile record
  * once per batch leaves a dead version of it per batch for the rest of the
  * transaction (see CdpNewProfileStats); once per call leaves one.
@@ -629,13 +636,25 @@ CdpStateQueueLength(CdpStateQueue *queue)
 }
 
 /*
+ * Add a committed part's queue to the queue of the part holding it (a
+ * chunk's to its batch's, a batch's to its call's), as profile stats are:
+ * the call then writes only profiles whose rows it still holds locked.
+ */
+void
+CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
+{
+	for (int i = 0; i < from->n; i++)
+		Enqueue(into, from->ids[i]);
+}
+
+/*
  * Merge the state of the queued identifiers into the profiles holding them
  * now, in one statement, and empty the queue.  Per key and purpose the
  * merge keeps the latest and an identifier's maps only gain newer entries,
  * so merging an identifier's whole maps into its profile again is harmless:
  * it stays right when a merge, split or rebuild recomputed the profile in
- * between, or when the part that queued the identifier was rolled back.
- * The call holds the profile rows (its identity resolution locked them).
+ * between.  Only committed parts queue (CdpMergeStateQueue), so the call
+ * holds these profile rows (its identity resolution locked them).
  */
 void
 CdpWriteQueuedProfileState(CdpStateQueue *queue)

@@ -269,6 +269,7 @@ extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
 typedef struct CdpStateQueue CdpStateQueue;
 extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
 extern int	CdpStateQueueLength(CdpStateQueue *queue);
+extern void CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from);
 extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
 extern void CdpWriteQueuedProfileState(CdpStateQueue *queue);
 extern void CdpRecomputeProfileState(int64 *profile_ids, int n);
