@@ -585,6 +585,36 @@ ObjectCarries(JsonbValue *obj, CdpIdentifier **ids, int nids)
 	return false;
 }
 
+/*
+ * Does text end with the first k bytes of v, 3 <= k < vlen, in either case?
+ * A payload over cdp.max_request_bytes is dead-lettered as its first 4 kB,
+ * which may end in the middle of an identifier's value.
+ */
+static bool
+EndsWithPartOf(const char *text, int len, const char *v, int vlen)
+{
+	for (int k = Min(len, vlen - 1); k >= 3; k--)
+		if (pg_strncasecmp(text + len - k, v, k) == 0)
+			return true;
+	return false;
+}
+
+/* does a text that is not JSON hold one of ids' values, whole or cut off at its end? */
+static bool
+TextHoldsValue(const char *text, int len, CdpIdentifier **ids, int nids)
+{
+	for (int i = 0; i < nids; i++)
+	{
+		const char *v = IdValuePtr(ids[i]);
+		int			vlen = IdValueLen(ids[i]);
+
+		if (vlen > 0 &&
+			(ContainsCaseless(text, len, v, vlen) || EndsWithPartOf(text, len, v, vlen)))
+			return true;
+	}
+	return false;
+}
+
 /* the identifiers payload_carries looks for, kept for the whole statement */
 typedef struct CarriesIds
 {
@@ -598,10 +628,22 @@ typedef struct CarriesIds
 	bool		first[256];		/* bytes a needle starts with, either case */
 } CarriesIds;
 
-/* does text hold one of c's needles, case-insensitively?  One pass over text */
+/*
+ * May text carry one of c's identifiers: does it hold one of their needles,
+ * case-insensitively (one pass over text), a \u escape (a writer may spell
+ * any character so; such a text is parsed), or end in the middle of one's
+ * value (a truncated payload; a complete one ends with a bracket)?
+ */
 static bool
 HoldsNeedle(CarriesIds *c, const char *text, int len)
 {
+	if (len > 0 && text[len - 1] != '}' && text[len - 1] != ']')
+		for (int j = 0; j < c->nids; j++)
+			if (EndsWithPartOf(text, len, IdValuePtr(c->ids[j]), IdValueLen(c->ids[j])))
+				return true;
+	for (const char *p = text; p < text + len && (p = memchr(p, '\\', text + len - p)) != NULL; p += 2)
+		if (p + 1 < text + len && p[1] == 'u')
+			return true;
 	for (int i = 0; i < len; i++)
 	{
 		unsigned char ch = (unsigned char) text[i];
@@ -669,7 +711,8 @@ PG_FUNCTION_INFO_V1(cdp_payload_carries);
  * payload (one message or a batch envelope) carries one of ids, read as
  * ingest reads a message's identifiers.  A text holding none of the ids'
  * needles is answered without parsing.  A text that is not JSON (or too
- * large to parse) carries an id when it holds its whole value.
+ * large to parse) carries an id when it holds its whole value, or ends with
+ * the start of it (at least 3 bytes: a payload cut at 4 kB).
  */
 Datum
 cdp_payload_carries(PG_FUNCTION_ARGS)
@@ -689,11 +732,8 @@ cdp_payload_carries(PG_FUNCTION_ARGS)
 	root = len > cdp_max_request_bytes ? NULL : CdpParseJson(text, len, &code, &message);
 	if (root == NULL)
 	{
-		/* not a message: the whole value, as text */
-		for (int i = 0; i < c->nids && !result; i++)
-			result = IdValueLen(c->ids[i]) > 0 &&
-				ContainsCaseless(text, len, IdValuePtr(c->ids[i]), IdValueLen(c->ids[i]));
-		PG_RETURN_BOOL(result);
+		/* not a message: the whole value as text, or its start at the end */
+		PG_RETURN_BOOL(TextHoldsValue(text, len, c->ids, c->nids));
 	}
 	if (root->type == jbvObject)
 	{
