@@ -216,6 +216,26 @@ AS $$
      ORDER BY c.relname
 $$;
 
+-- Whether a message stored at ts with message_id is one of the person's
+-- events (their profiles', or theirs without a profile): a violation that
+-- could not name an identifier (a value that is not one, kept in its detail
+-- as sent) is found so.  By the (profile_id, ts) index.
+CREATE FUNCTION cdp.subject_message(ts timestamptz, message_id text,
+                                    profile_ids bigint[], identifiers cdp.identifier[])
+RETURNS bool
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+    SELECT EXISTS (SELECT FROM cdp.events e
+                    WHERE e.profile_id = ANY (profile_ids) AND e.ts = subject_message.ts
+                      AND e.message_id = subject_message.message_id)
+        OR EXISTS (SELECT FROM cdp.events e, unnest(identifiers) x
+                    WHERE e.profile_id IS NULL AND e.ts = subject_message.ts
+                      AND e.message_id = subject_message.message_id
+                      AND cdp.id_type(x) IN ('user_id', 'anonymous_id')
+                      AND cdp.id_value(x) IN (e.user_id, e.anonymous_id, e.previous_id))
+$$;
+
 -- Identifier arrays without the given identifiers, in their order.
 CREATE FUNCTION cdp.without_identifiers(ids cdp.identifier[], gone cdp.identifier[])
 RETURNS cdp.identifier[]
@@ -299,6 +319,7 @@ DECLARE
     others jsonb;
     seqs bigint[];
     affected bigint[];
+    violations bigint;
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -319,7 +340,7 @@ BEGIN
     subject := cdp.subject_of(id);
     ids := subject.identifiers;
     pids := subject.profile_ids;
-    texts := ARRAY(SELECT x::text FROM unnest(ids) x);
+    texts := ARRAY(SELECT lower(x::text) FROM unnest(ids) x);
 
     -- the log keeps no identifier: a reason naming one is refused
     IF EXISTS (SELECT FROM unnest(ids) x
@@ -331,6 +352,13 @@ BEGIN
     END IF;
 
     summary := summary || jsonb_build_object('profiles', cardinality(pids), 'identifiers', cardinality(ids));
+    -- violations of their messages that name no identifier hold the value
+    -- that was not one (an email with a control character, say): found
+    -- through the events, so before those go
+    DELETE FROM cdp.identity_violations v
+     WHERE v.identifier IS NULL AND v.message_id IS NOT NULL
+       AND cdp.subject_message(v.at, v.message_id, pids, ids);
+    GET DIAGNOSTICS violations = ROW_COUNT;
     erased := cdp.subject_events('cdp.events', pids, ids, true);
     others := erased->'others';
     summary := summary || jsonb_build_object('events', (erased->>'count')::bigint);
@@ -417,9 +445,9 @@ BEGIN
     summary := summary || jsonb_build_object('merges', n);
     DELETE FROM cdp.identity_violations v
      WHERE v.identifier = ANY (ids)
-        OR EXISTS (SELECT FROM unnest(texts) t WHERE strpos(v.detail, t) > 0);
+        OR EXISTS (SELECT FROM unnest(texts) t WHERE strpos(lower(v.detail), t) > 0);
     GET DIAGNOSTICS n = ROW_COUNT;
-    summary := summary || jsonb_build_object('identity_violations', n);
+    summary := summary || jsonb_build_object('identity_violations', n + violations);
 
     DELETE FROM cdp.consent_log c WHERE c.identifier = ANY (ids);
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -515,7 +543,10 @@ BEGIN
         'merges', (SELECT coalesce(jsonb_agg(to_jsonb(m) ORDER BY m.merged_at), '[]')
                      FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids)),
         'identity_violations', (SELECT coalesce(jsonb_agg(to_jsonb(v) ORDER BY v.at), '[]')
-                                  FROM cdp.identity_violations v WHERE v.identifier = ANY (ids)),
+                                  FROM cdp.identity_violations v
+                                 WHERE v.identifier = ANY (ids)
+                                    OR (v.identifier IS NULL AND v.message_id IS NOT NULL
+                                        AND cdp.subject_message(v.at, v.message_id, pids, ids))),
         'inbox', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.id), '[]')
                     FROM cdp.inbox q WHERE q.payload IS NOT NULL AND cdp.payload_carries(q.payload, ids)),
         'dead_letters', (SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY d.id), '[]')
