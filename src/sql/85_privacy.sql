@@ -340,7 +340,7 @@ BEGIN
     subject := cdp.subject_of(id);
     ids := subject.identifiers;
     pids := subject.profile_ids;
-    texts := ARRAY(SELECT lower(x::text) FROM unnest(ids) x);
+    texts := ARRAY(SELECT x::text FROM unnest(ids) x);
 
     -- the log keeps no identifier: a reason naming one is refused
     IF EXISTS (SELECT FROM unnest(ids) x
@@ -443,9 +443,12 @@ BEGIN
     DELETE FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids);
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('merges', n);
+    -- of the rules, only a split's detail names identifiers (of both sides):
+    -- others give counts, or (invalid) a value that is not one, done above;
+    -- testing every detail against every identifier would cost their product
     DELETE FROM cdp.identity_violations v
      WHERE v.identifier = ANY (ids)
-        OR EXISTS (SELECT FROM unnest(texts) t WHERE strpos(lower(v.detail), t) > 0);
+        OR (v.rule = 'split' AND EXISTS (SELECT FROM unnest(texts) t WHERE strpos(v.detail, t) > 0));
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('identity_violations', n + violations);
 
