@@ -272,6 +272,13 @@ FindSuppressed(Datum *hashes, int nhashes, int *nhits)
 	return hits;
 }
 
+/* JSON's white space, between a member name and its value */
+static bool
+IsSpaceChar(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
 /* a string or number field of obj as text, or NULL */
 static const char *
 ScalarField(JsonbValue *obj, const char *key)
@@ -297,11 +304,168 @@ ObjectField(JsonbValue *obj, const char *key)
 	return (v != NULL && v->type == jbvObject) ? v : NULL;
 }
 
+static List *CarriedIdentifiers(CdpMessage *msg);
+
+/* the identifiers a parsed object carries, read as CarriedIdentifiers reads a failed message */
+static List *
+ObjectIdentifiers(JsonbValue *obj)
+{
+	CdpMessage	msg;
+
+	memset(&msg, 0, sizeof(msg));
+	msg.outcome = CDP_DEAD;
+	msg.item = obj;
+	return CarriedIdentifiers(&msg);
+}
+
+/* add to ids what a member "key": "value" of a text names, if it forms one */
+static List *
+AddTextIdentifier(List *ids, const char *key, int keylen, const char *quoted, int qlen,
+				  bool escaped)
+{
+	static const struct
+	{
+		const char *key;
+		const char *types[2];
+	}			keys[] = {
+		{"userId", {"user_id", NULL}},
+		{"anonymousId", {"anonymous_id", NULL}},
+		{"previousId", {"user_id", "anonymous_id"}},
+		{"email", {"email", NULL}},
+		{"phone", {"phone", NULL}},
+		{"id", {"device_id", NULL}},
+	};
+	const char *value = quoted + 1;
+	int			vlen = qlen - 2;
+
+	if (escaped)
+	{
+		const char *code;
+		char	   *message;
+		JsonbValue *v = CdpParseJsonValue(quoted, qlen, &code, &message);
+
+		if (v == NULL || v->type != jbvString)
+			return ids;
+		value = v->val.string.val;
+		vlen = v->val.string.len;
+	}
+	for (int k = 0; k < lengthof(keys); k++)
+	{
+		if (strlen(keys[k].key) != keylen || memcmp(keys[k].key, key, keylen) != 0)
+			continue;
+		for (int t = 0; t < 2 && keys[k].types[t] != NULL; t++)
+		{
+			const char *problem = NULL;
+			CdpIdentifier *id = CdpMakeIdentifier(keys[k].types[t], strlen(keys[k].types[t]),
+												  value, vlen, &problem);
+
+			if (id != NULL)
+				ids = lappend(ids, id);
+		}
+	}
+	return ids;
+}
+
+/*
+ * The identifiers a text that is not JSON (or cut at 4 kB) names: the string
+ * after each "userId", "anonymousId", "previousId", "email", "phone" or "id"
+ * member name, wherever it stands.  A value cut off at the end is none.
+ */
+static List *
+TextIdentifiers(const char *text, int len)
+{
+	List	   *ids = NIL;
+	const char *key = NULL;
+	int			keylen = 0;
+	int			i = 0;
+
+	while (i < len)
+	{
+		int			start;
+		int			qend;
+		bool		escaped = false;
+
+		if (text[i] != '"')
+		{
+			i++;
+			continue;
+		}
+		start = i++;
+		while (i < len && text[i] != '"')
+		{
+			if (text[i] == '\\')
+			{
+				escaped = true;
+				i++;
+			}
+			i++;
+		}
+		if (i >= len)
+			break;
+		qend = i++;
+		if (key != NULL)
+		{
+			ids = AddTextIdentifier(ids, key, keylen, text + start, i - start, escaped);
+			key = NULL;
+			continue;
+		}
+		while (i < len && IsSpaceChar(text[i]))
+			i++;
+		if (i < len && text[i] == ':')
+		{
+			/* a member name: its value counts if it is a string */
+			i++;
+			while (i < len && IsSpaceChar(text[i]))
+				i++;
+			if (i < len && text[i] == '"' && !escaped)
+			{
+				key = text + start + 1;
+				keylen = qend - start - 1;
+			}
+		}
+	}
+	return ids;
+}
+
+/*
+ * The identifiers of a message the whole inbox row stands for, dead before
+ * it was parsed (its source unknown or disabled, not JSON, too large, an
+ * envelope wrong as a whole): read from the text as payload_carries reads
+ * it, the envelope and each item, or from the member names of a text that
+ * is not JSON.
+ */
+static List *
+RawIdentifiers(const char *text, int len)
+{
+	const char *code;
+	char	   *message;
+	JsonbValue *root = len > cdp_max_request_bytes ? NULL :
+		CdpParseJson(text, len, &code, &message);
+	JsonbValue *items = NULL;
+	List	   *ids = NIL;
+
+	if (root == NULL)
+		return TextIdentifiers(text, len);
+	if (root->type == jbvObject)
+	{
+		ids = ObjectIdentifiers(root);
+		items = CdpJsonbObjectGet(root, "batch");
+	}
+	else
+		items = root;
+	if (items != NULL && items->type == jbvArray)
+		for (int i = 0; i < items->val.array.nElems; i++)
+			if (items->val.array.elems[i].type == jbvObject)
+				ids = list_concat(ids, ObjectIdentifiers(&items->val.array.elems[i]));
+	return ids;
+}
+
 /*
  * The identifiers a message carries, as identity resolution reads them; an
  * alias's previousId counts as both a user_id and an anonymous_id.  A
  * message that failed validation is read from its parsed object as far as
- * it goes, so that it is not dead-lettered either.
+ * it goes, so that it is not dead-lettered either; one that was never
+ * parsed (the whole row is dead) from its text.
  */
 static List *
 CarriedIdentifiers(CdpMessage *msg)
@@ -313,6 +477,8 @@ CarriedIdentifiers(CdpMessage *msg)
 
 	if (msg->outcome != CDP_PENDING)
 	{
+		if (msg->item == NULL && msg->raw != NULL)
+			return RawIdentifiers(msg->raw, strlen(msg->raw));
 		if (msg->item == NULL || msg->item->type != jbvObject)
 			return NIL;
 		memset(&stub, 0, sizeof(stub));
