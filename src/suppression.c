@@ -148,10 +148,15 @@ SuppressionsExist(void)
 						"FROM cdp.suppression_salt s",
 						0, NULL),
 				NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cdp.suppression_salt must hold exactly one row")));
+	if (SPI_processed == 0)
+	{
+		/* no salt yet: the first cdp.forget makes it, so nothing is suppressed */
+		cache.any = false;
+		SPI_freetuptable(SPI_tuptable);
+		LoadHashes();
+		cache.valid = (cache.invalidations == before);
+		return false;
+	}
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	salt = isnull ? NULL : DatumGetByteaPP(d);
 	if (salt == NULL || VARSIZE_ANY_EXHDR(salt) != SALT_BYTES)

@@ -4,14 +4,12 @@
 -- everything held about a person.
 
 -- The per-database secret that salts the hashes: without it a hash cannot be
--- tested against guessed identifiers.  Only the owner reads it.
+-- tested against guessed identifiers.  Only the owner reads it.  Made by the
+-- first cdp.forget, not here: a restored dump brings its own (below).
 CREATE TABLE cdp.suppression_salt (
     one  bool PRIMARY KEY DEFAULT true CHECK (one),
     salt bytea NOT NULL CHECK (octet_length(salt) = 32)
 );
--- gen_random_uuid() draws from the server's strong random source: 2 x 122 bits
-INSERT INTO cdp.suppression_salt (salt)
-SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
 
 -- One row per suppressed identifier: its salted SHA-256 and how many later
 -- messages carrying it were dropped.
@@ -40,6 +38,13 @@ CREATE TABLE cdp.forget_log (
     summary      jsonb NOT NULL
 );
 COMMENT ON TABLE cdp.forget_log IS 'every cdp.forget call: when, the reason given, and what it erased (counts)';
+
+-- pg_dump keeps them: restored without, a forgotten person's next message
+-- would make them again
+SELECT pg_catalog.pg_extension_config_dump('cdp.suppression_salt', '');
+SELECT pg_catalog.pg_extension_config_dump('cdp.suppressions', '');
+SELECT pg_catalog.pg_extension_config_dump('cdp.forget_log', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('cdp.forget_log', 'id'), '');
 
 CREATE FUNCTION cdp.suppression_hash(salt bytea, id cdp.identifier)
 RETURNS bytea
@@ -337,6 +342,11 @@ BEGIN
 
     -- no ingest, merge, split or rebuild in flight from here on
     PERFORM cdp.forget_lock();
+    -- the salt, on first use; gen_random_uuid() draws from the server's
+    -- strong random source: 2 x 122 bits
+    INSERT INTO cdp.suppression_salt (salt)
+    SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')
+    ON CONFLICT (one) DO NOTHING;
     subject := cdp.subject_of(id);
     ids := subject.identifiers;
     pids := subject.profile_ids;
