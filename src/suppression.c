@@ -797,7 +797,34 @@ typedef struct CarriesIds
 	int		   *nlens;
 	bool		always_parse;	/* an id with no needle */
 	bool		first[256];		/* bytes a needle starts with, either case */
+	int			klen;			/* bytes of every needle the order sorts on */
+	int		   *order;			/* ids with a needle, by their first klen bytes folded */
+	int			norder;
 } CarriesIds;
+
+/* a and b's first n bytes, ASCII letters folded to lower case */
+static int
+CompareFolded(const char *a, const char *b, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		int			d = (int) pg_ascii_tolower((unsigned char) a[i]) -
+			(int) pg_ascii_tolower((unsigned char) b[i]);
+
+		if (d != 0)
+			return d;
+	}
+	return 0;
+}
+
+/* qsort_arg: two needles' first klen bytes */
+static int
+CompareNeedles(const void *a, const void *b, void *arg)
+{
+	CarriesIds *c = arg;
+
+	return CompareFolded(c->needles[*(const int *) a], c->needles[*(const int *) b], c->klen);
+}
 
 /*
  * May text carry one of c's identifiers: does it hold one of their needles,
@@ -815,17 +842,35 @@ HoldsNeedle(CarriesIds *c, const char *text, int len)
 	for (const char *p = text; p < text + len && (p = memchr(p, '\\', text + len - p)) != NULL; p += 2)
 		if (p + 1 < text + len && p[1] == 'u')
 			return true;
-	for (int i = 0; i < len; i++)
+	/*
+	 * At each position, the needles sharing its first klen bytes are found
+	 * by binary search: a person with many identifiers costs a logarithm per
+	 * byte, not their number.
+	 */
+	for (int i = 0; i + c->klen <= len && c->norder > 0; i++)
 	{
-		unsigned char ch = (unsigned char) text[i];
+		int			lo = 0;
+		int			hi = c->norder;
 
-		if (!c->first[ch])
+		if (!c->first[(unsigned char) text[i]])
 			continue;
-		for (int j = 0; j < c->nids; j++)
-			if (c->nlens[j] > 0 && c->nlens[j] <= len - i &&
-				pg_ascii_tolower((unsigned char) c->needles[j][0]) == pg_ascii_tolower(ch) &&
-				pg_strncasecmp(text + i, c->needles[j], c->nlens[j]) == 0)
+		while (lo < hi)
+		{
+			int			mid = (lo + hi) / 2;
+
+			if (CompareFolded(c->needles[c->order[mid]], text + i, c->klen) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (; lo < c->norder &&
+			 CompareFolded(c->needles[c->order[lo]], text + i, c->klen) == 0; lo++)
+		{
+			int			j = c->order[lo];
+
+			if (c->nlens[j] <= len - i && CompareFolded(c->needles[j], text + i, c->nlens[j]) == 0)
 				return true;
+		}
 	}
 	return false;
 }
@@ -870,6 +915,16 @@ PrepareCarriesIds(FunctionCallInfo fcinfo, ArrayType *arr)
 			c->first[pg_ascii_toupper(ch)] = true;
 		}
 	}
+	/* the needles sorted on their first klen bytes (at most 8, the shortest's length) */
+	c->order = palloc(sizeof(int) * Max(c->nids, 1));
+	c->klen = 8;
+	for (int i = 0; i < c->nids; i++)
+		if (c->nlens[i] > 0)
+		{
+			c->order[c->norder++] = i;
+			c->klen = Min(c->klen, c->nlens[i]);
+		}
+	qsort_arg(c->order, c->norder, sizeof(int), CompareNeedles, c);
 	MemoryContextSwitchTo(old);
 	fcinfo->flinfo->fn_extra = c;
 	return c;

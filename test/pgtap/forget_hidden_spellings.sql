@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(7);
+SELECT plan(9);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -45,6 +45,22 @@ INSERT INTO cdp.inbox (payload)
 VALUES ('{"type":"track","event":"x","userId":"\u0078port@example.com","messageId":"h5"}');
 SELECT is(jsonb_array_length(cdp.export_subject('user_id:xport@example.com') -> 'inbox'), 1,
           'export_subject lists a queued message spelled with escapes');
+
+-- a person with many identifiers: each queued message is tested against all
+RESET cdp.max_request_bytes;
+DO $$ BEGIN
+    PERFORM cdp.ingest(jsonb_build_object('batch', (
+        SELECT jsonb_agg(jsonb_build_object('type', 'identify', 'userId', 'many-user',
+                                            'anonymousId', 'many-anon-' || g, 'messageId', 'ma' || g))
+          FROM generate_series(1, 300) g)));
+    PERFORM pg_temp.run();
+    INSERT INTO cdp.inbox (payload) VALUES
+        ('{"type":"track","event":"x","anonymousId":"many-anon-277","messageId":"mq1"}'),
+        ('{"type":"track","event":"x","anonymousId":"MANY-anon-2770","messageId":"mq2"}');
+END $$;
+SELECT is((cdp.forget('user_id:many-user') ->> 'identifiers')::int, 301, 'setup: a person with 301 identifiers');
+SELECT is((SELECT array_agg(payload::jsonb ->> 'messageId') FROM cdp.inbox), '{mq2}',
+          'their queued message is erased; another whose text holds one of their values is not');
 
 SELECT * FROM finish();
 ROLLBACK;
