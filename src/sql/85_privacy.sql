@@ -351,6 +351,10 @@ BEGIN
     ids := subject.identifiers;
     pids := subject.profile_ids;
     texts := ARRAY(SELECT x::text FROM unnest(ids) x);
+    -- the profile rows too, before anything is read or erased: cdp.set_consent
+    -- records under them without the identity lock, so its decision is
+    -- either committed before (and erased) or made after (and refused)
+    PERFORM FROM cdp.profile_records r WHERE r.profile_id = ANY (pids) ORDER BY r.profile_id FOR UPDATE;
 
     -- the log keeps no identifier: a reason naming one is refused
     IF EXISTS (SELECT FROM unnest(ids) x
