@@ -309,24 +309,9 @@ ObjectField(JsonbValue *obj, const char *key)
 	return (v != NULL && v->type == jbvObject) ? v : NULL;
 }
 
-static List *CarriedIdentifiers(CdpMessage *msg);
-
-/* the identifiers a parsed object carries, read as CarriedIdentifiers reads a failed message */
+/* add to ids what a member "key": value of a text names, if it forms one */
 static List *
-ObjectIdentifiers(JsonbValue *obj)
-{
-	CdpMessage	msg;
-
-	memset(&msg, 0, sizeof(msg));
-	msg.outcome = CDP_DEAD;
-	msg.item = obj;
-	return CarriedIdentifiers(&msg);
-}
-
-/* add to ids what a member "key": "value" of a text names, if it forms one */
-static List *
-AddTextIdentifier(List *ids, const char *key, int keylen, const char *quoted, int qlen,
-				  bool escaped)
+AddTextIdentifier(List *ids, const char *key, int keylen, const char *value, int vlen)
 {
 	static const struct
 	{
@@ -340,20 +325,7 @@ AddTextIdentifier(List *ids, const char *key, int keylen, const char *quoted, in
 		{"phone", {"phone", NULL}},
 		{"id", {"device_id", NULL}},
 	};
-	const char *value = quoted + 1;
-	int			vlen = qlen - 2;
 
-	if (escaped)
-	{
-		const char *code;
-		char	   *message;
-		JsonbValue *v = CdpParseJsonValue(quoted, qlen, &code, &message);
-
-		if (v == NULL || v->type != jbvString)
-			return ids;
-		value = v->val.string.val;
-		vlen = v->val.string.len;
-	}
 	for (int k = 0; k < lengthof(keys); k++)
 	{
 		if (strlen(keys[k].key) != keylen || memcmp(keys[k].key, key, keylen) != 0)
@@ -372,16 +344,16 @@ AddTextIdentifier(List *ids, const char *key, int keylen, const char *quoted, in
 }
 
 /*
- * The identifiers a text that is not JSON (or cut at 4 kB) names: the string
- * after each "userId", "anonymousId", "previousId", "email", "phone" or "id"
- * member name, wherever it stands.  A value cut off at the end is none.
+ * The identifiers a row's text names, read without parsing it as a whole
+ * (it may not be JSON, be cut at 4 kB, or hold a number numeric cannot):
+ * the string or number after each "userId", "anonymousId", "previousId",
+ * "email", "phone" or "id" member name, wherever it stands.  A value cut
+ * off at the end is none.
  */
 static List *
 TextIdentifiers(const char *text, int len)
 {
 	List	   *ids = NIL;
-	const char *key = NULL;
-	int			keylen = 0;
 	int			i = 0;
 
 	while (i < len)
@@ -395,6 +367,7 @@ TextIdentifiers(const char *text, int len)
 			i++;
 			continue;
 		}
+		/* a string: is it a member name? */
 		start = i++;
 		while (i < len && text[i] != '"')
 		{
@@ -408,60 +381,60 @@ TextIdentifiers(const char *text, int len)
 		if (i >= len)
 			break;
 		qend = i++;
-		if (key != NULL)
-		{
-			ids = AddTextIdentifier(ids, key, keylen, text + start, i - start, escaped);
-			key = NULL;
-			continue;
-		}
 		while (i < len && IsSpaceChar(text[i]))
 			i++;
-		if (i < len && text[i] == ':')
-		{
-			/* a member name: its value counts if it is a string */
+		if (escaped || i >= len || text[i] != ':')
+			continue;
+		i++;
+		while (i < len && IsSpaceChar(text[i]))
 			i++;
-			while (i < len && IsSpaceChar(text[i]))
-				i++;
-			if (i < len && text[i] == '"' && !escaped)
+		if (i < len && text[i] == '"')
+		{
+			/* a string value, decoded when it has escapes */
+			int			vstart = i++;
+			bool		vescaped = false;
+			const char *value;
+			int			vlen;
+
+			while (i < len && text[i] != '"')
 			{
-				key = text + start + 1;
-				keylen = qend - start - 1;
+				if (text[i] == '\\')
+				{
+					vescaped = true;
+					i++;
+				}
+				i++;
 			}
+			if (i >= len)
+				break;
+			i++;
+			value = text + vstart + 1;
+			vlen = i - vstart - 2;
+			if (vescaped)
+			{
+				const char *code;
+				char	   *message;
+				JsonbValue *v = CdpParseJsonValue(text + vstart, i - vstart, &code, &message);
+
+				if (v == NULL || v->type != jbvString)
+					continue;
+				value = v->val.string.val;
+				vlen = v->val.string.len;
+			}
+			ids = AddTextIdentifier(ids, text + start + 1, qend - start - 1, value, vlen);
+		}
+		else if (i < len && (isdigit((unsigned char) text[i]) || text[i] == '-'))
+		{
+			/* a number, as its text (an integer id reads the same either way) */
+			int			vstart = i;
+
+			while (i < len && (isdigit((unsigned char) text[i]) || strchr("+-.eE", text[i]) != NULL))
+				i++;
+			if (i < len)
+				ids = AddTextIdentifier(ids, text + start + 1, qend - start - 1,
+										text + vstart, i - vstart);
 		}
 	}
-	return ids;
-}
-
-/*
- * The identifiers of a message the whole inbox row stands for, dead before
- * it was parsed (its source unknown or disabled, not JSON, too large, an
- * envelope wrong as a whole): read from the text as payload_carries reads
- * it, the envelope and each item, or from the member names of a text that
- * is not JSON.
- */
-static List *
-RawIdentifiers(const char *text, int len)
-{
-	const char *code;
-	char	   *message;
-	JsonbValue *root = len > cdp_max_request_bytes ? NULL :
-		CdpParseJson(text, len, &code, &message);
-	JsonbValue *items = NULL;
-	List	   *ids = NIL;
-
-	if (root == NULL)
-		return TextIdentifiers(text, len);
-	if (root->type == jbvObject)
-	{
-		ids = ObjectIdentifiers(root);
-		items = CdpJsonbObjectGet(root, "batch");
-	}
-	else
-		items = root;
-	if (items != NULL && items->type == jbvArray)
-		for (int i = 0; i < items->val.array.nElems; i++)
-			if (items->val.array.elems[i].type == jbvObject)
-				ids = list_concat(ids, ObjectIdentifiers(&items->val.array.elems[i]));
 	return ids;
 }
 
@@ -470,7 +443,8 @@ RawIdentifiers(const char *text, int len)
  * alias's previousId counts as both a user_id and an anonymous_id.  A
  * message that failed validation is read from its parsed object as far as
  * it goes, so that it is not dead-lettered either; one that was never
- * parsed (the whole row is dead) from its text.
+ * parsed (the whole row is dead: its source unknown or disabled, not JSON,
+ * too large, an envelope wrong as a whole) from its text.
  */
 static List *
 CarriedIdentifiers(CdpMessage *msg)
@@ -483,7 +457,7 @@ CarriedIdentifiers(CdpMessage *msg)
 	if (msg->outcome != CDP_PENDING)
 	{
 		if (msg->item == NULL && msg->raw != NULL)
-			return RawIdentifiers(msg->raw, strlen(msg->raw));
+			return TextIdentifiers(msg->raw, strlen(msg->raw));
 		if (msg->item == NULL || msg->item->type != jbvObject)
 			return NIL;
 		memset(&stub, 0, sizeof(stub));

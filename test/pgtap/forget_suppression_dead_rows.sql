@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(4);
+SELECT plan(5);
 
 \set send_ts '2026-05-01 10:00:00+00'
 \ir include/privacy_setup.psql
@@ -16,6 +16,7 @@ DO $$ BEGIN
     PERFORM pg_temp.send('r1', '{"type": "identify", "userId": "row-user", "traits": {"email": "row@example.com"}}');
     PERFORM pg_temp.run();
     PERFORM cdp.forget('user_id:row-user');
+    PERFORM cdp.forget('user_id:4711');
 END $$;
 
 CREATE TEMP TABLE rows (who text, payload text, source text);
@@ -25,6 +26,8 @@ SELECT who, format(p, CASE WHEN p LIKE '%email%' THEN email ELSE who END), s
        (VALUES
         -- unknown source
         ('{"type": "track", "event": "e", "userId": "%s", "messageId": "x1"}', 'no-such-source'),
+        -- unknown source, with a number numeric cannot hold
+        ('{"type": "track", "event": "e", "userId": "%s", "n": 1e1000000}', 'no-such-source'),
         -- not JSON
         ('{"type": "track", "event": "e", "userId": "%s", "messageId": "x2"', 'copy'),
         -- not JSON, the value spelled with an escape
@@ -38,12 +41,16 @@ SELECT who, format(p, CASE WHEN p LIKE '%email%' THEN email ELSE who END), s
 INSERT INTO rows
 SELECT who, format('{"type": "track", "event": "e", "userId": "%s", "messageId": "x3"}', who) || repeat(' ', 6000), 'copy'
   FROM (VALUES ('row-user'), ('other-user')) w(who);
+-- a user id sent as a number
+INSERT INTO rows VALUES ('4711', '{"type": "track", "event": "e", "userId": 4711}', 'no-such-source');
 INSERT INTO cdp.inbox (payload, source) SELECT payload, source FROM rows;
 
-SELECT is(pg_temp.run(), 12::bigint, 'process_inbox takes the twelve rows');
-SELECT is((SELECT sum(dropped) FROM cdp.suppressions), 6::numeric,
-          'the person''s six rows are dropped and counted');
-SELECT is((SELECT count(*) FROM cdp.dead_letters), 6::bigint, 'the other six are dead letters');
+SELECT is(pg_temp.run(), 15::bigint, 'process_inbox takes the fifteen rows');
+SELECT is((SELECT sum(dropped) FROM cdp.suppressions), 8::numeric,
+          'the forgotten people''s eight rows are dropped and counted');
+SELECT is((SELECT count(*) FROM cdp.dead_letters), 7::bigint, 'the other seven are dead letters');
+SELECT is((SELECT count(*) FROM cdp.dead_letters WHERE error_code = 'processing_error'), 0::bigint,
+          'each with its own error code (reading a row''s identifiers raises nothing)');
 SELECT is_empty($$SELECT * FROM pg_temp.find_values(ARRAY['row-user', 'row@example.com'])$$,
                 'nothing of the person is dead-lettered again');
 
