@@ -190,6 +190,13 @@ BEGIN
             locked_prof := prof;
         END IF;
     END LOOP;
+    -- a forgotten person's identifier would be kept in clear again; after
+    -- the locks: cdp.forget holds them, so one that committed is seen
+    IF cdp.identifier_suppressed(id) THEN
+        RAISE EXCEPTION 'cannot record consent for a suppressed identifier'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'It belonged to a person erased with cdp.forget(); pg_cdp keeps no data about it.';
+    END IF;
 
     INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source)
     VALUES (id, purpose, granted, at, NULL, 'api');
