@@ -7,14 +7,12 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
-#include "utils/resowner.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -115,6 +113,21 @@ InsertPlan(void)
 	return insert_plan;
 }
 
+static void
+InsertKeys(void *args)
+{
+	int			rc = SPI_execute_plan(InsertPlan(), (Datum *) args, NULL, false, 0);
+
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
+}
+
+static bool
+IsUniqueViolation(ErrorData *edata)
+{
+	return edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION;
+}
+
 /*
  * Record keys none of which is expected in the table, with a plain INSERT
  * in a subtransaction: the unique index checks each key in the descent that
@@ -128,39 +141,12 @@ InsertPlan(void)
 static bool
 RecordNewKeys(Datum *args)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool recorded = false;
+	ErrorData  *edata = CdpRunInSubtransaction(InsertKeys, args, IsUniqueViolation);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		int			rc = SPI_execute_plan(InsertPlan(), args, NULL, false, 0);
-
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		recorded = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
-			ReThrowError(edata);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	return recorded;
+	if (edata == NULL)
+		return true;
+	FreeErrorData(edata);
+	return false;
 }
 
 /*
