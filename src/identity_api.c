@@ -64,6 +64,9 @@ cdp_link(PG_FUNCTION_ARGS)
 	int64		profile;
 
 	SPI_connect();
+	/* a forgotten person's identifier must not make a profile again */
+	CdpCheckNotSuppressed(a);
+	CdpCheckNotSuppressed(b);
 	profile = CdpLinkIdentifiers(a, b, source, NewMessageId("link"));
 	SPI_finish();
 	if (profile == 0)

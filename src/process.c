@@ -337,6 +337,7 @@ ProcessChunk(void *arg)
 	CdpRouteEvents(msgs, n, &b->config);
 	CdpCheckEventConstraints(msgs, n);
 	CdpDeduplicate(msgs, n);
+	CdpDropSuppressed(msgs, n);
 	CdpResolveIdentities(msgs, n, w->stats);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
@@ -544,6 +545,8 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	b.chunk_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox chunk",
 										CHUNK_KEEPER_BYTES, CHUNK_KEEPER_BYTES,
 										ALLOCSET_DEFAULT_MAXSIZE);
+	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
+	CdpLockSuppressions(false);
 	stats = CdpNewProfileStats(caller_cxt);
 	SPI_connect();
 	MemoryContextSwitchTo(batch_cxt);

@@ -31,6 +31,8 @@ extern int	cdp_retention_lock_wait_ms;
 #define CDP_LOCK_CLASS			0x43445001	/* "CDP" 01 */
 #define CDP_LOCK_PARTITION_DDL	1
 #define CDP_LOCK_MAINTENANCE	2
+/* 3 is the identity lock (identity.h); 4 orders ingest against cdp.forget */
+#define CDP_LOCK_SUPPRESSION	4
 
 /*
  * Earliest event time accepted: 0001-01-08 00:00 UTC, so that every
@@ -56,7 +58,8 @@ typedef enum CdpOutcome
 	CDP_STORED,
 	CDP_DUPLICATE,
 	CDP_DEAD,
-	CDP_SKIPPED					/* a BEFORE ROW trigger on cdp.events dropped it */
+	CDP_SKIPPED,				/* a BEFORE ROW trigger on cdp.events dropped it */
+	CDP_SUPPRESSED				/* carries an identifier cdp.forget suppressed */
 } CdpOutcome;
 
 /*
@@ -192,6 +195,12 @@ extern ErrorData *CdpRunInSubtransaction(CdpSubxactWork work, void *arg,
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);
 extern void CdpForgetMessageIds(CdpMessage **msgs, int n);
+
+/* suppression.c */
+struct CdpIdentifier;
+extern void CdpDropSuppressed(CdpMessage **msgs, int n);
+extern void CdpLockSuppressions(bool exclusive);
+extern void CdpCheckNotSuppressed(struct CdpIdentifier *id);
 
 /* dead_letter.c */
 extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);
