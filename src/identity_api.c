@@ -444,6 +444,16 @@ cdp_split_profile(PG_FUNCTION_ARGS)
 		}
 	}
 
+	/* each part holds the traits and consent of the identifiers it kept */
+	{
+		int64	   *parts = palloc(sizeof(int64) * (nmembers + 1));
+
+		parts[0] = profile_id;
+		for (int i = 0; i < nmembers; i++)
+			parts[i + 1] = new_profile[i];
+		CdpRecomputeProfileState(parts, nmembers + 1);
+	}
+
 	/* sessions that read this profile before the split must read again */
 	CdpExecArgs("UPDATE cdp.profile_records SET version = version + 1 WHERE profile_id = $1",
 				1, argtypes, args, SPI_OK_UPDATE);

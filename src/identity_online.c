@@ -738,6 +738,11 @@ WriteMerges(IdentityGraph *g)
 						 "       WHERE x.merged_into IS NOT NULL) m "	/* its partial index */
 						 "WHERE r.profile_id = m.id",
 						 2, pairs), pair, NULL, SPI_OK_UPDATE);
+		/*
+		 * The profiles that took identifiers hold their traits and consent
+		 * now; those merged away keep none (recomputed from no identifiers).
+		 */
+		CdpRecomputeProfileState(moved, nmoved);
 	}
 	args[0] = CdpInt8Array(from, n);
 	args[1] = CdpInt8Array(into, n);
@@ -788,6 +793,7 @@ WriteNewIdentities(IdentityGraph *g)
 					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4))",
 					 4, argtypes),
 				args, NULL, SPI_OK_INSERT);
+	CdpProfileStateOfNewIdentities(ids, profiles, n);
 }
 
 static int
@@ -1320,6 +1326,39 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 }
 
 /*
+ * The identifier a message's traits and consent belong to: the strongest
+ * (by rule priority, then the order the message carries them) of those it
+ * linked into the profile it resolved to.  A split then moves them with
+ * the identifier that is most surely the person who said them.
+ */
+static CdpIdentifier *
+StateAnchor(IdentityGraph *g, IdItem *item)
+{
+	IdMessage  *m = &item->m;
+	CdpIdentifier *best = NULL;
+	int			best_priority = 0;
+
+	for (int k = 0; k < m->nids; k++)
+	{
+		IdNode	   *node;
+		const IdRule *rule;
+
+		if (m->linked == NULL || !m->linked[k])
+			continue;
+		node = CdpGraphNode(g, m->ids[k], false);
+		if (node == NULL || !node->attached || CdpCanonicalOf(node->prof)->profile_id != m->profile)
+			continue;
+		rule = CdpRuleFor(g->rules, IdTypePtr(m->ids[k]), m->ids[k]->type_len);
+		if (best == NULL || rule->priority < best_priority)
+		{
+			best = m->ids[k];
+			best_priority = rule->priority;
+		}
+	}
+	return best;
+}
+
+/*
  * Resolve a set of items in order against the stored graph and write back
  * what changed; see the file header for the locking.
  */
@@ -1421,6 +1460,8 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		{
 			items[i].msg->has_profile_id = true;
 			items[i].msg->profile_id = items[i].m.profile;
+			if (CdpMessageHasProfileState(items[i].msg))
+				items[i].msg->state_anchor = StateAnchor(g, &items[i]);
 		}
 	}
 

@@ -712,6 +712,8 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 					 CdpArray(rec_absorbed, nrec, INT4OID), CdpInt8Array(rec_rank, nrec));
 	RedirectEmptied(CdpInt8Array(froms, nfrom), CdpInt8Array(last_to, nfrom), touched_arr);
 	RecountProfiles(touched_arr);
+	/* and their traits and consent, from the identifiers each holds now */
+	CdpRecomputeProfileState(touched, ntouched);
 }
 
 PG_FUNCTION_INFO_V1(cdp_rebuild_identities);

@@ -339,6 +339,7 @@ ProcessChunk(void *arg)
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
 	CdpResolveIdentities(msgs, n, w->stats);
+	CdpStoreProfileState(msgs, n);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 }

@@ -148,10 +148,15 @@ SuppressionsExist(void)
 						"FROM cdp.suppression_salt s",
 						0, NULL),
 				NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cdp.suppression_salt must hold exactly one row")));
+	if (SPI_processed == 0)
+	{
+		/* no salt yet: the first cdp.forget makes it, so nothing is suppressed */
+		cache.any = false;
+		SPI_freetuptable(SPI_tuptable);
+		LoadHashes();
+		cache.valid = (cache.invalidations == before);
+		return false;
+	}
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	salt = isnull ? NULL : DatumGetByteaPP(d);
 	if (salt == NULL || VARSIZE_ANY_EXHDR(salt) != SALT_BYTES)
@@ -272,6 +277,13 @@ FindSuppressed(Datum *hashes, int nhashes, int *nhits)
 	return hits;
 }
 
+/* JSON's white space, between a member name and its value */
+static bool
+IsSpaceChar(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
 /* a string or number field of obj as text, or NULL */
 static const char *
 ScalarField(JsonbValue *obj, const char *key)
@@ -297,11 +309,142 @@ ObjectField(JsonbValue *obj, const char *key)
 	return (v != NULL && v->type == jbvObject) ? v : NULL;
 }
 
+/* add to ids what a member "key": value of a text names, if it forms one */
+static List *
+AddTextIdentifier(List *ids, const char *key, int keylen, const char *value, int vlen)
+{
+	static const struct
+	{
+		const char *key;
+		const char *types[2];
+	}			keys[] = {
+		{"userId", {"user_id", NULL}},
+		{"anonymousId", {"anonymous_id", NULL}},
+		{"previousId", {"user_id", "anonymous_id"}},
+		{"email", {"email", NULL}},
+		{"phone", {"phone", NULL}},
+		{"id", {"device_id", NULL}},
+	};
+
+	for (int k = 0; k < lengthof(keys); k++)
+	{
+		if (strlen(keys[k].key) != keylen || memcmp(keys[k].key, key, keylen) != 0)
+			continue;
+		for (int t = 0; t < 2 && keys[k].types[t] != NULL; t++)
+		{
+			const char *problem = NULL;
+			CdpIdentifier *id = CdpMakeIdentifier(keys[k].types[t], strlen(keys[k].types[t]),
+												  value, vlen, &problem);
+
+			if (id != NULL)
+				ids = lappend(ids, id);
+		}
+	}
+	return ids;
+}
+
+/*
+ * The identifiers a row's text names, read without parsing it as a whole
+ * (it may not be JSON, be cut at 4 kB, or hold a number numeric cannot):
+ * the string or number after each "userId", "anonymousId", "previousId",
+ * "email", "phone" or "id" member name, wherever it stands.  A value cut
+ * off at the end is none.
+ */
+static List *
+TextIdentifiers(const char *text, int len)
+{
+	List	   *ids = NIL;
+	int			i = 0;
+
+	while (i < len)
+	{
+		int			start;
+		int			qend;
+		bool		escaped = false;
+
+		if (text[i] != '"')
+		{
+			i++;
+			continue;
+		}
+		/* a string: is it a member name? */
+		start = i++;
+		while (i < len && text[i] != '"')
+		{
+			if (text[i] == '\\')
+			{
+				escaped = true;
+				i++;
+			}
+			i++;
+		}
+		if (i >= len)
+			break;
+		qend = i++;
+		while (i < len && IsSpaceChar(text[i]))
+			i++;
+		if (escaped || i >= len || text[i] != ':')
+			continue;
+		i++;
+		while (i < len && IsSpaceChar(text[i]))
+			i++;
+		if (i < len && text[i] == '"')
+		{
+			/* a string value, decoded when it has escapes */
+			int			vstart = i++;
+			bool		vescaped = false;
+			const char *value;
+			int			vlen;
+
+			while (i < len && text[i] != '"')
+			{
+				if (text[i] == '\\')
+				{
+					vescaped = true;
+					i++;
+				}
+				i++;
+			}
+			if (i >= len)
+				break;
+			i++;
+			value = text + vstart + 1;
+			vlen = i - vstart - 2;
+			if (vescaped)
+			{
+				const char *code;
+				char	   *message;
+				JsonbValue *v = CdpParseJsonValue(text + vstart, i - vstart, &code, &message);
+
+				if (v == NULL || v->type != jbvString)
+					continue;
+				value = v->val.string.val;
+				vlen = v->val.string.len;
+			}
+			ids = AddTextIdentifier(ids, text + start + 1, qend - start - 1, value, vlen);
+		}
+		else if (i < len && (isdigit((unsigned char) text[i]) || text[i] == '-'))
+		{
+			/* a number, as its text (an integer id reads the same either way) */
+			int			vstart = i;
+
+			while (i < len && (isdigit((unsigned char) text[i]) || strchr("+-.eE", text[i]) != NULL))
+				i++;
+			if (i < len)
+				ids = AddTextIdentifier(ids, text + start + 1, qend - start - 1,
+										text + vstart, i - vstart);
+		}
+	}
+	return ids;
+}
+
 /*
  * The identifiers a message carries, as identity resolution reads them; an
  * alias's previousId counts as both a user_id and an anonymous_id.  A
  * message that failed validation is read from its parsed object as far as
- * it goes, so that it is not dead-lettered either.
+ * it goes, so that it is not dead-lettered either; one that was never
+ * parsed (the whole row is dead: its source unknown or disabled, not JSON,
+ * too large, an envelope wrong as a whole) from its text.
  */
 static List *
 CarriedIdentifiers(CdpMessage *msg)
@@ -313,6 +456,8 @@ CarriedIdentifiers(CdpMessage *msg)
 
 	if (msg->outcome != CDP_PENDING)
 	{
+		if (msg->item == NULL && msg->raw != NULL)
+			return TextIdentifiers(msg->raw, strlen(msg->raw));
 		if (msg->item == NULL || msg->item->type != jbvObject)
 			return NIL;
 		memset(&stub, 0, sizeof(stub));
@@ -585,6 +730,36 @@ ObjectCarries(JsonbValue *obj, CdpIdentifier **ids, int nids)
 	return false;
 }
 
+/*
+ * Does text end with the first k bytes of v, 3 <= k < vlen, in either case?
+ * A payload over cdp.max_request_bytes is dead-lettered as its first 4 kB,
+ * which may end in the middle of an identifier's value.
+ */
+static bool
+EndsWithPartOf(const char *text, int len, const char *v, int vlen)
+{
+	for (int k = Min(len, vlen - 1); k >= 3; k--)
+		if (pg_strncasecmp(text + len - k, v, k) == 0)
+			return true;
+	return false;
+}
+
+/* does a text that is not JSON hold one of ids' values, whole or cut off at its end? */
+static bool
+TextHoldsValue(const char *text, int len, CdpIdentifier **ids, int nids)
+{
+	for (int i = 0; i < nids; i++)
+	{
+		const char *v = IdValuePtr(ids[i]);
+		int			vlen = IdValueLen(ids[i]);
+
+		if (vlen > 0 &&
+			(ContainsCaseless(text, len, v, vlen) || EndsWithPartOf(text, len, v, vlen)))
+			return true;
+	}
+	return false;
+}
+
 /* the identifiers payload_carries looks for, kept for the whole statement */
 typedef struct CarriesIds
 {
@@ -596,23 +771,80 @@ typedef struct CarriesIds
 	int		   *nlens;
 	bool		always_parse;	/* an id with no needle */
 	bool		first[256];		/* bytes a needle starts with, either case */
+	int			klen;			/* bytes of every needle the order sorts on */
+	int		   *order;			/* ids with a needle, by their first klen bytes folded */
+	int			norder;
 } CarriesIds;
 
-/* does text hold one of c's needles, case-insensitively?  One pass over text */
+/* a and b's first n bytes, ASCII letters folded to lower case */
+static int
+CompareFolded(const char *a, const char *b, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		int			d = (int) pg_ascii_tolower((unsigned char) a[i]) -
+			(int) pg_ascii_tolower((unsigned char) b[i]);
+
+		if (d != 0)
+			return d;
+	}
+	return 0;
+}
+
+/* qsort_arg: two needles' first klen bytes */
+static int
+CompareNeedles(const void *a, const void *b, void *arg)
+{
+	CarriesIds *c = arg;
+
+	return CompareFolded(c->needles[*(const int *) a], c->needles[*(const int *) b], c->klen);
+}
+
+/*
+ * May text carry one of c's identifiers: does it hold one of their needles,
+ * case-insensitively (one pass over text), a \u escape (a writer may spell
+ * any character so; such a text is parsed), or end in the middle of one's
+ * value (a truncated payload; a complete one ends with a bracket)?
+ */
 static bool
 HoldsNeedle(CarriesIds *c, const char *text, int len)
 {
-	for (int i = 0; i < len; i++)
-	{
-		unsigned char ch = (unsigned char) text[i];
-
-		if (!c->first[ch])
-			continue;
+	if (len > 0 && text[len - 1] != '}' && text[len - 1] != ']')
 		for (int j = 0; j < c->nids; j++)
-			if (c->nlens[j] > 0 && c->nlens[j] <= len - i &&
-				pg_ascii_tolower((unsigned char) c->needles[j][0]) == pg_ascii_tolower(ch) &&
-				pg_strncasecmp(text + i, c->needles[j], c->nlens[j]) == 0)
+			if (EndsWithPartOf(text, len, IdValuePtr(c->ids[j]), IdValueLen(c->ids[j])))
 				return true;
+	for (const char *p = text; p < text + len && (p = memchr(p, '\\', text + len - p)) != NULL; p += 2)
+		if (p + 1 < text + len && p[1] == 'u')
+			return true;
+	/*
+	 * At each position, the needles sharing its first klen bytes are found
+	 * by binary search: a person with many identifiers costs a logarithm per
+	 * byte, not their number.
+	 */
+	for (int i = 0; i + c->klen <= len && c->norder > 0; i++)
+	{
+		int			lo = 0;
+		int			hi = c->norder;
+
+		if (!c->first[(unsigned char) text[i]])
+			continue;
+		while (lo < hi)
+		{
+			int			mid = (lo + hi) / 2;
+
+			if (CompareFolded(c->needles[c->order[mid]], text + i, c->klen) < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (; lo < c->norder &&
+			 CompareFolded(c->needles[c->order[lo]], text + i, c->klen) == 0; lo++)
+		{
+			int			j = c->order[lo];
+
+			if (c->nlens[j] <= len - i && CompareFolded(c->needles[j], text + i, c->nlens[j]) == 0)
+				return true;
+		}
 	}
 	return false;
 }
@@ -657,6 +889,16 @@ PrepareCarriesIds(FunctionCallInfo fcinfo, ArrayType *arr)
 			c->first[pg_ascii_toupper(ch)] = true;
 		}
 	}
+	/* the needles sorted on their first klen bytes (at most 8, the shortest's length) */
+	c->order = palloc(sizeof(int) * Max(c->nids, 1));
+	c->klen = 8;
+	for (int i = 0; i < c->nids; i++)
+		if (c->nlens[i] > 0)
+		{
+			c->order[c->norder++] = i;
+			c->klen = Min(c->klen, c->nlens[i]);
+		}
+	qsort_arg(c->order, c->norder, sizeof(int), CompareNeedles, c);
 	MemoryContextSwitchTo(old);
 	fcinfo->flinfo->fn_extra = c;
 	return c;
@@ -669,7 +911,8 @@ PG_FUNCTION_INFO_V1(cdp_payload_carries);
  * payload (one message or a batch envelope) carries one of ids, read as
  * ingest reads a message's identifiers.  A text holding none of the ids'
  * needles is answered without parsing.  A text that is not JSON (or too
- * large to parse) carries an id when it holds its whole value.
+ * large to parse) carries an id when it holds its whole value, or ends with
+ * the start of it (at least 3 bytes: a payload cut at 4 kB).
  */
 Datum
 cdp_payload_carries(PG_FUNCTION_ARGS)
@@ -689,11 +932,8 @@ cdp_payload_carries(PG_FUNCTION_ARGS)
 	root = len > cdp_max_request_bytes ? NULL : CdpParseJson(text, len, &code, &message);
 	if (root == NULL)
 	{
-		/* not a message: the whole value, as text */
-		for (int i = 0; i < c->nids && !result; i++)
-			result = IdValueLen(c->ids[i]) > 0 &&
-				ContainsCaseless(text, len, IdValuePtr(c->ids[i]), IdValueLen(c->ids[i]));
-		PG_RETURN_BOOL(result);
+		/* not a message: the whole value as text, or its start at the end */
+		PG_RETURN_BOOL(TextHoldsValue(text, len, c->ids, c->nids));
 	}
 	if (root->type == jbvObject)
 	{

@@ -87,9 +87,10 @@ ParseInteger(const char *s, int64 min, int64 max, int64 *result)
 
 /*
  * The type's input function applied to text inside a subtransaction: an
- * error of class 22 (data exception) or 23 (a domain's constraint) means
- * "does not convert" and gives NULL; any other error (cancel, out of memory)
- * is raised as it was.
+ * error of class 22 (data exception), 23 (a domain's constraint) or a
+ * syntax error (42601: what tsvector, tsquery and jsonpath input raise for
+ * text they cannot parse) means "does not convert" and gives NULL; any
+ * other error (cancel, out of memory) is raised as it was.
  */
 static Datum
 InputOrNull(TraitTarget *target, char *text, bool *isnull)
@@ -121,7 +122,8 @@ InputOrNull(TraitTarget *target, char *text, bool *isnull)
 		CurrentResourceOwner = owner;
 		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
 		if (category != ERRCODE_DATA_EXCEPTION &&
-			category != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+			category != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION &&
+			edata->sqlerrcode != ERRCODE_SYNTAX_ERROR)
 			ReThrowError(edata);
 		FreeErrorData(edata);
 		*isnull = true;
@@ -230,7 +232,9 @@ ConvertDirectly(Oid typid, Jsonb *jb, JsonbValue *v, bool is_scalar,
 					return true;
 				}
 				f = float8in_internal_opt_error(s, NULL, "double precision", s, &error);
-				if (error || (typid == FLOAT4OID && !isinf(f) && fabs(f) > FLT_MAX))
+				/* out of real's range: real's input refuses it (denormals pass) */
+				if (error || (typid == FLOAT4OID && !isinf(f) &&
+							  (fabs(f) > FLT_MAX || (f != 0.0 && (float4) f == 0.0f))))
 					*isnull = true;
 				else if (typid == FLOAT4OID)
 					*result = Float4GetDatum((float4) f);

@@ -13,6 +13,7 @@
 #include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "executor/tuptable.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -21,12 +22,18 @@
 
 #include "pg_cdp.h"
 
-/* a call site's purpose and its default, looked up on first need */
+/*
+ * A call site's purpose and its default, looked up on first need and kept
+ * for one statement: the transaction and command its snapshot saw (a
+ * PL/pgSQL expression keeps its call site for the whole transaction).
+ */
 typedef struct PurposeDefault
 {
 	char	   *purpose;
 	bool		looked_up;
 	bool		granted;
+	LocalTransactionId lxid;
+	CommandId	cid;
 } PurposeDefault;
 
 /* a key of a jsonb object, found in place (NULL when absent) */
@@ -136,10 +143,13 @@ cdp_consent_granted(PG_FUNCTION_ARGS)
 		fcinfo->flinfo->fn_extra = cache;
 		MemoryContextSwitchTo(old);
 	}
-	if (!cache->looked_up)
+	if (!cache->looked_up || cache->lxid != MyProc->lxid ||
+		cache->cid != GetActiveSnapshot()->curcid)
 	{
 		cache->granted = ReadPurposeDefault(p);
 		cache->looked_up = true;
+		cache->lxid = MyProc->lxid;
+		cache->cid = GetActiveSnapshot()->curcid;
 	}
 	PG_RETURN_BOOL(cache->granted);
 }

@@ -264,4 +264,10 @@ extern Oid	CdpIdentifierTypeOid(void);
 extern int64 CdpNextProfileId(void);
 extern void CdpLockIdentityGraph(void);
 
+/* profile_state.c */
+extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
+extern void CdpStoreProfileState(struct CdpMessage **msgs, int n);
+extern void CdpRecomputeProfileState(int64 *profile_ids, int n);
+extern void CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n);
+
 #endif

@@ -96,6 +96,7 @@ typedef struct CdpMessage
 	JsonbValue *extra;
 	bool		has_profile_id;
 	int64		profile_id;
+	struct CdpIdentifier *state_anchor; /* traits and consent go to it */
 	Oid			partition;		/* the cdp.events partition it goes to */
 
 	/* outcome */

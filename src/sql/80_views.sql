@@ -99,10 +99,26 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     columns text := '';
+    withheld text;
     t record;
 BEGIN
     IF kind = 'event' THEN
-        SELECT string_agg(format('e.%I', a.attname), ', ' ORDER BY a.attnum) INTO columns
+        -- the traits a message carried (traits, context.traits) without the
+        -- declared ones whose own purpose the person has not granted
+        SELECT format('ARRAY[%s]::text[]',
+                      string_agg(format('CASE WHEN NOT cdp.consent_granted(r.consent, %L) THEN %L END', d.purpose, d.name),
+                                 ', ' ORDER BY d.position))
+          INTO withheld
+          FROM cdp.trait_definitions d
+         WHERE d.purpose <> generated_view_query.purpose;
+        SELECT string_agg(CASE WHEN withheld IS NULL OR a.attname NOT IN ('traits', 'context') THEN format('e.%I', a.attname)
+                               WHEN a.attname = 'traits'
+                               THEN format('CASE WHEN jsonb_typeof(e.traits) = ''object'' THEN e.traits - %s '
+                                           'ELSE e.traits END AS traits', withheld)
+                               ELSE format('CASE WHEN jsonb_typeof(e.context->''traits'') = ''object'' '
+                                           'THEN jsonb_set(e.context, ''{traits}'', (e.context->''traits'') - %s) '
+                                           'ELSE e.context END AS context', withheld) END,
+                          ', ' ORDER BY a.attnum) INTO columns
           FROM pg_attribute a
          WHERE a.attrelid = 'cdp.events_resolved'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
         RETURN format('SELECT %s FROM cdp.events_resolved e '
@@ -110,16 +126,21 @@ BEGIN
                       'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
                       columns, purpose);
     END IF;
-    FOR t IN SELECT d.name, d.type, d.purpose
+    -- the type template: a domain's NULL through a subquery that yields no
+    -- row, so that its NOT NULL or CHECK never runs on it (once per query)
+    FOR t IN SELECT d.name, d.purpose,
+                    CASE WHEN y.typtype = 'd' THEN format('(SELECT NULL::%s WHERE false)', format_type(d.type, NULL))
+                         ELSE format('NULL::%s', format_type(d.type, NULL)) END AS template
                FROM cdp.trait_definitions d
+               JOIN pg_type y ON y.oid = d.type
                LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = d.name
               WHERE traits IS NULL OR w.name IS NOT NULL
               ORDER BY w.ord, d.position LOOP
         -- the view's own purpose is granted on every row it shows
-        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', cdp.trait_as(r.traits, %2$L, NULL::%3$s) AS %4$I'
+        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', cdp.trait_as(r.traits, %2$L, %3$s) AS %4$I'
                                           ELSE ', CASE WHEN cdp.consent_granted(r.consent, %1$L) '
-                                               'THEN cdp.trait_as(r.traits, %2$L, NULL::%3$s) END AS %4$I' END,
-                                     t.purpose, t.name, format_type(t.type, NULL), t.name);
+                                               'THEN cdp.trait_as(r.traits, %2$L, %3$s) END AS %4$I' END,
+                                     t.purpose, t.name, t.template, t.name);
     END LOOP;
     RETURN format('SELECT r.profile_id%s FROM cdp.profile_records r '
                   'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
@@ -145,6 +166,10 @@ DECLARE
     result regclass;
     missing text;
     made timestamptz;
+    acl aclitem[];
+    dependents text;
+    grant_row record;
+    t record;
 BEGIN
     -- one writer of generated views at a time: a view and its registry row agree
     LOCK TABLE cdp.generated_views IN SHARE ROW EXCLUSIVE MODE;
@@ -175,15 +200,52 @@ BEGIN
     BEGIN
         EXECUTE format('CREATE OR REPLACE VIEW %s WITH (security_barrier) AS %s', qualified, query);
     EXCEPTION WHEN invalid_table_definition THEN
-        -- columns removed, renamed or retyped: only a new view can have them
-        EXECUTE format('DROP VIEW %s', qualified);
+        -- columns removed, renamed or retyped: only a new view can have them;
+        -- it gets the grants the old one had (also those made by hand)
+        SELECT c.relacl INTO acl FROM pg_class c WHERE c.oid = existing;
+        BEGIN
+            EXECUTE format('DROP VIEW %s', qualified);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            GET STACKED DIAGNOSTICS dependents = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION 'cannot make view % again: other objects depend on it', qualified
+                USING ERRCODE = 'dependent_objects_still_exist', DETAIL = dependents,
+                      HINT = 'A trait''s new type or a removed trait needs a new view: drop or change '
+                             'the objects built on it first, or keep the trait''s type.';
+        END;
         EXECUTE format('CREATE VIEW %s WITH (security_barrier) AS %s', qualified, query);
+        FOR grant_row IN SELECT a.privilege_type, a.is_grantable,
+                                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee
+                           FROM aclexplode(acl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+                          WHERE a.grantee <> a.grantor AND (a.grantee = 0 OR r.oid IS NOT NULL) LOOP
+            EXECUTE format('GRANT %s ON %s TO %s%s', grant_row.privilege_type, qualified, grant_row.grantee,
+                           CASE WHEN grant_row.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END;
     result := qualified::regclass;
+    -- a relation another role made under that name since the check above:
+    -- CREATE OR REPLACE must not have taken it over
+    IF (SELECT c.relowner FROM pg_class c WHERE c.oid = result)
+       <> (SELECT c.relowner FROM pg_class c WHERE c.oid = 'cdp.generated_views'::regclass) THEN
+        RAISE EXCEPTION 'relation % already exists and is not a generated view', qualified
+            USING ERRCODE = 'duplicate_table',
+                  HINT = 'Choose another name, or drop that relation first.';
+    END IF;
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', qualified);
     EXECUTE format('COMMENT ON VIEW %s IS %L', qualified,
                    CASE kind WHEN 'profile' THEN 'profiles' ELSE 'events of the profiles' END
                    || format(' that granted %s (generated by pg_cdp: changes made by hand are lost when traits change)', purpose));
+    IF kind = 'profile' THEN
+        EXECUTE format('COMMENT ON COLUMN %s.profile_id IS %L', qualified,
+                       'the canonical profile''s id (cdp.resolve gives it for an identifier)');
+        FOR t IN SELECT d.name, d.type, d.purpose FROM cdp.trait_definitions d
+                  WHERE traits IS NULL OR d.name = ANY (traits) LOOP
+            EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', qualified, t.name,
+                           format('trait "%s" as %s; NULL where ', t.name, format_type(t.type, NULL))
+                           || CASE WHEN t.purpose <> purpose
+                                   THEN format('the person has not granted %s, or ', t.purpose) ELSE '' END
+                           || 'the value is absent or does not convert');
+        END LOOP;
+    END IF;
     DELETE FROM cdp.generated_views g WHERE g.view = existing OR g.view = result
     RETURNING g.created_at INTO made;
     INSERT INTO cdp.generated_views (view, kind, purpose, traits, created_at)
@@ -220,22 +282,29 @@ BEGIN
 END
 $$;
 
--- A generated view dropped by hand (or with its schema, or its owner's
--- objects) leaves the registry at once, so its oid is never taken for
--- another relation's.  SECURITY DEFINER: whoever drops a view they own may
--- not write the registry.
+-- A generated view dropped by hand, or by any DROP ... CASCADE (its schema,
+-- its owner's objects, a trait's type or the extension that made it)
+-- leaves the registry at once, so its oid is never taken for another
+-- relation's; a trait whose type is dropped goes with it, as a column
+-- would.  The tables are touched only when a view or type was dropped.
+-- SECURITY DEFINER: whoever drops what they own may not write the registry.
 CREATE FUNCTION cdp.forget_dropped_views()
 RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, cdp
 AS $$
+DECLARE
+    dropped oid[];
 BEGIN
-    DELETE FROM cdp.generated_views g
-     WHERE g.view IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d WHERE d.object_type = 'view');
+    SELECT array_agg(d.objid) INTO dropped FROM pg_event_trigger_dropped_objects() d
+     WHERE d.object_type IN ('view', 'type', 'domain');
+    IF dropped IS NOT NULL THEN
+        DELETE FROM cdp.generated_views g WHERE g.view = ANY (dropped);
+        DELETE FROM cdp.trait_definitions t WHERE t.type = ANY (dropped);
+    END IF;
 END
 $$;
 CREATE EVENT TRIGGER cdp_forget_dropped_views ON sql_drop
-    WHEN TAG IN ('DROP VIEW', 'DROP SCHEMA', 'DROP OWNED', 'DROP TABLE')
     EXECUTE FUNCTION cdp.forget_dropped_views();
 
 -- view_name as parse_ident reads it, unqualified names in the caller's

@@ -4,14 +4,12 @@
 -- everything held about a person.
 
 -- The per-database secret that salts the hashes: without it a hash cannot be
--- tested against guessed identifiers.  Only the owner reads it.
+-- tested against guessed identifiers.  Only the owner reads it.  Made by the
+-- first cdp.forget, not here: a restored dump brings its own (below).
 CREATE TABLE cdp.suppression_salt (
     one  bool PRIMARY KEY DEFAULT true CHECK (one),
     salt bytea NOT NULL CHECK (octet_length(salt) = 32)
 );
--- gen_random_uuid() draws from the server's strong random source: 2 x 122 bits
-INSERT INTO cdp.suppression_salt (salt)
-SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
 
 -- One row per suppressed identifier: its salted SHA-256 and how many later
 -- messages carrying it were dropped.
@@ -40,6 +38,13 @@ CREATE TABLE cdp.forget_log (
     summary      jsonb NOT NULL
 );
 COMMENT ON TABLE cdp.forget_log IS 'every cdp.forget call: when, the reason given, and what it erased (counts)';
+
+-- pg_dump keeps them: restored without, a forgotten person's next message
+-- would make them again
+SELECT pg_catalog.pg_extension_config_dump('cdp.suppression_salt', '');
+SELECT pg_catalog.pg_extension_config_dump('cdp.suppressions', '');
+SELECT pg_catalog.pg_extension_config_dump('cdp.forget_log', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('cdp.forget_log', 'id'), '');
 
 CREATE FUNCTION cdp.suppression_hash(salt bytea, id cdp.identifier)
 RETURNS bytea
@@ -216,6 +221,26 @@ AS $$
      ORDER BY c.relname
 $$;
 
+-- Whether a message stored at ts with message_id is one of the person's
+-- events (their profiles', or theirs without a profile): a violation that
+-- could not name an identifier (a value that is not one, kept in its detail
+-- as sent) is found so.  By the (profile_id, ts) index.
+CREATE FUNCTION cdp.subject_message(ts timestamptz, message_id text,
+                                    profile_ids bigint[], identifiers cdp.identifier[])
+RETURNS bool
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+    SELECT EXISTS (SELECT FROM cdp.events e
+                    WHERE e.profile_id = ANY (profile_ids) AND e.ts = subject_message.ts
+                      AND e.message_id = subject_message.message_id)
+        OR EXISTS (SELECT FROM cdp.events e, unnest(identifiers) x
+                    WHERE e.profile_id IS NULL AND e.ts = subject_message.ts
+                      AND e.message_id = subject_message.message_id
+                      AND cdp.id_type(x) IN ('user_id', 'anonymous_id')
+                      AND cdp.id_value(x) IN (e.user_id, e.anonymous_id, e.previous_id))
+$$;
+
 -- Identifier arrays without the given identifiers, in their order.
 CREATE FUNCTION cdp.without_identifiers(ids cdp.identifier[], gone cdp.identifier[])
 RETURNS cdp.identifier[]
@@ -299,6 +324,7 @@ DECLARE
     others jsonb;
     seqs bigint[];
     affected bigint[];
+    violations bigint;
 BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION 'id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -316,10 +342,19 @@ BEGIN
 
     -- no ingest, merge, split or rebuild in flight from here on
     PERFORM cdp.forget_lock();
+    -- the salt, on first use; gen_random_uuid() draws from the server's
+    -- strong random source: 2 x 122 bits
+    INSERT INTO cdp.suppression_salt (salt)
+    SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')
+    ON CONFLICT (one) DO NOTHING;
     subject := cdp.subject_of(id);
     ids := subject.identifiers;
     pids := subject.profile_ids;
     texts := ARRAY(SELECT x::text FROM unnest(ids) x);
+    -- the profile rows too, before anything is read or erased: cdp.set_consent
+    -- records under them without the identity lock, so its decision is
+    -- either committed before (and erased) or made after (and refused)
+    PERFORM FROM cdp.profile_records r WHERE r.profile_id = ANY (pids) ORDER BY r.profile_id FOR UPDATE;
 
     -- the log keeps no identifier: a reason naming one is refused
     IF EXISTS (SELECT FROM unnest(ids) x
@@ -331,6 +366,13 @@ BEGIN
     END IF;
 
     summary := summary || jsonb_build_object('profiles', cardinality(pids), 'identifiers', cardinality(ids));
+    -- violations of their messages that name no identifier hold the value
+    -- that was not one (an email with a control character, say): found
+    -- through the events, so before those go
+    DELETE FROM cdp.identity_violations v
+     WHERE v.identifier IS NULL AND v.message_id IS NOT NULL
+       AND cdp.subject_message(v.at, v.message_id, pids, ids);
+    GET DIAGNOSTICS violations = ROW_COUNT;
     erased := cdp.subject_events('cdp.events', pids, ids, true);
     others := erased->'others';
     summary := summary || jsonb_build_object('events', (erased->>'count')::bigint);
@@ -415,11 +457,14 @@ BEGIN
     DELETE FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids);
     GET DIAGNOSTICS n = ROW_COUNT;
     summary := summary || jsonb_build_object('merges', n);
+    -- of the rules, only a split's detail names identifiers (of both sides):
+    -- others give counts, or (invalid) a value that is not one, done above;
+    -- testing every detail against every identifier would cost their product
     DELETE FROM cdp.identity_violations v
      WHERE v.identifier = ANY (ids)
-        OR EXISTS (SELECT FROM unnest(texts) t WHERE strpos(v.detail, t) > 0);
+        OR (v.rule = 'split' AND EXISTS (SELECT FROM unnest(texts) t WHERE strpos(v.detail, t) > 0));
     GET DIAGNOSTICS n = ROW_COUNT;
-    summary := summary || jsonb_build_object('identity_violations', n);
+    summary := summary || jsonb_build_object('identity_violations', n + violations);
 
     DELETE FROM cdp.consent_log c WHERE c.identifier = ANY (ids);
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -515,7 +560,10 @@ BEGIN
         'merges', (SELECT coalesce(jsonb_agg(to_jsonb(m) ORDER BY m.merged_at), '[]')
                      FROM cdp.merges m WHERE m.from_profile = ANY (pids) OR m.into_profile = ANY (pids)),
         'identity_violations', (SELECT coalesce(jsonb_agg(to_jsonb(v) ORDER BY v.at), '[]')
-                                  FROM cdp.identity_violations v WHERE v.identifier = ANY (ids)),
+                                  FROM cdp.identity_violations v
+                                 WHERE v.identifier = ANY (ids)
+                                    OR (v.identifier IS NULL AND v.message_id IS NOT NULL
+                                        AND cdp.subject_message(v.at, v.message_id, pids, ids))),
         'inbox', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.id), '[]')
                     FROM cdp.inbox q WHERE q.payload IS NOT NULL AND cdp.payload_carries(q.payload, ids)),
         'dead_letters', (SELECT coalesce(jsonb_agg(to_jsonb(d) ORDER BY d.id), '[]')

@@ -20,8 +20,8 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 
 -- ... and routines made in cdp later (upgrades, an administrator's own):
--- PostgreSQL makes every new function executable by PUBLIC, and default
--- privileges per schema cannot take that back.  New tables, views and
+-- PostgreSQL makes every new function, procedure or aggregate executable
+-- by PUBLIC, and default privileges per schema cannot take that back.  New tables, views and
 -- sequences (partitions, generated views) are never PUBLIC's to begin with.
 CREATE FUNCTION cdp.revoke_public_on_new_routines()
 RETURNS event_trigger
@@ -32,12 +32,12 @@ DECLARE
     c record;
 BEGIN
     FOR c IN SELECT d.objid, d.object_type FROM pg_event_trigger_ddl_commands() d
-              WHERE d.schema_name = 'cdp' AND d.object_type IN ('function', 'procedure') LOOP
-        EXECUTE format('REVOKE ALL ON %s %s FROM PUBLIC', upper(c.object_type), c.objid::regprocedure);
+              WHERE d.schema_name = 'cdp' AND d.object_type IN ('function', 'procedure', 'aggregate') LOOP
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', c.objid::regprocedure);
     END LOOP;
 END
 $$;
 REVOKE ALL ON FUNCTION cdp.revoke_public_on_new_routines() FROM PUBLIC;
 CREATE EVENT TRIGGER cdp_revoke_public_on_new_routines ON ddl_command_end
-    WHEN TAG IN ('CREATE FUNCTION', 'CREATE PROCEDURE')
+    WHEN TAG IN ('CREATE FUNCTION', 'CREATE PROCEDURE', 'CREATE AGGREGATE')
     EXECUTE FUNCTION cdp.revoke_public_on_new_routines();

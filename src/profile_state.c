@@ -1,0 +1,642 @@
+/*
+ * profile_state.c
+ *	  What people say about themselves in messages: traits (identify traits,
+ *	  context.traits on any type) and consent (Segment categoryPreferences
+ *	  and its "Segment Consent Preference Updated" event, RudderStack
+ *	  consentManagement), written once per batch.
+ *
+ *	  Both are kept per identifier (cdp.identifier_traits,
+ *	  cdp.identifier_consent, the history in cdp.consent_log), which merges,
+ *	  splits and rebuilds never rewrite, and derived into the profile record
+ *	  (traits, trait_times, consent).  A message's state belongs to the
+ *	  strongest identifier it linked (by identity rule priority: a userId
+ *	  before an email before an anonymousId), so that a split moves it with
+ *	  the identifier that is most surely that person, and a profile holds
+ *	  the state of every identifier it holds.  Per key and per purpose the
+ *	  value with the latest event time wins (ties broken by a total order,
+ *	  see 75_profile_state.sql), so the order messages arrive in does not
+ *	  matter and a profile built up a batch at a time equals one recomputed
+ *	  from its identifiers.
+ *
+ *	  Locking: a batch writes the state of identifiers whose profile rows it
+ *	  holds (identity resolution locked them), which is what cdp.set_consent
+ *	  takes too; profile rows before state rows, everywhere.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "identity.h"
+#include "spi_util.h"
+
+/* Trait keys one message sets at most; the rest are skipped (a violation). */
+#define CDP_MAX_MESSAGE_TRAITS		100
+/* A trait's key and value (as jsonb) at most; bigger ones are skipped. */
+#define CDP_MAX_TRAIT_KEY_BYTES		128
+#define CDP_MAX_TRAIT_VALUE_BYTES	2048
+/* Trait keys one identifier holds at most; new keys past it are skipped. */
+#define CDP_MAX_IDENTIFIER_TRAITS	256
+/* Trait keys a profile shows at most (the first ones in key order). */
+#define CDP_MAX_PROFILE_TRAITS		1000	/* as cdp.recompute_profile_state */
+/* Consent categories one message states at most; the rest are skipped. */
+#define CDP_MAX_MESSAGE_CONSENTS	64
+
+#define CONSENT_EVENT "Segment Consent Preference Updated"
+
+typedef enum StatePlan
+{
+	PLAN_STATE,
+	PLAN_VIOLATIONS,
+	PLAN_STATEFUL_NEW,
+	PLAN_RECOMPUTE,
+	NUM_STATE_PLANS
+} StatePlan;
+
+static SPIPlanPtr plans[NUM_STATE_PLANS];
+static Oid	plans_type_oid = InvalidOid;
+
+/* a growable column of Datums (with nulls) */
+typedef struct Column
+{
+	Datum	   *v;
+	bool	   *nulls;
+} Column;
+
+/* what a batch writes: one row per trait key, one per consent decision */
+typedef struct StateRows
+{
+	int			cap;
+	int			n;
+	Column		cols[8];
+} StateRows;
+
+typedef struct Violation
+{
+	CdpIdentifier *id;
+	const char *message_id;
+	TimestampTz at;
+	const char *rule;
+	char	   *detail;
+} Violation;
+
+/* plans name the identifier type by oid: prepare them again if it changed */
+static void
+CheckPlans(void)
+{
+	Oid			typid = CdpIdentifierTypeOid();
+
+	if (typid == plans_type_oid)
+		return;
+	for (int i = 0; i < NUM_STATE_PLANS; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	plans_type_oid = typid;
+}
+
+/* append one row (a value per column) to a batch's rows, growing them */
+static void
+AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
+{
+	if (rows->n == rows->cap)
+	{
+		int			cap = Max(64, rows->cap * 2);
+
+		for (int c = 0; c < ncols; c++)
+		{
+			Column	   *col = &rows->cols[c];
+
+			col->v = col->v ? repalloc(col->v, sizeof(Datum) * cap) : palloc(sizeof(Datum) * cap);
+			col->nulls = col->nulls ? repalloc(col->nulls, sizeof(bool) * cap) :
+				palloc(sizeof(bool) * cap);
+		}
+		rows->cap = cap;
+	}
+	for (int c = 0; c < ncols; c++)
+	{
+		rows->cols[c].v[rows->n] = values[c];
+		rows->cols[c].nulls[rows->n] = nulls ? nulls[c] : false;
+	}
+	rows->n++;
+}
+
+/* a column as an array of elemtype, NULL elements where nulls says */
+static Datum
+ColumnArray(StateRows *rows, int c, Oid elemtype)
+{
+	int16		typlen;
+	bool		byval;
+	char		align;
+	int			dims[1] = {rows->n};
+	int			lbs[1] = {1};
+
+	if (rows->n == 0)
+		return PointerGetDatum(construct_empty_array(elemtype));
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	return PointerGetDatum(construct_md_array(rows->cols[c].v, rows->cols[c].nulls, 1, dims, lbs,
+											  elemtype, typlen, byval, align));
+}
+
+/* obj[key] when obj is an object (message fields may be any JSON type) */
+static JsonbValue *
+ObjectGet(JsonbValue *obj, const char *key)
+{
+	if (obj == NULL || obj->type != jbvObject)
+		return NULL;
+	return CdpJsonbObjectGet(obj, key);
+}
+
+/* the Segment event that states every category: a full statement */
+static bool
+IsConsentEvent(CdpMessage *msg)
+{
+	return msg->type != NULL && strcmp(msg->type, "track") == 0 &&
+		msg->event != NULL && strcmp(msg->event, CONSENT_EVENT) == 0;
+}
+
+/*
+ * Whether a message carries traits or consent (cheap: the hot path asks
+ * for every message).  A group call's traits are the company's, never the
+ * person's: only its context.traits count.
+ */
+bool
+CdpMessageHasProfileState(CdpMessage *msg)
+{
+	JsonbValue *ctx = msg->context;
+
+	if (msg->type != NULL && strcmp(msg->type, "identify") == 0 &&
+		msg->traits != NULL && msg->traits->type == jbvObject && msg->traits->val.object.nPairs > 0)
+		return true;
+	if (IsConsentEvent(msg))
+		return true;
+	if (ctx == NULL || ctx->type != jbvObject)
+		return false;
+	return ObjectGet(ctx, "traits") != NULL || ObjectGet(ctx, "consent") != NULL ||
+		ObjectGet(ctx, "consentManagement") != NULL;
+}
+
+/* whether an identify's own traits set key (they win over context.traits) */
+static bool
+HasKey(JsonbValue *obj, JsonbValue *key)
+{
+	char	   *k;
+
+	if (obj == NULL || obj->type != jbvObject)
+		return false;
+	k = pnstrdup(key->val.string.val, key->val.string.len);
+	return CdpJsonbObjectGet(obj, k) != NULL;
+}
+
+/* a violation of msg, recorded under the identifier its state goes to */
+static Violation *
+NewViolation(CdpMessage *msg, const char *rule, char *detail)
+{
+	Violation  *v = palloc(sizeof(Violation));
+
+	v->id = msg->state_anchor;
+	v->message_id = msg->message_id;
+	v->at = msg->ts;
+	v->rule = rule;
+	v->detail = detail;
+	return v;
+}
+
+/*
+ * The trait rows of one message: identify traits first, then context.traits
+ * for keys the former does not set.  At most CDP_MAX_MESSAGE_TRAITS keys,
+ * keys of at most CDP_MAX_TRAIT_KEY_BYTES and values of at most
+ * CDP_MAX_TRAIT_VALUE_BYTES (as jsonb); what is skipped becomes a violation
+ * in *violations.
+ */
+static void
+AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
+{
+	JsonbValue *sources[2] = {NULL, NULL};
+	int			carried = 0;
+	int			taken = 0;
+	char	   *too_large = NULL;
+	int			ntoo_large = 0;
+
+	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
+		sources[0] = msg->traits;
+	sources[1] = ObjectGet(msg->context, "traits");
+	for (int s = 0; s < 2; s++)
+	{
+		JsonbValue *obj = sources[s];
+
+		if (obj == NULL || obj->type != jbvObject)
+			continue;
+		for (int i = 0; i < obj->val.object.nPairs; i++)
+		{
+			JsonbPair  *pair = &obj->val.object.pairs[i];
+			Datum		values[4];
+			Jsonb	   *value;
+
+			if (s == 1 && HasKey(sources[0], &pair->key))
+				continue;
+			carried++;
+			if (taken >= CDP_MAX_MESSAGE_TRAITS)
+				continue;
+			value = pair->key.val.string.len > CDP_MAX_TRAIT_KEY_BYTES ? NULL :
+				JsonbValueToJsonb(&pair->value);
+			if (value == NULL || VARSIZE(value) > CDP_MAX_TRAIT_VALUE_BYTES)
+			{
+				if (ntoo_large++ == 0)
+					too_large = pnstrdup(pair->key.val.string.val,
+										 Min(pair->key.val.string.len, 64));
+				continue;
+			}
+			values[0] = PointerGetDatum(msg->state_anchor);
+			values[1] = PointerGetDatum(cstring_to_text_with_len(pair->key.val.string.val,
+																 pair->key.val.string.len));
+			values[2] = JsonbPGetDatum(value);
+			values[3] = TimestampTzGetDatum(msg->ts);
+			AddRow(rows, 4, values, NULL);
+			taken++;
+		}
+	}
+	if (carried > CDP_MAX_MESSAGE_TRAITS)
+		*violations = lappend(*violations,
+							  NewViolation(msg, "too_many_traits",
+										   psprintf("the message sets %d traits; only the first %d are kept",
+													carried, CDP_MAX_MESSAGE_TRAITS)));
+	if (ntoo_large > 0)
+		*violations = lappend(*violations,
+							  NewViolation(msg, "trait_too_large",
+										   psprintf("%d traits skipped, \"%s\" the first: keys are at most %d bytes, "
+													"values at most %d bytes as jsonb",
+													ntoo_large, too_large, CDP_MAX_TRAIT_KEY_BYTES,
+													CDP_MAX_TRAIT_VALUE_BYTES)));
+}
+
+/*
+ * One consent decision of a message (purpose NULL: the message is a full
+ * statement, every defined purpose it leaves out is denied).  A category
+ * is lower-cased; one that names no defined purpose is dropped when
+ * written.  Returns false once the message is over its bound.
+ */
+static bool
+AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *name, int len,
+		   bool granted)
+{
+	Datum		values[7];
+	bool		nulls[7] = {false};
+
+	if (name != NULL)
+	{
+		if (++(*count) > CDP_MAX_MESSAGE_CONSENTS)
+			return false;
+		/* longer than a purpose name can be: it names none */
+		if (len > 63)
+			return true;
+	}
+	values[0] = PointerGetDatum(msg->state_anchor);
+	nulls[1] = (name == NULL);
+	if (name != NULL)
+	{
+		char	   *lower = pnstrdup(name, len);
+
+		for (int i = 0; i < len; i++)
+			lower[i] = pg_ascii_tolower((unsigned char) lower[i]);
+		values[1] = CStringGetTextDatum(lower);
+	}
+	values[2] = BoolGetDatum(granted);
+	values[3] = TimestampTzGetDatum(msg->ts);
+	nulls[4] = (msg->message_id == NULL);
+	values[4] = msg->message_id ? CStringGetTextDatum(msg->message_id) : (Datum) 0;
+	values[5] = CStringGetTextDatum(msg->source ? msg->source : "");
+	values[6] = Int32GetDatum(ord);
+	AddRow(rows, 7, values, nulls);
+	return true;
+}
+
+/* the ids of a consentManagement list, each a decision */
+static bool
+AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue *list,
+			  bool granted)
+{
+	if (list == NULL || list->type != jbvArray)
+		return true;
+	for (int i = 0; i < list->val.array.nElems; i++)
+	{
+		JsonbValue *e = &list->val.array.elems[i];
+
+		if (e->type != jbvString)
+			continue;
+		if (!AddConsent(rows, msg, ord, count, e->val.string.val, e->val.string.len, granted))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The consent rows of one message, from every form it may carry them in.
+ * Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS categories
+ * (the first ones are kept).
+ */
+static bool
+AddConsents(StateRows *rows, CdpMessage *msg, int ord)
+{
+	JsonbValue *prefs = ObjectGet(ObjectGet(msg->context, "consent"), "categoryPreferences");
+	JsonbValue *rudder = ObjectGet(msg->context, "consentManagement");
+	int			count = 0;
+
+	if (IsConsentEvent(msg))
+		AddConsent(rows, msg, ord, &count, NULL, 0, false);
+	if (prefs != NULL && prefs->type == jbvObject)
+	{
+		for (int i = 0; i < prefs->val.object.nPairs; i++)
+		{
+			JsonbPair  *pair = &prefs->val.object.pairs[i];
+
+			if (pair->value.type != jbvBool)
+				continue;
+			if (!AddConsent(rows, msg, ord, &count, pair->key.val.string.val,
+							pair->key.val.string.len, pair->value.val.boolean))
+				return false;
+		}
+	}
+	if (!AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "allowedConsentIds"), true))
+		return false;
+	return AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "deniedConsentIds"), false);
+}
+
+/* the statement of WriteState, in parts: traits, consent, profiles */
+static const char *const state_sql =
+	/* traits */
+	"WITH tu AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
+	"  unnest($4)) AS u(i, k, v, t)), "
+	"tb AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM tu "
+	"  ORDER BY i, k, tu.t DESC, v::text COLLATE \"C\" DESC), "
+	"tn AS (SELECT g.i, m.traits, m.trait_times "
+	"  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
+	"          FROM tb GROUP BY i) g, "
+	"  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
+	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
+	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $5, true) m) "
+	"  FROM tn WHERE s.identifier = tn.i "
+	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
+	"     WHERE s.trait_times ->> e.key IS NULL "
+	"        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
+	"        OR (e.value = s.trait_times ->> e.key AND "
+	"            (tn.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
+	"  RETURNING s.identifier, s.traits, s.trait_times), "
+	"ti AS (INSERT INTO cdp.identifier_traits (identifier, traits, trait_times) "
+	"  SELECT tn.i, tn.traits, tn.trait_times FROM tn "
+	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = tn.i) "
+	"  RETURNING identifier, traits, trait_times), "
+	"tw AS (SELECT * FROM tu2 UNION ALL SELECT * FROM ti), "
+	/* consent */
+	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
+	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
+	"cd AS (SELECT cu.i, cu.c AS purpose, cu.g, cu.t, cu.m, cu.s FROM cu "
+	"        JOIN cdp.purposes pp ON pp.name = cu.c "
+	"      UNION ALL "
+	"      SELECT cu.i, pp.name, false, cu.t, cu.m, cu.s FROM cu CROSS JOIN cdp.purposes pp "
+	"       WHERE cu.c IS NULL "
+	"         AND NOT EXISTS (SELECT 1 FROM cu v WHERE v.o = cu.o AND v.c = pp.name)), "
+	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
+	"  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
+	"    SELECT cd.*, coalesce(lag(cd.g) OVER (PARTITION BY cd.i, cd.purpose "
+	"                                          ORDER BY cd.t, cd.g DESC), "
+	"                          ic.granted) AS prev "
+	"      FROM cd LEFT JOIN cdp.identifier_consent ic "
+	"        ON ic.identifier = cd.i AND ic.purpose = cd.purpose) h "
+	"   WHERE h.prev IS DISTINCT FROM h.g), "
+	"cb AS (SELECT DISTINCT ON (i, purpose) * FROM cd "
+	"  ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
+	"           s COLLATE \"C\" DESC), "
+	"cu2 AS (UPDATE cdp.identifier_consent c SET granted = cb.g, at = cb.t, message_id = cb.m, source = cb.s "
+	"  FROM cb WHERE c.identifier = cb.i AND c.purpose = cb.purpose "
+	"   AND (cb.t, NOT cb.g, coalesce(cb.m, '') COLLATE \"C\", cb.s COLLATE \"C\") "
+	"     > (c.at, NOT c.granted, coalesce(c.message_id, '') COLLATE \"C\", c.source COLLATE \"C\") "
+	"  RETURNING c.identifier, c.purpose, c.granted, c.at, c.message_id, c.source), "
+	"ci AS (INSERT INTO cdp.identifier_consent (identifier, purpose, granted, at, message_id, source) "
+	"  SELECT cb.i, cb.purpose, cb.g, cb.t, cb.m, cb.s FROM cb "
+	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c "
+	"                      WHERE c.identifier = cb.i AND c.purpose = cb.purpose) "
+	"  RETURNING identifier, purpose, granted, at, message_id, source), "
+	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci), "
+	/* what changed, per profile */
+	"x AS (SELECT i.profile_id AS p, tw.traits AS tr, tw.trait_times AS tt, NULL::jsonb AS e "
+	"        FROM tw JOIN cdp.identities i ON i.identifier = tw.identifier "
+	"      UNION ALL "
+	"      SELECT i.profile_id, NULL, NULL, c.e "
+	"        FROM (SELECT cw.identifier, jsonb_object_agg(cw.purpose, "
+	"                       cdp.consent_entry(cw.granted, cw.at, cw.source, cw.message_id)) AS e "
+	"                FROM cw GROUP BY cw.identifier) c "
+	"        JOIN cdp.identities i ON i.identifier = c.identifier), "
+	"q AS (SELECT p, array_agg(tr) FILTER (WHERE tr IS NOT NULL) AS tr, "
+	"             array_agg(tt) FILTER (WHERE tt IS NOT NULL) AS tt, "
+	"             array_agg(e) FILTER (WHERE e IS NOT NULL) AS e "
+	"        FROM x GROUP BY p) "
+	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
+	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+	"     array_prepend(r.traits, coalesce(q.tr, '{}')), "
+	"     array_prepend(r.trait_times, coalesce(q.tt, '{}')), $6, false) m), "
+	"  consent = cdp.merge_consent(array_prepend(r.consent, coalesce(q.e, '{}'))) "
+	"FROM q WHERE r.profile_id = q.p";
+
+/*
+ * A batch's state in one statement: trait rows to the identifiers' stores
+ * (key by key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys
+ * each); consent rows to the identifiers' latest decisions, and to the
+ * history those that set or change a decision (a repeat of the one before
+ * it is not history); then the identifier rows that changed into their
+ * profiles, each profile row written once.  Categories that name no defined
+ * purpose are dropped here; a full statement (purpose NULL) denies every
+ * defined purpose its message does not state.  Stored rows are updated
+ * and missing ones inserted (cheaper than INSERT ... ON CONFLICT, which
+ * locks each row first): only holders of an identifier's profile row, or
+ * of the identity lock while it has none, write its rows, so no other
+ * session inserts one meanwhile.
+ */
+static void
+WriteState(StateRows *traits, StateRows *consent)
+{
+	Oid			idarray = get_array_type(plans_type_oid);
+	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
+		INT4OID, INT4OID,
+		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID};
+	Datum		args[13];
+
+	args[0] = ColumnArray(traits, 0, plans_type_oid);
+	args[1] = ColumnArray(traits, 1, TEXTOID);
+	args[2] = ColumnArray(traits, 2, JSONBOID);
+	args[3] = ColumnArray(traits, 3, TIMESTAMPTZOID);
+	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
+	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+	args[6] = ColumnArray(consent, 0, plans_type_oid);
+	args[7] = ColumnArray(consent, 1, TEXTOID);
+	args[8] = ColumnArray(consent, 2, BOOLOID);
+	args[9] = ColumnArray(consent, 3, TIMESTAMPTZOID);
+	args[10] = ColumnArray(consent, 4, TEXTOID);
+	args[11] = ColumnArray(consent, 5, TEXTOID);
+	args[12] = ColumnArray(consent, 6, INT4OID);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Messages over a bound, recorded with the identity violations (the
+ * record of what a message asked for and did not get), in one statement.
+ */
+static void
+WriteViolations(List *violations)
+{
+	int			n = list_length(violations);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *mids = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *mid_nulls = palloc(sizeof(bool) * Max(n, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *rules = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *details = palloc(sizeof(Datum) * Max(n, 1));
+	Oid			argtypes[5] = {get_array_type(plans_type_oid), TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID};
+	Datum		args[5];
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			k = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	foreach(lc, violations)
+	{
+		Violation  *v = lfirst(lc);
+
+		ids[k] = PointerGetDatum(v->id);
+		mid_nulls[k] = (v->message_id == NULL);
+		mids[k] = v->message_id ? CStringGetTextDatum(v->message_id) : (Datum) 0;
+		ats[k] = TimestampTzGetDatum(v->at);
+		rules[k] = CStringGetTextDatum(v->rule);
+		details[k] = CStringGetTextDatum(v->detail);
+		k++;
+	}
+	args[0] = CdpArray(ids, n, plans_type_oid);
+	args[1] = PointerGetDatum(construct_md_array(mids, mid_nulls, 1, dims, lbs, TEXTOID, -1, false,
+												 TYPALIGN_INT));
+	args[2] = CdpArray(ats, n, TIMESTAMPTZOID);
+	args[3] = CdpArray(rules, n, TEXTOID);
+	args[4] = CdpArray(details, n, TEXTOID);
+	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_VIOLATIONS],
+								 "INSERT INTO cdp.identity_violations (identifier, message_id, at, rule, detail) "
+								 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), "
+								 "unnest($5))",
+								 5, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * After identity resolution: the traits and consent of a batch's messages
+ * that resolved to a profile, into the per-identifier stores and their
+ * profiles, in one statement for the whole batch (none when no message
+ * carries any; one more for messages over a bound).
+ */
+void
+CdpStoreProfileState(CdpMessage **msgs, int n)
+{
+	StateRows	traits = {0};
+	StateRows	consent = {0};
+	List	   *violations = NIL;
+
+	for (int i = 0; i < n; i++)
+	{
+		CdpMessage *msg = msgs[i];
+
+		if (msg->outcome != CDP_PENDING || !msg->has_profile_id || msg->state_anchor == NULL)
+			continue;
+		AddTraits(&traits, msg, &violations);
+		if (!AddConsents(&consent, msg, i))
+			violations = lappend(violations,
+								 NewViolation(msg, "too_many_consent_categories",
+											  psprintf("the message states more than %d consent categories; "
+													   "only the first %d are kept",
+													   CDP_MAX_MESSAGE_CONSENTS, CDP_MAX_MESSAGE_CONSENTS)));
+	}
+	if (traits.n == 0 && consent.n == 0 && violations == NIL)
+		return;
+	CheckPlans();
+	{
+		int			level = CdpBeginIndexedPlans();
+
+		if (traits.n > 0 || consent.n > 0)
+			WriteState(&traits, &consent);
+		WriteViolations(violations);
+		CdpEndIndexedPlans(level);
+	}
+}
+
+/*
+ * Derive the traits and consent of these profiles (and of those they were
+ * merged into) from their identifiers' stores; the caller holds their rows.
+ * Merges, splits and rebuilds call it; so may forget.
+ */
+void
+CdpRecomputeProfileState(int64 *profile_ids, int n)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	int			level;
+
+	if (n == 0)
+		return;
+	CheckPlans();
+	level = CdpBeginIndexedPlans();
+	args[0] = CdpInt8Array(profile_ids, n);
+	CdpExecPlan(CdpPlan(&plans[PLAN_RECOMPUTE], "SELECT cdp.recompute_profile_state($1)",
+						1, argtypes),
+				args, NULL, SPI_OK_SELECT);
+	CdpEndIndexedPlans(level);
+}
+
+/*
+ * Identifiers that just joined profiles: those that already hold state
+ * (set_consent before any message, or a message before a rebuild or split
+ * took them out) bring it to their profile.  One probe for the batch; a
+ * recompute only when some do.
+ */
+void
+CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
+{
+	Oid			argtypes[2];
+	Datum		args[2];
+	uint64		rows;
+	int64	   *found;
+
+	if (n == 0)
+		return;
+	CheckPlans();
+	argtypes[0] = get_array_type(plans_type_oid);
+	argtypes[1] = INT8ARRAYOID;
+	args[0] = CdpArray((Datum *) ids, n, plans_type_oid);
+	args[1] = CdpInt8Array(profiles, n);
+	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATEFUL_NEW],
+										"SELECT DISTINCT u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(i, p) "
+										"WHERE EXISTS (SELECT 1 FROM cdp.identifier_traits t WHERE t.identifier = u.i) "
+										"   OR EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = u.i)",
+										2, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	if (rows == 0)
+		return;
+	found = palloc(sizeof(int64) * rows);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+
+		found[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
+											   &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	CdpRecomputeProfileState(found, (int) rows);
+}
