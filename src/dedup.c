@@ -21,6 +21,14 @@
 #include "spi_util.h"
 
 static SPIPlanPtr upsert_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+
+/*
+ * Whether this backend's last batch met a recorded key (a retry): batches
+ * come in runs, so the next one goes straight to the upsert (see
+ * RecordNewKeys).
+ */
+static bool last_batch_met_key = false;
 
 typedef struct DedupEntry
 {
@@ -84,6 +92,61 @@ UpsertPlan(void)
 		upsert_plan = plan;
 	}
 	return upsert_plan;
+}
+
+static SPIPlanPtr
+InsertPlan(void)
+{
+	if (insert_plan == NULL)
+	{
+		Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO cdp.message_ids (message_key, seen_at) "
+						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",
+						   2, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_plan = plan;
+	}
+	return insert_plan;
+}
+
+static void
+InsertKeys(void *args)
+{
+	int			rc = SPI_execute_plan(InsertPlan(), (Datum *) args, NULL, false, 0);
+
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
+}
+
+static bool
+IsUniqueViolation(ErrorData *edata)
+{
+	return edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION;
+}
+
+/*
+ * Record keys none of which is expected in the table, with a plain INSERT
+ * in a subtransaction: the unique index checks each key in the descent that
+ * inserts it, where the upsert first probes the index (a second descent)
+ * and then inserts speculatively (a lock and an extra WAL record per key),
+ * two fifths of the time of deduplicating.  A key recorded already, or
+ * being recorded by an uncommitted session (the insert waits for it as the
+ * upsert would), raises unique_violation: the subtransaction rolls back
+ * with every row it wrote and false says to run the upsert.
+ */
+static bool
+RecordNewKeys(Datum *args)
+{
+	ErrorData  *edata = CdpRunInSubtransaction(InsertKeys, args, IsUniqueViolation);
+
+	if (edata == NULL)
+		return true;
+	FreeErrorData(edata);
+	return false;
 }
 
 /*
@@ -155,6 +218,14 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 	args[0] = CdpArray(keys, nkeys, UUIDOID);
 	args[1] = CdpArray(times, nkeys, TIMESTAMPTZOID);
 	args[2] = Float8GetDatum((double) cdp_dedup_window_secs);
+
+	/* a run of new messageIds: every key is accepted if the insert succeeds */
+	if (!last_batch_met_key && RecordNewKeys(args))
+	{
+		hash_destroy(seen);
+		return;
+	}
+
 	rc = SPI_execute_plan(UpsertPlan(), args, NULL, false, 0);
 	MemoryContextSwitchTo(cxt);	/* SPI leaves us in its own context */
 	if (rc != SPI_OK_INSERT_RETURNING)
@@ -169,6 +240,8 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 		if (entry != NULL)
 			entry->accepted = true;
 	}
+	/* every key accepted: none was recorded within the window */
+	last_batch_met_key = (SPI_processed < (uint64) nkeys);
 	SPI_freetuptable(SPI_tuptable);
 
 	for (int i = 0; i < n; i++)

@@ -453,8 +453,18 @@ IsFastNoOp(IdentityGraph *g, IdItem *mi)
 	foreach(lc, mi->ids)
 	{
 		IdNode	   *node = CdpGraphNode(g, lfirst(lc), false);
+		bool		blocked;
 
-		if (CdpIsBlocked(g->rules, lfirst(lc)))
+		/* the node keeps the answer, as resolution does (a rule can be a regex) */
+		if (node == NULL)
+			blocked = CdpIsBlocked(g->rules, lfirst(lc));
+		else
+		{
+			if (node->blocked == 0)
+				node->blocked = CdpIsBlocked(g->rules, node->id) ? 2 : 1;
+			blocked = (node->blocked == 2);
+		}
+		if (blocked)
 			continue;
 		if (node == NULL || !node->attached)
 			return false;

@@ -208,16 +208,14 @@ TakeInboxRows(int want, int64 after_id, int *nrows)
 	return rows;
 }
 
-typedef void (*SubxactWork) (void *arg);
-
 /*
  * Run work(arg) in a subtransaction.  If it raises an error that catchable
  * accepts, the subtransaction is rolled back and the error comes back,
  * copied into the caller's context; any other error is re-thrown.  NULL
  * when the work succeeded.
  */
-static ErrorData *
-RunInSubtransaction(SubxactWork work, void *arg, bool (*catchable) (ErrorData *))
+ErrorData *
+CdpRunInSubtransaction(CdpSubxactWork work, void *arg, bool (*catchable) (ErrorData *))
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -380,7 +378,7 @@ ProcessingErrorMessage(ChunkRef *ref, ErrorData *edata)
 {
 	RemakeWork	r = {ref, NULL};
 	char	   *reason = ErrorReason(edata);
-	ErrorData  *again = RunInSubtransaction(RemakeMessage, &r, IsMessageError);
+	ErrorData  *again = CdpRunInSubtransaction(RemakeMessage, &r, IsMessageError);
 
 	if (again == NULL && r.msg->outcome == CDP_PENDING && r.msg->item != NULL)
 	{
@@ -403,7 +401,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 	while (n > 0)
 	{
 		ChunkWork	w = {b, refs, n, 0, NULL, NULL};
-		ErrorData  *edata = RunInSubtransaction(ProcessChunk, &w, IsMessageError);
+		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w, IsMessageError);
 
 		if (edata == NULL)
 		{
@@ -502,7 +500,7 @@ ProcessBatch(void *arg)
 
 		if (!CdpRefuseRowSource(row) && CdpPrepareRow(row))
 		{
-			ErrorData  *edata = RunInSubtransaction(ScanRow, row, IsMessageError);
+			ErrorData  *edata = CdpRunInSubtransaction(ScanRow, row, IsMessageError);
 
 			if (edata != NULL)
 			{
@@ -586,7 +584,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(batch_cxt);
 		b.stats = CdpNewProfileStats(batch_cxt);
 		b.state = CdpNewStateQueue(batch_cxt);
-		edata = RunInSubtransaction(ProcessBatch, &b, IsConflict);
+		edata = CdpRunInSubtransaction(ProcessBatch, &b, IsConflict);
 		if (edata != NULL)
 		{
 			/* keep what is done, leave the rest queued */

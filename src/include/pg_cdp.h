@@ -187,6 +187,11 @@ extern void CdpCheckSourceForEnqueue(const char *name);
 extern const char *CdpSourceRefusal(const char *source, char **message);
 extern bool CdpRefuseRowSource(CdpInboxRow *row);
 
+/* process.c */
+typedef void (*CdpSubxactWork) (void *arg);
+extern ErrorData *CdpRunInSubtransaction(CdpSubxactWork work, void *arg,
+										 bool (*catchable) (ErrorData *));
+
 /* dedup.c */
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);
