@@ -422,6 +422,12 @@ static const char *const state_sql =
 	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = tn.i) "
 	"  RETURNING identifier, traits, trait_times), "
 	"tw AS (SELECT * FROM tu2 UNION ALL SELECT * FROM ti), "
+	/* new keys an identifier had no room for: recorded, not silently lost */
+	"tx AS (INSERT INTO cdp.identity_violations (identifier, at, rule, detail) "
+	"  SELECT tb.i, max(tb.t)::timestamptz, 'too_many_identifier_traits', "
+	"         format('%s trait keys skipped, \"%s\" the first: an identifier holds at most %s', "
+	"                count(*), min(tb.k COLLATE \"C\"), $5) "
+	"    FROM tb JOIN tw ON tw.identifier = tb.i WHERE NOT tw.traits ? tb.k GROUP BY tb.i), "
 	/* consent */
 	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
 	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
