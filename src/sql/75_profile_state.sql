@@ -149,7 +149,7 @@ COMMENT ON FUNCTION cdp.define_purpose(text, bool) IS
     'define a purpose people can consent to, or change whether it counts as granted by default';
 
 -- Record a consent decision for an identifier, as a message would, with
--- source 'api'.  It takes the locks identity writers take: the identifier's
+-- source 'api' (the purpose matched case-insensitively, as a message's).  It takes the locks identity writers take: the identifier's
 -- profile row (ingest writes an identifier's state holding it), or when the
 -- identifier has no profile yet the identity lock, so that a message linking
 -- it at the same time either sees this decision or is seen by it.
@@ -164,10 +164,12 @@ DECLARE
     locked_prof bigint;
     graph_locked bool := false;
 BEGIN
-    IF id IS NULL OR granted IS NULL OR at IS NULL THEN
+    IF id IS NULL OR purpose IS NULL OR granted IS NULL OR at IS NULL THEN
         RAISE EXCEPTION 'set_consent needs an identifier, a purpose, granted and a time'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- as consent categories in messages: 'Marketing' is marketing
+    purpose := lower(purpose COLLATE "C");
     IF NOT EXISTS (SELECT 1 FROM cdp.purposes p WHERE p.name = purpose) THEN
         RAISE EXCEPTION 'purpose "%" does not exist', purpose
             USING ERRCODE = 'undefined_object',
