@@ -225,6 +225,11 @@ AS $$
 DECLARE
     held jsonb;
 BEGIN
+    IF profile_id IS NULL THEN
+        RAISE EXCEPTION 'consent_of needs a profile id'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'cdp.resolve() gives NULL for an identifier no message carried yet.';
+    END IF;
     SELECT c.consent INTO held
       FROM cdp.profile_records r
       JOIN cdp.profile_records c ON c.profile_id = coalesce(r.merged_into, r.profile_id)
