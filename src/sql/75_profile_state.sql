@@ -179,6 +179,16 @@ BEGIN
         RAISE EXCEPTION 'consent time % is out of range', at
             USING ERRCODE = 'datetime_field_overflow';
     END IF;
+    -- the latest decision wins, so one dated ahead would outrank every
+    -- later one (a withdrawal too) until then; message times are bounded
+    -- by the same setting
+    IF at > statement_timestamp() + current_setting('cdp.max_future_skew')::interval THEN
+        RAISE EXCEPTION 'consent time % is in the future', at
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It is more than cdp.max_future_skew (%s) after now.',
+                                  current_setting('cdp.max_future_skew')),
+                  HINT = 'Record a decision when it is made; at defaults to now().';
+    END IF;
     LOOP
         SELECT i.profile_id INTO prof FROM cdp.identities i WHERE i.identifier OPERATOR(cdp.=) id;
         EXIT WHEN prof IS NOT DISTINCT FROM locked_prof AND (prof IS NOT NULL OR graph_locked);
