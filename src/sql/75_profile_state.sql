@@ -149,7 +149,7 @@ COMMENT ON FUNCTION cdp.define_purpose(text, bool) IS
     'define a purpose people can consent to, or change whether it counts as granted by default';
 
 -- Record a consent decision for an identifier, as a message would, with
--- source 'api'.  It takes the locks identity writers take: the identifier's
+-- source 'api' (the purpose matched case-insensitively, as a message's).  It takes the locks identity writers take: the identifier's
 -- profile row (ingest writes an identifier's state holding it), or when the
 -- identifier has no profile yet the identity lock, so that a message linking
 -- it at the same time either sees this decision or is seen by it.
@@ -164,10 +164,12 @@ DECLARE
     locked_prof bigint;
     graph_locked bool := false;
 BEGIN
-    IF id IS NULL OR granted IS NULL OR at IS NULL THEN
+    IF id IS NULL OR purpose IS NULL OR granted IS NULL OR at IS NULL THEN
         RAISE EXCEPTION 'set_consent needs an identifier, a purpose, granted and a time'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- as consent categories in messages: 'Marketing' is marketing
+    purpose := lower(purpose COLLATE "C");
     IF NOT EXISTS (SELECT 1 FROM cdp.purposes p WHERE p.name = purpose) THEN
         RAISE EXCEPTION 'purpose "%" does not exist', purpose
             USING ERRCODE = 'undefined_object',
@@ -176,6 +178,16 @@ BEGIN
     IF NOT isfinite(at) OR at < '0001-01-01 00:00:00+00' OR at >= '10000-01-01 00:00:00+00' THEN
         RAISE EXCEPTION 'consent time % is out of range', at
             USING ERRCODE = 'datetime_field_overflow';
+    END IF;
+    -- the latest decision wins, so one dated ahead would outrank every
+    -- later one (a withdrawal too) until then; message times are bounded
+    -- by the same setting
+    IF at > statement_timestamp() + current_setting('cdp.max_future_skew')::interval THEN
+        RAISE EXCEPTION 'consent time % is in the future', at
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It is more than cdp.max_future_skew (%s) after now.',
+                                  current_setting('cdp.max_future_skew')),
+                  HINT = 'Record a decision when it is made; at defaults to now().';
     END IF;
     LOOP
         SELECT i.profile_id INTO prof FROM cdp.identities i WHERE i.identifier OPERATOR(cdp.=) id;
@@ -223,6 +235,11 @@ AS $$
 DECLARE
     held jsonb;
 BEGIN
+    IF profile_id IS NULL THEN
+        RAISE EXCEPTION 'consent_of needs a profile id'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'cdp.resolve() gives NULL for an identifier no message carried yet.';
+    END IF;
     SELECT c.consent INTO held
       FROM cdp.profile_records r
       JOIN cdp.profile_records c ON c.profile_id = coalesce(r.merged_into, r.profile_id)
