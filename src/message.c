@@ -637,8 +637,10 @@ ComputeEventTime(CdpMessage *msg)
 
 	if (msg->ts < CDP_MIN_EVENT_TS)
 	{
-		CdpMarkDead(msg, "invalid_timestamp", "event time %s is before the year 1",
-					timestamptz_to_str(msg->ts));
+		CdpMarkDead(msg, "invalid_timestamp",
+					"event time %s is before %s, the earliest event time accepted",
+					pstrdup(timestamptz_to_str(msg->ts)),
+					pstrdup(timestamptz_to_str(CDP_MIN_EVENT_TS)));
 		return false;
 	}
 

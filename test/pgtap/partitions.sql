@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(58);
+SELECT plan(59);
 
 \ir include/partition_setup.psql
 
@@ -145,6 +145,12 @@ SELECT matches((SELECT coalesce((SELECT 'stored' FROM cdp.events WHERE event = '
                                 (SELECT error_code FROM cdp.dead_letters WHERE payload LIKE '%Before Year 1%'))),
                '^invalid_timestamp$',
                'an event before 0001-01-08 UTC (here 1 BC after its offset) is dead-lettered invalid_timestamp');
+DO $$ BEGIN
+    PERFORM pg_temp.route('{"timestamp": "0001-01-03T00:00:00Z", "event": "Early Year 1"}');
+END $$;
+SELECT matches((SELECT error_message FROM cdp.dead_letters WHERE payload LIKE '%Early Year 1%'),
+               'before 0001-01-08 00:00:00\+00, the earliest event time accepted$',
+               '... also one in the first week of year 1, and its message names the earliest time accepted');
 
 -- retention: older events are dead-lettered as expired
 SELECT lives_ok($$SELECT cdp.configure_partitions('1 day', 0, '30 days', archive_interval => NULL)$$, 'retention of 30 days');
