@@ -297,9 +297,7 @@ BEGIN
        SET traits = r.traits - m.keys, trait_times = r.trait_times - m.keys
       FROM m
      WHERE r.profile_id = m.profile_id;
-    IF to_regprocedure('cdp.recompute_profile_state(bigint[])') IS NOT NULL THEN
-        EXECUTE 'SELECT cdp.recompute_profile_state($1)' USING profile_ids;
-    END IF;
+    PERFORM cdp.recompute_profile_state(profile_ids);
     RETURN n;
 END
 $$;
