@@ -31,6 +31,7 @@
 #include "pg_cdp.h"
 #include "identity.h"
 #include "spi_util.h"
+#include "stats.h"
 
 typedef enum OnlinePlan
 {
@@ -754,6 +755,7 @@ WriteMerges(IdentityGraph *g)
 					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5))",
 					 5, argtypes),
 				args, NULL, SPI_OK_INSERT);
+	CdpStatsAdd(CDP_STAT_MERGES, n);
 }
 
 static void

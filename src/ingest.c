@@ -15,6 +15,7 @@
 #include "utils/rel.h"
 
 #include "pg_cdp.h"
+#include "stats.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
 
@@ -242,6 +243,8 @@ cdp_inbox_redact_write_keys(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		elog(ERROR, "cdp_inbox_redact_write_keys: must be a BEFORE INSERT row trigger");
+	/* cdp.max_inbox_depth, and the count of queued rows */
+	CdpStatsInboxRowQueued(trigdata->tg_relation);
 
 	tuple = trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);

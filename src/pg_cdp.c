@@ -15,6 +15,7 @@
 #include "pg_cdp.h"
 #include "identity.h"
 #include "partitions.h"
+#include "stats.h"
 
 PG_MODULE_MAGIC;
 
@@ -27,6 +28,7 @@ int			cdp_max_merges_per_profile = 100;
 int			cdp_max_event_age_mins = CDP_DEFAULT_MAX_EVENT_AGE_MINS;
 int			cdp_max_partitions = 1000;
 int			cdp_retention_lock_wait_ms = 1000;
+int			cdp_max_inbox_depth = 0;
 
 void		_PG_init(void);
 
@@ -78,6 +80,11 @@ DefineSettings(void)
 							"How many merges a profile may absorb before further ones become hub violations.",
 							NULL, &cdp_max_merges_per_profile, 100, 1, INT_MAX,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.max_inbox_depth",
+							"How many payloads cdp.inbox may hold before enqueueing is refused; 0 is no limit.",
+							"A refused enqueue fails with SQLSTATE 53400 and can be retried later.",
+							&cdp_max_inbox_depth, 0, 0, INT_MAX,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("cdp");
 }
 
@@ -85,6 +92,7 @@ void
 _PG_init(void)
 {
 	DefineSettings();
+	CdpStatsInit();
 	CacheRegisterRelcacheCallback(CdpPartitionCacheCallback, (Datum) 0);
 	CacheRegisterRelcacheCallback(CdpIdentityCacheCallback, (Datum) 0);
 }

@@ -40,6 +40,7 @@
 #include "pg_cdp.h"
 #include "identity.h"
 #include "spi_util.h"
+#include "stats.h"
 
 /* payload text a batch takes from the inbox (and at least one row) */
 #define BATCH_INPUT_BYTES	(4 * 1024 * 1024)
@@ -174,10 +175,12 @@ TakeInboxRows(int want, int64 after_id, int *nrows)
 	CdpInboxRow *rows;
 	int			rc;
 
+	CdpStatsTakingFromInbox();
 	rc = SPI_execute_plan(TakePlan(), args, NULL, false, 0);
 	MemoryContextSwitchTo(cxt);
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "taking rows from cdp.inbox failed: %s", SPI_result_code_string(rc));
+	CdpStatsInboxTaken(SPI_processed);
 
 	*nrows = (int) SPI_processed;
 	rows = palloc0(sizeof(CdpInboxRow) * Max(*nrows, 1));
@@ -351,6 +354,7 @@ ProcessChunk(void *arg)
 	CdpStoreProfileState(msgs, n, w->state);
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
+	CdpStatsCountOutcomes(msgs, n);
 }
 
 /* making one message again, for its processing_error dead letter */
@@ -426,6 +430,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 			CdpMessage *msg = ProcessingErrorMessage(&refs[0], edata);
 
 			CdpWriteDeadLetters(&msg, 1);
+			CdpStatsCountOutcomes(&msg, 1);
 			MemoryContextSwitchTo(cxt);
 			MemoryContextReset(b->chunk_cxt);
 		}
@@ -517,6 +522,7 @@ ProcessBatch(void *arg)
 	}
 	b->current = NULL;
 	FlushChunk(b);
+	CdpStatsAdd(CDP_STAT_RECEIVED, b->messages);
 }
 
 PG_FUNCTION_INFO_V1(cdp_process_inbox);

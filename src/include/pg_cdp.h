@@ -23,6 +23,7 @@ extern int	cdp_max_merges_per_profile;
 extern int	cdp_max_event_age_mins;
 extern int	cdp_max_partitions;
 extern int	cdp_retention_lock_wait_ms;
+extern int	cdp_max_inbox_depth;
 
 /*
  * Advisory lock keys, in pg_cdp's own class so they never collide with an

@@ -504,9 +504,10 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA cdp TO %I', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.run_maintenance(), cdp.process_inbox(int), '
                    'cdp.partition_bounds(), cdp.schedule_jobs(), cdp.unschedule_jobs(), '
-                   'cdp.require_pg_cron(), cdp.job_definitions() TO %I', role);
+                   'cdp.require_pg_cron(), cdp.job_definitions(), cdp.stats_figures(), '
+                   'cdp.worker_stats_rows(), cdp.reset_stats() TO %I', role);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE cdp.drain_inbox(interval, int, bigint) TO %I', role);
-    EXECUTE format('GRANT SELECT ON cdp.partitions TO %I', role);
+    EXECUTE format('GRANT SELECT ON cdp.partitions, cdp.stats, cdp.worker_stats TO %I', role);
     -- the jobs schedule_jobs registers run as the role that scheduled them
     IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'cron') THEN
         EXECUTE format('GRANT USAGE ON SCHEMA cron TO %I', role);
@@ -514,4 +515,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION cdp.grant_operator(name) IS
-    'let a role run maintenance, drain the inbox, schedule the pg_cron jobs and read cdp.partitions';
+    'let a role run maintenance, drain the inbox, schedule the pg_cron jobs, read cdp.partitions and the statistics';

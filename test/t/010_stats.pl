@@ -1,0 +1,111 @@
+# cdp.stats and cdp.max_inbox_depth with and without shared memory.
+# Not preloaded: cdp.stats answers from the tables (counters NULL, saying
+# why), and the bound measures the inbox itself.  Preloaded: counters in
+# shared memory count committed work per database, start from zero at a
+# server start (also after a crash), and the inbox depth is counted again
+# from the table, so the bound holds at once after a restart.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('stats');
+$node->init;
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pg_cdp');
+
+sub query { return $node->safe_psql($_[1] // 'postgres', $_[0]); }
+
+sub figure
+{
+	my ($name, $db) = @_;
+	return query("SELECT coalesce(value::text, 'NULL') FROM cdp.stats WHERE name = '$name'", $db);
+}
+
+# SQLSTATE of the first error a script raises, '' if none
+sub sqlstate_of
+{
+	my ($sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$sql");
+	return $err =~ /ERROR:\s+(\w{5})/ ? $1 : '';
+}
+
+# SQLSTATE of a COPY of two messages into the inbox under a bound
+sub copy_sqlstate
+{
+	my ($bound) = @_;
+	return sqlstate_of(qq{SET cdp.max_inbox_depth = $bound;
+COPY cdp.inbox (payload) FROM stdin;
+{"type":"track","userId":"c1","event":"e"}
+{"type":"track","userId":"c2","event":"e"}
+\\.
+});
+}
+
+my $track = q{SELECT cdp.track('u' || g, 'Viewed') FROM generate_series(1, %d) g};
+
+# --- not preloaded
+query(sprintf($track, 3));
+is(figure('received'), 'NULL', 'not preloaded: counters are NULL');
+like(query(q{SELECT description FROM cdp.stats WHERE name = 'stored'}),
+	qr/needs pg_cdp in shared_preload_libraries/, 'and say what they need');
+is(figure('inbox_depth'), '3', 'not preloaded: the inbox depth is counted from the table');
+ok(query(q{SELECT value >= 0 FROM cdp.stats WHERE name = 'oldest_queued_seconds'}) eq 't',
+	'not preloaded: the oldest queued age is read from the table');
+is(query('SELECT count(*) FROM cdp.worker_stats'), '0', 'not preloaded: no workers');
+is(sqlstate_of('SELECT cdp.reset_stats()'), '55000', 'not preloaded: reset_stats refuses, 55000');
+
+is(sqlstate_of("SET cdp.max_inbox_depth = 3;\n" . sprintf($track, 1)), '53400',
+	'not preloaded: ingest past cdp.max_inbox_depth fails with 53400');
+is(copy_sqlstate(4), '53400', 'not preloaded: a COPY past the bound fails with 53400');
+is(query('SELECT count(*) FROM cdp.inbox'), '3', 'and queues nothing');
+# ids 1..3 queued, 4.. come next: a wide id range with few rows is counted
+query('DELETE FROM cdp.inbox WHERE id < 3');
+query(sprintf($track, 2));
+ok(query('SELECT max(id) - min(id) + 1 > 4 AND count(*) = 3 FROM cdp.inbox') eq 't',
+	'the ids queued span more than 4 (refused rows used some up)');
+is(sqlstate_of("SET cdp.max_inbox_depth = 4;\n" . sprintf($track, 1)), '',
+	'not preloaded: rows are counted when the id range is wider than the bound');
+is(sqlstate_of("SET cdp.max_inbox_depth = 4;\n" . sprintf($track, 1)), '53400',
+	'not preloaded: and the bound holds');
+
+# --- preloaded
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'pg_cdp'\n");
+$node->restart;
+is(figure('received'), '0', 'preloaded: counters start at zero');
+is(figure('inbox_depth'), '4', 'preloaded: the depth is counted from the table after a start');
+is(sqlstate_of("SET cdp.max_inbox_depth = 4;\n" . sprintf($track, 1)), '53400',
+	'preloaded: the bound holds at once after a start');
+
+is(query('SELECT cdp.process_inbox()'), '4', 'processed');
+is(figure('received'), '4', 'preloaded: process_inbox counts what it took');
+is(figure('stored'), '4', 'preloaded: and what it stored');
+is(figure('inbox_depth'), '0', 'preloaded: the depth follows');
+
+query(sprintf($track, 2));
+query('BEGIN; SELECT cdp.process_inbox(); ROLLBACK');
+is(figure('received'), '4', 'preloaded: a rolled-back process_inbox counts nothing');
+is(figure('inbox_depth'), '2', 'preloaded: and its rows are queued still');
+
+is(copy_sqlstate(3), '53400', 'preloaded: a COPY past the bound fails with 53400');
+is(figure('inbox_depth'), '2', 'and queues nothing');
+
+# counters are per database
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+query('CREATE EXTENSION pg_cdp', 'other');
+query(sprintf($track, 5), 'other');
+query('SELECT cdp.process_inbox()', 'other');
+is(figure('received', 'other'), '5', 'preloaded: each database counts its own work');
+is(figure('received'), '4', 'preloaded: and not the others\'');
+
+# a crash: counters start again, the depth is counted again
+$node->stop('immediate');
+$node->start;
+is(figure('received'), '0', 'after a crash counters start from zero');
+is(figure('inbox_depth'), '2', 'after a crash the depth is counted again');
+is(query('SELECT cdp.process_inbox()'), '2', 'processed after the crash');
+is(figure('received'), '2', 'and counted');
+
+$node->stop;
+done_testing();
