@@ -618,15 +618,22 @@ MeasureInbox(Relation inbox, bool exact)
 	fb_added = fb_cmd_rows;
 }
 
-/* the bound without shared memory, from this session's measure */
+/*
+ * The bound without shared memory, from this session's measure of the last
+ * second; a row is only refused on a count made for it.
+ */
 static void
 CheckInboxFallback(Relation inbox)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	bool		measured = false;
 
 	if (!fb_valid || now - fb_at >= FALLBACK_MEASURE_USECS)
+	{
 		MeasureInbox(inbox, false);
-	if (fb_depth + fb_added >= cdp_max_inbox_depth && !fb_exact)
+		measured = true;
+	}
+	if (fb_depth + fb_added >= cdp_max_inbox_depth && !(measured && fb_exact))
 		MeasureInbox(inbox, true);
 	if (fb_depth + fb_added >= cdp_max_inbox_depth)
 		RefuseRow(fb_depth + fb_added);

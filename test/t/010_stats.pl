@@ -70,6 +70,21 @@ is(sqlstate_of("SET cdp.max_inbox_depth = 4;\n" . sprintf($track, 1)), '',
 is(sqlstate_of("SET cdp.max_inbox_depth = 4;\n" . sprintf($track, 1)), '53400',
 	'not preloaded: and the bound holds');
 
+# a session refused a moment ago may queue again as soon as another session
+# has drained the inbox: a refusal is decided on a count made for it
+query('TRUNCATE cdp.inbox');
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe('SET cdp.max_inbox_depth = 2');
+$bg->query_safe(q{SELECT cdp.track('r1', 'e'); SELECT cdp.track('r2', 'e')});
+$bg->query(q{SELECT cdp.track('r3', 'e')});
+like($bg->{stderr}, qr/holds 2 queued payloads/, 'not preloaded: the third payload is refused');
+query('SELECT cdp.process_inbox()');
+like($bg->query(q{SELECT 'queued again: ' || cdp.track('r4', 'e')}), qr/queued again: 1/,
+	'not preloaded: once another session drained the inbox, the refused session queues again');
+$bg->quit;
+query('SELECT cdp.process_inbox()');
+query(sprintf($track, 4));
+
 # --- preloaded
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'pg_cdp'\n");
 $node->restart;
