@@ -64,6 +64,9 @@ typedef struct CdpDbStats
 	Oid			dboid;			/* InvalidOid: free slot */
 	pg_atomic_uint64 counters[CDP_STAT_COUNT];
 	pg_atomic_uint64 net;		/* int64: rows queued - rows taken, committed */
+	/* commits that change net: begun before they are visible, done after */
+	pg_atomic_uint64 commits_begun;
+	pg_atomic_uint64 commits_done;
 
 	slock_t		mutex;			/* protects the fields below */
 	TimestampTz reset_at;
@@ -115,6 +118,7 @@ static int	nlevels = 0;
 static int	maxlevels = 0;
 static bool touched_inbox = false;	/* this transaction changed inbox rows */
 static bool taking = false;		/* processing's DELETE is running */
+static bool committing = false; /* counted in commits_begun */
 
 /* without preloading: this session's last measure of the inbox */
 static bool fb_valid = false;
@@ -125,6 +129,8 @@ static int64 fb_added;			/* rows this session queued since */
 static LocalTransactionId fb_lxid;
 static CommandId fb_cid;
 static int64 fb_cmd_rows;		/* rows the current command queued */
+
+static int64 PendingInboxDelta(void);
 
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr range_plan = NULL;
@@ -171,6 +177,8 @@ StatsShmemStartup(void)
 			for (int s = 0; s < CDP_STAT_COUNT; s++)
 				pg_atomic_init_u64(&db->counters[s], 0);
 			pg_atomic_init_u64(&db->net, 0);
+			pg_atomic_init_u64(&db->commits_begun, 0);
+			pg_atomic_init_u64(&db->commits_done, 0);
 			SpinLockInit(&db->mutex);
 		}
 		for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
@@ -183,6 +191,9 @@ StatsShmemStartup(void)
 static void
 ForgetPending(void)
 {
+	if (committing)
+		pg_atomic_fetch_add_u64(&my_db->commits_done, 1);
+	committing = false;
 	nlevels = 0;
 	touched_inbox = false;
 	taking = false;
@@ -222,12 +233,24 @@ PublishPending(void)
 	}
 }
 
-/* counts reach shared memory at commit only; an abort or PREPARE drops them */
+/*
+ * Counts reach shared memory at commit only; an abort or PREPARE drops
+ * them.  A commit that changes the inbox depth is bracketed by
+ * commits_begun (before it becomes visible) and commits_done (after net
+ * has its change), so that the depth is counted when none is in between.
+ */
 static void
 StatsXactCallback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (my_db != NULL && PendingInboxDelta() != 0)
+			{
+				pg_atomic_fetch_add_u64(&my_db->commits_begun, 1);
+				committing = true;
+			}
+			break;
 		case XACT_EVENT_COMMIT:
 			PublishPending();
 			ForgetPending();
@@ -303,6 +326,8 @@ ClaimDbSlot(CdpDbStats *db)
 	for (int s = 0; s < CDP_STAT_COUNT; s++)
 		pg_atomic_write_u64(&db->counters[s], 0);
 	pg_atomic_write_u64(&db->net, 0);
+	pg_atomic_write_u64(&db->commits_begun, 0);
+	pg_atomic_write_u64(&db->commits_done, 0);
 	SpinLockAcquire(&db->mutex);
 	db->reset_at = GetCurrentTimestamp();
 	db->inbox_relid = InvalidOid;
@@ -520,11 +545,41 @@ InboxRelid(Oid *owner)
 }
 
 /*
+ * The latest snapshot and net as of that snapshot: taken while no commit
+ * that changes the depth is between becoming visible and adding to net
+ * (begun == done before, begun unchanged after), so every such transaction
+ * the snapshot sees has added its change, and no other has.  Commits are
+ * that short: after a few tries (a millisecond apart) it takes what it has.
+ */
+static Snapshot
+ConsistentSnapshot(CdpDbStats *db, int64 *net)
+{
+	for (int attempt = 0;; attempt++)
+	{
+		uint64		done = pg_atomic_read_u64(&db->commits_done);
+		uint64		begun;
+		Snapshot	snapshot;
+
+		pg_read_barrier();
+		begun = pg_atomic_read_u64(&db->commits_begun);
+		if (begun == done || attempt >= 100)
+		{
+			snapshot = GetLatestSnapshot();
+			pg_memory_barrier();
+			*net = (int64) pg_atomic_read_u64(&db->net);
+			pg_read_barrier();
+			if (pg_atomic_read_u64(&db->commits_begun) == begun || attempt >= 100)
+				return snapshot;
+		}
+		pg_usleep(1000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * The committed depth of this database's inbox (baseline + net), counting
- * the baseline first if it is not known.  The count runs on the latest
- * snapshot and net is read right after taking it: a transaction visible in
- * the snapshot has (but for an instant after its commit) added its change
- * to net, one not visible has not.  A count that a TRUNCATE, a DELETE or a
+ * the baseline first if it is not known: the inbox as a snapshot sees it,
+ * less net as of that snapshot.  A count that a TRUNCATE, a DELETE or a
  * reset overtook is not kept.  A transaction that changed the inbox itself
  * does not count it (its own rows are in the count and not yet in net):
  * false then, as when the depth cannot be had.
@@ -551,9 +606,7 @@ CommittedDepth(CdpDbStats *db, Oid relid, Oid owner, int64 *depth)
 	if (touched_inbox || !OidIsValid(relid))
 		return false;
 
-	snapshot = GetLatestSnapshot();
-	pg_memory_barrier();
-	net = (int64) pg_atomic_read_u64(&db->net);
+	snapshot = ConsistentSnapshot(db, &net);
 	count = CountInbox(owner, snapshot);
 	SpinLockAcquire(&db->mutex);
 	if (db->generation == generation)

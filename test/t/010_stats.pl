@@ -114,6 +114,23 @@ query('SELECT cdp.process_inbox()', 'other');
 is(figure('received', 'other'), '5', 'preloaded: each database counts its own work');
 is(figure('received'), '4', 'preloaded: and not the others\'');
 
+# concurrent enqueues, processing and recounts (a reset makes the next
+# reader count the inbox while others commit): the depth stays exact
+$node->pgbench(
+	'--no-vacuum --client=4 --transactions=150 --max-tries=10',
+	0, [qr{processed: 600/600}], [qr{}],
+	'concurrent enqueues, processing and recounts',
+	{
+		'001_enqueue@6' => q{SELECT cdp.track('p' || :client_id, 'e');},
+		'002_take@3' => q{SELECT cdp.process_inbox(3);},
+		'003_recount@1' => q{SELECT cdp.reset_stats();
+SELECT value FROM cdp.stats WHERE name = 'inbox_depth';},
+	});
+is(figure('inbox_depth'), query('SELECT count(*) FROM cdp.inbox'),
+	'preloaded: after concurrent work the depth equals the rows queued');
+query('SELECT cdp.process_inbox()');
+query(sprintf($track, 2));
+
 # a crash: counters start again, the depth is counted again
 $node->stop('immediate');
 $node->start;
