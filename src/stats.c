@@ -137,6 +137,7 @@ static SPIPlanPtr range_plan = NULL;
 static SPIPlanPtr bounded_plan = NULL;
 static SPIPlanPtr oldest_plan = NULL;
 
+/* fixed size: a slot per database and per worker, whatever the load */
 static Size
 SharedStatsSize(void)
 {
@@ -187,7 +188,7 @@ StatsShmemStartup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* forget what this transaction counted */
+/* forget what this transaction counted (and end its bracket, if it had one) */
 static void
 ForgetPending(void)
 {
@@ -451,6 +452,7 @@ CdpStatsTakingFromInbox(void)
 	touched_inbox = true;
 }
 
+/* processing took rows from the inbox: the depth falls when it commits */
 void
 CdpStatsInboxTaken(int64 rows)
 {
@@ -777,6 +779,7 @@ EpochSeconds(TimestampTz t)
 		(double) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY;
 }
 
+/* one row of cdp.stats; value NULL when it cannot be known here */
 static void
 AddFigure(Tuplestorestate *ts, TupleDesc desc, const char *name, bool known, Datum value,
 		  const char *kind, const char *description)
