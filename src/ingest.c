@@ -16,6 +16,7 @@
 
 #include "pg_cdp.h"
 #include "stats.h"
+#include "workers.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
 
@@ -245,6 +246,7 @@ cdp_inbox_redact_write_keys(PG_FUNCTION_ARGS)
 		elog(ERROR, "cdp_inbox_redact_write_keys: must be a BEFORE INSERT row trigger");
 	/* cdp.max_inbox_depth, and the count of queued rows */
 	CdpStatsInboxRowQueued(trigdata->tg_relation);
+	CdpWakeWorkerAtCommit();
 
 	tuple = trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);

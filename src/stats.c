@@ -77,7 +77,7 @@ typedef struct CdpDbStats
 } CdpDbStats;
 
 /* one ingest worker's figures */
-typedef struct CdpWorkerSlot
+typedef struct CdpWorkerFigures
 {
 	slock_t		mutex;
 	int			pid;			/* 0: not running */
@@ -87,13 +87,13 @@ typedef struct CdpWorkerSlot
 	int64		last_batch_usecs;
 	int64		messages;		/* since it first started or the last reset */
 	int64		batches;
-} CdpWorkerSlot;
+} CdpWorkerFigures;
 
 typedef struct CdpSharedStats
 {
 	LWLock	   *lock;			/* assigns database slots */
 	CdpDbStats	dbs[CDP_STATS_MAX_DATABASES];
-	CdpWorkerSlot workers[CDP_MAX_INGEST_WORKERS];
+	CdpWorkerFigures workers[CDP_MAX_INGEST_WORKERS];
 } CdpSharedStats;
 
 /* what this transaction counted at one subtransaction level */
@@ -917,7 +917,7 @@ cdp_worker_stats(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 	{
-		CdpWorkerSlot w;
+		CdpWorkerFigures w;
 		Datum		values[9];
 		bool		nulls[9] = {false};
 
@@ -972,7 +972,7 @@ cdp_reset_stats(PG_FUNCTION_ARGS)
 	SpinLockRelease(&db->mutex);
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 	{
-		CdpWorkerSlot *w = &cdp_shared->workers[i];
+		CdpWorkerFigures *w = &cdp_shared->workers[i];
 
 		SpinLockAcquire(&w->mutex);
 		w->messages = 0;
@@ -983,7 +983,7 @@ cdp_reset_stats(PG_FUNCTION_ARGS)
 }
 
 /* the worker slot, or NULL (and a warning) when there is none */
-static CdpWorkerSlot *
+static CdpWorkerFigures *
 WorkerSlot(int worker_slot)
 {
 	if (cdp_shared == NULL)
@@ -1000,7 +1000,7 @@ WorkerSlot(int worker_slot)
 void
 CdpStatsWorkerStarted(int worker_slot, int pid)
 {
-	CdpWorkerSlot *w = WorkerSlot(worker_slot);
+	CdpWorkerFigures *w = WorkerSlot(worker_slot);
 
 	if (w == NULL)
 		return;
@@ -1014,7 +1014,7 @@ CdpStatsWorkerStarted(int worker_slot, int pid)
 void
 CdpStatsWorkerStopped(int worker_slot)
 {
-	CdpWorkerSlot *w = WorkerSlot(worker_slot);
+	CdpWorkerFigures *w = WorkerSlot(worker_slot);
 
 	if (w == NULL)
 		return;
@@ -1027,7 +1027,7 @@ CdpStatsWorkerStopped(int worker_slot)
 void
 CdpStatsReportBatch(int worker_slot, int64 messages, TimestampTz started, TimestampTz ended)
 {
-	CdpWorkerSlot *w = WorkerSlot(worker_slot);
+	CdpWorkerFigures *w = WorkerSlot(worker_slot);
 
 	if (w == NULL)
 		return;

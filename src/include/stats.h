@@ -12,8 +12,7 @@
 #include "datatype/timestamp.h"
 #include "utils/relcache.h"
 
-/* ingest worker slots cdp.worker_stats has room for */
-#define CDP_MAX_INGEST_WORKERS	32
+#include "workers.h"			/* CDP_MAX_INGEST_WORKERS */
 
 /* the counters, per database */
 typedef enum CdpStat

@@ -86,7 +86,8 @@ query('SELECT cdp.process_inbox()');
 query(sprintf($track, 4));
 
 # --- preloaded
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'pg_cdp'\n");
+# no ingest workers: the figures below are what this test's calls did
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'pg_cdp'\ncdp.ingest_workers = 0\n");
 $node->restart;
 is(figure('received'), '0', 'preloaded: counters start at zero');
 is(figure('inbox_depth'), '4', 'preloaded: the depth is counted from the table after a start');
@@ -138,6 +139,35 @@ is(figure('received'), '0', 'after a crash counters start from zero');
 is(figure('inbox_depth'), '2', 'after a crash the depth is counted again');
 is(query('SELECT cdp.process_inbox()'), '2', 'processed after the crash');
 is(figure('received'), '2', 'and counted');
+
+# an ingest worker reports its batches; its figures outlive it
+$node->append_conf('postgresql.conf', "cdp.ingest_workers = 1\n");
+$node->reload;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_cdp ingest worker'})
+  or die 'no ingest worker started';
+query(q{SELECT cdp.reset_stats()});
+query(sprintf($track, 30));
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM cdp.inbox}) or die 'the worker did not drain the inbox';
+$node->poll_query_until('postgres',
+	q{SELECT coalesce(sum(messages), 0) = 30 FROM cdp.worker_stats})
+  or die 'the worker did not report its batches';
+is(query(q{SELECT count(*) FROM cdp.worker_stats w JOIN pg_stat_activity a USING (pid)
+	WHERE a.backend_type = 'pg_cdp ingest worker' AND w.batches >= 1
+	  AND w.last_batch_messages BETWEEN 1 AND 30 AND w.last_batch_at IS NOT NULL
+	  AND w.last_batch_ms >= 0 AND w.started_at IS NOT NULL}), '1',
+	'cdp.worker_stats: the running worker, its pid, last batch and totals');
+is(figure('workers_running'), '1', 'workers_running counts it');
+is(figure('received'), '30', 'what a worker processes is counted in cdp.stats');
+my $old_pid = query(q{SELECT pid FROM cdp.worker_stats});
+query("SELECT pg_terminate_backend($old_pid)");
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM cdp.worker_stats WHERE pid IS NOT NULL AND pid <> $old_pid")
+  or die 'the worker was not restarted';
+is(query(q{SELECT messages FROM cdp.worker_stats}), '30',
+	'a restarted worker carries on its slot\'s totals');
+is(figure('received'), '30', 'cdp.stats survives a worker restart');
 
 $node->stop;
 done_testing();
