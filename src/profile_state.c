@@ -3,8 +3,9 @@
  *	  What people say about themselves in messages: traits (identify traits,
  *	  context.traits on any type) and consent (Segment categoryPreferences
  *	  and its "Segment Consent Preference Updated" event, RudderStack
- *	  consentManagement), written per identifier once per batch and into
- *	  profiles once per process_inbox call.
+ *	  consentManagement), gathered in memory per identifier and written
+ *	  into the per-identifier stores and the profiles once per
+ *	  process_inbox call (or when the gathered state grows over a bound).
  *
  *	  Both are kept per identifier (cdp.identifier_traits,
  *	  cdp.identifier_consent, the history in cdp.consent_log), which merges,
@@ -19,17 +20,36 @@
  *	  matter and a profile built up a batch at a time equals one recomputed
  *	  from its identifiers.
  *
- *	  Locking: a batch writes the state of identifiers whose profile rows it
- *	  holds (identity resolution locked them), which is what cdp.set_consent
- *	  takes too; profile rows before state rows, everywhere.
+ *	  Gathering: SDKs repeat the same traits and consent on every message,
+ *	  so writing a batch's state at once rewrote the rows of the same people
+ *	  batch after batch, each time leaving a dead version that the rest of
+ *	  the call (one transaction) steps over, and cost most of the time of
+ *	  ingest.  A chunk keeps, per identifier and trait key, the winning
+ *	  value, and per identifier and purpose the winning decision and the
+ *	  changes of decision (the history); a committed chunk's state joins its
+ *	  batch's and a committed batch's its call's (CdpMergeStateQueue), which
+ *	  writes them in one statement (CdpWriteQueuedProfileState) before its
+ *	  transaction ends.  Merges within the call recompute profiles from the
+ *	  stores without what is still gathered: the write merges each
+ *	  identifier's whole maps into its profile afterwards, and merging keeps
+ *	  the latest, so the profile ends as a recompute would make it.
+ *
+ *	  Locking: a call writes the state of identifiers whose profile rows it
+ *	  holds (identity resolution locked them, for the rest of the
+ *	  transaction), which is what cdp.set_consent takes too; profile rows
+ *	  before state rows, everywhere.
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
@@ -57,6 +77,7 @@ typedef enum StatePlan
 	PLAN_STATEFUL_NEW,
 	PLAN_RECOMPUTE,
 	PLAN_QUEUED,
+	PLAN_PURPOSES,
 	NUM_STATE_PLANS
 } StatePlan;
 
@@ -70,7 +91,7 @@ typedef struct Column
 	bool	   *nulls;
 } Column;
 
-/* what a batch writes: one row per trait key, one per consent decision */
+/* what a write sends: a row per trait key, per decision, per change */
 typedef struct StateRows
 {
 	int			cap;
@@ -78,14 +99,82 @@ typedef struct StateRows
 	Column		cols[8];
 } StateRows;
 
-/* identifiers whose state changed, not yet written into their profiles */
+/* a hash key: an identifier's bytes, or a name of an identifier (owner) */
+typedef struct BytesKey
+{
+	const void *owner;
+	const char *bytes;
+	int			len;
+} BytesKey;
+
+/* one consent decision (source NULL: none yet) */
+typedef struct Decision
+{
+	bool		granted;
+	TimestampTz at;
+	const char *message_id;		/* NULL from a message without one */
+	const char *source;
+} Decision;
+
+/* what every entry of a queue's tables starts with */
+typedef struct PendingHead
+{
+	BytesKey	key;
+	CdpIdentifier *id;
+	const char *name;			/* key.bytes, NUL-terminated */
+	int			namelen;
+} PendingHead;
+
+/* the winning value of one trait key of one identifier */
+typedef struct PendingTrait
+{
+	PendingHead h;
+	struct PendingTrait *next;	/* the identifier's next key */
+	Jsonb	   *value;
+	TimestampTz at;
+} PendingTrait;
+
+/* the decisions about one purpose of one identifier */
+typedef struct PendingConsent
+{
+	PendingHead h;
+	struct PendingConsent *next;	/* the identifier's next purpose */
+	Decision	latest;			/* the winner: latest, then a denial... */
+	Decision   *changes;		/* by time, each unlike the one before */
+	int			nchanges;
+	int			capchanges;
+} PendingConsent;
+
+/* an identifier with gathered state: one copy of it, its entries */
+struct PendingId
+{
+	PendingHead h;
+	PendingTrait *traits;
+	PendingConsent *consent;
+};
+
+/*
+ * The traits and consent a part (chunk, batch, call) gathered and has not
+ * written, in a context of its own (its size bounds a call's).
+ */
 struct CdpStateQueue
 {
 	MemoryContext cxt;
-	Datum	   *ids;
-	int			n;
-	int			cap;
+	HTAB	   *traits;			/* PendingTrait by identifier and key */
+	HTAB	   *consent;		/* PendingConsent by identifier and purpose */
+	HTAB	   *ids;			/* PendingId by identifier */
+	int			nsources;		/* message sources, kept once each */
+	const char *sources[16];
 };
+
+/* the categories a message states, before purposes are known */
+typedef struct MessageConsent
+{
+	int			n;
+	int			named;			/* categories counted against the bound */
+	char	   *names[CDP_MAX_MESSAGE_CONSENTS + 1];	/* lower case; NULL: full */
+	bool		granted[CDP_MAX_MESSAGE_CONSENTS + 1];
+} MessageConsent;
 
 typedef struct Violation
 {
@@ -95,6 +184,11 @@ typedef struct Violation
 	const char *rule;
 	char	   *detail;
 } Violation;
+
+typedef struct PendingId PendingId;
+static PendingId *PendingOwner(CdpStateQueue *queue, CdpIdentifier *id);
+static void PendTrait(CdpStateQueue *queue, PendingId *owner, const char *name, int namelen,
+					  Jsonb *value, TimestampTz at);
 
 /* plans name the identifier type by oid: prepare them again if it changed */
 static void
@@ -228,13 +322,14 @@ NewViolation(CdpMessage *msg, const char *rule, char *detail)
  * in *violations.
  */
 static void
-AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
+AddTraits(CdpStateQueue *queue, CdpMessage *msg, List **violations)
 {
 	JsonbValue *sources[2] = {NULL, NULL};
 	int			carried = 0;
 	int			taken = 0;
 	char	   *too_large = NULL;
 	int			ntoo_large = 0;
+	PendingId  *owner = NULL;
 
 	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
 		sources[0] = msg->traits;
@@ -248,7 +343,6 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 		for (int i = 0; i < obj->val.object.nPairs; i++)
 		{
 			JsonbPair  *pair = &obj->val.object.pairs[i];
-			Datum		values[4];
 			Jsonb	   *value;
 
 			if (s == 1 && HasKey(sources[0], &pair->key))
@@ -265,12 +359,10 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 										 Min(pair->key.val.string.len, 64));
 				continue;
 			}
-			values[0] = PointerGetDatum(msg->state_anchor);
-			values[1] = PointerGetDatum(cstring_to_text_with_len(pair->key.val.string.val,
-																 pair->key.val.string.len));
-			values[2] = JsonbPGetDatum(value);
-			values[3] = TimestampTzGetDatum(msg->ts);
-			AddRow(rows, 4, values, NULL);
+			if (owner == NULL)
+				owner = PendingOwner(queue, msg->state_anchor);
+			PendTrait(queue, owner, pair->key.val.string.val,
+					  pair->key.val.string.len, value, msg->ts);
 			taken++;
 		}
 	}
@@ -289,50 +381,35 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 }
 
 /*
- * One consent decision of a message (purpose NULL: the message is a full
- * statement, every defined purpose it leaves out is denied).  A category
- * is lower-cased; one that names no defined purpose is dropped when
- * written.  Returns false once the message is over its bound.
+ * One category a message states (name NULL: the message is a full
+ * statement, every defined purpose it leaves out is denied), lower-cased.
+ * A name longer than a purpose name can be names none and is dropped.
+ * Returns false once the message is over its bound.
  */
 static bool
-AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *name, int len,
-		   bool granted)
+AddConsent(MessageConsent *mc, const char *name, int len, bool granted)
 {
-	Datum		values[7];
-	bool		nulls[7] = {false};
+	char	   *lower = NULL;
 
 	if (name != NULL)
 	{
-		if (++(*count) > CDP_MAX_MESSAGE_CONSENTS)
+		if (++mc->named > CDP_MAX_MESSAGE_CONSENTS)
 			return false;
-		/* longer than a purpose name can be: it names none */
 		if (len > 63)
 			return true;
-	}
-	values[0] = PointerGetDatum(msg->state_anchor);
-	nulls[1] = (name == NULL);
-	if (name != NULL)
-	{
-		char	   *lower = pnstrdup(name, len);
-
+		lower = pnstrdup(name, len);
 		for (int i = 0; i < len; i++)
 			lower[i] = pg_ascii_tolower((unsigned char) lower[i]);
-		values[1] = CStringGetTextDatum(lower);
 	}
-	values[2] = BoolGetDatum(granted);
-	values[3] = TimestampTzGetDatum(msg->ts);
-	nulls[4] = (msg->message_id == NULL);
-	values[4] = msg->message_id ? CStringGetTextDatum(msg->message_id) : (Datum) 0;
-	values[5] = CStringGetTextDatum(msg->source ? msg->source : "");
-	values[6] = Int32GetDatum(ord);
-	AddRow(rows, 7, values, nulls);
+	mc->names[mc->n] = lower;
+	mc->granted[mc->n] = granted;
+	mc->n++;
 	return true;
 }
 
 /* the ids of a consentManagement list, each a decision */
 static bool
-AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue *list,
-			  bool granted)
+AddConsentIds(MessageConsent *mc, JsonbValue *list, bool granted)
 {
 	if (list == NULL || list->type != jbvArray)
 		return true;
@@ -342,26 +419,31 @@ AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue 
 
 		if (e->type != jbvString)
 			continue;
-		if (!AddConsent(rows, msg, ord, count, e->val.string.val, e->val.string.len, granted))
+		if (!AddConsent(mc, e->val.string.val, e->val.string.len, granted))
 			return false;
 	}
 	return true;
 }
 
 /*
- * The consent rows of one message, from every form it may carry them in.
- * Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS categories
- * (the first ones are kept).
+ * The categories one message states, from every form it may carry them
+ * in.  Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS (the
+ * first ones are kept).
  */
 static bool
-AddConsents(StateRows *rows, CdpMessage *msg, int ord)
+AddConsents(MessageConsent *mc, CdpMessage *msg)
 {
 	JsonbValue *prefs = ObjectGet(ObjectGet(msg->context, "consent"), "categoryPreferences");
 	JsonbValue *rudder = ObjectGet(msg->context, "consentManagement");
-	int			count = 0;
 
+	mc->n = 0;
+	mc->named = 0;
+	/* the full statement's mark does not count against the bound */
 	if (IsConsentEvent(msg))
-		AddConsent(rows, msg, ord, &count, NULL, 0, false);
+	{
+		mc->names[mc->n] = NULL;
+		mc->granted[mc->n++] = false;
+	}
 	if (prefs != NULL && prefs->type == jbvObject)
 	{
 		for (int i = 0; i < prefs->val.object.nPairs; i++)
@@ -370,47 +452,344 @@ AddConsents(StateRows *rows, CdpMessage *msg, int ord)
 
 			if (pair->value.type != jbvBool)
 				continue;
-			if (!AddConsent(rows, msg, ord, &count, pair->key.val.string.val,
-							pair->key.val.string.len, pair->value.val.boolean))
+			if (!AddConsent(mc, pair->key.val.string.val, pair->key.val.string.len,
+							pair->value.val.boolean))
 				return false;
 		}
 	}
-	if (!AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "allowedConsentIds"), true))
+	if (!AddConsentIds(mc, ObjectGet(rudder, "allowedConsentIds"), true))
 		return false;
-	return AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "deniedConsentIds"), false);
+	return AddConsentIds(mc, ObjectGet(rudder, "deniedConsentIds"), false);
 }
 
-/* a copy of an identifier into the queue's memory */
-static void
-Enqueue(CdpStateQueue *queue, Datum id)
+static uint32
+BytesKeyHash(const void *key, Size keysize)
 {
-	MemoryContext old = MemoryContextSwitchTo(queue->cxt);
+	const BytesKey *k = key;
+	uint32		h = hash_bytes((const unsigned char *) k->bytes, k->len);
 
-	if (queue->n == queue->cap)
+	if (k->owner != NULL)
+		h = hash_combine(h, hash_bytes((const unsigned char *) &k->owner, sizeof(k->owner)));
+	return h;
+}
+
+static int
+BytesKeyMatch(const void *a, const void *b, Size keysize)
+{
+	const BytesKey *x = a;
+	const BytesKey *y = b;
+
+	if (x->owner != y->owner || x->len != y->len)
+		return 1;
+	return memcmp(x->bytes, y->bytes, x->len);
+}
+
+/* a table keyed by BytesKey in the queue's context */
+static HTAB *
+NewTable(CdpStateQueue *queue, const char *name, Size entrysize)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(BytesKey);
+	ctl.entrysize = entrysize;
+	ctl.hash = BytesKeyHash;
+	ctl.match = BytesKeyMatch;
+	ctl.hcxt = queue->cxt;
+	return hash_create(name, 256, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+/* empty tables, in the queue's (emptied) context */
+static void
+StartQueue(CdpStateQueue *queue)
+{
+	MemoryContextReset(queue->cxt);
+	queue->traits = NewTable(queue, "cdp pending traits", sizeof(PendingTrait));
+	queue->consent = NewTable(queue, "cdp pending consent", sizeof(PendingConsent));
+	queue->ids = NewTable(queue, "cdp pending identifiers", sizeof(PendingId));
+	queue->nsources = 0;
+}
+
+/* an identifier's entry in the queue, made (with a copy of it) if new */
+static PendingId *
+PendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
+{
+	BytesKey	k = {NULL, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id)};
+	bool		found;
+	PendingId  *e = hash_search(queue->ids, &k, HASH_ENTER, &found);
+
+	if (!found)
 	{
-		queue->cap = Max(1024, queue->cap * 2);
-		queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
-			palloc(sizeof(Datum) * queue->cap);
+		e->h.id = MemoryContextAlloc(queue->cxt, VARSIZE_ANY(id));
+		memcpy(e->h.id, id, VARSIZE_ANY(id));
+		e->h.key.owner = NULL;
+		e->h.key.bytes = VARDATA_ANY(e->h.id);
+		e->h.key.len = k.len;
+		e->h.name = NULL;
+		e->h.namelen = 0;
+		e->traits = NULL;
+		e->consent = NULL;
 	}
-	queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
-	MemoryContextSwitchTo(old);
+	return e;
+}
+
+/*
+ * The entry of an identifier's trait key or purpose in one of the queue's
+ * tables, made (with a copy of the name) if new.
+ */
+static void *
+PendingEntry(CdpStateQueue *queue, HTAB *table, PendingId *owner, const char *name,
+			 int namelen, bool *found)
+{
+	BytesKey	k = {owner, name, namelen};
+	PendingHead *e = hash_search(table, &k, HASH_ENTER, found);
+
+	if (!*found)
+	{
+		char	   *copy = MemoryContextAlloc(queue->cxt, namelen + 1);
+
+		memcpy(copy, name, namelen);
+		copy[namelen] = '\0';
+		e->key.owner = owner;
+		e->key.bytes = copy;
+		e->key.len = namelen;
+		e->id = owner->h.id;
+		e->name = copy;
+		e->namelen = namelen;
+	}
+	return e;
+}
+
+/* a message's source in the queue's memory: the few there are, kept once */
+static const char *
+SourceText(CdpStateQueue *queue, const char *source)
+{
+	for (int i = 0; i < queue->nsources; i++)
+		if (strcmp(queue->sources[i], source) == 0)
+			return queue->sources[i];
+	if (queue->nsources == lengthof(queue->sources))
+		return MemoryContextStrdup(queue->cxt, source);
+	queue->sources[queue->nsources] = MemoryContextStrdup(queue->cxt, source);
+	return queue->sources[queue->nsources++];
+}
+
+/* free a source SourceText copied (one it keeps stays) */
+static void
+FreeSourceText(CdpStateQueue *queue, const char *source)
+{
+	for (int i = 0; i < queue->nsources; i++)
+		if (queue->sources[i] == source)
+			return;
+	pfree((char *) source);
+}
+
+/* a trait value as jsonb text (its ::text), for a tie */
+static char *
+JsonbText(Jsonb *jb)
+{
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/*
+ * Keep a trait value of an identifier if it wins over the one kept: the
+ * later time, then the larger value text (as the store's merge orders them).
+ */
+static void
+PendTrait(CdpStateQueue *queue, PendingId *owner, const char *name, int namelen,
+		  Jsonb *value, TimestampTz at)
+{
+	bool		found;
+	PendingTrait *e = PendingEntry(queue, queue->traits, owner, name, namelen, &found);
+
+	if (!found)
+	{
+		e->next = owner->traits;
+		owner->traits = e;
+	}
+	if (found && (at < e->at ||
+				  (at == e->at && strcmp(JsonbText(value), JsonbText(e->value)) <= 0)))
+		return;
+	if (found)
+		pfree(e->value);
+	e->value = MemoryContextAlloc(queue->cxt, VARSIZE(value));
+	memcpy(e->value, value, VARSIZE(value));
+	e->at = at;
+}
+
+/*
+ * Set *to to a copy of d in the queue's memory, freeing the texts of the
+ * decision it replaces (a decision replaces another on most messages).
+ */
+static void
+SetDecision(CdpStateQueue *queue, Decision *to, const Decision *d, bool replacing)
+{
+	if (replacing)
+	{
+		if (to->message_id)
+			pfree((char *) to->message_id);
+		if (to->source)
+			FreeSourceText(queue, to->source);
+	}
+	to->granted = d->granted;
+	to->at = d->at;
+	to->message_id = d->message_id ? MemoryContextStrdup(queue->cxt, d->message_id) : NULL;
+	to->source = SourceText(queue, d->source);
+}
+
+/*
+ * Whether decision a wins over b: the latest; at the same time a denial,
+ * then the larger message id and source (as cdp.merge_consent orders them).
+ */
+static bool
+DecisionWins(const Decision *a, const Decision *b)
+{
+	int			c;
+
+	if (b->source == NULL || a->at != b->at)
+		return b->source == NULL || a->at > b->at;
+	if (a->granted != b->granted)
+		return !a->granted;
+	c = strcmp(a->message_id ? a->message_id : "", b->message_id ? b->message_id : "");
+	if (c != 0)
+		return c > 0;
+	return strcmp(a->source, b->source) > 0;
+}
+
+/*
+ * Add a decision to the changes of a purpose: kept by time (a grant before
+ * a denial at the same time), each unlike the one before it.  A decision
+ * like the one before it is a repeat and not kept; one that comes before a
+ * change like itself takes its place (it made that change).
+ */
+static void
+AddChange(CdpStateQueue *queue, PendingConsent *e, const Decision *d)
+{
+	int			pos = e->nchanges;
+
+	while (pos > 0 && (e->changes[pos - 1].at > d->at ||
+					   (e->changes[pos - 1].at == d->at && !e->changes[pos - 1].granted &&
+						d->granted)))
+		pos--;
+	if (pos > 0 && e->changes[pos - 1].granted == d->granted)
+		return;
+	if (pos < e->nchanges && e->changes[pos].granted == d->granted)
+	{
+		SetDecision(queue, &e->changes[pos], d, true);
+		return;
+	}
+	if (e->nchanges == e->capchanges)
+	{
+		e->capchanges = Max(2, e->capchanges * 2);
+		e->changes = e->changes ?
+			repalloc(e->changes, sizeof(Decision) * e->capchanges) :
+			MemoryContextAlloc(queue->cxt, sizeof(Decision) * e->capchanges);
+	}
+	memmove(&e->changes[pos + 1], &e->changes[pos], sizeof(Decision) * (e->nchanges - pos));
+	SetDecision(queue, &e->changes[pos], d, false);
+	e->nchanges++;
+}
+
+/* the decisions about a purpose of an identifier, made if new */
+static PendingConsent *
+ConsentEntry(CdpStateQueue *queue, PendingId *owner, const char *purpose, int len)
+{
+	bool		found;
+	PendingConsent *e = PendingEntry(queue, queue->consent, owner, purpose, len, &found);
+
+	if (!found)
+	{
+		e->next = owner->consent;
+		owner->consent = e;
+		e->latest.message_id = NULL;
+		e->latest.source = NULL;
+		e->changes = NULL;
+		e->nchanges = e->capchanges = 0;
+	}
+	return e;
+}
+
+/* one decision of a message about a purpose of an identifier */
+static void
+PendDecision(CdpStateQueue *queue, PendingId *owner, const char *purpose, const Decision *d)
+{
+	PendingConsent *e = ConsentEntry(queue, owner, purpose, strlen(purpose));
+
+	if (DecisionWins(d, &e->latest))
+		SetDecision(queue, &e->latest, d, true);
+	AddChange(queue, e, d);
+}
+
+/* the defined purposes, sorted (a message's categories name them) */
+static char **
+LoadPurposes(int *n)
+{
+	uint64		rows;
+	char	  **names;
+
+	rows = CdpExecPlan(CdpPlan(&plans[PLAN_PURPOSES],
+							   "SELECT name FROM cdp.purposes ORDER BY name COLLATE \"C\"", 0, NULL),
+					   NULL, NULL, SPI_OK_SELECT);
+	names = palloc(sizeof(char *) * Max(rows, 1));
+	for (uint64 r = 0; r < rows; r++)
+		names[r] = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+	SPI_freetuptable(SPI_tuptable);
+	*n = (int) rows;
+	return names;
+}
+
+/*
+ * A message's decisions: one per defined purpose it states (a denial when
+ * it states one both ways); a full statement also denies every defined
+ * purpose it leaves out.  Categories that name no defined purpose are
+ * dropped.
+ */
+static void
+PendMessageConsent(CdpStateQueue *queue, CdpMessage *msg, MessageConsent *mc,
+				   char **purposes, int npurposes)
+{
+	int			state[64 + 1];	/* per purpose: 0 unstated, 1 granted, 2 denied */
+	int		   *st = npurposes <= 64 ? state : palloc(sizeof(int) * npurposes);
+	bool		full = false;
+	Decision	d;
+	PendingId  *owner = PendingOwner(queue, msg->state_anchor);
+
+	memset(st, 0, sizeof(int) * npurposes);
+	for (int i = 0; i < mc->n; i++)
+	{
+		if (mc->names[i] == NULL)
+		{
+			full = true;
+			continue;
+		}
+		for (int p = 0; p < npurposes; p++)
+			if (strcmp(mc->names[i], purposes[p]) == 0)
+			{
+				st[p] = (st[p] == 2 || !mc->granted[i]) ? 2 : 1;
+				break;
+			}
+	}
+	d.at = msg->ts;
+	d.message_id = msg->message_id;
+	d.source = msg->source ? msg->source : "";
+	for (int p = 0; p < npurposes; p++)
+	{
+		if (st[p] == 0 && !full)
+			continue;
+		d.granted = (st[p] == 1);
+		PendDecision(queue, owner, purposes[p], &d);
+	}
 }
 
 /* the statement of WriteState, in parts: traits, consent, profiles */
 static const char *const state_sql =
-	/* traits */
-	"WITH tu AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-	"  unnest($4)) AS u(i, k, v, t)), "
-	"tb AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM tu "
-	"  ORDER BY i, k, tu.t DESC, v::text COLLATE \"C\" DESC), "
-	"tn AS (SELECT g.i, m.traits, m.trait_times, g.tt AS batch_times, "
-	"    EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = g.i) AS stored "
-	"  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
-	"          FROM tb GROUP BY i) g, "
-	"  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
+	/* traits: per identifier its gathered values and their times */
+	"WITH tn AS (SELECT u.i, m.traits, m.trait_times, u.tt AS batch_times, "
+	"    EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = u.i) AS stored "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(i, tr, tt), "
+	"  LATERAL cdp.merge_traits(ARRAY[u.tr], ARRAY[u.tt], $4, true) m), "
 	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
 	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $5, true) m) "
+	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $4, true) m) "
 	"  FROM tn WHERE s.identifier = tn.i "
 	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
 	"     WHERE s.trait_times ->> e.key IS NULL "
@@ -424,43 +803,28 @@ static const char *const state_sql =
 	"tw AS (SELECT identifier FROM tu2 UNION ALL SELECT identifier FROM ti), "
 	/*
 	 * new keys an identifier had no room for: recorded, not silently lost;
-	 * each written row with the batch's keys it carried, never a join of
-	 * the batch with what was written (a nested loop over both, quadratic)
+	 * each written row with the keys it was given, never a join of what was
+	 * given with what was written (a nested loop over both, quadratic)
 	 */
 	"tx AS (INSERT INTO cdp.identity_violations (identifier, at, rule, detail) "
 	"  SELECT w.i, x.t::timestamptz, 'too_many_identifier_traits', "
 	"         format('%s trait keys skipped, \"%s\" the first: an identifier holds at most %s', "
-	"                x.n, x.k, $5) "
+	"                x.n, x.k, $4) "
 	"    FROM (SELECT identifier AS i, traits, batch_times FROM tu2 "
 	"          UNION ALL SELECT tn.i, tn.traits, tn.batch_times FROM tn WHERE NOT tn.stored) w, "
 	"    LATERAL (SELECT count(*) AS n, min(e.key COLLATE \"C\") AS k, max(e.value) AS t "
 	"               FROM jsonb_each_text(w.batch_times) e WHERE NOT w.traits ? e.key) x "
 	"   WHERE x.n > 0), "
-	/* consent */
-	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
-	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
-	"cd AS (SELECT cu.i, cu.c AS purpose, cu.g, cu.t, cu.m, cu.s, cu.o FROM cu "
-	"        JOIN cdp.purposes pp ON pp.name = cu.c "
-	"      UNION ALL "
-	/* a full statement's message with the categories it states (no self-join) */
-	"      SELECT f.i, pp.name, false, f.t, f.m, f.s, f.o "
-	"        FROM (SELECT o, (array_agg(i))[1] AS i, min(t) AS t, min(m) AS m, min(s) AS s, "
-	"                     coalesce(array_agg(c) FILTER (WHERE c IS NOT NULL), '{}') AS stated "
-	"                FROM cu GROUP BY o HAVING bool_or(c IS NULL)) f "
-	"        CROSS JOIN cdp.purposes pp WHERE pp.name <> ALL (f.stated)), "
-	/* a message's one decision per purpose: a denial when it states both */
-	"cm AS (SELECT DISTINCT ON (i, purpose, o) * FROM cd ORDER BY i, purpose, o, g), "
+	/* consent: the changes of decision, by time; the first is one unless the stored is like it */
+	"ch AS (SELECT * FROM ROWS FROM (unnest($5), unnest($6), unnest($7), "
+	"  unnest($8), unnest($9), unnest($10), unnest($11)) AS u(i, c, g, t, m, s, f)), "
 	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
-	"  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
-	"    SELECT cm.*, coalesce(lag(cm.g) OVER (PARTITION BY cm.i, cm.purpose "
-	"                                          ORDER BY cm.t, cm.g DESC), "
-	"                          (ic.consent -> cm.purpose ->> 'granted')::bool) AS prev "
-	"      FROM cm LEFT JOIN cdp.identifier_consent ic ON ic.identifier = cm.i) h "
-	"   WHERE h.prev IS DISTINCT FROM h.g), "
-	"cb AS (SELECT i, jsonb_object_agg(purpose, cdp.consent_entry(g, t, s, m)) AS e "
-	"  FROM (SELECT DISTINCT ON (i, purpose) * FROM cd "
-	"        ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
-	"                 s COLLATE \"C\" DESC) w GROUP BY i), "
+	"  SELECT ch.i, ch.c, ch.g, ch.t, ch.m, ch.s FROM ch "
+	"    LEFT JOIN cdp.identifier_consent ic ON ch.f AND ic.identifier = ch.i "
+	"   WHERE NOT ch.f OR (ic.consent -> ch.c ->> 'granted')::bool IS DISTINCT FROM ch.g "
+	"   ORDER BY ch.t, ch.g DESC), "
+	/* ... and per identifier the winning decision of each purpose */
+	"cb AS (SELECT * FROM ROWS FROM (unnest($12), unnest($13)) AS u(i, e)), "
 	"cu2 AS (UPDATE cdp.identifier_consent c SET consent = cdp.merge_consent(ARRAY[c.consent, cb.e]) "
 	"  FROM cb WHERE c.identifier = cb.i "
 	"   AND cdp.merge_consent(ARRAY[c.consent, cb.e]) <> c.consent "
@@ -492,53 +856,206 @@ static const char *const queued_sql =
 	"       GROUP BY i.profile_id) q "
 	"WHERE r.profile_id = q.p";
 
+/* a time as cdp.state_time gives it: ISO 8601 in UTC, to the microsecond */
+static void
+PushTime(JsonbParseState **st, TimestampTz at)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[64];
+	JsonbValue	v;
+
+	if (timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	v.type = jbvString;
+	v.val.string.val = pstrdup(buf);
+	v.val.string.len = strlen(buf);
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
+/* push an object key */
+static void
+PushKey(JsonbParseState **st, const char *key, int len)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = len;
+	pushJsonbValue(st, WJB_KEY, &k);
+}
+
+/* push a text value, or null */
+static void
+PushText(JsonbParseState **st, const char *text)
+{
+	JsonbValue	v;
+
+	if (text == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.type = jbvString;
+		v.val.string.val = (char *) text;
+		v.val.string.len = strlen(text);
+	}
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
 /*
- * A batch's state in one statement: trait rows to the identifiers' stores
- * (key by key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys
- * each); consent rows to the identifiers' latest decisions, and to the
- * history those that set or change a decision (a repeat of the one before
- * it is not history); the identifiers whose rows changed go to queue, for
- * their profiles (CdpWriteQueuedProfileState).  Categories that name no defined
- * purpose are dropped here; a full statement (purpose NULL) denies every
- * defined purpose its message does not state.  Stored rows are updated
- * and missing ones inserted (cheaper than INSERT ... ON CONFLICT, which
- * locks each row first): only holders of an identifier's profile row, or
- * of the identity lock while it has none, write its rows, so no other
- * session inserts one meanwhile.
+ * An identifier's gathered traits as its store holds them: {key: value}
+ * and {key: time}.
  */
 static void
-WriteState(StateRows *traits, StateRows *consent, CdpStateQueue *queue)
+TraitMaps(PendingTrait *t, Datum *traits, Datum *times)
+{
+	JsonbParseState *vs = NULL;
+	JsonbParseState *ts = NULL;
+
+	pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
+	pushJsonbValue(&ts, WJB_BEGIN_OBJECT, NULL);
+	for (; t != NULL; t = t->next)
+	{
+		JsonbValue	v;
+
+		PushKey(&vs, t->h.name, t->h.namelen);
+		v.type = jbvBinary;
+		v.val.binary.data = &t->value->root;
+		v.val.binary.len = VARSIZE(t->value) - VARHDRSZ;
+		if (JB_ROOT_IS_SCALAR(t->value))
+			(void) JsonbExtractScalar(&t->value->root, &v);
+		pushJsonbValue(&vs, WJB_VALUE, &v);
+		PushKey(&ts, t->h.name, t->h.namelen);
+		PushTime(&ts, t->at);
+	}
+	*traits = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&vs, WJB_END_OBJECT, NULL)));
+	*times = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ts, WJB_END_OBJECT, NULL)));
+}
+
+/*
+ * An identifier's winning decisions as its store holds them: {purpose:
+ * {"granted", "at", "source", "message_id"}} (as cdp.consent_entry).
+ */
+static Datum
+ConsentMap(PendingConsent *c)
+{
+	JsonbParseState *st = NULL;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (; c != NULL; c = c->next)
+	{
+		JsonbValue	g;
+
+		PushKey(&st, c->h.name, c->h.namelen);
+		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+		PushKey(&st, "granted", 7);
+		g.type = jbvBool;
+		g.val.boolean = c->latest.granted;
+		pushJsonbValue(&st, WJB_VALUE, &g);
+		PushKey(&st, "at", 2);
+		PushTime(&st, c->latest.at);
+		PushKey(&st, "source", 6);
+		PushText(&st, c->latest.source);
+		PushKey(&st, "message_id", 10);
+		PushText(&st, c->latest.message_id);
+		pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	}
+	return JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL)));
+}
+
+/*
+ * The gathered state in one statement: per identifier its trait values
+ * to its store (key by key, the latest time wins, at most
+ * CDP_MAX_IDENTIFIER_TRAITS keys) and its decisions to its latest, the
+ * changes of decision to the history (a repeat of the decision before it
+ * is not history).  Returns the identifiers whose rows changed, for their
+ * profiles.  Stored rows are updated and missing ones inserted (cheaper
+ * than INSERT ... ON CONFLICT, which locks each row first): only holders
+ * of an identifier's profile row write its rows, so no other session
+ * inserts one meanwhile.
+ */
+static Datum *
+WriteState(CdpStateQueue *queue, int *nchanged)
 {
 	Oid			idarray = get_array_type(plans_type_oid);
-	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
-		INT4OID, INT4OID,
+	Oid			argtypes[13] = {idarray, JSONBARRAYOID, JSONBARRAYOID, INT4OID,
 		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID};
+		BOOLARRAYOID,
+	idarray, JSONBARRAYOID};
 	Datum		args[13];
+	StateRows	traits = {0};
+	StateRows	changes = {0};
+	StateRows	latest = {0};
+	HASH_SEQ_STATUS seq;
+	PendingId  *p;
 	uint64		rows;
+	Datum	   *changed;
 
-	args[0] = ColumnArray(traits, 0, plans_type_oid);
-	args[1] = ColumnArray(traits, 1, TEXTOID);
-	args[2] = ColumnArray(traits, 2, JSONBOID);
-	args[3] = ColumnArray(traits, 3, TIMESTAMPTZOID);
-	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
-	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	args[6] = ColumnArray(consent, 0, plans_type_oid);
-	args[7] = ColumnArray(consent, 1, TEXTOID);
-	args[8] = ColumnArray(consent, 2, BOOLOID);
-	args[9] = ColumnArray(consent, 3, TIMESTAMPTZOID);
-	args[10] = ColumnArray(consent, 4, TEXTOID);
-	args[11] = ColumnArray(consent, 5, TEXTOID);
-	args[12] = ColumnArray(consent, 6, INT4OID);
+	hash_seq_init(&seq, queue->ids);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false};
+
+		values[0] = PointerGetDatum(p->h.id);
+		if (p->traits != NULL)
+		{
+			TraitMaps(p->traits, &values[1], &values[2]);
+			AddRow(&traits, 3, values, NULL);
+		}
+		if (p->consent == NULL)
+			continue;
+		for (PendingConsent *c = p->consent; c != NULL; c = c->next)
+		{
+			for (int k = 0; k < c->nchanges; k++)
+			{
+				Decision   *d = &c->changes[k];
+
+				values[1] = CStringGetTextDatum(c->h.name);
+				values[2] = BoolGetDatum(d->granted);
+				values[3] = TimestampTzGetDatum(d->at);
+				nulls[4] = (d->message_id == NULL);
+				values[4] = d->message_id ? CStringGetTextDatum(d->message_id) : (Datum) 0;
+				values[5] = CStringGetTextDatum(d->source);
+				values[6] = BoolGetDatum(k == 0);
+				AddRow(&changes, 7, values, nulls);
+			}
+		}
+		values[1] = ConsentMap(p->consent);
+		AddRow(&latest, 2, values, NULL);
+	}
+
+	args[0] = ColumnArray(&traits, 0, plans_type_oid);
+	args[1] = ColumnArray(&traits, 1, JSONBOID);
+	args[2] = ColumnArray(&traits, 2, JSONBOID);
+	args[3] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
+	args[4] = ColumnArray(&changes, 0, plans_type_oid);
+	args[5] = ColumnArray(&changes, 1, TEXTOID);
+	args[6] = ColumnArray(&changes, 2, BOOLOID);
+	args[7] = ColumnArray(&changes, 3, TIMESTAMPTZOID);
+	args[8] = ColumnArray(&changes, 4, TEXTOID);
+	args[9] = ColumnArray(&changes, 5, TEXTOID);
+	args[10] = ColumnArray(&changes, 6, BOOLOID);
+	args[11] = ColumnArray(&latest, 0, plans_type_oid);
+	args[12] = ColumnArray(&latest, 1, JSONBOID);
 	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
 					   args, NULL, SPI_OK_SELECT);
+	changed = palloc(sizeof(Datum) * Max(rows, 1));
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
 
-		Enqueue(queue, SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		changed[r] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[r],
+																		 SPI_tuptable->tupdesc, 1,
+																		 &isnull)));
 	}
 	SPI_freetuptable(SPI_tuptable);
+	*nchanged = (int) rows;
+	return changed;
 }
 
 /*
@@ -592,18 +1109,18 @@ WriteViolations(List *violations)
 }
 
 /*
- * After identity resolution: the traits and consent of a batch's messages
- * that resolved to a profile, into the per-identifier stores, in one
- * statement for the whole batch (none when no message carries any; one
- * more for messages over a bound); the identifiers that changed wait in
- * queue for their profiles.
+ * After identity resolution: the traits and consent of a chunk's messages
+ * that resolved to a profile, gathered in queue per identifier (no
+ * statement: CdpWriteQueuedProfileState writes them); messages over a
+ * bound are recorded at once, in one statement.
  */
 void
 CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 {
-	StateRows	traits = {0};
-	StateRows	consent = {0};
 	List	   *violations = NIL;
+	char	  **purposes = NULL;
+	int			npurposes = 0;
+	MessageConsent mc;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -611,69 +1128,100 @@ CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 
 		if (msg->outcome != CDP_PENDING || !msg->has_profile_id || msg->state_anchor == NULL)
 			continue;
-		AddTraits(&traits, msg, &violations);
-		if (!AddConsents(&consent, msg, i))
+		AddTraits(queue, msg, &violations);
+		if (!AddConsents(&mc, msg))
 			violations = lappend(violations,
 								 NewViolation(msg, "too_many_consent_categories",
 											  psprintf("the message states more than %d consent categories; "
 													   "only the first %d are kept",
 													   CDP_MAX_MESSAGE_CONSENTS, CDP_MAX_MESSAGE_CONSENTS)));
+		if (mc.n == 0)
+			continue;
+		if (purposes == NULL)
+		{
+			CheckPlans();
+			purposes = LoadPurposes(&npurposes);
+		}
+		PendMessageConsent(queue, msg, &mc, purposes, npurposes);
 	}
-	if (traits.n == 0 && consent.n == 0 && violations == NIL)
-		return;
-	CheckPlans();
+	if (violations != NIL)
 	{
-		int			level = CdpBeginIndexedPlans();
+		int			level;
 
-		if (traits.n > 0 || consent.n > 0)
-			WriteState(&traits, &consent, queue);
+		CheckPlans();
+		level = CdpBeginIndexedPlans();
 		WriteViolations(violations);
 		CdpEndIndexedPlans(level);
 	}
 }
 
 /*
- * An empty queue of identifiers whose state a part changed, written into
- * their profiles by CdpWriteQueuedProfileState.  Writing a profile record
- * once per batch leaves a dead version of it per batch for the rest of the
- * transaction (see CdpNewProfileStats); once per call leaves one.
+ * An empty queue of the traits and consent a part (chunk, batch, call)
+ * gathers, in a context of its own under cxt.
  */
 CdpStateQueue *
 CdpNewStateQueue(MemoryContext cxt)
 {
 	CdpStateQueue *queue = MemoryContextAllocZero(cxt, sizeof(CdpStateQueue));
 
-	queue->cxt = cxt;
+	queue->cxt = AllocSetContextCreate(cxt, "cdp profile state", ALLOCSET_DEFAULT_SIZES);
+	StartQueue(queue);
 	return queue;
 }
 
-/* how many identifiers wait (some maybe twice) */
+/*
+ * How much a queue holds, in kilobytes (about 1.5 per identifier whose
+ * traits and consent it gathered; trait values can make it more): a call
+ * writes when this passes its bound, which bounds its memory.
+ */
 int
 CdpStateQueueLength(CdpStateQueue *queue)
 {
-	return queue->n;
+	return (int) (MemoryContextMemAllocated(queue->cxt, true) / 1024);
 }
 
 /*
- * Add a committed part's queue to the queue of the part holding it (a
- * chunk's to its batch's, a batch's to its call's), as profile stats are:
- * the call then writes only profiles whose rows it still holds locked.
+ * Add a committed part's state to that of the part holding it (a chunk's
+ * to its batch's, a batch's to its call's), as profile stats are: the call
+ * then writes only the state of identifiers whose profile rows it still
+ * holds locked, and none of a part that was rolled back.
  */
 void
 CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
 {
-	for (int i = 0; i < from->n; i++)
-		Enqueue(into, from->ids[i]);
+	HASH_SEQ_STATUS seq;
+	PendingId  *p;
+
+	hash_seq_init(&seq, from->ids);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		PendingId  *owner = PendingOwner(into, p->h.id);
+
+		for (PendingTrait *t = p->traits; t != NULL; t = t->next)
+			PendTrait(into, owner, t->h.name, t->h.namelen, t->value, t->at);
+		for (PendingConsent *c = p->consent; c != NULL; c = c->next)
+		{
+			PendingConsent *e = ConsentEntry(into, owner, c->h.name, c->h.namelen);
+
+			if (DecisionWins(&c->latest, &e->latest))
+				SetDecision(into, &e->latest, &c->latest, true);
+			for (int k = 0; k < c->nchanges; k++)
+				AddChange(into, e, &c->changes[k]);
+		}
+	}
 }
 
 /*
- * Merge the state of the queued identifiers into the profiles holding them
- * now, in one statement, and empty the queue.  Per key and purpose the
- * merge keeps the latest and an identifier's maps only gain newer entries,
- * so merging an identifier's whole maps into its profile again is harmless:
- * it stays right when a merge, split or rebuild recomputed the profile in
- * between.  Only committed parts queue (CdpMergeStateQueue), so the call
- * holds these profile rows (its identity resolution locked them).
+ * Write the gathered traits and consent into the per-identifier stores,
+ * then merge the stores of the identifiers whose rows changed into the
+ * profiles holding them now, and empty the queue: two statements.  Per key
+ * and purpose the merge keeps the latest and an identifier's maps only gain
+ * newer entries, so merging an identifier's whole maps into its profile
+ * again is harmless: it stays right when a merge, split or rebuild
+ * recomputed the profile in between.  Only committed parts are gathered
+ * (CdpMergeStateQueue), so the caller holds these profile rows (its
+ * identity resolution locked them).  Whatever runs the pipeline calls this
+ * before its transaction ends.
  */
 void
 CdpWriteQueuedProfileState(CdpStateQueue *queue)
@@ -681,21 +1229,25 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue)
 	Oid			argtypes[2];
 	Datum		args[2];
 	int			level;
+	Datum	   *changed;
+	int			nchanged;
 
-	if (queue->n == 0)
+	if (hash_get_num_entries(queue->traits) == 0 && hash_get_num_entries(queue->consent) == 0)
 		return;
 	CheckPlans();
-	argtypes[0] = get_array_type(plans_type_oid);
-	argtypes[1] = INT4OID;
-	args[0] = CdpArray(queue->ids, queue->n, plans_type_oid);
-	args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
 	level = CdpBeginIndexedPlans();
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
-				args, NULL, SPI_OK_UPDATE);
+	changed = WriteState(queue, &nchanged);
+	if (nchanged > 0)
+	{
+		argtypes[0] = get_array_type(plans_type_oid);
+		argtypes[1] = INT4OID;
+		args[0] = CdpArray(changed, nchanged, plans_type_oid);
+		args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+		CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+	}
 	CdpEndIndexedPlans(level);
-	for (int i = 0; i < queue->n; i++)
-		pfree(DatumGetPointer(queue->ids[i]));
-	queue->n = 0;
+	StartQueue(queue);
 }
 
 /*
