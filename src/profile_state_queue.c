@@ -754,6 +754,23 @@ CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
 	HASH_SEQ_STATUS seq;
 	CdpPendingId *p;
 
+	/*
+	 * Into an empty queue (a batch's first chunk, most batches' only one):
+	 * take from's tables as they are, swapping the two queues' contexts
+	 * under their parents, rather than copying every entry.
+	 */
+	if (hash_get_num_entries(into->ids) == 0)
+	{
+		CdpStateQueue tmp = *into;
+		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
+		MemoryContext from_parent = MemoryContextGetParent(from->cxt);
+
+		*into = *from;
+		*from = tmp;
+		MemoryContextSetParent(into->cxt, into_parent);
+		MemoryContextSetParent(from->cxt, from_parent);
+		return;
+	}
 	hash_seq_init(&seq, from->ids);
 	while ((p = hash_seq_search(&seq)) != NULL)
 	{
