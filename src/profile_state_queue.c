@@ -91,13 +91,13 @@ typedef struct PendingHead
 	CdpIdentifier *id;
 	const char *name;			/* key.bytes, NUL-terminated */
 	int			namelen;
+	void	   *next;			/* the identifier's next entry in the table */
 } PendingHead;
 
 /* the winning value of one trait key of one identifier */
 typedef struct PendingTrait
 {
 	PendingHead h;
-	struct PendingTrait *next;	/* the identifier's next key */
 	Jsonb	   *value;
 	TimestampTz at;
 } PendingTrait;
@@ -106,7 +106,6 @@ typedef struct PendingTrait
 typedef struct PendingConsent
 {
 	PendingHead h;
-	struct PendingConsent *next;	/* the identifier's next purpose */
 	Decision	latest;			/* the winner: latest, then a denial... */
 	Decision   *changes;		/* by time, each unlike the one before */
 	int			nchanges;
@@ -117,8 +116,10 @@ typedef struct PendingConsent
 struct CdpPendingId
 {
 	PendingHead h;
-	PendingTrait *traits;
-	PendingConsent *consent;
+	PendingTrait *traits;		/* its keys, a list */
+	PendingConsent *consent;	/* its purposes, a list */
+	int			ntraits;
+	int			nconsent;
 };
 
 /*
@@ -245,21 +246,37 @@ CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
 		e->h.namelen = 0;
 		e->traits = NULL;
 		e->consent = NULL;
+		e->ntraits = e->nconsent = 0;
 	}
 	return e;
 }
 
+/* an identifier's entries in a table past which its list is not searched */
+#define SHORT_LIST	8
+
 /*
  * The entry of an identifier's trait key or purpose in one of the queue's
- * tables, made (with a copy of the name) if new.
+ * tables, made (with a copy of the name, added to the identifier's list
+ * *list of *count entries) if new.  Most identifiers have a few: their list
+ * is searched rather than the table, which a call makes large.
  */
 static void *
-PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, const char *name,
-			 int namelen, bool *found)
+PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list, int *count,
+			 const char *name, int namelen, bool *found)
 {
 	BytesKey	k = {owner, name, namelen};
-	PendingHead *e = hash_search(table, &k, HASH_ENTER, found);
+	PendingHead *e;
 
+	if (*count <= SHORT_LIST)
+	{
+		for (e = *list; e != NULL; e = e->next)
+			if (e->namelen == namelen && memcmp(e->name, name, namelen) == 0)
+			{
+				*found = true;
+				return e;
+			}
+	}
+	e = hash_search(table, &k, HASH_ENTER, found);
 	if (!*found)
 	{
 		char	   *copy = MemoryContextAlloc(queue->cxt, namelen + 1);
@@ -272,6 +289,9 @@ PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, const char 
 		e->id = owner->h.id;
 		e->name = copy;
 		e->namelen = namelen;
+		e->next = *list;
+		*list = e;
+		(*count)++;
 	}
 	return e;
 }
@@ -316,13 +336,9 @@ CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name, int na
 {
 	Jsonb	   *value = DatumGetJsonbP(jsonb);
 	bool		found;
-	PendingTrait *e = PendingEntry(queue, queue->traits, owner, name, namelen, &found);
+	PendingTrait *e = PendingEntry(queue, queue->traits, owner, (void **) &owner->traits,
+								   &owner->ntraits, name, namelen, &found);
 
-	if (!found)
-	{
-		e->next = owner->traits;
-		owner->traits = e;
-	}
 	if (found && (at < e->at ||
 				  (at == e->at && strcmp(JsonbText(value), JsonbText(e->value)) <= 0)))
 		return;
@@ -411,12 +427,11 @@ static PendingConsent *
 ConsentEntry(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, int len)
 {
 	bool		found;
-	PendingConsent *e = PendingEntry(queue, queue->consent, owner, purpose, len, &found);
+	PendingConsent *e = PendingEntry(queue, queue->consent, owner, (void **) &owner->consent,
+									 &owner->nconsent, purpose, len, &found);
 
 	if (!found)
 	{
-		e->next = owner->consent;
-		owner->consent = e;
 		e->latest.message_id = NULL;
 		e->latest.source = NULL;
 		e->changes = NULL;
@@ -479,9 +494,9 @@ static const char *const state_sql =
 	"  unnest($8), unnest($9), unnest($10), unnest($11)) AS u(i, c, g, t, m, s, f)), "
 	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
 	"  SELECT ch.i, ch.c, ch.g, ch.t, ch.m, ch.s FROM ch "
-	"    LEFT JOIN cdp.identifier_consent ic ON ch.f AND ic.identifier = ch.i "
-	"   WHERE NOT ch.f OR (ic.consent -> ch.c ->> 'granted')::bool IS DISTINCT FROM ch.g "
-	"   ORDER BY ch.t, ch.g DESC), "
+	"   WHERE NOT ch.f OR (SELECT (ic.consent -> ch.c ->> 'granted')::bool "
+	"                        FROM cdp.identifier_consent ic WHERE ic.identifier = ch.i) "
+	"                     IS DISTINCT FROM ch.g), "
 	/* ... and per identifier the winning decision of each purpose */
 	"cb AS (SELECT * FROM ROWS FROM (unnest($12), unnest($13)) AS u(i, e)), "
 	"cu2 AS (UPDATE cdp.identifier_consent c SET consent = cdp.merge_consent(ARRAY[c.consent, cb.e]) "
@@ -577,7 +592,7 @@ TraitMaps(PendingTrait *t, Datum *traits, Datum *times)
 
 	pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
 	pushJsonbValue(&ts, WJB_BEGIN_OBJECT, NULL);
-	for (; t != NULL; t = t->next)
+	for (; t != NULL; t = t->h.next)
 	{
 		JsonbValue	v;
 
@@ -605,7 +620,7 @@ ConsentMap(PendingConsent *c)
 	JsonbParseState *st = NULL;
 
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	for (; c != NULL; c = c->next)
+	for (; c != NULL; c = c->h.next)
 	{
 		JsonbValue	g;
 
@@ -668,7 +683,7 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 		}
 		if (p->consent == NULL)
 			continue;
-		for (PendingConsent *c = p->consent; c != NULL; c = c->next)
+		for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
 		{
 			for (int k = 0; k < c->nchanges; k++)
 			{
@@ -776,9 +791,9 @@ CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
 	{
 		CdpPendingId *owner = CdpPendingOwner(into, p->h.id);
 
-		for (PendingTrait *t = p->traits; t != NULL; t = t->next)
+		for (PendingTrait *t = p->traits; t != NULL; t = t->h.next)
 			CdpPendTrait(into, owner, t->h.name, t->h.namelen, JsonbPGetDatum(t->value), t->at);
-		for (PendingConsent *c = p->consent; c != NULL; c = c->next)
+		for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
 		{
 			PendingConsent *e = ConsentEntry(into, owner, c->h.name, c->h.namelen);
 
