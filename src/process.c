@@ -59,8 +59,8 @@
 #define STATS_PROFILES		65536
 
 /*
- * Traits and consent a call gathers before it writes them (see
- * CdpStateQueueLength): identifiers plus kilobytes held, so at most 64 MB.
+ * Traits and consent a call gathers before it writes them, in kilobytes
+ * (see CdpStateQueueLength): at most 64 MB.
  */
 #define STATE_IDENTIFIERS	65536
 
