@@ -64,13 +64,20 @@ END \$\$;};
 	push @producers, IPC::Run::start(['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
 		'-d', $node->connstr('cdp'), '-c', $sql]);
 }
+# process_inbox beside the workers, taking what they do not hold
+my $log_offset = -s $node->logfile;
+my $drainer = IPC::Run::start(['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('cdp'),
+	'-c', q{DO $$ BEGIN FOR k IN 1..40 LOOP PERFORM cdp.process_inbox(500); COMMIT; END LOOP; END $$;}]);
 $_->finish or die "a producer failed" for @producers;
+ok($drainer->finish, 'process_inbox runs beside the workers without an error');
 wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'Load'}, '100000',
 	'the workers drain 100,000 messages from 4 concurrent producers');
 is(sql(q{SELECT count(DISTINCT message_id) FROM cdp.events WHERE event = 'Load'}), '100000',
 	'each stored once');
 is(sql('SELECT count(*) FROM cdp.inbox'), '0', 'the inbox is empty');
 is(sql('SELECT count(*) FROM cdp.dead_letters'), '0', 'nothing dead-lettered');
+unlike(slurp_file($node->logfile, $log_offset), qr/deadlock detected|stopped early/,
+	'the workers and process_inbox never deadlock each other');
 is(sql(q{SELECT count(*) FROM cdp.profiles WHERE first_seen IS NOT NULL}), '2001',
 	'every device has its profile');
 
