@@ -57,6 +57,7 @@ typedef struct RetentionPlan
 	int			created;
 } RetentionPlan;
 
+/* at exit: the slot tells the launcher and database commands it is gone */
 static void
 ReleaseMaintenanceSlot(int code, Datum arg)
 {
@@ -104,6 +105,7 @@ QueryList(const char *sql, int nargs, Oid *argtypes, Datum *args, MemoryContext 
 	return result;
 }
 
+/* a statement through SPI, in the caller's transaction */
 static void
 ExecuteSql(const char *sql)
 {
@@ -115,6 +117,7 @@ ExecuteSql(const char *sql)
 		elog(ERROR, "maintenance statement failed (%s): %s", SPI_result_code_string(rc), sql);
 }
 
+/* cdp.events_p20261124, quoted as needed, kept beyond the transaction */
 static char *
 QualifiedName(Oid relid, MemoryContext keep)
 {
@@ -126,7 +129,8 @@ QualifiedName(Oid relid, MemoryContext keep)
 /*
  * The pass's first transaction, as pg_cdp's owner (the caller restores its
  * user): dedup purge and premaking, then what retention must detach or
- * finish detaching, the partitions to drop marked.  false when a
+ * finish detaching; expired partitions whose detach was cut short are marked
+ * for dropping here, the others just before their own detach.  false when a
  * run_maintenance() holds the maintenance lock (the pass is skipped).
  */
 static bool
@@ -189,10 +193,10 @@ PlanPass(RetentionPlan *plan, MemoryContext keep)
 		Oid			relid = lfirst_oid(lc);
 		char	   *name = QualifiedName(relid, keep);
 
-		if (plan->drop)
-			ExecuteSql(psprintf("COMMENT ON TABLE %s IS '%s'", name, DROP_MARK));
 		if (!list_member_oid(pending, relid))
 			AppendKept(&plan->detach, name, keep);
+		else if (plan->drop)
+			ExecuteSql(psprintf("COMMENT ON TABLE %s IS '%s'", name, DROP_MARK));
 	}
 
 	SPI_finish();
@@ -291,6 +295,10 @@ RunPass(MemoryContext pass_cxt)
 	foreach(lc, plan.detach)
 	{
 		CHECK_FOR_INTERRUPTS();
+		/* marked first: if the detach is cut short, the next pass still drops it */
+		if (plan.drop)
+			RunTopLevel(psprintf("COMMENT ON TABLE %s IS '%s'", (char *) lfirst(lc), DROP_MARK),
+						pass_cxt);
 		RunTopLevel(psprintf("ALTER TABLE cdp.events DETACH PARTITION %s CONCURRENTLY",
 							 (char *) lfirst(lc)), pass_cxt);
 	}
