@@ -3,8 +3,8 @@
 # detaches concurrently, so a long report and sustained ingest go on while
 # it is due (the old partition goes once the report ends); a detach cut
 # short is finished on the next pass; schedule_jobs leaves out the pg_cron
-# jobs the workers make needless, and cdp.maintenance_interval = 0 stops
-# the worker.
+# jobs the workers make needless; cdp.maintenance_interval = 0 stops the
+# worker, and a new one purges the dedup window at once.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -163,8 +163,13 @@ reload('cdp.ingest_workers', '1');
 is(sql(q{SELECT count(*) FROM cdp.schedule_jobs()}), '1', 'with ingest workers, one job');
 is(sql(q{SELECT string_agg(jobname, ',') FROM cron.job}), 'cdp-maintenance',
 	'the maintenance job: the inbox job scheduled before is removed');
+sql(q{SELECT cdp.ingest('{"type": "track", "event": "Remembered", "anonymousId": "r1", "messageId": "remember-1"}')});
+wait_for(q{SELECT count(*) FROM cdp.message_ids}, '1', 'a messageId is remembered');
+reload('cdp.dedup_window', '1s');
 reload('cdp.maintenance_interval', '1min');
 wait_for($maintenance_sql, '1', 'a positive interval starts the maintenance worker again');
+wait_for('SELECT count(*) FROM cdp.message_ids', '0',
+	'its first pass purges the dedup window');
 is(sql(q{SELECT count(*) FROM cdp.schedule_jobs()}), '0', 'and schedule_jobs removes its job');
 is(sql(q{SELECT count(*) FROM cron.job}), '0', 'cron.job is empty again');
 
