@@ -504,7 +504,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA cdp TO %I', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.run_maintenance(), cdp.process_inbox(int), '
                    'cdp.partition_bounds(), cdp.schedule_jobs(), cdp.unschedule_jobs(), '
-                   'cdp.require_pg_cron(), cdp.job_definitions() TO %I', role);
+                   'cdp.require_pg_cron(), cdp.job_definitions(), cdp.needed_jobs(), '
+                   'cdp.workers_running(), cdp.maintenance_running() TO %I', role);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE cdp.drain_inbox(interval, int, bigint) TO %I', role);
     EXECUTE format('GRANT SELECT ON cdp.partitions TO %I', role);
     -- the jobs schedule_jobs registers run as the role that scheduled them
