@@ -177,16 +177,41 @@ OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
 	return CdpPlanReplanned(&plans[which], sql, nargs, argtypes);
 }
 
-/* attach the stored identities of ids to the graph */
+/*
+ * Attach the stored identities of ids to the graph: those this transaction
+ * knows (k, when not NULL) from what it keeps, the rest read.
+ */
 static void
-LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
+LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 {
 	Oid			argtypes[1] = {get_array_type(plans_type_oid)};
-	Datum		args[1] = {IdentifierArray(ids, n)};
+	Datum		args[1];
 	uint64		rows;
 
+	if (k != NULL)
+	{
+		int			nread = 0;
+
+		for (int i = 0; i < n; i++)
+		{
+			IdNode	   *kn = CdpGraphNode(k, ids[i], false);
+			ProfNode   *p;
+
+			if (kn == NULL)
+			{
+				ids[nread++] = ids[i];
+				continue;
+			}
+			p = CdpGraphProfile(g, kn->prof->profile_id, true);
+			p->version = kn->prof->version;
+			p->rank = kn->prof->rank;
+			CdpGraphAttach(g, CdpGraphNode(g, kn->id, true), p, kn->linked_at, NULL, false);
+		}
+		n = nread;
+	}
 	if (n == 0)
 		return;
+	args[0] = IdentifierArray(ids, n);
 	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
 							"SELECT i.identifier, i.profile_id, i.linked_at, r.version, "
 							"coalesce(r.merge_rank, r.profile_id) "
@@ -250,7 +275,7 @@ StaleSnapshotContext(void *arg)
 }
 
 /*
- * Every writer of the identity graph comes here first: one writer at a time,
+ * Every writer of the identity graph takes this lock first: one writer at a time,
  * and every read after this sees the previous writer's commit.  A
  * transaction already holding profile rows taken without the lock does not
  * wait for it (that is the order the other writers use the other way round):
@@ -260,8 +285,8 @@ StaleSnapshotContext(void *arg)
  * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
  * commit cannot, so updating the clock row fails for it with 40001.
  */
-void
-CdpLockIdentityGraph(void)
+static void
+LockIdentityGraph(void)
 {
 	static SPIPlanPtr tick = NULL;
 	ErrorContextCallback cb;
@@ -288,6 +313,18 @@ CdpLockIdentityGraph(void)
 	CdpExecPlan(CdpPlan(&tick, "UPDATE cdp.identity_clock SET ticks = ticks + 1", 0, NULL),
 				NULL, NULL, SPI_OK_UPDATE);
 	error_context_stack = cb.previous;
+}
+
+/*
+ * The identity lock for a writer other than ingest (split, rebuild,
+ * forget): what this transaction knew of the graph is no longer to be
+ * trusted once it writes.
+ */
+void
+CdpLockIdentityGraph(void)
+{
+	CdpKnownIdentitiesForget();
+	LockIdentityGraph();
 }
 
 /*
@@ -423,9 +460,13 @@ LockProfilesUnlessStale(IdentityGraph *g, int64 *ids, int n)
 	return stale;
 }
 
-/* the canonical profiles of every attached node, for locking */
+/*
+ * The profiles of every attached node, for locking; those this transaction
+ * locked already (known to k, when not NULL) take what LockProfiles would
+ * read from what it keeps instead.
+ */
 static int
-AttachedProfiles(IdentityGraph *g, int64 **out)
+AttachedProfiles(IdentityGraph *g, int64 **out, IdentityGraph *k)
 {
 	uint32		count = CdpGraphProfileCount(g);
 	int			n = 0;
@@ -434,8 +475,14 @@ AttachedProfiles(IdentityGraph *g, int64 **out)
 	for (uint32 i = 0; i < count; i++)
 	{
 		ProfNode   *p = CdpGraphProfileAt(g, i);
+		ProfNode   *kp = k ? CdpGraphProfile(k, p->profile_id, false) : NULL;
 
-		if (!p->is_new)
+		if (kp != NULL)
+		{
+			p->merges_absorbed = kp->merges_absorbed;
+			p->rank = kp->rank;
+		}
+		else if (!p->is_new)
 			ids[n++] = p->profile_id;
 	}
 	*out = ids;
@@ -519,12 +566,12 @@ PreloadMembers(IdentityGraph *g, IdItem *items, int n)
 }
 
 static IdentityGraph *
-BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
+BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, IdentityGraph *k)
 {
 	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt);
 	List	   *all = NIL;
 	CdpIdentifier **arr;
-	int			k = 0;
+	int			nall = 0;
 	ListCell   *lc;
 
 	g->load_members = LoadMembers;
@@ -539,8 +586,8 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 	}
 	arr = palloc(sizeof(CdpIdentifier *) * Max(list_length(all), 1));
 	foreach(lc, all)
-		arr[k++] = lfirst(lc);
-	LoadIdentities(g, arr, k);
+		arr[nall++] = lfirst(lc);
+	LoadIdentities(g, arr, nall, k);
 
 	return g;
 }
@@ -1368,16 +1415,23 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	MemoryContext cxt = CurrentMemoryContext;
 	IdentityRules *rules;
 	IdentityGraph *g;
+	IdentityGraph *known;
 	bool		changes_possible = false;
 	int64	   *lock_ids;
 	int			nlock;
 
 	CheckPlans(CdpIdentifierTypeOid());
 	rules = CdpLoadIdentityRules();
-	changes_possible = last_batch_changed;
+
+	/*
+	 * Holding the identity lock already, with what this transaction learnt
+	 * under it: reading without the lock would save nothing.
+	 */
+	known = CdpKnownIdentities();
+	changes_possible = last_batch_changed || known != NULL;
 	if (!changes_possible)
 	{
-		g = BuildGraph(rules, items, n, cxt);
+		g = BuildGraph(rules, items, n, cxt, NULL);
 		for (int i = 0; i < n && !changes_possible; i++)
 		{
 			/* nothing changes, so an alias reads its previousId as it will */
@@ -1391,7 +1445,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	if (!changes_possible)
 	{
 		/* a split that committed meanwhile makes what we read stale */
-		nlock = AttachedProfiles(g, &lock_ids);
+		nlock = AttachedProfiles(g, &lock_ids, NULL);
 		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
 		if (!changes_possible && nlock > 0)
 			rows_without_lock_lxid = MyProc->lxid;
@@ -1399,12 +1453,17 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	if (changes_possible)
 	{
 		/* one writer of the graph at a time; read again under the lock, rules too */
-		CdpLockIdentityGraph();
+		if (known == NULL)
+		{
+			LockIdentityGraph();
+			CdpKnownIdentitiesStart();
+			known = CdpKnownIdentities();
+		}
 		rules = CdpLoadIdentityRules();
-		g = BuildGraph(rules, items, n, cxt);
+		g = BuildGraph(rules, items, n, cxt, known);
 		/* read after the lock: a split that committed before it is seen */
 		g->splits = CdpCachedSplits();
-		nlock = AttachedProfiles(g, &lock_ids);
+		nlock = AttachedProfiles(g, &lock_ids, known);
 		LockProfiles(g, lock_ids, nlock);
 		PreloadMembers(g, items, n);
 	}
@@ -1474,6 +1533,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		WriteMerges(g);
 		WriteNewIdentities(g);
 		WriteEvidence(items, n);
+		CdpKnownIdentitiesRemember(g);
 	}
 	WriteViolations(g);
 	WriteProfileStats(g, items, n, stats);

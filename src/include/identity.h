@@ -264,6 +264,12 @@ extern Oid	CdpIdentifierTypeOid(void);
 extern int64 CdpNextProfileId(void);
 extern void CdpLockIdentityGraph(void);
 
+/* identity_known.c */
+extern IdentityGraph *CdpKnownIdentities(void);
+extern void CdpKnownIdentitiesStart(void);
+extern void CdpKnownIdentitiesRemember(IdentityGraph *g);
+extern void CdpKnownIdentitiesForget(void);
+
 /* profile_state.c */
 extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
 typedef struct CdpStateQueue CdpStateQueue;
