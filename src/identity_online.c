@@ -18,6 +18,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "funcapi.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -51,6 +52,7 @@ typedef enum OnlinePlan
 	PLAN_RELINK_PAIRS,
 	PLAN_UPDATE_STATS,
 	PLAN_WRITE_STATS,
+	PLAN_WRITE_STATS_CANONICAL,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
 
@@ -71,6 +73,13 @@ static Oid	plans_type_oid = InvalidOid;
  * a writer holding it may be waiting for those rows.
  */
 static LocalTransactionId rows_without_lock_lxid = InvalidLocalTransactionId;
+
+/*
+ * Whether a profile may have been merged away (or the graph rewritten)
+ * since gathered profile stats were last written: until then every profile
+ * they name is canonical, its row locked by this transaction.
+ */
+static bool graph_written_since_stats = true;
 
 /* one message (or cdp.link() call) to resolve */
 typedef struct IdItem
@@ -323,6 +332,7 @@ LockIdentityGraph(void)
 void
 CdpLockIdentityGraph(void)
 {
+	graph_written_since_stats = true;
 	CdpKnownIdentitiesForget();
 	LockIdentityGraph();
 }
@@ -736,6 +746,7 @@ WriteMerges(IdentityGraph *g)
 
 	if (n == 0)
 		return;
+	graph_written_since_stats = true;
 	foreach(lc, g->merges)
 	{
 		IdMerge    *m = lfirst(lc);
@@ -1162,14 +1173,92 @@ WriteEvidence(IdItem *items, int n)
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_EVIDENCE,
 					 "INSERT INTO cdp.identity_evidence "
 					 "(seq, message_id, observed_at, identifiers, linked, created_profile, source) "
-					 "SELECT q, m, t, $9[a1:a2], $10[l1:l2], nullif(c, 0), s "
-					 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5), "
-					 "unnest($6), unnest($7), unnest($8), unnest($11)) "
-					 "AS u(m, t, a1, a2, l1, l2, c, s, q)",
+					 "SELECT q, m, t, a, l, nullif(c, 0), s "
+					 "FROM ROWS FROM (unnest($1), unnest($2), cdp.identifier_slices($9, $3, $4), "
+					 "cdp.identifier_slices($10, $5, $6), unnest($7), unnest($8), unnest($11)) "
+					 "AS u(m, t, a, l, c, s, q)",
 					 11, argtypes),
 				args, NULL, SPI_OK_INSERT);
 
 	WriteNewPairs(items, pairs, known, known_linked, np, item_seq);
+}
+
+PG_FUNCTION_INFO_V1(cdp_identifier_slices);
+
+/*
+ * cdp.identifier_slices(ids, lo, hi): ids[lo[i]:hi[i]] for each i, as
+ * SQL's slices give them.  Slicing an array of variable-width values walks
+ * it from its start, so slicing one batch-wide array once per evidence row
+ * took time growing with the square of the batch; here it is read once.
+ */
+Datum
+cdp_identifier_slices(PG_FUNCTION_ARGS)
+{
+	typedef struct Slices
+	{
+		Datum	   *elems;
+		int			nelems;
+		Datum	   *lo;
+		Datum	   *hi;
+		Oid			elemtype;
+	} Slices;
+	FuncCallContext *fc;
+	Slices	   *s;
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		MemoryContext old;
+		ArrayType  *ids;
+		ArrayType  *lo;
+		ArrayType  *hi;
+		int			nlo;
+		int			nhi;
+
+		fc = SRF_FIRSTCALL_INIT();
+		old = MemoryContextSwitchTo(fc->multi_call_memory_ctx);
+		ids = PG_GETARG_ARRAYTYPE_P(0);
+		lo = PG_GETARG_ARRAYTYPE_P(1);
+		hi = PG_GETARG_ARRAYTYPE_P(2);
+		if (ARR_NDIM(ids) > 1 || ARR_HASNULL(ids) || ARR_HASNULL(lo) || ARR_HASNULL(hi))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("identifier_slices takes one-dimensional arrays without nulls")));
+		s = palloc(sizeof(Slices));
+		s->elemtype = ARR_ELEMTYPE(ids);
+		deconstruct_array(ids, s->elemtype, -1, false, TYPALIGN_INT, &s->elems, NULL, &s->nelems);
+		deconstruct_array(lo, INT4OID, 4, true, TYPALIGN_INT, &s->lo, NULL, &nlo);
+		deconstruct_array(hi, INT4OID, 4, true, TYPALIGN_INT, &s->hi, NULL, &nhi);
+		if (nlo != nhi)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("identifier_slices needs as many upper bounds as lower bounds")));
+		/* a one-dimensional array may start at any index: SQL's slices count from it */
+		if (ARR_NDIM(ids) == 1 && ARR_LBOUND(ids)[0] != 1)
+			for (int i = 0; i < nlo; i++)
+			{
+				s->lo[i] = Int32GetDatum(DatumGetInt32(s->lo[i]) - (ARR_LBOUND(ids)[0] - 1));
+				s->hi[i] = Int32GetDatum(DatumGetInt32(s->hi[i]) - (ARR_LBOUND(ids)[0] - 1));
+			}
+		fc->max_calls = nlo;
+		fc->user_fctx = s;
+		MemoryContextSwitchTo(old);
+	}
+	fc = SRF_PERCALL_SETUP();
+	s = fc->user_fctx;
+	if (fc->call_cntr < fc->max_calls)
+	{
+		int64		a = Max(DatumGetInt32(s->lo[fc->call_cntr]), 1);
+		int64		b = Min(DatumGetInt32(s->hi[fc->call_cntr]), s->nelems);
+		ArrayType  *slice;
+
+		if (a > b)
+			slice = construct_empty_array(s->elemtype);
+		else
+			slice = construct_array(s->elems + (a - 1), (int) (b - a + 1), s->elemtype, -1,
+									false, TYPALIGN_INT);
+		SRF_RETURN_NEXT(fc, PointerGetDatum(slice));
+	}
+	SRF_RETURN_DONE(fc);
 }
 
 /* one profile's events not yet added to its profile record */
@@ -1232,8 +1321,9 @@ CdpMergeProfileStats(HTAB *into, HTAB *from)
 /*
  * Add gathered stats to the profile records, in one statement, and empty
  * the table.  A profile merged away since its events were counted hands
- * them to the profile holding it now (merged_into names the final one).
- * The batch that counted them locked every row, or created it.
+ * them to the profile holding it now (merged_into names the final one);
+ * when nothing was merged since, each row is found once, not twice.  The
+ * batch that counted them locked every row, or created it.
  */
 void
 CdpWriteProfileStats(HTAB *stats)
@@ -1272,7 +1362,16 @@ CdpWriteProfileStats(HTAB *stats)
 	args[3] = TimestampArray(hi, k);
 	CheckPlans(CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
-	CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
+	if (!graph_written_since_stats)
+		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS_CANONICAL,
+								  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
+								  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
+								  "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+								  "AS d(id, n, lo, hi) WHERE r.profile_id = d.id",
+								  4, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+	else
+		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
 							  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
 							  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
 							  "FROM (SELECT coalesce(p.merged_into, p.profile_id) AS id, sum(u.n) AS n, "
@@ -1282,8 +1381,9 @@ CdpWriteProfileStats(HTAB *stats)
 							  "        JOIN cdp.profile_records p ON p.profile_id = u.id GROUP BY 1) d "
 							  "WHERE r.profile_id = d.id",
 							  4, argtypes),
-				args, NULL, SPI_OK_UPDATE);
+					args, NULL, SPI_OK_UPDATE);
 	CdpEndIndexedPlans(level);
+	graph_written_since_stats = false;
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
