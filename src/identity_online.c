@@ -75,11 +75,11 @@ static Oid	plans_type_oid = InvalidOid;
 static LocalTransactionId rows_without_lock_lxid = InvalidLocalTransactionId;
 
 /*
- * Whether a profile may have been merged away (or the graph rewritten)
- * since gathered profile stats were last written: until then every profile
- * they name is canonical, its row locked by this transaction.
+ * Counts the merges written (and other writes of the graph) in this
+ * backend: profile stats gathered after the last of them name canonical
+ * profiles only, whose rows this transaction locked.
  */
-static bool graph_written_since_stats = true;
+static uint64 graph_writes = 0;
 
 /* one message (or cdp.link() call) to resolve */
 typedef struct IdItem
@@ -332,7 +332,7 @@ LockIdentityGraph(void)
 void
 CdpLockIdentityGraph(void)
 {
-	graph_written_since_stats = true;
+	graph_writes++;
 	CdpKnownIdentitiesForget();
 	LockIdentityGraph();
 }
@@ -746,7 +746,7 @@ WriteMerges(IdentityGraph *g)
 
 	if (n == 0)
 		return;
-	graph_written_since_stats = true;
+	graph_writes++;
 	foreach(lc, g->merges)
 	{
 		IdMerge    *m = lfirst(lc);
@@ -1268,6 +1268,7 @@ typedef struct StatsEntry
 	int64		count;
 	TimestampTz lo;
 	TimestampTz hi;
+	uint64		since;			/* graph_writes when its first events were counted */
 } StatsEntry;
 
 /*
@@ -1290,7 +1291,8 @@ CdpNewProfileStats(MemoryContext cxt)
 }
 
 static void
-AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi)
+AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi,
+				uint64 since)
 {
 	bool		found;
 	StatsEntry *e = hash_search(stats, &profile_id, HASH_ENTER, &found);
@@ -1300,7 +1302,9 @@ AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, Time
 		e->count = 0;
 		e->lo = DT_NOEND;
 		e->hi = DT_NOBEGIN;
+		e->since = since;
 	}
+	e->since = Min(e->since, since);
 	e->count += count;
 	e->lo = Min(e->lo, lo);
 	e->hi = Max(e->hi, hi);
@@ -1315,7 +1319,7 @@ CdpMergeProfileStats(HTAB *into, HTAB *from)
 
 	hash_seq_init(&seq, from);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi);
+		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi, e->since);
 }
 
 /*
@@ -1337,6 +1341,7 @@ CdpWriteProfileStats(HTAB *stats)
 	StatsEntry *e;
 	int			k = 0;
 	int			level;
+	bool		merged_since = false;
 	Oid			argtypes[4] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 	TIMESTAMPTZARRAYOID};
 	Datum		args[4];
@@ -1354,6 +1359,7 @@ CdpWriteProfileStats(HTAB *stats)
 		counts[k] = e->count;
 		lo[k] = e->lo;
 		hi[k] = e->hi;
+		merged_since |= e->since != graph_writes;
 		k++;
 	}
 	args[0] = CdpInt8Array(ids, k);
@@ -1362,7 +1368,7 @@ CdpWriteProfileStats(HTAB *stats)
 	args[3] = TimestampArray(hi, k);
 	CheckPlans(CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
-	if (!graph_written_since_stats)
+	if (!merged_since)
 		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS_CANONICAL,
 								  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
 								  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
@@ -1383,7 +1389,6 @@ CdpWriteProfileStats(HTAB *stats)
 							  4, argtypes),
 					args, NULL, SPI_OK_UPDATE);
 	CdpEndIndexedPlans(level);
-	graph_written_since_stats = false;
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
@@ -1445,7 +1450,7 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 			continue;
 		if (stats != NULL)
 		{
-			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts);
+			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts, graph_writes);
 			continue;
 		}
 		j = hit - ids;
