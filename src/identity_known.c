@@ -40,6 +40,7 @@ typedef struct KnownStore
 	SubTransactionId high_subid;	/* the latest subtransaction that added to it */
 	MemoryContext cxt;			/* holds graph; child of TopTransactionContext */
 	IdentityGraph *graph;		/* attached identifiers and locked profiles */
+	uint64		rules_copy;		/* the rules its nodes' blocked answers come from */
 } KnownStore;
 
 static KnownStore known;
@@ -133,6 +134,7 @@ CdpKnownIdentitiesStart(void)
 		return;
 	KnownReset();
 	known.valid = true;
+	known.rules_copy = CdpIdentityRulesCopy();
 	known.lxid = MyProc->lxid;
 	known.high_subid = GetCurrentSubTransactionId();
 }
@@ -165,6 +167,15 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 		k = CdpKnownIdentities();
 	}
 	known.high_subid = Max(known.high_subid, GetCurrentSubTransactionId());
+	if (!CdpKnownBlockedCurrent())
+	{
+		/* whether an identifier is blocked was answered under other rules */
+		CdpNodeIter kit = {0, 0};
+
+		while ((node = CdpGraphNextNode(k, &kit)) != NULL)
+			node->blocked = 0;
+		known.rules_copy = CdpIdentityRulesCopy();
+	}
 	for (uint32 i = 0; i < nprofs; i++)
 	{
 		ProfNode   *p = CdpGraphProfileAt(g, i);
@@ -187,6 +198,18 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 		kn->attached = true;
 		kn->prof = CdpGraphProfile(k, node->prof->profile_id, false);
 		kn->linked_at = node->linked_at;
+		if (node->blocked != 0)
+			kn->blocked = node->blocked;
 	}
+}
+
+/*
+ * Whether the kept nodes' answers to "is it blocked?" hold for the rules
+ * now in use (the same copy of them).
+ */
+bool
+CdpKnownBlockedCurrent(void)
+{
+	return known.rules_copy == CdpIdentityRulesCopy();
 }
 

@@ -200,10 +200,12 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 	if (k != NULL)
 	{
 		int			nread = 0;
+		bool		blocked_known = CdpKnownBlockedCurrent();
 
 		for (int i = 0; i < n; i++)
 		{
 			IdNode	   *kn = CdpGraphNode(k, ids[i], false);
+			IdNode	   *node;
 			ProfNode   *p;
 
 			if (kn == NULL)
@@ -211,10 +213,13 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 				ids[nread++] = ids[i];
 				continue;
 			}
+			node = CdpGraphNode(g, kn->id, true);
 			p = CdpGraphProfile(g, kn->prof->profile_id, true);
 			p->version = kn->prof->version;
 			p->rank = kn->prof->rank;
-			CdpGraphAttach(g, CdpGraphNode(g, kn->id, true), p, kn->linked_at, NULL, false);
+			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
+			if (blocked_known)
+				node->blocked = kn->blocked;
 		}
 		n = nread;
 	}
@@ -1393,6 +1398,16 @@ CdpWriteProfileStats(HTAB *stats)
 	pfree(counts);
 	pfree(lo);
 	pfree(hi);
+	CdpClearProfileStats(stats);
+}
+
+/* empty a table of gathered stats */
+void
+CdpClearProfileStats(HTAB *stats)
+{
+	HASH_SEQ_STATUS seq;
+	StatsEntry *e;
+
 	hash_seq_init(&seq, stats);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		hash_search(stats, &e->profile_id, HASH_REMOVE, NULL);

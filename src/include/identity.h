@@ -204,6 +204,7 @@ typedef struct IdMessage
 
 /* identity_rules.c */
 extern IdentityRules *CdpLoadIdentityRules(void);
+extern uint64 CdpIdentityRulesCopy(void);
 extern List *CdpCachedSplits(void);
 extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
@@ -258,6 +259,7 @@ extern void CdpResolveIdentities(struct CdpMessage **msgs, int n, HTAB *stats);
 extern HTAB *CdpNewProfileStats(MemoryContext cxt);
 extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
 extern void CdpWriteProfileStats(HTAB *stats);
+extern void CdpClearProfileStats(HTAB *stats);
 extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 								const char *message_id);
 extern Oid	CdpIdentifierTypeOid(void);
@@ -269,6 +271,7 @@ extern IdentityGraph *CdpKnownIdentities(void);
 extern void CdpKnownIdentitiesStart(void);
 extern void CdpKnownIdentitiesRemember(IdentityGraph *g);
 extern void CdpKnownIdentitiesForget(void);
+extern bool CdpKnownBlockedCurrent(void);
 
 /* profile_state.c */
 extern bool CdpMessageHasProfileState(struct CdpMessage *msg);

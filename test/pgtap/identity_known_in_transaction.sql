@@ -8,7 +8,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(20);
+SELECT plan(21);
 
 \set send_ts '2026-06-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -97,6 +97,20 @@ SELECT results_eq($$SELECT message_id, profile_id FROM cdp.events WHERE message_
                   $$VALUES ('s-3', pg_temp.pid('device_id:d5')), ('s-4', pg_temp.pid('anonymous_id:a5'))$$,
                   'events after the split sit on the profile of their side');
 SELECT isnt(pg_temp.pid('device_id:d5'), pg_temp.pid('anonymous_id:a5'), 'the two sides stay apart');
+
+-- a value blocked in the same transaction: a7 is known (kept), then blocked
+SELECT pg_temp.send('b-1', '{"anonymousId": "a7"}');
+SELECT pg_temp.run();
+SELECT pg_temp.send('b-2', '{"anonymousId": "a7"}');
+SELECT pg_temp.run();
+SELECT cdp.block_identifier('anonymous_id', 'a7');
+SELECT pg_temp.send('b-3', '{"anonymousId": "a7", "userId": "u7"}');
+SELECT pg_temp.run();
+SELECT results_eq($$SELECT profile_id = pg_temp.pid('user_id:u7'), profile_id = pg_temp.pid('anonymous_id:a7')
+                      FROM cdp.events WHERE message_id = 'b-3'$$,
+                  $$VALUES (true, false)$$,
+                  'an identifier blocked in the same transaction links nothing: the event sits on u7 alone');
+DELETE FROM cdp.blocked_identifiers WHERE id_type = 'anonymous_id' AND pattern = 'a7';
 
 -- a rebuild in the same transaction, then more events
 SELECT ok(cdp.rebuild_identities() IS NOT NULL, 'rebuilt');
