@@ -1327,6 +1327,13 @@ CdpMergeProfileStats(HTAB *into, HTAB *from)
 		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi, e->since);
 }
 
+static int
+CompareStatsEntries(const void *a, const void *b)
+{
+	return CompareInt64(&(*(StatsEntry *const *) a)->profile_id,
+						&(*(StatsEntry *const *) b)->profile_id);
+}
+
 /*
  * Add gathered stats to the profile records, in one statement, and empty
  * the table.  A profile merged away since its events were counted hands
@@ -1344,6 +1351,7 @@ CdpWriteProfileStats(HTAB *stats)
 	TimestampTz *hi;
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
+	StatsEntry **entries;
 	int			k = 0;
 	int			level;
 	bool		merged_since = false;
@@ -1357,15 +1365,26 @@ CdpWriteProfileStats(HTAB *stats)
 	counts = palloc(sizeof(int64) * n);
 	lo = palloc(sizeof(TimestampTz) * n);
 	hi = palloc(sizeof(TimestampTz) * n);
+	entries = palloc(sizeof(StatsEntry *) * n);
 	hash_seq_init(&seq, stats);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		ids[k] = e->profile_id;
-		counts[k] = e->count;
-		lo[k] = e->lo;
-		hi[k] = e->hi;
+		entries[k++] = e;
 		merged_since |= e->since != graph_writes;
-		k++;
+	}
+
+	/*
+	 * In profile id order, the order the records were made in: the probes
+	 * and updates walk the index and the table forwards instead of all over
+	 * them.
+	 */
+	qsort(entries, k, sizeof(StatsEntry *), CompareStatsEntries);
+	for (int i = 0; i < k; i++)
+	{
+		ids[i] = entries[i]->profile_id;
+		counts[i] = entries[i]->count;
+		lo[i] = entries[i]->lo;
+		hi[i] = entries[i]->hi;
 	}
 	args[0] = CdpInt8Array(ids, k);
 	args[1] = CdpInt8Array(counts, k);
@@ -1394,6 +1413,7 @@ CdpWriteProfileStats(HTAB *stats)
 							  4, argtypes),
 					args, NULL, SPI_OK_UPDATE);
 	CdpEndIndexedPlans(level);
+	pfree(entries);
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
