@@ -120,7 +120,7 @@ UpsertPlan(void)
 		 * accepted; RETURNING names exactly the accepted keys.
 		 */
 		plan = SPI_prepare("INSERT INTO cdp.message_ids AS m (message_key, seen_at) "
-						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) "
+						   "SELECT pg_catalog.unnest($1), pg_catalog.unnest($2) "
 						   "ON CONFLICT (message_key) DO UPDATE SET seen_at = excluded.seen_at "
 						   "WHERE m.seen_at < excluded.seen_at - pg_catalog.make_interval(secs => $3) "
 						   "RETURNING message_key",
@@ -141,8 +141,12 @@ InsertPlan(void)
 		Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID};
 		SPIPlanPtr	plan;
 
+		/*
+		 * unnest in the select list, side by side: in FROM (ROWS FROM) each
+		 * function's rows are first stored in a tuplestore and read back.
+		 */
 		plan = SPI_prepare("INSERT INTO cdp.message_ids (message_key, seen_at) "
-						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",
+						   "SELECT pg_catalog.unnest($1), pg_catalog.unnest($2)",
 						   2, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));

@@ -692,6 +692,11 @@ WriteViolations(IdentityGraph *g)
 				args, NULL, SPI_OK_INSERT);
 }
 
+/*
+ * The profiles the batch made.  Like the other inserts of new rows, it
+ * unnests its arrays in the select list (side by side), which streams the
+ * rows; ROWS FROM would store them in a tuplestore first.
+ */
 static void
 WriteNewProfiles(IdentityGraph *g)
 {
@@ -718,7 +723,7 @@ WriteNewProfiles(IdentityGraph *g)
 	args[1] = CdpInt8Array(into, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PROFILES,
 					 "INSERT INTO cdp.profile_records (profile_id, merged_into) "
-					 "SELECT p, nullif(m, 0) FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, m)",
+					 "SELECT unnest($1), nullif(unnest($2), 0)",
 					 2, argtypes),
 				args, NULL, SPI_OK_INSERT);
 }
@@ -853,7 +858,7 @@ WriteNewIdentities(IdentityGraph *g)
 	args[3] = TextArray(mids, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
 					 "INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4))",
+					 "SELECT unnest($1), unnest($2), unnest($3), unnest($4)",
 					 4, argtypes),
 				args, NULL, SPI_OK_INSERT);
 	CdpProfileStateOfNewIdentities(ids, profiles, n);
@@ -1178,10 +1183,8 @@ WriteEvidence(IdItem *items, int n)
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_EVIDENCE,
 					 "INSERT INTO cdp.identity_evidence "
 					 "(seq, message_id, observed_at, identifiers, linked, created_profile, source) "
-					 "SELECT q, m, t, a, l, nullif(c, 0), s "
-					 "FROM ROWS FROM (unnest($1), unnest($2), cdp.identifier_slices($9, $3, $4), "
-					 "cdp.identifier_slices($10, $5, $6), unnest($7), unnest($8), unnest($11)) "
-					 "AS u(m, t, a, l, c, s, q)",
+					 "SELECT unnest($11), unnest($1), unnest($2), cdp.identifier_slices($9, $3, $4), "
+					 "cdp.identifier_slices($10, $5, $6), nullif(unnest($7), 0), unnest($8)",
 					 11, argtypes),
 				args, NULL, SPI_OK_INSERT);
 
