@@ -18,7 +18,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
-#include "funcapi.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -1090,8 +1089,8 @@ WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, bool *linked, int np, 
  * for rebuilds) when it changed the graph or carries a pair of identifiers
  * no earlier message did; each such pair goes to cdp.identity_pairs with
  * that row.  That depends only on the message and the evidence before it,
- * never on the batch.  Identifier lists travel as one flat array with slice
- * bounds per row; seqs are drawn in message order, the replay order.
+ * never on the batch.  Identifier lists travel as one flat array with the row
+ * number of each; seqs are drawn in message order, the replay order.
  */
 static void
 WriteEvidence(IdItem *items, int n)
@@ -1109,14 +1108,15 @@ WriteEvidence(IdItem *items, int n)
 				nlinked = 0;
 	CdpIdentifier **all,
 			  **linked;
-	int32	   *bounds[4];
+	int64	   *all_row,
+			   *linked_row;
 	const char **mids,
 			  **sources;
 	TimestampTz *ats;
 	int64	   *created,
 			   *seqs;
-	Oid			argtypes[11];
-	Datum		args[11];
+	Oid			argtypes[9];
+	Datum		args[9];
 
 	for (int p = 0; p < np; p++)
 		if (!known[p])
@@ -1128,8 +1128,8 @@ WriteEvidence(IdItem *items, int n)
 		return;
 	all = palloc(sizeof(CdpIdentifier *) * cap);
 	linked = palloc(sizeof(CdpIdentifier *) * cap);
-	for (int b = 0; b < 4; b++)
-		bounds[b] = palloc(sizeof(int32) * n);
+	all_row = palloc(sizeof(int64) * cap);
+	linked_row = palloc(sizeof(int64) * cap);
 	mids = palloc(sizeof(char *) * n);
 	sources = palloc(sizeof(char *) * n);
 	ats = palloc(sizeof(TimestampTz) * n);
@@ -1145,19 +1145,19 @@ WriteEvidence(IdItem *items, int n)
 			continue;
 		item_seq[i] = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(seq_rel)));
 		seqs[nrows] = item_seq[i];
-		bounds[0][nrows] = nall + 1;
-		bounds[2][nrows] = nlinked + 1;
 		foreach(lc, items[i].ids)
 		{
 			CdpIdentifier *id = lfirst(lc);
 
+			all_row[nall] = nrows + 1;
 			all[nall++] = id;
 			if (items[i].m.linked[k])
+			{
+				linked_row[nlinked] = nrows + 1;
 				linked[nlinked++] = id;
+			}
 			k++;
 		}
-		bounds[1][nrows] = nall;
-		bounds[3][nrows] = nlinked;
 		mids[nrows] = items[i].message_id;
 		sources[nrows] = items[i].source;
 		ats[nrows] = items[i].ts;
@@ -1166,107 +1166,46 @@ WriteEvidence(IdItem *items, int n)
 	}
 	argtypes[0] = TEXTARRAYOID;
 	argtypes[1] = TIMESTAMPTZARRAYOID;
-	argtypes[2] = argtypes[3] = argtypes[4] = argtypes[5] = INT4ARRAYOID;
-	argtypes[6] = INT8ARRAYOID;
-	argtypes[7] = TEXTARRAYOID;
-	argtypes[8] = argtypes[9] = get_array_type(plans_type_oid);
-	argtypes[10] = INT8ARRAYOID;
+	argtypes[2] = INT8ARRAYOID;
+	argtypes[3] = TEXTARRAYOID;
+	argtypes[4] = INT8ARRAYOID;
+	argtypes[5] = argtypes[7] = get_array_type(plans_type_oid);
+	argtypes[6] = argtypes[8] = INT8ARRAYOID;
 	args[0] = TextArray(mids, nrows);
 	args[1] = TimestampArray(ats, nrows);
-	for (int b = 0; b < 4; b++)
-		args[2 + b] = Int4Array(bounds[b], nrows);
-	args[6] = CdpInt8Array(created, nrows);
-	args[7] = TextArray(sources, nrows);
-	args[8] = IdentifierArray(all, nall);
-	args[9] = IdentifierArray(linked, nlinked);
-	args[10] = CdpInt8Array(seqs, nrows);
+	args[2] = CdpInt8Array(created, nrows);
+	args[3] = TextArray(sources, nrows);
+	args[4] = CdpInt8Array(seqs, nrows);
+	args[5] = IdentifierArray(all, nall);
+	args[6] = CdpInt8Array(all_row, nall);
+	args[7] = IdentifierArray(linked, nlinked);
+	args[8] = CdpInt8Array(linked_row, nlinked);
+
+	/*
+	 * Each row's identifiers are grouped out of one flat array by row
+	 * number, in one pass: a slice $a[lo:hi] per row would walk the array of
+	 * varlena values from its start every time, and a join would be a
+	 * nested loop (identity plans avoid hash and merge joins), both
+	 * quadratic in the batch.
+	 */
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_EVIDENCE,
 					 "INSERT INTO cdp.identity_evidence "
 					 "(seq, message_id, observed_at, identifiers, linked, created_profile, source) "
-					 "SELECT unnest($11), unnest($1), unnest($2), cdp.identifier_slices($9, $3, $4), "
-					 "cdp.identifier_slices($10, $5, $6), nullif(unnest($7), 0), unnest($8)",
-					 11, argtypes),
+					 "SELECT max(q), max(m), max(t), "
+					 "coalesce(array_agg(x ORDER BY o) FILTER (WHERE k = 1), '{}'), "
+					 "coalesce(array_agg(x ORDER BY o) FILTER (WHERE k = 2), '{}'), "
+					 "nullif(max(c), 0), max(s) FROM ("
+					 "SELECT r, 0 AS k, m, t, c, s, q, NULL::cdp.identifier AS x, 0::int8 AS o "
+					 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)) "
+					 "WITH ORDINALITY AS u(m, t, c, s, q, r) "
+					 "UNION ALL SELECT r, 1, NULL, NULL, NULL, NULL, NULL, x, o "
+					 "FROM unnest($6, $7) WITH ORDINALITY AS e(x, r, o) "
+					 "UNION ALL SELECT r, 2, NULL, NULL, NULL, NULL, NULL, x, o "
+					 "FROM unnest($8, $9) WITH ORDINALITY AS e(x, r, o)) z GROUP BY r",
+					 9, argtypes),
 				args, NULL, SPI_OK_INSERT);
 
 	WriteNewPairs(items, pairs, known, known_linked, np, item_seq);
-}
-
-PG_FUNCTION_INFO_V1(cdp_identifier_slices);
-
-/*
- * cdp.identifier_slices(ids, lo, hi): ids[lo[i]:hi[i]] for each i, as
- * SQL's slices give them.  Slicing an array of variable-width values walks
- * it from its start, so slicing one batch-wide array once per evidence row
- * took time growing with the square of the batch; here it is read once.
- */
-Datum
-cdp_identifier_slices(PG_FUNCTION_ARGS)
-{
-	typedef struct Slices
-	{
-		Datum	   *elems;
-		int			nelems;
-		Datum	   *lo;
-		Datum	   *hi;
-		Oid			elemtype;
-	} Slices;
-	FuncCallContext *fc;
-	Slices	   *s;
-
-	if (SRF_IS_FIRSTCALL())
-	{
-		MemoryContext old;
-		ArrayType  *ids;
-		ArrayType  *lo;
-		ArrayType  *hi;
-		int			nlo;
-		int			nhi;
-
-		fc = SRF_FIRSTCALL_INIT();
-		old = MemoryContextSwitchTo(fc->multi_call_memory_ctx);
-		ids = PG_GETARG_ARRAYTYPE_P(0);
-		lo = PG_GETARG_ARRAYTYPE_P(1);
-		hi = PG_GETARG_ARRAYTYPE_P(2);
-		if (ARR_NDIM(ids) > 1 || ARR_HASNULL(ids) || ARR_HASNULL(lo) || ARR_HASNULL(hi))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("identifier_slices takes one-dimensional arrays without nulls")));
-		s = palloc(sizeof(Slices));
-		s->elemtype = ARR_ELEMTYPE(ids);
-		deconstruct_array(ids, s->elemtype, -1, false, TYPALIGN_INT, &s->elems, NULL, &s->nelems);
-		deconstruct_array(lo, INT4OID, 4, true, TYPALIGN_INT, &s->lo, NULL, &nlo);
-		deconstruct_array(hi, INT4OID, 4, true, TYPALIGN_INT, &s->hi, NULL, &nhi);
-		if (nlo != nhi)
-			ereport(ERROR,
-					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-					 errmsg("identifier_slices needs as many upper bounds as lower bounds")));
-		/* a one-dimensional array may start at any index: SQL's slices count from it */
-		if (ARR_NDIM(ids) == 1 && ARR_LBOUND(ids)[0] != 1)
-			for (int i = 0; i < nlo; i++)
-			{
-				s->lo[i] = Int32GetDatum(DatumGetInt32(s->lo[i]) - (ARR_LBOUND(ids)[0] - 1));
-				s->hi[i] = Int32GetDatum(DatumGetInt32(s->hi[i]) - (ARR_LBOUND(ids)[0] - 1));
-			}
-		fc->max_calls = nlo;
-		fc->user_fctx = s;
-		MemoryContextSwitchTo(old);
-	}
-	fc = SRF_PERCALL_SETUP();
-	s = fc->user_fctx;
-	if (fc->call_cntr < fc->max_calls)
-	{
-		int64		a = Max(DatumGetInt32(s->lo[fc->call_cntr]), 1);
-		int64		b = Min(DatumGetInt32(s->hi[fc->call_cntr]), s->nelems);
-		ArrayType  *slice;
-
-		if (a > b)
-			slice = construct_empty_array(s->elemtype);
-		else
-			slice = construct_array(s->elems + (a - 1), (int) (b - a + 1), s->elemtype, -1,
-									false, TYPALIGN_INT);
-		SRF_RETURN_NEXT(fc, PointerGetDatum(slice));
-	}
-	SRF_RETURN_DONE(fc);
 }
 
 /* one profile's events not yet added to its profile record */

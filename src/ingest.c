@@ -15,6 +15,7 @@
 #include "utils/rel.h"
 
 #include "pg_cdp.h"
+#include "workers.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
 
@@ -243,6 +244,7 @@ cdp_inbox_redact_write_keys(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		elog(ERROR, "cdp_inbox_redact_write_keys: must be a BEFORE INSERT row trigger");
 
+	CdpWakeWorkerAtCommit();
 	tuple = trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);
 	attnum = SPI_fnumber(desc, "payload");

@@ -8,6 +8,7 @@
 #include <limits.h>
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -15,6 +16,7 @@
 #include "pg_cdp.h"
 #include "identity.h"
 #include "partitions.h"
+#include "workers.h"
 
 PG_MODULE_MAGIC;
 
@@ -27,12 +29,23 @@ int			cdp_max_merges_per_profile = 100;
 int			cdp_max_event_age_mins = CDP_DEFAULT_MAX_EVENT_AGE_MINS;
 int			cdp_max_partitions = 1000;
 int			cdp_retention_lock_wait_ms = 1000;
+char	   *cdp_database_name = NULL;
+int			cdp_ingest_workers = 2;
+int			cdp_http_port = 0;
+char	   *cdp_http_listen_address = NULL;
 
 void		_PG_init(void);
 
 static void
 DefineSettings(void)
 {
+	/*
+	 * Server-start settings can only be made while preloading; loaded later
+	 * no worker runs, and they are kept only to be shown.
+	 */
+	GucContext	at_start = process_shared_preload_libraries_in_progress ?
+		PGC_POSTMASTER : PGC_SIGHUP;
+
 	/*
 	 * Time ranges are capped where a larger value could only come from a
 	 * typo, so that now() plus or minus any of them is always a valid time.
@@ -78,6 +91,24 @@ DefineSettings(void)
 							"How many merges a profile may absorb before further ones become hub violations.",
 							NULL, &cdp_max_merges_per_profile, 100, 1, INT_MAX,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("cdp.database_name",
+							   "Database the background workers serve.",
+							   "They start once pg_cdp is installed there.",
+							   &cdp_database_name, "postgres",
+							   at_start, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.ingest_workers",
+							"How many background workers drain cdp.inbox (0: none).",
+							"Takes effect on reload; each needs one of max_worker_processes.",
+							&cdp_ingest_workers, 2, 0, CDP_MAX_INGEST_WORKERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.http_port",
+							"Port of the HTTP tracking endpoint (0: off).",
+							NULL, &cdp_http_port, 0, 0, 65535,
+							at_start, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("cdp.http_listen_address",
+							   "Address the HTTP tracking endpoint listens on.",
+							   NULL, &cdp_http_listen_address, "127.0.0.1",
+							   at_start, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("cdp");
 }
 
@@ -85,6 +116,7 @@ void
 _PG_init(void)
 {
 	DefineSettings();
+	CdpWorkersInit();
 	CacheRegisterRelcacheCallback(CdpPartitionCacheCallback, (Datum) 0);
 	CacheRegisterRelcacheCallback(CdpIdentityCacheCallback, (Datum) 0);
 }

@@ -87,6 +87,10 @@ typedef struct Batch
 	/* set by the caller */
 	int			want;			/* rows to take at most */
 	int64		after_id;		/* take rows after this id */
+	int64		last_id;		/* and up to this one */
+	const char *quarantine;		/* dead-letter the rows with this reason */
+	bool		strict;			/* blame a message for any error it raises */
+	int64	   *first_id_out;	/* where to tell the first row's id */
 	CdpPartitionConfig config;
 	TimestampTz retention_horizon;
 	MemoryContext chunk_cxt;
@@ -113,7 +117,7 @@ TakePlan(void)
 {
 	if (take_plan == NULL)
 	{
-		Oid			argtypes[5] = {INT4OID, INT8OID, INT4OID, INT8OID, INT4OID};
+		Oid			argtypes[6] = {INT4OID, INT8OID, INT4OID, INT8OID, INT4OID, INT8OID};
 		SPIPlanPtr	plan;
 
 		/*
@@ -127,19 +131,20 @@ TakePlan(void)
 		 * 128 characters of it are enough to say so.  The rows are deleted
 		 * by the ctid their lock holds (a lookup of each id in the index
 		 * cost a twentieth of the time of small messages); a row updated
-		 * meanwhile, like a locked one, is left for a later call.
+		 * meanwhile, like a locked one, is left for a later call.  "id <=
+		 * $6" lets a worker take one row it knows (to dead-letter it).
 		 */
 		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE ctid = ANY (ARRAY("
 						   "SELECT ctid FROM ("
 						   "SELECT ctid, sum(len) OVER (ORDER BY id) - len AS before FROM ("
 						   "SELECT ctid, id, least(coalesce(octet_length(payload), 0), $3) AS len "
-						   "FROM cdp.inbox WHERE id > $2 ORDER BY id LIMIT $1 "
+						   "FROM cdp.inbox WHERE id > $2 AND id <= $6 ORDER BY id LIMIT $1 "
 						   "FOR UPDATE SKIP LOCKED) c) s "
 						   "WHERE before < $4)) "
 						   "RETURNING id, CASE WHEN octet_length(payload) > $3 "
 						   "THEN substr(payload, 1, $5) ELSE payload END, "
 						   "octet_length(payload), left(source, 128), received_at",
-						   5, argtypes);
+						   6, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
@@ -160,17 +165,17 @@ CompareRowIds(const void *a, const void *b)
 }
 
 /*
- * Remove up to want rows with ids above after_id, and about
+ * Remove up to want rows with ids in (after_id, last_id], and about
  * BATCH_INPUT_BYTES of text, from the inbox; copies them into the current
  * context, sorted by id.
  */
 static CdpInboxRow *
-TakeInboxRows(int want, int64 after_id, int *nrows)
+TakeInboxRows(int want, int64 after_id, int64 last_id, int *nrows)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	Datum		args[5] = {Int32GetDatum(want), Int64GetDatum(after_id),
+	Datum		args[6] = {Int32GetDatum(want), Int64GetDatum(after_id),
 		Int32GetDatum(cdp_max_request_bytes), Int64GetDatum(BATCH_INPUT_BYTES),
-	Int32GetDatum(CDP_TOO_LARGE_PREFIX_BYTES)};
+	Int32GetDatum(CDP_TOO_LARGE_PREFIX_BYTES), Int64GetDatum(last_id)};
 	CdpInboxRow *rows;
 	int			rc;
 
@@ -297,6 +302,41 @@ IsMessageError(ErrorData *edata)
 		category == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 }
 
+/*
+ * Errors that pass by themselves, whatever the message: serialization
+ * failures and deadlocks, lock and statement timeouts, cancels, running out
+ * of memory or disk, I/O errors.
+ */
+bool
+CdpIsPassingError(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_TRANSACTION_ROLLBACK:
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_OPERATOR_INTERVENTION:
+		case ERRCODE_SYSTEM_ERROR:
+			return true;
+		default:
+			return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+	}
+}
+
+/*
+ * In a strict batch (a worker retrying rows one at a time after errors no
+ * message explained) any error that does not pass by itself and is not on
+ * pg_cdp's own tables is blamed on the message that raises it: a user's
+ * trigger that raises for one event must not hold up the inbox.
+ */
+static bool
+IsStrictMessageError(ErrorData *edata)
+{
+	if (IsMessageError(edata))
+		return true;
+	return !CdpIsPassingError(edata->sqlerrcode) &&
+		ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
+}
+
 /* "SQLSTATE: message", as a processing_error dead letter gives it */
 static char *
 ErrorReason(ErrorData *edata)
@@ -404,7 +444,8 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		/* a batch's first chunk (most often its only one) needs no merge */
 		bool		direct = hash_get_num_entries(b->stats) == 0;
 		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL};
-		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w, IsMessageError);
+		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w,
+												   b->strict ? IsStrictMessageError : IsMessageError);
 
 		if (edata == NULL)
 		{
@@ -487,6 +528,19 @@ ScanRow(void *arg)
 	CdpScanRow((CdpInboxRow *) arg);
 }
 
+/* a row a worker gave up on: a processing_error dead letter with its payload */
+static void
+QuarantineRows(Batch *b)
+{
+	for (int i = 0; i < b->nrows; i++)
+	{
+		CdpMessage *msg = CdpFailedMessage(&b->rows[i], -1, "processing_error", b->quarantine);
+
+		CdpWriteDeadLetters(&msg, 1);
+		b->messages++;
+	}
+}
+
 /*
  * Take the next rows and process every message they hold, a chunk at a
  * time.  A row whose scan raises an error becomes one dead letter.
@@ -496,7 +550,14 @@ ProcessBatch(void *arg)
 {
 	Batch	   *b = arg;
 
-	b->rows = TakeInboxRows(b->want, b->after_id, &b->nrows);
+	b->rows = TakeInboxRows(b->want, b->after_id, b->last_id, &b->nrows);
+	if (b->nrows > 0 && b->first_id_out != NULL)
+		*b->first_id_out = b->rows[0].id;
+	if (b->quarantine != NULL)
+	{
+		QuarantineRows(b);
+		return;
+	}
 	b->max_refs = cdp_batch_size;
 	b->refs = palloc(sizeof(ChunkRef) * b->max_refs);
 	for (int i = 0; i < b->nrows; i++)
@@ -525,6 +586,120 @@ ProcessBatch(void *arg)
 	FlushChunk(b);
 }
 
+/* the batches one transaction runs: a process_inbox call or a worker's batch */
+struct CdpDrain
+{
+	MemoryContext caller_cxt;
+	MemoryContext batch_cxt;
+	HTAB	   *stats;			/* profile stats of its committed batches */
+	CdpStateQueue *state;		/* the same for traits and consent */
+	int64		last_id;		/* id of the last row taken */
+	Batch		b;
+};
+
+/*
+ * Start taking batches in the current transaction: in the caller's memory
+ * context, with SPI connected until CdpEndDrain.
+ */
+CdpDrain *
+CdpBeginDrain(void)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	CdpDrain   *d = palloc0(sizeof(CdpDrain));
+
+	d->caller_cxt = caller_cxt;
+	/* rows and item spans keep a first block of their own, as chunks do (below) */
+	d->batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
+										 BATCH_INPUT_BYTES, BATCH_INPUT_BYTES,
+										 ALLOCSET_DEFAULT_MAXSIZE);
+
+	/*
+	 * A chunk of 1000 small messages needs about 15 MB; a kept first block
+	 * of that size is reused after every reset instead of going back to the
+	 * kernel and faulting in again (that alone cost a fifth of the
+	 * processing time).
+	 */
+	d->b.chunk_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox chunk",
+										   CHUNK_KEEPER_BYTES, CHUNK_KEEPER_BYTES,
+										   ALLOCSET_DEFAULT_MAXSIZE);
+	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
+	CdpLockSuppressions(false);
+	d->stats = CdpNewProfileStats(caller_cxt);
+	d->state = CdpNewStateQueue(caller_cxt);
+	SPI_connect();
+	MemoryContextSwitchTo(d->batch_cxt);
+	CdpLoadPartitionConfig(&d->b.config);
+	d->b.retention_horizon = CdpRetentionHorizon(&d->b.config,
+												 GetCurrentTransactionStartTimestamp());
+	MemoryContextSwitchTo(caller_cxt);
+	return d;
+}
+
+/*
+ * Take up to want rows after the last ones taken and process them, in a
+ * subtransaction.  With quarantine set, the rows are dead-lettered with that
+ * reason instead, and only rows up to last_id are taken.  *first_id (when
+ * not NULL) is set to the first row's id as soon as it is taken, so that a
+ * caller whose batch failed knows which row it was on.  Returns false when
+ * the batch rolled back to avoid a deadlock (nothing of it was kept).
+ */
+bool
+CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
+{
+	Batch	   *b = &d->b;
+	ErrorData  *edata;
+
+	memset(result, 0, sizeof(*result));
+	b->want = req->want;
+	b->after_id = Max(d->last_id, req->after_id);
+	b->last_id = req->last_id > 0 ? req->last_id : PG_INT64_MAX;
+	b->quarantine = req->quarantine;
+	b->strict = req->strict;
+	b->first_id_out = req->first_id;
+	b->rows = NULL;
+	b->nrows = 0;
+	b->messages = 0;
+	b->nrefs = 0;
+	b->cost = 0;
+	MemoryContextSwitchTo(d->batch_cxt);
+	b->stats = CdpNewProfileStats(d->batch_cxt);
+	b->state = CdpNewStateQueue(d->batch_cxt);
+	edata = CdpRunInSubtransaction(ProcessBatch, b, IsConflict);
+	if (edata != NULL)
+	{
+		MemoryContextSwitchTo(d->caller_cxt);
+		MemoryContextReset(d->batch_cxt);
+		return false;
+	}
+	if (b->nrows > 0)
+		d->last_id = b->rows[b->nrows - 1].id;
+	result->rows = b->nrows;
+	result->messages = b->messages;
+	CdpMergeProfileStats(d->stats, b->stats);
+	CdpMergeStateQueue(d->state, b->state);
+	if (hash_get_num_entries(d->stats) >= STATS_PROFILES)
+		CdpWriteProfileStats(d->stats);
+	if (CdpStateQueueLength(d->state) >= STATE_IDENTIFIERS)
+		CdpWriteQueuedProfileState(d->state);
+	MemoryContextSwitchTo(d->caller_cxt);
+	MemoryContextReset(d->batch_cxt);
+	return true;
+}
+
+/* write what the batches gathered for profiles, and let go of SPI and memory */
+void
+CdpEndDrain(CdpDrain *d)
+{
+	MemoryContextSwitchTo(d->batch_cxt);
+	CdpWriteProfileStats(d->stats);
+	CdpWriteQueuedProfileState(d->state);
+	MemoryContextSwitchTo(d->caller_cxt);
+	SPI_finish();
+	MemoryContextDelete(d->b.chunk_cxt);
+	MemoryContextDelete(d->batch_cxt);
+	pfree(d);
+}
+
 PG_FUNCTION_INFO_V1(cdp_process_inbox);
 
 /*
@@ -538,60 +713,23 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 	int64		limit = PG_ARGISNULL(0) ? -1 : PG_GETARG_INT32(0);
 	int64		taken = 0;
 	int64		messages = 0;
-	int64		last_id = 0;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	MemoryContext batch_cxt;
-	HTAB	   *stats;
-	CdpStateQueue *state;
-	Batch		b;
+	CdpDrain   *d;
 
 	if (limit < 0 && !PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_messages must not be negative")));
 
-	/* rows and item spans keep a first block of their own, as chunks do (below) */
-	memset(&b, 0, sizeof(b));
-	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
-									  BATCH_INPUT_BYTES, BATCH_INPUT_BYTES,
-									  ALLOCSET_DEFAULT_MAXSIZE);
-
-	/*
-	 * A chunk of 1000 small messages needs about 15 MB; a kept first block
-	 * of that size is reused after every reset instead of going back to the
-	 * kernel and faulting in again (that alone cost a fifth of the
-	 * processing time).
-	 */
-	b.chunk_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox chunk",
-										CHUNK_KEEPER_BYTES, CHUNK_KEEPER_BYTES,
-										ALLOCSET_DEFAULT_MAXSIZE);
-	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
-	CdpLockSuppressions(false);
-	stats = CdpNewProfileStats(caller_cxt);
-	state = CdpNewStateQueue(caller_cxt);
-	SPI_connect();
-	MemoryContextSwitchTo(batch_cxt);
-	CdpLoadPartitionConfig(&b.config);
-	b.retention_horizon = CdpRetentionHorizon(&b.config, GetCurrentTransactionStartTimestamp());
-
+	d = CdpBeginDrain();
 	while (limit < 0 || taken < limit)
 	{
-		ErrorData  *edata;
+		CdpDrainRequest req = {0};
+		CdpDrainResult result;
 
-		b.want = cdp_batch_size;
+		req.want = cdp_batch_size;
 		if (limit >= 0)
-			b.want = (int) Min((int64) b.want, limit - taken);
-		b.after_id = last_id;
-		b.rows = NULL;
-		b.nrows = 0;
-		b.messages = 0;
-		b.nrefs = 0;
-		b.cost = 0;
-		MemoryContextSwitchTo(batch_cxt);
-		b.stats = CdpNewProfileStats(batch_cxt);
-		b.state = CdpNewStateQueue(batch_cxt);
-		edata = CdpRunInSubtransaction(ProcessBatch, &b, IsConflict);
-		if (edata != NULL)
+			req.want = (int) Min((int64) req.want, limit - taken);
+		if (!CdpDrainBatch(d, &req, &result))
 		{
 			/* keep what is done, leave the rest queued */
 			ereport(NOTICE,
@@ -599,28 +737,14 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 					 errdetail("The remaining messages stay in cdp.inbox for the next call.")));
 			break;
 		}
-		if (b.nrows == 0)
+		if (result.rows == 0)
 			break;
-		last_id = b.rows[b.nrows - 1].id;
-		messages += b.messages;
-		taken += b.nrows;
-		CdpMergeProfileStats(stats, b.stats);
-		CdpMergeStateQueue(state, b.state);
-		if (hash_get_num_entries(stats) >= STATS_PROFILES)
-			CdpWriteProfileStats(stats);
-		if (CdpStateQueueLength(state) >= STATE_IDENTIFIERS)
-			CdpWriteQueuedProfileState(state);
-		MemoryContextReset(batch_cxt);
+		messages += result.messages;
+		taken += result.rows;
 		CHECK_FOR_INTERRUPTS();
 	}
 
 	/* the counts of every committed batch, including one that stopped early */
-	MemoryContextSwitchTo(batch_cxt);
-	CdpWriteProfileStats(stats);
-	CdpWriteQueuedProfileState(state);
-	MemoryContextSwitchTo(caller_cxt);
-	SPI_finish();
-	MemoryContextDelete(b.chunk_cxt);
-	MemoryContextDelete(batch_cxt);
+	CdpEndDrain(d);
 	PG_RETURN_INT64(messages);
 }

@@ -192,6 +192,29 @@ typedef void (*CdpSubxactWork) (void *arg);
 extern ErrorData *CdpRunInSubtransaction(CdpSubxactWork work, void *arg,
 										 bool (*catchable) (ErrorData *));
 
+/* one batch a drain takes (see CdpDrainBatch) */
+typedef struct CdpDrainRequest
+{
+	int			want;			/* rows at most */
+	int64		after_id;		/* take rows above this id */
+	int64		last_id;		/* and up to this one (0: no bound) */
+	const char *quarantine;		/* dead-letter the rows with this reason */
+	bool		strict;			/* blame a message for any error it raises */
+	int64	   *first_id;		/* told the first row's id once taken */
+} CdpDrainRequest;
+
+typedef struct CdpDrainResult
+{
+	int			rows;			/* inbox rows taken */
+	int64		messages;		/* messages they held */
+} CdpDrainResult;
+
+typedef struct CdpDrain CdpDrain;
+extern bool CdpIsPassingError(int sqlerrcode);
+extern CdpDrain *CdpBeginDrain(void);
+extern bool CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result);
+extern void CdpEndDrain(CdpDrain *d);
+
 /* dedup.c */
 extern void CdpDeduplicate(CdpMessage **msgs, int n);
 extern int64 CdpPurgeDedupWindow(void);

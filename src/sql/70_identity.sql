@@ -180,13 +180,6 @@ COMMENT ON VIEW cdp.events_resolved IS
 
 -- Functions over the graph (the algorithm is C).
 
--- ids[lo[i]:hi[i]] for each i, in one pass over ids: the identifier arrays
--- of a batch's evidence rows, cut from one array.
-CREATE FUNCTION cdp.identifier_slices(ids cdp.identifier[], lo int[], hi int[])
-RETURNS SETOF cdp.identifier[]
-AS 'MODULE_PATHNAME', 'cdp_identifier_slices'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-
 -- One probe of cdp.identities' primary key, in C (src/identity_lookup.c):
 -- the first step of every profile lookup.  It reads the table directly, so
 -- whoever may EXECUTE it needs no privilege on cdp.identities.

@@ -12,6 +12,7 @@ my $node = PostgreSQL::Test::Cluster->new('crash');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'pg_cdp'
+cdp.ingest_workers = 0
 fsync = on
 });
 $node->start;

@@ -1,0 +1,67 @@
+/*
+ * workers.h
+ *	  The background worker pool: a launcher and the ingest workers it
+ *	  starts, sharing a small area of shared memory.
+ */
+#ifndef CDP_WORKERS_H
+#define CDP_WORKERS_H
+
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+/* most ingest workers cdp.ingest_workers may ask for */
+#define CDP_MAX_INGEST_WORKERS 32
+
+/* why an ingest worker last stopped, as the launcher reads it */
+typedef enum CdpWorkerExit
+{
+	CDP_EXIT_NONE = 0,			/* running, or died without saying */
+	CDP_EXIT_NO_EXTENSION,		/* pg_cdp is not installed in the database */
+	CDP_EXIT_TOLD				/* the launcher or a database command asked it */
+} CdpWorkerExit;
+
+typedef struct CdpWorkerSlot
+{
+	pid_t		pid;			/* 0 when no worker holds the slot */
+	Latch	   *latch;			/* set to wake it */
+	pg_atomic_uint32 idle;		/* waiting for work */
+	CdpWorkerExit exit_reason;
+} CdpWorkerSlot;
+
+typedef struct CdpWorkerPool
+{
+	slock_t		mutex;			/* protects every field but the atomics */
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	Oid			database;		/* the workers' database, once started */
+	pid_t		paused_by;		/* a backend running DROP DATABASE and the like */
+	Oid			paused_database;
+	pg_atomic_uint64 extension_changes; /* CREATE/DROP EXTENSION pg_cdp seen */
+	pg_atomic_uint32 next_wake; /* round robin over the idle workers */
+	CdpWorkerSlot slots[CDP_MAX_INGEST_WORKERS];
+} CdpWorkerPool;
+
+extern CdpWorkerPool *CdpPool;
+
+/* GUCs (pg_cdp.c) */
+extern char *cdp_database_name;
+extern int	cdp_ingest_workers;
+
+/* worker_pool.c */
+extern void CdpWorkersInit(void);
+extern void CdpWakeWorkerAtCommit(void);
+extern void CdpWakeIdleWorker(int except_slot);
+extern void CdpNoteExtensionChangeAtCommit(void);
+extern void CdpWakeLauncher(void);
+extern bool CdpWaitForWorkersGone(long timeout_ms);
+
+/* worker_guard.c */
+extern void CdpInstallWorkerGuard(void);
+
+/* launcher.c, ingest_worker.c: background worker entry points */
+extern PGDLLEXPORT void cdp_launcher_main(Datum arg);
+extern PGDLLEXPORT void cdp_ingest_worker_main(Datum arg);
+extern void CdpStartLauncher(void);
+
+#endif							/* CDP_WORKERS_H */
