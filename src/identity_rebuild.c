@@ -424,44 +424,51 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	return changes;
 }
 
-/* evidence rows record what they link now: one UPDATE, slices of one array */
+/*
+ * Evidence rows record what they link now: one UPDATE, each row's list
+ * grouped out of one flat array by its seq (a slice per row would walk the
+ * array of varlena values from its start each time, quadratic).
+ */
 static void
 WriteRelinked(List *relinked, Oid idtype)
 {
 	int			n = list_length(relinked);
 	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
-	Datum	   *bounds[2] = {palloc(sizeof(Datum) * Max(n, 1)), palloc(sizeof(Datum) * Max(n, 1))};
 	int			nall = 0;
 	int			k = 0;
 	ListCell   *lc;
 	Datum	   *flat;
-	Oid			types[4] = {INT8ARRAYOID, get_array_type(idtype), INT4ARRAYOID, INT4ARRAYOID};
-	Datum		args[4];
+	int64	   *flat_seq;
+	Oid			types[3] = {INT8ARRAYOID, get_array_type(idtype), INT8ARRAYOID};
+	Datum		args[3];
 
 	if (n == 0)
 		return;
 	foreach(lc, relinked)
 		nall += ((RelinkedRow *) lfirst(lc))->nids;
 	flat = palloc(sizeof(Datum) * Max(nall, 1));
+	flat_seq = palloc(sizeof(int64) * Max(nall, 1));
 	nall = 0;
 	foreach(lc, relinked)
 	{
 		RelinkedRow *row = lfirst(lc);
 
-		seqs[k] = row->seq;
-		bounds[0][k] = Int32GetDatum(nall + 1);
+		seqs[k++] = row->seq;
 		for (int i = 0; i < row->nids; i++)
+		{
+			flat_seq[nall] = row->seq;
 			flat[nall++] = row->ids[i];
-		bounds[1][k] = Int32GetDatum(nall);
-		k++;
+		}
 	}
 	args[0] = CdpInt8Array(seqs, n);
 	args[1] = CdpArray(flat, nall, idtype);
-	args[2] = CdpArray(bounds[0], n, INT4OID);
-	args[3] = CdpArray(bounds[1], n, INT4OID);
-	CdpExecArgs("UPDATE cdp.identity_evidence e SET linked = coalesce($2[u.lo:u.hi], '{}') "
-				"FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(seq, lo, hi) "
-				"WHERE e.seq = u.seq", 4, types, args, SPI_OK_UPDATE);
+	args[2] = CdpInt8Array(flat_seq, nall);
+	CdpExecArgs("UPDATE cdp.identity_evidence e SET linked = g.ids FROM ("
+				"SELECT seq, coalesce(array_agg(x ORDER BY o) FILTER (WHERE o > 0), '{}') AS ids "
+				"FROM (SELECT seq, NULL::cdp.identifier AS x, 0::int8 AS o FROM unnest($1) AS s(seq) "
+				"UNION ALL SELECT seq, x, o FROM unnest($2, $3) WITH ORDINALITY AS f(x, seq, o)) z "
+				"GROUP BY seq) g "
+				"WHERE e.seq = g.seq", 3, types, args, SPI_OK_UPDATE);
 }
 
 /*
