@@ -59,8 +59,8 @@
 #define STATS_PROFILES		65536
 
 /*
- * Identifiers whose traits or consent a call changed before it writes them
- * into their profiles (see CdpNewStateQueue): under 100 bytes each.
+ * Traits and consent a call gathers before it writes them, in kilobytes
+ * (see CdpStateQueueLength): at most 64 MB.
  */
 #define STATE_IDENTIFIERS	65536
 

@@ -3,8 +3,9 @@
  *	  What people say about themselves in messages: traits (identify traits,
  *	  context.traits on any type) and consent (Segment categoryPreferences
  *	  and its "Segment Consent Preference Updated" event, RudderStack
- *	  consentManagement), written per identifier once per batch and into
- *	  profiles once per process_inbox call.
+ *	  consentManagement), gathered in memory per identifier and written
+ *	  into the per-identifier stores and the profiles once per
+ *	  process_inbox call (or when the gathered state grows over a bound).
  *
  *	  Both are kept per identifier (cdp.identifier_traits,
  *	  cdp.identifier_consent, the history in cdp.consent_log), which merges,
@@ -19,9 +20,14 @@
  *	  matter and a profile built up a batch at a time equals one recomputed
  *	  from its identifiers.
  *
- *	  Locking: a batch writes the state of identifiers whose profile rows it
- *	  holds (identity resolution locked them), which is what cdp.set_consent
- *	  takes too; profile rows before state rows, everywhere.
+ *	  A chunk's messages go to a queue (profile_state_queue.c) that gathers
+ *	  them per identifier, key and purpose, and is written into the stores
+ *	  and profiles once per call.
+ *
+ *	  Locking: a call writes the state of identifiers whose profile rows it
+ *	  holds (identity resolution locked them, for the rest of the
+ *	  transaction), which is what cdp.set_consent takes too; profile rows
+ *	  before state rows, everywhere.
  */
 #include "postgres.h"
 
@@ -41,10 +47,6 @@
 /* A trait's key and value (as jsonb) at most; bigger ones are skipped. */
 #define CDP_MAX_TRAIT_KEY_BYTES		128
 #define CDP_MAX_TRAIT_VALUE_BYTES	2048
-/* Trait keys one identifier holds at most; new keys past it are skipped. */
-#define CDP_MAX_IDENTIFIER_TRAITS	256
-/* Trait keys a profile shows at most (the first ones in key order). */
-#define CDP_MAX_PROFILE_TRAITS		1000	/* as cdp.recompute_profile_state */
 /* Consent categories one message states at most; the rest are skipped. */
 #define CDP_MAX_MESSAGE_CONSENTS	64
 
@@ -52,40 +54,24 @@
 
 typedef enum StatePlan
 {
-	PLAN_STATE,
 	PLAN_VIOLATIONS,
 	PLAN_STATEFUL_NEW,
 	PLAN_RECOMPUTE,
-	PLAN_QUEUED,
+	PLAN_PURPOSES,
 	NUM_STATE_PLANS
 } StatePlan;
 
 static SPIPlanPtr plans[NUM_STATE_PLANS];
 static Oid	plans_type_oid = InvalidOid;
 
-/* a growable column of Datums (with nulls) */
-typedef struct Column
+/* the categories a message states, before purposes are known */
+typedef struct MessageConsent
 {
-	Datum	   *v;
-	bool	   *nulls;
-} Column;
-
-/* what a batch writes: one row per trait key, one per consent decision */
-typedef struct StateRows
-{
-	int			cap;
 	int			n;
-	Column		cols[8];
-} StateRows;
-
-/* identifiers whose state changed, not yet written into their profiles */
-struct CdpStateQueue
-{
-	MemoryContext cxt;
-	Datum	   *ids;
-	int			n;
-	int			cap;
-};
+	int			named;			/* categories counted against the bound */
+	char	   *names[CDP_MAX_MESSAGE_CONSENTS + 1];	/* lower case; NULL: full */
+	bool		granted[CDP_MAX_MESSAGE_CONSENTS + 1];
+} MessageConsent;
 
 typedef struct Violation
 {
@@ -95,66 +81,6 @@ typedef struct Violation
 	const char *rule;
 	char	   *detail;
 } Violation;
-
-/* plans name the identifier type by oid: prepare them again if it changed */
-static void
-CheckPlans(void)
-{
-	Oid			typid = CdpIdentifierTypeOid();
-
-	if (typid == plans_type_oid)
-		return;
-	for (int i = 0; i < NUM_STATE_PLANS; i++)
-	{
-		if (plans[i] != NULL)
-			SPI_freeplan(plans[i]);
-		plans[i] = NULL;
-	}
-	plans_type_oid = typid;
-}
-
-/* append one row (a value per column) to a batch's rows, growing them */
-static void
-AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
-{
-	if (rows->n == rows->cap)
-	{
-		int			cap = Max(64, rows->cap * 2);
-
-		for (int c = 0; c < ncols; c++)
-		{
-			Column	   *col = &rows->cols[c];
-
-			col->v = col->v ? repalloc(col->v, sizeof(Datum) * cap) : palloc(sizeof(Datum) * cap);
-			col->nulls = col->nulls ? repalloc(col->nulls, sizeof(bool) * cap) :
-				palloc(sizeof(bool) * cap);
-		}
-		rows->cap = cap;
-	}
-	for (int c = 0; c < ncols; c++)
-	{
-		rows->cols[c].v[rows->n] = values[c];
-		rows->cols[c].nulls[rows->n] = nulls ? nulls[c] : false;
-	}
-	rows->n++;
-}
-
-/* a column as an array of elemtype, NULL elements where nulls says */
-static Datum
-ColumnArray(StateRows *rows, int c, Oid elemtype)
-{
-	int16		typlen;
-	bool		byval;
-	char		align;
-	int			dims[1] = {rows->n};
-	int			lbs[1] = {1};
-
-	if (rows->n == 0)
-		return PointerGetDatum(construct_empty_array(elemtype));
-	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
-	return PointerGetDatum(construct_md_array(rows->cols[c].v, rows->cols[c].nulls, 1, dims, lbs,
-											  elemtype, typlen, byval, align));
-}
 
 /* obj[key] when obj is an object (message fields may be any JSON type) */
 static JsonbValue *
@@ -228,13 +154,14 @@ NewViolation(CdpMessage *msg, const char *rule, char *detail)
  * in *violations.
  */
 static void
-AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
+AddTraits(CdpStateQueue *queue, CdpMessage *msg, List **violations)
 {
 	JsonbValue *sources[2] = {NULL, NULL};
 	int			carried = 0;
 	int			taken = 0;
 	char	   *too_large = NULL;
 	int			ntoo_large = 0;
+	CdpPendingId *owner = NULL;
 
 	if (msg->type != NULL && strcmp(msg->type, "identify") == 0)
 		sources[0] = msg->traits;
@@ -248,7 +175,6 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 		for (int i = 0; i < obj->val.object.nPairs; i++)
 		{
 			JsonbPair  *pair = &obj->val.object.pairs[i];
-			Datum		values[4];
 			Jsonb	   *value;
 
 			if (s == 1 && HasKey(sources[0], &pair->key))
@@ -265,12 +191,10 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 										 Min(pair->key.val.string.len, 64));
 				continue;
 			}
-			values[0] = PointerGetDatum(msg->state_anchor);
-			values[1] = PointerGetDatum(cstring_to_text_with_len(pair->key.val.string.val,
-																 pair->key.val.string.len));
-			values[2] = JsonbPGetDatum(value);
-			values[3] = TimestampTzGetDatum(msg->ts);
-			AddRow(rows, 4, values, NULL);
+			if (owner == NULL)
+				owner = CdpPendingOwner(queue, msg->state_anchor);
+			CdpPendTrait(queue, owner, pair->key.val.string.val,
+						 pair->key.val.string.len, JsonbPGetDatum(value), msg->ts);
 			taken++;
 		}
 	}
@@ -289,50 +213,35 @@ AddTraits(StateRows *rows, CdpMessage *msg, List **violations)
 }
 
 /*
- * One consent decision of a message (purpose NULL: the message is a full
- * statement, every defined purpose it leaves out is denied).  A category
- * is lower-cased; one that names no defined purpose is dropped when
- * written.  Returns false once the message is over its bound.
+ * One category a message states (name NULL: the message is a full
+ * statement, every defined purpose it leaves out is denied), lower-cased.
+ * A name longer than a purpose name can be names none and is dropped.
+ * Returns false once the message is over its bound.
  */
 static bool
-AddConsent(StateRows *rows, CdpMessage *msg, int ord, int *count, const char *name, int len,
-		   bool granted)
+AddConsent(MessageConsent *mc, const char *name, int len, bool granted)
 {
-	Datum		values[7];
-	bool		nulls[7] = {false};
+	char	   *lower = NULL;
 
 	if (name != NULL)
 	{
-		if (++(*count) > CDP_MAX_MESSAGE_CONSENTS)
+		if (++mc->named > CDP_MAX_MESSAGE_CONSENTS)
 			return false;
-		/* longer than a purpose name can be: it names none */
 		if (len > 63)
 			return true;
-	}
-	values[0] = PointerGetDatum(msg->state_anchor);
-	nulls[1] = (name == NULL);
-	if (name != NULL)
-	{
-		char	   *lower = pnstrdup(name, len);
-
+		lower = pnstrdup(name, len);
 		for (int i = 0; i < len; i++)
 			lower[i] = pg_ascii_tolower((unsigned char) lower[i]);
-		values[1] = CStringGetTextDatum(lower);
 	}
-	values[2] = BoolGetDatum(granted);
-	values[3] = TimestampTzGetDatum(msg->ts);
-	nulls[4] = (msg->message_id == NULL);
-	values[4] = msg->message_id ? CStringGetTextDatum(msg->message_id) : (Datum) 0;
-	values[5] = CStringGetTextDatum(msg->source ? msg->source : "");
-	values[6] = Int32GetDatum(ord);
-	AddRow(rows, 7, values, nulls);
+	mc->names[mc->n] = lower;
+	mc->granted[mc->n] = granted;
+	mc->n++;
 	return true;
 }
 
 /* the ids of a consentManagement list, each a decision */
 static bool
-AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue *list,
-			  bool granted)
+AddConsentIds(MessageConsent *mc, JsonbValue *list, bool granted)
 {
 	if (list == NULL || list->type != jbvArray)
 		return true;
@@ -342,26 +251,31 @@ AddConsentIds(StateRows *rows, CdpMessage *msg, int ord, int *count, JsonbValue 
 
 		if (e->type != jbvString)
 			continue;
-		if (!AddConsent(rows, msg, ord, count, e->val.string.val, e->val.string.len, granted))
+		if (!AddConsent(mc, e->val.string.val, e->val.string.len, granted))
 			return false;
 	}
 	return true;
 }
 
 /*
- * The consent rows of one message, from every form it may carry them in.
- * Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS categories
- * (the first ones are kept).
+ * The categories one message states, from every form it may carry them
+ * in.  Returns false if it states more than CDP_MAX_MESSAGE_CONSENTS (the
+ * first ones are kept).
  */
 static bool
-AddConsents(StateRows *rows, CdpMessage *msg, int ord)
+AddConsents(MessageConsent *mc, CdpMessage *msg)
 {
 	JsonbValue *prefs = ObjectGet(ObjectGet(msg->context, "consent"), "categoryPreferences");
 	JsonbValue *rudder = ObjectGet(msg->context, "consentManagement");
-	int			count = 0;
 
+	mc->n = 0;
+	mc->named = 0;
+	/* the full statement's mark does not count against the bound */
 	if (IsConsentEvent(msg))
-		AddConsent(rows, msg, ord, &count, NULL, 0, false);
+	{
+		mc->names[mc->n] = NULL;
+		mc->granted[mc->n++] = false;
+	}
 	if (prefs != NULL && prefs->type == jbvObject)
 	{
 		for (int i = 0; i < prefs->val.object.nPairs; i++)
@@ -370,164 +284,71 @@ AddConsents(StateRows *rows, CdpMessage *msg, int ord)
 
 			if (pair->value.type != jbvBool)
 				continue;
-			if (!AddConsent(rows, msg, ord, &count, pair->key.val.string.val,
-							pair->key.val.string.len, pair->value.val.boolean))
+			if (!AddConsent(mc, pair->key.val.string.val, pair->key.val.string.len,
+							pair->value.val.boolean))
 				return false;
 		}
 	}
-	if (!AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "allowedConsentIds"), true))
+	if (!AddConsentIds(mc, ObjectGet(rudder, "allowedConsentIds"), true))
 		return false;
-	return AddConsentIds(rows, msg, ord, &count, ObjectGet(rudder, "deniedConsentIds"), false);
+	return AddConsentIds(mc, ObjectGet(rudder, "deniedConsentIds"), false);
 }
 
-/* a copy of an identifier into the queue's memory */
-static void
-Enqueue(CdpStateQueue *queue, Datum id)
+/* the defined purposes, sorted (a message's categories name them) */
+static char **
+LoadPurposes(int *n)
 {
-	MemoryContext old = MemoryContextSwitchTo(queue->cxt);
+	uint64		rows;
+	char	  **names;
 
-	if (queue->n == queue->cap)
-	{
-		queue->cap = Max(1024, queue->cap * 2);
-		queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
-			palloc(sizeof(Datum) * queue->cap);
-	}
-	queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
-	MemoryContextSwitchTo(old);
+	rows = CdpExecPlan(CdpPlan(&plans[PLAN_PURPOSES],
+							   "SELECT name FROM cdp.purposes ORDER BY name COLLATE \"C\"", 0, NULL),
+					   NULL, NULL, SPI_OK_SELECT);
+	names = palloc(sizeof(char *) * Max(rows, 1));
+	for (uint64 r = 0; r < rows; r++)
+		names[r] = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+	SPI_freetuptable(SPI_tuptable);
+	*n = (int) rows;
+	return names;
 }
-
-/* the statement of WriteState, in parts: traits, consent, profiles */
-static const char *const state_sql =
-	/* traits */
-	"WITH tu AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-	"  unnest($4)) AS u(i, k, v, t)), "
-	"tb AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM tu "
-	"  ORDER BY i, k, tu.t DESC, v::text COLLATE \"C\" DESC), "
-	"tn AS (SELECT g.i, m.traits, m.trait_times "
-	"  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
-	"          FROM tb GROUP BY i) g, "
-	"  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
-	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $5, true) m) "
-	"  FROM tn WHERE s.identifier = tn.i "
-	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
-	"     WHERE s.trait_times ->> e.key IS NULL "
-	"        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
-	"        OR (e.value = s.trait_times ->> e.key AND "
-	"            (tn.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
-	"  RETURNING s.identifier, s.traits, s.trait_times), "
-	"ti AS (INSERT INTO cdp.identifier_traits (identifier, traits, trait_times) "
-	"  SELECT tn.i, tn.traits, tn.trait_times FROM tn "
-	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = tn.i) "
-	"  RETURNING identifier, traits, trait_times), "
-	"tw AS (SELECT * FROM tu2 UNION ALL SELECT * FROM ti), "
-	/* new keys an identifier had no room for: recorded, not silently lost */
-	"tx AS (INSERT INTO cdp.identity_violations (identifier, at, rule, detail) "
-	"  SELECT tb.i, max(tb.t)::timestamptz, 'too_many_identifier_traits', "
-	"         format('%s trait keys skipped, \"%s\" the first: an identifier holds at most %s', "
-	"                count(*), min(tb.k COLLATE \"C\"), $5) "
-	"    FROM tb JOIN tw ON tw.identifier = tb.i WHERE NOT tw.traits ? tb.k GROUP BY tb.i), "
-	/* consent */
-	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
-	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
-	"cd AS (SELECT cu.i, cu.c AS purpose, cu.g, cu.t, cu.m, cu.s, cu.o FROM cu "
-	"        JOIN cdp.purposes pp ON pp.name = cu.c "
-	"      UNION ALL "
-	"      SELECT cu.i, pp.name, false, cu.t, cu.m, cu.s, cu.o FROM cu CROSS JOIN cdp.purposes pp "
-	"       WHERE cu.c IS NULL "
-	"         AND NOT EXISTS (SELECT 1 FROM cu v WHERE v.o = cu.o AND v.c = pp.name)), "
-	/* a message's one decision per purpose: a denial when it states both */
-	"cm AS (SELECT DISTINCT ON (i, purpose, o) * FROM cd ORDER BY i, purpose, o, g), "
-	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
-	"  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
-	"    SELECT cm.*, coalesce(lag(cm.g) OVER (PARTITION BY cm.i, cm.purpose "
-	"                                          ORDER BY cm.t, cm.g DESC), "
-	"                          (ic.consent -> cm.purpose ->> 'granted')::bool) AS prev "
-	"      FROM cm LEFT JOIN cdp.identifier_consent ic ON ic.identifier = cm.i) h "
-	"   WHERE h.prev IS DISTINCT FROM h.g), "
-	"cb AS (SELECT i, jsonb_object_agg(purpose, cdp.consent_entry(g, t, s, m)) AS e "
-	"  FROM (SELECT DISTINCT ON (i, purpose) * FROM cd "
-	"        ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
-	"                 s COLLATE \"C\" DESC) w GROUP BY i), "
-	"cu2 AS (UPDATE cdp.identifier_consent c SET consent = cdp.merge_consent(ARRAY[c.consent, cb.e]) "
-	"  FROM cb WHERE c.identifier = cb.i "
-	"   AND cdp.merge_consent(ARRAY[c.consent, cb.e]) <> c.consent "
-	"  RETURNING c.identifier, c.consent), "
-	"ci AS (INSERT INTO cdp.identifier_consent (identifier, consent) "
-	"  SELECT cb.i, cb.e FROM cb "
-	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = cb.i) "
-	"  RETURNING identifier, consent), "
-	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci) "
-	/* the identifiers whose state changed */
-	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
-
-/* the statement of CdpWriteQueuedProfileState */
-static const char *const queued_sql =
-	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
-	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
-	"FROM (SELECT i.profile_id AS p, "
-	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tr, "
-	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tt, "
-	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
-	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
-	"        JOIN cdp.identities i ON i.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
-	"       GROUP BY i.profile_id) q "
-	"WHERE r.profile_id = q.p";
 
 /*
- * A batch's state in one statement: trait rows to the identifiers' stores
- * (key by key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys
- * each); consent rows to the identifiers' latest decisions, and to the
- * history those that set or change a decision (a repeat of the one before
- * it is not history); the identifiers whose rows changed go to queue, for
- * their profiles (CdpWriteQueuedProfileState).  Categories that name no defined
- * purpose are dropped here; a full statement (purpose NULL) denies every
- * defined purpose its message does not state.  Stored rows are updated
- * and missing ones inserted (cheaper than INSERT ... ON CONFLICT, which
- * locks each row first): only holders of an identifier's profile row, or
- * of the identity lock while it has none, write its rows, so no other
- * session inserts one meanwhile.
+ * A message's decisions: one per defined purpose it states (a denial when
+ * it states one both ways); a full statement also denies every defined
+ * purpose it leaves out.  Categories that name no defined purpose are
+ * dropped.
  */
 static void
-WriteState(StateRows *traits, StateRows *consent, CdpStateQueue *queue)
+PendMessageConsent(CdpStateQueue *queue, CdpMessage *msg, MessageConsent *mc,
+				   char **purposes, int npurposes)
 {
-	Oid			idarray = get_array_type(plans_type_oid);
-	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
-		INT4OID, INT4OID,
-		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID};
-	Datum		args[13];
-	uint64		rows;
+	int			state[64 + 1];	/* per purpose: 0 unstated, 1 granted, 2 denied */
+	int		   *st = npurposes <= 64 ? state : palloc(sizeof(int) * npurposes);
+	bool		full = false;
+	CdpPendingId *owner = CdpPendingOwner(queue, msg->state_anchor);
 
-	args[0] = ColumnArray(traits, 0, plans_type_oid);
-	args[1] = ColumnArray(traits, 1, TEXTOID);
-	args[2] = ColumnArray(traits, 2, JSONBOID);
-	args[3] = ColumnArray(traits, 3, TIMESTAMPTZOID);
-	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
-	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	args[6] = ColumnArray(consent, 0, plans_type_oid);
-	args[7] = ColumnArray(consent, 1, TEXTOID);
-	args[8] = ColumnArray(consent, 2, BOOLOID);
-	args[9] = ColumnArray(consent, 3, TIMESTAMPTZOID);
-	args[10] = ColumnArray(consent, 4, TEXTOID);
-	args[11] = ColumnArray(consent, 5, TEXTOID);
-	args[12] = ColumnArray(consent, 6, INT4OID);
-	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
-					   args, NULL, SPI_OK_SELECT);
-	for (uint64 r = 0; r < rows; r++)
+	memset(st, 0, sizeof(int) * npurposes);
+	for (int i = 0; i < mc->n; i++)
 	{
-		bool		isnull;
-
-		Enqueue(queue, SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		if (mc->names[i] == NULL)
+		{
+			full = true;
+			continue;
+		}
+		for (int p = 0; p < npurposes; p++)
+			if (strcmp(mc->names[i], purposes[p]) == 0)
+			{
+				st[p] = (st[p] == 2 || !mc->granted[i]) ? 2 : 1;
+				break;
+			}
 	}
-	SPI_freetuptable(SPI_tuptable);
+	for (int p = 0; p < npurposes; p++)
+	{
+		if (st[p] == 0 && !full)
+			continue;
+		CdpPendDecision(queue, owner, purposes[p], st[p] == 1, msg->ts, msg->message_id,
+						msg->source ? msg->source : "");
+	}
 }
 
 /*
@@ -581,18 +402,18 @@ WriteViolations(List *violations)
 }
 
 /*
- * After identity resolution: the traits and consent of a batch's messages
- * that resolved to a profile, into the per-identifier stores, in one
- * statement for the whole batch (none when no message carries any; one
- * more for messages over a bound); the identifiers that changed wait in
- * queue for their profiles.
+ * After identity resolution: the traits and consent of a chunk's messages
+ * that resolved to a profile, gathered in queue per identifier (no
+ * statement: CdpWriteQueuedProfileState writes them); messages over a
+ * bound are recorded at once, in one statement.
  */
 void
 CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 {
-	StateRows	traits = {0};
-	StateRows	consent = {0};
 	List	   *violations = NIL;
+	char	  **purposes = NULL;
+	int			npurposes = 0;
+	MessageConsent mc;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -600,91 +421,31 @@ CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 
 		if (msg->outcome != CDP_PENDING || !msg->has_profile_id || msg->state_anchor == NULL)
 			continue;
-		AddTraits(&traits, msg, &violations);
-		if (!AddConsents(&consent, msg, i))
+		AddTraits(queue, msg, &violations);
+		if (!AddConsents(&mc, msg))
 			violations = lappend(violations,
 								 NewViolation(msg, "too_many_consent_categories",
 											  psprintf("the message states more than %d consent categories; "
 													   "only the first %d are kept",
 													   CDP_MAX_MESSAGE_CONSENTS, CDP_MAX_MESSAGE_CONSENTS)));
+		if (mc.n == 0)
+			continue;
+		if (purposes == NULL)
+		{
+			CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
+			purposes = LoadPurposes(&npurposes);
+		}
+		PendMessageConsent(queue, msg, &mc, purposes, npurposes);
 	}
-	if (traits.n == 0 && consent.n == 0 && violations == NIL)
-		return;
-	CheckPlans();
+	if (violations != NIL)
 	{
-		int			level = CdpBeginIndexedPlans();
+		int			level;
 
-		if (traits.n > 0 || consent.n > 0)
-			WriteState(&traits, &consent, queue);
+		CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
+		level = CdpBeginIndexedPlans();
 		WriteViolations(violations);
 		CdpEndIndexedPlans(level);
 	}
-}
-
-/*
- * An empty queue of identifiers whose state a part changed, written into
- * their profiles by CdpWriteQueuedProfileState.  Writing a profile record
- * once per batch leaves a dead version of it per batch for the rest of the
- * transaction (see CdpNewProfileStats); once per call leaves one.
- */
-CdpStateQueue *
-CdpNewStateQueue(MemoryContext cxt)
-{
-	CdpStateQueue *queue = MemoryContextAllocZero(cxt, sizeof(CdpStateQueue));
-
-	queue->cxt = cxt;
-	return queue;
-}
-
-/* how many identifiers wait (some maybe twice) */
-int
-CdpStateQueueLength(CdpStateQueue *queue)
-{
-	return queue->n;
-}
-
-/*
- * Add a committed part's queue to the queue of the part holding it (a
- * chunk's to its batch's, a batch's to its call's), as profile stats are:
- * the call then writes only profiles whose rows it still holds locked.
- */
-void
-CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
-{
-	for (int i = 0; i < from->n; i++)
-		Enqueue(into, from->ids[i]);
-}
-
-/*
- * Merge the state of the queued identifiers into the profiles holding them
- * now, in one statement, and empty the queue.  Per key and purpose the
- * merge keeps the latest and an identifier's maps only gain newer entries,
- * so merging an identifier's whole maps into its profile again is harmless:
- * it stays right when a merge, split or rebuild recomputed the profile in
- * between.  Only committed parts queue (CdpMergeStateQueue), so the call
- * holds these profile rows (its identity resolution locked them).
- */
-void
-CdpWriteQueuedProfileState(CdpStateQueue *queue)
-{
-	Oid			argtypes[2];
-	Datum		args[2];
-	int			level;
-
-	if (queue->n == 0)
-		return;
-	CheckPlans();
-	argtypes[0] = get_array_type(plans_type_oid);
-	argtypes[1] = INT4OID;
-	args[0] = CdpArray(queue->ids, queue->n, plans_type_oid);
-	args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	level = CdpBeginIndexedPlans();
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
-				args, NULL, SPI_OK_UPDATE);
-	CdpEndIndexedPlans(level);
-	for (int i = 0; i < queue->n; i++)
-		pfree(DatumGetPointer(queue->ids[i]));
-	queue->n = 0;
 }
 
 /*
@@ -701,7 +462,7 @@ CdpRecomputeProfileState(int64 *profile_ids, int n)
 
 	if (n == 0)
 		return;
-	CheckPlans();
+	CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
 	args[0] = CdpInt8Array(profile_ids, n);
 	CdpExecPlan(CdpPlan(&plans[PLAN_RECOMPUTE], "SELECT cdp.recompute_profile_state($1)",
@@ -726,7 +487,7 @@ CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
 
 	if (n == 0)
 		return;
-	CheckPlans();
+	CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	argtypes[0] = get_array_type(plans_type_oid);
 	argtypes[1] = INT8ARRAYOID;
 	args[0] = CdpArray((Datum *) ids, n, plans_type_oid);

@@ -59,6 +59,25 @@ CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
+/*
+ * Plans that name a type of the extension by oid (typid, as it is now)
+ * are prepared again when it changed (the extension was dropped and made
+ * again in this session): free them all and remember the new oid.
+ */
+void
+CdpCheckTypePlans(SPIPlanPtr *plans, int n, Oid *plans_type_oid, Oid typid)
+{
+	if (typid == *plans_type_oid)
+		return;
+	for (int i = 0; i < n; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	*plans_type_oid = typid;
+}
+
 /* run a plan; expected is the SPI_OK_* code it must return */
 uint64
 CdpExecPlan(SPIPlanPtr plan, Datum *args, const char *nulls, int expected)

@@ -273,14 +273,28 @@ extern void CdpKnownIdentitiesRemember(IdentityGraph *g);
 extern void CdpKnownIdentitiesForget(void);
 extern bool CdpKnownBlockedCurrent(void);
 
-/* profile_state.c */
-extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
+/* Trait keys one identifier holds at most; new keys past it are skipped. */
+#define CDP_MAX_IDENTIFIER_TRAITS	256
+/* Trait keys a profile shows at most (the first ones in key order). */
+#define CDP_MAX_PROFILE_TRAITS		1000	/* as cdp.recompute_profile_state */
+
+/* profile_state_queue.c */
 typedef struct CdpStateQueue CdpStateQueue;
+typedef struct CdpPendingId CdpPendingId;
 extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
 extern int	CdpStateQueueLength(CdpStateQueue *queue);
 extern void CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from);
-extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
 extern void CdpWriteQueuedProfileState(CdpStateQueue *queue);
+extern CdpPendingId *CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id);
+extern void CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name,
+						 int namelen, Datum value, TimestampTz at);
+extern void CdpPendDecision(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose,
+							bool granted, TimestampTz at, const char *message_id,
+							const char *source);
+
+/* profile_state.c */
+extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
+extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
 extern void CdpRecomputeProfileState(int64 *profile_ids, int n);
 extern void CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n);
 

@@ -1,0 +1,845 @@
+/*
+ * profile_state_queue.c
+ *	  The traits and consent ingest gathers per identifier before writing
+ *	  them: SDKs repeat the same traits and consent on every message, and
+ *	  writing a batch's state at once rewrote the rows of the same people
+ *	  batch after batch, each time leaving a dead version that the rest of
+ *	  the call (one transaction) stepped over.
+ *
+ *	  A queue keeps, per identifier and trait key, the winning value (the
+ *	  latest time, then the larger value text), and per identifier and
+ *	  purpose the winning decision and the changes of decision in time order
+ *	  (the history: a repeat of the decision before it is none).  A chunk
+ *	  gathers into its own queue; a committed chunk's queue joins its
+ *	  batch's and a committed batch's its call's (CdpMergeStateQueue), so
+ *	  nothing of a part that was rolled back is written, and only state of
+ *	  identifiers whose profile rows the transaction holds (identity
+ *	  resolution locked them until it ends).  CdpWriteQueuedProfileState
+ *	  writes a queue in one statement, then the profiles in another, and
+ *	  empties it: whatever runs the pipeline calls it before its transaction
+ *	  ends (process_inbox at the end of the call, or when the queue passes
+ *	  its memory bound).
+ *
+ *	  Merges inside the call recompute profiles from the stores without what
+ *	  is still gathered: the write merges each identifier's whole maps into
+ *	  the profile holding it then, and merging keeps the latest, so the
+ *	  profile ends as a recompute would make it.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "pg_cdp.h"
+#include "identity.h"
+#include "spi_util.h"
+
+typedef enum QueuePlan
+{
+	PLAN_STATE,
+	PLAN_QUEUED,
+	NUM_QUEUE_PLANS
+} QueuePlan;
+
+static SPIPlanPtr plans[NUM_QUEUE_PLANS];
+static Oid	plans_type_oid = InvalidOid;
+
+/* a growable column of Datums (with nulls) */
+typedef struct Column
+{
+	Datum	   *v;
+	bool	   *nulls;
+} Column;
+
+/* what a write sends: rows of identifiers' maps, of changes of decision */
+typedef struct StateRows
+{
+	int			cap;
+	int			n;
+	Column		cols[8];
+} StateRows;
+
+/* a hash key: an identifier's bytes, or a name of an identifier (owner) */
+typedef struct BytesKey
+{
+	const void *owner;
+	const char *bytes;
+	int			len;
+} BytesKey;
+
+/* one consent decision (source NULL: none yet) */
+typedef struct Decision
+{
+	bool		granted;
+	TimestampTz at;
+	const char *message_id;		/* NULL from a message without one */
+	const char *source;
+} Decision;
+
+/* what every entry of a queue's tables starts with */
+typedef struct PendingHead
+{
+	BytesKey	key;
+	CdpIdentifier *id;
+	const char *name;			/* key.bytes, NUL-terminated */
+	int			namelen;
+	void	   *next;			/* the identifier's next entry in the table */
+} PendingHead;
+
+/* the winning value of one trait key of one identifier */
+typedef struct PendingTrait
+{
+	PendingHead h;
+	Jsonb	   *value;
+	TimestampTz at;
+} PendingTrait;
+
+/* the decisions about one purpose of one identifier */
+typedef struct PendingConsent
+{
+	PendingHead h;
+	Decision	latest;			/* the winner: latest, then a denial... */
+	Decision   *changes;		/* by time, each unlike the one before */
+	int			nchanges;
+	int			capchanges;
+} PendingConsent;
+
+/* an identifier with gathered state: one copy of it, its entries */
+struct CdpPendingId
+{
+	PendingHead h;
+	PendingTrait *traits;		/* its keys, a list */
+	PendingConsent *consent;	/* its purposes, a list */
+	int			ntraits;
+	int			nconsent;
+};
+
+/*
+ * The traits and consent a part (chunk, batch, call) gathered and has not
+ * written, in a context of its own (its size bounds a call's).
+ */
+struct CdpStateQueue
+{
+	MemoryContext cxt;
+	HTAB	   *traits;			/* PendingTrait by identifier and key */
+	HTAB	   *consent;		/* PendingConsent by identifier and purpose */
+	HTAB	   *ids;			/* CdpPendingId by identifier */
+	int			nsources;		/* message sources, kept once each */
+	const char *sources[16];
+};
+
+/* append one row (a value per column) to a write's rows, growing them */
+static void
+AddRow(StateRows *rows, int ncols, Datum *values, bool *nulls)
+{
+	if (rows->n == rows->cap)
+	{
+		int			cap = Max(64, rows->cap * 2);
+
+		for (int c = 0; c < ncols; c++)
+		{
+			Column	   *col = &rows->cols[c];
+
+			col->v = col->v ? repalloc(col->v, sizeof(Datum) * cap) : palloc(sizeof(Datum) * cap);
+			col->nulls = col->nulls ? repalloc(col->nulls, sizeof(bool) * cap) :
+				palloc(sizeof(bool) * cap);
+		}
+		rows->cap = cap;
+	}
+	for (int c = 0; c < ncols; c++)
+	{
+		rows->cols[c].v[rows->n] = values[c];
+		rows->cols[c].nulls[rows->n] = nulls ? nulls[c] : false;
+	}
+	rows->n++;
+}
+
+/* a column as an array of elemtype, NULL elements where nulls says */
+static Datum
+ColumnArray(StateRows *rows, int c, Oid elemtype)
+{
+	int16		typlen;
+	bool		byval;
+	char		align;
+	int			dims[1] = {rows->n};
+	int			lbs[1] = {1};
+
+	if (rows->n == 0)
+		return PointerGetDatum(construct_empty_array(elemtype));
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	return PointerGetDatum(construct_md_array(rows->cols[c].v, rows->cols[c].nulls, 1, dims, lbs,
+											  elemtype, typlen, byval, align));
+}
+
+static uint32
+BytesKeyHash(const void *key, Size keysize)
+{
+	const BytesKey *k = key;
+	uint32		h = hash_bytes((const unsigned char *) k->bytes, k->len);
+
+	if (k->owner != NULL)
+		h = hash_combine(h, hash_bytes((const unsigned char *) &k->owner, sizeof(k->owner)));
+	return h;
+}
+
+static int
+BytesKeyMatch(const void *a, const void *b, Size keysize)
+{
+	const BytesKey *x = a;
+	const BytesKey *y = b;
+
+	if (x->owner != y->owner || x->len != y->len)
+		return 1;
+	return memcmp(x->bytes, y->bytes, x->len);
+}
+
+/* a table keyed by BytesKey in the queue's context */
+static HTAB *
+NewTable(CdpStateQueue *queue, const char *name, Size entrysize)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(BytesKey);
+	ctl.entrysize = entrysize;
+	ctl.hash = BytesKeyHash;
+	ctl.match = BytesKeyMatch;
+	ctl.hcxt = queue->cxt;
+	return hash_create(name, 256, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+/* empty tables, in the queue's (emptied) context */
+static void
+StartQueue(CdpStateQueue *queue)
+{
+	MemoryContextReset(queue->cxt);
+	queue->traits = NewTable(queue, "cdp pending traits", sizeof(PendingTrait));
+	queue->consent = NewTable(queue, "cdp pending consent", sizeof(PendingConsent));
+	queue->ids = NewTable(queue, "cdp pending identifiers", sizeof(CdpPendingId));
+	queue->nsources = 0;
+}
+
+/* an identifier's entry in the queue, made (with a copy of it) if new */
+CdpPendingId *
+CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
+{
+	BytesKey	k = {NULL, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id)};
+	bool		found;
+	CdpPendingId *e = hash_search(queue->ids, &k, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		e->h.id = MemoryContextAlloc(queue->cxt, VARSIZE_ANY(id));
+		memcpy(e->h.id, id, VARSIZE_ANY(id));
+		e->h.key.owner = NULL;
+		e->h.key.bytes = VARDATA_ANY(e->h.id);
+		e->h.key.len = k.len;
+		e->h.name = NULL;
+		e->h.namelen = 0;
+		e->traits = NULL;
+		e->consent = NULL;
+		e->ntraits = e->nconsent = 0;
+	}
+	return e;
+}
+
+/* an identifier's entries in a table past which its list is not searched */
+#define SHORT_LIST	8
+
+/*
+ * The entry of an identifier's trait key or purpose in one of the queue's
+ * tables, made (with a copy of the name, added to the identifier's list
+ * *list of *count entries) if new.  Most identifiers have a few: their list
+ * is searched rather than the table, which a call makes large.
+ */
+static void *
+PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list, int *count,
+			 const char *name, int namelen, bool *found)
+{
+	BytesKey	k = {owner, name, namelen};
+	PendingHead *e;
+
+	if (*count <= SHORT_LIST)
+	{
+		for (e = *list; e != NULL; e = e->next)
+			if (e->namelen == namelen && memcmp(e->name, name, namelen) == 0)
+			{
+				*found = true;
+				return e;
+			}
+	}
+	e = hash_search(table, &k, HASH_ENTER, found);
+	if (!*found)
+	{
+		char	   *copy = MemoryContextAlloc(queue->cxt, namelen + 1);
+
+		memcpy(copy, name, namelen);
+		copy[namelen] = '\0';
+		e->key.owner = owner;
+		e->key.bytes = copy;
+		e->key.len = namelen;
+		e->id = owner->h.id;
+		e->name = copy;
+		e->namelen = namelen;
+		e->next = *list;
+		*list = e;
+		(*count)++;
+	}
+	return e;
+}
+
+/* a message's source in the queue's memory: the few there are, kept once */
+static const char *
+SourceText(CdpStateQueue *queue, const char *source)
+{
+	for (int i = 0; i < queue->nsources; i++)
+		if (strcmp(queue->sources[i], source) == 0)
+			return queue->sources[i];
+	if (queue->nsources == lengthof(queue->sources))
+		return MemoryContextStrdup(queue->cxt, source);
+	queue->sources[queue->nsources] = MemoryContextStrdup(queue->cxt, source);
+	return queue->sources[queue->nsources++];
+}
+
+/* free a source SourceText copied (one it keeps stays) */
+static void
+FreeSourceText(CdpStateQueue *queue, const char *source)
+{
+	for (int i = 0; i < queue->nsources; i++)
+		if (queue->sources[i] == source)
+			return;
+	pfree((char *) source);
+}
+
+/* a trait value as jsonb text (its ::text), for a tie */
+static char *
+JsonbText(Jsonb *jb)
+{
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/*
+ * Keep a trait value of an identifier if it wins over the one kept: the
+ * later time, then the larger value text (as the store's merge orders them).
+ */
+void
+CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name, int namelen,
+			 Datum jsonb, TimestampTz at)
+{
+	Jsonb	   *value = DatumGetJsonbP(jsonb);
+	bool		found;
+	PendingTrait *e = PendingEntry(queue, queue->traits, owner, (void **) &owner->traits,
+								   &owner->ntraits, name, namelen, &found);
+
+	if (found && (at < e->at ||
+				  (at == e->at && strcmp(JsonbText(value), JsonbText(e->value)) <= 0)))
+		return;
+	if (found)
+		pfree(e->value);
+	e->value = MemoryContextAlloc(queue->cxt, VARSIZE(value));
+	memcpy(e->value, value, VARSIZE(value));
+	e->at = at;
+}
+
+/*
+ * Set *to to a copy of d in the queue's memory, freeing the texts of the
+ * decision it replaces (a decision replaces another on most messages).
+ */
+static void
+SetDecision(CdpStateQueue *queue, Decision *to, const Decision *d, bool replacing)
+{
+	if (replacing)
+	{
+		if (to->message_id)
+			pfree((char *) to->message_id);
+		if (to->source)
+			FreeSourceText(queue, to->source);
+	}
+	to->granted = d->granted;
+	to->at = d->at;
+	to->message_id = d->message_id ? MemoryContextStrdup(queue->cxt, d->message_id) : NULL;
+	to->source = SourceText(queue, d->source);
+}
+
+/*
+ * Whether decision a wins over b: the latest; at the same time a denial,
+ * then the larger message id and source (as cdp.merge_consent orders them).
+ */
+static bool
+DecisionWins(const Decision *a, const Decision *b)
+{
+	int			c;
+
+	if (b->source == NULL || a->at != b->at)
+		return b->source == NULL || a->at > b->at;
+	if (a->granted != b->granted)
+		return !a->granted;
+	c = strcmp(a->message_id ? a->message_id : "", b->message_id ? b->message_id : "");
+	if (c != 0)
+		return c > 0;
+	return strcmp(a->source, b->source) > 0;
+}
+
+/*
+ * Add a decision to the changes of a purpose: kept by time (a grant before
+ * a denial at the same time), each unlike the one before it.  A decision
+ * like the one before it is a repeat and not kept; one that comes before a
+ * change like itself takes its place (it made that change).
+ */
+static void
+AddChange(CdpStateQueue *queue, PendingConsent *e, const Decision *d)
+{
+	int			pos = e->nchanges;
+
+	while (pos > 0 && (e->changes[pos - 1].at > d->at ||
+					   (e->changes[pos - 1].at == d->at && !e->changes[pos - 1].granted &&
+						d->granted)))
+		pos--;
+	if (pos > 0 && e->changes[pos - 1].granted == d->granted)
+		return;
+	if (pos < e->nchanges && e->changes[pos].granted == d->granted)
+	{
+		SetDecision(queue, &e->changes[pos], d, true);
+		return;
+	}
+	if (e->nchanges == e->capchanges)
+	{
+		e->capchanges = Max(2, e->capchanges * 2);
+		e->changes = e->changes ?
+			repalloc(e->changes, sizeof(Decision) * e->capchanges) :
+			MemoryContextAlloc(queue->cxt, sizeof(Decision) * e->capchanges);
+	}
+	memmove(&e->changes[pos + 1], &e->changes[pos], sizeof(Decision) * (e->nchanges - pos));
+	SetDecision(queue, &e->changes[pos], d, false);
+	e->nchanges++;
+}
+
+/* the decisions about a purpose of an identifier, made if new */
+static PendingConsent *
+ConsentEntry(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, int len)
+{
+	bool		found;
+	PendingConsent *e = PendingEntry(queue, queue->consent, owner, (void **) &owner->consent,
+									 &owner->nconsent, purpose, len, &found);
+
+	if (!found)
+	{
+		e->latest.message_id = NULL;
+		e->latest.source = NULL;
+		e->changes = NULL;
+		e->nchanges = e->capchanges = 0;
+	}
+	return e;
+}
+
+/* one decision of a message about a purpose of an identifier */
+void
+CdpPendDecision(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, bool granted,
+				TimestampTz at, const char *message_id, const char *source)
+{
+	PendingConsent *e = ConsentEntry(queue, owner, purpose, strlen(purpose));
+	Decision	dd = {granted, at, message_id, source};
+	Decision   *d = &dd;
+
+	if (DecisionWins(d, &e->latest))
+		SetDecision(queue, &e->latest, d, true);
+	AddChange(queue, e, d);
+}
+
+/* the statement of WriteState, in parts: traits, consent, profiles */
+static const char *const state_sql =
+	/* traits: per identifier its gathered values and their times */
+	"WITH tn AS (SELECT u.i, m.traits, m.trait_times, u.tt AS batch_times, "
+	"    EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = u.i) AS stored "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(i, tr, tt), "
+	"  LATERAL cdp.merge_traits(ARRAY[u.tr], ARRAY[u.tt], $4, true) m), "
+	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
+	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $4, true) m) "
+	"  FROM tn WHERE s.identifier = tn.i "
+	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
+	"     WHERE s.trait_times ->> e.key IS NULL "
+	"        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
+	"        OR (e.value = s.trait_times ->> e.key AND "
+	"            (tn.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
+	"  RETURNING s.identifier, s.traits, tn.batch_times), "
+	"ti AS (INSERT INTO cdp.identifier_traits (identifier, traits, trait_times) "
+	"  SELECT tn.i, tn.traits, tn.trait_times FROM tn WHERE NOT tn.stored "
+	"  RETURNING identifier), "
+	"tw AS (SELECT identifier FROM tu2 UNION ALL SELECT identifier FROM ti), "
+	/*
+	 * new keys an identifier had no room for: recorded, not silently lost;
+	 * each written row with the keys it was given, never a join of what was
+	 * given with what was written (a nested loop over both, quadratic)
+	 */
+	"tx AS (INSERT INTO cdp.identity_violations (identifier, at, rule, detail) "
+	"  SELECT w.i, x.t::timestamptz, 'too_many_identifier_traits', "
+	"         format('%s trait keys skipped, \"%s\" the first: an identifier holds at most %s', "
+	"                x.n, x.k, $4) "
+	"    FROM (SELECT identifier AS i, traits, batch_times FROM tu2 "
+	"          UNION ALL SELECT tn.i, tn.traits, tn.batch_times FROM tn WHERE NOT tn.stored) w, "
+	"    LATERAL (SELECT count(*) AS n, min(e.key COLLATE \"C\") AS k, max(e.value) AS t "
+	"               FROM jsonb_each_text(w.batch_times) e WHERE NOT w.traits ? e.key) x "
+	"   WHERE x.n > 0), "
+	/* consent: the changes of decision, by time; the first is one unless the stored is like it */
+	"ch AS (SELECT * FROM ROWS FROM (unnest($5), unnest($6), unnest($7), "
+	"  unnest($8), unnest($9), unnest($10), unnest($11)) AS u(i, c, g, t, m, s, f)), "
+	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
+	"  SELECT ch.i, ch.c, ch.g, ch.t, ch.m, ch.s FROM ch "
+	"   WHERE NOT ch.f OR (SELECT (ic.consent -> ch.c ->> 'granted')::bool "
+	"                        FROM cdp.identifier_consent ic WHERE ic.identifier = ch.i) "
+	"                     IS DISTINCT FROM ch.g), "
+	/* ... and per identifier the winning decision of each purpose */
+	"cb AS (SELECT * FROM ROWS FROM (unnest($12), unnest($13)) AS u(i, e)), "
+	"cu2 AS (UPDATE cdp.identifier_consent c SET consent = cdp.merge_consent(ARRAY[c.consent, cb.e]) "
+	"  FROM cb WHERE c.identifier = cb.i "
+	"   AND cdp.merge_consent(ARRAY[c.consent, cb.e]) <> c.consent "
+	"  RETURNING c.identifier, c.consent), "
+	"ci AS (INSERT INTO cdp.identifier_consent (identifier, consent) "
+	"  SELECT cb.i, cb.e FROM cb "
+	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = cb.i) "
+	"  RETURNING identifier, consent), "
+	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci) "
+	/* the identifiers whose state changed */
+	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
+
+/* the statement of CdpWriteQueuedProfileState */
+static const char *const queued_sql =
+	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
+	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
+	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
+	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
+	"FROM (SELECT i.profile_id AS p, "
+	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
+	"                      '{}') AS tr, "
+	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
+	"                      '{}') AS tt, "
+	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
+	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
+	"        JOIN cdp.identities i ON i.identifier = u.i "
+	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
+	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
+	"       GROUP BY i.profile_id) q "
+	"WHERE r.profile_id = q.p";
+
+/* a time as cdp.state_time gives it: ISO 8601 in UTC, to the microsecond */
+static void
+PushTime(JsonbParseState **st, TimestampTz at)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[64];
+	JsonbValue	v;
+
+	if (timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	v.type = jbvString;
+	v.val.string.val = pstrdup(buf);
+	v.val.string.len = strlen(buf);
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
+/* push an object key */
+static void
+PushKey(JsonbParseState **st, const char *key, int len)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = len;
+	pushJsonbValue(st, WJB_KEY, &k);
+}
+
+/* push a text value, or null */
+static void
+PushText(JsonbParseState **st, const char *text)
+{
+	JsonbValue	v;
+
+	if (text == NULL)
+		v.type = jbvNull;
+	else
+	{
+		v.type = jbvString;
+		v.val.string.val = (char *) text;
+		v.val.string.len = strlen(text);
+	}
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
+/*
+ * An identifier's gathered traits as its store holds them: {key: value}
+ * and {key: time}.
+ */
+static void
+TraitMaps(PendingTrait *t, Datum *traits, Datum *times)
+{
+	JsonbParseState *vs = NULL;
+	JsonbParseState *ts = NULL;
+
+	pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
+	pushJsonbValue(&ts, WJB_BEGIN_OBJECT, NULL);
+	for (; t != NULL; t = t->h.next)
+	{
+		JsonbValue	v;
+
+		PushKey(&vs, t->h.name, t->h.namelen);
+		v.type = jbvBinary;
+		v.val.binary.data = &t->value->root;
+		v.val.binary.len = VARSIZE(t->value) - VARHDRSZ;
+		if (JB_ROOT_IS_SCALAR(t->value))
+			(void) JsonbExtractScalar(&t->value->root, &v);
+		pushJsonbValue(&vs, WJB_VALUE, &v);
+		PushKey(&ts, t->h.name, t->h.namelen);
+		PushTime(&ts, t->at);
+	}
+	*traits = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&vs, WJB_END_OBJECT, NULL)));
+	*times = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ts, WJB_END_OBJECT, NULL)));
+}
+
+/*
+ * An identifier's winning decisions as its store holds them: {purpose:
+ * {"granted", "at", "source", "message_id"}} (as cdp.consent_entry).
+ */
+static Datum
+ConsentMap(PendingConsent *c)
+{
+	JsonbParseState *st = NULL;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (; c != NULL; c = c->h.next)
+	{
+		JsonbValue	g;
+
+		PushKey(&st, c->h.name, c->h.namelen);
+		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+		PushKey(&st, "granted", 7);
+		g.type = jbvBool;
+		g.val.boolean = c->latest.granted;
+		pushJsonbValue(&st, WJB_VALUE, &g);
+		PushKey(&st, "at", 2);
+		PushTime(&st, c->latest.at);
+		PushKey(&st, "source", 6);
+		PushText(&st, c->latest.source);
+		PushKey(&st, "message_id", 10);
+		PushText(&st, c->latest.message_id);
+		pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	}
+	return JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL)));
+}
+
+/*
+ * The gathered state in one statement: per identifier its trait values
+ * to its store (key by key, the latest time wins, at most
+ * CDP_MAX_IDENTIFIER_TRAITS keys) and its decisions to its latest, the
+ * changes of decision to the history (a repeat of the decision before it
+ * is not history).  Returns the identifiers whose rows changed, for their
+ * profiles.  Stored rows are updated and missing ones inserted (cheaper
+ * than INSERT ... ON CONFLICT, which locks each row first): only holders
+ * of an identifier's profile row write its rows, so no other session
+ * inserts one meanwhile.
+ */
+static Datum *
+WriteState(CdpStateQueue *queue, int *nchanged)
+{
+	Oid			idarray = get_array_type(plans_type_oid);
+	Oid			argtypes[13] = {idarray, JSONBARRAYOID, JSONBARRAYOID, INT4OID,
+		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		BOOLARRAYOID,
+	idarray, JSONBARRAYOID};
+	Datum		args[13];
+	StateRows	traits = {0};
+	StateRows	changes = {0};
+	StateRows	latest = {0};
+	HASH_SEQ_STATUS seq;
+	CdpPendingId *p;
+	uint64		rows;
+	Datum	   *changed;
+
+	hash_seq_init(&seq, queue->ids);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false};
+
+		values[0] = PointerGetDatum(p->h.id);
+		if (p->traits != NULL)
+		{
+			TraitMaps(p->traits, &values[1], &values[2]);
+			AddRow(&traits, 3, values, NULL);
+		}
+		if (p->consent == NULL)
+			continue;
+		for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
+		{
+			for (int k = 0; k < c->nchanges; k++)
+			{
+				Decision   *d = &c->changes[k];
+
+				values[1] = CStringGetTextDatum(c->h.name);
+				values[2] = BoolGetDatum(d->granted);
+				values[3] = TimestampTzGetDatum(d->at);
+				nulls[4] = (d->message_id == NULL);
+				values[4] = d->message_id ? CStringGetTextDatum(d->message_id) : (Datum) 0;
+				values[5] = CStringGetTextDatum(d->source);
+				values[6] = BoolGetDatum(k == 0);
+				AddRow(&changes, 7, values, nulls);
+			}
+		}
+		values[1] = ConsentMap(p->consent);
+		AddRow(&latest, 2, values, NULL);
+	}
+
+	args[0] = ColumnArray(&traits, 0, plans_type_oid);
+	args[1] = ColumnArray(&traits, 1, JSONBOID);
+	args[2] = ColumnArray(&traits, 2, JSONBOID);
+	args[3] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
+	args[4] = ColumnArray(&changes, 0, plans_type_oid);
+	args[5] = ColumnArray(&changes, 1, TEXTOID);
+	args[6] = ColumnArray(&changes, 2, BOOLOID);
+	args[7] = ColumnArray(&changes, 3, TIMESTAMPTZOID);
+	args[8] = ColumnArray(&changes, 4, TEXTOID);
+	args[9] = ColumnArray(&changes, 5, TEXTOID);
+	args[10] = ColumnArray(&changes, 6, BOOLOID);
+	args[11] = ColumnArray(&latest, 0, plans_type_oid);
+	args[12] = ColumnArray(&latest, 1, JSONBOID);
+	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	changed = palloc(sizeof(Datum) * Max(rows, 1));
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+
+		changed[r] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[r],
+																		 SPI_tuptable->tupdesc, 1,
+																		 &isnull)));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	*nchanged = (int) rows;
+	return changed;
+}
+
+/*
+ * An empty queue of the traits and consent a part (chunk, batch, call)
+ * gathers, in a context of its own under cxt.
+ */
+CdpStateQueue *
+CdpNewStateQueue(MemoryContext cxt)
+{
+	CdpStateQueue *queue = MemoryContextAllocZero(cxt, sizeof(CdpStateQueue));
+
+	queue->cxt = AllocSetContextCreate(cxt, "cdp profile state", ALLOCSET_DEFAULT_SIZES);
+	StartQueue(queue);
+	return queue;
+}
+
+/*
+ * How much a queue holds, in kilobytes (about 1.5 per identifier whose
+ * traits and consent it gathered; trait values can make it more): a call
+ * writes when this passes its bound, which bounds its memory.
+ */
+int
+CdpStateQueueLength(CdpStateQueue *queue)
+{
+	return (int) (MemoryContextMemAllocated(queue->cxt, true) / 1024);
+}
+
+/*
+ * Add a committed part's state to that of the part holding it (a chunk's
+ * to its batch's, a batch's to its call's), as profile stats are: the call
+ * then writes only the state of identifiers whose profile rows it still
+ * holds locked, and none of a part that was rolled back.
+ */
+void
+CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
+{
+	HASH_SEQ_STATUS seq;
+	CdpPendingId *p;
+
+	/*
+	 * Into an empty queue (a batch's first chunk, most batches' only one):
+	 * take from's tables as they are, swapping the two queues' contexts
+	 * under their parents, rather than copying every entry.
+	 */
+	if (hash_get_num_entries(into->ids) == 0)
+	{
+		CdpStateQueue tmp = *into;
+		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
+		MemoryContext from_parent = MemoryContextGetParent(from->cxt);
+
+		*into = *from;
+		*from = tmp;
+		MemoryContextSetParent(into->cxt, into_parent);
+		MemoryContextSetParent(from->cxt, from_parent);
+		return;
+	}
+	hash_seq_init(&seq, from->ids);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		CdpPendingId *owner = CdpPendingOwner(into, p->h.id);
+
+		for (PendingTrait *t = p->traits; t != NULL; t = t->h.next)
+			CdpPendTrait(into, owner, t->h.name, t->h.namelen, JsonbPGetDatum(t->value), t->at);
+		for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
+		{
+			PendingConsent *e = ConsentEntry(into, owner, c->h.name, c->h.namelen);
+
+			if (DecisionWins(&c->latest, &e->latest))
+				SetDecision(into, &e->latest, &c->latest, true);
+			for (int k = 0; k < c->nchanges; k++)
+				AddChange(into, e, &c->changes[k]);
+		}
+	}
+}
+
+/*
+ * Write the gathered traits and consent into the per-identifier stores,
+ * then merge the stores of the identifiers whose rows changed into the
+ * profiles holding them now, and empty the queue: two statements.  Per key
+ * and purpose the merge keeps the latest and an identifier's maps only gain
+ * newer entries, so merging an identifier's whole maps into its profile
+ * again is harmless: it stays right when a merge, split or rebuild
+ * recomputed the profile in between.  Only committed parts are gathered
+ * (CdpMergeStateQueue), so the caller holds these profile rows (its
+ * identity resolution locked them).  Whatever runs the pipeline calls this
+ * before its transaction ends.
+ */
+void
+CdpWriteQueuedProfileState(CdpStateQueue *queue)
+{
+	Oid			argtypes[2];
+	Datum		args[2];
+	int			level;
+	Datum	   *changed;
+	int			nchanged;
+
+	if (hash_get_num_entries(queue->traits) == 0 && hash_get_num_entries(queue->consent) == 0)
+		return;
+	CdpCheckTypePlans(plans, NUM_QUEUE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
+	level = CdpBeginIndexedPlans();
+	changed = WriteState(queue, &nchanged);
+	if (nchanged > 0)
+	{
+		argtypes[0] = get_array_type(plans_type_oid);
+		argtypes[1] = INT4OID;
+		args[0] = CdpArray(changed, nchanged, plans_type_oid);
+		args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+		CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+	}
+	CdpEndIndexedPlans(level);
+	StartQueue(queue);
+}
