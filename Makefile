@@ -31,6 +31,11 @@ endif
 # every object depends on every header: few enough to rebuild all on a change
 $(OBJS): $(wildcard src/include/*.h)
 
+# messageId digests call OpenSSL directly when the server was built with it
+ifeq ($(with_ssl),openssl)
+SHLIB_LINK += -lcrypto
+endif
+
 $(DATA_built): $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 

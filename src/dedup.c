@@ -20,6 +20,10 @@
 #include "pg_cdp.h"
 #include "spi_util.h"
 
+#ifdef USE_OPENSSL
+#include <openssl/evp.h>
+#endif
+
 static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 
@@ -50,6 +54,39 @@ CompareKeysToRecord(const void *a, const void *b)
 				  ((const KeyToRecord *) b)->key->data, UUID_LEN);
 }
 
+#if defined(USE_OPENSSL) && OPENSSL_VERSION_NUMBER >= 0x30000000L
+
+/*
+ * The key of a messageId: the first 16 bytes of its SHA-256.  With OpenSSL
+ * 3 the digest is looked up once per backend and its context reused:
+ * pg_cryptohash looks the algorithm up again for every key, which was a
+ * sixth of deduplicating small messages.
+ */
+static void
+MessageKey(const char *message_id, pg_uuid_t *key)
+{
+	static EVP_MD *sha256 = NULL;
+	static EVP_MD_CTX *ctx = NULL;
+	uint8		digest[EVP_MAX_MD_SIZE];
+	unsigned int len;
+
+	if (sha256 == NULL)
+		sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (ctx == NULL)
+		ctx = EVP_MD_CTX_new();
+	if (sha256 == NULL || ctx == NULL ||
+		!EVP_DigestInit_ex(ctx, sha256, NULL) ||
+		!EVP_DigestUpdate(ctx, message_id, strlen(message_id)) ||
+		!EVP_DigestFinal_ex(ctx, digest, &len) || len < UUID_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute a messageId digest")));
+	memcpy(key->data, digest, UUID_LEN);
+}
+
+#else
+
+/* the key of a messageId: the first 16 bytes of its SHA-256 */
 static void
 MessageKey(const char *message_id, pg_uuid_t *key)
 {
@@ -68,6 +105,8 @@ MessageKey(const char *message_id, pg_uuid_t *key)
 	memcpy(key->data, digest, UUID_LEN);
 }
 
+#endif
+
 static SPIPlanPtr
 UpsertPlan(void)
 {
@@ -81,7 +120,7 @@ UpsertPlan(void)
 		 * accepted; RETURNING names exactly the accepted keys.
 		 */
 		plan = SPI_prepare("INSERT INTO cdp.message_ids AS m (message_key, seen_at) "
-						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) "
+						   "SELECT pg_catalog.unnest($1), pg_catalog.unnest($2) "
 						   "ON CONFLICT (message_key) DO UPDATE SET seen_at = excluded.seen_at "
 						   "WHERE m.seen_at < excluded.seen_at - pg_catalog.make_interval(secs => $3) "
 						   "RETURNING message_key",
@@ -102,8 +141,12 @@ InsertPlan(void)
 		Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID};
 		SPIPlanPtr	plan;
 
+		/*
+		 * unnest in the select list, side by side: in FROM (ROWS FROM) each
+		 * function's rows are first stored in a tuplestore and read back.
+		 */
 		plan = SPI_prepare("INSERT INTO cdp.message_ids (message_key, seen_at) "
-						   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",
+						   "SELECT pg_catalog.unnest($1), pg_catalog.unnest($2)",
 						   2, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));

@@ -52,6 +52,7 @@ typedef enum OnlinePlan
 	PLAN_RELINK_PAIRS,
 	PLAN_UPDATE_STATS,
 	PLAN_WRITE_STATS,
+	PLAN_WRITE_STATS_CANONICAL,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
 
@@ -72,6 +73,13 @@ static Oid	plans_type_oid = InvalidOid;
  * a writer holding it may be waiting for those rows.
  */
 static LocalTransactionId rows_without_lock_lxid = InvalidLocalTransactionId;
+
+/*
+ * Counts the merges written (and other writes of the graph) in this
+ * backend: profile stats gathered after the last of them name canonical
+ * profiles only, whose rows this transaction locked.
+ */
+static uint64 graph_writes = 0;
 
 /* one message (or cdp.link() call) to resolve */
 typedef struct IdItem
@@ -178,16 +186,46 @@ OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
 	return CdpPlanReplanned(&plans[which], sql, nargs, argtypes);
 }
 
-/* attach the stored identities of ids to the graph */
+/*
+ * Attach the stored identities of ids to the graph: those this transaction
+ * knows (k, when not NULL) from what it keeps, the rest read.
+ */
 static void
-LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n)
+LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 {
 	Oid			argtypes[1] = {get_array_type(plans_type_oid)};
-	Datum		args[1] = {IdentifierArray(ids, n)};
+	Datum		args[1];
 	uint64		rows;
 
+	if (k != NULL)
+	{
+		int			nread = 0;
+		bool		blocked_known = CdpKnownBlockedCurrent();
+
+		for (int i = 0; i < n; i++)
+		{
+			IdNode	   *kn = CdpGraphNode(k, ids[i], false);
+			IdNode	   *node;
+			ProfNode   *p;
+
+			if (kn == NULL)
+			{
+				ids[nread++] = ids[i];
+				continue;
+			}
+			node = CdpGraphNode(g, kn->id, true);
+			p = CdpGraphProfile(g, kn->prof->profile_id, true);
+			p->version = kn->prof->version;
+			p->rank = kn->prof->rank;
+			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
+			if (blocked_known)
+				node->blocked = kn->blocked;
+		}
+		n = nread;
+	}
 	if (n == 0)
 		return;
+	args[0] = IdentifierArray(ids, n);
 	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
 							"SELECT i.identifier, i.profile_id, i.linked_at, r.version, "
 							"coalesce(r.merge_rank, r.profile_id) "
@@ -251,7 +289,7 @@ StaleSnapshotContext(void *arg)
 }
 
 /*
- * Every writer of the identity graph comes here first: one writer at a time,
+ * Every writer of the identity graph takes this lock first: one writer at a time,
  * and every read after this sees the previous writer's commit.  A
  * transaction already holding profile rows taken without the lock does not
  * wait for it (that is the order the other writers use the other way round):
@@ -261,8 +299,8 @@ StaleSnapshotContext(void *arg)
  * snapshot (REPEATABLE READ, SERIALIZABLE) older than the last writer's
  * commit cannot, so updating the clock row fails for it with 40001.
  */
-void
-CdpLockIdentityGraph(void)
+static void
+LockIdentityGraph(void)
 {
 	static SPIPlanPtr tick = NULL;
 	ErrorContextCallback cb;
@@ -289,6 +327,19 @@ CdpLockIdentityGraph(void)
 	CdpExecPlan(CdpPlan(&tick, "UPDATE cdp.identity_clock SET ticks = ticks + 1", 0, NULL),
 				NULL, NULL, SPI_OK_UPDATE);
 	error_context_stack = cb.previous;
+}
+
+/*
+ * The identity lock for a writer other than ingest (split, rebuild,
+ * forget): what this transaction knew of the graph is no longer to be
+ * trusted once it writes.
+ */
+void
+CdpLockIdentityGraph(void)
+{
+	graph_writes++;
+	CdpKnownIdentitiesForget();
+	LockIdentityGraph();
 }
 
 /*
@@ -424,9 +475,13 @@ LockProfilesUnlessStale(IdentityGraph *g, int64 *ids, int n)
 	return stale;
 }
 
-/* the canonical profiles of every attached node, for locking */
+/*
+ * The profiles of every attached node, for locking; those this transaction
+ * locked already (known to k, when not NULL) take what LockProfiles would
+ * read from what it keeps instead.
+ */
 static int
-AttachedProfiles(IdentityGraph *g, int64 **out)
+AttachedProfiles(IdentityGraph *g, int64 **out, IdentityGraph *k)
 {
 	uint32		count = CdpGraphProfileCount(g);
 	int			n = 0;
@@ -435,8 +490,14 @@ AttachedProfiles(IdentityGraph *g, int64 **out)
 	for (uint32 i = 0; i < count; i++)
 	{
 		ProfNode   *p = CdpGraphProfileAt(g, i);
+		ProfNode   *kp = k ? CdpGraphProfile(k, p->profile_id, false) : NULL;
 
-		if (!p->is_new)
+		if (kp != NULL)
+		{
+			p->merges_absorbed = kp->merges_absorbed;
+			p->rank = kp->rank;
+		}
+		else if (!p->is_new)
 			ids[n++] = p->profile_id;
 	}
 	*out = ids;
@@ -520,12 +581,12 @@ PreloadMembers(IdentityGraph *g, IdItem *items, int n)
 }
 
 static IdentityGraph *
-BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
+BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, IdentityGraph *k)
 {
 	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt);
 	List	   *all = NIL;
 	CdpIdentifier **arr;
-	int			k = 0;
+	int			nall = 0;
 	ListCell   *lc;
 
 	g->load_members = LoadMembers;
@@ -540,8 +601,8 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt)
 	}
 	arr = palloc(sizeof(CdpIdentifier *) * Max(list_length(all), 1));
 	foreach(lc, all)
-		arr[k++] = lfirst(lc);
-	LoadIdentities(g, arr, k);
+		arr[nall++] = lfirst(lc);
+	LoadIdentities(g, arr, nall, k);
 
 	return g;
 }
@@ -631,6 +692,11 @@ WriteViolations(IdentityGraph *g)
 				args, NULL, SPI_OK_INSERT);
 }
 
+/*
+ * The profiles the batch made.  Like the other inserts of new rows, it
+ * unnests its arrays in the select list (side by side), which streams the
+ * rows; ROWS FROM would store them in a tuplestore first.
+ */
 static void
 WriteNewProfiles(IdentityGraph *g)
 {
@@ -657,7 +723,7 @@ WriteNewProfiles(IdentityGraph *g)
 	args[1] = CdpInt8Array(into, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PROFILES,
 					 "INSERT INTO cdp.profile_records (profile_id, merged_into) "
-					 "SELECT p, nullif(m, 0) FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, m)",
+					 "SELECT unnest($1), nullif(unnest($2), 0)",
 					 2, argtypes),
 				args, NULL, SPI_OK_INSERT);
 }
@@ -690,6 +756,7 @@ WriteMerges(IdentityGraph *g)
 
 	if (n == 0)
 		return;
+	graph_writes++;
 	foreach(lc, g->merges)
 	{
 		IdMerge    *m = lfirst(lc);
@@ -792,7 +859,7 @@ WriteNewIdentities(IdentityGraph *g)
 	args[3] = TextArray(mids, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
 					 "INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					 "SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4))",
+					 "SELECT unnest($1), unnest($2), unnest($3), unnest($4)",
 					 4, argtypes),
 				args, NULL, SPI_OK_INSERT);
 	CdpProfileStateOfNewIdentities(ids, profiles, n);
@@ -1150,6 +1217,7 @@ typedef struct StatsEntry
 	int64		count;
 	TimestampTz lo;
 	TimestampTz hi;
+	uint64		since;			/* graph_writes when its first events were counted */
 } StatsEntry;
 
 /*
@@ -1172,7 +1240,8 @@ CdpNewProfileStats(MemoryContext cxt)
 }
 
 static void
-AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi)
+AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi,
+				uint64 since)
 {
 	bool		found;
 	StatsEntry *e = hash_search(stats, &profile_id, HASH_ENTER, &found);
@@ -1182,7 +1251,9 @@ AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, Time
 		e->count = 0;
 		e->lo = DT_NOEND;
 		e->hi = DT_NOBEGIN;
+		e->since = since;
 	}
+	e->since = Min(e->since, since);
 	e->count += count;
 	e->lo = Min(e->lo, lo);
 	e->hi = Max(e->hi, hi);
@@ -1197,14 +1268,22 @@ CdpMergeProfileStats(HTAB *into, HTAB *from)
 
 	hash_seq_init(&seq, from);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi);
+		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi, e->since);
+}
+
+static int
+CompareStatsEntries(const void *a, const void *b)
+{
+	return CompareInt64(&(*(StatsEntry *const *) a)->profile_id,
+						&(*(StatsEntry *const *) b)->profile_id);
 }
 
 /*
  * Add gathered stats to the profile records, in one statement, and empty
  * the table.  A profile merged away since its events were counted hands
- * them to the profile holding it now (merged_into names the final one).
- * The batch that counted them locked every row, or created it.
+ * them to the profile holding it now (merged_into names the final one);
+ * when nothing was merged since, each row is found once, not twice.  The
+ * batch that counted them locked every row, or created it.
  */
 void
 CdpWriteProfileStats(HTAB *stats)
@@ -1216,8 +1295,10 @@ CdpWriteProfileStats(HTAB *stats)
 	TimestampTz *hi;
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
+	StatsEntry **entries;
 	int			k = 0;
 	int			level;
+	bool		merged_since = false;
 	Oid			argtypes[4] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
 	TIMESTAMPTZARRAYOID};
 	Datum		args[4];
@@ -1228,14 +1309,26 @@ CdpWriteProfileStats(HTAB *stats)
 	counts = palloc(sizeof(int64) * n);
 	lo = palloc(sizeof(TimestampTz) * n);
 	hi = palloc(sizeof(TimestampTz) * n);
+	entries = palloc(sizeof(StatsEntry *) * n);
 	hash_seq_init(&seq, stats);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		ids[k] = e->profile_id;
-		counts[k] = e->count;
-		lo[k] = e->lo;
-		hi[k] = e->hi;
-		k++;
+		entries[k++] = e;
+		merged_since |= e->since != graph_writes;
+	}
+
+	/*
+	 * In profile id order, the order the records were made in: the probes
+	 * and updates walk the index and the table forwards instead of all over
+	 * them.
+	 */
+	qsort(entries, k, sizeof(StatsEntry *), CompareStatsEntries);
+	for (int i = 0; i < k; i++)
+	{
+		ids[i] = entries[i]->profile_id;
+		counts[i] = entries[i]->count;
+		lo[i] = entries[i]->lo;
+		hi[i] = entries[i]->hi;
 	}
 	args[0] = CdpInt8Array(ids, k);
 	args[1] = CdpInt8Array(counts, k);
@@ -1243,7 +1336,16 @@ CdpWriteProfileStats(HTAB *stats)
 	args[3] = TimestampArray(hi, k);
 	CheckPlans(CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
-	CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
+	if (!merged_since)
+		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS_CANONICAL,
+								  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
+								  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
+								  "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+								  "AS d(id, n, lo, hi) WHERE r.profile_id = d.id",
+								  4, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+	else
+		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
 							  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
 							  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
 							  "FROM (SELECT coalesce(p.merged_into, p.profile_id) AS id, sum(u.n) AS n, "
@@ -1253,12 +1355,23 @@ CdpWriteProfileStats(HTAB *stats)
 							  "        JOIN cdp.profile_records p ON p.profile_id = u.id GROUP BY 1) d "
 							  "WHERE r.profile_id = d.id",
 							  4, argtypes),
-				args, NULL, SPI_OK_UPDATE);
+					args, NULL, SPI_OK_UPDATE);
 	CdpEndIndexedPlans(level);
+	pfree(entries);
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
 	pfree(hi);
+	CdpClearProfileStats(stats);
+}
+
+/* empty a table of gathered stats */
+void
+CdpClearProfileStats(HTAB *stats)
+{
+	HASH_SEQ_STATUS seq;
+	StatsEntry *e;
+
 	hash_seq_init(&seq, stats);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		hash_search(stats, &e->profile_id, HASH_REMOVE, NULL);
@@ -1316,7 +1429,7 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 			continue;
 		if (stats != NULL)
 		{
-			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts);
+			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts, graph_writes);
 			continue;
 		}
 		j = hit - ids;
@@ -1386,16 +1499,23 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	MemoryContext cxt = CurrentMemoryContext;
 	IdentityRules *rules;
 	IdentityGraph *g;
+	IdentityGraph *known;
 	bool		changes_possible = false;
 	int64	   *lock_ids;
 	int			nlock;
 
 	CheckPlans(CdpIdentifierTypeOid());
 	rules = CdpLoadIdentityRules();
-	changes_possible = last_batch_changed;
+
+	/*
+	 * Holding the identity lock already, with what this transaction learnt
+	 * under it: reading without the lock would save nothing.
+	 */
+	known = CdpKnownIdentities();
+	changes_possible = last_batch_changed || known != NULL;
 	if (!changes_possible)
 	{
-		g = BuildGraph(rules, items, n, cxt);
+		g = BuildGraph(rules, items, n, cxt, NULL);
 		for (int i = 0; i < n && !changes_possible; i++)
 		{
 			/* nothing changes, so an alias reads its previousId as it will */
@@ -1409,7 +1529,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	if (!changes_possible)
 	{
 		/* a split that committed meanwhile makes what we read stale */
-		nlock = AttachedProfiles(g, &lock_ids);
+		nlock = AttachedProfiles(g, &lock_ids, NULL);
 		changes_possible = LockProfilesUnlessStale(g, lock_ids, nlock);
 		if (!changes_possible && nlock > 0)
 			rows_without_lock_lxid = MyProc->lxid;
@@ -1417,12 +1537,17 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	if (changes_possible)
 	{
 		/* one writer of the graph at a time; read again under the lock, rules too */
-		CdpLockIdentityGraph();
+		if (known == NULL)
+		{
+			LockIdentityGraph();
+			CdpKnownIdentitiesStart();
+			known = CdpKnownIdentities();
+		}
 		rules = CdpLoadIdentityRules();
-		g = BuildGraph(rules, items, n, cxt);
+		g = BuildGraph(rules, items, n, cxt, known);
 		/* read after the lock: a split that committed before it is seen */
 		g->splits = CdpCachedSplits();
-		nlock = AttachedProfiles(g, &lock_ids);
+		nlock = AttachedProfiles(g, &lock_ids, known);
 		LockProfiles(g, lock_ids, nlock);
 		PreloadMembers(g, items, n);
 	}
@@ -1492,6 +1617,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		WriteMerges(g);
 		WriteNewIdentities(g);
 		WriteEvidence(items, n);
+		CdpKnownIdentitiesRemember(g);
 	}
 	WriteViolations(g);
 	WriteProfileStats(g, items, n, stats);

@@ -51,6 +51,9 @@ typedef struct ConfigCache
 
 static ConfigCache rules_cache;
 static IdentityRules *cached_rules = NULL;
+
+/* how many copies of the rules this backend has read: names the one in use */
+static uint64 rules_copies = 0;
 static ConfigCache splits_cache;
 static List *cached_splits = NIL;
 
@@ -281,6 +284,7 @@ CdpLoadIdentityRules(void)
 
 		CacheInstall(&rules_cache, cxt, seen);
 		cached_rules = rules;
+		rules_copies++;
 	}
 	MemoryContextSwitchTo(caller);
 	cached_rules->max_merges = cdp_max_merges_per_profile;
@@ -364,6 +368,17 @@ CdpCachedSplits(void)
 	}
 	MemoryContextSwitchTo(caller);
 	return cached_splits;
+}
+
+/*
+ * Which copy of the rules CdpLoadIdentityRules returned last: an answer
+ * drawn from the rules (is an identifier blocked?) holds while it is the
+ * same.
+ */
+uint64
+CdpIdentityRulesCopy(void)
+{
+	return rules_copies;
 }
 
 const IdRule *

@@ -1,7 +1,8 @@
 /*
  * launcher.c
  *	  The pool's launcher: a background worker connected to no database that
- *	  keeps cdp.ingest_workers ingest workers running in cdp.database_name
+ *	  keeps cdp.ingest_workers ingest workers and one maintenance worker
+ *	  (unless cdp.maintenance_interval is 0) running in cdp.database_name
  *	  while pg_cdp is installed there, restarts one that dies, and stops them
  *	  for a command that needs the database to itself (DROP DATABASE ...).
  */
@@ -41,6 +42,7 @@ typedef struct LaunchedWorker
 } LaunchedWorker;
 
 static LaunchedWorker launched[CDP_MAX_INGEST_WORKERS];
+static LaunchedWorker maintenance;
 static TimestampTz no_extension_since = 0;
 static uint64 extension_changes_seen = 0;
 static bool start_failure_logged = false;
@@ -138,6 +140,8 @@ DatabasePaused(Oid dboid)
 static void
 StopOrphanWorkers(void)
 {
+	pid_t		orphan;
+
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 	{
 		pid_t		pid;
@@ -148,11 +152,21 @@ StopOrphanWorkers(void)
 		if (pid != 0)
 			kill(pid, SIGTERM);
 	}
+	SpinLockAcquire(&CdpPool->mutex);
+	orphan = CdpPool->maintenance.pid;
+	SpinLockRelease(&CdpPool->mutex);
+	if (orphan != 0)
+		kill(orphan, SIGTERM);
 	(void) CdpWaitForWorkersGone(10000);
 }
 
+/*
+ * Register a dynamic worker in dboid running function (ingest worker i, or
+ * the maintenance worker); false when no background worker slot is free.
+ */
 static bool
-StartWorker(int i, Oid dboid)
+RegisterWorker(LaunchedWorker *w, CdpWorkerSlot *slot, const char *function,
+			   const char *type, int i, Oid dboid)
 {
 	BackgroundWorker worker;
 
@@ -161,23 +175,26 @@ StartWorker(int i, Oid dboid)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;	/* the launcher restarts it */
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_cdp");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cdp_ingest_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_cdp ingest worker %d", i);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_cdp ingest worker");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	if (i >= 0)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, i);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
 	worker.bgw_main_arg = Int32GetDatum(i);
 	memcpy(worker.bgw_extra, &dboid, sizeof(Oid));
 	worker.bgw_notify_pid = MyProcPid;
 
 	SpinLockAcquire(&CdpPool->mutex);
-	CdpPool->slots[i].exit_reason = CDP_EXIT_NONE;
+	slot->exit_reason = CDP_EXIT_NONE;
 	SpinLockRelease(&CdpPool->mutex);
-	if (!RegisterDynamicBackgroundWorker(&worker, &launched[i].handle))
+	if (!RegisterDynamicBackgroundWorker(&worker, &w->handle))
 	{
-		launched[i].handle = NULL;
+		w->handle = NULL;
 		if (!start_failure_logged)
 			ereport(WARNING,
-					(errmsg("pg_cdp could not start an ingest worker"),
-					 errhint("Raise max_worker_processes (each ingest worker and the launcher need one), or lower cdp.ingest_workers.")));
+					(errmsg("pg_cdp could not start a %s", type),
+					 errhint("Raise max_worker_processes (each ingest worker, the maintenance worker and the launcher need one), or lower cdp.ingest_workers.")));
 		start_failure_logged = true;
 		return false;
 	}
@@ -185,36 +202,47 @@ StartWorker(int i, Oid dboid)
 	return true;
 }
 
+static bool
+StartWorker(int i, Oid dboid)
+{
+	return RegisterWorker(&launched[i], &CdpPool->slots[i], "cdp_ingest_worker_main",
+						  "pg_cdp ingest worker", i, dboid);
+}
+
 /*
  * Forget workers that have stopped; one that found no pg_cdp installed
  * stops the pool until CREATE EXTENSION pg_cdp (or a minute passes).
  */
 static void
+ReapWorker(LaunchedWorker *w, CdpWorkerSlot *slot, TimestampTz now)
+{
+	pid_t		pid;
+	CdpWorkerExit reason;
+
+	if (w->handle == NULL || GetBackgroundWorkerPid(w->handle, &pid) != BGWH_STOPPED)
+		return;
+	pfree(w->handle);
+	w->handle = NULL;
+	SpinLockAcquire(&CdpPool->mutex);
+	reason = slot->exit_reason;
+	SpinLockRelease(&CdpPool->mutex);
+	if (reason == CDP_EXIT_NO_EXTENSION)
+		no_extension_since = now;
+	w->not_before = reason == CDP_EXIT_NONE ?
+		TimestampTzPlusMilliseconds(now, RESTART_DELAY_MS) : now;
+}
+
+static void
 ReapWorkers(TimestampTz now)
 {
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
-	{
-		pid_t		pid;
-		CdpWorkerExit reason;
-
-		if (launched[i].handle == NULL ||
-			GetBackgroundWorkerPid(launched[i].handle, &pid) != BGWH_STOPPED)
-			continue;
-		pfree(launched[i].handle);
-		launched[i].handle = NULL;
-		SpinLockAcquire(&CdpPool->mutex);
-		reason = CdpPool->slots[i].exit_reason;
-		SpinLockRelease(&CdpPool->mutex);
-		if (reason == CDP_EXIT_NO_EXTENSION)
-			no_extension_since = now;
-		launched[i].not_before = reason == CDP_EXIT_NONE ?
-			TimestampTzPlusMilliseconds(now, RESTART_DELAY_MS) : now;
-	}
+		ReapWorker(&launched[i], &CdpPool->slots[i], now);
+	ReapWorker(&maintenance, &CdpPool->maintenance, now);
 }
 
-/* how many workers should run now in dboid */
-static int
-WantedWorkers(Oid dboid, TimestampTz now)
+/* whether workers may run now in dboid */
+static bool
+PoolMayRun(Oid dboid, TimestampTz now)
 {
 	uint64		changes = pg_atomic_read_u64(&CdpPool->extension_changes);
 
@@ -224,11 +252,45 @@ WantedWorkers(Oid dboid, TimestampTz now)
 		no_extension_since = 0;
 	}
 	if (!OidIsValid(dboid) || DatabasePaused(dboid))
-		return 0;
+		return false;
 	if (no_extension_since != 0 &&
 		now < TimestampTzPlusMilliseconds(no_extension_since, NO_EXTENSION_RECHECK_MS))
-		return 0;
-	return cdp_ingest_workers;
+		return false;
+	return true;
+}
+
+/* ask a worker to stop; the launcher reaps it once it has */
+static void
+TellToStop(LaunchedWorker *w, CdpWorkerSlot *slot)
+{
+	SpinLockAcquire(&CdpPool->mutex);
+	slot->exit_reason = CDP_EXIT_TOLD;
+	SpinLockRelease(&CdpPool->mutex);
+	TerminateBackgroundWorker(w->handle);
+}
+
+/*
+ * Start or stop the maintenance worker; returns how long to wait before
+ * looking again.
+ */
+static long
+AdjustMaintenanceWorker(Oid dboid, bool want, TimestampTz now)
+{
+	if (!want)
+	{
+		if (maintenance.handle == NULL)
+			return 10000;
+		TellToStop(&maintenance, &CdpPool->maintenance);
+		return 100;
+	}
+	if (maintenance.handle != NULL)
+		return 10000;
+	if (now < maintenance.not_before)
+		return RESTART_DELAY_MS;
+	if (!RegisterWorker(&maintenance, &CdpPool->maintenance, "cdp_maintenance_worker_main",
+						"pg_cdp maintenance worker", -1, dboid))
+		maintenance.not_before = TimestampTzPlusMilliseconds(now, 10000);
+	return 10000;
 }
 
 /*
@@ -246,10 +308,7 @@ AdjustWorkers(Oid dboid, int want, TimestampTz now)
 		{
 			if (launched[i].handle != NULL)
 			{
-				SpinLockAcquire(&CdpPool->mutex);
-				CdpPool->slots[i].exit_reason = CDP_EXIT_TOLD;
-				SpinLockRelease(&CdpPool->mutex);
-				TerminateBackgroundWorker(launched[i].handle);
+				TellToStop(&launched[i], &CdpPool->slots[i]);
 				wait_ms = Min(wait_ms, 100);
 			}
 			continue;
@@ -280,12 +339,9 @@ StopAllWorkers(void)
 {
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 		if (launched[i].handle != NULL)
-		{
-			SpinLockAcquire(&CdpPool->mutex);
-			CdpPool->slots[i].exit_reason = CDP_EXIT_TOLD;
-			SpinLockRelease(&CdpPool->mutex);
-			TerminateBackgroundWorker(launched[i].handle);
-		}
+			TellToStop(&launched[i], &CdpPool->slots[i]);
+	if (maintenance.handle != NULL)
+		TellToStop(&maintenance, &CdpPool->maintenance);
 }
 
 void
@@ -313,6 +369,7 @@ cdp_launcher_main(Datum arg)
 	{
 		TimestampTz now;
 		Oid			dboid;
+		bool		may_run;
 		long		wait_ms;
 
 		CHECK_FOR_INTERRUPTS();
@@ -334,7 +391,11 @@ cdp_launcher_main(Datum arg)
 
 		now = GetCurrentTimestamp();
 		ReapWorkers(now);
-		wait_ms = AdjustWorkers(dboid, WantedWorkers(dboid, now), now);
+		may_run = PoolMayRun(dboid, now);
+		wait_ms = AdjustWorkers(dboid, may_run ? cdp_ingest_workers : 0, now);
+		wait_ms = Min(wait_ms, AdjustMaintenanceWorker(dboid, may_run &&
+													   cdp_maintenance_interval_secs > 0,
+													   now));
 		if (no_extension_since != 0)
 			wait_ms = Min(wait_ms, NO_EXTENSION_RECHECK_MS);
 

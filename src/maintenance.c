@@ -75,7 +75,7 @@ ApplyRetention(const CdpPartitionConfig *config, TimestampTz now, int *pending)
 		return 0;
 	parent = CdpEventsRelid();
 	deadline = GetCurrentTimestamp() + (int64) cdp_retention_lock_wait_ms * 1000;
-	expired = CdpPartitionsEndingBefore(CdpRetentionHorizon(config, now));
+	expired = CdpPartitionsEndingBefore(CdpRetentionHorizon(config, now), false);
 	foreach(lc, expired)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -124,6 +124,26 @@ WarnNearPartitionLimit(void)
 						   "what would need one as partition_limit.", n, cdp_max_partitions),
 				 errhint("Set a retention with cdp.configure_partitions(), or raise "
 						 "cdp.max_partitions (and max_locks_per_transaction).")));
+}
+
+/*
+ * The maintenance worker's first step of a pass: purge the dedup window and
+ * premake, under run_maintenance's advisory lock (false, doing nothing, while
+ * a run holds it), leaving retention to DETACH ... CONCURRENTLY, which only
+ * a top-level statement can run.  Needs an SPI connection.
+ */
+bool
+CdpUpkeepWithoutRetention(CdpPartitionConfig *config, int64 *purged, int *created)
+{
+	if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4,
+										  Int32GetDatum(CDP_LOCK_CLASS),
+										  Int32GetDatum(CDP_LOCK_MAINTENANCE))))
+		return false;
+	CdpLoadPartitionConfig(config);
+	*purged = CdpPurgeDedupWindow();
+	*created = CdpPremake(config, GetCurrentTransactionStartTimestamp());
+	WarnNearPartitionLimit();
+	return true;
 }
 
 PG_FUNCTION_INFO_V1(cdp_run_maintenance);

@@ -117,13 +117,14 @@ CompareByLo(const void *a, const void *b)
 
 /*
  * Read the attached partitions and their bounds from the catalog, sorted by
- * lower bound.  Allocated in the given context.
+ * lower bound, with those pending detach (a DETACH ... CONCURRENTLY under way
+ * or interrupted) unless omit_pending.  Allocated in the given context.
  */
 static CachedPartition *
-ReadPartitions(Oid parent, int *count, MemoryContext cxt)
+ReadPartitions(Oid parent, int *count, MemoryContext cxt, bool omit_pending)
 {
 	Relation	rel = table_open(parent, AccessShareLock);
-	PartitionDesc pd = RelationGetPartitionDesc(rel, true);
+	PartitionDesc pd = RelationGetPartitionDesc(rel, omit_pending);
 	CachedPartition *parts;
 	int			n = 0;
 
@@ -165,7 +166,7 @@ EnsureCache(Oid parent)
 		pfree(cache);
 	cache = NULL;
 	cache_len = 0;
-	cache = ReadPartitions(parent, &cache_len, TopMemoryContext);
+	cache = ReadPartitions(parent, &cache_len, TopMemoryContext, true);
 	cache_valid = true;
 }
 
@@ -508,16 +509,19 @@ CdpPartitionCount(void)
 	return n;
 }
 
-/* Partitions whose whole range lies before horizon, as a List of Oids. */
+/*
+ * Partitions whose whole range lies before horizon, as a List of Oids; those
+ * pending detach too with_pending.
+ */
 List *
-CdpPartitionsEndingBefore(TimestampTz horizon)
+CdpPartitionsEndingBefore(TimestampTz horizon, bool with_pending)
 {
 	Oid			parent = CdpEventsRelid();
 	List	   *result = NIL;
 	CachedPartition *parts;
 	int			n;
 
-	parts = ReadPartitions(parent, &n, CurrentMemoryContext);
+	parts = ReadPartitions(parent, &n, CurrentMemoryContext, !with_pending);
 	for (int i = 0; i < n; i++)
 		if (parts[i].hi <= horizon)
 			result = lappend_oid(result, parts[i].relid);
@@ -783,7 +787,7 @@ cdp_partition_bounds(PG_FUNCTION_ARGS)
 	int			n;
 
 	InitMaterializedSRF(fcinfo, 0);
-	parts = ReadPartitions(CdpEventsRelid(), &n, CurrentMemoryContext);
+	parts = ReadPartitions(CdpEventsRelid(), &n, CurrentMemoryContext, true);
 	for (int i = 0; i < n; i++)
 	{
 		Datum		values[3];

@@ -33,6 +33,7 @@ int			cdp_retention_lock_wait_ms = 1000;
 int			cdp_max_inbox_depth = 0;
 char	   *cdp_database_name = NULL;
 int			cdp_ingest_workers = 2;
+int			cdp_maintenance_interval_secs = 60;
 int			cdp_http_port = 0;
 char	   *cdp_http_listen_address = NULL;
 
@@ -108,6 +109,11 @@ DefineSettings(void)
 							"Takes effect on reload; each needs one of max_worker_processes.",
 							&cdp_ingest_workers, 2, 0, CDP_MAX_INGEST_WORKERS,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.maintenance_interval",
+							"How often the maintenance worker runs the upkeep of run_maintenance() (0: never).",
+							"Only while preloaded, in cdp.database_name; retention then detaches concurrently.",
+							&cdp_maintenance_interval_secs, 60, 0, 24 * 60 * 60,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("cdp.http_port",
 							"Port of the HTTP tracking endpoint (0: off).",
 							NULL, &cdp_http_port, 0, 0, 65535,

@@ -353,6 +353,7 @@ typedef struct ChunkWork
 	ChunkRef   *refs;
 	int			n;
 	int			made;			/* messages made so far */
+	bool		direct;			/* the chunk counts straight into its batch's (empty) stats */
 	HTAB	   *stats;			/* profile stats of the chunk */
 	CdpStateQueue *state;		/* identifiers whose state the chunk changed */
 } ChunkWork;
@@ -371,7 +372,7 @@ ProcessChunk(void *arg)
 	int			n = w->n;
 
 	MemoryContextSwitchTo(b->chunk_cxt);
-	w->stats = CdpNewProfileStats(b->chunk_cxt);
+	w->stats = w->direct ? b->stats : CdpNewProfileStats(b->chunk_cxt);
 	w->state = CdpNewStateQueue(b->chunk_cxt);
 	msgs = palloc(sizeof(CdpMessage *) * n);
 	for (int i = 0; i < n; i++)
@@ -444,15 +445,20 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 {
 	while (n > 0)
 	{
-		ChunkWork	w = {b, refs, n, 0, NULL, NULL};
+		/* a batch's first chunk (most often its only one) needs no merge */
+		bool		direct = hash_get_num_entries(b->stats) == 0;
+		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL};
 		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w,
 												   b->strict ? IsStrictMessageError : IsMessageError);
 
 		if (edata == NULL)
 		{
-			CdpMergeProfileStats(b->stats, w.stats);
+			if (!direct)
+				CdpMergeProfileStats(b->stats, w.stats);
 			CdpMergeStateQueue(b->state, w.state);
 		}
+		else if (direct)
+			CdpClearProfileStats(b->stats);
 		MemoryContextReset(b->chunk_cxt);
 		w.made = Max(w.made, 1);
 		if (edata == NULL)

@@ -484,6 +484,7 @@ CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
 	Datum		args[2];
 	uint64		rows;
 	int64	   *found;
+	int			level;
 
 	if (n == 0)
 		return;
@@ -492,12 +493,20 @@ CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
 	argtypes[1] = INT8ARRAYOID;
 	args[0] = CdpArray((Datum *) ids, n, plans_type_oid);
 	args[1] = CdpInt8Array(profiles, n);
+	/*
+	 * Probes of the two primary keys, never a hashed subplan: that reads
+	 * every identifier with state, each batch, as the tables grow.
+	 */
+	level = CdpBeginIndexedPlans();
 	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATEFUL_NEW],
 										"SELECT DISTINCT u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(i, p) "
-										"WHERE EXISTS (SELECT 1 FROM cdp.identifier_traits t WHERE t.identifier = u.i) "
-										"   OR EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = u.i)",
+										"JOIN (SELECT t.identifier FROM cdp.identifier_traits t "
+										"      WHERE t.identifier = ANY ($1) "
+										"      UNION SELECT c.identifier FROM cdp.identifier_consent c "
+										"      WHERE c.identifier = ANY ($1)) s ON s.identifier = u.i",
 										2, argtypes),
 					   args, NULL, SPI_OK_SELECT);
+	CdpEndIndexedPlans(level);
 	if (rows == 0)
 		return;
 	found = palloc(sizeof(int64) * rows);

@@ -51,6 +51,7 @@ PoolShmemStartup(void)
 		pg_atomic_init_u32(&CdpPool->next_wake, 0);
 		for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 			pg_atomic_init_u32(&CdpPool->slots[i].idle, 0);
+		pg_atomic_init_u32(&CdpPool->maintenance.idle, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -186,8 +187,8 @@ CdpNoteExtensionChangeAtCommit(void)
 }
 
 /*
- * Wait until no ingest worker holds a slot, for at most timeout_ms; whether
- * they are all gone.
+ * Wait until no ingest worker holds a slot and the maintenance worker is
+ * gone too, for at most timeout_ms; whether they all are.
  */
 bool
 CdpWaitForWorkersGone(long timeout_ms)
@@ -196,9 +197,10 @@ CdpWaitForWorkersGone(long timeout_ms)
 
 	for (;;)
 	{
-		bool		any = false;
+		bool		any;
 
 		SpinLockAcquire(&CdpPool->mutex);
+		any = CdpPool->maintenance.pid != 0;
 		for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 			any |= CdpPool->slots[i].pid != 0;
 		SpinLockRelease(&CdpPool->mutex);

@@ -204,6 +204,7 @@ typedef struct IdMessage
 
 /* identity_rules.c */
 extern IdentityRules *CdpLoadIdentityRules(void);
+extern uint64 CdpIdentityRulesCopy(void);
 extern List *CdpCachedSplits(void);
 extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
@@ -258,11 +259,19 @@ extern void CdpResolveIdentities(struct CdpMessage **msgs, int n, HTAB *stats);
 extern HTAB *CdpNewProfileStats(MemoryContext cxt);
 extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
 extern void CdpWriteProfileStats(HTAB *stats);
+extern void CdpClearProfileStats(HTAB *stats);
 extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 								const char *message_id);
 extern Oid	CdpIdentifierTypeOid(void);
 extern int64 CdpNextProfileId(void);
 extern void CdpLockIdentityGraph(void);
+
+/* identity_known.c */
+extern IdentityGraph *CdpKnownIdentities(void);
+extern void CdpKnownIdentitiesStart(void);
+extern void CdpKnownIdentitiesRemember(IdentityGraph *g);
+extern void CdpKnownIdentitiesForget(void);
+extern bool CdpKnownBlockedCurrent(void);
 
 /* Trait keys one identifier holds at most; new keys past it are skipped. */
 #define CDP_MAX_IDENTIFIER_TRAITS	256

@@ -252,9 +252,12 @@ extern Oid	CdpEventsRelid(void);
 extern int	CdpRouteEvents(CdpMessage **msgs, int n, const CdpPartitionConfig *config);
 extern int	CdpCreatePartitionsThrough(TimestampTz from, TimestampTz upto,
 									   const CdpPartitionConfig *config);
-extern List *CdpPartitionsEndingBefore(TimestampTz horizon);
+extern List *CdpPartitionsEndingBefore(TimestampTz horizon, bool with_pending);
 extern int	CdpPartitionCount(void);
 extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, TimestampTz now);
+
+/* maintenance.c */
+extern bool CdpUpkeepWithoutRetention(CdpPartitionConfig *config, int64 *purged, int *created);
 
 /* event_store.c */
 extern void CdpCheckEventConstraints(CdpMessage **msgs, int n);

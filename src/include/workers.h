@@ -40,6 +40,7 @@ typedef struct CdpWorkerPool
 	pg_atomic_uint64 extension_changes; /* CREATE/DROP EXTENSION pg_cdp seen */
 	pg_atomic_uint32 next_wake; /* round robin over the idle workers */
 	CdpWorkerSlot slots[CDP_MAX_INGEST_WORKERS];
+	CdpWorkerSlot maintenance;	/* the maintenance worker (its idle is unused) */
 } CdpWorkerPool;
 
 extern CdpWorkerPool *CdpPool;
@@ -47,6 +48,7 @@ extern CdpWorkerPool *CdpPool;
 /* GUCs (pg_cdp.c) */
 extern char *cdp_database_name;
 extern int	cdp_ingest_workers;
+extern int	cdp_maintenance_interval_secs;
 
 /* worker_pool.c */
 extern void CdpWorkersInit(void);
@@ -62,6 +64,7 @@ extern void CdpInstallWorkerGuard(void);
 /* launcher.c, ingest_worker.c: background worker entry points */
 extern PGDLLEXPORT void cdp_launcher_main(Datum arg);
 extern PGDLLEXPORT void cdp_ingest_worker_main(Datum arg);
+extern PGDLLEXPORT void cdp_maintenance_worker_main(Datum arg);
 extern void CdpStartLauncher(void);
 
 #endif							/* CDP_WORKERS_H */

@@ -504,7 +504,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA cdp TO %I', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.run_maintenance(), cdp.process_inbox(int), '
                    'cdp.partition_bounds(), cdp.schedule_jobs(), cdp.unschedule_jobs(), '
-                   'cdp.require_pg_cron(), cdp.job_definitions(), cdp.stats_figures(), '
+                   'cdp.require_pg_cron(), cdp.job_definitions(), cdp.needed_jobs(), '
+                   'cdp.workers_running(), cdp.maintenance_running(), cdp.stats_figures(), '
                    'cdp.worker_stats_rows(), cdp.reset_stats() TO %I', role);
     EXECUTE format('GRANT EXECUTE ON PROCEDURE cdp.drain_inbox(interval, int, bigint) TO %I', role);
     EXECUTE format('GRANT SELECT ON cdp.partitions, cdp.stats, cdp.worker_stats TO %I', role);
