@@ -12,7 +12,7 @@ SELECT cdp.reset_stats();
 -- the figures that do not depend on the clock, as one line
 CREATE FUNCTION pg_temp.figures() RETURNS jsonb LANGUAGE sql AS $$
     SELECT jsonb_object_agg(name, value) FROM cdp.stats
-     WHERE name NOT IN ('oldest_queued_seconds', 'stats_reset', 'workers_running')
+     WHERE name NOT IN ('oldest_queued_seconds', 'stats_reset', 'ingest_workers_running')
 $$;
 -- 'SQLSTATE: message' of a statement, or 'ok'
 CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$

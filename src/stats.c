@@ -889,7 +889,7 @@ cdp_stats_figures(PG_FUNCTION_ARGS)
 		reset_at = db->reset_at;
 		SpinLockRelease(&db->mutex);
 	}
-	AddFigure(rsinfo->setResult, rsinfo->setDesc, "workers_running", cdp_shared != NULL,
+	AddFigure(rsinfo->setResult, rsinfo->setDesc, "ingest_workers_running", cdp_shared != NULL,
 			  NumericOf(running), "gauge",
 			  cdp_shared ? "ingest workers running (cdp.worker_stats has one row each)"
 			  : "ingest workers running" NOT_PRELOADED);

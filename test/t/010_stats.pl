@@ -158,7 +158,7 @@ is(query(q{SELECT count(*) FROM cdp.worker_stats w JOIN pg_stat_activity a USING
 	  AND w.last_batch_messages BETWEEN 1 AND 30 AND w.last_batch_at IS NOT NULL
 	  AND w.last_batch_ms >= 0 AND w.started_at IS NOT NULL}), '1',
 	'cdp.worker_stats: the running worker, its pid, last batch and totals');
-is(figure('workers_running'), '1', 'workers_running counts it');
+is(figure('ingest_workers_running'), '1', 'ingest_workers_running counts it');
 is(figure('received'), '30', 'what a worker processes is counted in cdp.stats');
 my $old_pid = query(q{SELECT pid FROM cdp.worker_stats});
 query("SELECT pg_terminate_backend($old_pid)");
