@@ -81,7 +81,7 @@ EOF2
 Send an event and see it stored:
   psql -h $dir -p $port -U postgres postgres <<'SQL'
   SELECT cdp.track('user-42', 'Signed Up', '{"plan": "pro"}');
-  SELECT cdp.process_inbox();
+  SELECT pg_sleep(0.1);   -- the background workers store it within milliseconds
   SELECT ts, type, event, user_id, properties FROM cdp.events ORDER BY ts DESC LIMIT 5;
 SQL
 
