@@ -41,6 +41,7 @@ extern void CdpHttpAnswer(CdpHttpHeld *req, int status, const char *error, const
 extern void CdpHttpAnswerText(CdpHttpHeld *req, int status, char *text_palloced,
 							  bool is_text);
 extern int	CdpHttpConnections(void);
+extern bool CdpHttpStopRequested(void);
 
 /* http_commit.c: every request held in one transaction */
 extern bool CdpHttpCommitHeld(dlist_head *held);
