@@ -43,6 +43,8 @@
 
 /* how often slow clients are looked for */
 #define REAP_INTERVAL_MS	1000
+/* the most memory the bodies of requests in progress may take together */
+#define BUFFER_BUDGET		((size_t) 256 * 1024 * 1024)
 /* how long shutting down waits for 503 answers to go out */
 #define DRAIN_MS			2000
 
@@ -60,6 +62,7 @@ static struct MHD_Daemon *daemon_handle = NULL;
 static dlist_head held = DLIST_STATIC_INIT(held);
 static dlist_head conns = DLIST_STATIC_INIT(conns);
 static int	nconns = 0;
+static size_t buffered_bytes = 0;	/* bodies kept, against BUFFER_BUDGET */
 static volatile sig_atomic_t stop_requested = false;
 static volatile sig_atomic_t in_round = false;
 static bool stopping = false;
@@ -299,35 +302,49 @@ StartRequest(CdpHttpHeld *req, const char *method)
 	return MHD_YES;
 }
 
-/* keep a piece of the body; past the limit the rest is read and dropped */
+/* drop what a request's body holds, giving its bytes back to the budget */
+static void
+DropBody(CdpHttpHeld *req)
+{
+	buffered_bytes -= req->cap;
+	free(req->body);
+	req->body = NULL;
+	req->cap = 0;
+}
+
+/*
+ * Keep a piece of the body.  Past the route's limit, or when every body
+ * held together would pass BUFFER_BUDGET, the rest is read and dropped.
+ */
 static void
 KeepBody(CdpHttpHeld *req, const char *data, size_t size)
 {
 	size_t		limit = BodyLimit(req->route);
 
-	if (req->too_large)
+	if (req->too_large || req->over_budget)
 		return;
 	if (req->len + size > limit)
 	{
 		req->too_large = true;
-		free(req->body);
-		req->body = NULL;
+		DropBody(req);
 		return;
 	}
 	if (req->len + size + 1 > req->cap)
 	{
-		size_t		cap = Max(req->cap * 2, Max(req->len + size + 1, 16384));
-		char	   *body = realloc(req->body, Min(cap, limit + 1));
+		size_t		cap = Min(Max(req->cap * 2, Max(req->len + size + 1, 16384)), limit + 1);
+		char	   *body = NULL;
 
+		if (buffered_bytes + cap - req->cap <= BUFFER_BUDGET)
+			body = realloc(req->body, cap);
 		if (body == NULL)
 		{
-			req->too_large = true;	/* cannot keep it: refused as too large */
-			free(req->body);
-			req->body = NULL;
+			req->over_budget = true;
+			DropBody(req);
 			return;
 		}
+		buffered_bytes += cap - req->cap;
 		req->body = body;
-		req->cap = Min(cap, limit + 1);
+		req->cap = cap;
 	}
 	memcpy(req->body + req->len, data, size);
 	req->len += size;
@@ -369,6 +386,12 @@ HandleRequest(void *cls, struct MHD_Connection *conn, const char *url, const cha
 	}
 	if (req->too_large)
 		return AnswerTooLarge(req);
+	if (req->over_budget)
+	{
+		req->retry_after = 1;
+		return AnswerNow(req, 429, "overloaded",
+						 "the endpoint holds as many request bodies as it may; retry");
+	}
 	if (stopping)
 	{
 		req->retry_after = 1;
@@ -397,7 +420,7 @@ RequestCompleted(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 	if (req == NULL)
 		return;
-	free(req->body);
+	DropBody(req);
 	free(req->answer);
 	free(req);
 	*con_cls = NULL;

@@ -25,6 +25,7 @@ typedef struct CdpHttpHeld
 	size_t		len;
 	size_t		cap;
 	bool		too_large;		/* the body outgrew the limit: dropped unread */
+	bool		over_budget;	/* no memory left for it: dropped, 429 */
 
 	/* the answer, once decided */
 	int			status;
