@@ -56,6 +56,8 @@ typedef struct ClientConn
 	TimestampTz since;			/* its start, or its last request's end */
 	bool		held;			/* its request waits for the database */
 	bool		cut;			/* already shut down here */
+	bool		hung_up;		/* its client had closed at the last check */
+	TimestampTz hung_up_since;	/* ... and since was this then */
 } ClientConn;
 
 static struct MHD_Daemon *daemon_handle = NULL;
@@ -457,7 +459,28 @@ ConnectionNotified(void *cls, struct MHD_Connection *conn, void **socket_context
 	}
 }
 
-/* shut down connections that have taken too long over a request */
+/*
+ * Whether the client has closed its end: libmicrohttpd (0.9.75, with epoll)
+ * misses an end of stream that arrives together with the request's last
+ * bytes, and would keep such a connection, its slot and its partial body
+ * for cdp.http_idle_timeout.
+ */
+static bool
+ClientHungUp(int fd)
+{
+	char		c;
+	ssize_t		n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	return n == 0 ||
+		(n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/*
+ * Shut down connections that have taken too long over a request, and those
+ * whose client has hung up without a request held: seen closed at two
+ * checks in a row with no request completed between, so that a request
+ * libmicrohttpd has read but not yet handed over is not cut.
+ */
 static void
 CutSlowClients(TimestampTz now)
 {
@@ -467,12 +490,22 @@ CutSlowClients(TimestampTz now)
 	dlist_foreach(it, &conns)
 	{
 		ClientConn *cc = dlist_container(ClientConn, node, it.cur);
+		bool		hung_up;
 
-		if (!cc->held && !cc->cut && cc->fd >= 0 && cc->since < cutoff)
+		if (cc->held || cc->cut || cc->fd < 0)
+		{
+			cc->hung_up = false;
+			continue;
+		}
+		hung_up = ClientHungUp(cc->fd);
+		if (cc->since < cutoff ||
+			(hung_up && cc->hung_up && cc->hung_up_since == cc->since))
 		{
 			shutdown(cc->fd, SHUT_RDWR);
 			cc->cut = true;
 		}
+		cc->hung_up = hung_up;
+		cc->hung_up_since = cc->since;
 	}
 }
 

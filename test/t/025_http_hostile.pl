@@ -1,0 +1,137 @@
+# The HTTP endpoint against hostile or broken clients:
+# - clients that hang up in the middle of a request (their last bytes and the
+#   end of the stream arriving together) give their connection slot back at
+#   once, not after cdp.http_idle_timeout.
+# test/http_soak.py runs these attacks and more for longer.
+use strict;
+use warnings;
+
+use IO::Select;
+use IO::Socket::INET;
+use MIME::Base64;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my $node = PostgreSQL::Test::Cluster->new('http_hostile');
+my $port = PostgreSQL::Test::Cluster::get_free_port();
+$node->init;
+# few slots and no timeout that would tidy up after the clients in time
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cdp'
+cdp.database_name = 'postgres'
+cdp.http_port = $port
+cdp.http_max_connections = 16
+cdp.http_idle_timeout = 3600
+cdp.http_request_timeout = 3600
+cdp.ingest_workers = 0
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pg_cdp');
+my $key = $node->safe_psql('postgres', q{SELECT cdp.create_source('web')});
+my $auth = 'Authorization: Basic ' . encode_base64("$key:", '');
+
+sub connect_http
+{
+	return IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+		Proto => 'tcp', Timeout => 10);
+}
+
+sub request_text
+{
+	my ($method, $path, $body, @headers) = @_;
+	return "$method $path HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+	  . join('', map { "$_\r\n" } @headers)
+	  . (defined $body ? 'Content-Length: ' . length($body) . "\r\n" : '')
+	  . "\r\n" . ($body // '');
+}
+
+sub send_all
+{
+	my ($sock, $text) = @_;
+	local $SIG{PIPE} = 'IGNORE';
+	my $off = 0;
+	while ($off < length $text)
+	{
+		my $n = syswrite($sock, $text, length($text) - $off, $off);
+		return 0 unless $n;
+		$off += $n;
+	}
+	return 1;
+}
+
+# the status of the answer on $sock (0 when none came within $secs)
+sub status_of
+{
+	my ($sock, $secs) = @_;
+	my $until = time + $secs;
+	my $buf = '';
+	for (;;)
+	{
+		return $1 if $buf =~ m{^HTTP/1\.\d (\d{3})};
+		my $wait = $until - time;
+		return 0 if $wait <= 0 || !IO::Select->new($sock)->can_read($wait);
+		return 0 unless sysread($sock, $buf, 4096, length $buf);
+	}
+}
+
+# one request on a new connection: its status, 0 when not answered in $secs
+sub request_status
+{
+	my ($secs, @request) = @_;
+	my $sock = connect_http() or return 0;
+	send_all($sock, request_text(@request));
+	my $status = status_of($sock, $secs);
+	close $sock;
+	return $status;
+}
+
+sub wait_http
+{
+	for (1 .. 300)
+	{
+		return 1 if request_status(5, 'GET', '/health') == 200;
+		select(undef, undef, undef, 0.2);
+	}
+	return 0;
+}
+ok(wait_http(), 'the endpoint answers');
+
+# --- clients hanging up mid-request: three times the slots there are
+my $track = '{"userId":"u","event":"e","messageId":"after-hangups"}';
+for my $i (1 .. 48)
+{
+	my $sock = connect_http() or last;
+	# the request's start and the end of the stream, in one packet or two close ones
+	send_all($sock, $i % 2 ? "POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"
+		: "POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"batch\":[");
+	close $sock;
+}
+is(request_status(60, 'POST', '/v1/track', $track, $auth), 200,
+	'after 48 clients hung up mid-request, with 16 slots, a request is still answered');
+# the open connections /metrics counts ('' when it does not answer in 5 s)
+sub open_connections
+{
+	my $sock = connect_http() or return '';
+	send_all($sock, request_text('GET', '/metrics', undef, 'Connection: close'));
+	my ($text, $until) = ('', time + 5);
+	while (IO::Select->new($sock)->can_read($until - time))
+	{
+		last unless sysread($sock, $text, 65536, length $text);
+	}
+	close $sock;
+	return $text =~ /^cdp_http_connections (\d+)$/m ? $1 : '';
+}
+my $conns = '';
+for (1 .. 50)
+{
+	$conns = open_connections();
+	last if $conns eq '1';
+	select(undef, undef, undef, 0.2);
+}
+is($conns, 1, 'and the hung-up connections are closed: only the one asking is open');
+
+unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
+$node->stop;
+done_testing();
