@@ -117,31 +117,40 @@ AnswerMetrics(void *arg)
  * One request.  Careless: in the round's transaction itself, so that a
  * round costs no subtransaction (hundreds of them would overflow the
  * snapshot's subtransaction cache for every session); careful: in a
- * subtransaction of its own, so an error refuses this request only.
+ * subtransaction of its own, so an error refuses this request only.  What
+ * judging it allocates (a gzip body inflated, its JSON scanned: a few times
+ * cdp.max_request_bytes) is freed before the next request, so a round's
+ * memory does not grow with the number of requests it holds.
  */
 static void
 RunRequest(CdpHttpHeld *req, bool careful)
 {
 	ErrorData  *edata;
 	CdpSubxactWork work = req->route == CDP_ROUTE_METRICS ? AnswerMetrics : QueueRequest;
+	MemoryContext cxt;
+	MemoryContext old;
 
 	if (req->route == CDP_ROUTE_HEALTH)
 	{
 		AnswerHealth(req);
 		return;
 	}
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp http request",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	if (!careful)
-	{
 		work(req);
-		return;
-	}
-	edata = CdpRunInSubtransaction(work, req, CatchAll);
-	if (edata != NULL)
+	else
 	{
-		req->await_commit = false;
-		AnswerError(req, edata);
-		FreeErrorData(edata);
+		edata = CdpRunInSubtransaction(work, req, CatchAll);
+		if (edata != NULL)
+		{
+			req->await_commit = false;
+			AnswerError(req, edata);
+		}
 	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 }
 
 /* forget the answers of an attempt that rolled back */

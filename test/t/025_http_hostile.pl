@@ -1,11 +1,15 @@
 # The HTTP endpoint against hostile or broken clients:
 # - clients that hang up in the middle of a request (their last bytes and the
 #   end of the stream arriving together) give their connection slot back at
-#   once, not after cdp.http_idle_timeout.
+#   once, not after cdp.http_idle_timeout;
+# - hundreds of small gzip bodies that each inflate to half a megabyte,
+#   judged in one round, do not take hundreds of megabytes: what judging a
+#   request allocates is freed before the next.
 # test/http_soak.py runs these attacks and more for longer.
 use strict;
 use warnings;
 
+use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Select;
 use IO::Socket::INET;
 use MIME::Base64;
@@ -131,6 +135,55 @@ for (1 .. 50)
 	select(undef, undef, undef, 0.2);
 }
 is($conns, 1, 'and the hung-up connections are closed: only the one asking is open');
+
+# --- many gzip bodies judged in one round
+$node->safe_psql('postgres', 'ALTER SYSTEM SET cdp.http_max_connections = 1000');
+$node->restart;
+ok(wait_http(), 'restarted with 1000 slots');
+
+# half a megabyte of JSON, gzipped to about 8 kB (inflating 64 times, under
+# the ratio guard), refused as invalid JSON only at its very end
+my $hex = join('', map { sprintf('%08x', int(rand(2**32))) } 1 .. 2048);
+my $json = '{"batch":[{"messageId":"' . $hex . '","p":"' . ('x' x 480_000) . '"}]';
+gzip(\$json => \my $gz) or die "gzip failed: $GzipError";
+note(sprintf('a body of %d bytes inflating to %d', length $gz, length $json));
+
+sub worker_memory
+{
+	my $pid = $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+	open my $fh, '<', "/proc/$pid/status" or return (0, 0);
+	my %kb = map { /^(\w+):\s+(\d+)/ ? ($1 => $2) : () } <$fh>;
+	return ($kb{VmRSS}, $kb{VmHWM});
+}
+
+# the clients connect first; a lock on the inbox holds the worker in a round
+# while all of them send, so that the next round judges them together
+my $n = 300;
+my @socks = map { connect_http() or die "cannot connect: $!" } 1 .. $n;
+select(undef, undef, undef, 0.5);
+my ($rss_before) = worker_memory();
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE cdp.inbox IN SHARE MODE');
+my $first = connect_http();
+send_all($first, request_text('POST', '/v1/track', $track, $auth));
+$node->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM pg_locks WHERE NOT granted AND relation = 'cdp.inbox'::regclass})
+  or die 'the round did not wait for the lock';
+send_all($_, request_text('POST', '/v1/batch', $gz, $auth, 'Content-Encoding: gzip'))
+  for @socks;
+$locker->query_safe('COMMIT');
+$locker->quit;
+is(status_of($first, 60), 200, 'the request that waited for the lock is answered 200');
+my %statuses;
+$statuses{ status_of($_, 60) }++ for @socks;
+is(join(',', map { "$_ x$statuses{$_}" } sort keys %statuses), "400 x$n",
+	"each of the $n gzip bodies is refused 400 (invalid JSON) once inflated");
+my ($rss, $hwm) = worker_memory();
+note("worker memory: VmRSS $rss_before kB before, VmHWM $hwm kB after");
+# judged together they would take over 300 MB; one at a time, a few MB
+cmp_ok($hwm - $rss_before, '<', 100 * 1024,
+	'judging them took less than 100 MB more than before, not a few MB for each');
 
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
 $node->stop;
