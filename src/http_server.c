@@ -69,9 +69,16 @@ static volatile sig_atomic_t stop_requested = false;
 static volatile sig_atomic_t in_round = false;
 static bool stopping = false;
 
-/* libmicrohttpd's last complaint, logged once its call has returned */
+/*
+ * libmicrohttpd's first complaint since the last one logged, logged once its
+ * call has returned; most are about clients (one hanging up mid-request),
+ * which could otherwise write a line each as fast as they connect.
+ */
+#define MHD_LOG_INTERVAL_MS	10000
 static char mhd_log[256];
 static bool mhd_log_pending = false;
+static int	mhd_log_unlogged = 0;	/* complaints since, not logged */
+static TimestampTz mhd_log_last = 0;
 
 static void
 HandleSigterm(SIGNAL_ARGS)
@@ -92,19 +99,39 @@ HandleSigterm(SIGNAL_ARGS)
 static void
 KeepMhdLog(void *cls, const char *fmt, va_list ap)
 {
-	if (!mhd_log_pending)
+	if (mhd_log_pending)
+		mhd_log_unlogged++;
+	else
 		vsnprintf(mhd_log, sizeof(mhd_log), fmt, ap);
 	mhd_log_pending = true;
 }
 
+/* log the complaint kept, unless one was logged less than MHD_LOG_INTERVAL_MS ago */
 static void
 FlushMhdLog(void)
 {
+	TimestampTz now;
+
 	if (!mhd_log_pending)
 		return;
 	mhd_log_pending = false;
+	now = GetCurrentTimestamp();
+	if (mhd_log_last != 0 &&
+		!TimestampDifferenceExceeds(mhd_log_last, now, MHD_LOG_INTERVAL_MS))
+	{
+		mhd_log_unlogged++;
+		return;
+	}
 	(void) pg_strip_crlf(mhd_log);
-	ereport(LOG, (errmsg("pg_cdp http: %s", mhd_log)));
+	if (mhd_log_unlogged > 0)
+		ereport(LOG,
+				(errmsg("pg_cdp http: %s", mhd_log),
+				 errdetail("%d more messages of libmicrohttpd since the last one logged were not logged.",
+						   mhd_log_unlogged)));
+	else
+		ereport(LOG, (errmsg("pg_cdp http: %s", mhd_log)));
+	mhd_log_unlogged = 0;
+	mhd_log_last = now;
 }
 
 bool
@@ -557,6 +584,8 @@ StartDaemon(void)
 	RaiseDescriptorLimit();
 	daemon_handle = MHD_start_daemon(flags, (uint16) cdp_http_port, NULL, NULL,
 									 HandleRequest, NULL,
+									 /* first, so that it hears of every other option */
+									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT,
 									 (unsigned int) cdp_http_max_connections,
@@ -565,7 +594,6 @@ StartDaemon(void)
 									 MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
 									 MHD_OPTION_NOTIFY_COMPLETED, RequestCompleted, NULL,
 									 MHD_OPTION_NOTIFY_CONNECTION, ConnectionNotified, NULL,
-									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	FlushMhdLog();

@@ -1,7 +1,7 @@
 # The HTTP endpoint against hostile or broken clients:
 # - clients that hang up in the middle of a request (their last bytes and the
 #   end of the stream arriving together) give their connection slot back at
-#   once, not after cdp.http_idle_timeout;
+#   once, not after cdp.http_idle_timeout, and do not write a log line each;
 # - hundreds of small gzip bodies that each inflate to half a megabyte,
 #   judged in one round, do not take hundreds of megabytes: what judging a
 #   request allocates is freed before the next.
@@ -135,6 +135,23 @@ for (1 .. 50)
 	select(undef, undef, undef, 0.2);
 }
 is($conns, 1, 'and the hung-up connections are closed: only the one asking is open');
+
+# --- clients hanging up one after another, each seen in its own pass: the
+# log gets a line now and then, not one for each
+my $log_from = -s $node->logfile;
+for my $i (1 .. 100)
+{
+	my $sock = connect_http() or last;
+	send_all($sock, "POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{");
+	select(undef, undef, undef, 0.02);
+	close $sock;
+	select(undef, undef, undef, 0.02);
+}
+is(request_status(60, 'POST', '/v1/track', $track, $auth), 200, 'a request after 100 more hang-ups');
+my $lines = () = substr(slurp_file($node->logfile), $log_from) =~ /pg_cdp http: /g;
+cmp_ok($lines, '<', 10, "100 clients hanging up wrote $lines lines to the log, not one each");
+unlike(slurp_file($node->logfile), qr/is not the first option/,
+	'libmicrohttpd hears of its logger before any other option');
 
 # --- many gzip bodies judged in one round
 $node->safe_psql('postgres', 'ALTER SYSTEM SET cdp.http_max_connections = 1000');
