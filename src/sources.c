@@ -186,7 +186,9 @@ typedef struct KeyEntry
  * The enabled source a write key authenticates, or NULL: what the HTTP
  * endpoint asks of every request.  Answers are kept for the caller's
  * transaction only, so a key rotated or a source disabled stops working
- * at the next transaction.  The caller is connected to SPI.
+ * at the next transaction; a lookup that raised an error (a lock timeout,
+ * a cancel) keeps nothing, so the next request with that key asks again
+ * rather than being refused as unknown.  The caller is connected to SPI.
  */
 const char *
 CdpSourceOfWriteKey(const char *write_key)
@@ -214,11 +216,14 @@ CdpSourceOfWriteKey(const char *write_key)
 		keys = hash_create("cdp write keys", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 		keys_xact = MyProc->lxid;
 	}
-	entry = hash_search(keys, write_key, HASH_ENTER, &found);
+	entry = hash_search(keys, write_key, HASH_FIND, &found);
 	if (!found)
 	{
+		/* kept only once answered: a lookup that failed must not leave "unknown" behind */
+		bool		known = false;
+		char		source[CDP_SOURCE_NAME_MAX + 1];
+
 		args[0] = CStringGetTextDatum(write_key);
-		entry->known = false;
 		if (CdpExecPlan(CdpPlan(&plan, "SELECT cdp.authenticate($1)", 1, argtypes),
 						args, NULL, SPI_OK_SELECT) == 1)
 		{
@@ -227,10 +232,14 @@ CdpSourceOfWriteKey(const char *write_key)
 
 			if (!isnull)
 			{
-				strlcpy(entry->source, TextDatumGetCString(d), sizeof(entry->source));
-				entry->known = true;
+				strlcpy(source, TextDatumGetCString(d), sizeof(source));
+				known = true;
 			}
 		}
+		entry = hash_search(keys, write_key, HASH_ENTER, &found);
+		entry->known = known;
+		if (known)
+			strlcpy(entry->source, source, sizeof(entry->source));
 	}
 	return entry->known ? entry->source : NULL;
 }

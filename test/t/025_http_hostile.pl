@@ -4,7 +4,9 @@
 #   once, not after cdp.http_idle_timeout, and do not write a log line each;
 # - hundreds of small gzip bodies that each inflate to half a megabyte,
 #   judged in one round, do not take hundreds of megabytes: what judging a
-#   request allocates is freed before the next.
+#   request allocates is freed before the next;
+# - a write key that could not be looked up (a lock timeout) is answered
+#   503 for every request of the round that brings it, not 401 after the first.
 # test/http_soak.py runs these attacks and more for longer.
 use strict;
 use warnings;
@@ -152,6 +154,32 @@ my $lines = () = substr(slurp_file($node->logfile), $log_from) =~ /pg_cdp http: 
 cmp_ok($lines, '<', 10, "100 clients hanging up wrote $lines lines to the log, not one each");
 unlike(slurp_file($node->logfile), qr/is not the first option/,
 	'libmicrohttpd hears of its logger before any other option');
+
+# --- a key lookup that fails (a lock timeout) answers 503, and leaves
+# nothing behind: the next requests of the round with the same key are not
+# refused 401 as if it were unknown (SDKs drop what gets a 4xx)
+my $old_pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+$node->safe_psql('postgres', q{ALTER DATABASE postgres SET lock_timeout = '1s'});
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+$node->poll_query_until('postgres',
+	qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_cdp http' AND pid <> $old_pid})
+  or die 'the HTTP worker did not come back';
+ok(wait_http(), 'the endpoint answers again, its lookups bounded by lock_timeout');
+my @four = map { connect_http() or die "cannot connect: $!" } 1 .. 4;
+my $sources_locker = $node->background_psql('postgres');
+$sources_locker->query_safe('BEGIN; LOCK TABLE cdp.sources IN ACCESS EXCLUSIVE MODE');
+# the first waits for the lock in a round; the three others arrive meanwhile,
+# to be looked up together in the next round
+send_all($four[0], request_text('POST', '/v1/track', $track, $auth));
+select(undef, undef, undef, 0.3);
+send_all($_, request_text('POST', '/v1/track', $track, $auth)) for @four[ 1 .. 3 ];
+my @four_status = map { status_of($_, 60) } @four;
+$sources_locker->query_safe('COMMIT');
+$sources_locker->quit;
+is("@four_status", '503 503 503 503',
+	'while the key cannot be looked up, each request with it is answered 503 (retry), none 401');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET lock_timeout');
 
 # --- many gzip bodies judged in one round
 $node->safe_psql('postgres', 'ALTER SYSTEM SET cdp.http_max_connections = 1000');
