@@ -286,6 +286,23 @@ TooDeep(const char *text, size_t len)
 	return false;
 }
 
+#ifdef FRONTEND
+/*
+ * PostgreSQL 15's frontend jsonapi has no json_errdetail: the fuzzer build
+ * says where parsing stopped instead.
+ */
+static char *
+JsonErrorDetail(JsonParseErrorType rc, JsonLexContext *lex)
+{
+	if (lex->token_start == NULL)
+		return psprintf("parse error %d at the end of the body", (int) rc);
+	return psprintf("parse error %d at byte %d", (int) rc,
+					(int) (lex->token_start - lex->input));
+}
+#else
+#define JsonErrorDetail json_errdetail
+#endif
+
 /* parse text, filling the scan; false (and a refusal) when it is not JSON */
 static bool
 ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
@@ -319,7 +336,7 @@ ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
 	rc = pg_parse_json(lex, &sem);
 	if (rc != JSON_SUCCESS)
 	{
-		Refuse(out, 400, "invalid_json", psprintf("invalid JSON: %s", json_errdetail(rc, lex)));
+		Refuse(out, 400, "invalid_json", psprintf("invalid JSON: %s", JsonErrorDetail(rc, lex)));
 		return false;
 	}
 	if (!s->top_is_object)
