@@ -475,13 +475,17 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 	return true;
 }
 
-/* the message with "type" first when it has none: the path says it */
+/*
+ * The message with the path's "type" when it has none, or null.  It goes
+ * last: the pipeline reads a message as jsonb, where the last of repeated
+ * keys wins, so it also overrides an earlier "type": null.
+ */
 static void
 WithType(const char *text, size_t len, Scan *s, const char *type, CdpHttpIngest *out)
 {
-	const char *open = memchr(text, '{', len);
-	size_t		head = open - text + 1;
+	size_t		close = len;	/* the object's closing brace */
 	char	   *msg;
+	int			n;
 
 	if (s->seen[F_TYPE].present && s->seen[F_TYPE].token != JSON_TOKEN_NULL)
 	{
@@ -489,14 +493,17 @@ WithType(const char *text, size_t len, Scan *s, const char *type, CdpHttpIngest 
 		out->payload_len = len;
 		return;
 	}
+	while (close > 0 && text[close - 1] != '}')
+		close--;
+	close--;
 	msg = palloc(len + strlen(type) + 16);
-	memcpy(msg, text, head);
-	out->payload_len = head + sprintf(msg + head, "\"type\":\"%s\"%s", type,
-									  s->fields > 0 ? "," : "");
-	memcpy(msg + out->payload_len, text + head, len - head);
-	out->payload_len += len - head;
-	msg[out->payload_len] = '\0';
+	memcpy(msg, text, close);
+	n = close + sprintf(msg + close, "%s\"type\":\"%s\"", s->fields > 0 ? "," : "", type);
+	memcpy(msg + n, text + close, len - close);
+	n += len - close;
+	msg[n] = '\0';
 	out->payload = msg;
+	out->payload_len = n;
 }
 
 /*
