@@ -225,6 +225,12 @@ ScanFieldStart(void *state, char *fname, bool isnull)
 	{
 		s->field = FieldOf(fname);
 		s->fields++;
+		/* a repeated "batch": the last one wins, as in jsonb */
+		if (s->field == F_BATCH)
+		{
+			s->batch_items = 0;
+			s->item_write_key = NULL;
+		}
 	}
 	else if (s->depth == 3 && s->field == F_BATCH)
 		s->item_field = fname != NULL && strcmp(fname, "writeKey") == 0 ? F_WRITE_KEY : F_OTHER;
