@@ -242,7 +242,11 @@ ScanElementStart(void *state, bool isnull)
 	Scan	   *s = state;
 
 	if (s->depth == 2 && s->field == F_BATCH)
+	{
 		s->batch_items++;
+		/* only an item's own "writeKey" counts, not a later item's scalars */
+		s->item_field = F_OTHER;
+	}
 }
 
 static void
