@@ -21,6 +21,7 @@
 
 #include "common/base64.h"
 #include "common/jsonapi.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 
 #include "http_inflate.h"
@@ -169,6 +170,37 @@ BasicAuthKey(const char *header, CdpHttpIngest *out)
 	if (colon != NULL)
 		*colon = '\0';
 	return decoded;
+}
+
+/*
+ * A client's string shown in a message: its first 40 characters, a byte
+ * that is not UTF-8 as \xNN, so that the answer stays valid UTF-8.
+ */
+static char *
+ClientText(const char *text)
+{
+	StringInfoData buf;
+	int			len = strlen(text);
+	int			chars = 0;
+
+	initStringInfo(&buf);
+	while (*text != '\0' && chars++ < 40)
+	{
+		int			n = pg_encoding_verifymbchar(PG_UTF8, text, len);
+
+		if (n > 0)
+			appendBinaryStringInfo(&buf, text, n);
+		else
+		{
+			appendStringInfo(&buf, "\\x%02x", (unsigned char) *text);
+			n = 1;
+		}
+		text += n;
+		len -= n;
+	}
+	if (*text != '\0')
+		appendStringInfoString(&buf, "...");
+	return buf.data;
 }
 
 static Field
@@ -436,7 +468,8 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 		if (pg_strcasecmp(t->value, type) != 0)
 		{
 			Refuse(out, 400, "type_mismatch",
-				   psprintf("a %s call cannot carry \"type\": \"%.40s\"", type, t->value));
+				   psprintf("a %s call cannot carry \"type\": \"%s\"", type,
+							ClientText(t->value)));
 			return false;
 		}
 	}
@@ -547,7 +580,8 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 			pg_strcasecmp(content_encoding, "deflate") != 0)
 		{
 			Refuse(out, 400, "bad_encoding",
-				   psprintf("Content-Encoding \"%.40s\" is not supported (gzip is)", content_encoding));
+				   psprintf("Content-Encoding \"%s\" is not supported (gzip is)",
+						ClientText(content_encoding)));
 			return;
 		}
 		rc = CdpHttpInflate(body, body_len, limits->max_request_bytes, limits->max_inflate_ratio,

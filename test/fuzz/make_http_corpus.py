@@ -162,7 +162,10 @@ def seeds():
     yield "encoding_br", seed("batch", js(RUDDER_BATCH), enc="header", encoding=b"br")
     yield "encoding_identity", seed("batch", js(RUDDER_BATCH), name=1)
     yield "encoding_utf8_name", seed("batch", js(RUDDER_BATCH), enc="header",
-                                     encoding="gzïp-ïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïïï".encode())
+                                     encoding=("gzip-" + "ï" * 40).encode())
+    yield "encoding_not_utf8", seed("screen", b"", enc="header", encoding=b"\xff\xf7/C?")
+    yield "type_mismatch_utf8", seed("track", js({"type": "x" + "é" * 30, "userId": "u",
+                                                  "event": "e"}), "basic", key)
 
 
 def main():
