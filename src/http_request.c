@@ -473,6 +473,13 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 			return false;
 		}
 	}
+	/* the pipeline would read the call as an envelope, its items in its place */
+	if (s->seen[F_BATCH].present)
+	{
+		Refuse(out, 400, "invalid_field_type",
+			   psprintf("a %s call cannot carry \"batch\": send batches to /v1/batch", type));
+		return false;
+	}
 	if (!CheckFieldType(s, F_MESSAGE_ID, false, false, out) ||
 		!CheckFieldType(s, F_USER_ID, true, false, out) ||
 		!CheckFieldType(s, F_ANONYMOUS_ID, true, false, out) ||

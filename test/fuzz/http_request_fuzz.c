@@ -286,6 +286,7 @@ typedef struct Reread
 	bool		type_seen;
 	char	   *write_key;		/* the last top-level "writeKey", if a string */
 	bool		write_key_seen;
+	bool		batch_key;		/* a top-level "batch" (the pipeline's envelope) */
 	int			batch_items;	/* elements of the last top-level "batch" */
 	bool		batch_is_array;
 	bool		in_item_write_key;
@@ -355,6 +356,7 @@ RFieldStart(void *state, char *fname, bool isnull)
 		r->key = fname;
 		if (strcmp(fname, "batch") == 0)
 		{
+			r->batch_key = true;
 			r->batch_items = 0;
 			r->batch_is_array = false;
 		}
@@ -600,6 +602,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				Broken("a single call's payload lacks the route's \"type\" (last key wins)");
 			if (out.messages != 1)
 				Broken("a single call counted as other than one message");
+			if (r.batch_key)
+				Broken("a single call with a \"batch\" key, which the pipeline reads as an envelope");
 			if (plain_known && out.payload_len < plain_len)
 				Broken("a single call's payload is shorter than its body");
 		}

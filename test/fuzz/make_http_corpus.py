@@ -103,6 +103,11 @@ def seeds():
     yield "ajs_track_type_null", seed("track", '{"type":null,"userId":"u","event":"e","writeKey":"%s"}' % KEY)
     yield "ajs_track_type_then_null", seed(
         "track", '{"type":"track","userId":"u","event":"e","type":null,"writeKey":"%s"}' % KEY)
+    yield "track_with_batch_key", seed(
+        "track", js({"userId": "u", "event": "e",
+                     "batch": [{"type": "identify", "userId": "someone-else"}]}), "basic", key)
+    yield "track_with_escaped_batch_key", seed(
+        "track", '{"userId":"u","event":"e","\\u0062atch":null}', "basic", key)
     yield "ajs_track_no_event", seed("track", js({"userId": "u", "writeKey": KEY}))
     yield "ajs_page_gzip", seed("page", js({"anonymousId": "a", "name": "Pricing",
                                             "properties": {"path": "/pricing"}, "writeKey": KEY}),
