@@ -647,5 +647,15 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 	if (!CheckSingleCall(&scan, type, out))
 		return;
 	WithType(text, len, &scan, type, out);
+	/* the pipeline holds the message as queued, "type" included, to both limits */
+	if (out->payload_len > Min(limits->max_event_bytes, limits->max_request_bytes))
+	{
+		Refuse(out, 400, "too_large",
+			   psprintf("the message with its \"type\" is %d bytes, more than cdp.max_%s_bytes (%d)",
+						out->payload_len,
+						limits->max_event_bytes <= limits->max_request_bytes ? "event" : "request",
+						Min(limits->max_event_bytes, limits->max_request_bytes)));
+		return;
+	}
 	out->messages = 1;
 }

@@ -149,6 +149,15 @@ def seeds():
     yield "nul_byte", seed("track", b'{"userId":"u\x00","event":"e"}', "basic", key)
     yield "empty_body", seed("track", b"", "basic", key)
     yield "empty_body_gzip", seed("batch", b"", enc="gzip")
+    at_limit = '{"userId":"u","event":"e","properties":{"p":"%s"}}'
+    at_limit %= "x" * (1024 - len(at_limit % ""))
+    yield "single_at_event_limit", seed("track", at_limit, "basic", key, limits="small")
+    typed = '{"type":"track","userId":"u","event":"e","properties":{"p":"%s"}}'
+    typed %= "x" * (1024 - len(typed % ""))
+    yield "single_at_event_limit_typed", seed("track", typed, "basic", key, limits="small")
+    at_limit = '{"userId":"u","event":"e","p":"%s"}'
+    at_limit %= "x" * (64 - len(at_limit % ""))
+    yield "single_at_tiny_limit", seed("track", at_limit, "basic", key, limits="tiny")
     yield "too_large_single", seed("track", js({"userId": "u", "event": "e",
                                                 "properties": {"p": "x" * 1200}}),
                                    "basic", key, limits="small")
