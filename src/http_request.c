@@ -328,6 +328,84 @@ TooDeep(const char *text, size_t len)
 	return false;
 }
 
+/* the code point of the \u escape whose hex digits start at text[i], or -1 */
+static int
+EscapedCodePoint(const char *text, size_t len, size_t i)
+{
+	int			ch = 0;
+
+	if (i + 4 > len)
+		return -1;
+	for (size_t k = i; k < i + 4; k++)
+	{
+		char		c = text[k];
+
+		ch <<= 4;
+		if (c >= '0' && c <= '9')
+			ch += c - '0';
+		else if (c >= 'a' && c <= 'f')
+			ch += c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			ch += c - 'A' + 10;
+		else
+			return -1;
+	}
+	return ch;
+}
+
+/*
+ * For a batch: the text to scan, with each \u escape that does not decode
+ * (\u0000, a lone surrogate) turned into \ufffd, or text itself when it has
+ * none.  The pipeline dead-letters only the item holding one and stores its
+ * siblings, so the envelope must not be refused for it; the strings changed
+ * are ones no stored message keeps.
+ */
+static const char *
+DecodableEscapes(const char *text, size_t len)
+{
+	char	   *copy = NULL;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		int			ch;
+
+		if (text[i] == '"')
+			in_string = !in_string;
+		if (!in_string || text[i] != '\\')
+			continue;
+		if (i + 1 >= len || text[i + 1] != 'u' ||
+			(ch = EscapedCodePoint(text, len, i + 2)) < 0)
+		{
+			i++;				/* an escaped character, or bad hex the lexer refuses */
+			continue;
+		}
+		if (ch >= 0xD800 && ch <= 0xDBFF && i + 11 < len &&
+			text[i + 6] == '\\' && text[i + 7] == 'u')
+		{
+			int			low = EscapedCodePoint(text, len, i + 8);
+
+			if (low >= 0xDC00 && low <= 0xDFFF)
+			{
+				i += 11;		/* a surrogate pair */
+				continue;
+			}
+		}
+		if (ch == 0 || (ch >= 0xD800 && ch <= 0xDFFF))
+		{
+			if (copy == NULL)
+			{
+				copy = palloc(len + 1);
+				memcpy(copy, text, len);
+				copy[len] = '\0';
+			}
+			memcpy(copy + i, "\\ufffd", 6);
+		}
+		i += 5;
+	}
+	return copy ? copy : text;
+}
+
 #ifdef FRONTEND
 /*
  * PostgreSQL 15's frontend jsonapi has no json_errdetail: the fuzzer build
@@ -614,7 +692,7 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 						len, limits->max_event_bytes));
 		return;
 	}
-	if (!ScanJson(text, len, &scan, out))
+	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, &scan, out))
 		return;
 
 	if (out->write_key == NULL)

@@ -351,6 +351,8 @@ RFieldStart(void *state, char *fname, bool isnull)
 {
 	Reread	   *r = state;
 
+	if (fname == NULL)
+		fname = "";				/* parsed without decoding strings */
 	if (r->depth == 1)
 	{
 		r->key = fname;
@@ -397,14 +399,17 @@ RScalar(void *state, char *token, JsonTokenType tokentype)
 		}
 	}
 	else if (r->depth == 3 && r->in_item_write_key && tokentype == JSON_TOKEN_STRING &&
-			 r->want_key != NULL && strcmp(token, r->want_key) == 0)
+			 r->want_key != NULL && token != NULL && strcmp(token, r->want_key) == 0)
 		r->item_has_key = true;
 	r->in_item_write_key = false;
 }
 
-/* parse text as the pipeline will; false when it is not JSON */
+/*
+ * Parse text, decoding strings or (as the pipeline reads an envelope) not;
+ * false when it is not JSON.
+ */
 static bool
-ParseAgain(const char *text, size_t len, const char *want_key, Reread *r)
+ParseAgain(const char *text, size_t len, const char *want_key, bool decode, Reread *r)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
@@ -421,7 +426,7 @@ ParseAgain(const char *text, size_t len, const char *want_key, Reread *r)
 	sem.object_field_start = RFieldStart;
 	sem.array_element_start = RElementStart;
 	sem.scalar = RScalar;
-	lex = makeJsonLexContextCstringLen((char *) text, len, PG_UTF8, true);
+	lex = makeJsonLexContextCstringLen((char *) text, len, PG_UTF8, decode);
 	return pg_parse_json(lex, &sem) == JSON_SUCCESS;
 }
 
@@ -465,6 +470,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t		body_len;
 	bool		plain_known;	/* whether the decoded body must equal plain */
 	bool		plain_ok = false;	/* whether plain is a JSON object to take */
+	bool		decodes;		/* whether the payload's strings all decode */
 	CdpHttpRoute route;
 	const char *type;
 	CdpHttpIngest out;
@@ -535,10 +541,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (plain_known)
 	{
+		/*
+		 * A single call's strings must decode; a batch's need only be well
+		 * formed, as the pipeline dead-letters just the item holding \u0000
+		 * or a lone surrogate.
+		 */
 		plain_ok = memchr(plain, '\0', plain_len) == NULL &&
 			ValidUtf8Len((const char *) plain, plain_len) &&
-			ParseAgain((const char *) plain, plain_len, NULL, &r) && r.top_object &&
-			r.max_depth <= CDP_HTTP_MAX_JSON_DEPTH;
+			ParseAgain((const char *) plain, plain_len, NULL, type != NULL, &r) &&
+			r.top_object && r.max_depth <= CDP_HTTP_MAX_JSON_DEPTH;
 		ArenaReset();
 	}
 
@@ -592,8 +603,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			Broken("accepted without a write key");
 		if (out.messages < 0)
 			Broken("a negative message count");
-		if (!ParseAgain(out.payload, out.payload_len,
-						authorization == NULL ? out.write_key : NULL, &r) || !r.top_object)
+		decodes = ParseAgain(out.payload, out.payload_len,
+							 authorization == NULL ? out.write_key : NULL, true, &r);
+		if (!decodes && (type != NULL ||
+						 !ParseAgain(out.payload, out.payload_len, NULL, false, &r)))
+			Broken("the payload is not JSON");
+		if (!r.top_object)
 			Broken("the payload is not a JSON object");
 		if (plain_known && type == NULL &&
 			(out.payload_len != plain_len || memcmp(out.payload, plain, plain_len) != 0))
@@ -609,7 +624,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (plain_known && out.payload_len < plain_len)
 				Broken("a single call's payload is shorter than its body");
 		}
-		else
+		else if (decodes)
 		{
 			if (!r.batch_is_array && r.batch_items != 0)
 				Broken("batch items counted outside an array");
@@ -618,7 +633,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (key_sent != NULL && strcmp(out.write_key, key_sent) != 0)
 			Broken("the write key is not the Basic user name sent");
-		if (authorization == NULL)
+		if (authorization == NULL && decodes)
 		{
 			if (r.write_key_seen && r.write_key != NULL)
 			{

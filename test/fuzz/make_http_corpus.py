@@ -141,6 +141,18 @@ def seeds():
                                   '[' * 60 + "1" + "]" * 60 + "}", "basic", key)
     yield "huge_numbers", seed("track", '{"userId":1e400,"event":"e","properties":{"n":-' +
                                "9" * 400 + ',"f":1.5e-400}}', "basic", key)
+    good = '{"type":"track","userId":"u","event":"e"}'
+    yield "batch_item_nul_escape", seed(
+        "batch", '{"batch":[%s,{"type":"track","userId":"u","event":"a\\u0000b"}]}' % good,
+        "basic", key)
+    yield "batch_item_lone_surrogate", seed(
+        "batch", '{"batch":[%s,{"type":"page","userId":"\\udc00\\ud83d\\ud83d"}]}' % good,
+        "basic", key)
+    yield "batch_item_surrogate_pair", seed(
+        "batch", '{"batch":[%s,{"type":"page","userId":"\\ud83d\\ude00"}]}' % good,
+        "basic", key)
+    yield "batch_write_key_nul_escape", seed(
+        "batch", '{"batch":[%s],"writeKey":"%s\\u0000"}' % (good, KEY))
     yield "unicode_escapes", seed("identify", '{"userId":"\\u00e9\\ud83d\\ude00","traits":'
                                   '{"name":"\\u4e2d\\u6587"}}', "basic", key)
     yield "unicode_lone_surrogate", seed("identify", '{"userId":"\\ud83d x"}', "basic", key)
