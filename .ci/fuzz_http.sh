@@ -28,6 +28,7 @@ rm -f test/fuzz/build/sabotage-*
 
 echo "fuzzing for ${seconds} s (seed ${seed})"
 "$fuzzer" -seed="$seed" -max_total_time="$seconds" -max_len=65536 -timeout=5 \
+  -dict=test/fuzz/http.dict \
   -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=test/fuzz/build/ \
   "$work" "$seeds" 2>test/fuzz/build/fuzz.log ||
   { tail -60 test/fuzz/build/fuzz.log; exit 1; }

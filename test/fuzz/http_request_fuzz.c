@@ -553,6 +553,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ArenaReset();
 	}
 
+	/* the URL table, fed the encoding line */
+	if (CdpHttpRouteLabel(CdpHttpRouteOf(encoding ? encoding : "/v1/t")) == NULL)
+		Broken("a route without a label");
+	if (CdpHttpRouteOf(encoding ? encoding : "/v1/t") == CDP_ROUTE_UNKNOWN &&
+		CdpHttpRouteTakesPost(CDP_ROUTE_UNKNOWN))
+		Broken("an unknown path takes POST");
+
 	CdpHttpIngestRequest(route, authorization, content_encoding, body, body_len, limits, &out);
 	if (getenv("CDP_HTTPFUZZ_VERBOSE") != NULL)
 		fprintf(stderr, "status %d error %s message %s messages %d payload %.*s\n",

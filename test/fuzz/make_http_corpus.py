@@ -113,6 +113,9 @@ def seeds():
                                             "properties": {"path": "/pricing"}, "writeKey": KEY}),
                                 enc="gzip", name=1)
     yield "ajs_screen_number_id", seed("screen", js({"userId": 12345, "name": "Home"}), "basic", key)
+    yield "type_not_string", seed("track", js({"type": True, "userId": "u", "event": "e"}),
+                                  "basic", key)
+    yield "event_number", seed("track", js({"userId": "u", "event": 1}), "basic", key)
     yield "identify_basic", seed("identify", js({"userId": "u1", "traits": {"name": "Ada"}}),
                                  "basic", key)
     yield "identify_traits_not_object", seed("identify", js({"userId": "u1", "traits": [1]}),
