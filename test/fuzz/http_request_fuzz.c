@@ -7,7 +7,10 @@
  *	  input as a crash.
  *
  *	  An input is three control bytes, then header lines, then the body:
- *	    byte 0  the route: track, identify, page, screen, group, alias, batch
+ *	    byte 0  bits 0-2 the route: track, identify, page, screen, group,
+ *	            alias, batch (7 again track); bits 3-4 trailing whitespace
+ *	            added to the body: none, 1000 bytes, 70000 bytes (past the
+ *	            ratio guard's free allowance when gzipped), 600000 bytes
  *	    byte 1  bits 0-1 Authorization: none, the next line as the header,
  *	            "Basic " + base64(next line + ":"), none
  *	            bits 2-3 the body: as sent, gzipped here (so the JSON code is
@@ -231,6 +234,7 @@ static const CdpHttpLimits limit_sets[4] = {
 	{64, 64, 2},
 };
 
+static const size_t pad_sizes[4] = {0, 1000, 70000, 600000};
 static const char *const encoding_names[4] = {"gzip", "x-gzip", "deflate", "GZip"};
 static const char *const plain_names[4] = {NULL, "identity", "", "IDENTITY"};
 static const char *const route_types[] = {
@@ -462,6 +466,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char	   *key_sent = NULL;
 	char	   *encoding = NULL;
 	const char *content_encoding = NULL;
+	size_t		pad;
+	uint8_t    *padded = NULL;
 	const uint8_t *plain;		/* the body before compression */
 	size_t		plain_len;
 	uint8_t    *sent = NULL;
@@ -479,7 +485,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 3)
 		return 0;
-	route_i = p[0] % 7;
+	route_i = (p[0] & 7) % 7;
+	pad = pad_sizes[(p[0] >> 3) & 3];
 	auth_mode = p[1] & 3;
 	enc_mode = (p[1] >> 2) & 3;
 	zlib_framing = (p[1] & 0x10) != 0;
@@ -520,8 +527,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	else
 		content_encoding = encoding_names[name_i];
 
-	plain = p;
-	plain_len = end - p;
+	if (pad == 0)
+		plain = p;
+	else
+	{
+		padded = malloc(end - p + pad);
+		memcpy(padded, p, end - p);
+		memset(padded + (end - p), ' ', pad);
+		plain = padded;
+	}
+	plain_len = end - p + pad;
 	plain_known = enc_mode == 0 || enc_mode == 1;
 	if (enc_mode == 1)
 	{
@@ -659,5 +674,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(key_sent);
 	free(encoding);
 	free(sent);
+	free(padded);
 	return 0;
 }

@@ -21,10 +21,10 @@ LIMITS = {"default": 0, "small": 1, "equal": 2, "tiny": 3}
 
 
 def seed(route, body, auth=None, key=b"", enc="plain", zlib_framing=False,
-         two_members=False, name=0, limits="default", split=32, encoding=b""):
+         two_members=False, name=0, limits="default", split=32, encoding=b"", pad=0):
     flags = (AUTH[auth] | BODY[enc] << 2 | (0x10 if zlib_framing else 0)
              | (0x20 if two_members else 0) | name << 6)
-    out = bytes([ROUTES[route], flags, LIMITS[limits] | split << 2])
+    out = bytes([ROUTES[route] | pad << 3, flags, LIMITS[limits] | split << 2])
     if auth is not None:
         out += key + b"\n"
     if enc == "header":
@@ -177,6 +177,10 @@ def seeds():
                                                 "properties": {"p": "x" * 1200}}),
                                    "basic", key, limits="small")
 
+    yield "gzip_padded_over_ratio", seed("batch", js(RUDDER_BATCH), enc="gzip", pad=2)
+    yield "gzip_padded_over_request", seed("batch", js(RUDDER_BATCH), enc="gzip", pad=3)
+    yield "padded_small_limits", seed("batch", js(RUDDER_BATCH), "basic", key, pad=1,
+                                      limits="small")
     bomb = gz(b"{" + b" " * 300000 + b"}")
     yield "gzip_bomb_small", seed("batch", bomb, enc="raw-gzip")
     body = gz(js(RUDDER_BATCH))
