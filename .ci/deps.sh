@@ -14,7 +14,7 @@ packages=(
   libmicrohttpd-dev
   zlib1g-dev
   clang
-  libclang-rt-14-dev
+  libclang-rt-dev
   python3-psycopg2
   python3-sqlalchemy
   default-jdk-headless
