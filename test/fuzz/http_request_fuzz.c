@@ -409,6 +409,32 @@ RScalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
+ * Whether text nests no deeper than 1000 (outside strings): pg_parse_json
+ * recurses, and has no stack check in frontend code, so the harness parses
+ * only what is shallow enough.  Far above CDP_HTTP_MAX_JSON_DEPTH, so a slip
+ * here cannot hide one of the code under test.
+ */
+static bool
+ShallowEnough(const char *text, size_t len)
+{
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (in_string && text[i] == '\\')
+			i++;
+		else if (text[i] == '"')
+			in_string = !in_string;
+		else if (!in_string && (text[i] == '[' || text[i] == '{') && ++depth > 1000)
+			return false;
+		else if (!in_string && (text[i] == ']' || text[i] == '}'))
+			depth--;
+	}
+	return true;
+}
+
+/*
  * Parse text, decoding strings or (as the pipeline reads an envelope) not;
  * false when it is not JSON.
  */
@@ -563,6 +589,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 */
 		plain_ok = memchr(plain, '\0', plain_len) == NULL &&
 			ValidUtf8Len((const char *) plain, plain_len) &&
+			ShallowEnough((const char *) plain, plain_len) &&
 			ParseAgain((const char *) plain, plain_len, NULL, type != NULL, &r) &&
 			r.top_object && r.max_depth <= CDP_HTTP_MAX_JSON_DEPTH;
 		ArenaReset();
@@ -625,6 +652,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			Broken("accepted without a write key");
 		if (out.messages < 0)
 			Broken("a negative message count");
+		if (!ShallowEnough(out.payload, out.payload_len))
+			Broken("accepted a payload nested over 1000 deep");
 		decodes = ParseAgain(out.payload, out.payload_len,
 							 authorization == NULL ? out.write_key : NULL, true, &r);
 		if (!decodes && (type != NULL ||

@@ -140,6 +140,7 @@ def seeds():
     yield "not_object", seed("batch", "[1,2,3]", "basic", key)
     yield "deep_nesting", seed("track", '{"userId":"u","event":"e","properties":' +
                                '{"a":' * 70 + "1" + "}" * 71, "basic", key)
+    yield "deep_nesting_60000", seed("batch", "[" * 60000)
     yield "deep_nesting_ok", seed("track", '{"userId":"u","event":"e","properties":' +
                                   '[' * 60 + "1" + "]" * 60 + "}", "basic", key)
     yield "huge_numbers", seed("track", '{"userId":1e400,"event":"e","properties":{"n":-' +
