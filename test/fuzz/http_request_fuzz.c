@@ -8,9 +8,10 @@
  *
  *	  An input is three control bytes, then header lines, then the body:
  *	    byte 0  bits 0-2 the route: track, identify, page, screen, group,
- *	            alias, batch (7 again track); bits 3-4 trailing whitespace
- *	            added to the body: none, 1000 bytes, 70000 bytes (past the
- *	            ratio guard's free allowance when gzipped), 600000 bytes
+ *	            alias, batch (7 again track); bits 3-6 trailing whitespace
+ *	            added to the body: 13 1000 bytes, 14 70000 bytes (past the
+ *	            ratio guard's free allowance when gzipped), 15 140000 bytes,
+ *	            else none (large bodies are slow: kept rare)
  *	    byte 1  bits 0-1 Authorization: none, the next line as the header,
  *	            "Basic " + base64(next line + ":"), none
  *	            bits 2-3 the body: as sent, gzipped here (so the JSON code is
@@ -234,7 +235,7 @@ static const CdpHttpLimits limit_sets[4] = {
 	{64, 64, 2},
 };
 
-static const size_t pad_sizes[4] = {0, 1000, 70000, 600000};
+static const size_t pad_sizes[16] = {[13] = 1000,[14] = 70000,[15] = 140000};
 static const char *const encoding_names[4] = {"gzip", "x-gzip", "deflate", "GZip"};
 static const char *const plain_names[4] = {NULL, "identity", "", "IDENTITY"};
 static const char *const route_types[] = {
@@ -512,7 +513,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 3)
 		return 0;
 	route_i = (p[0] & 7) % 7;
-	pad = pad_sizes[(p[0] >> 3) & 3];
+	pad = pad_sizes[(p[0] >> 3) & 15];
 	auth_mode = p[1] & 3;
 	enc_mode = (p[1] >> 2) & 3;
 	zlib_framing = (p[1] & 0x10) != 0;

@@ -24,7 +24,8 @@ def seed(route, body, auth=None, key=b"", enc="plain", zlib_framing=False,
          two_members=False, name=0, limits="default", split=32, encoding=b"", pad=0):
     flags = (AUTH[auth] | BODY[enc] << 2 | (0x10 if zlib_framing else 0)
              | (0x20 if two_members else 0) | name << 6)
-    out = bytes([ROUTES[route] | pad << 3, flags, LIMITS[limits] | split << 2])
+    out = bytes([ROUTES[route] | ((12 + pad) << 3 if pad else 0), flags,
+                 LIMITS[limits] | split << 2])
     if auth is not None:
         out += key + b"\n"
     if enc == "header":
