@@ -728,9 +728,13 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 	/* the pipeline holds the message as queued, "type" included, to both limits */
 	if (out->payload_len > Min(limits->max_event_bytes, limits->max_request_bytes))
 	{
+		int			size = out->payload_len;
+
+		out->payload = NULL;
+		out->payload_len = 0;
 		Refuse(out, 400, "too_large",
 			   psprintf("the message with its \"type\" is %d bytes, more than cdp.max_%s_bytes (%d)",
-						out->payload_len,
+						size,
 						limits->max_event_bytes <= limits->max_request_bytes ? "event" : "request",
 						Min(limits->max_event_bytes, limits->max_request_bytes)));
 		return;
