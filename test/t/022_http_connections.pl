@@ -1,0 +1,165 @@
+# The HTTP endpoint's connections: several requests on one kept-alive
+# connection; a thousand connections open at once, each answered; a silent
+# connection closed after cdp.http_idle_timeout; a client that sends a byte
+# at a time cut after cdp.http_request_timeout while others are served.
+use strict;
+use warnings;
+
+# a thousand client sockets need more descriptors than the usual soft limit
+# of 1024: raise it (up to the hard limit) and start again
+BEGIN
+{
+	if (!$ENV{CDP_HTTP_NOFILE_RAISED} && `sh -c 'ulimit -n'` + 0 < 4096)
+	{
+		$ENV{CDP_HTTP_NOFILE_RAISED} = 1;
+		exec('sh', '-c', 'ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"',
+			'sh', $^X, $0, @ARGV);
+	}
+}
+
+use FindBin;
+use lib $FindBin::Bin;
+use CdpHttp;
+use IO::Select;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my ($node, $port) = start_http_node('http_connections');
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+my $key = sql(q{SELECT cdp.create_source('web')});
+my $auth = basic("$key:");
+
+sub track_body
+{
+	my ($id) = @_;
+	return encode_json({ userId => "u-$id", event => 'Conn', messageId => $id });
+}
+
+sub metric
+{
+	my ($name) = @_;
+	my $r = http_request($port, 'GET', '/metrics', undef);
+	return $r->{body} =~ /^\Q$name\E (\S+)$/m ? $1 : -1;
+}
+
+# --- keep-alive: requests one after another on one connection
+my $sock = http_connect($port);
+my @answers;
+for my $i (1 .. 5)
+{
+	send_request($sock, 'POST', '/v1/track', track_body("keep-$i"), $auth);
+	push @answers, error_of(read_response($sock, 30));
+	send_request($sock, 'GET', '/health');
+	push @answers, read_response($sock, 30)->{status};
+}
+is("@answers", join(' ', ('200 true -', 200) x 5), 'ten requests on one kept-alive connection');
+close $sock;
+
+# --- a thousand connections open at once, then a request on each
+my $nofile = `sh -c 'ulimit -n'` + 0;
+my $want = $nofile >= 1100 ? 1000 : $nofile - 100;
+note("descriptors allowed: $nofile; connections opened: $want")
+  if $want < 1000;
+my @socks;
+for my $i (1 .. $want)
+{
+	my $s = http_connect($port) or last;
+	push @socks, $s;
+}
+is(scalar(@socks), $want, "$want connections open");
+my $open = -1;
+for (1 .. 300)
+{
+	$open = metric('cdp_http_connections');
+	last if $open > $want;
+	select(undef, undef, undef, 0.1);
+}
+cmp_ok($open, '>', $want, "the server holds all $want at once (and the one asking)");
+send_request($socks[$_], 'POST', '/v1/track', track_body("conc-$_"), $auth) for 0 .. $#socks;
+my %index = map { ($socks[$_] => $_) } 0 .. $#socks;
+my $select = IO::Select->new(@socks);
+my %status;
+my $until = time + 60;
+while ($select->count && time < $until)
+{
+	for my $s ($select->can_read(1))
+	{
+		$status{ $index{$s} } = read_response($s, 10)->{status};
+		$select->remove($s);
+		close $s;
+	}
+}
+is(scalar(grep { $_ == 200 } values %status), $want, "each of the $want is answered 200");
+ok(wait_drained($node), 'the inbox drains');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'conc-%'}), $want,
+	'every message is stored');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'keep-%'}), '5',
+	'and those of the kept-alive connection');
+
+# --- an idle connection is closed after cdp.http_idle_timeout
+$node->append_conf('postgresql.conf', "cdp.http_idle_timeout = 2\n");
+$node->restart;
+ok(wait_http($port), 'restarted with cdp.http_idle_timeout = 2');
+
+# true when the server closes the connection within $secs
+sub closed_within
+{
+	my ($s, $secs) = @_;
+	my $end = time + $secs;
+	while (time < $end)
+	{
+		next unless IO::Select->new($s)->can_read($end - time);
+		my $n = sysread($s, my $buf, 4096);
+		return 1 if !$n;
+	}
+	return 0;
+}
+$sock = http_connect($port);
+my $t0 = time;
+ok(closed_within($sock, 20), 'a connection that never sends is closed');
+note(sprintf('closed after %.1f s', time - $t0));
+close $sock;
+$sock = http_connect($port);
+send_request($sock, 'POST', '/v1/track', track_body('idle-after'), $auth);
+is(error_of(read_response($sock, 30)), '200 true -', 'a request on a connection');
+ok(closed_within($sock, 20), 'which is closed when it then stays silent');
+close $sock;
+
+# --- a slow client is cut after cdp.http_request_timeout; others are served
+$node->append_conf('postgresql.conf', "cdp.http_idle_timeout = 30\ncdp.http_request_timeout = 3\n");
+$node->restart;
+ok(wait_http($port), 'restarted with cdp.http_request_timeout = 3');
+my $slow = http_connect($port);
+my $header = "POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\n$auth\r\nX-Padding: "
+  . ('p' x 40) . "\r\n";
+my ($cut, @served);
+$t0 = time;
+{
+	local $SIG{PIPE} = 'IGNORE';
+	for my $i (0 .. length($header) - 1)
+	{
+		if (!defined syswrite($slow, substr($header, $i, 1)) || closed_within($slow, 0.01))
+		{
+			$cut = time - $t0;
+			last;
+		}
+		push @served, error_of(post($port, '/v1/track',
+			{ userId => 'fast', event => 'Meanwhile', messageId => "meanwhile-$i" }, key => $key));
+		last if time - $t0 > 20;
+		closed_within($slow, 1) and $cut = time - $t0, last;
+	}
+}
+ok(defined $cut, 'a client sending a header byte a second is cut off')
+  and note(sprintf('cut after %.1f s', $cut));
+cmp_ok(scalar(@served), '>=', 2, 'others sent requests meanwhile');
+is(join(',', grep { $_ ne '200 true -' } @served), '', 'and each was answered 200');
+close $slow;
+ok(wait_drained($node), 'the inbox drains');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'meanwhile-%'}),
+	scalar(@served), 'their messages are stored');
+
+$node->stop;
+done_testing();
