@@ -158,6 +158,24 @@ send_ok('/v1/batch', {
 		{ %$track, type => 'track', messageId => 'ctx-own', context => { locale => 'fr-FR' } } ] },
 	'a batch with an envelope context', key => $web);
 
+# a batch item of valid JSON that cannot become text (a NUL, half of a
+# surrogate pair: a browser string cut in an emoji) or nests deep: the
+# pipeline dead-letters or stores it alone, so it must not sink its batch
+for my $case ([ 'nul', '"a\\u0000b"' ], [ 'surrogate', '"a\\ud83db"' ],
+	[ 'deep', ('[' x 62) . (']' x 62) ])
+{
+	my ($tag, $value) = @$case;
+	my $r = post($port, '/v1/batch', qq({"batch": [
+		{"type": "track", "userId": "u5", "event": "E", "messageId": "odd-$tag-good-1"},
+		{"type": "track", "userId": "u5", "event": "E", "messageId": "odd-$tag-bad",
+		 "properties": {"x": $value}},
+		{"type": "track", "userId": "u5", "event": "E", "messageId": "odd-$tag-good-2"}]}),
+		key => $web);
+	$accepted += 3 if $r->{status} == 200;
+	local $TODO = 'one such item gets the whole batch refused with 400 invalid_json';
+	is(error_of($r), '200 true -', "a batch with an item holding $tag: 200") or diag($r->{body});
+}
+
 # --- what a single call cannot be
 my $long_id = 'm' x 101;
 refused('/v1/track', { event => 'E', messageId => 'no-identity' }, '400 false missing_identity',
@@ -228,6 +246,46 @@ is(sql(q{SELECT string_agg(error_code || ' ' || source, ',' ORDER BY error_code)
 	'missing_identity web,too_large web', 'its bad items are dead letters with the reason');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id = 'twice'}), '1',
 	'a messageId sent twice is stored once');
+TODO:
+{
+	local $TODO = 'the endpoint refuses these batches whole';
+	is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
+		WHERE message_id LIKE 'odd-%-good-%'}),
+		'odd-deep-good-1,odd-deep-good-2,odd-nul-good-1,odd-nul-good-2,odd-surrogate-good-1,'
+		  . 'odd-surrogate-good-2', 'the good siblings of odd items are stored');
+	is(sql(q{SELECT string_agg(id, ',' ORDER BY id) FROM (
+		SELECT message_id AS id FROM cdp.events WHERE message_id LIKE 'odd-%-bad'
+		UNION ALL SELECT 'dead:' || substring(payload from 'odd-[a-z]+-bad')
+		FROM cdp.dead_letters WHERE payload LIKE '%odd-%-bad%') s}),
+		'dead:odd-nul-bad,dead:odd-surrogate-bad,odd-deep-bad',
+		'the odd items are dead letters, or stored when they can be');
+}
+
+# --- what browsers and curl-based SDKs do besides
+send_ok('/v1/batch', { batch => [] }, 'an empty batch', key => $web);
+my $sock = http_connect($port);
+my $body = encode_json({ %$track, messageId => 'expect-continue' });
+send_request($sock, 'POST', '/v1/track', undef, basic("$web:"), 'Expect: 100-continue',
+	'Content-Length: ' . length($body));
+is(read_response($sock, 20)->{status}, 100, 'Expect: 100-continue: 100 before the body');
+syswrite($sock, $body);
+is(error_of(read_response($sock, 20)), '200 true -', 'and 200 after it');
+$accepted++;
+close $sock;
+$sock = http_connect($port);
+send_request($sock, 'POST', '/v1/batch', undef, basic("$web:"), 'Expect: 100-continue',
+	'Content-Length: 100000000');
+is(error_of(read_response($sock, 20)), '400 false too_large',
+	'Expect: 100-continue with a body over the limit: 400 at once');
+close $sock;
+$r = http_request($port, 'OPTIONS', '/v1/batch', undef, 'Origin: https://shop.example',
+	'Access-Control-Request-Method: POST', 'Access-Control-Request-Headers: content-type');
+is($r->{status} . ' ' . ($r->{headers}{'access-control-allow-origin'} // '-'), '204 *',
+	'a CORS preflight: 204 allowing any origin');
+like($r->{headers}{'access-control-allow-methods'} // '', qr/POST/, 'and POST');
+$r = send_ok('/v1/track', { %$track, messageId => 'from-browser' }, 'a call from a browser',
+	key => $web, headers => ['Origin: https://shop.example', 'Content-Type: text/plain']);
+is($r->{headers}{'access-control-allow-origin'}, '*', 'its answer allows any origin');
 
 # --- unknown paths and methods
 is(http_request($port, 'POST', '/v1/nothing', '{}', basic("$web:"))->{status}, 404,

@@ -56,9 +56,27 @@ for my $i (1 .. 5)
 	push @answers, read_response($sock, 30)->{status};
 }
 is("@answers", join(' ', ('200 true -', 200) x 5), 'ten requests on one kept-alive connection');
+# three requests in one write (pipelined), answered in order
+my $three = '';
+for my $i (1 .. 3)
+{
+	my $body = track_body("pipelined-$i");
+	$three .= "POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\n$auth\r\n"
+	  . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+}
+syswrite($sock, $three);
+@answers = map { error_of(read_response($sock, 30)) } 1 .. 3;
+is(join(',', @answers), join(',', ('200 true -') x 3), 'three pipelined requests: three answers');
 close $sock;
 
-# --- a thousand connections open at once, then a request on each
+# --- a thousand connections open at once, then a request on each; every
+# tenth is refused by a trigger on the inbox, which must not sink the others
+# committed with it
+sql(q{CREATE FUNCTION public.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS
+	$$BEGIN IF NEW.payload LIKE '%poison-%' THEN RAISE EXCEPTION 'poison refused'; END IF;
+	RETURN NEW; END$$;
+	CREATE TRIGGER refuse_poison BEFORE INSERT ON cdp.inbox
+	FOR EACH ROW EXECUTE FUNCTION public.refuse_poison()});
 my $nofile = `sh -c 'ulimit -n'` + 0;
 my $want = $nofile >= 1100 ? 1000 : $nofile - 100;
 note("descriptors allowed: $nofile; connections opened: $want")
@@ -78,7 +96,8 @@ for (1 .. 300)
 	select(undef, undef, undef, 0.1);
 }
 cmp_ok($open, '>', $want, "the server holds all $want at once (and the one asking)");
-send_request($socks[$_], 'POST', '/v1/track', track_body("conc-$_"), $auth) for 0 .. $#socks;
+send_request($socks[$_], 'POST', '/v1/track', track_body($_ % 10 ? "conc-$_" : "poison-$_"), $auth)
+  for 0 .. $#socks;
 my %index = map { ($socks[$_] => $_) } 0 .. $#socks;
 my $select = IO::Select->new(@socks);
 my %status;
@@ -92,12 +111,19 @@ while ($select->count && time < $until)
 		close $s;
 	}
 }
-is(scalar(grep { $_ == 200 } values %status), $want, "each of the $want is answered 200");
+my $poisoned = int(($want + 9) / 10);
+is(scalar(grep { $status{$_} == 200 } grep { $_ % 10 } keys %status), $want - $poisoned,
+	'each of the ' . ($want - $poisoned) . ' good ones is answered 200');
+is(scalar(grep { $status{$_} >= 500 } grep { !($_ % 10) } keys %status), $poisoned,
+	"each of the $poisoned refused by the trigger is answered 5xx");
 ok(wait_drained($node), 'the inbox drains');
-is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'conc-%'}), $want,
-	'every message is stored');
-is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'keep-%'}), '5',
-	'and those of the kept-alive connection');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'conc-%'}), $want - $poisoned,
+	'every good message is stored');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'poison-%'}), '0',
+	'no refused one');
+sql('DROP TRIGGER refuse_poison ON cdp.inbox');
+is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'keep-%' OR message_id LIKE 'pipelined-%'}),
+	'8', 'and those of the kept-alive connection');
 
 # --- an idle connection is closed after cdp.http_idle_timeout
 $node->append_conf('postgresql.conf', "cdp.http_idle_timeout = 2\n");

@@ -148,6 +148,8 @@ sub read_response
 		my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
 		$h{lc $k} = $v;
 	}
+	# an interim answer (100 Continue) has no body, and the final one follows
+	return { status => $status, headers => \%h, body => '' } if ($status // 0) =~ /^1\d\d$/;
 	my $body = '';
 	if (defined $h{'content-length'})
 	{
