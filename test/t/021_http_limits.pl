@@ -48,6 +48,14 @@ is(error_of($r), '400 false too_large',
 	'Content-Length of 1 GB: 400 too_large before any of the body is sent');
 close $sock;
 
+# a single call announcing more than cdp.max_event_bytes: the same, at once
+$sock = http_connect($port);
+send_request($sock, 'POST', '/v1/track', undef, $auth, 'Content-Length: 100000');
+$r = read_response($sock, 20);
+is(error_of($r), '400 false too_large',
+	'a single call with Content-Length over 32kB: 400 too_large before its body is sent');
+close $sock;
+
 # chunked: under the limit stored, over it refused
 sub send_chunked
 {
