@@ -78,6 +78,14 @@ is(error_of(send_chunked(batch_of(100_000, 'chunked-small'), 16384)), '200 true 
 is(error_of(send_chunked(batch_of($limit + 50_000, 'chunked-big'), 65536)),
 	'400 false too_large', 'a chunked batch over the limit: 400 too_large');
 
+# headers are bounded too
+$r = http_request($port, 'POST', '/v1/track', '{}', $auth, 'X-Big: ' . ('h' x 65536));
+like($r->{status}, qr/^4\d\d$/, "a 64kB header: refused ($r->{status})");
+$r = http_request($port, 'POST', '/v1/track', '{}', $auth, map { "X-Header-$_: v" } 1 .. 5000);
+like($r->{status}, qr/^4\d\d$/, "5000 headers: refused ($r->{status})");
+$r = http_request($port, 'POST', '/v1/' . ('x' x 100000), '{}', $auth);
+like($r->{status}, qr/^4\d\d$/, "a path of 100kB: refused ($r->{status})");
+
 # --- gzip
 sub http_worker_peak_kb
 {

@@ -153,5 +153,46 @@ my $answer = stop_with_two_waiting('prepared-holder', 1);
 is(join(' ', map { $answer->{$_}{status} } sort keys %$answer), '503 503',
 	'behind a prepared transaction\'s lock both are answered 503');
 
+# --- the endpoint comes back: after its worker is terminated or killed,
+# and with the extension
+for my $how ('terminated', 'killed')
+{
+	my $pid = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+	if ($how eq 'terminated')
+	{
+		sql("SELECT pg_terminate_backend($pid)");
+	}
+	else
+	{
+		kill 'KILL', $pid;
+	}
+	my $back = 0;
+	for (1 .. 300)
+	{
+		my $new = '';
+		$node->psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'},
+			stdout => \$new);
+		last if ($back = $new =~ /^\d+$/ && $new ne $pid && wait_http($port));
+		select(undef, undef, undef, 0.1);
+	}
+	ok($back, "the endpoint comes back after its worker is $how");
+	is(http_request($port, 'POST', '/v1/track', track_body("after-$how"), $auth)->{status}, 200,
+		'and acknowledges a message');
+}
+sql('DROP EXTENSION pg_cdp');
+my $closed = 0;
+for (1 .. 300)
+{
+	last if ($closed = http_request($port, 'GET', '/health', undef)->{status} == 0);
+	select(undef, undef, undef, 0.1);
+}
+ok($closed, 'DROP EXTENSION closes the endpoint');
+sql('CREATE EXTENSION pg_cdp');
+ok(wait_http($port), 'CREATE EXTENSION opens it again');
+$key = sql(q{SELECT cdp.create_source('web')});
+is(post($port, '/v1/track', { userId => 'u1', event => 'Again', messageId => 'again' },
+	key => $key)->{status}, 200, 'and it acknowledges a message');
+is(queued('again'), 'again', 'which is queued');
+
 $node->stop;
 done_testing();
