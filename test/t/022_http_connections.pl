@@ -32,12 +32,6 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 my $key = sql(q{SELECT cdp.create_source('web')});
 my $auth = basic("$key:");
 
-sub track_body
-{
-	my ($id) = @_;
-	return encode_json({ userId => "u-$id", event => 'Conn', messageId => $id });
-}
-
 sub metric
 {
 	my ($name) = @_;

@@ -29,12 +29,6 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 my $key = sql(q{SELECT cdp.create_source('web')});
 my $auth = basic("$key:");
 
-sub track_body
-{
-	my ($id) = @_;
-	return encode_json({ userId => 'u1', event => 'Stop', messageId => $id });
-}
-
 # messageIds in the inbox among those given, comma-separated
 sub queued
 {

@@ -16,7 +16,7 @@ use PostgreSQL::Test::Cluster;
 use Time::HiRes qw(time);
 
 our @EXPORT = qw(start_http_node http_connect send_request read_response http_request
-  post basic gzipped wait_http wait_drained error_of tally_of);
+  post basic gzipped track_body wait_http wait_drained error_of tally_of);
 
 # how long any single answer may take before the client gives up
 our $ANSWER_TIMEOUT = 60;
@@ -194,6 +194,13 @@ sub gzipped
 	my ($text) = @_;
 	gzip(\$text => \my $out) or die "gzip failed: $GzipError";
 	return $out;
+}
+
+# a track call's body with this messageId
+sub track_body
+{
+	my ($id) = @_;
+	return $json->encode({ userId => "u-$id", event => 'Tracked', messageId => $id });
 }
 
 # POST a message (a hash or array, sent as JSON, or text sent as is);
