@@ -12,6 +12,7 @@ use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 
 my ($node, $port) = start_http_node('http_paths');
 sub sql { return $node->safe_psql('postgres', $_[0]); }
@@ -176,6 +177,19 @@ for my $case ([ 'nul', '"a\\u0000b"' ], [ 'surrogate', '"a\\ud83db"' ],
 	is(error_of($r), '200 true -', "a batch with an item holding $tag: 200") or diag($r->{body});
 }
 
+# the server's receivedAt corrects the client's clock: the event happened
+# (sentAt - timestamp) before the request arrived; a batch's sentAt is the
+# envelope's
+my $before = time;
+send_ok('/v1/track', { %$track, messageId => 'skewed', timestamp => '2020-01-01T00:00:00Z',
+	sentAt => '2020-01-01T00:10:00Z' }, 'a call with timestamp and sentAt', key => $web);
+send_ok('/v1/batch', { sentAt => '2020-01-01T01:00:00Z', batch => [ { %$track, type => 'track',
+	messageId => 'skewed-item', timestamp => '2020-01-01T00:30:00Z' } ] },
+	'a batch with sentAt and an item with timestamp', key => $web);
+my $after = time;
+send_ok('/v1/track', { %$track, messageId => 'deflated' }, 'Content-Encoding: deflate',
+	key => $web, deflate => 1);
+
 # --- what a single call cannot be
 my $long_id = 'm' x 101;
 refused('/v1/track', { event => 'E', messageId => 'no-identity' }, '400 false missing_identity',
@@ -246,6 +260,12 @@ is(sql(q{SELECT string_agg(error_code || ' ' || source, ',' ORDER BY error_code)
 	'missing_identity web,too_large web', 'its bad items are dead letters with the reason');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id = 'twice'}), '1',
 	'a messageId sent twice is stored once');
+is(sql(qq{SELECT string_agg(message_id || ' ' || (received_at - ts)::text, ',' ORDER BY message_id)
+	FROM cdp.events WHERE message_id LIKE 'skewed%'
+	AND received_at BETWEEN to_timestamp($before) AND to_timestamp($after)}),
+	'skewed 00:10:00,skewed-item 00:30:00',
+	'receivedAt is when the request came; ts is receivedAt less (sentAt - timestamp)');
+is(stored('deflated'), 'track web', 'the deflated call is stored');
 TODO:
 {
 	local $TODO = 'the endpoint refuses these batches whole';

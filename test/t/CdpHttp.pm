@@ -7,6 +7,7 @@ package CdpHttp;
 use strict;
 use warnings;
 use Exporter 'import';
+use IO::Compress::Deflate qw(deflate $DeflateError);
 use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Select;
 use IO::Socket::INET;
@@ -204,7 +205,7 @@ sub track_body
 }
 
 # POST a message (a hash or array, sent as JSON, or text sent as is);
-# options: key (Basic with "key:"), gzip, headers (array of more headers)
+# options: key (Basic with "key:"), gzip or deflate, headers (array of more headers)
 sub post
 {
 	my ($port, $path, $msg, %o) = @_;
@@ -215,6 +216,12 @@ sub post
 	{
 		$body = gzipped($body);
 		push @headers, 'Content-Encoding: gzip';
+	}
+	if ($o{deflate})
+	{
+		my $text = $body;
+		deflate(\$text => \$body) or die "deflate failed: $DeflateError";
+		push @headers, 'Content-Encoding: deflate';
 	}
 	return http_request($port, 'POST', $path, $body, @headers);
 }
