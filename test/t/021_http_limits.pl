@@ -161,6 +161,16 @@ is(sql(q{SELECT string_agg(payload::jsonb->>'messageId', ',' ORDER BY id) FROM c
 sql('SELECT cdp.process_inbox()');
 is(error_of(post($port, '/v1/track', { userId => 'u1', event => 'Full', messageId => 'full-5' },
 	key => $key)), '200 true -', 'once processed, a message is accepted again');
+sql('SELECT cdp.process_inbox()');
+# twenty at once, answered together: the bound holds among them
+my @socks = map { http_connect($port) } 1 .. 20;
+send_request($socks[$_], 'POST', '/v1/track', track_body("together-$_"), $auth) for 0 .. $#socks;
+my %count;
+$count{ read_response($_, 30)->{status} }++ for @socks;
+is(join(' ', map { "$_:$count{$_}" } sort keys %count), '200:3 429:17',
+	'twenty requests at once into an inbox of depth 3: three 200, the rest 429');
+is(sql('SELECT count(*) FROM cdp.inbox'), '3', 'the inbox holds three');
+sql('SELECT cdp.process_inbox()');
 
 sql('ALTER SYSTEM RESET cdp.ingest_workers');
 sql('ALTER SYSTEM RESET cdp.max_inbox_depth');
