@@ -96,6 +96,8 @@ refused('/v1/track', { type => 'identify', userId => 'u1', messageId => 'mismatc
 	'400 false type_mismatch', 'a /v1/track call with "type": "identify"', key => $web);
 refused('/v1/i', { type => 'page', userId => 'u1', messageId => 'mismatch-2' },
 	'400 false type_mismatch', 'a /v1/i call with "type": "page"', key => $web);
+send_ok('/v1/track', { type => undef, userId => 'u1', event => 'E', messageId => 'null-type' },
+	'a single call with "type": null', key => $web);
 
 # --- authentication
 my $track = { userId => 'u3', event => 'Auth' };
@@ -266,6 +268,12 @@ is(sql(qq{SELECT string_agg(message_id || ' ' || (received_at - ts)::text, ',' O
 	'skewed 00:10:00,skewed-item 00:30:00',
 	'receivedAt is when the request came; ts is receivedAt less (sentAt - timestamp)');
 is(stored('deflated'), 'track web', 'the deflated call is stored');
+TODO:
+{
+	local $TODO = 'the path\'s type goes before "type": null, which the pipeline reads last';
+	is(stored('null-type') . ' ' . sql(q{SELECT string_agg(error_code, ',') FROM cdp.dead_letters
+		WHERE payload LIKE '%null-type%'}), 'track web ', '"type": null takes the path\'s type');
+}
 TODO:
 {
 	local $TODO = 'the endpoint refuses these batches whole';
