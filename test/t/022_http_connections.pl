@@ -181,5 +181,26 @@ ok(wait_drained($node), 'the inbox drains');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'meanwhile-%'}),
 	scalar(@served), 'their messages are stored');
 
+# --- past cdp.http_max_connections a connection waits to be accepted
+$node->append_conf('postgresql.conf',
+	"cdp.http_request_timeout = 60\ncdp.http_max_connections = 16\n");
+$node->restart;
+ok(wait_http($port), 'restarted with cdp.http_max_connections = 16');
+# sixteen connections, the last answered (connections are accepted in
+# order, so all sixteen are)
+my @idle = map { http_connect($port) } 1 .. 16;
+send_request($idle[15], 'GET', '/health');
+is(read_response($idle[15], 30)->{status}, 200, 'sixteen connections accepted');
+$sock = http_connect($port);
+ok($sock, 'a seventeenth connection is made (it waits in the backlog)');
+send_request($sock, 'POST', '/v1/track', track_body('seventeenth'), $auth);
+my $early = read_response($sock, 1);
+is($early->{status} . ' ' . ($early->{error} // ''), '0 timeout',
+	'it is not served while sixteen are open');
+close $_ for @idle[0 .. 3];
+is(error_of(read_response($sock, 30)), '200 true -', 'once some close, it is served');
+cmp_ok(metric('cdp_http_connections'), '<=', 16, 'never more than sixteen open');
+close $_ for $sock, @idle[4 .. 15];
+
 $node->stop;
 done_testing();
