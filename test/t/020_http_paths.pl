@@ -108,6 +108,11 @@ send_ok('/v1/track', { %$track, messageId => 'auth-body', writeKey => $mobile },
 	'writeKey in the body of a single call');
 send_ok('/v1/batch', { writeKey => $mobile, batch => [ { %$track, type => 'track',
 	messageId => 'auth-envelope' } ] }, 'writeKey in a batch envelope');
+send_ok('/v1/track', { %$track, messageId => 'auth-password' }, 'Basic with a password (ignored)',
+	headers => [ basic("$web:whatever") ]);
+send_ok('/v1/batch', { batch => [ { %$track, type => 'track', messageId => 'auth-item',
+	writeKey => $mobile }, { %$track, type => 'track', messageId => 'auth-item-2' } ] },
+	'writeKey in the first batch item');
 refused('/v1/track', { %$track, messageId => 'unauth-missing' },
 	'401 false unauthorized', 'no key');
 refused('/v1/track', { %$track, messageId => 'unauth-unknown' },
@@ -206,6 +211,15 @@ refused('/v1/track', { %$track, messageId => $long_id }, '400 false message_id_t
 	'a messageId of 101 characters', key => $web);
 send_ok('/v1/track', { %$track, messageId => 'n' x 100 }, 'a messageId of 100 characters',
 	key => $web);
+refused('/v1/track', { %$track, messageId => 'props-array', properties => [] },
+	'400 false invalid_field_type', 'properties that are an array', key => $web);
+refused('/v1/identify', { userId => 'u1', messageId => 'traits-string', traits => 'x' },
+	'400 false invalid_field_type', 'traits that are a string', key => $web);
+refused('/v1/track', { %$track, messageId => 'nested-65',
+	properties => { x => eval('[' x 64 . ']' x 64) } },
+	'400 false invalid_json', 'JSON nested 66 levels deep', key => $web);
+send_ok('/v1/track', { %$track, messageId => 'nested-62',
+	properties => { x => eval('[' x 61 . ']' x 61) } }, 'JSON nested 63 levels deep', key => $web);
 my $r = refused('/v1/track', { %$track, messageId => 'too-large',
 	properties => { blob => 'x' x 33000 } }, '400 false too_large',
 	'a single call over 32kB', key => $web);
@@ -232,7 +246,8 @@ ok(wait_drained($node), 'the workers drain the inbox');
 is(sql(q{SELECT string_agg(message_id || '=' || source, ',' ORDER BY message_id)
 	FROM cdp.events WHERE message_id LIKE 'auth-%' OR message_id LIKE 'rotated-%'
 	OR message_id = 'gone-before'}),
-	'auth-body=mobile,auth-colon=web,auth-envelope=mobile,auth-nocolon=web,gone-before=gone,'
+	'auth-body=mobile,auth-colon=web,auth-envelope=mobile,auth-item=mobile,auth-item-2=mobile,'
+	  . 'auth-nocolon=web,auth-password=web,gone-before=gone,'
 	  . 'rotated-after=rotated,rotated-before=rotated',
 	'each authenticated message stored with its key\'s source');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'unauth-%' OR message_id LIKE 'mismatch%'})
@@ -250,10 +265,11 @@ is(sql(q{SELECT context->'app'->>'name' FROM cdp.events WHERE message_id = 'ctx-
 is(sql(q{SELECT context->>'locale' FROM cdp.events WHERE message_id = 'ctx-own'}),
 	'fr-FR', 'an item with its own context keeps it');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id IN ('no-identity', 'alias-half',
-	'no-event', 'no-group', 'too-large') OR length(message_id) > 100}),
+	'no-event', 'no-group', 'too-large', 'props-array', 'traits-string', 'nested-65')
+	OR length(message_id) > 100}),
 	'0', 'no refused single call is stored');
-is(stored('n' x 100) . ';' . stored('just-fits'), 'track web;track web',
-	'the calls at the limits are stored');
+is(stored('n' x 100) . ';' . stored('just-fits') . ';' . stored('nested-62'),
+	'track web;track web;track web', 'the calls at the limits are stored');
 is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
 	WHERE message_id LIKE 'mixed-%'}), 'mixed-good-1,mixed-good-2',
 	'the batch\'s good items are stored');
