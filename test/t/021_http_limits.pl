@@ -11,6 +11,7 @@ use CdpHttp;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use IO::Socket::INET;
 use Test::More;
 use Time::HiRes qw(time);
 
@@ -180,6 +181,19 @@ is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
 	WHERE message_id LIKE 'full-%'}), 'full-1,full-2,full-3,full-5',
 	'every acknowledged message is stored, no refused one');
 is(http_request($port, 'GET', '/health', undef)->{status}, 200, 'the endpoint is healthy');
+
+# --- the port taken: the worker says so, and listens once it is free
+$node->stop;
+my $squatter = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
+	Listen => 5, ReuseAddr => 1) or die "cannot take port $port: $!";
+my $log_offset = -s $node->logfile;
+$node->start;
+ok($node->wait_for_log(qr/pg_cdp http: cannot listen on 127\.0\.0\.1 port $port/, $log_offset),
+	'with its port taken the worker logs that it cannot listen');
+close $squatter;
+ok(wait_http($port), 'once the port is free it listens');
+is(error_of(post($port, '/v1/track', { userId => 'u1', event => 'Late', messageId => 'late' },
+	key => $key)), '200 true -', 'and acknowledges a message');
 
 $node->stop;
 done_testing();
