@@ -85,6 +85,26 @@ $node->kill9;
 ok(start_again(), 'the server starts again after kill -9');
 is(queued(@acked), join(',', @acked), 'every acknowledged message is in the inbox');
 
+# --- clients that leave while their requests wait for the database: the
+# worker carries on (their messages may be queued: a retry is deduplicated)
+my $http_pid = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+my $holder = $node->background_psql('postgres', on_error_stop => 1);
+$holder->query_safe('BEGIN');
+$holder->query_safe('LOCK TABLE cdp.inbox IN EXCLUSIVE MODE');
+my @leaving = map { http_connect($port) } 1 .. 5;
+send_request($leaving[$_], 'POST', '/v1/track', track_body("leaving-$_"), $auth) for 0 .. 4;
+ok($node->poll_query_until('postgres',
+	q{SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'}, 'Lock'),
+	'requests wait for the lock on the inbox');
+close $_ for @leaving;
+$holder->query_safe('COMMIT');
+$holder->quit;
+is(http_request($port, 'POST', '/v1/track', track_body('after-leaving'), $auth)->{status}, 200,
+	'after their clients left, the next request is acknowledged');
+is(sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'}), $http_pid,
+	'by the same worker');
+is(queued('after-leaving'), 'after-leaving', 'and queued');
+
 # A fast stop while a request waits for a lock on the inbox and another
 # has arrived behind it: each is answered 200 only when it is queued;
 # otherwise 503 with Retry-After, or its connection closes.
