@@ -102,6 +102,11 @@ is(error_of($r), '400 false too_large', 'a gzip bomb: 400 too_large');
 my $growth = http_worker_peak_kb() - $peak_before;
 cmp_ok($growth, '<', 8 * 1024, 'the HTTP worker did not grow by the bomb\'s size')
   or diag("peak RSS grew by $growth kB");
+my $zipped_big = gzipped(encode_json({ userId => 'u1', event => 'Zipped', messageId => 'gz-big',
+	properties => { blob => 'q' x 40000 } }));
+cmp_ok(length($zipped_big), '<', 2000, 'a single call of 40kB gzips to under 2kB');
+is(error_of(http_request($port, 'POST', '/v1/track', $zipped_big, $auth, 'Content-Encoding: gzip')),
+	'400 false too_large', 'and is refused once inflated: 400 too_large');
 my $gz = gzipped(encode_json({ userId => 'u1', event => 'Zipped', messageId => 'gz-ok' }));
 is(error_of(http_request($port, 'POST', '/v1/track', $gz, $auth, 'Content-Encoding: gzip')),
 	'200 true -', 'after the bomb, a gzipped call: 200');
@@ -121,7 +126,8 @@ is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'at-limit-%'}),
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'chunked-small-%'}),
 	int((100_000 - 200) / 20100), 'the small chunked batch is stored');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'over-limit-%'
-	OR message_id LIKE 'chunked-big-%'}), '0', 'nothing of the refused batches is stored');
+	OR message_id LIKE 'chunked-big-%' OR message_id = 'gz-big'}), '0',
+	'nothing of the refused requests is stored');
 is(sql(q{SELECT count(*) FROM cdp.events WHERE message_id = 'gz-ok'}), '1',
 	'the gzipped call is stored');
 
