@@ -31,6 +31,9 @@ endif
 # every object depends on every header: few enough to rebuild all on a change
 $(OBJS): $(wildcard src/include/*.h)
 
+# the HTTP endpoint: libmicrohttpd parses HTTP, zlib decodes gzip bodies
+SHLIB_LINK += -lmicrohttpd -lz
+
 # messageId digests call OpenSSL directly when the server was built with it
 ifeq ($(with_ssl),openssl)
 SHLIB_LINK += -lcrypto

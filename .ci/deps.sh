@@ -11,6 +11,8 @@ packages=(
   postgresql-15-pgtap
   libtap-parser-sourcehandler-pgtap-perl
   libipc-run-perl
+  libmicrohttpd-dev
+  zlib1g-dev
   python3-psycopg2
   python3-sqlalchemy
   default-jdk-headless

@@ -13,6 +13,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 #include "pg_cdp.h"
 #include "stats.h"
@@ -162,6 +163,29 @@ StripWriteKeys(Jsonb *payload)
 	return JsonbValueToJsonb(PushWithoutWriteKeys(&state, &payload->root, true));
 }
 
+/*
+ * Queue one payload (a message or an envelope) in cdp.inbox for source,
+ * received at received_at: what cdp.ingest and the HTTP endpoint share.
+ * The caller is connected to SPI and has checked the payload and source.
+ */
+void
+CdpEnqueuePayload(const char *payload, int len, const char *source, TimestampTz received_at)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		args[3];
+	int			rc;
+
+	args[0] = PointerGetDatum(cstring_to_text_with_len(payload, len));
+	args[1] = CStringGetTextDatum(source);
+	args[2] = TimestampTzGetDatum(received_at);
+	rc = SPI_execute_plan(KeepPlan(&enqueue_plan,
+								   "INSERT INTO cdp.inbox (payload, source, received_at) VALUES ($1, $2, $3)",
+								   3, argtypes),
+						  args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "enqueueing into cdp.inbox failed: %s", SPI_result_code_string(rc));
+}
+
 PG_FUNCTION_INFO_V1(cdp_ingest);
 
 /* cdp.ingest(payload jsonb, source text): enqueue; returns the message count */
@@ -171,11 +195,8 @@ cdp_ingest(PG_FUNCTION_ARGS)
 	Jsonb	   *payload;
 	text	   *source;
 	int64		count;
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		args[2];
 	char	   *queued;
 	int			len;
-	int			rc;
 
 	/* not STRICT: a NULL would otherwise vanish without a trace */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -204,14 +225,7 @@ cdp_ingest(PG_FUNCTION_ARGS)
 						len, cdp_max_request_bytes),
 				 errhint("Send fewer messages per batch envelope.")));
 
-	args[0] = CStringGetTextDatum(queued);
-	args[1] = PointerGetDatum(source);
-	rc = SPI_execute_plan(KeepPlan(&enqueue_plan,
-								   "INSERT INTO cdp.inbox (payload, source) VALUES ($1, $2)",
-								   2, argtypes),
-						  args, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "enqueueing into cdp.inbox failed: %s", SPI_result_code_string(rc));
+	CdpEnqueuePayload(queued, len, text_to_cstring(source), GetCurrentTransactionStartTimestamp());
 	SPI_finish();
 	PG_RETURN_INT64(count);
 }

@@ -103,28 +103,6 @@ ExitWorker(CdpWorkerExit reason)
 	proc_exit(0);
 }
 
-/* pg_cdp's owner in this database, or InvalidOid when it is not installed */
-static Oid
-ExtensionOwner(void)
-{
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			owner = InvalidOid;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("pg_cdp"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return owner;
-}
-
 /*
  * One transaction: take a batch and process it as pg_cdp's owner (what
  * cdp.process_inbox, SECURITY DEFINER, runs as), then commit.  Returns the
@@ -144,7 +122,7 @@ RunBatch(const CdpDrainRequest *req)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	owner = ExtensionOwner();
+	owner = CdpExtensionOwner();
 	if (!OidIsValid(owner))
 	{
 		PopActiveSnapshot();

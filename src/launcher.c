@@ -1,8 +1,9 @@
 /*
  * launcher.c
  *	  The pool's launcher: a background worker connected to no database that
- *	  keeps cdp.ingest_workers ingest workers and one maintenance worker
- *	  (unless cdp.maintenance_interval is 0) running in cdp.database_name
+ *	  keeps cdp.ingest_workers ingest workers, one maintenance worker
+ *	  (unless cdp.maintenance_interval is 0) and the HTTP endpoint's worker
+ *	  (when cdp.http_port is set) running in cdp.database_name
  *	  while pg_cdp is installed there, restarts one that dies, and stops them
  *	  for a command that needs the database to itself (DROP DATABASE ...).
  */
@@ -43,6 +44,7 @@ typedef struct LaunchedWorker
 
 static LaunchedWorker launched[CDP_MAX_INGEST_WORKERS];
 static LaunchedWorker maintenance;
+static LaunchedWorker http;
 static TimestampTz no_extension_since = 0;
 static uint64 extension_changes_seen = 0;
 static bool start_failure_logged = false;
@@ -157,6 +159,11 @@ StopOrphanWorkers(void)
 	SpinLockRelease(&CdpPool->mutex);
 	if (orphan != 0)
 		kill(orphan, SIGTERM);
+	SpinLockAcquire(&CdpPool->mutex);
+	orphan = CdpPool->http.pid;
+	SpinLockRelease(&CdpPool->mutex);
+	if (orphan != 0)
+		kill(orphan, SIGTERM);
 	(void) CdpWaitForWorkersGone(10000);
 }
 
@@ -194,7 +201,7 @@ RegisterWorker(LaunchedWorker *w, CdpWorkerSlot *slot, const char *function,
 		if (!start_failure_logged)
 			ereport(WARNING,
 					(errmsg("pg_cdp could not start a %s", type),
-					 errhint("Raise max_worker_processes (each ingest worker, the maintenance worker and the launcher need one), or lower cdp.ingest_workers.")));
+					 errhint("Raise max_worker_processes (each ingest worker, the maintenance and HTTP workers and the launcher need one), or lower cdp.ingest_workers.")));
 		start_failure_logged = true;
 		return false;
 	}
@@ -238,6 +245,7 @@ ReapWorkers(TimestampTz now)
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 		ReapWorker(&launched[i], &CdpPool->slots[i], now);
 	ReapWorker(&maintenance, &CdpPool->maintenance, now);
+	ReapWorker(&http, &CdpPool->http, now);
 }
 
 /* whether workers may run now in dboid */
@@ -270,26 +278,26 @@ TellToStop(LaunchedWorker *w, CdpWorkerSlot *slot)
 }
 
 /*
- * Start or stop the maintenance worker; returns how long to wait before
- * looking again.
+ * Start or stop a worker the pool has one of (maintenance, HTTP); returns
+ * how long to wait before looking again.
  */
 static long
-AdjustMaintenanceWorker(Oid dboid, bool want, TimestampTz now)
+AdjustSingleWorker(LaunchedWorker *w, CdpWorkerSlot *slot, const char *function,
+				   const char *type, Oid dboid, bool want, TimestampTz now)
 {
 	if (!want)
 	{
-		if (maintenance.handle == NULL)
+		if (w->handle == NULL)
 			return 10000;
-		TellToStop(&maintenance, &CdpPool->maintenance);
+		TellToStop(w, slot);
 		return 100;
 	}
-	if (maintenance.handle != NULL)
+	if (w->handle != NULL)
 		return 10000;
-	if (now < maintenance.not_before)
+	if (now < w->not_before)
 		return RESTART_DELAY_MS;
-	if (!RegisterWorker(&maintenance, &CdpPool->maintenance, "cdp_maintenance_worker_main",
-						"pg_cdp maintenance worker", -1, dboid))
-		maintenance.not_before = TimestampTzPlusMilliseconds(now, 10000);
+	if (!RegisterWorker(w, slot, function, type, -1, dboid))
+		w->not_before = TimestampTzPlusMilliseconds(now, 10000);
 	return 10000;
 }
 
@@ -342,6 +350,8 @@ StopAllWorkers(void)
 			TellToStop(&launched[i], &CdpPool->slots[i]);
 	if (maintenance.handle != NULL)
 		TellToStop(&maintenance, &CdpPool->maintenance);
+	if (http.handle != NULL)
+		TellToStop(&http, &CdpPool->http);
 }
 
 void
@@ -393,9 +403,15 @@ cdp_launcher_main(Datum arg)
 		ReapWorkers(now);
 		may_run = PoolMayRun(dboid, now);
 		wait_ms = AdjustWorkers(dboid, may_run ? cdp_ingest_workers : 0, now);
-		wait_ms = Min(wait_ms, AdjustMaintenanceWorker(dboid, may_run &&
-													   cdp_maintenance_interval_secs > 0,
-													   now));
+		wait_ms = Min(wait_ms,
+					  AdjustSingleWorker(&maintenance, &CdpPool->maintenance,
+										 "cdp_maintenance_worker_main",
+										 "pg_cdp maintenance worker", dboid,
+										 may_run && cdp_maintenance_interval_secs > 0, now));
+		wait_ms = Min(wait_ms,
+					  AdjustSingleWorker(&http, &CdpPool->http, "cdp_http_worker_main",
+										 "pg_cdp http", dboid,
+										 may_run && cdp_http_port > 0, now));
 		if (no_extension_since != 0)
 			wait_ms = Min(wait_ms, NO_EXTENSION_RECHECK_MS);
 

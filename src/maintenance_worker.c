@@ -57,26 +57,6 @@ typedef struct RetentionPlan
 	int			created;
 } RetentionPlan;
 
-/* at exit: the slot tells the launcher and database commands it is gone */
-static void
-ReleaseMaintenanceSlot(int code, Datum arg)
-{
-	SpinLockAcquire(&CdpPool->mutex);
-	CdpPool->maintenance.pid = 0;
-	CdpPool->maintenance.latch = NULL;
-	SpinLockRelease(&CdpPool->mutex);
-}
-
-/* stop for good, telling the launcher why */
-static void
-ExitMaintenanceWorker(CdpWorkerExit reason)
-{
-	SpinLockAcquire(&CdpPool->mutex);
-	CdpPool->maintenance.exit_reason = reason;
-	SpinLockRelease(&CdpPool->mutex);
-	proc_exit(0);
-}
-
 /* append to a list that outlives the transaction */
 static void
 AppendKept(List **list, char *name, MemoryContext keep)
@@ -158,7 +138,7 @@ PlanPass(RetentionPlan *plan, MemoryContext keep)
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		ExitMaintenanceWorker(CDP_EXIT_NO_EXTENSION);
+		CdpExitWorker(&CdpPool->maintenance, CDP_EXIT_NO_EXTENSION);
 	}
 	SetUserIdAndSecContext(atooid(linitial(owners)), SECURITY_LOCAL_USERID_CHANGE);
 
@@ -356,11 +336,7 @@ cdp_maintenance_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	SpinLockAcquire(&CdpPool->mutex);
-	CdpPool->maintenance.pid = MyProcPid;
-	CdpPool->maintenance.latch = MyLatch;
-	SpinLockRelease(&CdpPool->mutex);
-	before_shmem_exit(ReleaseMaintenanceSlot, (Datum) 0);
+	CdpClaimWorkerSlot(&CdpPool->maintenance);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);

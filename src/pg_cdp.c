@@ -36,6 +36,10 @@ int			cdp_ingest_workers = 2;
 int			cdp_maintenance_interval_secs = 60;
 int			cdp_http_port = 0;
 char	   *cdp_http_listen_address = NULL;
+int			cdp_http_max_connections = 10000;
+int			cdp_http_idle_timeout_secs = 30;
+int			cdp_http_request_timeout_secs = 60;
+int			cdp_http_max_inflate_ratio = 100;
 
 void		_PG_init(void);
 
@@ -122,6 +126,25 @@ DefineSettings(void)
 							   "Address the HTTP tracking endpoint listens on.",
 							   NULL, &cdp_http_listen_address, "127.0.0.1",
 							   at_start, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.http_max_connections",
+							"Most client connections the HTTP endpoint holds open at once.",
+							"More wait to be accepted.",
+							&cdp_http_max_connections, 10000, 16, 100000,
+							at_start, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.http_idle_timeout",
+							"How long an HTTP connection may stay silent before it is closed.",
+							NULL, &cdp_http_idle_timeout_secs, 30, 1, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.http_request_timeout",
+							"How long an HTTP client may take to send one request, counted from its previous one.",
+							"A client that sends a byte now and then cannot hold a connection longer.",
+							&cdp_http_request_timeout_secs, 60, 1, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.http_max_inflate_ratio",
+							"Most a gzip request body may grow when decompressed, as a multiple of its size.",
+							"Bodies over 64kB decompressed are refused beyond it (a gzip bomb).",
+							&cdp_http_max_inflate_ratio, 100, 2, 100000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("cdp");
 }
 

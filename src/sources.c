@@ -12,6 +12,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -171,4 +172,65 @@ CdpRefuseRowSource(CdpInboxRow *row)
 	row->error_code = code;
 	row->error_message = message;
 	return true;
+}
+
+/* a write key's source, as known in the current transaction */
+typedef struct KeyEntry
+{
+	char		key[NAMEDATALEN * 2];
+	char		source[CDP_SOURCE_NAME_MAX + 1];
+	bool		known;
+} KeyEntry;
+
+/*
+ * The enabled source a write key authenticates, or NULL: what the HTTP
+ * endpoint asks of every request.  Answers are kept for the caller's
+ * transaction only, so a key rotated or a source disabled stops working
+ * at the next transaction.  The caller is connected to SPI.
+ */
+const char *
+CdpSourceOfWriteKey(const char *write_key)
+{
+	static SPIPlanPtr plan = NULL;
+	static HTAB *keys = NULL;
+	static LocalTransactionId keys_xact = InvalidLocalTransactionId;
+	KeyEntry   *entry;
+	bool		found;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+
+	/* real keys are 68 characters; anything much longer is not one */
+	if (strlen(write_key) >= NAMEDATALEN * 2)
+		return NULL;
+	if (keys == NULL || keys_xact != MyProc->lxid)
+	{
+		HASHCTL		ctl;
+
+		if (keys != NULL)
+			hash_destroy(keys);
+		ctl.keysize = NAMEDATALEN * 2;
+		ctl.entrysize = sizeof(KeyEntry);
+		ctl.hcxt = TopMemoryContext;
+		keys = hash_create("cdp write keys", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		keys_xact = MyProc->lxid;
+	}
+	entry = hash_search(keys, write_key, HASH_ENTER, &found);
+	if (!found)
+	{
+		args[0] = CStringGetTextDatum(write_key);
+		entry->known = false;
+		if (CdpExecPlan(CdpPlan(&plan, "SELECT cdp.authenticate($1)", 1, argtypes),
+						args, NULL, SPI_OK_SELECT) == 1)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+			{
+				strlcpy(entry->source, TextDatumGetCString(d), sizeof(entry->source));
+				entry->known = true;
+			}
+		}
+	}
+	return entry->known ? entry->source : NULL;
 }

@@ -6,12 +6,18 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "pgstat.h"
+#include "utils/fmgroids.h"
 #include "utils/timestamp.h"
 
 #include "workers.h"
@@ -200,7 +206,7 @@ CdpWaitForWorkersGone(long timeout_ms)
 		bool		any;
 
 		SpinLockAcquire(&CdpPool->mutex);
-		any = CdpPool->maintenance.pid != 0;
+		any = CdpPool->maintenance.pid != 0 || CdpPool->http.pid != 0;
 		for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 			any |= CdpPool->slots[i].pid != 0;
 		SpinLockRelease(&CdpPool->mutex);
@@ -213,4 +219,59 @@ CdpWaitForWorkersGone(long timeout_ms)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/* at exit: the slot tells the launcher and database commands it is gone */
+static void
+ReleaseWorkerSlot(int code, Datum arg)
+{
+	CdpWorkerSlot *slot = (CdpWorkerSlot *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&CdpPool->mutex);
+	slot->pid = 0;
+	slot->latch = NULL;
+	SpinLockRelease(&CdpPool->mutex);
+}
+
+/* a single worker (maintenance, HTTP) takes its slot until it exits */
+void
+CdpClaimWorkerSlot(CdpWorkerSlot *slot)
+{
+	SpinLockAcquire(&CdpPool->mutex);
+	slot->pid = MyProcPid;
+	slot->latch = MyLatch;
+	SpinLockRelease(&CdpPool->mutex);
+	before_shmem_exit(ReleaseWorkerSlot, PointerGetDatum(slot));
+}
+
+/* stop for good, telling the launcher why */
+void
+CdpExitWorker(CdpWorkerSlot *slot, CdpWorkerExit reason)
+{
+	SpinLockAcquire(&CdpPool->mutex);
+	slot->exit_reason = reason;
+	SpinLockRelease(&CdpPool->mutex);
+	proc_exit(0);
+}
+
+/* pg_cdp's owner in this database, or InvalidOid when it is not installed */
+Oid
+CdpExtensionOwner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("pg_cdp"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
 }

@@ -187,6 +187,7 @@ extern const char *CdpMessagePayload(CdpMessage *msg);
 extern void CdpCheckSourceForEnqueue(const char *name);
 extern const char *CdpSourceRefusal(const char *source, char **message);
 extern bool CdpRefuseRowSource(CdpInboxRow *row);
+extern const char *CdpSourceOfWriteKey(const char *write_key);
 
 /* process.c */
 typedef void (*CdpSubxactWork) (void *arg);
@@ -265,5 +266,7 @@ extern int	CdpStoreEvents(CdpMessage **msgs, int n);
 
 /* ingest.c */
 extern int64 CdpCountMessages(Jsonb *payload);
+extern void CdpEnqueuePayload(const char *payload, int len, const char *source,
+							  TimestampTz received_at);
 
 #endif							/* PG_CDP_H */

@@ -41,6 +41,7 @@ typedef struct CdpWorkerPool
 	pg_atomic_uint32 next_wake; /* round robin over the idle workers */
 	CdpWorkerSlot slots[CDP_MAX_INGEST_WORKERS];
 	CdpWorkerSlot maintenance;	/* the maintenance worker (its idle is unused) */
+	CdpWorkerSlot http;			/* the HTTP endpoint's worker (idle unused) */
 } CdpWorkerPool;
 
 extern CdpWorkerPool *CdpPool;
@@ -49,6 +50,12 @@ extern CdpWorkerPool *CdpPool;
 extern char *cdp_database_name;
 extern int	cdp_ingest_workers;
 extern int	cdp_maintenance_interval_secs;
+extern int	cdp_http_port;
+extern char *cdp_http_listen_address;
+extern int	cdp_http_max_connections;
+extern int	cdp_http_idle_timeout_secs;
+extern int	cdp_http_request_timeout_secs;
+extern int	cdp_http_max_inflate_ratio;
 
 /* worker_pool.c */
 extern void CdpWorkersInit(void);
@@ -57,6 +64,9 @@ extern void CdpWakeIdleWorker(int except_slot);
 extern void CdpNoteExtensionChangeAtCommit(void);
 extern void CdpWakeLauncher(void);
 extern bool CdpWaitForWorkersGone(long timeout_ms);
+extern void CdpClaimWorkerSlot(CdpWorkerSlot *slot);
+extern void CdpExitWorker(CdpWorkerSlot *slot, CdpWorkerExit reason) pg_attribute_noreturn();
+extern Oid	CdpExtensionOwner(void);
 
 /* worker_guard.c */
 extern void CdpInstallWorkerGuard(void);
@@ -65,6 +75,7 @@ extern void CdpInstallWorkerGuard(void);
 extern PGDLLEXPORT void cdp_launcher_main(Datum arg);
 extern PGDLLEXPORT void cdp_ingest_worker_main(Datum arg);
 extern PGDLLEXPORT void cdp_maintenance_worker_main(Datum arg);
+extern PGDLLEXPORT void cdp_http_worker_main(Datum arg);
 extern void CdpStartLauncher(void);
 
 #endif							/* CDP_WORKERS_H */

@@ -1,0 +1,576 @@
+/*
+ * http_request.c
+ *	  From an HTTP request of the tracking API to what the inbox queues.
+ *
+ *	  A batch envelope is queued as sent: the pipeline reads its items, merges
+ *	  the envelope's context into them and dead-letters a bad item while its
+ *	  siblings are stored, so here it is only decoded, bounded, checked to be
+ *	  JSON with a "batch" array, and counted.  A single call is answered 400
+ *	  when it could never be stored (SDKs do not retry a 400), with the same
+ *	  rules and codes the pipeline's dead letters use, and gets its "type"
+ *	  from the path.  The write key comes from a Basic Authorization header
+ *	  or, without one, from the body.
+ *
+ *	  Frontend-safe (the fuzzer builds it): palloc, no ereport, no database.
+ */
+#ifdef FRONTEND
+#include "postgres_fe.h"
+#else
+#include "postgres.h"
+#endif
+
+#include "common/base64.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+
+#include "http_inflate.h"
+#include "http_request.h"
+
+#define MAX_MESSAGE_ID_CHARS 100
+
+typedef struct Route
+{
+	const char *path;
+	CdpHttpRoute route;
+} Route;
+
+static const Route routes[] = {
+	{"/v1/track", CDP_ROUTE_TRACK}, {"/v1/t", CDP_ROUTE_TRACK},
+	{"/v1/identify", CDP_ROUTE_IDENTIFY}, {"/v1/i", CDP_ROUTE_IDENTIFY},
+	{"/v1/page", CDP_ROUTE_PAGE}, {"/v1/p", CDP_ROUTE_PAGE},
+	{"/v1/screen", CDP_ROUTE_SCREEN}, {"/v1/s", CDP_ROUTE_SCREEN},
+	{"/v1/group", CDP_ROUTE_GROUP}, {"/v1/g", CDP_ROUTE_GROUP},
+	{"/v1/alias", CDP_ROUTE_ALIAS}, {"/v1/a", CDP_ROUTE_ALIAS},
+	{"/v1/batch", CDP_ROUTE_BATCH}, {"/v1/b", CDP_ROUTE_BATCH},
+	{"/v1/import", CDP_ROUTE_BATCH},
+	{"/health", CDP_ROUTE_HEALTH},
+	{"/metrics", CDP_ROUTE_METRICS},
+};
+
+/* per route: its label in metrics (the long path) and a single call's type */
+static const char *const route_labels[CDP_ROUTE_COUNT] = {
+	"other", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group",
+	"/v1/alias", "/v1/batch", "/health", "/metrics"
+};
+static const char *const route_types[CDP_ROUTE_COUNT] = {
+	NULL, "track", "identify", "page", "screen", "group", "alias", NULL, NULL, NULL
+};
+
+/* the top-level fields a single call is judged by */
+typedef enum Field
+{
+	F_OTHER = 0,
+	F_WRITE_KEY,
+	F_TYPE,
+	F_MESSAGE_ID,
+	F_USER_ID,
+	F_ANONYMOUS_ID,
+	F_PREVIOUS_ID,
+	F_GROUP_ID,
+	F_EVENT,
+	F_NAME,
+	F_PROPERTIES,
+	F_TRAITS,
+	F_CONTEXT,
+	F_BATCH,
+	F_COUNT
+} Field;
+
+static const char *const field_names[F_COUNT] = {
+	NULL, "writeKey", "type", "messageId", "userId", "anonymousId", "previousId",
+	"groupId", "event", "name", "properties", "traits", "context", "batch"
+};
+
+/* what the scan saw of a top-level field */
+typedef struct FieldSeen
+{
+	bool		present;
+	JsonTokenType token;		/* a scalar's token type, or OBJECT_START / ARRAY_START */
+	char	   *value;			/* a scalar's text, de-escaped */
+} FieldSeen;
+
+typedef struct Scan
+{
+	int			depth;
+	bool		top_is_object;
+	Field		field;			/* the top-level field being read */
+	FieldSeen	seen[F_COUNT];
+	int			fields;			/* top-level fields */
+	int			batch_items;
+	Field		item_field;		/* in a batch item: writeKey or not */
+	char	   *item_write_key; /* the first batch item's writeKey */
+} Scan;
+
+CdpHttpRoute
+CdpHttpRouteOf(const char *url)
+{
+	for (int i = 0; i < lengthof(routes); i++)
+		if (strcmp(url, routes[i].path) == 0)
+			return routes[i].route;
+	return CDP_ROUTE_UNKNOWN;
+}
+
+const char *
+CdpHttpRouteLabel(CdpHttpRoute route)
+{
+	return route_labels[route];
+}
+
+bool
+CdpHttpRouteTakesPost(CdpHttpRoute route)
+{
+	return route >= CDP_ROUTE_TRACK && route <= CDP_ROUTE_BATCH;
+}
+
+static void
+Refuse(CdpHttpIngest *out, int status, const char *error, char *message)
+{
+	out->status = status;
+	out->error = error;
+	out->message = message;
+}
+
+/*
+ * The key of "Authorization: Basic base64(key:)": NULL (and a refusal) when
+ * the header is not that.
+ */
+static char *
+BasicAuthKey(const char *header, CdpHttpIngest *out)
+{
+	const char *b64;
+	int			len;
+	char	   *decoded;
+	int			n;
+	char	   *colon;
+
+	while (*header == ' ')
+		header++;
+	if (pg_strncasecmp(header, "Basic ", 6) != 0)
+	{
+		Refuse(out, 401, "unauthorized",
+			   psprintf("the Authorization header must be Basic with the write key as user name"));
+		return NULL;
+	}
+	b64 = header + 6;
+	while (*b64 == ' ')
+		b64++;
+	len = strlen(b64);
+	while (len > 0 && b64[len - 1] == ' ')
+		len--;
+	decoded = palloc(pg_b64_dec_len(len) + 1);
+	n = pg_b64_decode(b64, len, decoded, pg_b64_dec_len(len));
+	if (n < 0 || memchr(decoded, '\0', n) != NULL)
+	{
+		Refuse(out, 401, "unauthorized", psprintf("the Authorization header is not valid base64"));
+		return NULL;
+	}
+	decoded[n] = '\0';
+	colon = strchr(decoded, ':');
+	if (colon != NULL)
+		*colon = '\0';
+	return decoded;
+}
+
+static Field
+FieldOf(const char *name)
+{
+	if (name == NULL)
+		return F_OTHER;
+	for (int f = 1; f < F_COUNT; f++)
+		if (strcmp(name, field_names[f]) == 0)
+			return (Field) f;
+	return F_OTHER;
+}
+
+static void
+ScanObjectStart(void *state)
+{
+	Scan	   *s = state;
+
+	if (s->depth == 0)
+		s->top_is_object = true;
+	else if (s->depth == 1)
+	{
+		s->seen[s->field].present = true;
+		s->seen[s->field].token = JSON_TOKEN_OBJECT_START;
+	}
+	s->depth++;
+}
+
+static void
+ScanArrayStart(void *state)
+{
+	Scan	   *s = state;
+
+	if (s->depth == 1)
+	{
+		s->seen[s->field].present = true;
+		s->seen[s->field].token = JSON_TOKEN_ARRAY_START;
+	}
+	s->depth++;
+}
+
+static void
+ScanEnd(void *state)
+{
+	((Scan *) state)->depth--;
+}
+
+static void
+ScanFieldStart(void *state, char *fname, bool isnull)
+{
+	Scan	   *s = state;
+
+	if (s->depth == 1)
+	{
+		s->field = FieldOf(fname);
+		s->fields++;
+	}
+	else if (s->depth == 3 && s->field == F_BATCH)
+		s->item_field = fname != NULL && strcmp(fname, "writeKey") == 0 ? F_WRITE_KEY : F_OTHER;
+}
+
+static void
+ScanElementStart(void *state, bool isnull)
+{
+	Scan	   *s = state;
+
+	if (s->depth == 2 && s->field == F_BATCH)
+		s->batch_items++;
+}
+
+static void
+ScanScalar(void *state, char *token, JsonTokenType tokentype)
+{
+	Scan	   *s = state;
+
+	if (s->depth == 1)
+	{
+		s->seen[s->field].present = true;
+		s->seen[s->field].token = tokentype;
+		s->seen[s->field].value = token;
+	}
+	else if (s->depth == 3 && s->field == F_BATCH && s->item_field == F_WRITE_KEY &&
+			 s->item_write_key == NULL && tokentype == JSON_TOKEN_STRING)
+		s->item_write_key = token;
+}
+
+/* nesting deeper than CDP_HTTP_MAX_JSON_DEPTH, found without recursing */
+static bool
+TooDeep(const char *text, size_t len)
+{
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = text[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+		{
+			if (++depth > CDP_HTTP_MAX_JSON_DEPTH)
+				return true;
+		}
+		else if (c == '}' || c == ']')
+			depth--;
+	}
+	return false;
+}
+
+/* parse text, filling the scan; false (and a refusal) when it is not JSON */
+static bool
+ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
+{
+	JsonLexContext *lex;
+	JsonSemAction sem;
+	JsonParseErrorType rc;
+
+	if (pg_encoding_verifymbstr(PG_UTF8, text, len) != (int) len)
+	{
+		Refuse(out, 400, "invalid_json", psprintf("the body is not valid UTF-8"));
+		return false;
+	}
+	if (TooDeep(text, len))
+	{
+		Refuse(out, 400, "invalid_json",
+			   psprintf("the body nests more than %d levels deep", CDP_HTTP_MAX_JSON_DEPTH));
+		return false;
+	}
+	memset(s, 0, sizeof(*s));
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = s;
+	sem.object_start = ScanObjectStart;
+	sem.object_end = ScanEnd;
+	sem.array_start = ScanArrayStart;
+	sem.array_end = ScanEnd;
+	sem.object_field_start = ScanFieldStart;
+	sem.array_element_start = ScanElementStart;
+	sem.scalar = ScanScalar;
+	lex = makeJsonLexContextCstringLen((char *) text, len, PG_UTF8, true);
+	rc = pg_parse_json(lex, &sem);
+	if (rc != JSON_SUCCESS)
+	{
+		Refuse(out, 400, "invalid_json", psprintf("invalid JSON: %s", json_errdetail(rc, lex)));
+		return false;
+	}
+	if (!s->top_is_object)
+	{
+		Refuse(out, 400, "invalid_json", psprintf("the body must be a JSON object"));
+		return false;
+	}
+	return true;
+}
+
+static const char *
+TokenName(JsonTokenType t)
+{
+	switch (t)
+	{
+		case JSON_TOKEN_OBJECT_START:
+			return "an object";
+		case JSON_TOKEN_ARRAY_START:
+			return "an array";
+		case JSON_TOKEN_NUMBER:
+			return "a number";
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			return "a boolean";
+		default:
+			return "a string";
+	}
+}
+
+/* a string (non-empty) or, for ids, a number; null counts as absent */
+static bool
+Given(Scan *s, Field f)
+{
+	FieldSeen  *seen = &s->seen[f];
+
+	return seen->present && seen->token != JSON_TOKEN_NULL &&
+		!(seen->token == JSON_TOKEN_STRING && seen->value[0] == '\0');
+}
+
+static bool
+CheckFieldType(Scan *s, Field f, bool number_ok, bool object, CdpHttpIngest *out)
+{
+	FieldSeen  *seen = &s->seen[f];
+	bool		ok;
+
+	if (!seen->present || seen->token == JSON_TOKEN_NULL)
+		return true;
+	if (object)
+		ok = seen->token == JSON_TOKEN_OBJECT_START;
+	else
+		ok = seen->token == JSON_TOKEN_STRING ||
+			(number_ok && seen->token == JSON_TOKEN_NUMBER);
+	if (!ok)
+		Refuse(out, 400, "invalid_field_type",
+			   psprintf("\"%s\" must be %s, not %s", field_names[f],
+						object ? "an object" : number_ok ? "a string or a number" : "a string",
+						TokenName(seen->token)));
+	return ok;
+}
+
+/* characters in valid UTF-8 */
+static int
+Utf8Chars(const char *s)
+{
+	int			n = 0;
+
+	for (; *s; s++)
+		if (((unsigned char) *s & 0xC0) != 0x80)
+			n++;
+	return n;
+}
+
+/* the pipeline's rules for a message, as far as the top-level fields tell */
+static bool
+CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
+{
+	FieldSeen  *t = &s->seen[F_TYPE];
+
+	if (t->present && t->token != JSON_TOKEN_NULL)
+	{
+		if (t->token != JSON_TOKEN_STRING)
+		{
+			Refuse(out, 400, "invalid_field_type",
+				   psprintf("\"type\" must be a string, not %s", TokenName(t->token)));
+			return false;
+		}
+		if (pg_strcasecmp(t->value, type) != 0)
+		{
+			Refuse(out, 400, "type_mismatch",
+				   psprintf("a %s call cannot carry \"type\": \"%.40s\"", type, t->value));
+			return false;
+		}
+	}
+	if (!CheckFieldType(s, F_MESSAGE_ID, false, false, out) ||
+		!CheckFieldType(s, F_USER_ID, true, false, out) ||
+		!CheckFieldType(s, F_ANONYMOUS_ID, true, false, out) ||
+		!CheckFieldType(s, F_PREVIOUS_ID, true, false, out) ||
+		!CheckFieldType(s, F_GROUP_ID, true, false, out) ||
+		!CheckFieldType(s, F_EVENT, false, false, out) ||
+		!CheckFieldType(s, F_NAME, false, false, out) ||
+		!CheckFieldType(s, F_PROPERTIES, false, true, out) ||
+		!CheckFieldType(s, F_TRAITS, false, true, out) ||
+		!CheckFieldType(s, F_CONTEXT, false, true, out))
+		return false;
+	if (Given(s, F_MESSAGE_ID) && Utf8Chars(s->seen[F_MESSAGE_ID].value) > MAX_MESSAGE_ID_CHARS)
+	{
+		Refuse(out, 400, "message_id_too_long",
+			   psprintf("\"messageId\" is %d characters, more than %d",
+						Utf8Chars(s->seen[F_MESSAGE_ID].value), MAX_MESSAGE_ID_CHARS));
+		return false;
+	}
+	if (strcmp(type, "alias") == 0)
+	{
+		if (!Given(s, F_PREVIOUS_ID) || !Given(s, F_USER_ID))
+		{
+			Refuse(out, 400, "missing_identity",
+				   psprintf("alias needs both \"previousId\" and \"userId\""));
+			return false;
+		}
+	}
+	else if (!Given(s, F_USER_ID) && !Given(s, F_ANONYMOUS_ID))
+	{
+		Refuse(out, 400, "missing_identity", psprintf("%s needs \"userId\" or \"anonymousId\"", type));
+		return false;
+	}
+	if (strcmp(type, "track") == 0 && !Given(s, F_EVENT))
+	{
+		Refuse(out, 400, "missing_event", psprintf("track needs a non-empty \"event\""));
+		return false;
+	}
+	if (strcmp(type, "group") == 0 && !Given(s, F_GROUP_ID))
+	{
+		Refuse(out, 400, "missing_group_id", psprintf("group needs \"groupId\""));
+		return false;
+	}
+	return true;
+}
+
+/* the message with "type" first when it has none: the path says it */
+static void
+WithType(const char *text, size_t len, Scan *s, const char *type, CdpHttpIngest *out)
+{
+	const char *open = memchr(text, '{', len);
+	size_t		head = open - text + 1;
+	char	   *msg;
+
+	if (s->seen[F_TYPE].present && s->seen[F_TYPE].token != JSON_TOKEN_NULL)
+	{
+		out->payload = text;
+		out->payload_len = len;
+		return;
+	}
+	msg = palloc(len + strlen(type) + 16);
+	memcpy(msg, text, head);
+	out->payload_len = head + sprintf(msg + head, "\"type\":\"%s\"%s", type,
+									  s->fields > 0 ? "," : "");
+	memcpy(msg + out->payload_len, text + head, len - head);
+	out->payload_len += len - head;
+	msg[out->payload_len] = '\0';
+	out->payload = msg;
+}
+
+/*
+ * Judge one request to an ingest route: out->status 0 means queue
+ * out->payload (out->messages messages; none for an empty batch) for the
+ * source out->write_key authenticates.
+ */
+void
+CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
+					 const char *content_encoding, const char *body, size_t body_len,
+					 const CdpHttpLimits *limits, CdpHttpIngest *out)
+{
+	const char *text = body;
+	size_t		len = body_len;
+	Scan		scan;
+	const char *type = route_types[route];
+
+	memset(out, 0, sizeof(*out));
+	if (authorization != NULL && (out->write_key = BasicAuthKey(authorization, out)) == NULL)
+		return;
+
+	if (content_encoding != NULL && *content_encoding != '\0' &&
+		pg_strcasecmp(content_encoding, "identity") != 0)
+	{
+		char	   *inflated;
+		char	   *why;
+		CdpInflateResult rc;
+
+		if (pg_strcasecmp(content_encoding, "gzip") != 0 &&
+			pg_strcasecmp(content_encoding, "x-gzip") != 0 &&
+			pg_strcasecmp(content_encoding, "deflate") != 0)
+		{
+			Refuse(out, 400, "bad_encoding",
+				   psprintf("Content-Encoding \"%.40s\" is not supported (gzip is)", content_encoding));
+			return;
+		}
+		rc = CdpHttpInflate(body, body_len, limits->max_request_bytes, limits->max_inflate_ratio,
+							&inflated, &len, &why);
+		if (rc != CDP_INFLATE_OK)
+		{
+			Refuse(out, 400, rc == CDP_INFLATE_CORRUPT ? "bad_encoding" : "too_large", why);
+			return;
+		}
+		text = inflated;
+	}
+	if (len > (size_t) limits->max_request_bytes)
+	{
+		Refuse(out, 400, "too_large",
+			   psprintf("the body is %zu bytes, more than cdp.max_request_bytes (%d)",
+						len, limits->max_request_bytes));
+		return;
+	}
+	if (type != NULL && len > (size_t) limits->max_event_bytes)
+	{
+		Refuse(out, 400, "too_large",
+			   psprintf("the message is %zu bytes, more than cdp.max_event_bytes (%d)",
+						len, limits->max_event_bytes));
+		return;
+	}
+	if (!ScanJson(text, len, &scan, out))
+		return;
+
+	if (out->write_key == NULL)
+	{
+		if (scan.seen[F_WRITE_KEY].present && scan.seen[F_WRITE_KEY].token == JSON_TOKEN_STRING)
+			out->write_key = scan.seen[F_WRITE_KEY].value;
+		else
+			out->write_key = scan.item_write_key;
+	}
+	if (out->write_key == NULL || out->write_key[0] == '\0')
+	{
+		out->write_key = NULL;
+		Refuse(out, 401, "unauthorized",
+			   psprintf("no write key: send it as the user name of Basic authorization, or as \"writeKey\""));
+		return;
+	}
+
+	if (type == NULL)
+	{
+		if (scan.seen[F_BATCH].token != JSON_TOKEN_ARRAY_START)
+		{
+			Refuse(out, 400, "not_a_batch", psprintf("a batch needs a \"batch\" array of messages"));
+			return;
+		}
+		out->payload = text;
+		out->payload_len = len;
+		out->messages = scan.batch_items;
+		return;
+	}
+	if (!CheckSingleCall(&scan, type, out))
+		return;
+	WithType(text, len, &scan, type, out);
+	out->messages = 1;
+}
