@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 : "${CDP_HTTP_PORT:?set CDP_HTTP_PORT}"
 export CDP_DB=${CDP_DB:-cdp_sdk}
-psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "DROP DATABASE IF EXISTS $CDP_DB" -c "CREATE DATABASE $CDP_DB"
+createdb "$CDP_DB"
 psql -X -q -v ON_ERROR_STOP=1 -d "$CDP_DB" -c "CREATE EXTENSION pg_cdp CASCADE"
 cd "$here"
 node --test --test-reporter=spec sdk.test.js

@@ -83,7 +83,8 @@ test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 test('Segment analytics-node: 1,200 events in batches, each stored once under its source', async () => {
 	const ids = path.join(tmp, 'seg.ids');
 	const r = await runSender(['--sdk', 'segment', '--url', base, '--key', keys.seg,
-		'--prefix', 'seg', '--count', '1200', '--flush-at', '50', '--per-tick', '50', '--tick-ms', '20', '--ids-out', ids]);
+		'--prefix', 'seg', '--count', '1200', '--flush-at', '50', '--per-tick', '50',
+		'--tick-ms', '20', '--ids-out', ids]);
 	assert.equal(r.code, 0, `sender failed: ${JSON.stringify(r.summary)} ${r.stderr}`);
 	assert.equal(r.summary.acked, 1200);
 	assert.ok(r.summary.requests >= 24, 'sent in batches');
@@ -97,7 +98,8 @@ test('Segment analytics-node: 1,200 events in batches, each stored once under it
 test('RudderStack rudder-sdk-node: 1,200 gzipped events in batches, each stored once under its source', async () => {
 	const ids = path.join(tmp, 'rud.ids');
 	const r = await runSender(['--sdk', 'rudder', '--url', base, '--key', keys.rud,
-		'--prefix', 'rud', '--count', '1200', '--flush-at', '50', '--per-tick', '50', '--tick-ms', '20', '--ids-out', ids]);
+		'--prefix', 'rud', '--count', '1200', '--flush-at', '50', '--per-tick', '50',
+		'--tick-ms', '20', '--ids-out', ids]);
 	assert.equal(r.code, 0, `sender failed: ${JSON.stringify(r.summary)} ${r.stderr}`);
 	assert.equal(r.summary.acked, 1200);
 	assert.ok(r.summary.requests >= 24, 'sent in batches');

@@ -170,6 +170,8 @@ async function main()
 			await new Promise((r) => setTimeout(r, opts.tickMs));
 	}
 	sendingDone = true;
+	stats.stoppedBy = stats.sent >= opts.max ? 'max' :
+		(opts.untilFile && fs.existsSync(opts.untilFile) ? 'file' : 'count');
 	// rudder-sdk-node's flush() sends one batch: repeat until every
 	// callback has come (a no-op for Segment's closeAndFlush after the first)
 	let finished = pending === 0;
