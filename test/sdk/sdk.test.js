@@ -13,7 +13,7 @@ const path = require('path');
 const fs = require('fs');
 const os = require('os');
 const { execFile } = require('child_process');
-const { psql, waitInboxEmpty, waitHealthy, post, storedById } = require('./db');
+const { psql, sleep, waitInboxEmpty, waitHealthy, post, request, storedById } = require('./db');
 
 const port = Number(process.env.CDP_HTTP_PORT);
 const base = `http://127.0.0.1:${port}`;
@@ -179,4 +179,78 @@ test('a missing, unknown or disabled key gets 401 and nothing is queued', async 
 	await waitInboxEmpty();
 	assert.equal(psql(`SELECT count(*) FROM cdp.events WHERE message_id LIKE 'deny-%'`), '0');
 	assert.equal(psql(`SELECT count(*) FROM cdp.dead_letters WHERE payload LIKE '%deny-%'`), '0');
+});
+
+// Sets server settings (ALTER SYSTEM + reload) and waits for the ingest
+// workers to match cdp.ingest_workers.
+async function reconfigure(settings, workers)
+{
+	for (const [name, value] of Object.entries(settings))
+		psql(value === null ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = ${value}`);
+	psql('SELECT pg_reload_conf()');
+	await waitFor(`SELECT count(*) FROM pg_stat_activity
+		WHERE backend_type = 'pg_cdp ingest worker'`, String(workers));
+	await sleep(300);	// the endpoint reads the file on its next loop
+}
+
+async function waitFor(sql, expected, timeoutMs = 30000)
+{
+	const until = Date.now() + timeoutMs;
+	let got;
+	while ((got = psql(sql)) !== expected)
+	{
+		if (Date.now() > until)
+			throw new Error(`${sql}: ${got} after ${timeoutMs} ms, want ${expected}`);
+		await sleep(100);
+	}
+}
+
+// How many answers /metrics counts for POST path with status.
+async function answered(p, status)
+{
+	const r = await request(base, 'GET', '/metrics', null, {});
+	const m = r.body.match(new RegExp(`^cdp_http_requests_total\\{path="${p}",status="${status}"\\} (\\d+)$`, 'm'));
+	return m ? Number(m[1]) : 0;
+}
+
+test('a full inbox: 429 with Retry-After; both SDKs wait and then deliver every event once', async () => {
+	// no worker drains the inbox, and one queued payload fills it
+	await reconfigure({ 'cdp.ingest_workers': 0, 'cdp.max_inbox_depth': 1 }, 0);
+	try
+	{
+		psql(`INSERT INTO cdp.inbox (payload, source) VALUES
+			('{"type":"track","event":"Fill","userId":"full-u","messageId":"full-fill"}', 'sql')`);
+		const r = await post(base, '/v1/batch', { batch: [{ type: 'track', event: 'Full', userId: 'x',
+			messageId: 'full-plain' }], writeKey: keys.seg });
+		assert.equal(r.status, 429, r.body);
+		assert.equal(JSON.parse(r.body).error, 'inbox_full');
+		assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
+		const reset = Number(r.headers['x-ratelimit-reset']);
+		assert.ok(reset > Date.now() - 60000 && reset < Date.now() + 3600000,
+			`X-RateLimit-Reset in epoch milliseconds: ${r.headers['x-ratelimit-reset']}`);
+
+		const before = await answered('/v1/batch', 429);
+		const senders = ['segment', 'rudder'].map((sdk) => runSender(['--sdk', sdk, '--url', base,
+			'--key', keys[sdk === 'segment' ? 'seg' : 'rud'], '--prefix', `full-${sdk}`,
+			'--count', '200', '--flush-at', '50', '--retries', '10',
+			'--ids-out', path.join(tmp, `full-${sdk}.ids`)]));
+		// both are refused at least once, then the workers come back
+		const until = Date.now() + 30000;
+		while (await answered('/v1/batch', 429) < before + 2 && Date.now() < until)
+			await sleep(100);
+		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+		const [seg, rud] = await Promise.all(senders);
+		for (const [name, r2] of [['segment', seg], ['rudder', rud]])
+		{
+			assert.equal(r2.code, 0, `${name} sender failed: ${JSON.stringify(r2.summary)} ${r2.stderr}`);
+			assert.ok(r2.summary.status['429'] > 0, `${name} met a 429: ${JSON.stringify(r2.summary.status)}`);
+		}
+		await waitInboxEmpty();
+		assertStoredOnce(readIds(path.join(tmp, 'full-segment.ids')), 'full-segment', 'sdk_seg');
+		assertStoredOnce(readIds(path.join(tmp, 'full-rudder.ids')), 'full-rudder', 'sdk_rud');
+	}
+	finally
+	{
+		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+	}
 });
