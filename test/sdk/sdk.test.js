@@ -112,6 +112,17 @@ test('RudderStack rudder-sdk-node: 1,200 gzipped events in batches, each stored 
 		AND (sent_at IS NULL OR original_timestamp IS NULL)`), '0', 'sentAt and originalTimestamp kept');
 });
 
+test('events sent again (same messageIds, new sentAt, as an SDK retry does) are stored once', async () => {
+	const dedupBefore = Number(psql(`SELECT value FROM cdp.stats WHERE name = 'deduplicated'`));
+	const r = await runSender(['--sdk', 'segment', '--url', base, '--key', keys.seg,
+		'--prefix', 'seg', '--count', '300', '--flush-at', '50']);
+	assert.equal(r.code, 0, `sender failed: ${JSON.stringify(r.summary)} ${r.stderr}`);
+	await waitInboxEmpty();
+	assertStoredOnce(readIds(path.join(tmp, 'seg.ids')), 'seg', 'sdk_seg');
+	assert.equal(Number(psql(`SELECT value FROM cdp.stats WHERE name = 'deduplicated'`)) - dedupBefore,
+		300, 'all 300 counted as deduplicated');
+});
+
 test('writeKey in the body, no Authorization header (analytics.js, older analytics-node)', async () => {
 	const sent = new Map();
 	const batch = [];
