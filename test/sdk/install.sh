@@ -7,5 +7,5 @@ stamp=node_modules/.installed-lock.json
 if cmp -s package-lock.json "$stamp" 2>/dev/null; then
   exit 0
 fi
-npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+npm ci --prefer-offline --ignore-scripts --no-audit --no-fund --loglevel=error
 cp package-lock.json "$stamp"
