@@ -81,7 +81,9 @@ AnswerError(CdpHttpHeld *req, ErrorData *edata)
 	ereport(LOG,
 			(errmsg("pg_cdp http: a request to %s failed: %s",
 					CdpHttpRouteLabel(req->route), edata->message)));
-	if (CdpIsPassingError(edata->sqlerrcode))
+	/* what a retry can cure: a busy or restarting server, one that is read-only for now */
+	if (CdpIsPassingError(edata->sqlerrcode) ||
+		edata->sqlerrcode == ERRCODE_READ_ONLY_SQL_TRANSACTION)
 	{
 		req->retry_after = 1;
 		CdpHttpAnswer(req, 503, "unavailable", edata->message);
@@ -111,18 +113,29 @@ AnswerMetrics(void *arg)
 	CdpHttpAnswerText((CdpHttpHeld *) arg, 200, CdpHttpMetricsText(CdpHttpConnections()), true);
 }
 
+/*
+ * One request.  Careless: in the round's transaction itself, so that a
+ * round costs no subtransaction (hundreds of them would overflow the
+ * snapshot's subtransaction cache for every session); careful: in a
+ * subtransaction of its own, so an error refuses this request only.
+ */
 static void
-RunRequest(CdpHttpHeld *req)
+RunRequest(CdpHttpHeld *req, bool careful)
 {
 	ErrorData  *edata;
+	CdpSubxactWork work = req->route == CDP_ROUTE_METRICS ? AnswerMetrics : QueueRequest;
 
 	if (req->route == CDP_ROUTE_HEALTH)
 	{
 		AnswerHealth(req);
 		return;
 	}
-	edata = CdpRunInSubtransaction(req->route == CDP_ROUTE_METRICS ? AnswerMetrics : QueueRequest,
-								   req, CatchAll);
+	if (!careful)
+	{
+		work(req);
+		return;
+	}
+	edata = CdpRunInSubtransaction(work, req, CatchAll);
 	if (edata != NULL)
 	{
 		req->await_commit = false;
@@ -131,25 +144,40 @@ RunRequest(CdpHttpHeld *req)
 	}
 }
 
+/* forget the answers of an attempt that rolled back */
+static void
+ForgetAnswers(dlist_head *held)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, held)
+	{
+		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);
+
+		req->status = 0;
+		req->await_commit = false;
+		req->events = 0;
+		req->retry_after = 0;
+	}
+}
+
 /*
- * Answer every request of held, queueing what is to be queued in one
- * transaction; those that wait for the commit get 200 when it succeeded
- * and 503 (retry) when it did not.  Returns false when pg_cdp is no longer
- * installed.
+ * Run every request of held in one transaction; true when it committed.
+ * *installed is false when pg_cdp is no longer installed.
  */
-bool
-CdpHttpCommitHeld(dlist_head *held)
+static bool
+RunRound(dlist_head *held, bool careful, bool *installed)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool committed = false;
-	volatile bool installed = true;
-	dlist_iter	it;
 
+	*installed = true;
 	PG_TRY();
 	{
 		Oid			owner;
 		Oid			save_user;
 		int			save_sec;
+		dlist_iter	it;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -166,12 +194,12 @@ CdpHttpCommitHeld(dlist_head *held)
 			SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 			SPI_connect();
 			dlist_foreach(it, held)
-				RunRequest(dlist_container(CdpHttpHeld, node, it.cur));
+				RunRequest(dlist_container(CdpHttpHeld, node, it.cur), careful);
 			SPI_finish();
 			SetUserIdAndSecContext(save_user, save_sec);
 		}
 		else
-			installed = false;
+			*installed = false;
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		committed = true;
@@ -179,12 +207,37 @@ CdpHttpCommitHeld(dlist_head *held)
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
-		EmitErrorReport();
+		if (careful)
+			EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
+	return committed;
+}
+
+/*
+ * Answer every request of held, queueing what is to be queued in one
+ * transaction (tried again with a subtransaction per request when one of
+ * them raised an error); those that wait for the commit get 200 when it
+ * succeeded and 503 (retry) when it did not.  Returns false when pg_cdp is
+ * no longer installed.
+ */
+bool
+CdpHttpCommitHeld(dlist_head *held)
+{
+	bool		installed;
+	bool		committed;
+	dlist_iter	it;
+
+	committed = RunRound(held, false, &installed);
+	if (!committed && !CdpHttpStopRequested())
+	{
+		/* some request raised an error: again, each on its own */
+		ForgetAnswers(held);
+		committed = RunRound(held, true, &installed);
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pgstat_report_stat(false);
 

@@ -16,7 +16,8 @@
  *	  has not completed a request within cdp.http_request_timeout of its
  *	  previous one (or its start) is shut down here.  On SIGTERM, held
  *	  requests are answered 503 (their clients retry elsewhere or later)
- *	  before the listener closes.
+ *	  before the listener closes; a round waiting on a lock is cancelled so
+ *	  that it does too.
  */
 #include "postgres.h"
 
@@ -42,6 +43,8 @@
 
 /* how often slow clients are looked for */
 #define REAP_INTERVAL_MS	1000
+/* the most memory the bodies of requests in progress may take together */
+#define BUFFER_BUDGET		((size_t) 256 * 1024 * 1024)
 /* how long shutting down waits for 503 answers to go out */
 #define DRAIN_MS			2000
 
@@ -59,7 +62,9 @@ static struct MHD_Daemon *daemon_handle = NULL;
 static dlist_head held = DLIST_STATIC_INIT(held);
 static dlist_head conns = DLIST_STATIC_INIT(conns);
 static int	nconns = 0;
+static size_t buffered_bytes = 0;	/* bodies kept, against BUFFER_BUDGET */
 static volatile sig_atomic_t stop_requested = false;
+static volatile sig_atomic_t in_round = false;
 static bool stopping = false;
 
 /* libmicrohttpd's last complaint, logged once its call has returned */
@@ -72,6 +77,12 @@ HandleSigterm(SIGNAL_ARGS)
 	int			save_errno = errno;
 
 	stop_requested = true;
+	/* a round waiting on a lock is cancelled: its requests are answered 503 */
+	if (in_round)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -92,6 +103,12 @@ FlushMhdLog(void)
 	mhd_log_pending = false;
 	(void) pg_strip_crlf(mhd_log);
 	ereport(LOG, (errmsg("pg_cdp http: %s", mhd_log)));
+}
+
+bool
+CdpHttpStopRequested(void)
+{
+	return stop_requested;
 }
 
 int
@@ -221,6 +238,27 @@ AnswerNow(CdpHttpHeld *req, int status, const char *error, const char *message)
 	return QueueAnswer(req);
 }
 
+/*
+ * The most body a route's request may bring: a batch cdp.max_request_bytes,
+ * a single call cdp.max_event_bytes (and a little more, for a gzip header).
+ */
+static size_t
+BodyLimit(CdpHttpRoute route)
+{
+	if (route == CDP_ROUTE_BATCH || cdp_max_event_bytes + 1024 > cdp_max_request_bytes)
+		return (size_t) cdp_max_request_bytes;
+	return (size_t) cdp_max_event_bytes + 1024;
+}
+
+static enum MHD_Result
+AnswerTooLarge(CdpHttpHeld *req)
+{
+	return AnswerNow(req, 400, "too_large",
+					 req->route == CDP_ROUTE_BATCH ?
+					 "the body is larger than cdp.max_request_bytes" :
+					 "the message is larger than cdp.max_event_bytes");
+}
+
 /* the first call for a request: route and method, and a body too large to take */
 static enum MHD_Result
 StartRequest(CdpHttpHeld *req, const char *method)
@@ -259,39 +297,54 @@ StartRequest(CdpHttpHeld *req, const char *method)
 														MHD_HTTP_HEADER_CONTENT_ENCODING);
 	length = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
 										 MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (length != NULL && strtoull(length, NULL, 10) > (unsigned long long) cdp_max_request_bytes)
-		return AnswerNow(req, 400, "too_large",
-						 "the body is larger than cdp.max_request_bytes");
+	if (length != NULL && strtoull(length, NULL, 10) > (unsigned long long) BodyLimit(req->route))
+		return AnswerTooLarge(req);
 	return MHD_YES;
 }
 
-/* keep a piece of the body; past the limit the rest is read and dropped */
+/* drop what a request's body holds, giving its bytes back to the budget */
+static void
+DropBody(CdpHttpHeld *req)
+{
+	buffered_bytes -= req->cap;
+	free(req->body);
+	req->body = NULL;
+	req->cap = 0;
+}
+
+/*
+ * Keep a piece of the body.  Past the route's limit, or when every body
+ * held together would pass BUFFER_BUDGET, the rest is read and dropped.
+ */
 static void
 KeepBody(CdpHttpHeld *req, const char *data, size_t size)
 {
-	if (req->too_large)
+	size_t		limit = BodyLimit(req->route);
+
+	if (req->too_large || req->over_budget)
 		return;
-	if (req->len + size > (size_t) cdp_max_request_bytes)
+	if (req->len + size > limit)
 	{
 		req->too_large = true;
-		free(req->body);
-		req->body = NULL;
+		DropBody(req);
 		return;
 	}
 	if (req->len + size + 1 > req->cap)
 	{
-		size_t		cap = Max(req->cap * 2, Max(req->len + size + 1, 16384));
-		char	   *body = realloc(req->body, Min(cap, (size_t) cdp_max_request_bytes + 1));
+		size_t		cap = Min(Max(req->cap * 2, Max(req->len + size + 1, 16384)), limit + 1);
+		char	   *body = NULL;
 
+		if (buffered_bytes + cap - req->cap <= BUFFER_BUDGET)
+			body = realloc(req->body, cap);
 		if (body == NULL)
 		{
-			req->too_large = true;	/* cannot keep it: refused as too large */
-			free(req->body);
-			req->body = NULL;
+			req->over_budget = true;
+			DropBody(req);
 			return;
 		}
+		buffered_bytes += cap - req->cap;
 		req->body = body;
-		req->cap = Min(cap, (size_t) cdp_max_request_bytes + 1);
+		req->cap = cap;
 	}
 	memcpy(req->body + req->len, data, size);
 	req->len += size;
@@ -332,7 +385,13 @@ HandleRequest(void *cls, struct MHD_Connection *conn, const char *url, const cha
 		return MHD_YES;
 	}
 	if (req->too_large)
-		return AnswerNow(req, 400, "too_large", "the body is larger than cdp.max_request_bytes");
+		return AnswerTooLarge(req);
+	if (req->over_budget)
+	{
+		req->retry_after = 1;
+		return AnswerNow(req, 429, "overloaded",
+						 "the endpoint holds as many request bodies as it may; retry");
+	}
 	if (stopping)
 	{
 		req->retry_after = 1;
@@ -361,7 +420,7 @@ RequestCompleted(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 	if (req == NULL)
 		return;
-	free(req->body);
+	DropBody(req);
 	free(req->answer);
 	free(req);
 	*con_cls = NULL;
@@ -595,7 +654,9 @@ cdp_http_worker_main(Datum arg)
 			bool		installed;
 
 			MemoryContextSwitchTo(round_cxt);
+			in_round = true;
 			installed = CdpHttpCommitHeld(&held);
+			in_round = false;
 			MemoryContextSwitchTo(TopMemoryContext);
 			MemoryContextReset(round_cxt);
 			ReleaseHeld();

@@ -25,6 +25,7 @@ typedef struct CdpHttpHeld
 	size_t		len;
 	size_t		cap;
 	bool		too_large;		/* the body outgrew the limit: dropped unread */
+	bool		over_budget;	/* no memory left for it: dropped, 429 */
 
 	/* the answer, once decided */
 	int			status;
@@ -41,6 +42,7 @@ extern void CdpHttpAnswer(CdpHttpHeld *req, int status, const char *error, const
 extern void CdpHttpAnswerText(CdpHttpHeld *req, int status, char *text_palloced,
 							  bool is_text);
 extern int	CdpHttpConnections(void);
+extern bool CdpHttpStopRequested(void);
 
 /* http_commit.c: every request held in one transaction */
 extern bool CdpHttpCommitHeld(dlist_head *held);
