@@ -180,7 +180,8 @@ for my $case ([ 'nul', '"a\\u0000b"' ], [ 'surrogate', '"a\\ud83db"' ],
 		{"type": "track", "userId": "u5", "event": "E", "messageId": "odd-$tag-good-2"}]}),
 		key => $web);
 	$accepted += 3 if $r->{status} == 200;
-	local $TODO = 'one such item gets the whole batch refused with 400 invalid_json';
+	local $TODO = 'an item nesting 64 levels (allowed as a single call) is 66 inside a batch, which is refused whole'
+	  if $tag eq 'deep';
 	is(error_of($r), '200 true -', "a batch with an item holding $tag: 200") or diag($r->{body});
 }
 
@@ -284,25 +285,22 @@ is(sql(qq{SELECT string_agg(message_id || ' ' || (received_at - ts)::text, ',' O
 	'skewed 00:10:00,skewed-item 00:30:00',
 	'receivedAt is when the request came; ts is receivedAt less (sentAt - timestamp)');
 is(stored('deflated'), 'track web', 'the deflated call is stored');
+is(stored('null-type') . ' ' . sql(q{SELECT string_agg(error_code, ',') FROM cdp.dead_letters
+	WHERE payload LIKE '%null-type%'}), 'track web ', '"type": null takes the path\'s type');
+is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
+	WHERE message_id ~ '^odd-(nul|surrogate)-good-'}),
+	'odd-nul-good-1,odd-nul-good-2,odd-surrogate-good-1,odd-surrogate-good-2',
+	'the good siblings of items that cannot become text are stored');
+is(sql(q{SELECT string_agg(error_code || ' ' || substring(payload from 'odd-[a-z]+-bad'), ','
+	ORDER BY error_code) FROM cdp.dead_letters WHERE payload ~ 'odd-(nul|surrogate)-bad'}),
+	'invalid_json odd-surrogate-bad,null_character odd-nul-bad',
+	'those items are dead letters with the reason');
 TODO:
 {
-	local $TODO = 'the path\'s type goes before "type": null, which the pipeline reads last';
-	is(stored('null-type') . ' ' . sql(q{SELECT string_agg(error_code, ',') FROM cdp.dead_letters
-		WHERE payload LIKE '%null-type%'}), 'track web ', '"type": null takes the path\'s type');
-}
-TODO:
-{
-	local $TODO = 'the endpoint refuses these batches whole';
+	local $TODO = 'an item nesting 64 levels (allowed as a single call) is 66 inside a batch, which is refused whole';
 	is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
-		WHERE message_id LIKE 'odd-%-good-%'}),
-		'odd-deep-good-1,odd-deep-good-2,odd-nul-good-1,odd-nul-good-2,odd-surrogate-good-1,'
-		  . 'odd-surrogate-good-2', 'the good siblings of odd items are stored');
-	is(sql(q{SELECT string_agg(id, ',' ORDER BY id) FROM (
-		SELECT message_id AS id FROM cdp.events WHERE message_id LIKE 'odd-%-bad'
-		UNION ALL SELECT 'dead:' || substring(payload from 'odd-[a-z]+-bad')
-		FROM cdp.dead_letters WHERE payload LIKE '%odd-%-bad%') s}),
-		'dead:odd-nul-bad,dead:odd-surrogate-bad,odd-deep-bad',
-		'the odd items are dead letters, or stored when they can be');
+		WHERE message_id LIKE 'odd-deep-%'}), 'odd-deep-bad,odd-deep-good-1,odd-deep-good-2',
+		'a batch with an item nesting 64 levels (as a single call may) is stored');
 }
 
 # --- what browsers and curl-based SDKs do besides
