@@ -224,44 +224,43 @@ async function answered(p, status)
 	return m ? Number(m[1]) : 0;
 }
 
-test('a full inbox: 429 with Retry-After; both SDKs wait and then deliver every event once', async () => {
-	// no worker drains the inbox, and one queued payload fills it
-	await reconfigure({ 'cdp.ingest_workers': 0, 'cdp.max_inbox_depth': 1 }, 0);
-	try
+test('a full inbox: 429 with Retry-After; each SDK waits and then delivers every event once', async () => {
+	for (const sdk of ['segment', 'rudder'])
 	{
-		psql(`INSERT INTO cdp.inbox (payload, source) VALUES
-			('{"type":"track","event":"Fill","userId":"full-u","messageId":"full-fill"}', 'sql')`);
-		const r = await post(base, '/v1/batch', { batch: [{ type: 'track', event: 'Full', userId: 'x',
-			messageId: 'full-plain' }], writeKey: keys.seg });
-		assert.equal(r.status, 429, r.body);
-		assert.equal(JSON.parse(r.body).error, 'inbox_full');
-		assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
-		const reset = Number(r.headers['x-ratelimit-reset']);
-		assert.ok(reset > Date.now() - 60000 && reset < Date.now() + 3600000,
-			`X-RateLimit-Reset in epoch milliseconds: ${r.headers['x-ratelimit-reset']}`);
-
-		const before = await answered('/v1/batch', 429);
-		const senders = ['segment', 'rudder'].map((sdk) => runSender(['--sdk', sdk, '--url', base,
-			'--key', keys[sdk === 'segment' ? 'seg' : 'rud'], '--prefix', `full-${sdk}`,
-			'--count', '200', '--flush-at', '50', '--retries', '10',
-			'--ids-out', path.join(tmp, `full-${sdk}.ids`)]));
-		// both are refused at least once, then the workers come back
-		const until = Date.now() + 30000;
-		while (await answered('/v1/batch', 429) < before + 2 && Date.now() < until)
-			await sleep(100);
-		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
-		const [seg, rud] = await Promise.all(senders);
-		for (const [name, r2] of [['segment', seg], ['rudder', rud]])
+		// no worker drains the inbox, and one queued payload fills it
+		await reconfigure({ 'cdp.ingest_workers': 0, 'cdp.max_inbox_depth': 1 }, 0);
+		try
 		{
-			assert.equal(r2.code, 0, `${name} sender failed: ${JSON.stringify(r2.summary)} ${r2.stderr}`);
-			assert.ok(r2.summary.status['429'] > 0, `${name} met a 429: ${JSON.stringify(r2.summary.status)}`);
+			psql(`INSERT INTO cdp.inbox (payload, source) VALUES ('{"type":"track","event":"Fill",
+				"userId":"full-u","messageId":"full-fill-${sdk}"}', 'sql')`);
+			const r = await post(base, '/v1/batch', { batch: [{ type: 'track', event: 'Full',
+				userId: 'x', messageId: 'full-plain' }], writeKey: keys.seg });
+			assert.equal(r.status, 429, r.body);
+			assert.equal(JSON.parse(r.body).error, 'inbox_full');
+			assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
+			const reset = Number(r.headers['x-ratelimit-reset']);
+			assert.ok(reset > Date.now() - 60000 && reset < Date.now() + 3600000,
+				`X-RateLimit-Reset in epoch milliseconds: ${r.headers['x-ratelimit-reset']}`);
+
+			const before = await answered('/v1/batch', 429);
+			const ids = path.join(tmp, `full-${sdk}.ids`);
+			const sender = runSender(['--sdk', sdk, '--url', base,
+				'--key', keys[sdk === 'segment' ? 'seg' : 'rud'], '--prefix', `full-${sdk}`,
+				'--count', '200', '--flush-at', '50', '--retries', '10', '--ids-out', ids]);
+			// refused at least once, then the workers come back
+			const until = Date.now() + 30000;
+			while (await answered('/v1/batch', 429) === before && Date.now() < until)
+				await sleep(50);
+			await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+			const done = await sender;
+			assert.equal(done.code, 0, `${sdk} sender failed: ${JSON.stringify(done.summary)} ${done.stderr}`);
+			assert.ok(done.summary.status['429'] > 0, `${sdk} met a 429: ${JSON.stringify(done.summary.status)}`);
+			await waitInboxEmpty();
+			assertStoredOnce(readIds(ids), `full-${sdk}`, sdk === 'segment' ? 'sdk_seg' : 'sdk_rud');
 		}
-		await waitInboxEmpty();
-		assertStoredOnce(readIds(path.join(tmp, 'full-segment.ids')), 'full-segment', 'sdk_seg');
-		assertStoredOnce(readIds(path.join(tmp, 'full-rudder.ids')), 'full-rudder', 'sdk_rud');
-	}
-	finally
-	{
-		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+		finally
+		{
+			await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+		}
 	}
 });
