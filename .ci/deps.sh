@@ -13,6 +13,8 @@ packages=(
   libipc-run-perl
   libmicrohttpd-dev
   zlib1g-dev
+  clang
+  libclang-rt-dev
   python3-psycopg2
   python3-sqlalchemy
   default-jdk-headless

@@ -64,6 +64,9 @@ else
 fi
 rm -rf "$work"
 
+echo "== fuzz HTTP request parsing (libFuzzer)"
+make -s fuzz-http FUZZ_SECONDS=25 FUZZ_SEED=1 WERROR=1
+
 echo "== fuzz (short run, fixed seed)"
 pg_virtualenv -t "${preload[@]}" bash -c '
   set -e

@@ -81,7 +81,9 @@ AnswerError(CdpHttpHeld *req, ErrorData *edata)
 	ereport(LOG,
 			(errmsg("pg_cdp http: a request to %s failed: %s",
 					CdpHttpRouteLabel(req->route), edata->message)));
-	if (CdpIsPassingError(edata->sqlerrcode))
+	/* what a retry can cure: a busy or restarting server, one that is read-only for now */
+	if (CdpIsPassingError(edata->sqlerrcode) ||
+		edata->sqlerrcode == ERRCODE_READ_ONLY_SQL_TRANSACTION)
 	{
 		req->retry_after = 1;
 		CdpHttpAnswer(req, 503, "unavailable", edata->message);
