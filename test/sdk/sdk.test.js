@@ -93,6 +93,9 @@ test('Segment analytics-node: 1,200 events in batches, each stored once under it
 	assert.equal(r.summary.bodyWriteKey, r.summary.requests, 'writeKey in every body');
 	await waitInboxEmpty();
 	assertStoredOnce(readIds(ids), 'seg', 'sdk_seg');
+	// the key it put in every body is not kept anywhere
+	assert.equal(psql(`SELECT count(*) FROM cdp.events e WHERE e::text LIKE '%${keys.seg}%'`), '0',
+		'the write key is not stored');
 });
 
 test('RudderStack rudder-sdk-node: 1,200 gzipped events in batches, each stored once under its source', async () => {
@@ -147,6 +150,8 @@ test('writeKey in the body, no Authorization header (analytics.js, older analyti
 	}
 	await waitInboxEmpty();
 	assertStoredOnce(sent, 'body', 'sdk_body');
+	assert.equal(psql(`SELECT count(*) FROM cdp.events e WHERE e::text LIKE '%${keys.body}%'`), '0',
+		'the write key is not stored');
 });
 
 test('Basic auth on single calls (plain http)', async () => {
