@@ -2,8 +2,9 @@
 // Sends events to a pg_cdp HTTP endpoint through a real SDK, unmodified
 // (Segment's @segment/analytics-node or RudderStack's rudder-sdk-node), and
 // records what it sent, so a test can check that every messageId was stored
-// exactly once.  It only observes the SDKs' traffic (request and response
-// hooks), never changes what they send.
+// exactly once.  The SDKs are set up only through their documented options
+// (batch size, flush interval, retries, RudderStack's axiosInstance), and
+// their traffic is only observed (request and response hooks), never changed.
 //
 //   node send.js --sdk segment|rudder --url http://127.0.0.1:PORT --key KEY
 //       --prefix ID_PREFIX --count N [--ids-out FILE] [--flush-at N]
