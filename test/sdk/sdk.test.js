@@ -1,7 +1,9 @@
 // End-to-end tests of the HTTP endpoint with the real SDKs from npm: each SDK
 // sends over a thousand events of every call type in batches, and every
 // messageId must be stored exactly once, attributed to the source whose key
-// sent it.  Also each form of authentication the SDKs use, and the 401s.
+// sent it.  Also: events sent again are stored once, an oversized event in a
+// batch is dead-lettered alone, each form of authentication the SDKs use
+// works (and the 401s), and a full inbox's 429 makes each SDK wait and retry.
 //
 // Run inside a cluster with the endpoint up (test/sdk/run.sh does):
 //   CDP_DB=<database with pg_cdp> CDP_HTTP_PORT=<cdp.http_port> node --test sdk.test.js
@@ -124,6 +126,25 @@ test('events sent again (same messageIds, new sentAt, as an SDK retry does) are 
 	assertStoredOnce(readIds(path.join(tmp, 'seg.ids')), 'seg', 'sdk_seg');
 	assert.equal(Number(psql(`SELECT value FROM cdp.stats WHERE name = 'deduplicated'`)) - dedupBefore,
 		300, 'all 300 counted as deduplicated');
+});
+
+test('RudderStack sends an event over 32 kB in its batch: it alone is dead-lettered too_large', async () => {
+	// rudder-sdk-node only logs an oversized event and sends it anyway
+	keys.big = psql(`SELECT cdp.create_source('sdk_big')`);
+	const ids = path.join(tmp, 'big.ids');
+	const r = await runSender(['--sdk', 'rudder', '--url', base, '--key', keys.big,
+		'--prefix', 'big', '--count', '100', '--flush-at', '20', '--big-every', '50',
+		'--ids-out', ids]);
+	assert.equal(r.code, 0, `sender failed: ${JSON.stringify(r.summary)} ${r.stderr}`);
+	await waitInboxEmpty();
+	const sent = readIds(ids);
+	const big = ['big-7', 'big-57'];
+	const stored = storedById('big');
+	assert.deepEqual(big.filter((id) => stored.has(id)), [], 'the big events are not stored');
+	assert.equal(stored.size, sent.size - big.length, 'every other event is stored');
+	assert.equal(psql(`SELECT string_agg(error_code || ' ' || (payload::jsonb->>'messageId'), ','
+		ORDER BY payload::jsonb->>'messageId') FROM cdp.dead_letters WHERE source = 'sdk_big'`),
+	'too_large big-57,too_large big-7', 'each is a dead letter with its payload');
 });
 
 test('writeKey in the body, no Authorization header (analytics.js, older analytics-node)', async () => {

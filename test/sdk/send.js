@@ -9,7 +9,7 @@
 //   node send.js --sdk segment|rudder --url http://127.0.0.1:PORT --key KEY
 //       --prefix ID_PREFIX --count N [--ids-out FILE] [--flush-at N]
 //       [--per-tick N --tick-ms MS] [--until-file FILE --max N]
-//       [--retries N] [--deadline-s S]
+//       [--retries N] [--deadline-s S] [--big-every N]
 //
 // Without --until-file it sends --count events; with it, it sends at least
 // --count and goes on (paced) until FILE exists or --max events are sent.
@@ -25,7 +25,7 @@ function parseArgs(argv)
 	const opts = {
 		sdk: null, url: null, key: null, prefix: null, count: 1000, max: null,
 		idsOut: null, flushAt: null, perTick: 0, tickMs: 100, untilFile: null,
-		retries: null, deadlineS: 120,
+		retries: null, deadlineS: 120, bigEvery: 0,
 	};
 	for (let i = 2; i < argv.length; i += 2)
 	{
@@ -148,7 +148,7 @@ async function main()
 	};
 	const sendOne = () => {
 		const i = stats.sent;
-		const { method, msg, type } = makeEvent(opts.sdk, opts.prefix, i);
+		const { method, msg, type } = makeEvent(opts.sdk, opts.prefix, i, opts.bigEvery);
 		ids.push(`${msg.messageId}\t${type}`);
 		stats.sent++;
 		pending++;
