@@ -623,6 +623,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			Broken("status is neither 0, 400 nor 401");
 		if (out.error == NULL || out.error[0] == '\0' || out.message == NULL || out.message[0] == '\0')
 			Broken("a refusal without error and message");
+		if (out.payload != NULL || out.messages != 0)
+			Broken("a refusal with a payload to queue");
 		if (!ValidUtf8(out.message))
 			Broken("a refusal's message is not valid UTF-8");
 		if ((out.status == 401) != (strcmp(out.error, "unauthorized") == 0))
