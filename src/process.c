@@ -60,13 +60,8 @@
 #define STATS_PROFILES		65536
 
 /*
-<<<<<<< Updated upstream
  * Traits and consent a call gathers before it writes them, in kilobytes
  * (see CdpStateQueueLength): at most 64 MB.
-=======
- * Identifiers whose traits or consent a call changed before it writes them
- * into their profiles (see CdpNewStateQueue): under 100 bytes each.
->>>>>>> Stashed changes
  */
 #define STATE_IDENTIFIERS	65536
 
@@ -101,11 +96,7 @@ typedef struct Batch
 	TimestampTz retention_horizon;
 	MemoryContext chunk_cxt;
 	HTAB	   *stats;			/* profile stats of its committed chunks */
-<<<<<<< Updated upstream
 	CdpStateQueue *state;		/* the same of its committed chunks */
-=======
-	CdpStateQueue *state;		/* identifiers whose state the call changed */
->>>>>>> Stashed changes
 
 	/* what it took */
 	CdpInboxRow *rows;
@@ -401,11 +392,7 @@ ProcessChunk(void *arg)
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
 	CdpResolveIdentities(msgs, n, w->stats);
-<<<<<<< Updated upstream
 	CdpStoreProfileState(msgs, n, w->state);
-=======
-	CdpStoreProfileState(msgs, n, b->state);
->>>>>>> Stashed changes
 	CdpStoreEvents(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 	CdpStatsCountOutcomes(msgs, n);
@@ -740,34 +727,7 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_messages must not be negative")));
 
-<<<<<<< Updated upstream
 	d = CdpBeginDrain();
-=======
-	/* rows and item spans keep a first block of their own, as chunks do (below) */
-	memset(&b, 0, sizeof(b));
-	batch_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox batch",
-									  BATCH_INPUT_BYTES, BATCH_INPUT_BYTES,
-									  ALLOCSET_DEFAULT_MAXSIZE);
-
-	/*
-	 * A chunk of 1000 small messages needs about 15 MB; a kept first block
-	 * of that size is reused after every reset instead of going back to the
-	 * kernel and faulting in again (that alone cost a fifth of the
-	 * processing time).
-	 */
-	b.chunk_cxt = AllocSetContextCreate(caller_cxt, "cdp inbox chunk",
-										CHUNK_KEEPER_BYTES, CHUNK_KEEPER_BYTES,
-										ALLOCSET_DEFAULT_MAXSIZE);
-	/* before any inbox row is taken: cdp.forget waits for this call, or it for forget */
-	CdpLockSuppressions(false);
-	stats = CdpNewProfileStats(caller_cxt);
-	b.state = CdpNewStateQueue(caller_cxt);
-	SPI_connect();
-	MemoryContextSwitchTo(batch_cxt);
-	CdpLoadPartitionConfig(&b.config);
-	b.retention_horizon = CdpRetentionHorizon(&b.config, GetCurrentTransactionStartTimestamp());
-
->>>>>>> Stashed changes
 	while (limit < 0 || taken < limit)
 	{
 		CdpDrainRequest req = {0};
@@ -786,34 +746,12 @@ cdp_process_inbox(PG_FUNCTION_ARGS)
 		}
 		if (result.rows == 0)
 			break;
-<<<<<<< Updated upstream
 		messages += result.messages;
 		taken += result.rows;
-=======
-		last_id = b.rows[b.nrows - 1].id;
-		messages += b.messages;
-		taken += b.nrows;
-		CdpMergeProfileStats(stats, b.stats);
-		if (hash_get_num_entries(stats) >= STATS_PROFILES)
-			CdpWriteProfileStats(stats);
-		if (CdpStateQueueLength(b.state) >= STATE_IDENTIFIERS)
-			CdpWriteQueuedProfileState(b.state);
-		MemoryContextReset(batch_cxt);
->>>>>>> Stashed changes
 		CHECK_FOR_INTERRUPTS();
 	}
 
 	/* the counts of every committed batch, including one that stopped early */
-<<<<<<< Updated upstream
 	CdpEndDrain(d);
-=======
-	MemoryContextSwitchTo(batch_cxt);
-	CdpWriteProfileStats(stats);
-	CdpWriteQueuedProfileState(b.state);
-	MemoryContextSwitchTo(caller_cxt);
-	SPI_finish();
-	MemoryContextDelete(b.chunk_cxt);
-	MemoryContextDelete(batch_cxt);
->>>>>>> Stashed changes
 	PG_RETURN_INT64(messages);
 }

@@ -57,11 +57,7 @@ typedef enum StatePlan
 	PLAN_VIOLATIONS,
 	PLAN_STATEFUL_NEW,
 	PLAN_RECOMPUTE,
-<<<<<<< Updated upstream
 	PLAN_PURPOSES,
-=======
-	PLAN_QUEUED,
->>>>>>> Stashed changes
 	NUM_STATE_PLANS
 } StatePlan;
 
@@ -76,15 +72,6 @@ typedef struct MessageConsent
 	char	   *names[CDP_MAX_MESSAGE_CONSENTS + 1];	/* lower case; NULL: full */
 	bool		granted[CDP_MAX_MESSAGE_CONSENTS + 1];
 } MessageConsent;
-
-/* identifiers whose state changed, not yet written into their profiles */
-struct CdpStateQueue
-{
-	MemoryContext cxt;
-	Datum	   *ids;
-	int			n;
-	int			cap;
-};
 
 typedef struct Violation
 {
@@ -307,7 +294,6 @@ AddConsents(MessageConsent *mc, CdpMessage *msg)
 	return AddConsentIds(mc, ObjectGet(rudder, "deniedConsentIds"), false);
 }
 
-<<<<<<< Updated upstream
 /* the defined purposes, sorted (a message's categories name them) */
 static char **
 LoadPurposes(int *n)
@@ -325,84 +311,6 @@ LoadPurposes(int *n)
 	*n = (int) rows;
 	return names;
 }
-=======
-/* the statement of WriteState, in parts: traits, consent, profiles */
-static const char *const state_sql =
-	/* traits */
-	"WITH tu AS (SELECT * FROM ROWS FROM (unnest($1), unnest($2), unnest($3), "
-	"  unnest($4)) AS u(i, k, v, t)), "
-	"tb AS (SELECT DISTINCT ON (i, k) i, k, v, cdp.state_time(t) AS t FROM tu "
-	"  ORDER BY i, k, tu.t DESC, v::text COLLATE \"C\" DESC), "
-	"tn AS (SELECT g.i, m.traits, m.trait_times "
-	"  FROM (SELECT i, jsonb_object_agg(k, v) AS tr, jsonb_object_agg(k, t) AS tt "
-	"          FROM tb GROUP BY i) g, "
-	"  LATERAL cdp.merge_traits(ARRAY[g.tr], ARRAY[g.tt], $5, true) m), "
-	"tu2 AS (UPDATE cdp.identifier_traits s SET (traits, trait_times) = "
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     ARRAY[s.traits, tn.traits], ARRAY[s.trait_times, tn.trait_times], $5, true) m) "
-	"  FROM tn WHERE s.identifier = tn.i "
-	"   AND EXISTS (SELECT 1 FROM jsonb_each_text(tn.trait_times) e "
-	"     WHERE s.trait_times ->> e.key IS NULL "
-	"        OR e.value COLLATE \"C\" > s.trait_times ->> e.key "
-	"        OR (e.value = s.trait_times ->> e.key AND "
-	"            (tn.traits -> e.key)::text COLLATE \"C\" > (s.traits -> e.key)::text)) "
-	"  RETURNING s.identifier, s.traits, s.trait_times), "
-	"ti AS (INSERT INTO cdp.identifier_traits (identifier, traits, trait_times) "
-	"  SELECT tn.i, tn.traits, tn.trait_times FROM tn "
-	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_traits s WHERE s.identifier = tn.i) "
-	"  RETURNING identifier, traits, trait_times), "
-	"tw AS (SELECT * FROM tu2 UNION ALL SELECT * FROM ti), "
-	/* consent */
-	"cu AS (SELECT * FROM ROWS FROM (unnest($7), unnest($8), unnest($9), "
-	"  unnest($10), unnest($11), unnest($12), unnest($13)) AS u(i, c, g, t, m, s, o)), "
-	"cd AS (SELECT cu.i, cu.c AS purpose, cu.g, cu.t, cu.m, cu.s FROM cu "
-	"        JOIN cdp.purposes pp ON pp.name = cu.c "
-	"      UNION ALL "
-	"      SELECT cu.i, pp.name, false, cu.t, cu.m, cu.s FROM cu CROSS JOIN cdp.purposes pp "
-	"       WHERE cu.c IS NULL "
-	"         AND NOT EXISTS (SELECT 1 FROM cu v WHERE v.o = cu.o AND v.c = pp.name)), "
-	"cl AS (INSERT INTO cdp.consent_log (identifier, purpose, granted, at, message_id, source) "
-	"  SELECT h.i, h.purpose, h.g, h.t, h.m, h.s FROM ("
-	"    SELECT cd.*, coalesce(lag(cd.g) OVER (PARTITION BY cd.i, cd.purpose "
-	"                                          ORDER BY cd.t, cd.g DESC), "
-	"                          (ic.consent -> cd.purpose ->> 'granted')::bool) AS prev "
-	"      FROM cd LEFT JOIN cdp.identifier_consent ic ON ic.identifier = cd.i) h "
-	"   WHERE h.prev IS DISTINCT FROM h.g), "
-	"cb AS (SELECT i, jsonb_object_agg(purpose, cdp.consent_entry(g, t, s, m)) AS e "
-	"  FROM (SELECT DISTINCT ON (i, purpose) * FROM cd "
-	"        ORDER BY i, purpose, t DESC, g, coalesce(m, '') COLLATE \"C\" DESC, "
-	"                 s COLLATE \"C\" DESC) w GROUP BY i), "
-	"cu2 AS (UPDATE cdp.identifier_consent c SET consent = cdp.merge_consent(ARRAY[c.consent, cb.e]) "
-	"  FROM cb WHERE c.identifier = cb.i "
-	"   AND cdp.merge_consent(ARRAY[c.consent, cb.e]) <> c.consent "
-	"  RETURNING c.identifier, c.consent), "
-	"ci AS (INSERT INTO cdp.identifier_consent (identifier, consent) "
-	"  SELECT cb.i, cb.e FROM cb "
-	"   WHERE NOT EXISTS (SELECT 1 FROM cdp.identifier_consent c WHERE c.identifier = cb.i) "
-	"  RETURNING identifier, consent), "
-	"cw AS (SELECT * FROM cu2 UNION ALL SELECT * FROM ci) "
-	/* the identifiers whose state changed */
-	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
-
-/* the statement of CdpWriteQueuedProfileState */
-static const char *const queued_sql =
-	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
-	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
-	"FROM (SELECT i.profile_id AS p, "
-	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tr, "
-	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tt, "
-	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
-	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
-	"        JOIN cdp.identities i ON i.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
-	"       GROUP BY i.profile_id) q "
-	"WHERE r.profile_id = q.p";
->>>>>>> Stashed changes
 
 /*
  * A message's decisions: one per defined purpose it states (a denial when
@@ -411,7 +319,6 @@ static const char *const queued_sql =
  * dropped.
  */
 static void
-<<<<<<< Updated upstream
 PendMessageConsent(CdpStateQueue *queue, CdpMessage *msg, MessageConsent *mc,
 				   char **purposes, int npurposes)
 {
@@ -442,49 +349,6 @@ PendMessageConsent(CdpStateQueue *queue, CdpMessage *msg, MessageConsent *mc,
 		CdpPendDecision(queue, owner, purposes[p], st[p] == 1, msg->ts, msg->message_id,
 						msg->source ? msg->source : "");
 	}
-=======
-WriteState(StateRows *traits, StateRows *consent, CdpStateQueue *queue)
-{
-	Oid			idarray = get_array_type(plans_type_oid);
-	Oid			argtypes[13] = {idarray, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
-		INT4OID, INT4OID,
-		idarray, TEXTARRAYOID, BOOLARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID};
-	Datum		args[13];
-	uint64		rows;
-
-	args[0] = ColumnArray(traits, 0, plans_type_oid);
-	args[1] = ColumnArray(traits, 1, TEXTOID);
-	args[2] = ColumnArray(traits, 2, JSONBOID);
-	args[3] = ColumnArray(traits, 3, TIMESTAMPTZOID);
-	args[4] = Int32GetDatum(CDP_MAX_IDENTIFIER_TRAITS);
-	args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	args[6] = ColumnArray(consent, 0, plans_type_oid);
-	args[7] = ColumnArray(consent, 1, TEXTOID);
-	args[8] = ColumnArray(consent, 2, BOOLOID);
-	args[9] = ColumnArray(consent, 3, TIMESTAMPTZOID);
-	args[10] = ColumnArray(consent, 4, TEXTOID);
-	args[11] = ColumnArray(consent, 5, TEXTOID);
-	args[12] = ColumnArray(consent, 6, INT4OID);
-	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
-					   args, NULL, SPI_OK_SELECT);
-	for (uint64 r = 0; r < rows; r++)
-	{
-		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContext old = MemoryContextSwitchTo(queue->cxt);
-
-		if (queue->n == queue->cap)
-		{
-			queue->cap = Max(1024, queue->cap * 2);
-			queue->ids = queue->ids ? repalloc(queue->ids, sizeof(Datum) * queue->cap) :
-				palloc(sizeof(Datum) * queue->cap);
-		}
-		queue->ids[queue->n++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(id));
-		MemoryContextSwitchTo(old);
-	}
-	SPI_freetuptable(SPI_tuptable);
->>>>>>> Stashed changes
 }
 
 /*
@@ -577,70 +441,11 @@ CdpStoreProfileState(CdpMessage **msgs, int n, CdpStateQueue *queue)
 	{
 		int			level;
 
-<<<<<<< Updated upstream
 		CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 		level = CdpBeginIndexedPlans();
-=======
-		if (traits.n > 0 || consent.n > 0)
-			WriteState(&traits, &consent, queue);
->>>>>>> Stashed changes
 		WriteViolations(violations);
 		CdpEndIndexedPlans(level);
 	}
-}
-
-/*
- * An empty queue of identifiers whose state a call changed, written into
- * their profiles by CdpWriteQueuedProfileState.  Writing a profile record
- * once per batch leaves a dead version of it per batch for the rest of the
- * transaction (see CdpNewProfileStats); once per call leaves one.
- */
-CdpStateQueue *
-CdpNewStateQueue(MemoryContext cxt)
-{
-	CdpStateQueue *queue = MemoryContextAllocZero(cxt, sizeof(CdpStateQueue));
-
-	queue->cxt = cxt;
-	return queue;
-}
-
-/* how many identifiers wait (some maybe twice) */
-int
-CdpStateQueueLength(CdpStateQueue *queue)
-{
-	return queue->n;
-}
-
-/*
- * Merge the state of the queued identifiers into the profiles holding them
- * now, in one statement, and empty the queue.  Per key and purpose the
- * merge keeps the latest and an identifier's maps only gain newer entries,
- * so merging an identifier's whole maps into its profile again is harmless:
- * it stays right when a merge, split or rebuild recomputed the profile in
- * between, or when the part that queued the identifier was rolled back.
- * The call holds the profile rows (its identity resolution locked them).
- */
-void
-CdpWriteQueuedProfileState(CdpStateQueue *queue)
-{
-	Oid			argtypes[2];
-	Datum		args[2];
-	int			level;
-
-	if (queue->n == 0)
-		return;
-	CheckPlans();
-	argtypes[0] = get_array_type(plans_type_oid);
-	argtypes[1] = INT4OID;
-	args[0] = CdpArray(queue->ids, queue->n, plans_type_oid);
-	args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-	level = CdpBeginIndexedPlans();
-	CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
-				args, NULL, SPI_OK_UPDATE);
-	CdpEndIndexedPlans(level);
-	for (int i = 0; i < queue->n; i++)
-		pfree(DatumGetPointer(queue->ids[i]));
-	queue->n = 0;
 }
 
 /*

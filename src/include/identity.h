@@ -294,15 +294,7 @@ extern void CdpPendDecision(CdpStateQueue *queue, CdpPendingId *owner, const cha
 
 /* profile_state.c */
 extern bool CdpMessageHasProfileState(struct CdpMessage *msg);
-<<<<<<< Updated upstream
 extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
-=======
-typedef struct CdpStateQueue CdpStateQueue;
-extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
-extern int	CdpStateQueueLength(CdpStateQueue *queue);
-extern void CdpStoreProfileState(struct CdpMessage **msgs, int n, CdpStateQueue *queue);
-extern void CdpWriteQueuedProfileState(CdpStateQueue *queue);
->>>>>>> Stashed changes
 extern void CdpRecomputeProfileState(int64 *profile_ids, int n);
 extern void CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n);
 
