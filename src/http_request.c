@@ -297,9 +297,9 @@ ScanScalar(void *state, char *token, JsonTokenType tokentype)
 		s->item_write_key = token;
 }
 
-/* nesting deeper than CDP_HTTP_MAX_JSON_DEPTH, found without recursing */
+/* nesting deeper than max_depth, found without recursing */
 static bool
-TooDeep(const char *text, size_t len)
+TooDeep(const char *text, size_t len, int max_depth)
 {
 	int			depth = 0;
 	bool		in_string = false;
@@ -319,7 +319,7 @@ TooDeep(const char *text, size_t len)
 			in_string = true;
 		else if (c == '{' || c == '[')
 		{
-			if (++depth > CDP_HTTP_MAX_JSON_DEPTH)
+			if (++depth > max_depth)
 				return true;
 		}
 		else if (c == '}' || c == ']')
@@ -423,23 +423,31 @@ JsonErrorDetail(JsonParseErrorType rc, JsonLexContext *lex)
 #define JsonErrorDetail json_errdetail
 #endif
 
-/* parse text, filling the scan; false (and a refusal) when it is not JSON */
+/*
+ * Parse text, filling the scan; false (and a refusal) when it is not JSON.
+ * A message may nest CDP_HTTP_MAX_JSON_DEPTH levels, a single call or a
+ * batch item alike: a batch's envelope and array add two.
+ */
 static bool
-ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
+ScanJson(const char *text, size_t len, bool batch, Scan *s, CdpHttpIngest *out)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
 	JsonParseErrorType rc;
+	int			max_depth = CDP_HTTP_MAX_JSON_DEPTH + (batch ? 2 : 0);
 
 	if (pg_encoding_verifymbstr(PG_UTF8, text, len) != (int) len)
 	{
 		Refuse(out, 400, "invalid_json", psprintf("the body is not valid UTF-8"));
 		return false;
 	}
-	if (TooDeep(text, len))
+	if (TooDeep(text, len, max_depth))
 	{
 		Refuse(out, 400, "invalid_json",
-			   psprintf("the body nests more than %d levels deep", CDP_HTTP_MAX_JSON_DEPTH));
+			   batch ?
+			   psprintf("the body nests more than %d levels deep (a batch item %d)",
+						max_depth, CDP_HTTP_MAX_JSON_DEPTH) :
+			   psprintf("the body nests more than %d levels deep", max_depth));
 		return false;
 	}
 	memset(s, 0, sizeof(*s));
@@ -692,7 +700,8 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 						len, limits->max_event_bytes));
 		return;
 	}
-	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, &scan, out))
+	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, type == NULL,
+				  &scan, out))
 		return;
 
 	if (out->write_key == NULL)

@@ -592,7 +592,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ValidUtf8Len((const char *) plain, plain_len) &&
 			ShallowEnough((const char *) plain, plain_len) &&
 			ParseAgain((const char *) plain, plain_len, NULL, type != NULL, &r) &&
-			r.top_object && r.max_depth <= CDP_HTTP_MAX_JSON_DEPTH;
+			r.top_object && r.max_depth <= CDP_HTTP_MAX_JSON_DEPTH + (type ? 0 : 2);
 		ArenaReset();
 	}
 
