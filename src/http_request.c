@@ -297,9 +297,9 @@ ScanScalar(void *state, char *token, JsonTokenType tokentype)
 		s->item_write_key = token;
 }
 
-/* nesting deeper than max_depth, found without recursing */
+/* nesting deeper than CDP_HTTP_MAX_JSON_DEPTH, found without recursing */
 static bool
-TooDeep(const char *text, size_t len, int max_depth)
+TooDeep(const char *text, size_t len)
 {
 	int			depth = 0;
 	bool		in_string = false;
@@ -319,7 +319,7 @@ TooDeep(const char *text, size_t len, int max_depth)
 			in_string = true;
 		else if (c == '{' || c == '[')
 		{
-			if (++depth > max_depth)
+			if (++depth > CDP_HTTP_MAX_JSON_DEPTH)
 				return true;
 		}
 		else if (c == '}' || c == ']')
@@ -423,31 +423,23 @@ JsonErrorDetail(JsonParseErrorType rc, JsonLexContext *lex)
 #define JsonErrorDetail json_errdetail
 #endif
 
-/*
- * Parse text, filling the scan; false (and a refusal) when it is not JSON.
- * A message may nest CDP_HTTP_MAX_JSON_DEPTH levels, a single call or a
- * batch item alike: a batch's envelope and array add two.
- */
+/* parse text, filling the scan; false (and a refusal) when it is not JSON */
 static bool
-ScanJson(const char *text, size_t len, bool batch, Scan *s, CdpHttpIngest *out)
+ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
 	JsonParseErrorType rc;
-	int			max_depth = CDP_HTTP_MAX_JSON_DEPTH + (batch ? 2 : 0);
 
 	if (pg_encoding_verifymbstr(PG_UTF8, text, len) != (int) len)
 	{
 		Refuse(out, 400, "invalid_json", psprintf("the body is not valid UTF-8"));
 		return false;
 	}
-	if (TooDeep(text, len, max_depth))
+	if (TooDeep(text, len))
 	{
 		Refuse(out, 400, "invalid_json",
-			   batch ?
-			   psprintf("the body nests more than %d levels deep (a batch item %d)",
-						max_depth, CDP_HTTP_MAX_JSON_DEPTH) :
-			   psprintf("the body nests more than %d levels deep", max_depth));
+			   psprintf("the body nests more than %d levels deep", CDP_HTTP_MAX_JSON_DEPTH));
 		return false;
 	}
 	memset(s, 0, sizeof(*s));
@@ -700,8 +692,7 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 						len, limits->max_event_bytes));
 		return;
 	}
-	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, type == NULL,
-				  &scan, out))
+	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, &scan, out))
 		return;
 
 	if (out->write_key == NULL)

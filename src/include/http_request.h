@@ -43,11 +43,8 @@ typedef struct CdpHttpIngest
 	int			messages;		/* how many messages payload holds */
 } CdpHttpIngest;
 
-/*
- * deeper JSON is refused before it is parsed (parsing recurses); a batch's
- * envelope and array may add two levels to its items'
- */
-#define CDP_HTTP_MAX_JSON_DEPTH 64
+/* deeper JSON is refused before it is parsed (parsing recurses) */
+#define CDP_HTTP_MAX_JSON_DEPTH 512
 
 extern CdpHttpRoute CdpHttpRouteOf(const char *url);
 extern const char *CdpHttpRouteLabel(CdpHttpRoute route);
