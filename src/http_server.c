@@ -524,6 +524,7 @@ StartDaemon(void)
 	RaiseDescriptorLimit();
 	daemon_handle = MHD_start_daemon(flags, (uint16) cdp_http_port, NULL, NULL,
 									 HandleRequest, NULL,
+									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT,
 									 (unsigned int) cdp_http_max_connections,
@@ -532,7 +533,6 @@ StartDaemon(void)
 									 MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024,
 									 MHD_OPTION_NOTIFY_COMPLETED, RequestCompleted, NULL,
 									 MHD_OPTION_NOTIFY_CONNECTION, ConnectionNotified, NULL,
-									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	FlushMhdLog();

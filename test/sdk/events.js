@@ -7,8 +7,8 @@ const TYPES = ['track', 'track', 'identify', 'page', 'track', 'screen', 'group',
 
 // Event number i of a run: { method, msg, type }.  Identities repeat over
 // 40 users so identity resolution has work to do; alias links a device id
-// to its user.
-function makeEvent(sdk, prefix, i)
+// to its user.  With bigEvery > 0, events 7, 7 + bigEvery, ... are over 32 kB.
+function makeEvent(sdk, prefix, i, bigEvery = 0)
 {
 	const type = TYPES[i % TYPES.length];
 	const user = `${prefix}-u${i % 40}`;
@@ -47,6 +47,8 @@ function makeEvent(sdk, prefix, i)
 			msg.userId = user;
 			break;
 	}
+	if (bigEvery > 0 && i % bigEvery === 7)
+		msg.context.blob = 'x'.repeat(40 * 1024);	// over the 32 kB an event may take
 	return { method: type, msg, type };
 }
 

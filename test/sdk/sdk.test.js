@@ -1,7 +1,9 @@
 // End-to-end tests of the HTTP endpoint with the real SDKs from npm: each SDK
 // sends over a thousand events of every call type in batches, and every
 // messageId must be stored exactly once, attributed to the source whose key
-// sent it.  Also each form of authentication the SDKs use, and the 401s.
+// sent it.  Also: events sent again are stored once, an oversized event in a
+// batch is dead-lettered alone, each form of authentication the SDKs use
+// works (and the 401s), and a full inbox's 429 makes each SDK wait and retry.
 //
 // Run inside a cluster with the endpoint up (test/sdk/run.sh does):
 //   CDP_DB=<database with pg_cdp> CDP_HTTP_PORT=<cdp.http_port> node --test sdk.test.js
@@ -93,6 +95,9 @@ test('Segment analytics-node: 1,200 events in batches, each stored once under it
 	assert.equal(r.summary.bodyWriteKey, r.summary.requests, 'writeKey in every body');
 	await waitInboxEmpty();
 	assertStoredOnce(readIds(ids), 'seg', 'sdk_seg');
+	// the key it put in every body is not kept anywhere
+	assert.equal(psql(`SELECT count(*) FROM cdp.events e WHERE e::text LIKE '%${keys.seg}%'`), '0',
+		'the write key is not stored');
 });
 
 test('RudderStack rudder-sdk-node: 1,200 gzipped events in batches, each stored once under its source', async () => {
@@ -123,6 +128,25 @@ test('events sent again (same messageIds, new sentAt, as an SDK retry does) are 
 		300, 'all 300 counted as deduplicated');
 });
 
+test('RudderStack sends an event over 32 kB in its batch: it alone is dead-lettered too_large', async () => {
+	// rudder-sdk-node only logs an oversized event and sends it anyway
+	keys.big = psql(`SELECT cdp.create_source('sdk_big')`);
+	const ids = path.join(tmp, 'big.ids');
+	const r = await runSender(['--sdk', 'rudder', '--url', base, '--key', keys.big,
+		'--prefix', 'big', '--count', '100', '--flush-at', '20', '--big-every', '50',
+		'--ids-out', ids]);
+	assert.equal(r.code, 0, `sender failed: ${JSON.stringify(r.summary)} ${r.stderr}`);
+	await waitInboxEmpty();
+	const sent = readIds(ids);
+	const big = ['big-7', 'big-57'];
+	const stored = storedById('big');
+	assert.deepEqual(big.filter((id) => stored.has(id)), [], 'the big events are not stored');
+	assert.equal(stored.size, sent.size - big.length, 'every other event is stored');
+	assert.equal(psql(`SELECT string_agg(error_code || ' ' || (payload::jsonb->>'messageId'), ','
+		ORDER BY payload::jsonb->>'messageId') FROM cdp.dead_letters WHERE source = 'sdk_big'`),
+	'too_large big-57,too_large big-7', 'each is a dead letter with its payload');
+});
+
 test('writeKey in the body, no Authorization header (analytics.js, older analytics-node)', async () => {
 	const sent = new Map();
 	const batch = [];
@@ -147,6 +171,8 @@ test('writeKey in the body, no Authorization header (analytics.js, older analyti
 	}
 	await waitInboxEmpty();
 	assertStoredOnce(sent, 'body', 'sdk_body');
+	assert.equal(psql(`SELECT count(*) FROM cdp.events e WHERE e::text LIKE '%${keys.body}%'`), '0',
+		'the write key is not stored');
 });
 
 test('Basic auth on single calls (plain http)', async () => {
@@ -224,44 +250,43 @@ async function answered(p, status)
 	return m ? Number(m[1]) : 0;
 }
 
-test('a full inbox: 429 with Retry-After; both SDKs wait and then deliver every event once', async () => {
-	// no worker drains the inbox, and one queued payload fills it
-	await reconfigure({ 'cdp.ingest_workers': 0, 'cdp.max_inbox_depth': 1 }, 0);
-	try
+test('a full inbox: 429 with Retry-After; each SDK waits and then delivers every event once', async () => {
+	for (const sdk of ['segment', 'rudder'])
 	{
-		psql(`INSERT INTO cdp.inbox (payload, source) VALUES
-			('{"type":"track","event":"Fill","userId":"full-u","messageId":"full-fill"}', 'sql')`);
-		const r = await post(base, '/v1/batch', { batch: [{ type: 'track', event: 'Full', userId: 'x',
-			messageId: 'full-plain' }], writeKey: keys.seg });
-		assert.equal(r.status, 429, r.body);
-		assert.equal(JSON.parse(r.body).error, 'inbox_full');
-		assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
-		const reset = Number(r.headers['x-ratelimit-reset']);
-		assert.ok(reset > Date.now() - 60000 && reset < Date.now() + 3600000,
-			`X-RateLimit-Reset in epoch milliseconds: ${r.headers['x-ratelimit-reset']}`);
-
-		const before = await answered('/v1/batch', 429);
-		const senders = ['segment', 'rudder'].map((sdk) => runSender(['--sdk', sdk, '--url', base,
-			'--key', keys[sdk === 'segment' ? 'seg' : 'rud'], '--prefix', `full-${sdk}`,
-			'--count', '200', '--flush-at', '50', '--retries', '10',
-			'--ids-out', path.join(tmp, `full-${sdk}.ids`)]));
-		// both are refused at least once, then the workers come back
-		const until = Date.now() + 30000;
-		while (await answered('/v1/batch', 429) < before + 2 && Date.now() < until)
-			await sleep(100);
-		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
-		const [seg, rud] = await Promise.all(senders);
-		for (const [name, r2] of [['segment', seg], ['rudder', rud]])
+		// no worker drains the inbox, and one queued payload fills it
+		await reconfigure({ 'cdp.ingest_workers': 0, 'cdp.max_inbox_depth': 1 }, 0);
+		try
 		{
-			assert.equal(r2.code, 0, `${name} sender failed: ${JSON.stringify(r2.summary)} ${r2.stderr}`);
-			assert.ok(r2.summary.status['429'] > 0, `${name} met a 429: ${JSON.stringify(r2.summary.status)}`);
+			psql(`INSERT INTO cdp.inbox (payload, source) VALUES ('{"type":"track","event":"Fill",
+				"userId":"full-u","messageId":"full-fill-${sdk}"}', 'sql')`);
+			const r = await post(base, '/v1/batch', { batch: [{ type: 'track', event: 'Full',
+				userId: 'x', messageId: 'full-plain' }], writeKey: keys.seg });
+			assert.equal(r.status, 429, r.body);
+			assert.equal(JSON.parse(r.body).error, 'inbox_full');
+			assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
+			const reset = Number(r.headers['x-ratelimit-reset']);
+			assert.ok(reset > Date.now() - 60000 && reset < Date.now() + 3600000,
+				`X-RateLimit-Reset in epoch milliseconds: ${r.headers['x-ratelimit-reset']}`);
+
+			const before = await answered('/v1/batch', 429);
+			const ids = path.join(tmp, `full-${sdk}.ids`);
+			const sender = runSender(['--sdk', sdk, '--url', base,
+				'--key', keys[sdk === 'segment' ? 'seg' : 'rud'], '--prefix', `full-${sdk}`,
+				'--count', '200', '--flush-at', '50', '--retries', '10', '--ids-out', ids]);
+			// refused at least once, then the workers come back
+			const until = Date.now() + 30000;
+			while (await answered('/v1/batch', 429) === before && Date.now() < until)
+				await sleep(50);
+			await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+			const done = await sender;
+			assert.equal(done.code, 0, `${sdk} sender failed: ${JSON.stringify(done.summary)} ${done.stderr}`);
+			assert.ok(done.summary.status['429'] > 0, `${sdk} met a 429: ${JSON.stringify(done.summary.status)}`);
+			await waitInboxEmpty();
+			assertStoredOnce(readIds(ids), `full-${sdk}`, sdk === 'segment' ? 'sdk_seg' : 'sdk_rud');
 		}
-		await waitInboxEmpty();
-		assertStoredOnce(readIds(path.join(tmp, 'full-segment.ids')), 'full-segment', 'sdk_seg');
-		assertStoredOnce(readIds(path.join(tmp, 'full-rudder.ids')), 'full-rudder', 'sdk_rud');
-	}
-	finally
-	{
-		await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+		finally
+		{
+			await reconfigure({ 'cdp.ingest_workers': null, 'cdp.max_inbox_depth': null }, 2);
+		}
 	}
 });

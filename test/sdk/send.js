@@ -2,13 +2,14 @@
 // Sends events to a pg_cdp HTTP endpoint through a real SDK, unmodified
 // (Segment's @segment/analytics-node or RudderStack's rudder-sdk-node), and
 // records what it sent, so a test can check that every messageId was stored
-// exactly once.  It only observes the SDKs' traffic (request and response
-// hooks), never changes what they send.
+// exactly once.  The SDKs are set up only through their documented options
+// (batch size, flush interval, retries, RudderStack's axiosInstance), and
+// their traffic is only observed (request and response hooks), never changed.
 //
 //   node send.js --sdk segment|rudder --url http://127.0.0.1:PORT --key KEY
 //       --prefix ID_PREFIX --count N [--ids-out FILE] [--flush-at N]
 //       [--per-tick N --tick-ms MS] [--until-file FILE --max N]
-//       [--retries N] [--deadline-s S]
+//       [--retries N] [--deadline-s S] [--big-every N]
 //
 // Without --until-file it sends --count events; with it, it sends at least
 // --count and goes on (paced) until FILE exists or --max events are sent.
@@ -24,7 +25,7 @@ function parseArgs(argv)
 	const opts = {
 		sdk: null, url: null, key: null, prefix: null, count: 1000, max: null,
 		idsOut: null, flushAt: null, perTick: 0, tickMs: 100, untilFile: null,
-		retries: null, deadlineS: 120,
+		retries: null, deadlineS: 120, bigEvery: 0,
 	};
 	for (let i = 2; i < argv.length; i += 2)
 	{
@@ -147,7 +148,7 @@ async function main()
 	};
 	const sendOne = () => {
 		const i = stats.sent;
-		const { method, msg, type } = makeEvent(opts.sdk, opts.prefix, i);
+		const { method, msg, type } = makeEvent(opts.sdk, opts.prefix, i, opts.bigEvery);
 		ids.push(`${msg.messageId}\t${type}`);
 		stats.sent++;
 		pending++;

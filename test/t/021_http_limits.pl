@@ -188,6 +188,40 @@ is(sql(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
 	'every acknowledged message is stored, no refused one');
 is(http_request($port, 'GET', '/health', undef)->{status}, 200, 'the endpoint is healthy');
 
+# --- thousands of requests, good and bad, leave the worker's own memory as
+# it was (requests are freed when answered, rounds reset)
+sub http_worker_anon_kb
+{
+	my $pid = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+	my $status = slurp_file("/proc/$pid/status");
+	return $status =~ /^RssAnon:\s+(\d+) kB/m ? $1 : die "no RssAnon for $pid";
+}
+sub mixed_requests
+{
+	my ($n, $tag) = @_;
+	my %statuses;
+	for my $i (1 .. $n)
+	{
+		my @kind = (
+			[ '/v1/track', track_body("$tag-$i") ],
+			[ '/v1/track', '{"userId": "u1", "event": ' ],
+			[ '/v1/batch', encode_json({ batch => [ map { { type => 'track', userId => 'u1',
+				event => 'Mixed', messageId => "$tag-$i-$_", properties => { x => 'y' x 500 } } }
+				1 .. 20 ] }) ],
+			[ '/v1/track', gzipped(track_body("$tag-gz-$i")), 'Content-Encoding: gzip' ]);
+		my ($path, $body, @headers) = @{ $kind[ $i % 4 ] };
+		$statuses{ http_request($port, 'POST', $path, $body, $auth, @headers)->{status} }++;
+	}
+	sql('TRUNCATE cdp.inbox');
+	return join(' ', map { "$_:$statuses{$_}" } sort keys %statuses);
+}
+mixed_requests(200, 'warm');
+my $anon_before = http_worker_anon_kb();
+is(mixed_requests(1200, 'many'), '200:900 400:300', 'twelve hundred requests, a quarter bad');
+my $anon_growth = http_worker_anon_kb() - $anon_before;
+cmp_ok($anon_growth, '<', 1024, 'the HTTP worker\'s private memory did not grow with them')
+  or diag("RssAnon grew by $anon_growth kB");
+
 # --- the port taken: the worker says so, and listens once it is free
 $node->stop;
 my $squatter = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
