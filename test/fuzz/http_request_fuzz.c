@@ -410,7 +410,7 @@ RScalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
- * Whether text nests no deeper than 1000 (outside strings): pg_parse_json
+ * Whether text nests no deeper than 2000 (outside strings): pg_parse_json
  * recurses, and has no stack check in frontend code, so the harness parses
  * only what is shallow enough.  Far above CDP_HTTP_MAX_JSON_DEPTH, so a slip
  * here cannot hide one of the code under test.
@@ -427,7 +427,7 @@ ShallowEnough(const char *text, size_t len)
 			i++;
 		else if (text[i] == '"')
 			in_string = !in_string;
-		else if (!in_string && (text[i] == '[' || text[i] == '{') && ++depth > 1000)
+		else if (!in_string && (text[i] == '[' || text[i] == '{') && ++depth > 2000)
 			return false;
 		else if (!in_string && (text[i] == ']' || text[i] == '}'))
 			depth--;
@@ -656,7 +656,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (out.messages < 0)
 			Broken("a negative message count");
 		if (!ShallowEnough(out.payload, out.payload_len))
-			Broken("accepted a payload nested over 1000 deep");
+			Broken("accepted a payload nested over 2000 deep");
 		decodes = ParseAgain(out.payload, out.payload_len,
 							 authorization == NULL ? out.write_key : NULL, true, &r);
 		if (!decodes && (type != NULL ||

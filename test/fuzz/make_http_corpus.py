@@ -141,6 +141,16 @@ def seeds():
     yield "not_object", seed("batch", "[1,2,3]", "basic", key)
     yield "deep_nesting", seed("track", '{"userId":"u","event":"e","properties":' +
                                '{"a":' * 70 + "1" + "}" * 71, "basic", key)
+    # CDP_HTTP_MAX_JSON_DEPTH (512) levels in all, and one more
+    item = '{"type":"track","userId":"u","event":"e","properties":{"a":%s}}'
+    yield "batch_item_64_deep", seed(
+        "batch", '{"batch":[%s,%s]}' % (item % "1", item % ("[" * 62 + "]" * 62)), "basic", key)
+    yield "batch_at_depth_limit", seed(
+        "batch", '{"batch":[%s,%s]}' % (item % "1", item % ("[" * 508 + "]" * 508)), "basic", key)
+    yield "batch_over_depth_limit", seed(
+        "batch", '{"batch":[%s,%s]}' % (item % "1", item % ("[" * 509 + "]" * 509)), "basic", key)
+    yield "single_at_depth_limit", seed("track", item % ("[" * 510 + "]" * 510), "basic", key)
+    yield "single_over_depth_limit", seed("track", item % ("[" * 511 + "]" * 511), "basic", key)
     yield "deep_nesting_60000", seed("batch", "[" * 60000)
     yield "deep_nesting_ok", seed("track", '{"userId":"u","event":"e","properties":' +
                                   '[' * 60 + "1" + "]" * 60 + "}", "basic", key)

@@ -340,7 +340,8 @@ is(http_request($port, 'POST', '/health', '{}')->{status}, 405, 'POST /health: 4
 $r = http_request($port, 'GET', '/health', undef);
 is($r->{status} . ' ' . ($r->{json}{status} // '-'), '200 ok', '/health: 200 {"status":"ok"}');
 
-# --- /metrics
+# --- /metrics (once what the calls above queued is stored, so the figures are settled)
+ok(wait_drained($node), 'the workers drain the inbox');
 $r = http_request($port, 'GET', '/metrics', undef);
 is($r->{status}, 200, '/metrics: 200');
 my (%metric, @bad, @order);
