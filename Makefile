@@ -15,7 +15,7 @@ REGRESS_OPTS =
 ISOLATION      = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test/isolation
 
-EXTRA_CLEAN = $(DATA_built)
+EXTRA_CLEAN = $(DATA_built) test/fuzz/build
 
 # PostgreSQL 15's own pg_config when it is there, whatever else is installed
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
@@ -42,7 +42,7 @@ endif
 $(DATA_built): $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 
-.PHONY: deps test fuzz run stop
+.PHONY: deps test fuzz fuzz-http run stop
 deps:
 	@bash .ci/deps.sh
 
@@ -52,6 +52,27 @@ test:
 # make fuzz [SEED=n] [COUNT=messages] [MAX_RSS_MB=512]: a long fuzz run
 fuzz:
 	@SEED="$(SEED)" COUNT="$(COUNT)" MAX_RSS_MB="$(MAX_RSS_MB)" bash .ci/fuzz.sh
+
+# make fuzz-http [FUZZ_SECONDS=20] [FUZZ_SEED=1]: libFuzzer over the parsing of
+# HTTP requests (src/http_request.c, src/http_inflate.c, built as frontend code)
+FUZZ_SECONDS ?= 20
+FUZZ_SEED    ?= 1
+FUZZ_CC      ?= clang
+HTTP_FUZZER  = test/fuzz/build/http_request_fuzz
+HTTP_FUZZ_SRC = test/fuzz/http_request_fuzz.c src/http_request.c src/http_inflate.c
+# the frontend libraries: in pkglibdir on Debian, libdir in a source build
+PG_FE_LIBDIR = $(dir $(firstword $(wildcard $(shell $(PG_CONFIG) --pkglibdir)/libpgcommon.a \
+                                           $(shell $(PG_CONFIG) --libdir)/libpgcommon.a)))
+
+$(HTTP_FUZZER): $(HTTP_FUZZ_SRC) src/include/http_request.h src/include/http_inflate.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-Wall -Wno-ignored-attributes $(if $(WERROR),-Werror) -DFRONTEND -I$(srcdir)/src/include \
+		-I$(shell $(PG_CONFIG) --includedir-server) -I$(shell $(PG_CONFIG) --includedir) \
+		$(HTTP_FUZZ_SRC) $(PG_FE_LIBDIR)libpgcommon.a $(PG_FE_LIBDIR)libpgport.a -lz -o $@
+
+fuzz-http: $(HTTP_FUZZER)
+	@FUZZ_SECONDS="$(FUZZ_SECONDS)" FUZZ_SEED="$(FUZZ_SEED)" bash .ci/fuzz_http.sh $(HTTP_FUZZER)
 
 run:
 	@bash .ci/cluster.sh start

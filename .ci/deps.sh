@@ -13,6 +13,8 @@ packages=(
   libipc-run-perl
   libmicrohttpd-dev
   zlib1g-dev
+  clang
+  libclang-rt-dev
   python3-psycopg2
   python3-sqlalchemy
   default-jdk-headless
@@ -25,6 +27,9 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# Node.js and npm run the SDK tests; a machine may have them from elsewhere
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing: ${missing[*]}"

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 bash .ci/deps.sh
+# the real Segment and RudderStack SDKs the HTTP endpoint tests drive
+bash test/sdk/install.sh
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG_BIN=$($PG_CONFIG --bindir)
 export PATH="$PG_BIN:$PATH"
@@ -37,11 +39,21 @@ pg_virtualenv -t "${preload[@]}" -o cron.database_name=cdp_tap bash -c '
 echo "== BI tools browsing the generated views (SQLAlchemy, pgjdbc)"
 pg_virtualenv -t "${preload[@]}" bash test/bi/run.sh
 
+echo "== HTTP endpoint with real SDKs"
+# a free port for cdp.http_port (a postmaster setting: fixed at start)
+free_port() {
+  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
+}
+http_port=$(free_port)
+CDP_HTTP_PORT=$http_port CDP_DB=cdp_sdk pg_virtualenv -t "${preload[@]}" \
+  -o cdp.http_port="$http_port" -o cdp.database_name=cdp_sdk bash test/sdk/run.sh
+
 echo "== Perl TAP suites (crash and restart)"
 # PostgreSQL::Test::Cluster runs initdb, which refuses root: run as postgres
 # in a directory that user owns.
 work=$(mktemp -d)
 cp -r test/t "$work/t"
+cp -r test/sdk "$work/sdk"   # the HTTP restart test drives the SDKs from there
 perl_env=(env PATH="$PATH" TESTDIR="$work" PG_REGRESS="$($PG_CONFIG --pkglibdir)/pgxs/src/test/regress/pg_regress"
           PERL5LIB="$($PG_CONFIG --pkglibdir)/pgxs/src/test/perl")
 if [ "$(id -u)" -eq 0 ]; then
@@ -51,6 +63,9 @@ else
   (cd "$work" && "${perl_env[@]}" prove t/*.pl)
 fi
 rm -rf "$work"
+
+echo "== fuzz HTTP request parsing (libFuzzer)"
+make -s fuzz-http FUZZ_SECONDS=25 FUZZ_SEED=1 WERROR=1
 
 echo "== fuzz (short run, fixed seed)"
 pg_virtualenv -t "${preload[@]}" bash -c '

@@ -42,6 +42,7 @@ CdpHttpInflate(const char *in, size_t in_len, int max_out, int max_ratio,
 			   char **out, size_t *out_len, char **why)
 {
 	z_stream	zs;
+	size_t		produced = 0;	/* zs.total_out restarts with each member */
 	size_t		cap;
 	char	   *buf;
 	int			rc;
@@ -65,7 +66,7 @@ CdpHttpInflate(const char *in, size_t in_len, int max_out, int max_ratio,
 	zs.avail_in = in_len;
 	for (;;)
 	{
-		if (zs.total_out >= cap)
+		if (produced >= cap)
 		{
 			if (cap > (size_t) max_out)
 			{
@@ -77,11 +78,11 @@ CdpHttpInflate(const char *in, size_t in_len, int max_out, int max_ratio,
 			cap = Min((size_t) max_out + 1, cap * 2);
 			buf = repalloc(buf, cap + 1);
 		}
-		zs.next_out = (Bytef *) buf + zs.total_out;
-		zs.avail_out = cap - zs.total_out;
+		zs.next_out = (Bytef *) buf + produced;
+		zs.avail_out = cap - produced;
 		rc = inflate(&zs, Z_NO_FLUSH);
-		if (zs.total_out > RATIO_FREE_BYTES &&
-			zs.total_out > (uLong) max_ratio * in_len)
+		produced = cap - zs.avail_out;
+		if (produced > RATIO_FREE_BYTES && produced > (size_t) max_ratio * in_len)
 		{
 			*why = psprintf("the body decompresses to more than %d times its size", max_ratio);
 			result = CDP_INFLATE_RATIO;
@@ -116,9 +117,9 @@ CdpHttpInflate(const char *in, size_t in_len, int max_out, int max_ratio,
 	}
 	if (result == CDP_INFLATE_OK)
 	{
-		buf[zs.total_out] = '\0';
+		buf[produced] = '\0';
 		*out = buf;
-		*out_len = zs.total_out;
+		*out_len = produced;
 	}
 	else
 		pfree(buf);

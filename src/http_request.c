@@ -21,6 +21,7 @@
 
 #include "common/base64.h"
 #include "common/jsonapi.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 
 #include "http_inflate.h"
@@ -171,6 +172,37 @@ BasicAuthKey(const char *header, CdpHttpIngest *out)
 	return decoded;
 }
 
+/*
+ * A client's string shown in a message: its first 40 characters, a byte
+ * that is not UTF-8 as \xNN, so that the answer stays valid UTF-8.
+ */
+static char *
+ClientText(const char *text)
+{
+	StringInfoData buf;
+	int			len = strlen(text);
+	int			chars = 0;
+
+	initStringInfo(&buf);
+	while (*text != '\0' && chars++ < 40)
+	{
+		int			n = pg_encoding_verifymbchar(PG_UTF8, text, len);
+
+		if (n > 0)
+			appendBinaryStringInfo(&buf, text, n);
+		else
+		{
+			appendStringInfo(&buf, "\\x%02x", (unsigned char) *text);
+			n = 1;
+		}
+		text += n;
+		len -= n;
+	}
+	if (*text != '\0')
+		appendStringInfoString(&buf, "...");
+	return buf.data;
+}
+
 static Field
 FieldOf(const char *name)
 {
@@ -225,6 +257,12 @@ ScanFieldStart(void *state, char *fname, bool isnull)
 	{
 		s->field = FieldOf(fname);
 		s->fields++;
+		/* a repeated "batch": the last one wins, as in jsonb */
+		if (s->field == F_BATCH)
+		{
+			s->batch_items = 0;
+			s->item_write_key = NULL;
+		}
 	}
 	else if (s->depth == 3 && s->field == F_BATCH)
 		s->item_field = fname != NULL && strcmp(fname, "writeKey") == 0 ? F_WRITE_KEY : F_OTHER;
@@ -236,7 +274,11 @@ ScanElementStart(void *state, bool isnull)
 	Scan	   *s = state;
 
 	if (s->depth == 2 && s->field == F_BATCH)
+	{
 		s->batch_items++;
+		/* only an item's own "writeKey" counts, not a later item's scalars */
+		s->item_field = F_OTHER;
+	}
 }
 
 static void
@@ -286,6 +328,101 @@ TooDeep(const char *text, size_t len)
 	return false;
 }
 
+/* the code point of the \u escape whose hex digits start at text[i], or -1 */
+static int
+EscapedCodePoint(const char *text, size_t len, size_t i)
+{
+	int			ch = 0;
+
+	if (i + 4 > len)
+		return -1;
+	for (size_t k = i; k < i + 4; k++)
+	{
+		char		c = text[k];
+
+		ch <<= 4;
+		if (c >= '0' && c <= '9')
+			ch += c - '0';
+		else if (c >= 'a' && c <= 'f')
+			ch += c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			ch += c - 'A' + 10;
+		else
+			return -1;
+	}
+	return ch;
+}
+
+/*
+ * For a batch: the text to scan, with each \u escape that does not decode
+ * (\u0000, a lone surrogate) turned into \ufffd, or text itself when it has
+ * none.  The pipeline dead-letters only the item holding one and stores its
+ * siblings, so the envelope must not be refused for it; the strings changed
+ * are ones no stored message keeps.
+ */
+static const char *
+DecodableEscapes(const char *text, size_t len)
+{
+	char	   *copy = NULL;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		int			ch;
+
+		if (text[i] == '"')
+			in_string = !in_string;
+		if (!in_string || text[i] != '\\')
+			continue;
+		if (i + 1 >= len || text[i + 1] != 'u' ||
+			(ch = EscapedCodePoint(text, len, i + 2)) < 0)
+		{
+			i++;				/* an escaped character, or bad hex the lexer refuses */
+			continue;
+		}
+		if (ch >= 0xD800 && ch <= 0xDBFF && i + 11 < len &&
+			text[i + 6] == '\\' && text[i + 7] == 'u')
+		{
+			int			low = EscapedCodePoint(text, len, i + 8);
+
+			if (low >= 0xDC00 && low <= 0xDFFF)
+			{
+				i += 11;		/* a surrogate pair */
+				continue;
+			}
+		}
+		if (ch == 0 || (ch >= 0xD800 && ch <= 0xDFFF))
+		{
+			if (copy == NULL)
+			{
+				copy = palloc(len + 1);
+				memcpy(copy, text, len);
+				copy[len] = '\0';
+			}
+			memcpy(copy + i, "\\ufffd", 6);
+		}
+		i += 5;
+	}
+	return copy ? copy : text;
+}
+
+#ifdef FRONTEND
+/*
+ * PostgreSQL 15's frontend jsonapi has no json_errdetail: the fuzzer build
+ * says where parsing stopped instead.
+ */
+static char *
+JsonErrorDetail(JsonParseErrorType rc, JsonLexContext *lex)
+{
+	if (lex->token_start == NULL)
+		return psprintf("parse error %d at the end of the body", (int) rc);
+	return psprintf("parse error %d at byte %d", (int) rc,
+					(int) (lex->token_start - lex->input));
+}
+#else
+#define JsonErrorDetail json_errdetail
+#endif
+
 /* parse text, filling the scan; false (and a refusal) when it is not JSON */
 static bool
 ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
@@ -319,7 +456,7 @@ ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
 	rc = pg_parse_json(lex, &sem);
 	if (rc != JSON_SUCCESS)
 	{
-		Refuse(out, 400, "invalid_json", psprintf("invalid JSON: %s", json_errdetail(rc, lex)));
+		Refuse(out, 400, "invalid_json", psprintf("invalid JSON: %s", JsonErrorDetail(rc, lex)));
 		return false;
 	}
 	if (!s->top_is_object)
@@ -409,9 +546,17 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 		if (pg_strcasecmp(t->value, type) != 0)
 		{
 			Refuse(out, 400, "type_mismatch",
-				   psprintf("a %s call cannot carry \"type\": \"%.40s\"", type, t->value));
+				   psprintf("a %s call cannot carry \"type\": \"%s\"", type,
+							ClientText(t->value)));
 			return false;
 		}
+	}
+	/* the pipeline would read the call as an envelope, its items in its place */
+	if (s->seen[F_BATCH].present)
+	{
+		Refuse(out, 400, "invalid_field_type",
+			   psprintf("a %s call cannot carry \"batch\": send batches to /v1/batch", type));
+		return false;
 	}
 	if (!CheckFieldType(s, F_MESSAGE_ID, false, false, out) ||
 		!CheckFieldType(s, F_USER_ID, true, false, out) ||
@@ -458,13 +603,17 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 	return true;
 }
 
-/* the message with "type" first when it has none: the path says it */
+/*
+ * The message with the path's "type" when it has none, or null.  It goes
+ * last: the pipeline reads a message as jsonb, where the last of repeated
+ * keys wins, so it also overrides an earlier "type": null.
+ */
 static void
 WithType(const char *text, size_t len, Scan *s, const char *type, CdpHttpIngest *out)
 {
-	const char *open = memchr(text, '{', len);
-	size_t		head = open - text + 1;
+	size_t		close = len;	/* the object's closing brace */
 	char	   *msg;
+	int			n;
 
 	if (s->seen[F_TYPE].present && s->seen[F_TYPE].token != JSON_TOKEN_NULL)
 	{
@@ -472,14 +621,17 @@ WithType(const char *text, size_t len, Scan *s, const char *type, CdpHttpIngest 
 		out->payload_len = len;
 		return;
 	}
+	while (close > 0 && text[close - 1] != '}')
+		close--;
+	close--;
 	msg = palloc(len + strlen(type) + 16);
-	memcpy(msg, text, head);
-	out->payload_len = head + sprintf(msg + head, "\"type\":\"%s\"%s", type,
-									  s->fields > 0 ? "," : "");
-	memcpy(msg + out->payload_len, text + head, len - head);
-	out->payload_len += len - head;
-	msg[out->payload_len] = '\0';
+	memcpy(msg, text, close);
+	n = close + sprintf(msg + close, "%s\"type\":\"%s\"", s->fields > 0 ? "," : "", type);
+	memcpy(msg + n, text + close, len - close);
+	n += len - close;
+	msg[n] = '\0';
 	out->payload = msg;
+	out->payload_len = n;
 }
 
 /*
@@ -513,7 +665,8 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 			pg_strcasecmp(content_encoding, "deflate") != 0)
 		{
 			Refuse(out, 400, "bad_encoding",
-				   psprintf("Content-Encoding \"%.40s\" is not supported (gzip is)", content_encoding));
+				   psprintf("Content-Encoding \"%s\" is not supported (gzip is)",
+						ClientText(content_encoding)));
 			return;
 		}
 		rc = CdpHttpInflate(body, body_len, limits->max_request_bytes, limits->max_inflate_ratio,
@@ -539,7 +692,7 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 						len, limits->max_event_bytes));
 		return;
 	}
-	if (!ScanJson(text, len, &scan, out))
+	if (!ScanJson(type == NULL ? DecodableEscapes(text, len) : text, len, &scan, out))
 		return;
 
 	if (out->write_key == NULL)
@@ -572,5 +725,19 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 	if (!CheckSingleCall(&scan, type, out))
 		return;
 	WithType(text, len, &scan, type, out);
+	/* the pipeline holds the message as queued, "type" included, to both limits */
+	if (out->payload_len > Min(limits->max_event_bytes, limits->max_request_bytes))
+	{
+		int			size = out->payload_len;
+
+		out->payload = NULL;
+		out->payload_len = 0;
+		Refuse(out, 400, "too_large",
+			   psprintf("the message with its \"type\" is %d bytes, more than cdp.max_%s_bytes (%d)",
+						size,
+						limits->max_event_bytes <= limits->max_request_bytes ? "event" : "request",
+						Min(limits->max_event_bytes, limits->max_request_bytes)));
+		return;
+	}
 	out->messages = 1;
 }

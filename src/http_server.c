@@ -584,7 +584,6 @@ StartDaemon(void)
 	RaiseDescriptorLimit();
 	daemon_handle = MHD_start_daemon(flags, (uint16) cdp_http_port, NULL, NULL,
 									 HandleRequest, NULL,
-									 /* first, so that it hears of every other option */
 									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT,

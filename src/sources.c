@@ -224,7 +224,9 @@ CdpSourceOfWriteKey(const char *write_key)
 		char		source[CDP_SOURCE_NAME_MAX + 1];
 
 		args[0] = CStringGetTextDatum(write_key);
-		if (CdpExecPlan(CdpPlan(&plan, "SELECT cdp.authenticate($1)", 1, argtypes),
+		if (CdpExecPlan(CdpPlan(&plan, "SELECT name FROM cdp.source_keys"
+										" WHERE key_hash = sha256(convert_to($1, 'UTF8'))"
+										" AND disabled_at IS NULL", 1, argtypes),
 						args, NULL, SPI_OK_SELECT) == 1)
 		{
 			bool		isnull;

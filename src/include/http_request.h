@@ -44,7 +44,7 @@ typedef struct CdpHttpIngest
 } CdpHttpIngest;
 
 /* deeper JSON is refused before it is parsed (parsing recurses) */
-#define CDP_HTTP_MAX_JSON_DEPTH 64
+#define CDP_HTTP_MAX_JSON_DEPTH 512
 
 extern CdpHttpRoute CdpHttpRouteOf(const char *url);
 extern const char *CdpHttpRouteLabel(CdpHttpRoute route);

@@ -168,7 +168,7 @@ $node->poll_query_until('postgres',
 ok(wait_http(), 'the endpoint answers again, its lookups bounded by lock_timeout');
 my @four = map { connect_http() or die "cannot connect: $!" } 1 .. 4;
 my $sources_locker = $node->background_psql('postgres');
-$sources_locker->query_safe('BEGIN; LOCK TABLE cdp.sources IN ACCESS EXCLUSIVE MODE');
+$sources_locker->query_safe('BEGIN; LOCK TABLE cdp.source_keys IN ACCESS EXCLUSIVE MODE');
 # the first waits for the lock in a round; the three others arrive meanwhile,
 # to be looked up together in the next round
 send_all($four[0], request_text('POST', '/v1/track', $track, $auth));
