@@ -288,6 +288,22 @@ AnswerTooLarge(CdpHttpHeld *req)
 					 "the message is larger than cdp.max_event_bytes");
 }
 
+/*
+ * Stops at a Content-Length other than *cls, the first, setting *cls NULL:
+ * libmicrohttpd reads the body by the first, a proxy in front may have read
+ * it by another, and what follows would be taken for a request of its own.
+ */
+static enum MHD_Result
+OtherLength(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	const char **first = cls;
+
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0 || strcmp(value, *first) == 0)
+		return MHD_YES;
+	*first = NULL;
+	return MHD_NO;
+}
+
 /* the first call for a request: route and method, and a body too large to take */
 static enum MHD_Result
 StartRequest(CdpHttpHeld *req, const char *method)
@@ -326,8 +342,17 @@ StartRequest(CdpHttpHeld *req, const char *method)
 														MHD_HTTP_HEADER_CONTENT_ENCODING);
 	length = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
 										 MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (length != NULL && strtoull(length, NULL, 10) > (unsigned long long) BodyLimit(req->route))
-		return AnswerTooLarge(req);
+	if (length != NULL)
+	{
+		const char *first = length;
+
+		(void) MHD_get_connection_values(req->conn, MHD_HEADER_KIND, OtherLength, &first);
+		if (first == NULL)
+			return AnswerNow(req, 400, "bad_request",
+							 "the request has Content-Length headers that disagree");
+		if (strtoull(length, NULL, 10) > (unsigned long long) BodyLimit(req->route))
+			return AnswerTooLarge(req);
+	}
 	return MHD_YES;
 }
 

@@ -6,7 +6,8 @@
 #   judged in one round, do not take hundreds of megabytes: what judging a
 #   request allocates is freed before the next;
 # - a write key that could not be looked up (a lock timeout) is answered
-#   503 for every request of the round that brings it, not 401 after the first.
+#   503 for every request of the round that brings it, not 401 after the first;
+# - Content-Length headers that disagree are refused (request smuggling).
 # test/http_soak.py runs these attacks and more for longer.
 use strict;
 use warnings;
@@ -154,6 +155,22 @@ my $lines = () = substr(slurp_file($node->logfile), $log_from) =~ /pg_cdp http: 
 cmp_ok($lines, '<', 10, "100 clients hanging up wrote $lines lines to the log, not one each");
 unlike(slurp_file($node->logfile), qr/is not the first option/,
 	'libmicrohttpd hears of its logger before any other option');
+
+# --- Content-Length headers that disagree: refused, the connection closed,
+# nothing queued (two that agree are one)
+my $inbox_before = $node->safe_psql('postgres', 'SELECT count(*) FROM cdp.inbox');
+my $smuggled = '{"userId":"u","event":"e","messageId":"two-lengths"}';
+my $sock = connect_http();
+send_all($sock, "POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\n$auth\r\nContent-Length: "
+	  . length($smuggled) . "\r\nContent-Length: 5\r\n\r\n$smuggled");
+is(status_of($sock, 30), 400, 'two Content-Length headers that disagree are refused 400');
+close $sock;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM cdp.inbox'), $inbox_before, 'and nothing is queued');
+$sock = connect_http();
+send_all($sock, "POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\n$auth\r\nContent-Length: "
+	  . length($track) . "\r\ncontent-length: " . length($track) . "\r\n\r\n$track");
+is(status_of($sock, 30), 200, 'two that agree are taken as one');
+close $sock;
 
 # --- a key lookup that fails (a lock timeout) answers 503, and leaves
 # nothing behind: the next requests of the round with the same key are not
