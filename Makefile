@@ -59,12 +59,12 @@ FUZZ_SECONDS ?= 20
 FUZZ_SEED    ?= 1
 FUZZ_CC      ?= clang
 HTTP_FUZZER  = test/fuzz/build/http_request_fuzz
-HTTP_FUZZ_SRC = test/fuzz/http_request_fuzz.c src/http_request.c src/http_inflate.c
+HTTP_FUZZ_SRC = test/fuzz/http_request_fuzz.c src/http_request.c src/http_inflate.c src/json_token_name.c
 # the frontend libraries: in pkglibdir on Debian, libdir in a source build
 PG_FE_LIBDIR = $(dir $(firstword $(wildcard $(shell $(PG_CONFIG) --pkglibdir)/libpgcommon.a \
                                            $(shell $(PG_CONFIG) --libdir)/libpgcommon.a)))
 
-$(HTTP_FUZZER): $(HTTP_FUZZ_SRC) src/include/http_request.h src/include/http_inflate.h
+$(HTTP_FUZZER): $(HTTP_FUZZ_SRC) src/include/http_request.h src/include/http_inflate.h src/include/json_token_name.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 		-Wall -Wno-ignored-attributes $(if $(WERROR),-Werror) -DFRONTEND -I$(srcdir)/src/include \

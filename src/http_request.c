@@ -25,6 +25,7 @@
 #include "mb/pg_wchar.h"
 
 #include "http_inflate.h"
+#include "json_token_name.h"
 #include "http_request.h"
 
 #define MAX_MESSAGE_ID_CHARS 100
@@ -467,25 +468,6 @@ ScanJson(const char *text, size_t len, Scan *s, CdpHttpIngest *out)
 	return true;
 }
 
-static const char *
-TokenName(JsonTokenType t)
-{
-	switch (t)
-	{
-		case JSON_TOKEN_OBJECT_START:
-			return "an object";
-		case JSON_TOKEN_ARRAY_START:
-			return "an array";
-		case JSON_TOKEN_NUMBER:
-			return "a number";
-		case JSON_TOKEN_TRUE:
-		case JSON_TOKEN_FALSE:
-			return "a boolean";
-		default:
-			return "a string";
-	}
-}
-
 /* a string (non-empty) or, for ids, a number; null counts as absent */
 static bool
 Given(Scan *s, Field f)
@@ -513,7 +495,7 @@ CheckFieldType(Scan *s, Field f, bool number_ok, bool object, CdpHttpIngest *out
 		Refuse(out, 400, "invalid_field_type",
 			   psprintf("\"%s\" must be %s, not %s", field_names[f],
 						object ? "an object" : number_ok ? "a string or a number" : "a string",
-						TokenName(seen->token)));
+						CdpJsonTokenName(seen->token)));
 	return ok;
 }
 
@@ -540,7 +522,7 @@ CheckSingleCall(Scan *s, const char *type, CdpHttpIngest *out)
 		if (t->token != JSON_TOKEN_STRING)
 		{
 			Refuse(out, 400, "invalid_field_type",
-				   psprintf("\"type\" must be a string, not %s", TokenName(t->token)));
+				   psprintf("\"type\" must be a string, not %s", CdpJsonTokenName(t->token)));
 			return false;
 		}
 		if (pg_strcasecmp(t->value, type) != 0)

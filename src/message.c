@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
+#include "json_token_name.h"
 
 /* top-level fields that have a column of their own, or are never stored */
 static const char *const mapped_fields[] = {
@@ -99,28 +100,6 @@ ApplyEnvelopeObject(JsonbValue *item, const char *key, JsonbValue *defaults)
 	if (own->type == jbvObject)
 		return CdpJsonbObjectWith(item, key, CdpJsonbObjectMergeMissing(own, defaults));
 	return item;				/* a wrong type is reported by validation */
-}
-
-/* JSON type names of a value's first token, for error messages */
-static const char *
-TokenTypeName(JsonTokenType type)
-{
-	switch (type)
-	{
-		case JSON_TOKEN_OBJECT_START:
-			return "an object";
-		case JSON_TOKEN_ARRAY_START:
-			return "an array";
-		case JSON_TOKEN_STRING:
-			return "a string";
-		case JSON_TOKEN_NUMBER:
-			return "a number";
-		case JSON_TOKEN_TRUE:
-		case JSON_TOKEN_FALSE:
-			return "a boolean";
-		default:
-			return "null";
-	}
 }
 
 /*
@@ -205,7 +184,7 @@ CdpScanRow(CdpInboxRow *row)
 	{
 		row->error_code = "batch_not_array";
 		row->error_message = psprintf("\"batch\" must be an array, not %s",
-									  TokenTypeName(scan.batch_type));
+									  CdpJsonTokenName(scan.batch_type));
 		return;
 	}
 	if (!SharedField(row, scan.context, &row->context) ||
