@@ -7,6 +7,9 @@
  *	  once that transaction has committed, durably.  While one round
  *	  commits, the next round's requests gather, so concurrent clients share
  *	  a WAL flush instead of paying one each.
+ *
+ *	  Reads (the profile API) run the same way in a read-only transaction
+ *	  of their own, before the round of writes: they wait for no flush.
  */
 #include "postgres.h"
 
@@ -126,7 +129,8 @@ static void
 RunRequest(CdpHttpHeld *req, bool careful)
 {
 	ErrorData  *edata;
-	CdpSubxactWork work = req->route == CDP_ROUTE_METRICS ? AnswerMetrics : QueueRequest;
+	CdpSubxactWork work = req->route == CDP_ROUTE_METRICS ? AnswerMetrics :
+		CdpHttpRouteIsProfile(req->route) ? CdpHttpServeProfile : QueueRequest;
 	MemoryContext cxt;
 	MemoryContext old;
 
@@ -171,11 +175,12 @@ ForgetAnswers(dlist_head *held)
 }
 
 /*
- * Run every request of held in one transaction; true when it committed.
- * *installed is false when pg_cdp is no longer installed.
+ * Run every request of held in one transaction (read-only for reads); true
+ * when it committed.  *installed is false when pg_cdp is no longer
+ * installed.
  */
 static bool
-RunRound(dlist_head *held, bool careful, bool *installed)
+RunRound(dlist_head *held, bool careful, bool reads, bool *installed)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool committed = false;
@@ -190,13 +195,16 @@ RunRound(dlist_head *held, bool careful, bool *installed)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		if (reads)
+			XactReadOnly = true;
 		PushActiveSnapshot(GetTransactionSnapshot());
 		owner = CdpExtensionOwner();
 		if (OidIsValid(owner))
 		{
-			pgstat_report_activity(STATE_RUNNING, "cdp http: queueing requests");
+			pgstat_report_activity(STATE_RUNNING, reads ? "cdp http: reading profiles" :
+								   "cdp http: queueing requests");
 			/* a 200 promises durability, whatever the server's default */
-			if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+			if (!reads && synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
 				(void) set_config_option("synchronous_commit", "local", PGC_SUSET,
 										 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 			GetUserIdAndSecContext(&save_user, &save_sec);
@@ -240,12 +248,12 @@ CdpHttpCommitHeld(dlist_head *held)
 	bool		committed;
 	dlist_iter	it;
 
-	committed = RunRound(held, false, &installed);
+	committed = RunRound(held, false, false, &installed);
 	if (!committed && !CdpHttpStopRequested())
 	{
 		/* some request raised an error: again, each on its own */
 		ForgetAnswers(held);
-		committed = RunRound(held, true, &installed);
+		committed = RunRound(held, true, false, &installed);
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pgstat_report_stat(false);
@@ -266,6 +274,41 @@ CdpHttpCommitHeld(dlist_head *held)
 						  installed ? "the database could not commit the request; retry" :
 						  "pg_cdp is not installed in this database");
 		}
+	}
+	return installed;
+}
+
+/*
+ * Answer every read of reads (profile API requests) in one read-only
+ * transaction, run again with a subtransaction per request when one raised
+ * an error; a read left unanswered (the database could not run it) gets
+ * 503.  Returns false when pg_cdp is no longer installed.
+ */
+bool
+CdpHttpServeReads(dlist_head *reads)
+{
+	bool		installed;
+	bool		done;
+	dlist_iter	it;
+
+	done = RunRound(reads, false, true, &installed);
+	if (!done && !CdpHttpStopRequested())
+	{
+		ForgetAnswers(reads);
+		done = RunRound(reads, true, true, &installed);
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	dlist_foreach(it, reads)
+	{
+		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);
+
+		if (done && installed && req->status != 0)
+			continue;
+		req->retry_after = 1;
+		CdpHttpAnswer(req, 503, "unavailable",
+					  installed ? "the database could not answer the request; retry" :
+					  "pg_cdp is not installed in this database");
 	}
 	return installed;
 }

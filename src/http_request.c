@@ -11,6 +11,13 @@
  *	  from the path.  The write key comes from a Basic Authorization header
  *	  or, without one, from the body.
  *
+ *	  The profile API's paths, /v1/profiles/{identifier}/traits and
+ *	  /audiences, are read here too: {identifier} percent-decoded and
+ *	  bounded, the read key taken from a Bearer or Basic Authorization.
+ *	  libmicrohttpd hands over paths as sent (not decoded), so that an
+ *	  identifier holding "/" or "%00" is told apart; the fixed paths are
+ *	  matched decoded, as before.
+ *
  *	  Frontend-safe (the fuzzer builds it): palloc, no ereport, no database.
  */
 #ifdef FRONTEND
@@ -49,13 +56,24 @@ static const Route routes[] = {
 	{"/metrics", CDP_ROUTE_METRICS},
 };
 
+/* /v1/profiles/{identifier}/<what> */
+#define PROFILES_PREFIX "/v1/profiles/"
+#define PROFILES_PREFIX_LEN (sizeof(PROFILES_PREFIX) - 1)
+
+static const Route profile_routes[] = {
+	{"traits", CDP_ROUTE_PROFILE_TRAITS},
+	{"audiences", CDP_ROUTE_PROFILE_AUDIENCES},
+};
+
 /* per route: its label in metrics (the long path) and a single call's type */
 static const char *const route_labels[CDP_ROUTE_COUNT] = {
 	"other", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group",
-	"/v1/alias", "/v1/batch", "/health", "/metrics"
+	"/v1/alias", "/v1/batch", "/health", "/metrics",
+	"/v1/profiles/{identifier}/traits", "/v1/profiles/{identifier}/audiences"
 };
 static const char *const route_types[CDP_ROUTE_COUNT] = {
-	NULL, "track", "identify", "page", "screen", "group", "alias", NULL, NULL, NULL
+	NULL, "track", "identify", "page", "screen", "group", "alias", NULL, NULL, NULL,
+	NULL, NULL
 };
 
 /* the top-level fields a single call is judged by */
@@ -103,11 +121,88 @@ typedef struct Scan
 	char	   *item_write_key; /* the first batch item's writeKey */
 } Scan;
 
+static int
+HexValue(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * in[0..len) with its %XX escapes decoded into out (room for cap bytes and
+ * a NUL); the decoded length, or -1 when it does not fit or, if strict, an
+ * escape is not two hex digits (else such a '%' stays as it is, as
+ * libmicrohttpd leaves it).  No allocation: libmicrohttpd's callbacks call it.
+ */
+static int
+PercentDecode(const char *in, size_t len, char *out, size_t cap, bool strict)
+{
+	size_t		n = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = in[i];
+
+		if (c == '%' && i + 2 < len && HexValue(in[i + 1]) >= 0 && HexValue(in[i + 2]) >= 0)
+		{
+			c = (char) (HexValue(in[i + 1]) * 16 + HexValue(in[i + 2]));
+			i += 2;
+		}
+		else if (c == '%' && strict)
+			return -1;
+		if (n >= cap)
+			return -1;
+		out[n++] = c;
+	}
+	out[n] = '\0';
+	return (int) n;
+}
+
+/*
+ * The profile route of url, with where its {identifier} is (as sent), or
+ * CDP_ROUTE_UNKNOWN.  The identifier is everything between the prefix and
+ * the last '/', so one holding a '/' sent unescaped still reads.
+ */
+static CdpHttpRoute
+ProfileRoute(const char *url, const char **id, size_t *id_len)
+{
+	const char *slash;
+
+	if (strncmp(url, PROFILES_PREFIX, PROFILES_PREFIX_LEN) != 0)
+		return CDP_ROUTE_UNKNOWN;
+	slash = strrchr(url, '/');
+	if (slash <= url + PROFILES_PREFIX_LEN)
+		return CDP_ROUTE_UNKNOWN;	/* no {identifier} */
+	for (int i = 0; i < lengthof(profile_routes); i++)
+		if (strcmp(slash + 1, profile_routes[i].path) == 0)
+		{
+			if (id != NULL)
+			{
+				*id = url + PROFILES_PREFIX_LEN;
+				*id_len = slash - *id;
+			}
+			return profile_routes[i].route;
+		}
+	return CDP_ROUTE_UNKNOWN;
+}
+
+/* the route of a path as sent (not yet percent-decoded); called in callbacks */
 CdpHttpRoute
 CdpHttpRouteOf(const char *url)
 {
+	char		decoded[32];
+
+	if (strncmp(url, PROFILES_PREFIX, PROFILES_PREFIX_LEN) == 0)
+		return ProfileRoute(url, NULL, NULL);
+	if (PercentDecode(url, strlen(url), decoded, sizeof(decoded) - 1, false) < 0)
+		return CDP_ROUTE_UNKNOWN;	/* longer than any fixed path */
 	for (int i = 0; i < lengthof(routes); i++)
-		if (strcmp(url, routes[i].path) == 0)
+		if (strcmp(decoded, routes[i].path) == 0)
 			return routes[i].route;
 	return CDP_ROUTE_UNKNOWN;
 }
@@ -124,12 +219,56 @@ CdpHttpRouteTakesPost(CdpHttpRoute route)
 	return route >= CDP_ROUTE_TRACK && route <= CDP_ROUTE_BATCH;
 }
 
+bool
+CdpHttpRouteIsProfile(CdpHttpRoute route)
+{
+	return route == CDP_ROUTE_PROFILE_TRAITS || route == CDP_ROUTE_PROFILE_AUDIENCES;
+}
+
 static void
 Refuse(CdpHttpIngest *out, int status, const char *error, char *message)
 {
 	out->status = status;
 	out->error = error;
 	out->message = message;
+}
+
+/* the header's text after a scheme word ("Basic ", "Bearer "), spaces trimmed, or NULL */
+static char *
+AuthParam(const char *header, const char *scheme)
+{
+	size_t		slen = strlen(scheme);
+	int			len;
+
+	while (*header == ' ')
+		header++;
+	if (pg_strncasecmp(header, scheme, slen) != 0)
+		return NULL;
+	header += slen;
+	while (*header == ' ')
+		header++;
+	len = strlen(header);
+	while (len > 0 && header[len - 1] == ' ')
+		len--;
+	return pnstrdup(header, len);
+}
+
+/* the user name of Basic's base64 "user:password", or NULL when it is not base64 */
+static char *
+BasicUser(const char *b64)
+{
+	int			len = strlen(b64);
+	char	   *decoded = palloc(pg_b64_dec_len(len) + 1);
+	int			n = pg_b64_decode(b64, len, decoded, pg_b64_dec_len(len));
+	char	   *colon;
+
+	if (n < 0 || memchr(decoded, '\0', n) != NULL)
+		return NULL;
+	decoded[n] = '\0';
+	colon = strchr(decoded, ':');
+	if (colon != NULL)
+		*colon = '\0';
+	return decoded;
 }
 
 /*
@@ -139,38 +278,19 @@ Refuse(CdpHttpIngest *out, int status, const char *error, char *message)
 static char *
 BasicAuthKey(const char *header, CdpHttpIngest *out)
 {
-	const char *b64;
-	int			len;
-	char	   *decoded;
-	int			n;
-	char	   *colon;
+	char	   *b64 = AuthParam(header, "Basic ");
+	char	   *key;
 
-	while (*header == ' ')
-		header++;
-	if (pg_strncasecmp(header, "Basic ", 6) != 0)
+	if (b64 == NULL)
 	{
 		Refuse(out, 401, "unauthorized",
 			   psprintf("the Authorization header must be Basic with the write key as user name"));
 		return NULL;
 	}
-	b64 = header + 6;
-	while (*b64 == ' ')
-		b64++;
-	len = strlen(b64);
-	while (len > 0 && b64[len - 1] == ' ')
-		len--;
-	decoded = palloc(pg_b64_dec_len(len) + 1);
-	n = pg_b64_decode(b64, len, decoded, pg_b64_dec_len(len));
-	if (n < 0 || memchr(decoded, '\0', n) != NULL)
-	{
+	key = BasicUser(b64);
+	if (key == NULL)
 		Refuse(out, 401, "unauthorized", psprintf("the Authorization header is not valid base64"));
-		return NULL;
-	}
-	decoded[n] = '\0';
-	colon = strchr(decoded, ':');
-	if (colon != NULL)
-		*colon = '\0';
-	return decoded;
+	return key;
 }
 
 /*
@@ -722,4 +842,65 @@ CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 		return;
 	}
 	out->messages = 1;
+}
+
+/*
+ * Judge a profile API request: its read key (Authorization: Bearer <key>,
+ * or Basic with the key as user name; out->status 401 without one) and its
+ * {identifier}, percent-decoded, at most CDP_HTTP_MAX_IDENTIFIER_BYTES,
+ * UTF-8 without NUL, "type:value" (out->identifier NULL and out->id_message
+ * saying why not).  Whether the key is known and the identifier valid is
+ * the database's to say.
+ */
+void
+CdpHttpProfileRequest(const char *url, const char *authorization, CdpHttpProfileAsk *out)
+{
+	const char *id;
+	size_t		id_len;
+	char	   *decoded;
+	int			n;
+
+	memset(out, 0, sizeof(*out));
+	if (authorization != NULL)
+	{
+		char	   *basic = AuthParam(authorization, "Basic ");
+
+		out->read_key = basic ? BasicUser(basic) : AuthParam(authorization, "Bearer ");
+	}
+	if (out->read_key == NULL || out->read_key[0] == '\0')
+	{
+		out->read_key = NULL;
+		out->status = 401;
+		out->error = "unauthorized";
+		out->message = psprintf("%s: send it as Authorization: Bearer <read key>, or as the user name of Basic authorization",
+								authorization == NULL ? "no read key" : "no read key in the Authorization header");
+	}
+
+	if (ProfileRoute(url, &id, &id_len) == CDP_ROUTE_UNKNOWN)
+	{
+		out->id_message = psprintf("the path is not /v1/profiles/{identifier}/traits or /audiences");
+		return;
+	}
+	/* each decoded byte takes at most three as sent */
+	if (id_len > 3 * CDP_HTTP_MAX_IDENTIFIER_BYTES)
+	{
+		out->id_message = psprintf("the identifier is longer than %d bytes", CDP_HTTP_MAX_IDENTIFIER_BYTES);
+		return;
+	}
+	decoded = palloc(id_len + 1);
+	n = PercentDecode(id, id_len, decoded, id_len, true);
+	if (n < 0)
+		out->id_message = psprintf("the identifier has a %% not followed by two hex digits");
+	else if (n > CDP_HTTP_MAX_IDENTIFIER_BYTES)
+		out->id_message = psprintf("the identifier is %d bytes, longer than %d", n,
+								   CDP_HTTP_MAX_IDENTIFIER_BYTES);
+	else if (memchr(decoded, '\0', n) != NULL)
+		out->id_message = psprintf("the identifier holds a NUL byte (%%00)");
+	else if (pg_encoding_verifymbstr(PG_UTF8, decoded, n) != n)
+		out->id_message = psprintf("the identifier is not valid UTF-8");
+	else if (strchr(decoded, ':') == NULL)
+		out->id_message = psprintf("the identifier \"%s\" is not type:value, for example user_id:42 or email:alice%%40example.com",
+								   ClientText(decoded));
+	else
+		out->identifier = decoded;
 }

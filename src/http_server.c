@@ -8,8 +8,10 @@
  *	  libmicrohttpd's callbacks only collect: a request's body is kept (up to
  *	  cdp.max_request_bytes, refused from its Content-Length when larger),
  *	  then its connection is suspended and the request held.  After each pass
- *	  of libmicrohttpd the loop hands every held request to the group commit
- *	  (http_commit.c), then resumes their connections with the answers.
+ *	  of libmicrohttpd the loop answers the profile API's reads held (in a
+ *	  read-only transaction, and sends those answers at once), then hands
+ *	  every other held request to the group commit (http_commit.c), then
+ *	  resumes their connections with the answers.
  *
  *	  Slow clients: libmicrohttpd closes a connection silent for
  *	  cdp.http_idle_timeout; one that keeps sending a byte now and then but
@@ -62,6 +64,8 @@ typedef struct ClientConn
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static dlist_head held = DLIST_STATIC_INIT(held);
+static dlist_head reads = DLIST_STATIC_INIT(reads);	/* profile API requests held */
+static MemoryContext round_cxt = NULL;
 static dlist_head conns = DLIST_STATIC_INIT(conns);
 static int	nconns = 0;
 static size_t buffered_bytes = 0;	/* bodies kept, against BUFFER_BUDGET */
@@ -420,6 +424,7 @@ HandleRequest(void *cls, struct MHD_Connection *conn, const char *url, const cha
 		if (req == NULL)
 			return MHD_NO;
 		req->conn = conn;
+		req->url = url;
 		req->route = CdpHttpRouteOf(url);
 		req->started = GetCurrentTimestamp();
 		*con_cls = req;
@@ -456,7 +461,7 @@ HandleRequest(void *cls, struct MHD_Connection *conn, const char *url, const cha
 	if (cc)
 		cc->held = true;
 	MHD_suspend_connection(conn);
-	dlist_push_tail(&held, &req->node);
+	dlist_push_tail(CdpHttpRouteIsProfile(req->route) ? &reads : &held, &req->node);
 	return MHD_YES;
 }
 
@@ -509,6 +514,16 @@ ConnectionNotified(void *cls, struct MHD_Connection *conn, void **socket_context
 		free(cc);
 		*socket_context = NULL;
 	}
+}
+
+/*
+ * Paths are handed over as sent: http_request.c decodes them, so that a
+ * profile's identifier holding an escaped '/' or '%00' is read as sent.
+ */
+static size_t
+KeepEscapes(void *cls, struct MHD_Connection *conn, char *s)
+{
+	return strlen(s);
 }
 
 /*
@@ -610,6 +625,7 @@ StartDaemon(void)
 	daemon_handle = MHD_start_daemon(flags, (uint16) cdp_http_port, NULL, NULL,
 									 HandleRequest, NULL,
 									 MHD_OPTION_EXTERNAL_LOGGER, KeepMhdLog, NULL,
+									 MHD_OPTION_UNESCAPE_CALLBACK, KeepEscapes, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT,
 									 (unsigned int) cdp_http_max_connections,
@@ -643,19 +659,54 @@ RunDaemon(void)
 	FlushMhdLog();
 }
 
-/* resume every held connection with its answer */
+/* resume every connection of list with its answer */
 static void
-ReleaseHeld(void)
+ReleaseHeld(dlist_head *list)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &held)
+	dlist_foreach_modify(it, list)
 	{
 		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);
 
 		dlist_delete(&req->node);
 		MHD_resume_connection(req->conn);
 	}
+}
+
+/*
+ * Answer the requests of list with round (a group commit, or reads) in the
+ * round's memory, then resume them; false when pg_cdp is not installed.
+ */
+static bool
+RunHeld(dlist_head *list, bool (*round) (dlist_head *))
+{
+	bool		installed;
+
+	MemoryContextSwitchTo(round_cxt);
+	in_round = true;
+	installed = round(list);
+	in_round = false;
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextReset(round_cxt);
+	ReleaseHeld(list);
+	return installed;
+}
+
+/* answer the requests of list 503: the endpoint is stopping */
+static void
+AnswerStopping(dlist_head *list)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, list)
+	{
+		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);
+
+		req->retry_after = 1;
+		CdpHttpAnswer(req, 503, "unavailable", "the server is shutting down; retry");
+	}
+	ReleaseHeld(list);
 }
 
 /* answer held requests 503, let the answers go out, close the listener */
@@ -666,14 +717,8 @@ StopDaemon(WaitEventSet *wes)
 	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DRAIN_MS);
 
 	stopping = true;
-	dlist_foreach(it, &held)
-	{
-		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);
-
-		req->retry_after = 1;
-		CdpHttpAnswer(req, 503, "unavailable", "the server is shutting down; retry");
-	}
-	ReleaseHeld();
+	AnswerStopping(&reads);
+	AnswerStopping(&held);
 	while (GetCurrentTimestamp() < until)
 	{
 		WaitEvent	ev;
@@ -694,7 +739,6 @@ void
 cdp_http_worker_main(Datum arg)
 {
 	Oid			dboid;
-	MemoryContext round_cxt;
 	WaitEventSet *wes;
 	const union MHD_DaemonInfo *info;
 	TimestampTz last_reap = 0;
@@ -734,21 +778,20 @@ cdp_http_worker_main(Datum arg)
 		}
 
 		RunDaemon();
+		if (!dlist_is_empty(&reads))
+		{
+			if (!RunHeld(&reads, CdpHttpServeReads))
+				break;
+			RunDaemon();		/* their answers go out before a commit's wait */
+		}
 		if (!dlist_is_empty(&held))
 		{
-			bool		installed;
-
-			MemoryContextSwitchTo(round_cxt);
-			in_round = true;
-			installed = CdpHttpCommitHeld(&held);
-			in_round = false;
-			MemoryContextSwitchTo(TopMemoryContext);
-			MemoryContextReset(round_cxt);
-			ReleaseHeld();
-			if (!installed)
+			if (!RunHeld(&held, CdpHttpCommitHeld))
 				break;
 			continue;			/* send the answers; read what came meanwhile */
 		}
+		if (!dlist_is_empty(&reads))
+			continue;			/* reads that came while answers went out */
 
 		now = GetCurrentTimestamp();
 		if (now - last_reap >= REAP_INTERVAL_MS * 1000L)

@@ -6,6 +6,8 @@
  *	  bad value must never make a dashboard's query fail.  PostgreSQL 15 has no
  *	  soft input errors, so common types convert here without raising, and
  *	  every other type goes through its input function in a subtransaction.
+ *	  cdp.trait_json does the same for the profile API, giving the value back
+ *	  as the JSON of its type.
  */
 #include "postgres.h"
 
@@ -17,7 +19,9 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "nodes/makefuncs.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/float.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -260,6 +264,17 @@ ConvertDirectly(Oid typid, Jsonb *jb, JsonbValue *v, bool is_scalar,
 	}
 }
 
+/* a conversion to typid, its input function looked up in cxt */
+static void
+InitTarget(TraitTarget *target, Oid typid, MemoryContext cxt)
+{
+	Oid			inputfn;
+
+	target->typid = typid;
+	getTypeInputInfo(typid, &inputfn, &target->typioparam);
+	fmgr_info_cxt(inputfn, &target->input, cxt);
+}
+
 /* the call site's target type, looked up on its first call */
 static TraitTarget *
 GetTarget(FunctionCallInfo fcinfo, int template_arg)
@@ -269,16 +284,13 @@ GetTarget(FunctionCallInfo fcinfo, int template_arg)
 	if (target == NULL)
 	{
 		Oid			typid = get_fn_expr_argtype(fcinfo->flinfo, template_arg);
-		Oid			inputfn;
 
 		if (!OidIsValid(typid))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("could not determine the type to convert the trait to")));
 		target = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(TraitTarget));
-		target->typid = typid;
-		getTypeInputInfo(typid, &inputfn, &target->typioparam);
-		fmgr_info_cxt(inputfn, &target->input, fcinfo->flinfo->fn_mcxt);
+		InitTarget(target, typid, fcinfo->flinfo->fn_mcxt);
 		fcinfo->flinfo->fn_extra = target;
 	}
 	return target;
@@ -335,6 +347,20 @@ cdp_trait_as(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
+/* traits->key found in place, or NULL when traits is no object or lacks it */
+static JsonbValue *
+FindTrait(Jsonb *traits, text *key)
+{
+	JsonbValue	k;
+
+	if (!JB_ROOT_IS_OBJECT(traits))
+		return NULL;
+	k.type = jbvString;
+	k.val.string.val = VARDATA_ANY(key);
+	k.val.string.len = VARSIZE_ANY_EXHDR(key);
+	return findJsonbValueFromContainer(&traits->root, JB_FOBJECT, &k);
+}
+
 PG_FUNCTION_INFO_V1(cdp_trait_of);
 
 /*
@@ -347,22 +373,96 @@ cdp_trait_of(PG_FUNCTION_ARGS)
 {
 	TraitTarget *target = GetTarget(fcinfo, 2);
 	Jsonb	   *traits;
-	text	   *key;
-	JsonbValue	k;
 	JsonbValue *v;
 	Datum		result;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	traits = PG_GETARG_JSONB_P(0);
-	if (!JB_ROOT_IS_OBJECT(traits))
-		PG_RETURN_NULL();
-	key = PG_GETARG_TEXT_PP(1);
-	k.type = jbvString;
-	k.val.string.val = VARDATA_ANY(key);
-	k.val.string.len = VARSIZE_ANY_EXHDR(key);
-	v = findJsonbValueFromContainer(&traits->root, JB_FOBJECT, &k);
+	v = FindTrait(traits, PG_GETARG_TEXT_PP(1));
 	if (v == NULL || !ConvertTrait(target, traits, v, &result))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
+}
+
+/* a conversion to one type and back to JSON, for cdp.trait_json */
+typedef struct JsonTarget
+{
+	TraitTarget target;
+	FmgrInfo	to_jsonb;		/* to_jsonb(anyelement), told the type */
+} JsonTarget;
+
+/* the call site's conversions so far, one per type met */
+typedef struct JsonTargets
+{
+	int			n;
+	int			cap;
+	JsonTarget *items;
+} JsonTargets;
+
+/*
+ * The conversion to typid, made on first need.  to_jsonb reads its
+ * argument's type from its call expression, so it is given one: a NULL of
+ * typid as the argument.
+ */
+static JsonTarget *
+GetJsonTarget(FunctionCallInfo fcinfo, Oid typid)
+{
+	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
+	JsonTargets *all = (JsonTargets *) fcinfo->flinfo->fn_extra;
+	JsonTarget *t;
+	MemoryContext old;
+
+	if (all == NULL)
+	{
+		all = MemoryContextAllocZero(cxt, sizeof(JsonTargets));
+		all->cap = 8;
+		all->items = MemoryContextAllocZero(cxt, all->cap * sizeof(JsonTarget));
+		fcinfo->flinfo->fn_extra = all;
+	}
+	for (int i = 0; i < all->n; i++)
+		if (all->items[i].target.typid == typid)
+			return &all->items[i];
+	if (get_typtype(typid) == TYPTYPE_PSEUDO || !get_typisdefined(typid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a trait cannot be converted to type %s", format_type_be(typid))));
+	if (all->n == all->cap)
+	{
+		all->cap *= 2;
+		all->items = repalloc(all->items, all->cap * sizeof(JsonTarget));
+	}
+	t = &all->items[all->n++];
+	InitTarget(&t->target, typid, cxt);
+	fmgr_info_cxt(F_TO_JSONB, &t->to_jsonb, cxt);
+	old = MemoryContextSwitchTo(cxt);
+	fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+											 list_make1(makeNullConst(typid, -1, InvalidOid)),
+											 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL),
+					   &t->to_jsonb);
+	MemoryContextSwitchTo(old);
+	return t;
+}
+
+PG_FUNCTION_INFO_V1(cdp_trait_json);
+
+/*
+ * cdp.trait_json(traits jsonb, key text, type regtype) → jsonb: what a
+ * profile view's column of that type shows of traits->key, as JSON (the
+ * profile API's answer); NULL when absent or it does not convert.
+ */
+Datum
+cdp_trait_json(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *traits = PG_GETARG_JSONB_P(0);
+	JsonbValue *v = FindTrait(traits, PG_GETARG_TEXT_PP(1));
+	JsonTarget *t;
+	Datum		result;
+
+	if (v == NULL)
+		PG_RETURN_NULL();
+	t = GetJsonTarget(fcinfo, PG_GETARG_OID(2));
+	if (!ConvertTrait(&t->target, traits, v, &result))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(FunctionCall1(&t->to_jsonb, result));
 }

@@ -19,6 +19,7 @@ typedef struct CdpHttpHeld
 	struct MHD_Connection *conn;
 	CdpHttpRoute route;
 	TimestampTz started;		/* when its headers arrived */
+	const char *url;			/* the path as sent, valid while the request lives */
 	const char *authorization;	/* headers, valid while the request lives */
 	const char *content_encoding;
 	char	   *body;			/* malloc'd */
@@ -46,6 +47,10 @@ extern bool CdpHttpStopRequested(void);
 
 /* http_commit.c: every request held in one transaction */
 extern bool CdpHttpCommitHeld(dlist_head *held);
+extern bool CdpHttpServeReads(dlist_head *reads);
+
+/* http_profiles.c */
+extern void CdpHttpServeProfile(void *arg);
 
 /* http_metrics.c */
 extern void CdpHttpCountRequest(CdpHttpRoute route, int status, double seconds, int events);
