@@ -34,6 +34,7 @@ sub label_of
 	my %long = (t => 'track', i => 'identify', p => 'page', s => 'screen', g => 'group',
 		a => 'alias', b => 'batch', import => 'batch');
 	return $path if $path =~ m{^/(health|metrics)$};
+	return "/v1/profiles/{identifier}/$1" if $path =~ m{^/v1/profiles/.+/(traits|audiences)$};
 	return "/v1/$1" if $path =~ m{^/v1/(track|identify|page|screen|group|alias|batch)$};
 	return "/v1/$long{$1}" if $path =~ m{^/v1/(t|i|p|s|g|a|b|import)$};
 	return 'other';
