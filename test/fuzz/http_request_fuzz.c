@@ -2,7 +2,9 @@
  * http_request_fuzz.c
  *	  libFuzzer target over CdpHttpIngestRequest: the code that turns an HTTP
  *	  request of the tracking API (route, Authorization, Content-Encoding,
- *	  body) into what the inbox queues.  Built as frontend code (see
+ *	  body) into what the inbox queues; and over CdpHttpProfileRequest, which
+ *	  reads a profile API path's {identifier} (the Content-Encoding line, or
+ *	  a fixed one without it) and its read key.  Built as frontend code (see
  *	  `make fuzz-http`); every broken invariant aborts, so libFuzzer keeps the
  *	  input as a crash.
  *
@@ -33,6 +35,7 @@
  */
 #include "postgres_fe.h"
 
+#include <ctype.h>
 #include <zlib.h>
 
 #include "common/base64.h"
@@ -473,6 +476,102 @@ ValidUtf8(const char *s)
 	return ValidUtf8Len(s, strlen(s));
 }
 
+/* ---------- the profile API's paths ---------- */
+
+/* in's %XX escapes decoded, apart from the code under test; false at a bad escape */
+static bool
+DecodeAgain(const char *in, char *out, size_t *out_len)
+{
+	size_t		n = 0;
+
+	for (size_t i = 0; in[i] != '\0'; i++)
+	{
+		char		hex[3];
+
+		if (in[i] != '%')
+		{
+			out[n++] = in[i];
+			continue;
+		}
+		if (!isxdigit((unsigned char) in[i + 1]) || !isxdigit((unsigned char) in[i + 2]))
+			return false;
+		hex[0] = in[i + 1];
+		hex[1] = in[i + 2];
+		hex[2] = '\0';
+		out[n++] = (char) strtol(hex, NULL, 16);
+		i += 2;
+	}
+	*out_len = n;
+	return true;
+}
+
+/*
+ * GET /v1/profiles/<id_line>/traits with this Authorization: the route is
+ * traits exactly when id_line is not empty; 401 exactly when no read key
+ * was read (the Basic user name sent, when one was); an identifier (the
+ * path's, decoded, bounded, UTF-8, type:value) or the reason there is none.
+ */
+static void
+CheckProfileRequest(const char *id_line, const char *authorization, const char *key_sent)
+{
+	size_t		idlen = strlen(id_line);
+	char	   *url = malloc(idlen + 32);
+	char	   *decoded = malloc(idlen + 1);
+	size_t		dlen = 0;
+	bool		escapes_ok = DecodeAgain(id_line, decoded, &dlen);
+	CdpHttpRoute route;
+	CdpHttpProfileAsk ask;
+
+	sprintf(url, "/v1/profiles/%s/traits", id_line);
+	route = CdpHttpRouteOf(url);
+	if ((route == CDP_ROUTE_PROFILE_TRAITS) != (idlen > 0))
+		Broken("a profile path is routed to traits other than exactly when it has an identifier");
+	if (route != CDP_ROUTE_PROFILE_TRAITS || CdpHttpRouteTakesPost(route) ||
+		!CdpHttpRouteIsProfile(route))
+		goto done;
+
+	CdpHttpProfileRequest(url, authorization, &ask);
+	if (ask.status != 0 && ask.status != 401)
+		Broken("a profile request's status is neither 0 nor 401");
+	if ((ask.status == 401) != (ask.read_key == NULL))
+		Broken("401 other than exactly when no read key was read");
+	if (ask.status == 401 && (ask.error == NULL || strcmp(ask.error, "unauthorized") != 0 ||
+							  ask.message == NULL || !ValidUtf8(ask.message)))
+		Broken("a 401 without \"unauthorized\" and a UTF-8 message");
+	if (authorization == NULL && ask.read_key != NULL)
+		Broken("a read key without an Authorization header");
+	if (key_sent != NULL && key_sent[0] != '\0' &&
+		(ask.read_key == NULL || strcmp(ask.read_key, key_sent) != 0))
+		Broken("the read key is not the Basic user name sent");
+	if ((ask.identifier == NULL) == (ask.id_message == NULL))
+		Broken("not exactly one of an identifier and a reason");
+	if (ask.identifier != NULL)
+	{
+		if (!escapes_ok || strlen(ask.identifier) != dlen ||
+			memcmp(ask.identifier, decoded, dlen) != 0)
+			Broken("the identifier is not the path's, decoded");
+		if (dlen > CDP_HTTP_MAX_IDENTIFIER_BYTES)
+			Broken("an identifier over CDP_HTTP_MAX_IDENTIFIER_BYTES");
+		if (!ValidUtf8(ask.identifier) || strchr(ask.identifier, ':') == NULL)
+			Broken("an identifier that is not UTF-8 type:value");
+	}
+	else
+	{
+		if (!ValidUtf8(ask.id_message))
+			Broken("a refused identifier's reason is not UTF-8");
+		if (escapes_ok && dlen <= CDP_HTTP_MAX_IDENTIFIER_BYTES &&
+			memchr(decoded, '\0', dlen) == NULL && ValidUtf8Len(decoded, dlen) &&
+			memchr(decoded, ':', dlen) != NULL)
+			Broken("a good identifier refused");
+	}
+	if (peak_bytes > 64 * 1024 + 8 * idlen)
+		Broken("a profile request held more memory than its path");
+done:
+	ArenaReset();
+	free(url);
+	free(decoded);
+}
+
 /* ---------- the target ---------- */
 
 int
@@ -602,6 +701,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (CdpHttpRouteOf(encoding ? encoding : "/v1/t") == CDP_ROUTE_UNKNOWN &&
 		CdpHttpRouteTakesPost(CDP_ROUTE_UNKNOWN))
 		Broken("an unknown path takes POST");
+
+	CheckProfileRequest(encoding ? encoding : "user_id:u1", authorization, key_sent);
 
 	CdpHttpIngestRequest(route, authorization, content_encoding, body, body_len, limits, &out);
 	if (getenv("CDP_HTTPFUZZ_VERBOSE") != NULL)

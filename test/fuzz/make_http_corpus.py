@@ -209,6 +209,22 @@ def seeds():
     yield "encoding_utf8_name", seed("batch", js(RUDDER_BATCH), enc="header",
                                      encoding=("gzip-" + "ï" * 40).encode())
     yield "encoding_not_utf8", seed("screen", b"", enc="header", encoding=b"\xff\xf7/C?")
+    # the profile API: {identifier} from the Content-Encoding line, a read key
+    rk = b"cdp_rk_5e1f0c2a"
+    yield "profile_email_escaped", seed("track", b"", "raw", b"Bearer " + rk, enc="header",
+                                        encoding=b"email:alice%40example.com")
+    yield "profile_basic_key", seed("track", b"", "basic", rk, enc="header",
+                                    encoding=b"user_id:a%2Fb%20%C3%BC")
+    yield "profile_nul_escape", seed("track", b"", "raw", b"Bearer " + rk, enc="header",
+                                     encoding=b"user_id:a%00b")
+    yield "profile_bad_escape", seed("track", b"", "raw", b"Bearer " + rk, enc="header",
+                                     encoding=b"user_id:%zz%4")
+    yield "profile_not_utf8", seed("track", b"", "raw", b"Bearer " + rk, enc="header",
+                                   encoding=b"user_id:%ff%C3")
+    yield "profile_long_escaped", seed("track", b"", "raw", b"Bearer " + rk, enc="header",
+                                       encoding=b"t:" + b"%41" * 1099)
+    yield "profile_no_colon_slashes", seed("track", b"", "raw", b"bearer  " + rk + b"  ",
+                                           enc="header", encoding=b"x/traits/y")
     yield "type_mismatch_utf8", seed("track", js({"type": "x" + "é" * 30, "userId": "u",
                                                   "event": "e"}), "basic", key)
 
