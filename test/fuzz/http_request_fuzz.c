@@ -564,8 +564,8 @@ CheckProfileRequest(const char *id_line, const char *authorization, const char *
 			memchr(decoded, ':', dlen) != NULL)
 			Broken("a good identifier refused");
 	}
-	if (peak_bytes > 64 * 1024 + 8 * idlen)
-		Broken("a profile request held more memory than its path");
+	if (peak_bytes > 64 * 1024 + 8 * (idlen + (authorization ? strlen(authorization) : 0)))
+		Broken("a profile request held more memory than its path and Authorization");
 done:
 	ArenaReset();
 	free(url);

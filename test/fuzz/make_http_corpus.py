@@ -225,6 +225,7 @@ def seeds():
                                        encoding=b"t:" + b"%41" * 1099)
     yield "profile_no_colon_slashes", seed("track", b"", "raw", b"bearer  " + rk + b"  ",
                                            enc="header", encoding=b"x/traits/y")
+    yield "profile_basic_long_key", seed("track", b"", "basic", b"k" * 30000)
     yield "type_mismatch_utf8", seed("track", js({"type": "x" + "é" * 30, "userId": "u",
                                                   "event": "e"}), "basic", key)
 
