@@ -235,6 +235,26 @@ RunRound(dlist_head *held, bool careful, bool reads, bool *installed)
 }
 
 /*
+ * Run every request of held in one transaction, and again with a
+ * subtransaction per request when one of them raised an error; true when
+ * the transaction committed.
+ */
+static bool
+RunRequests(dlist_head *held, bool reads, bool *installed)
+{
+	bool		committed = RunRound(held, false, reads, installed);
+
+	if (!committed && !CdpHttpStopRequested())
+	{
+		/* some request raised an error: again, each on its own */
+		ForgetAnswers(held);
+		committed = RunRound(held, true, reads, installed);
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return committed;
+}
+
+/*
  * Answer every request of held, queueing what is to be queued in one
  * transaction (tried again with a subtransaction per request when one of
  * them raised an error); those that wait for the commit get 200 when it
@@ -248,14 +268,7 @@ CdpHttpCommitHeld(dlist_head *held)
 	bool		committed;
 	dlist_iter	it;
 
-	committed = RunRound(held, false, false, &installed);
-	if (!committed && !CdpHttpStopRequested())
-	{
-		/* some request raised an error: again, each on its own */
-		ForgetAnswers(held);
-		committed = RunRound(held, true, false, &installed);
-	}
-	pgstat_report_activity(STATE_IDLE, NULL);
+	committed = RunRequests(held, false, &installed);
 	pgstat_report_stat(false);
 
 	dlist_foreach(it, held)
@@ -291,14 +304,7 @@ CdpHttpServeReads(dlist_head *reads)
 	bool		done;
 	dlist_iter	it;
 
-	done = RunRound(reads, false, true, &installed);
-	if (!done && !CdpHttpStopRequested())
-	{
-		ForgetAnswers(reads);
-		done = RunRound(reads, true, true, &installed);
-	}
-	pgstat_report_activity(STATE_IDLE, NULL);
-
+	done = RunRequests(reads, true, &installed);
 	dlist_foreach(it, reads)
 	{
 		CdpHttpHeld *req = dlist_container(CdpHttpHeld, node, it.cur);

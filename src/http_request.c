@@ -459,17 +459,11 @@ EscapedCodePoint(const char *text, size_t len, size_t i)
 		return -1;
 	for (size_t k = i; k < i + 4; k++)
 	{
-		char		c = text[k];
+		int			v = HexValue(text[k]);
 
-		ch <<= 4;
-		if (c >= '0' && c <= '9')
-			ch += c - '0';
-		else if (c >= 'a' && c <= 'f')
-			ch += c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			ch += c - 'A' + 10;
-		else
+		if (v < 0)
 			return -1;
+		ch = (ch << 4) + v;
 	}
 	return ch;
 }
