@@ -47,6 +47,10 @@
 /* the comment that marks a partition retention detaches to drop */
 #define DROP_MARK	"pg_cdp retention: detached to be dropped"
 
+/* how often windows of computed traits are looked at, and how many at a time */
+#define EXPIRY_INTERVAL_MS	250
+#define EXPIRY_BATCH		1000
+
 /* what one pass has to do after its first transaction */
 typedef struct RetentionPlan
 {
@@ -295,9 +299,67 @@ RunPass(MemoryContext pass_cxt)
 						dropped, plan.purged)));
 }
 
-/* sleep until the next pass is due or a reload changes the interval */
+/*
+ * Windowed computed traits whose oldest event left the window, recomputed
+ * now (cdp.expire_computed_traits), as pg_cdp's owner.  Returns whether it
+ * hit its limit (more are due).  Errors are logged and left for the next
+ * call.
+ */
+static bool
+ExpireComputedTraits(MemoryContext cxt)
+{
+	Oid			save_user;
+	int			save_sec;
+	volatile bool more = false;
+
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	PG_TRY();
+	{
+		List	   *owners;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		owners = QueryList("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_cdp'",
+						   0, NULL, NULL, cxt);
+		if (owners != NIL)
+		{
+			List	   *n;
+
+			SetUserIdAndSecContext(atooid(linitial(owners)), SECURITY_LOCAL_USERID_CHANGE);
+			pgstat_report_activity(STATE_RUNNING, "cdp maintenance: computed trait windows");
+			n = QueryList(psprintf("SELECT cdp.expire_computed_traits(%d)", EXPIRY_BATCH),
+						  0, NULL, NULL, cxt);
+			more = n != NIL && atoi(linitial(n)) >= EXPIRY_BATCH;
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		more = false;
+	}
+	PG_END_TRY();
+	SetUserIdAndSecContext(save_user, save_sec);
+	MemoryContextReset(cxt);
+	return more;
+}
+
+/*
+ * Sleep until the next pass is due or a reload changes the interval; every
+ * EXPIRY_INTERVAL_MS meanwhile, windows of computed traits are brought up to
+ * date, so a profile leaves a window within a second of it passing.
+ */
 static void
-WaitForNextPass(TimestampTz last_pass)
+WaitForNextPass(TimestampTz last_pass, MemoryContext cxt)
 {
 	for (;;)
 	{
@@ -317,8 +379,10 @@ WaitForNextPass(TimestampTz last_pass)
 		TimestampDifference(GetCurrentTimestamp(), due, &secs, &usecs);
 		if (secs == 0 && usecs == 0)
 			return;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 secs * 1000 + usecs / 1000 + 1, PG_WAIT_EXTENSION);
+		if (!ExpireComputedTraits(cxt))
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(secs * 1000 + usecs / 1000 + 1, EXPIRY_INTERVAL_MS),
+							 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -369,6 +433,6 @@ cdp_maintenance_worker_main(Datum arg)
 		PG_END_TRY();
 		SetUserIdAndSecContext(save_user, save_sec);
 		MemoryContextSwitchTo(TopMemoryContext);
-		WaitForNextPass(started);
+		WaitForNextPass(started, pass_cxt);
 	}
 }

@@ -38,6 +38,7 @@
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
+#include "computed_traits.h"
 #include "identity.h"
 #include "spi_util.h"
 #include "stats.h"
@@ -394,6 +395,7 @@ ProcessChunk(void *arg)
 	CdpResolveIdentities(msgs, n, w->stats);
 	CdpStoreProfileState(msgs, n, w->state);
 	CdpStoreEvents(msgs, n);
+	CdpUpdateComputedTraits(msgs, n);
 	CdpWriteDeadLetters(msgs, n);
 	CdpStatsCountOutcomes(msgs, n);
 }

@@ -119,6 +119,8 @@ BEGIN ATOMIC
                       WHERE i.profile_id = s.id ORDER BY it.identifier),
                1000, false) t
      WHERE r.profile_id = s.id;
+    -- computed traits follow the same changes of membership
+    SELECT cdp.refresh_computed_traits(profile_ids);
 END;
 COMMENT ON FUNCTION cdp.recompute_profile_state(bigint[]) IS
     'internal: derive profile_records.traits, trait_times and consent of these profiles from their identifiers';

@@ -142,7 +142,24 @@ BEGIN
                                                'THEN cdp.trait_as(r.traits, %2$L, %3$s) END AS %4$I' END,
                                      t.purpose, t.name, t.template, t.name);
     END LOOP;
+    -- computed traits, typed by kind, under their purpose like declared ones
+    FOR t IN SELECT c.name, c.purpose,
+                    CASE WHEN c.kind IN ('count', 'unique_count')
+                         THEN format('coalesce((pc.traits->>%L)::bigint, 0)', c.name)
+                         WHEN c.kind IN ('sum', 'avg', 'min', 'max')
+                         THEN format('(pc.traits->>%L)::numeric', c.name)
+                         ELSE format('(pc.traits->%L)', c.name) END AS expr
+               FROM cdp.computed_traits c
+               LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = c.name
+              WHERE traits IS NULL OR w.name IS NOT NULL
+              ORDER BY w.ord, c.id LOOP
+        columns := columns || format(CASE WHEN t.purpose = purpose THEN ', %2$s AS %3$I'
+                                          ELSE ', CASE WHEN cdp.consent_granted(r.consent, %1$L) '
+                                               'THEN %2$s END AS %3$I' END,
+                                     t.purpose, t.expr, t.name);
+    END LOOP;
     RETURN format('SELECT r.profile_id%s FROM cdp.profile_records r '
+                  'LEFT JOIN cdp.profile_computed pc ON pc.profile_id = r.profile_id '
                   'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
                   columns, purpose);
 END
@@ -176,7 +193,8 @@ BEGIN
     PERFORM cdp.check_purpose(purpose);
     IF traits IS NOT NULL THEN
         SELECT w.name INTO missing FROM unnest(traits) w (name)
-         WHERE w.name IS NULL OR NOT EXISTS (SELECT 1 FROM cdp.trait_definitions d WHERE d.name = w.name)
+         WHERE w.name IS NULL OR (NOT EXISTS (SELECT 1 FROM cdp.trait_definitions d WHERE d.name = w.name)
+                                  AND NOT EXISTS (SELECT 1 FROM cdp.computed_traits c WHERE c.name = w.name))
          LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'trait "%" is not defined', coalesce(missing, 'NULL')

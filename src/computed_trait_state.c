@@ -1,0 +1,572 @@
+/*
+ * computed_trait_state.c
+ *	  A computed trait's state over a set of events and the operations on
+ *	  it: count an event in, combine two states (a merge of profiles, a
+ *	  chunk's events into what was stored), store it as jsonb and read it
+ *	  back, and the value it gives.  Combining is exact for every kind:
+ *	  counts and sums add, extremes and first/last combine by value and time
+ *	  (ties: the value's JSON text), and distinct values are kept as the
+ *	  CDP_TRAIT_MAX_VALUES smallest in text order with their counts, which
+ *	  is the same set whatever order the events come in.
+ *
+ *	  Stored form: {"n": 3, "sum": 12.5, "min": 1, "max": 9,
+ *	  "first": [usecs, value], "last": [usecs, value],
+ *	  "values": [[value, count], ...], "oldest": usecs}, with only what the
+ *	  kind needs.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "computed_traits.h"
+
+PG_FUNCTION_INFO_V1(cdp_check_trait_spec);
+PG_FUNCTION_INFO_V1(cdp_trait_state_accum);
+PG_FUNCTION_INFO_V1(cdp_trait_state_union_accum);
+PG_FUNCTION_INFO_V1(cdp_trait_state_final);
+PG_FUNCTION_INFO_V1(cdp_trait_state_merge);
+PG_FUNCTION_INFO_V1(cdp_trait_value);
+
+CdpTraitState *
+CdpNewTraitState(CdpTraitKind kind)
+{
+	CdpTraitState *s = palloc0(sizeof(CdpTraitState));
+
+	s->kind = kind;
+	return s;
+}
+
+static bool
+IsNumericKind(CdpTraitKind kind)
+{
+	return kind == CDP_TRAIT_SUM || kind == CDP_TRAIT_AVG ||
+		kind == CDP_TRAIT_MIN || kind == CDP_TRAIT_MAX;
+}
+
+/* a JSON value's text: how values are compared, kept and given back */
+static char *
+ValueText(JsonbValue *v)
+{
+	StringInfoData buf;
+
+	switch (v->type)
+	{
+		case jbvBinary:
+			return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+		case jbvString:
+			initStringInfo(&buf);
+			escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
+			return buf.data;
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		default:
+			return pstrdup("null");
+	}
+}
+
+static Numeric
+NumericAdd(Numeric a, Numeric b)
+{
+	return DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(a),
+											   NumericGetDatum(b)));
+}
+
+static int
+NumericCmp(Numeric a, Numeric b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a),
+											 NumericGetDatum(b)));
+}
+
+/* (at, text) order of first/last candidates */
+static int
+CompareTimed(TimestampTz a_at, const char *a, TimestampTz b_at, const char *b)
+{
+	if (a_at != b_at)
+		return a_at < b_at ? -1 : 1;
+	return strcmp(a, b);
+}
+
+/* index of text among the sorted values, or where it would go (-1 - i) */
+static int
+FindValue(const CdpTraitState *s, const char *text)
+{
+	int			lo = 0,
+				hi = s->nvalues - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		int			c = strcmp(s->values[mid].text, text);
+
+		if (c == 0)
+			return mid;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return -1 - lo;
+}
+
+/* count a value in: the smallest CDP_TRAIT_MAX_VALUES stay */
+static void
+AddValue(CdpTraitState *s, char *text, int64 count)
+{
+	int			at = FindValue(s, text);
+
+	if (at >= 0)
+	{
+		s->values[at].count += count;
+		return;
+	}
+	at = -1 - at;
+	if (at >= CDP_TRAIT_MAX_VALUES)
+		return;
+	if (s->nvalues == s->maxvalues)
+	{
+		s->maxvalues = Min(Max(8, s->maxvalues * 2), CDP_TRAIT_MAX_VALUES + 1);
+		s->values = s->values ? repalloc(s->values, sizeof(CdpTraitValue) * s->maxvalues)
+			: palloc(sizeof(CdpTraitValue) * s->maxvalues);
+	}
+	memmove(&s->values[at + 1], &s->values[at], sizeof(CdpTraitValue) * (s->nvalues - at));
+	s->values[at].text = text;
+	s->values[at].count = count;
+	s->nvalues = Min(s->nvalues + 1, CDP_TRAIT_MAX_VALUES);
+}
+
+static void
+OfferFirst(CdpTraitState *s, TimestampTz at, char *text)
+{
+	if (!s->has_first || CompareTimed(at, text, s->first_at, s->first) < 0)
+	{
+		s->has_first = true;
+		s->first_at = at;
+		s->first = text;
+	}
+}
+
+static void
+OfferLast(CdpTraitState *s, TimestampTz at, char *text)
+{
+	if (!s->has_last || CompareTimed(at, text, s->last_at, s->last) > 0)
+	{
+		s->has_last = true;
+		s->last_at = at;
+		s->last = text;
+	}
+}
+
+static void
+OfferNumber(CdpTraitState *s, Numeric v)
+{
+	s->n++;
+	s->sum = s->sum ? NumericAdd(s->sum, v) : v;
+	if (s->lo == NULL || NumericCmp(v, s->lo) < 0)
+		s->lo = v;
+	if (s->hi == NULL || NumericCmp(v, s->hi) > 0)
+		s->hi = v;
+}
+
+static void
+OfferOldest(CdpTraitState *s, TimestampTz ts)
+{
+	if (!s->has_oldest || ts < s->oldest)
+	{
+		s->has_oldest = true;
+		s->oldest = ts;
+	}
+}
+
+/*
+ * Count an event in, if its properties pass the filter and hold what the
+ * kind reads (a number for sum, avg, min and max; any value but null for
+ * the others; count needs the property only when one is named).  Returns
+ * whether it counted.
+ */
+bool
+CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, Jsonb *properties)
+{
+	JsonbValue	v;
+	bool		has_value;
+
+	if (!CdpTraitFilterMatches(spec, properties))
+		return false;
+	has_value = spec->npath > 0 && CdpTraitPropertyValue(spec, properties, &v);
+	if (spec->kind == CDP_TRAIT_COUNT)
+	{
+		if (spec->npath > 0 && !has_value)
+			return false;
+		s->n++;
+	}
+	else if (!has_value)
+		return false;
+	else if (IsNumericKind(spec->kind))
+	{
+		if (v.type != jbvNumeric)
+			return false;
+		OfferNumber(s, v.val.numeric);
+	}
+	else if (spec->kind == CDP_TRAIT_FIRST)
+		OfferFirst(s, ts, ValueText(&v));
+	else if (spec->kind == CDP_TRAIT_LAST)
+		OfferLast(s, ts, ValueText(&v));
+	else
+		AddValue(s, ValueText(&v), 1);
+	OfferOldest(s, ts);
+	return true;
+}
+
+/* into := into combined with from (same kind) */
+void
+CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
+{
+	into->n += from->n;
+	if (from->sum)
+		into->sum = into->sum ? NumericAdd(into->sum, from->sum) : from->sum;
+	if (from->lo && (into->lo == NULL || NumericCmp(from->lo, into->lo) < 0))
+		into->lo = from->lo;
+	if (from->hi && (into->hi == NULL || NumericCmp(from->hi, into->hi) > 0))
+		into->hi = from->hi;
+	if (from->has_first)
+		OfferFirst(into, from->first_at, from->first);
+	if (from->has_last)
+		OfferLast(into, from->last_at, from->last);
+	for (int i = 0; i < from->nvalues; i++)
+		AddValue(into, from->values[i].text, from->values[i].count);
+	if (from->has_oldest)
+		OfferOldest(into, from->oldest);
+}
+
+static bool
+IsEmpty(const CdpTraitState *s)
+{
+	return s->n == 0 && !s->has_first && !s->has_last && s->nvalues == 0;
+}
+
+static void
+AppendNumeric(StringInfo buf, const char *key, Numeric v)
+{
+	appendStringInfo(buf, "%s\"%s\": %s", buf->len > 1 ? ", " : "", key,
+					 DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v))));
+}
+
+/* the stored form; NULL when the state counted nothing */
+Jsonb *
+CdpTraitStateToJsonb(const CdpTraitState *s)
+{
+	StringInfoData buf;
+
+	if (IsEmpty(s))
+		return NULL;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	if (s->n > 0)
+		appendStringInfo(&buf, "\"n\": " INT64_FORMAT, s->n);
+	if (s->sum && (s->kind == CDP_TRAIT_SUM || s->kind == CDP_TRAIT_AVG))
+		AppendNumeric(&buf, "sum", s->sum);
+	if (s->lo && s->kind == CDP_TRAIT_MIN)
+		AppendNumeric(&buf, "min", s->lo);
+	if (s->hi && s->kind == CDP_TRAIT_MAX)
+		AppendNumeric(&buf, "max", s->hi);
+	if (s->has_first)
+		appendStringInfo(&buf, "%s\"first\": [" INT64_FORMAT ", %s]", buf.len > 1 ? ", " : "",
+						 (int64) s->first_at, s->first);
+	if (s->has_last)
+		appendStringInfo(&buf, "%s\"last\": [" INT64_FORMAT ", %s]", buf.len > 1 ? ", " : "",
+						 (int64) s->last_at, s->last);
+	if (s->nvalues > 0)
+	{
+		appendStringInfo(&buf, "%s\"values\": [", buf.len > 1 ? ", " : "");
+		for (int i = 0; i < s->nvalues; i++)
+			appendStringInfo(&buf, "%s[%s, " INT64_FORMAT "]", i > 0 ? ", " : "",
+							 s->values[i].text, s->values[i].count);
+		appendStringInfoChar(&buf, ']');
+	}
+	if (s->has_oldest)
+		appendStringInfo(&buf, ", \"oldest\": " INT64_FORMAT, (int64) s->oldest);
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+static int64
+Int64Of(JsonbValue *v)
+{
+	if (v->type != jbvNumeric)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("computed trait state holds a non-number where a number belongs")));
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric)));
+}
+
+/* the elements of an array container (values as scalars or jbvBinary) */
+static int
+Elements(JsonbValue *arr, JsonbValue *out, int max)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			n = 0;
+
+	if (arr->type != jbvBinary || !JsonContainerIsArray(arr->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("computed trait state holds a non-array where an array belongs")));
+	it = JsonbIteratorInit(arr->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_ELEM && n < max)
+			out[n++] = v;
+	return n;
+}
+
+static bool
+Key(Jsonb *j, const char *key, JsonbValue *out)
+{
+	return getKeyJsonValueFromContainer(&j->root, key, strlen(key), out) != NULL;
+}
+
+/* read the stored form back */
+CdpTraitState *
+CdpTraitStateFromJsonb(CdpTraitKind kind, Jsonb *j)
+{
+	CdpTraitState *s = CdpNewTraitState(kind);
+	JsonbValue	v;
+	JsonbValue	pair[2];
+
+	if (j == NULL)
+		return s;
+	if (Key(j, "n", &v))
+		s->n = Int64Of(&v);
+	if (Key(j, "sum", &v) && v.type == jbvNumeric)
+		s->sum = v.val.numeric;
+	if (Key(j, "min", &v) && v.type == jbvNumeric)
+		s->lo = v.val.numeric;
+	if (Key(j, "max", &v) && v.type == jbvNumeric)
+		s->hi = v.val.numeric;
+	if (Key(j, "first", &v) && Elements(&v, pair, 2) == 2)
+	{
+		s->has_first = true;
+		s->first_at = Int64Of(&pair[0]);
+		s->first = ValueText(&pair[1]);
+	}
+	if (Key(j, "last", &v) && Elements(&v, pair, 2) == 2)
+	{
+		s->has_last = true;
+		s->last_at = Int64Of(&pair[0]);
+		s->last = ValueText(&pair[1]);
+	}
+	if (Key(j, "values", &v))
+	{
+		JsonbValue *elems = palloc(sizeof(JsonbValue) * (CDP_TRAIT_MAX_VALUES + 1));
+		int			n = Elements(&v, elems, CDP_TRAIT_MAX_VALUES + 1);
+
+		for (int i = 0; i < n; i++)
+			if (Elements(&elems[i], pair, 2) == 2)
+				AddValue(s, ValueText(&pair[0]), Int64Of(&pair[1]));
+	}
+	if (Key(j, "oldest", &v))
+	{
+		s->has_oldest = true;
+		s->oldest = Int64Of(&v);
+	}
+	return s;
+}
+
+static Jsonb *
+JsonbOfText(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+static Jsonb *
+JsonbOfNumeric(Numeric v)
+{
+	return JsonbOfText(DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v))));
+}
+
+/*
+ * The trait's value: count and unique_count a number (0 for nothing),
+ * unique_list an array in text order, the others the value or NULL.
+ */
+Jsonb *
+CdpTraitStateValue(const CdpTraitState *s)
+{
+	switch (s->kind)
+	{
+		case CDP_TRAIT_COUNT:
+			return JsonbOfText(psprintf(INT64_FORMAT, s->n));
+		case CDP_TRAIT_UNIQUE_COUNT:
+			return JsonbOfText(psprintf("%d", s->nvalues));
+		case CDP_TRAIT_SUM:
+			return s->sum ? JsonbOfNumeric(s->sum) : NULL;
+		case CDP_TRAIT_AVG:
+			if (s->sum == NULL || s->n == 0)
+				return NULL;
+			return JsonbOfNumeric(DatumGetNumeric(DirectFunctionCall2(numeric_div,
+																	  NumericGetDatum(s->sum),
+																	  NumericGetDatum(int64_to_numeric(s->n)))));
+		case CDP_TRAIT_MIN:
+			return s->lo ? JsonbOfNumeric(s->lo) : NULL;
+		case CDP_TRAIT_MAX:
+			return s->hi ? JsonbOfNumeric(s->hi) : NULL;
+		case CDP_TRAIT_FIRST:
+			return s->has_first ? JsonbOfText(s->first) : NULL;
+		case CDP_TRAIT_LAST:
+			return s->has_last ? JsonbOfText(s->last) : NULL;
+		case CDP_TRAIT_MOST_FREQUENT:
+			{
+				int			best = -1;
+
+				/* ties: the smallest text, the first in order */
+				for (int i = 0; i < s->nvalues; i++)
+					if (best < 0 || s->values[i].count > s->values[best].count)
+						best = i;
+				return best >= 0 ? JsonbOfText(s->values[best].text) : NULL;
+			}
+		case CDP_TRAIT_UNIQUE_LIST:
+			{
+				StringInfoData buf;
+
+				initStringInfo(&buf);
+				appendStringInfoChar(&buf, '[');
+				for (int i = 0; i < s->nvalues; i++)
+					appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", s->values[i].text);
+				appendStringInfoChar(&buf, ']');
+				return JsonbOfText(buf.data);
+			}
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- SQL */
+
+static char *
+TextArg(FunctionCallInfo fcinfo, int i)
+{
+	return PG_ARGISNULL(i) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(i));
+}
+
+/* check a definition's kind, property and filter; errors say what is wrong */
+Datum
+cdp_check_trait_spec(PG_FUNCTION_ARGS)
+{
+	(void) CdpParseTraitSpec(TextArg(fcinfo, 0), TextArg(fcinfo, 1),
+							 PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));
+	PG_RETURN_VOID();
+}
+
+/* the spec of an aggregate call, parsed on its first row */
+typedef struct AccumCache
+{
+	CdpTraitSpec *spec;
+} AccumCache;
+
+static MemoryContext
+AggContext(FunctionCallInfo fcinfo)
+{
+	MemoryContext agg;
+
+	if (!AggCheckCallContext(fcinfo, &agg))
+		elog(ERROR, "computed trait aggregate called outside an aggregate");
+	return agg;
+}
+
+/*
+ * trait_state_agg(kind, property, filter, ts, properties): the state of
+ * the events aggregated.  The definition is the same on every row.
+ */
+Datum
+cdp_trait_state_accum(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg = AggContext(fcinfo);
+	MemoryContext old;
+	AccumCache *cache = fcinfo->flinfo->fn_extra;
+	CdpTraitState *s = PG_ARGISNULL(0) ? NULL : (CdpTraitState *) PG_GETARG_POINTER(0);
+
+	old = MemoryContextSwitchTo(agg);
+	if (cache == NULL)
+	{
+		MemoryContext fn = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		cache = palloc0(sizeof(AccumCache));
+		cache->spec = CdpParseTraitSpec(TextArg(fcinfo, 1), TextArg(fcinfo, 2),
+										PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P_COPY(3));
+		fcinfo->flinfo->fn_extra = cache;
+		MemoryContextSwitchTo(fn);
+	}
+	if (s == NULL)
+		s = CdpNewTraitState(cache->spec->kind);
+	if (!PG_ARGISNULL(4))
+		(void) CdpTraitStateAdd(cache->spec, s, PG_GETARG_TIMESTAMPTZ(4),
+								PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(s);
+}
+
+/* trait_state_union(kind, state): the states combined */
+Datum
+cdp_trait_state_union_accum(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg = AggContext(fcinfo);
+	MemoryContext old = MemoryContextSwitchTo(agg);
+	CdpTraitState *s = PG_ARGISNULL(0) ? NULL : (CdpTraitState *) PG_GETARG_POINTER(0);
+	CdpTraitKind kind = CdpTraitKindOf(TextArg(fcinfo, 1));
+
+	if (s == NULL)
+		s = CdpNewTraitState(kind);
+	if (!PG_ARGISNULL(2))
+		CdpTraitStateCombine(s, CdpTraitStateFromJsonb(kind, PG_GETARG_JSONB_P_COPY(2)));
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(s);
+}
+
+Datum
+cdp_trait_state_final(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *j;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	j = CdpTraitStateToJsonb((CdpTraitState *) PG_GETARG_POINTER(0));
+	if (j == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(j);
+}
+
+/* trait_state_merge(kind, a, b): two stored states as one */
+Datum
+cdp_trait_state_merge(PG_FUNCTION_ARGS)
+{
+	CdpTraitKind kind = CdpTraitKindOf(TextArg(fcinfo, 0));
+	CdpTraitState *s = CdpTraitStateFromJsonb(kind, PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1));
+	Jsonb	   *j;
+
+	if (!PG_ARGISNULL(2))
+		CdpTraitStateCombine(s, CdpTraitStateFromJsonb(kind, PG_GETARG_JSONB_P(2)));
+	j = CdpTraitStateToJsonb(s);
+	if (j == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(j);
+}
+
+/* trait_value(kind, state): what the trait says for a state (NULL: none) */
+Datum
+cdp_trait_value(PG_FUNCTION_ARGS)
+{
+	CdpTraitKind kind = CdpTraitKindOf(TextArg(fcinfo, 0));
+	Jsonb	   *j = CdpTraitStateValue(CdpTraitStateFromJsonb(kind,
+															  PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1)));
+
+	if (j == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(j);
+}

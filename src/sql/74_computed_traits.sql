@@ -1,0 +1,399 @@
+-- Computed traits: per-profile values kept current as events arrive (the C
+-- side: src/computed_trait_*.c).  A trait's state (what its kind needs: a
+-- count, a sum, extremes, first and last values, distinct values) is kept
+-- per profile id the events were stored with, which merges, splits and
+-- rebuilds never rewrite (events keep their profile id; cdp.events_resolved
+-- maps it to the canonical profile).  A canonical profile's value combines
+-- the states of the profiles whose events resolve to it, exactly.
+
+CREATE TABLE cdp.computed_traits (
+    id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL UNIQUE CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    kind        text NOT NULL,
+    event       text CHECK (octet_length(event) BETWEEN 1 AND 200),
+    property    text CHECK (octet_length(property) BETWEEN 1 AND 200),
+    time_window interval,
+    filter      jsonb CHECK (octet_length(filter::text) <= 10000),
+    purpose     text NOT NULL,
+    defined_at  timestamptz NOT NULL DEFAULT now(),
+    backfilled_at timestamptz
+);
+COMMENT ON TABLE cdp.computed_traits IS
+    'computed traits: per-profile values over events, kept current as events arrive';
+
+-- Per (profile id events were stored with, trait): the trait's state over
+-- those events (within the window, for windowed traits), and when the
+-- oldest event counted leaves the window (the next change by ageing).
+CREATE TABLE cdp.trait_states (
+    profile_id  bigint NOT NULL,
+    trait_id    int NOT NULL,
+    state       jsonb NOT NULL,
+    expires_at  timestamptz,
+    PRIMARY KEY (profile_id, trait_id)
+) WITH (fillfactor = 80);
+CREATE INDEX trait_states_expires_idx ON cdp.trait_states (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX trait_states_trait_idx ON cdp.trait_states (trait_id);
+
+-- Per canonical profile, the value of every computed trait with one:
+-- {name: value}.  count and unique_count are 0 when absent.
+CREATE TABLE cdp.profile_computed (
+    profile_id  bigint PRIMARY KEY,
+    traits      jsonb NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80);
+COMMENT ON TABLE cdp.profile_computed IS
+    'the values of computed traits per canonical profile';
+
+CREATE FUNCTION cdp.check_trait_spec(kind text, property text, filter jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_check_trait_spec'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_accum(internal, text, text, jsonb, timestamptz, jsonb)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_accum'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_union_accum(internal, text, jsonb)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_union_accum'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_final(internal)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cdp_trait_state_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+-- The state of a trait (kind, property, filter) over the events aggregated.
+CREATE AGGREGATE cdp.trait_state_agg(kind text, property text, filter jsonb,
+                                     ts timestamptz, properties jsonb) (
+    SFUNC = cdp.trait_state_accum,
+    STYPE = internal,
+    FINALFUNC = cdp.trait_state_final
+);
+
+-- Stored states combined into one (the members of a merged profile).
+CREATE AGGREGATE cdp.trait_state_union(kind text, state jsonb) (
+    SFUNC = cdp.trait_state_union_accum,
+    STYPE = internal,
+    FINALFUNC = cdp.trait_state_final
+);
+
+CREATE FUNCTION cdp.trait_state_merge(kind text, a jsonb, b jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cdp_trait_state_merge'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_value(kind text, state jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cdp_trait_value'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+-- When a state of a windowed trait changes next by ageing: its oldest event
+-- counted plus the window.
+CREATE FUNCTION cdp.trait_state_expires(state jsonb, time_window interval)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN time_window IS NOT NULL AND state ? 'oldest'
+            THEN timestamptz '2000-01-01 00:00:00+00'
+                 + make_interval(secs => (state->>'oldest')::float8 / 1e6) + time_window END;
+
+-- The trait's states over the stored events of the given profile ids (all
+-- when NULL), as of now: only track events, of the trait's event if it
+-- names one, within its window if it has one.
+CREATE FUNCTION cdp.trait_states_from_events(trait_id int, profile_ids bigint[])
+RETURNS TABLE (profile_id bigint, state jsonb, expires_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    t cdp.computed_traits;
+    since timestamptz;
+BEGIN
+    SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = trait_states_from_events.trait_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    since := CASE WHEN t.time_window IS NOT NULL THEN now() - t.time_window END;
+    IF profile_ids IS NULL THEN
+        RETURN QUERY
+        SELECT s.profile_id, s.state, cdp.trait_state_expires(s.state, t.time_window)
+          FROM (SELECT e.profile_id,
+                       cdp.trait_state_agg(t.kind, t.property, t.filter, e.ts, e.properties) AS state
+                  FROM cdp.events e
+                 WHERE e.type = 'track' AND e.profile_id IS NOT NULL
+                   AND (t.event IS NULL OR e.event = t.event)
+                   AND (since IS NULL OR e.ts > since)
+                 GROUP BY e.profile_id) s
+         WHERE s.state IS NOT NULL;
+    ELSE
+        RETURN QUERY
+        SELECT s.profile_id, s.state, cdp.trait_state_expires(s.state, t.time_window)
+          FROM (SELECT e.profile_id,
+                       cdp.trait_state_agg(t.kind, t.property, t.filter, e.ts, e.properties) AS state
+                  FROM cdp.events e
+                 WHERE e.profile_id = ANY (profile_ids) AND e.type = 'track'
+                   AND (t.event IS NULL OR e.event = t.event)
+                   AND (since IS NULL OR e.ts > since)
+                 GROUP BY e.profile_id) s
+         WHERE s.state IS NOT NULL;
+    END IF;
+END
+$$;
+
+-- Count a trait again from the events of the given stored profile ids (all
+-- when NULL): their states are replaced.  Returns how many states it made.
+CREATE FUNCTION cdp.recount_trait(trait_id int, profile_ids bigint[])
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    n int;
+BEGIN
+    DELETE FROM cdp.trait_states s
+     WHERE s.trait_id = recount_trait.trait_id AND (profile_ids IS NULL OR s.profile_id = ANY (profile_ids));
+    INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at)
+    SELECT f.profile_id, recount_trait.trait_id, f.state, f.expires_at
+      FROM cdp.trait_states_from_events(recount_trait.trait_id, profile_ids) f;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Derive the computed values of the canonical profiles of the given profile
+-- ids from the states of their members (the profile and those merged into
+-- it); a profile merged away or gone loses its row.
+CREATE FUNCTION cdp.refresh_computed_traits(profile_ids bigint[])
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, cdp
+BEGIN ATOMIC
+    DELETE FROM cdp.profile_computed pc
+     WHERE pc.profile_id = ANY (profile_ids)
+       AND NOT EXISTS (SELECT FROM cdp.profile_records r
+                        WHERE r.profile_id = pc.profile_id AND r.merged_into IS NULL);
+    INSERT INTO cdp.profile_computed AS pc (profile_id, traits, updated_at)
+    SELECT c.id,
+           coalesce((SELECT jsonb_object_agg(v.name, v.value)
+                       FROM (SELECT t.name,
+                                    cdp.trait_value(t.kind, cdp.trait_state_union(t.kind, s.state)) AS value
+                               FROM cdp.trait_states s
+                               JOIN cdp.computed_traits t ON t.id = s.trait_id
+                              WHERE s.profile_id IN (SELECT c.id
+                                                     UNION ALL
+                                                     SELECT m.profile_id FROM cdp.profile_records m
+                                                      WHERE m.merged_into = c.id)
+                              GROUP BY t.id, t.name, t.kind) v
+                      WHERE v.value IS NOT NULL), '{}'),
+           now()
+      FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS id
+              FROM cdp.profile_records r
+             WHERE r.profile_id = ANY (profile_ids)
+             ORDER BY 1) c
+    ON CONFLICT (profile_id) DO UPDATE
+       SET traits = excluded.traits, updated_at = excluded.updated_at
+     WHERE pc.traits IS DISTINCT FROM excluded.traits;
+END;
+COMMENT ON FUNCTION cdp.refresh_computed_traits(bigint[]) IS
+    'internal: derive cdp.profile_computed of the canonical profiles of these profile ids from their states';
+
+-- Recompute the states of every trait for the given stored profile ids from
+-- their events (forget erased some), then their canonical values.
+CREATE FUNCTION cdp.recompute_trait_states(profile_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    t int;
+BEGIN
+    DELETE FROM cdp.trait_states s WHERE s.profile_id = ANY (profile_ids);
+    FOR t IN SELECT c.id FROM cdp.computed_traits c ORDER BY c.id LOOP
+        PERFORM cdp.recount_trait(t, profile_ids);
+    END LOOP;
+    PERFORM cdp.refresh_computed_traits(profile_ids);
+END
+$$;
+COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
+    'internal: recompute computed trait states of these stored profile ids from their events';
+
+-- Define a computed trait, or change one; either way it is backfilled over
+-- every stored event before this returns.  Ingest waits meanwhile (it holds
+-- ROW EXCLUSIVE on cdp.computed_traits while it stores events), so no event
+-- is counted twice or missed.
+CREATE FUNCTION cdp.define_computed_trait(name text, kind text, event text DEFAULT NULL,
+                                          property text DEFAULT NULL,
+                                          time_window interval DEFAULT NULL,
+                                          filter jsonb DEFAULT NULL,
+                                          purpose text DEFAULT 'analytics')
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    tid int;
+    old cdp.computed_traits;
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid computed trait name "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A computed trait name is 1 to 63 characters: lower-case letters, digits and underscores, starting with a letter.';
+    END IF;
+    PERFORM cdp.check_trait_spec(kind, property, filter);
+    IF NOT EXISTS (SELECT FROM cdp.purposes p WHERE p.name = define_computed_trait.purpose) THEN
+        RAISE EXCEPTION 'purpose "%" does not exist', purpose
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Define it first with cdp.define_purpose().';
+    END IF;
+    IF time_window IS NOT NULL AND (now() + time_window <= now() OR now() - time_window >= now()) THEN
+        RAISE EXCEPTION 'time_window must be positive, not %', time_window
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF event = '' THEN
+        RAISE EXCEPTION 'event must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'NULL means every track event.';
+    END IF;
+    IF EXISTS (SELECT FROM cdp.trait_definitions d WHERE d.name = define_computed_trait.name) THEN
+        RAISE EXCEPTION 'a declared trait is already named "%"', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Computed and declared traits share the profile views'' columns: choose another name.';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'cdp.define_computed_trait must run at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'The backfill must see every event committed before it; run it in its own transaction.';
+    END IF;
+
+    -- no batch stores events until this commits: the backfill sees them all
+    LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO old FROM cdp.computed_traits c WHERE c.name = define_computed_trait.name;
+    IF FOUND THEN
+        IF (old.kind, old.event, old.property, old.time_window, old.filter, old.purpose)
+           IS NOT DISTINCT FROM (kind, event, property, time_window, filter, purpose) THEN
+            RETURN;
+        END IF;
+        UPDATE cdp.computed_traits c
+           SET kind = define_computed_trait.kind, event = define_computed_trait.event,
+               property = define_computed_trait.property,
+               time_window = define_computed_trait.time_window,
+               filter = define_computed_trait.filter, purpose = define_computed_trait.purpose,
+               defined_at = now(), backfilled_at = NULL
+         WHERE c.id = old.id;
+        tid := old.id;
+        DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+        UPDATE cdp.profile_computed pc SET traits = pc.traits - old.name, updated_at = now()
+         WHERE pc.traits ? old.name;
+    ELSE
+        INSERT INTO cdp.computed_traits (name, kind, event, property, time_window, filter, purpose)
+        VALUES (name, kind, event, property, time_window, filter, purpose)
+        RETURNING id INTO tid;
+    END IF;
+
+    PERFORM cdp.recount_trait(tid, NULL);
+    -- the canonical values, for this trait only
+    INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
+    SELECT v.id, jsonb_build_object(define_computed_trait.name, v.value)
+      FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
+                   cdp.trait_value(define_computed_trait.kind,
+                                   cdp.trait_state_union(define_computed_trait.kind, s.state)) AS value
+              FROM cdp.trait_states s
+              JOIN cdp.profile_records r ON r.profile_id = s.profile_id
+             WHERE s.trait_id = tid
+             GROUP BY 1) v
+     WHERE v.value IS NOT NULL
+    ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
+    UPDATE cdp.computed_traits c SET backfilled_at = clock_timestamp() WHERE c.id = tid;
+    -- profile views gain (or retype) its column
+    PERFORM cdp.refresh_generated_views();
+END
+$$;
+COMMENT ON FUNCTION cdp.define_computed_trait(text, text, text, text, interval, jsonb, text) IS
+    'define (or change) a computed trait and backfill it over every stored event';
+
+CREATE FUNCTION cdp.drop_computed_trait(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    tid int;
+BEGIN
+    LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM cdp.computed_traits c WHERE c.name = drop_computed_trait.name RETURNING id INTO tid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'computed trait "%" does not exist', name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+    UPDATE cdp.profile_computed pc SET traits = pc.traits - drop_computed_trait.name, updated_at = now()
+     WHERE pc.traits ? drop_computed_trait.name;
+    PERFORM cdp.refresh_generated_views();
+END
+$$;
+COMMENT ON FUNCTION cdp.drop_computed_trait(text) IS
+    'drop a computed trait and its values';
+
+-- Windowed traits whose oldest counted event left the window: recompute
+-- those states from the events still in it, under the profiles' row locks
+-- (as ingest takes them), oldest first, at most max_states.  The
+-- maintenance worker calls it several times a second; returns how many.
+CREATE FUNCTION cdp.expire_computed_traits(max_states int DEFAULT 1000)
+RETURNS int
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    due record;
+    pids bigint[];
+    n int := 0;
+BEGIN
+    pids := ARRAY(SELECT DISTINCT s.profile_id
+                    FROM (SELECT s.profile_id FROM cdp.trait_states s
+                           WHERE s.expires_at <= now()
+                           ORDER BY s.expires_at LIMIT max_states) s);
+    IF pids = '{}' THEN
+        RETURN 0;
+    END IF;
+    PERFORM FROM cdp.profile_records r
+      WHERE r.profile_id = ANY (pids)
+         OR r.profile_id IN (SELECT x.merged_into FROM cdp.profile_records x
+                              WHERE x.profile_id = ANY (pids) AND x.merged_into IS NOT NULL)
+      ORDER BY r.profile_id FOR UPDATE;
+    -- under the locks: what is still due now
+    FOR due IN SELECT s.trait_id, array_agg(s.profile_id ORDER BY s.profile_id) AS ids
+                 FROM cdp.trait_states s
+                WHERE s.profile_id = ANY (pids) AND s.expires_at <= now()
+                GROUP BY s.trait_id ORDER BY s.trait_id LOOP
+        PERFORM cdp.recount_trait(due.trait_id, due.ids);
+        n := n + cardinality(due.ids);
+    END LOOP;
+    PERFORM cdp.refresh_computed_traits(pids);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION cdp.expire_computed_traits(int) IS
+    'recompute windowed computed traits whose oldest event left the window';
+
+-- What a person's computed traits are, by name (count and unique_count 0
+-- when nothing matched).
+CREATE FUNCTION cdp.computed_traits_of(profile_id bigint)
+RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+    SELECT coalesce(jsonb_object_agg(t.name, coalesce(pc.traits->t.name,
+                                                      CASE WHEN t.kind IN ('count', 'unique_count')
+                                                           THEN '0'::jsonb ELSE 'null'::jsonb END)
+                                     ORDER BY t.name), '{}')
+      FROM cdp.computed_traits t
+      LEFT JOIN cdp.profile_computed pc
+        ON pc.profile_id = coalesce((SELECT r.merged_into FROM cdp.profile_records r
+                                      WHERE r.profile_id = computed_traits_of.profile_id),
+                                    computed_traits_of.profile_id)
+$$;
+COMMENT ON FUNCTION cdp.computed_traits_of(bigint) IS
+    'the computed trait values of a profile (a merged-away id answers for its canonical profile)';
