@@ -3,7 +3,8 @@
 # (only those the person granted), 404 alike for people unknown, not
 # consenting or forgotten; 401 without a known, enabled read key (a write
 # key is none, and a read key writes nothing); 400 for an identifier that
-# cannot be one; 405 for another method; every answer counted in /metrics.
+# cannot be one; 405 for another method; 503 when a read cannot be
+# answered now; every answer counted in /metrics.
 use strict;
 use warnings;
 use FindBin;
@@ -177,6 +178,35 @@ for my $path ('/v1/profiles/{identifier}/traits', '/v1/profiles/{identifier}/aud
 }
 is(join('; ', @wrong), '', '/metrics counts the profile requests by path and status, as sent');
 cmp_ok(tally_of('/v1/profiles/{identifier}/traits', 200), '>', 20, 'and there were some');
+
+# --- a read that cannot be answered now (a lock timeout) is 503 (retry),
+# never a 404 that would say the person is gone, and holds up no write
+# for longer than the lock_timeout
+my $old_pid = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_cdp http'});
+sql(q{ALTER DATABASE postgres SET lock_timeout = '1s'});
+sql("SELECT pg_terminate_backend($old_pid)");
+$node->poll_query_until('postgres',
+	qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_cdp http' AND pid <> $old_pid})
+  or die 'the HTTP worker did not come back';
+ok(wait_http($port), 'the endpoint answers again, its lookups bounded by lock_timeout');
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE cdp.profile_records IN ACCESS EXCLUSIVE MODE');
+my $reader = http_connect($port);
+my $writer = http_connect($port);
+send_request($reader, 'GET', '/v1/profiles/user_id:u1/traits', undef, bearer($key));
+send_request($writer, 'POST', '/v1/track', encode_json({ userId => 'u9', event => 'During Lock' }),
+	basic("$write_key:"));
+my $read = read_response($reader);
+my $write = read_response($writer);
+$locker->query_safe('COMMIT');
+$locker->quit;
+close $reader;
+close $writer;
+is(error_of($read), '503 false unavailable', 'a read waiting on a lock past lock_timeout: 503');
+is($read->{headers}{'retry-after'}, '1', '... with Retry-After: 1');
+is(error_of($write), '200 true -', 'a write beside it is accepted');
+sql('ALTER DATABASE postgres RESET lock_timeout');
+is(get('/v1/profiles/user_id:u1/traits', bearer($key))->{status}, 200, 'once the lock is gone: 200');
 
 $node->stop;
 done_testing();
