@@ -53,7 +53,7 @@ QueueRequest(void *arg)
 		CdpHttpAnswer(req, in.status, in.error, in.message);
 		return;
 	}
-	source = CdpSourceOfWriteKey(in.write_key);
+	source = CdpHttpKeyIsPrintable(in.write_key) ? CdpSourceOfWriteKey(in.write_key) : NULL;
 	if (source == NULL)
 	{
 		CdpHttpAnswer(req, 401, "unauthorized", "unknown or disabled write key");

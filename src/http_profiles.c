@@ -24,7 +24,8 @@
 /*
  * The purpose of an enabled read key, or NULL.  Looked up on every
  * request, so a key rotated or disabled stops working at once.  Only the
- * read keys' table is asked: a write key is no read key.
+ * read keys' table is asked: a write key is no read key.  Text no key can
+ * be (too long, not printable ASCII) is not looked up.
  */
 static char *
 PurposeOfReadKey(const char *key)
@@ -33,7 +34,7 @@ PurposeOfReadKey(const char *key)
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
 
-	if (strlen(key) > READ_KEY_MAX_BYTES)
+	if (strlen(key) > READ_KEY_MAX_BYTES || !CdpHttpKeyIsPrintable(key))
 		return NULL;
 	args[0] = CStringGetTextDatum(key);
 	if (CdpExecPlan(CdpPlan(&plan, "SELECT purpose FROM cdp.read_key_records"

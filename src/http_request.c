@@ -225,6 +225,19 @@ CdpHttpRouteIsProfile(CdpHttpRoute route)
 	return route == CDP_ROUTE_PROFILE_TRAITS || route == CDP_ROUTE_PROFILE_AUDIENCES;
 }
 
+/*
+ * Whether a key sent is printable ASCII, as every write and read key is: any
+ * other is unknown without a lookup (whose text must be valid UTF-8).
+ */
+bool
+CdpHttpKeyIsPrintable(const char *key)
+{
+	for (; *key != '\0'; key++)
+		if ((unsigned char) *key < 0x21 || (unsigned char) *key > 0x7e)
+			return false;
+	return true;
+}
+
 static void
 Refuse(CdpHttpIngest *out, int status, const char *error, char *message)
 {

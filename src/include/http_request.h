@@ -67,6 +67,7 @@ extern CdpHttpRoute CdpHttpRouteOf(const char *url);
 extern const char *CdpHttpRouteLabel(CdpHttpRoute route);
 extern bool CdpHttpRouteTakesPost(CdpHttpRoute route);
 extern bool CdpHttpRouteIsProfile(CdpHttpRoute route);
+extern bool CdpHttpKeyIsPrintable(const char *key);
 extern void CdpHttpIngestRequest(CdpHttpRoute route, const char *authorization,
 								 const char *content_encoding,
 								 const char *body, size_t body_len,

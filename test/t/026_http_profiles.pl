@@ -98,6 +98,10 @@ is(error_of(get('/v1/profiles/user_id:nobody/traits', bearer('cdp_rk_0000'))), '
 	'an unknown key: 401 (before whether the person exists)');
 is(error_of(get('/v1/profiles/nocolon/traits', bearer('cdp_rk_0000'))), '401 false unauthorized',
 	'an unknown key: 401 (before whether the identifier is valid)');
+is(error_of(get('/v1/profiles/user_id:u1/traits', "Authorization: Bearer cdp_rk_\xff\xfe")),
+	'401 false unauthorized', 'a key that is not ASCII: 401 (not looked up)');
+is(error_of(post($port, '/v1/track', { userId => 'u1', event => 'x' }, key => "cdp_\xff")),
+	'401 false unauthorized', 'a write key that is not ASCII on /v1/track: 401 too (not 400)');
 my $old = $key;
 $key = sql(q{SELECT cdp.rotate_read_key('personal')});
 is(error_of(get('/v1/profiles/user_id:u1/traits', bearer($old))), '401 false unauthorized',
