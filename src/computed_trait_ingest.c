@@ -183,6 +183,7 @@ WriteStates(HTAB *states, TraitDef *defs)
 	args[0] = CdpInt8Array(profiles, k);
 	CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
 				args, NULL, SPI_OK_SELECT);
+	CdpProfilesChanged(profiles, k);
 }
 
 /*

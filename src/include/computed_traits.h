@@ -86,4 +86,7 @@ extern Jsonb *CdpTraitStateValue(const CdpTraitState *state);
 /* ingest: the computed traits of a chunk's stored events */
 extern void CdpUpdateComputedTraits(CdpMessage **msgs, int n);
 
+/* audiences: evaluate these profiles' memberships when the transaction commits */
+extern void CdpProfilesChanged(const int64 *profile_ids, int n);
+
 #endif

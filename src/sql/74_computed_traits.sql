@@ -162,6 +162,15 @@ BEGIN
 END
 $$;
 
+-- Audiences (76_audiences.sql) evaluate these profiles when the transaction
+-- commits (src/audience_eval.c).
+CREATE FUNCTION cdp.profiles_changed(profile_ids bigint[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_profiles_changed'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.profiles_changed(bigint[]) IS
+    'internal: evaluate these profiles'' audience memberships when the transaction commits';
+
 -- Derive the computed values of the canonical profiles of the given profile
 -- ids from the states of their members (the profile and those merged into
 -- it); a profile merged away or gone loses its row.
@@ -214,6 +223,7 @@ BEGIN
         PERFORM cdp.recount_trait(t, profile_ids);
     END LOOP;
     PERFORM cdp.refresh_computed_traits(profile_ids);
+    PERFORM cdp.profiles_changed(profile_ids);
 END
 $$;
 COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
@@ -235,6 +245,7 @@ AS $$
 DECLARE
     tid int;
     old cdp.computed_traits;
+    had bigint[] := '{}';
 BEGIN
     IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid computed trait name "%"', name
@@ -284,6 +295,7 @@ BEGIN
                defined_at = now(), backfilled_at = NULL
          WHERE c.id = old.id;
         tid := old.id;
+        had := ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? old.name);
         DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
         UPDATE cdp.profile_computed pc SET traits = pc.traits - old.name, updated_at = now()
          WHERE pc.traits ? old.name;
@@ -307,6 +319,9 @@ BEGIN
      WHERE v.value IS NOT NULL
     ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
     UPDATE cdp.computed_traits c SET backfilled_at = clock_timestamp() WHERE c.id = tid;
+    -- audiences over it follow at commit
+    PERFORM cdp.profiles_changed(had || ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc
+                                              WHERE pc.traits ? define_computed_trait.name));
     -- profile views gain (or retype) its column
     PERFORM cdp.refresh_generated_views();
 END
@@ -321,8 +336,15 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     tid int;
+    user_name text;
 BEGIN
     LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
+    SELECT a.name INTO user_name FROM cdp.audiences a
+     WHERE drop_computed_trait.name = ANY ((cdp.audience_condition_info(a.condition)).traits) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'computed trait "%" is used by audience "%"', name, user_name
+            USING ERRCODE = 'dependent_objects_still_exist';
+    END IF;
     DELETE FROM cdp.computed_traits c WHERE c.name = drop_computed_trait.name RETURNING id INTO tid;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'computed trait "%" does not exist', name
@@ -372,6 +394,7 @@ BEGIN
         n := n + cardinality(due.ids);
     END LOOP;
     PERFORM cdp.refresh_computed_traits(pids);
+    PERFORM cdp.profiles_changed(pids);
     RETURN n;
 END
 $$;
