@@ -58,16 +58,24 @@ $$;
 COMMENT ON FUNCTION cdp.profile_api_traits(bigint, text) IS
     'a profile''s declared traits a purpose may see, as JSON; NULL when the profile is unknown or did not grant purpose';
 
--- {"profile_id": P, "audiences": [...]}: the audiences the profile is a
--- member of that the purpose may see; the list will come from audience
--- membership, and is empty until audiences exist.
+-- {"profile_id": P, "audiences": ["name", ...]}: the audiences the profile
+-- is a member of now (its current audience_spans), by name, shown under the
+-- same rule as traits: the audience's purpose is the one asked, or the
+-- profile granted that one too.
 CREATE FUNCTION cdp.profile_api_audiences(profile_id bigint, purpose text)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, cdp
 AS $$
 BEGIN
-    RETURN (SELECT jsonb_build_object('profile_id', v.profile_id, 'audiences', '[]'::jsonb)
+    RETURN (SELECT jsonb_build_object(
+                       'profile_id', v.profile_id,
+                       'audiences', coalesce((SELECT jsonb_agg(a.name ORDER BY a.name)
+                                                FROM cdp.audience_spans s
+                                                JOIN cdp.audiences a ON a.id = s.audience_id
+                                               WHERE s.profile_id = v.profile_id AND s.exited_at IS NULL
+                                                 AND (a.purpose = profile_api_audiences.purpose
+                                                      OR cdp.consent_granted(v.consent, a.purpose))), '[]'::jsonb))
               FROM cdp.profile_api_visible(profile_api_audiences.profile_id, profile_api_audiences.purpose) v);
 END
 $$;

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(21);
+SELECT plan(25);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -92,10 +92,25 @@ SELECT is((SELECT array_agg(profile_id ORDER BY profile_id) FROM bi.personal),
 SELECT is((SELECT jsonb_strip_nulls(to_jsonb(p) - 'profile_id') FROM bi.personal p WHERE profile_id = pg_temp.pid('user_id:b')),
           pg_temp.traits('user_id:b') -> 'traits', 'and their traits are the view''s non-NULL columns');
 
--- audiences
+-- audiences: the current memberships, each shown under its own purpose's rule
 SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:a'), 'personalization'),
           jsonb_build_object('profile_id', pg_temp.pid('user_id:a'), 'audiences', '[]'::jsonb),
-          'audiences of a consenting person: the list');
+          'audiences of a consenting person in none: an empty list');
+SELECT cdp.define_audience('adults', 'age >= 18', 'personalization');
+SELECT cdp.define_audience('everyone', 'age IS NULL OR age >= 0', 'marketing');
+SELECT cdp.define_audience('kids', 'age < 18', 'analytics');
+SET CONSTRAINTS ALL IMMEDIATE;
+SET CONSTRAINTS ALL DEFERRED;
+SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:a'), 'personalization'),
+          jsonb_build_object('profile_id', pg_temp.pid('user_id:a'), 'audiences', '["adults"]'::jsonb),
+          'a member of an audience of the purpose: listed; of a purpose the person did not grant: not');
+SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:b'), 'personalization') -> 'audiences',
+          '["everyone"]'::jsonb, 'an audience of another purpose the person granted: listed');
+SELECT is(cdp.profile_api_audiences(pg_temp.saved('m2'), 'personalization'),
+          jsonb_build_object('profile_id', pg_temp.pid('user_id:m'), 'audiences', '["kids"]'::jsonb),
+          'a merged-away profile id: the canonical profile''s audiences (analytics granted by default)');
+SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:b'), 'marketing') -> 'audiences',
+          '["everyone"]'::jsonb, 'the same person to another purpose: what that purpose may see');
 SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:c'), 'personalization'), NULL,
           'audiences of a person who did not grant the purpose: NULL');
 

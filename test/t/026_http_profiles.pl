@@ -63,7 +63,12 @@ is(body_of(get('/v1/profiles/user_id%3Au1/traits', bearer($key))), body_of($r),
 is(get('/v1/profiles/user_id:a%2Fb%20%C3%BC/traits', bearer($key))->{status}, 200,
 	'an identifier holding an escaped "/", a space and UTF-8 is decoded');
 $r = get('/v1/profiles/user_id:u1/audiences', bearer($key));
-is($r->{status} . ' ' . body_of($r), qq(200 {"audiences":[],"profile_id":$u1}), '/audiences: 200 and the list');
+is($r->{status} . ' ' . body_of($r), qq(200 {"audiences":[],"profile_id":$u1}), '/audiences: 200 and the list (none yet)');
+sql(q{SELECT cdp.define_audience('adults', 'age >= 18', 'personalization')});
+sql(q{SELECT cdp.define_audience('mailable', 'age IS NOT NULL', 'marketing')});
+$r = get('/v1/profiles/user_id:u1/audiences', bearer($key));
+is(body_of($r), qq({"audiences":["adults"],"profile_id":$u1}),
+	'/audiences: the audiences of the key\'s purpose the person is in, not those of a purpose not granted');
 
 # --- 404 alike for unknown, not consenting, forgotten people
 my $unknown = get('/v1/profiles/user_id:nobody/traits', bearer($key));
