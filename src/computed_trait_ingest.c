@@ -31,6 +31,7 @@ typedef struct TraitDef
 {
 	int32		id;
 	const char *event;			/* NULL: every track event */
+	bool		backfilling;	/* only note the profiles its events reach */
 	bool		windowed;
 	Datum		window;			/* interval */
 	TimestampTz since;			/* windowed: events after it count */
@@ -53,6 +54,7 @@ typedef struct StateEntry
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
+static SPIPlanPtr dirty_plan = NULL;
 
 /* the definitions, read under ROW EXCLUSIVE (see the file header) */
 static TraitDef *
@@ -67,7 +69,8 @@ LoadDefinitions(int *n)
 		elog(ERROR, "cdp.computed_traits is missing");
 	LockRelationOid(relid, RowExclusiveLock);
 	rows = CdpExecPlan(CdpPlan(&defs_plan,
-							   "SELECT id, kind, event, property, time_window, filter "
+							   "SELECT id, kind, event, property, time_window, filter, "
+							   "status = 'backfilling' "
 							   "FROM cdp.computed_traits ORDER BY id", 0, NULL),
 					   NULL, NULL, SPI_OK_SELECT);
 	*n = (int) rows;
@@ -84,6 +87,7 @@ LoadDefinitions(int *n)
 
 		defs[r].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		defs[r].event = SPI_getvalue(tup, desc, 3);
+		defs[r].backfilling = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		property = SPI_getvalue(tup, desc, 4);
 		window = SPI_getbinval(tup, desc, 5, &isnull);
 		if (!isnull)
@@ -186,6 +190,35 @@ WriteStates(HTAB *states, TraitDef *defs)
 	CdpProfilesChanged(profiles, k);
 }
 
+/* profiles a trait being backfilled must count again once it is live */
+static void
+NoteDirty(HTAB *dirty, TraitDef *defs)
+{
+	long		n = hash_get_num_entries(dirty);
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	HASH_SEQ_STATUS seq;
+	StateKey   *k;
+	int			i = 0;
+	Datum		args[2];
+	Oid			argtypes[2] = {INT4ARRAYOID, INT8ARRAYOID};
+
+	hash_seq_init(&seq, dirty);
+	while ((k = hash_seq_search(&seq)) != NULL)
+	{
+		tids[i] = Int32GetDatum(defs[k->trait].id);
+		pids[i] = Int64GetDatum(k->profile_id);
+		i++;
+	}
+	args[0] = CdpArray(tids, i, INT4OID);
+	args[1] = CdpArray(pids, i, INT8OID);
+	CdpExecPlan(CdpPlan(&dirty_plan,
+						"INSERT INTO cdp.trait_dirty (trait_id, profile_id) "
+						"SELECT u.t, u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(t, p) "
+						"ORDER BY 1, 2 ON CONFLICT DO NOTHING", 2, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
 /*
  * Count the chunk's stored track events into the traits they match: the
  * event's name, its window (an event already out of it counts nowhere),
@@ -196,7 +229,8 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 {
 	int			ndefs;
 	TraitDef   *defs = LoadDefinitions(&ndefs);
-	HTAB	   *states = NULL;
+	HTAB	   *states;
+	HTAB	   *dirty;
 	HASHCTL		ctl;
 
 	if (ndefs == 0)
@@ -206,6 +240,9 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 	ctl.hcxt = CurrentMemoryContext;
 	states = hash_create("cdp computed trait states", 256, &ctl,
 						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.entrysize = sizeof(StateKey);
+	dirty = hash_create("cdp computed traits being backfilled", 16, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
@@ -235,6 +272,11 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 			memset(&key, 0, sizeof(key));
 			key.profile_id = msg->profile_id;
 			key.trait = t;
+			if (d->backfilling)
+			{
+				(void) hash_search(dirty, &key, HASH_ENTER, NULL);
+				continue;
+			}
 			e = hash_search(states, &key, HASH_FIND, NULL);
 			if (e == NULL)
 			{
@@ -253,5 +295,8 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 	}
 	if (hash_get_num_entries(states) > 0)
 		WriteStates(states, defs);
+	if (hash_get_num_entries(dirty) > 0)
+		NoteDirty(dirty, defs);
 	hash_destroy(states);
+	hash_destroy(dirty);
 }
