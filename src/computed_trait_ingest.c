@@ -3,9 +3,16 @@
  *	  Computed traits at ingest: the events a chunk stored count into the
  *	  states of the traits they match, in the chunk's transaction, and the
  *	  canonical values of their profiles are derived again.  A chunk's
- *	  states are gathered in memory per (profile, trait) and combined into
- *	  the stored ones in one statement, so a trait costs a few index probes
- *	  per profile of the chunk, never a scan.
+ *	  states are gathered in memory per (profile, trait), the stored states
+ *	  of those pairs are read in one statement, combined with them in C and
+ *	  written back in another (only those that changed); where a profile
+ *	  has no other profile merged into it, its values in
+ *	  cdp.profile_computed change by the traits whose value changed, from
+ *	  the states already in memory, else they are derived again from every
+ *	  member's states.  Ingest holds the row locks of the chunk's profiles
+ *	  in cdp.profile_records (identity resolution takes them), as every
+ *	  other writer of their states does, so reading and writing back in
+ *	  two statements loses nothing.
  *
  *	  Ingest holds ROW EXCLUSIVE on cdp.computed_traits from its first
  *	  chunk to commit: cdp.define_computed_trait takes SHARE ROW EXCLUSIVE
@@ -30,6 +37,7 @@
 typedef struct TraitDef
 {
 	int32		id;
+	const char *name;
 	const char *event;			/* NULL: every track event */
 	bool		windowed;
 	Datum		window;			/* interval */
@@ -47,11 +55,23 @@ typedef struct StateKey
 typedef struct StateEntry
 {
 	StateKey	key;
-	CdpTraitState *state;
+	CdpTraitState *state;		/* over the chunk's events */
+	Jsonb	   *stored;			/* the stored state, NULL: none */
 } StateEntry;
 
+/* a trait whose value changed for a profile */
+typedef struct ValueChange
+{
+	int64		profile_id;
+	int32		trait;			/* index into the definitions */
+	Jsonb	   *value;
+} ValueChange;
+
 static SPIPlanPtr defs_plan = NULL;
+static SPIPlanPtr read_plan = NULL;
 static SPIPlanPtr upsert_plan = NULL;
+static SPIPlanPtr alone_plan = NULL;
+static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
 
 /* the definitions, read under ROW EXCLUSIVE (see the file header) */
@@ -67,7 +87,7 @@ LoadDefinitions(int *n)
 		elog(ERROR, "cdp.computed_traits is missing");
 	LockRelationOid(relid, RowExclusiveLock);
 	rows = CdpExecPlan(CdpPlan(&defs_plan,
-							   "SELECT id, kind, event, property, time_window, filter "
+							   "SELECT id, kind, event, property, time_window, filter, name "
 							   "FROM cdp.computed_traits ORDER BY id", 0, NULL),
 					   NULL, NULL, SPI_OK_SELECT);
 	*n = (int) rows;
@@ -83,6 +103,7 @@ LoadDefinitions(int *n)
 		bool		nofilter;
 
 		defs[r].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		defs[r].name = SPI_getvalue(tup, desc, 7);
 		defs[r].event = SPI_getvalue(tup, desc, 3);
 		property = SPI_getvalue(tup, desc, 4);
 		window = SPI_getbinval(tup, desc, 5, &isnull);
@@ -102,24 +123,6 @@ LoadDefinitions(int *n)
 	return defs;
 }
 
-static SPIPlanPtr
-UpsertPlan(void)
-{
-	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-
-	/* in key order, so that two batches lock shared rows in one order */
-	return CdpPlan(&upsert_plan,
-				   "INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at) "
-				   "SELECT u.p, u.t, u.st, u.x "
-				   "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-				   "ORDER BY u.p, u.t "
-				   "ON CONFLICT (profile_id, trait_id) DO UPDATE "
-				   "SET state = cdp.trait_state_merge((SELECT k.kind FROM cdp.computed_traits k "
-				   "                                   WHERE k.id = s.trait_id), s.state, excluded.state), "
-				   "    expires_at = LEAST(s.expires_at, excluded.expires_at)",
-				   4, argtypes);
-}
-
 static int
 CompareInt64(const void *a, const void *b)
 {
@@ -129,9 +132,228 @@ CompareInt64(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
-/* combine the gathered states into the stored ones; derive the values again */
+static int
+CompareChanges(const void *a, const void *b)
+{
+	const ValueChange *x = a;
+	const ValueChange *y = b;
+
+	if (x->profile_id != y->profile_id)
+		return x->profile_id < y->profile_id ? -1 : 1;
+	return x->trait - y->trait;
+}
+
+/* sorts v and keeps each value once; returns how many */
+static int
+SortUnique(int64 *v, int n)
+{
+	int			k = 0;
+
+	qsort(v, n, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		if (k == 0 || v[i] != v[k - 1])
+			v[k++] = v[i];
+	return k;
+}
+
+/* the index of a definition by id (they are in id order), -1: none */
+static int
+DefIndex(TraitDef *defs, int ndefs, int32 id)
+{
+	int			lo = 0,
+				hi = ndefs - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (defs[mid].id == id)
+			return mid;
+		if (defs[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return -1;
+}
+
+static bool
+SameJsonb(Jsonb *a, Jsonb *b)
+{
+	return a != NULL && b != NULL && VARSIZE(a) == VARSIZE(b) &&
+		memcmp(a, b, VARSIZE(a)) == 0;
+}
+
+/* the stored states of the chunk's (profile, trait) pairs, onto their entries */
 static void
-WriteStates(HTAB *states, TraitDef *defs)
+ReadStoredStates(HTAB *states, TraitDef *defs, int ndefs, int64 *profiles, int nprofiles)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	uint64		rows;
+
+	args[0] = CdpInt8Array(profiles, nprofiles);
+	rows = CdpExecPlan(CdpPlan(&read_plan,
+							   "SELECT profile_id, trait_id, state FROM cdp.trait_states "
+							   "WHERE profile_id = ANY ($1)", 1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		StateKey	key;
+		StateEntry *e;
+
+		memset(&key, 0, sizeof(key));
+		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		key.trait = DefIndex(defs, ndefs, DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)));
+		if (key.trait < 0)
+			continue;
+		e = hash_search(states, &key, HASH_FIND, NULL);
+		if (e != NULL)
+			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Which of the profiles (sorted, unique) are canonical with no profile
+ * merged into them: their values follow from their own states alone.
+ * Marks them in alone[].
+ */
+static void
+FindProfilesAlone(int64 *profiles, int n, bool *alone)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	uint64		rows;
+
+	memset(alone, 0, sizeof(bool) * n);
+	args[0] = CdpInt8Array(profiles, n);
+	rows = CdpExecPlan(CdpPlan(&alone_plan,
+							   "SELECT r.profile_id FROM cdp.profile_records r "
+							   "WHERE r.profile_id = ANY ($1) AND r.merged_into IS NULL "
+							   "AND NOT EXISTS (SELECT FROM cdp.profile_records m "
+							   "                WHERE m.merged_into = r.profile_id)",
+							   1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+													 1, &isnull));
+		int64	   *at = bsearch(&id, profiles, n, sizeof(int64), CompareInt64);
+
+		if (at != NULL)
+			alone[at - profiles] = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* a value as what pushJsonbValue takes for an object's value */
+static void
+PushValue(JsonbParseState **ps, Jsonb *value)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(value))
+		(void) JsonbExtractScalar(&value->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &value->root;
+		v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	}
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+/*
+ * The changed values into cdp.profile_computed: for a profile alone, its
+ * row gains them by name (the other traits' values stay what they were);
+ * any other profile's values are derived again from its members' states.
+ */
+static void
+WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
+{
+	int64	   *profiles = palloc(sizeof(int64) * Max(nchanges, 1));
+	int			nprofiles;
+	bool	   *alone;
+	Datum	   *pids = palloc(sizeof(Datum) * Max(nchanges, 1));
+	Datum	   *vals = palloc(sizeof(Datum) * Max(nchanges, 1));
+	int64	   *others = palloc(sizeof(int64) * Max(nchanges, 1));
+	int			nalone = 0,
+				nothers = 0;
+	Oid			argtype = INT8ARRAYOID;
+	Datum		args[2];
+
+	for (int i = 0; i < nchanges; i++)
+		profiles[i] = changes[i].profile_id;
+	nprofiles = SortUnique(profiles, nchanges);
+	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
+	FindProfilesAlone(profiles, nprofiles, alone);
+
+	qsort(changes, nchanges, sizeof(ValueChange), CompareChanges);
+	for (int i = 0; i < nchanges;)
+	{
+		int64		pid = changes[i].profile_id;
+		int64	   *at = bsearch(&pid, profiles, nprofiles, sizeof(int64), CompareInt64);
+		int			j = i;
+		bool		derive = !alone[at - profiles];
+
+		while (j < nchanges && changes[j].profile_id == pid)
+			derive |= changes[j++].value == NULL;
+		if (derive)
+			others[nothers++] = pid;
+		else
+		{
+			JsonbParseState *ps = NULL;
+
+			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+			for (int k = i; k < j; k++)
+			{
+				JsonbValue	key;
+
+				key.type = jbvString;
+				key.val.string.val = (char *) defs[changes[k].trait].name;
+				key.val.string.len = strlen(defs[changes[k].trait].name);
+				pushJsonbValue(&ps, WJB_KEY, &key);
+				PushValue(&ps, changes[k].value);
+			}
+			pids[nalone] = Int64GetDatum(pid);
+			vals[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+		}
+		i = j;
+	}
+	if (nalone > 0)
+	{
+		Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
+
+		args[0] = CdpArray(pids, nalone, INT8OID);
+		args[1] = CdpArray(vals, nalone, JSONBOID);
+		CdpExecPlan(CdpPlan(&values_plan,
+							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+							"ORDER BY u.p "
+							"ON CONFLICT (profile_id) DO UPDATE "
+							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
+							2, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	}
+	if (nothers > 0)
+	{
+		args[0] = CdpInt8Array(others, nothers);
+		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
+					args, NULL, SPI_OK_SELECT);
+	}
+}
+
+/*
+ * Combine the gathered states with the stored ones and write back those
+ * that changed; then the values that changed.
+ */
+static void
+WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 {
 	long		n = hash_get_num_entries(states);
 	Datum	   *pids = palloc(sizeof(Datum) * n);
@@ -140,49 +362,73 @@ WriteStates(HTAB *states, TraitDef *defs)
 	Datum	   *exps = palloc(sizeof(Datum) * n);
 	bool	   *exp_nulls = palloc(sizeof(bool) * n);
 	int64	   *profiles = palloc(sizeof(int64) * n);
-	int			nprofiles = 0;
+	ValueChange *changes = palloc(sizeof(ValueChange) * n);
+	int			nprofiles = 0,
+				nchanges = 0;
 	HASH_SEQ_STATUS seq;
 	StateEntry *e;
 	int			k = 0;
 	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	Oid			argtype = INT8ARRAYOID;
 	int			dims[1];
 	int			lbs[1] = {1};
 
 	hash_seq_init(&seq, states);
 	while ((e = hash_seq_search(&seq)) != NULL)
+		profiles[nprofiles++] = e->key.profile_id;
+	nprofiles = SortUnique(profiles, nprofiles);
+	ReadStoredStates(states, defs, ndefs, profiles, nprofiles);
+
+	hash_seq_init(&seq, states);
+	while ((e = hash_seq_search(&seq)) != NULL)
 	{
 		TraitDef   *d = &defs[e->key.trait];
+		CdpTraitState *s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+		Jsonb	   *before = e->stored ? CdpTraitStateValue(s) : NULL;
+		Jsonb	   *after;
+		Jsonb	   *state;
 
+		CdpTraitStateCombine(s, e->state);
+		state = CdpTraitStateToJsonb(s);
+		if (SameJsonb(state, e->stored))
+			continue;
 		pids[k] = Int64GetDatum(e->key.profile_id);
 		tids[k] = Int32GetDatum(d->id);
-		sts[k] = JsonbPGetDatum(CdpTraitStateToJsonb(e->state));
-		exp_nulls[k] = !d->windowed;
-		exps[k] = d->windowed ?
-			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(e->state->oldest),
-								d->window) :
-			(Datum) 0;
-		profiles[nprofiles++] = e->key.profile_id;
+		sts[k] = JsonbPGetDatum(state);
+		exp_nulls[k] = !d->windowed || !s->has_oldest;
+		exps[k] = exp_nulls[k] ? (Datum) 0 :
+			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
 		k++;
+		after = CdpTraitStateValue(s);
+		if (!SameJsonb(before, after))
+		{
+			changes[nchanges].profile_id = e->key.profile_id;
+			changes[nchanges].trait = e->key.trait;
+			changes[nchanges++].value = after;
+		}
 	}
-	args[0] = CdpArray(pids, k, INT8OID);
-	args[1] = CdpArray(tids, k, INT4OID);
-	args[2] = CdpArray(sts, k, JSONBOID);
-	dims[0] = k;
-	args[3] = PointerGetDatum(construct_md_array(exps, exp_nulls, 1, dims, lbs, TIMESTAMPTZOID,
-												 sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
-	CdpExecPlan(UpsertPlan(), args, nulls, SPI_OK_INSERT);
+	if (k > 0)
+	{
+		Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
 
-	/* each profile once */
-	qsort(profiles, nprofiles, sizeof(int64), CompareInt64);
-	k = 0;
-	for (int i = 0; i < nprofiles; i++)
-		if (i == 0 || profiles[i] != profiles[i - 1])
-			profiles[k++] = profiles[i];
-	args[0] = CdpInt8Array(profiles, k);
-	CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
-				args, NULL, SPI_OK_SELECT);
+		args[0] = CdpArray(pids, k, INT8OID);
+		args[1] = CdpArray(tids, k, INT4OID);
+		args[2] = CdpArray(sts, k, JSONBOID);
+		dims[0] = k;
+		args[3] = PointerGetDatum(construct_md_array(exps, exp_nulls, 1, dims, lbs, TIMESTAMPTZOID,
+													 sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
+		/* in key order, so that two batches lock shared rows in one order */
+		CdpExecPlan(CdpPlan(&upsert_plan,
+							"INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at) "
+							"SELECT u.p, u.t, u.st, u.x "
+							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
+							"ORDER BY u.p, u.t "
+							"ON CONFLICT (profile_id, trait_id) DO UPDATE "
+							"SET state = excluded.state, expires_at = excluded.expires_at",
+							4, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	}
+	if (nchanges > 0)
+		WriteValues(changes, nchanges, defs);
 }
 
 /*
@@ -245,12 +491,13 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 				e = hash_search(states, &key, HASH_ENTER, &found);
 				e->state = palloc(sizeof(CdpTraitState));
 				*e->state = scratch;
+				e->stored = NULL;
 			}
 			else
 				(void) CdpTraitStateAdd(d->spec, e->state, msg->ts, props);
 		}
 	}
 	if (hash_get_num_entries(states) > 0)
-		WriteStates(states, defs);
+		WriteStates(states, defs, ndefs);
 	hash_destroy(states);
 }

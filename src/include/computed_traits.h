@@ -82,6 +82,7 @@ extern void CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 extern Jsonb *CdpTraitStateToJsonb(const CdpTraitState *state);
 extern CdpTraitState *CdpTraitStateFromJsonb(CdpTraitKind kind, Jsonb *state);
 extern Jsonb *CdpTraitStateValue(const CdpTraitState *state);
+extern bool CdpTraitStateValueOf(const CdpTraitState *state, JsonbValue *out);
 
 /* ingest: the computed traits of a chunk's stored events */
 extern void CdpUpdateComputedTraits(CdpMessage **msgs, int n);

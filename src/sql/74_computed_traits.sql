@@ -179,12 +179,14 @@ BEGIN ATOMIC
            coalesce((SELECT jsonb_object_agg(v.name, v.value)
                        FROM (SELECT t.name,
                                     cdp.trait_value(t.kind, cdp.trait_state_union(t.kind, s.state)) AS value
-                               FROM cdp.trait_states s
+                               FROM (SELECT c.id AS member
+                                     UNION ALL
+                                     SELECT m.profile_id FROM cdp.profile_records m
+                                      WHERE m.merged_into = c.id) mem
+                               -- a join, not IN: each member's states by index,
+                               -- never a scan of every state per profile
+                               JOIN cdp.trait_states s ON s.profile_id = mem.member
                                JOIN cdp.computed_traits t ON t.id = s.trait_id
-                              WHERE s.profile_id IN (SELECT c.id
-                                                     UNION ALL
-                                                     SELECT m.profile_id FROM cdp.profile_records m
-                                                      WHERE m.merged_into = c.id)
                               GROUP BY t.id, t.name, t.kind) v
                       WHERE v.value IS NOT NULL), '{}'),
            now()
