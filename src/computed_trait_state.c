@@ -30,6 +30,7 @@ PG_FUNCTION_INFO_V1(cdp_check_trait_spec);
 PG_FUNCTION_INFO_V1(cdp_trait_state_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_union_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_final);
+PG_FUNCTION_INFO_V1(cdp_trait_union_value_final);
 PG_FUNCTION_INFO_V1(cdp_trait_state_merge);
 PG_FUNCTION_INFO_V1(cdp_trait_value);
 
@@ -663,6 +664,23 @@ cdp_trait_state_final(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	j = CdpTraitStateToJsonb((CdpTraitState *) PG_GETARG_POINTER(0));
+	if (j == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(j);
+}
+
+/*
+ * trait_union_value(kind, state): the value of the states combined, with
+ * no stored form made and read back in between.
+ */
+Datum
+cdp_trait_union_value_final(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *j;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	j = CdpTraitStateValue((CdpTraitState *) PG_GETARG_POINTER(0));
 	if (j == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(j);

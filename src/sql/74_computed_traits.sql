@@ -80,6 +80,19 @@ CREATE AGGREGATE cdp.trait_state_union(kind text, state jsonb) (
     FINALFUNC = cdp.trait_state_final
 );
 
+CREATE FUNCTION cdp.trait_union_value_final(internal)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cdp_trait_union_value_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+-- The value of stored states combined (a canonical profile's members):
+-- trait_value(kind, trait_state_union(kind, state)) in one step.
+CREATE AGGREGATE cdp.trait_union_value(kind text, state jsonb) (
+    SFUNC = cdp.trait_state_union_accum,
+    STYPE = internal,
+    FINALFUNC = cdp.trait_union_value_final
+);
+
 CREATE FUNCTION cdp.trait_state_merge(kind text, a jsonb, b jsonb)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'cdp_trait_state_merge'
@@ -178,7 +191,7 @@ BEGIN ATOMIC
     SELECT c.id,
            coalesce((SELECT jsonb_object_agg(v.name, v.value)
                        FROM (SELECT t.name,
-                                    cdp.trait_value(t.kind, cdp.trait_state_union(t.kind, s.state)) AS value
+                                    cdp.trait_union_value(t.kind, s.state) AS value
                                FROM (SELECT c.id AS member
                                      UNION ALL
                                      SELECT m.profile_id FROM cdp.profile_records m
@@ -295,16 +308,20 @@ BEGIN
         RETURNING id INTO tid;
     END IF;
 
-    PERFORM cdp.recount_trait(tid, NULL);
-    -- the canonical values, for this trait only
+    -- the states from every stored event and, in the same pass, the
+    -- canonical values of this trait (states are not read back)
+    WITH st AS (
+        INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at)
+        SELECT f.profile_id, tid, f.state, f.expires_at
+          FROM cdp.trait_states_from_events(tid, NULL) f
+        RETURNING trait_states.profile_id, trait_states.state
+    )
     INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
     SELECT v.id, jsonb_build_object(define_computed_trait.name, v.value)
-      FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
-                   cdp.trait_value(define_computed_trait.kind,
-                                   cdp.trait_state_union(define_computed_trait.kind, s.state)) AS value
-              FROM cdp.trait_states s
-              JOIN cdp.profile_records r ON r.profile_id = s.profile_id
-             WHERE s.trait_id = tid
+      FROM (SELECT coalesce(r.merged_into, st.profile_id) AS id,
+                   cdp.trait_union_value(define_computed_trait.kind, st.state) AS value
+              FROM st
+              JOIN cdp.profile_records r ON r.profile_id = st.profile_id
              GROUP BY 1) v
      WHERE v.value IS NOT NULL
     ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
