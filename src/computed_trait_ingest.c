@@ -2,17 +2,28 @@
  * computed_trait_ingest.c
  *	  Computed traits at ingest: the events a chunk stored count into the
  *	  states of the traits they match, in the chunk's transaction, and the
- *	  canonical values of their profiles are derived again.  A chunk's
- *	  states are gathered in memory per (profile, trait), the stored states
- *	  of those pairs are read in one statement, combined with them in C and
- *	  written back in another (only those that changed); where a profile
- *	  has no other profile merged into it, its values in
+ *	  canonical values of their profiles are derived again.  The states of
+ *	  a chunk's events are gathered in memory per (profile, trait) and
+ *	  carried up as the pipeline carries profile stats: into its batch
+ *	  when the chunk succeeds, into the drain (the process_inbox call, a
+ *	  worker's transaction) when the batch does, so that a chunk or batch
+ *	  that rolls back takes its events' counts with it.  The drain writes
+ *	  them when it ends, or when they grow large, and before profile state
+ *	  is recomputed (which derives computed values too): the stored states
+ *	  of those pairs are read in one statement, combined with them in C
+ *	  and written back in another (only those that changed); where a
+ *	  profile has no other profile merged into it, its values in
  *	  cdp.profile_computed change by the traits whose value changed, from
- *	  the states already in memory, else they are derived again from every
- *	  member's states.  Ingest holds the row locks of the chunk's profiles
- *	  in cdp.profile_records (identity resolution takes them), as every
- *	  other writer of their states does, so reading and writing back in
- *	  two statements loses nothing.
+ *	  the states in memory, else they are derived again from every
+ *	  member's states.  A profile written once per drain rather than once
+ *	  per chunk is most of what computed traits cost at ingest.
+ *
+ *	  Ingest holds the row locks of its profiles in cdp.profile_records
+ *	  (identity resolution takes them) to commit, as every other writer of
+ *	  their states does, so reading and writing back loses nothing.  A
+ *	  merge inside the drain derives values from the states written so
+ *	  far; the profiles it merged are no longer alone when the drain
+ *	  writes, so their values are derived again then, from every state.
  *
  *	  Ingest holds ROW EXCLUSIVE on cdp.computed_traits from its first
  *	  chunk to commit: cdp.define_computed_trait takes SHARE ROW EXCLUSIVE
@@ -29,6 +40,7 @@
 #include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "computed_traits.h"
@@ -48,16 +60,27 @@ typedef struct TraitDef
 typedef struct StateKey
 {
 	int64		profile_id;
-	int32		trait;			/* index into the definitions */
+	int32		trait;			/* its id */
 	int32		pad;
 } StateKey;
 
 typedef struct StateEntry
 {
 	StateKey	key;
-	CdpTraitState *state;		/* over the chunk's events */
+	CdpTraitState *state;		/* over the events gathered */
 	Jsonb	   *stored;			/* the stored state, NULL: none */
 } StateEntry;
+
+/* states of events not yet written, per (profile, trait) */
+struct CdpTraitDeltas
+{
+	MemoryContext cxt;			/* the states' memory, reset when written */
+	HTAB	   *states;
+};
+
+/* a drain writes what it gathered at this size, whatever comes next */
+#define DELTAS_MAX_STATES	250000
+#define DELTAS_MAX_BYTES	((Size) 128 * 1024 * 1024)
 
 /* a trait whose value changed for a profile */
 typedef struct ValueChange
@@ -186,7 +209,7 @@ SameJsonb(Jsonb *a, Jsonb *b)
 
 /* the stored states of the chunk's (profile, trait) pairs, onto their entries */
 static void
-ReadStoredStates(HTAB *states, TraitDef *defs, int ndefs, int64 *profiles, int nprofiles)
+ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
@@ -207,9 +230,7 @@ ReadStoredStates(HTAB *states, TraitDef *defs, int ndefs, int64 *profiles, int n
 
 		memset(&key, 0, sizeof(key));
 		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		key.trait = DefIndex(defs, ndefs, DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)));
-		if (key.trait < 0)
-			continue;
+		key.trait = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		e = hash_search(states, &key, HASH_FIND, NULL);
 		if (e != NULL)
 			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
@@ -376,17 +397,24 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	while ((e = hash_seq_search(&seq)) != NULL)
 		profiles[nprofiles++] = e->key.profile_id;
 	nprofiles = SortUnique(profiles, nprofiles);
-	ReadStoredStates(states, defs, ndefs, profiles, nprofiles);
+	ReadStoredStates(states, profiles, nprofiles);
 
 	hash_seq_init(&seq, states);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		TraitDef   *d = &defs[e->key.trait];
-		CdpTraitState *s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
-		Jsonb	   *before = e->stored ? CdpTraitStateValue(s) : NULL;
+		int			t = DefIndex(defs, ndefs, e->key.trait);
+		TraitDef   *d;
+		CdpTraitState *s;
+		Jsonb	   *before;
 		Jsonb	   *after;
 		Jsonb	   *state;
 
+		/* definitions cannot change while ingest holds its lock: never */
+		if (t < 0)
+			continue;
+		d = &defs[t];
+		s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+		before = e->stored ? CdpTraitStateValue(s) : NULL;
 		CdpTraitStateCombine(s, e->state);
 		state = CdpTraitStateToJsonb(s);
 		if (SameJsonb(state, e->stored))
@@ -402,7 +430,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		if (!SameJsonb(before, after))
 		{
 			changes[nchanges].profile_id = e->key.profile_id;
-			changes[nchanges].trait = e->key.trait;
+			changes[nchanges].trait = t;
 			changes[nchanges++].value = after;
 		}
 	}
@@ -431,26 +459,35 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		WriteValues(changes, nchanges, defs);
 }
 
+/* an empty set of states, in a memory context of its own under parent */
+CdpTraitDeltas *
+CdpNewTraitDeltas(MemoryContext parent)
+{
+	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
+	HASHCTL		ctl;
+
+	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hcxt = d->cxt;
+	d->states = hash_create("cdp computed trait states", 256, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	return d;
+}
+
 /*
- * Count the chunk's stored track events into the traits they match: the
- * event's name, its window (an event already out of it counts nowhere),
- * its properties' filter.
+ * Count the chunk's stored track events into the states of the traits
+ * they match (the event's name, its window: an event already out of it
+ * counts nowhere, its properties' filter), in deltas.
  */
 void
-CdpUpdateComputedTraits(CdpMessage **msgs, int n)
+CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 {
 	int			ndefs;
 	TraitDef   *defs = LoadDefinitions(&ndefs);
-	HTAB	   *states = NULL;
-	HASHCTL		ctl;
 
 	if (ndefs == 0)
 		return;
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = CurrentMemoryContext;
-	states = hash_create("cdp computed trait states", 256, &ctl,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
@@ -467,6 +504,7 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 			StateEntry *e;
 			bool		found;
 			CdpTraitState scratch;
+			MemoryContext old;
 
 			if (d->event != NULL && (msg->event == NULL || strcmp(d->event, msg->event) != 0))
 				continue;
@@ -479,25 +517,92 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 			}
 			memset(&key, 0, sizeof(key));
 			key.profile_id = msg->profile_id;
-			key.trait = t;
-			e = hash_search(states, &key, HASH_FIND, NULL);
+			key.trait = d->id;
+			old = MemoryContextSwitchTo(deltas->cxt);
+			e = hash_search(deltas->states, &key, HASH_FIND, NULL);
 			if (e == NULL)
 			{
 				/* a state only for an event that counts */
 				memset(&scratch, 0, sizeof(scratch));
 				scratch.kind = d->spec->kind;
-				if (!CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
-					continue;
-				e = hash_search(states, &key, HASH_ENTER, &found);
-				e->state = palloc(sizeof(CdpTraitState));
-				*e->state = scratch;
-				e->stored = NULL;
+				if (CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
+				{
+					e = hash_search(deltas->states, &key, HASH_ENTER, &found);
+					e->state = palloc(sizeof(CdpTraitState));
+					*e->state = scratch;
+					e->stored = NULL;
+				}
 			}
 			else
 				(void) CdpTraitStateAdd(d->spec, e->state, msg->ts, props);
+			MemoryContextSwitchTo(old);
 		}
 	}
-	if (hash_get_num_entries(states) > 0)
-		WriteStates(states, defs, ndefs);
-	hash_destroy(states);
+}
+
+/*
+ * from's states counted into into's (a chunk's into its batch, a batch's
+ * into its drain), copied into into's memory: from's may go away.
+ */
+void
+CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
+{
+	HASH_SEQ_STATUS seq;
+	StateEntry *f;
+	MemoryContext old = MemoryContextSwitchTo(into->cxt);
+
+	hash_seq_init(&seq, from->states);
+	while ((f = hash_seq_search(&seq)) != NULL)
+	{
+		bool		found;
+		StateEntry *e = hash_search(into->states, &f->key, HASH_ENTER, &found);
+
+		if (found)
+			CdpTraitStateCombineCopy(e->state, f->state);
+		else
+		{
+			e->state = CdpTraitStateCopy(f->state);
+			e->stored = NULL;
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* whether a drain should write its states now rather than gather more */
+bool
+CdpTraitDeltasFull(CdpTraitDeltas *deltas)
+{
+	return hash_get_num_entries(deltas->states) >= DELTAS_MAX_STATES ||
+		MemoryContextMemAllocated(deltas->cxt, true) >= DELTAS_MAX_BYTES;
+}
+
+/*
+ * Write the gathered states (combined with the stored ones) and the values
+ * that changed; deltas is empty afterwards.
+ */
+void
+CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
+{
+	MemoryContext work;
+	MemoryContext old;
+	HASHCTL		ctl;
+	int			ndefs;
+	TraitDef   *defs;
+
+	if (hash_get_num_entries(deltas->states) == 0)
+		return;
+	work = AllocSetContextCreate(CurrentMemoryContext, "cdp computed trait writes",
+								 ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(work);
+	defs = LoadDefinitions(&ndefs);
+	WriteStates(deltas->states, defs, ndefs);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(work);
+
+	MemoryContextReset(deltas->cxt);
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hcxt = deltas->cxt;
+	deltas->states = hash_create("cdp computed trait states", 256, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }

@@ -19,6 +19,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -246,6 +247,67 @@ CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 		AddValue(into, from->values[i].text, from->values[i].count);
 	if (from->has_oldest)
 		OfferOldest(into, from->oldest);
+}
+
+static Numeric
+CopyNumeric(Numeric n)
+{
+	return DatumGetNumeric(datumCopy(NumericGetDatum(n), false, -1));
+}
+
+/*
+ * into := into combined with from, where into must share nothing with
+ * from afterwards (from's memory goes away): what into took from from is
+ * copied into the current memory context, the rest is left alone.
+ */
+void
+CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from)
+{
+	CdpTraitStateCombine(into, from);
+	if (into->sum != NULL && into->sum == from->sum)
+		into->sum = CopyNumeric(into->sum);
+	if (into->lo != NULL && into->lo == from->lo)
+		into->lo = CopyNumeric(into->lo);
+	if (into->hi != NULL && into->hi == from->hi)
+		into->hi = CopyNumeric(into->hi);
+	if (into->has_first && into->first == from->first)
+		into->first = pstrdup(into->first);
+	if (into->has_last && into->last == from->last)
+		into->last = pstrdup(into->last);
+	for (int i = 0; i < from->nvalues; i++)
+	{
+		int			at = FindValue(into, from->values[i].text);
+
+		if (at >= 0 && into->values[at].text == from->values[i].text)
+			into->values[at].text = pstrdup(from->values[i].text);
+	}
+}
+
+/* a copy of a state in the current memory context, sharing nothing */
+CdpTraitState *
+CdpTraitStateCopy(const CdpTraitState *s)
+{
+	CdpTraitState *c = palloc(sizeof(CdpTraitState));
+
+	*c = *s;
+	c->sum = s->sum ? CopyNumeric(s->sum) : NULL;
+	c->lo = s->lo ? CopyNumeric(s->lo) : NULL;
+	c->hi = s->hi ? CopyNumeric(s->hi) : NULL;
+	c->first = s->has_first ? pstrdup(s->first) : NULL;
+	c->last = s->has_last ? pstrdup(s->last) : NULL;
+	c->values = NULL;
+	c->maxvalues = 0;
+	if (s->nvalues > 0)
+	{
+		c->maxvalues = s->nvalues;
+		c->values = palloc(sizeof(CdpTraitValue) * s->nvalues);
+		for (int i = 0; i < s->nvalues; i++)
+		{
+			c->values[i].text = pstrdup(s->values[i].text);
+			c->values[i].count = s->values[i].count;
+		}
+	}
+	return c;
 }
 
 static bool
