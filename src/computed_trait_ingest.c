@@ -92,7 +92,8 @@ typedef struct ValueChange
 
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
-static SPIPlanPtr upsert_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
 static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
@@ -369,6 +370,65 @@ WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
 	}
 }
 
+/* rows of cdp.trait_states to write in one statement */
+typedef struct StateRows
+{
+	int			n;
+	Datum	   *pids;
+	Datum	   *tids;
+	Datum	   *states;
+	Datum	   *expires;
+	bool	   *expires_null;
+} StateRows;
+
+static void
+InitStateRows(StateRows *rows, int max)
+{
+	rows->n = 0;
+	rows->pids = palloc(sizeof(Datum) * max);
+	rows->tids = palloc(sizeof(Datum) * max);
+	rows->states = palloc(sizeof(Datum) * max);
+	rows->expires = palloc(sizeof(Datum) * max);
+	rows->expires_null = palloc(sizeof(bool) * max);
+}
+
+/*
+ * New states are inserted (none is stored: the profiles' locks keep anyone
+ * else from storing one), stored ones updated; in key order.
+ */
+static void
+WriteStateRows(StateRows *rows, bool insert)
+{
+	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[4];
+	int			dims[1] = {rows->n};
+	int			lbs[1] = {1};
+
+	if (rows->n == 0)
+		return;
+	args[0] = CdpArray(rows->pids, rows->n, INT8OID);
+	args[1] = CdpArray(rows->tids, rows->n, INT4OID);
+	args[2] = CdpArray(rows->states, rows->n, JSONBOID);
+	args[3] = PointerGetDatum(construct_md_array(rows->expires, rows->expires_null, 1, dims, lbs,
+												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
+												 TYPALIGN_DOUBLE));
+	if (insert)
+		CdpExecPlan(CdpPlan(&insert_plan,
+							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
+							"SELECT u.p, u.t, u.st, u.x "
+							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
+							"ORDER BY u.p, u.t",
+							4, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	else
+		CdpExecPlan(CdpPlan(&update_plan,
+							"UPDATE cdp.trait_states s SET state = u.st, expires_at = u.x "
+							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
+							"WHERE s.profile_id = u.p AND s.trait_id = u.t",
+							4, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+}
+
 /*
  * Combine the gathered states with the stored ones and write back those
  * that changed; then the values that changed.
@@ -377,21 +437,14 @@ static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 {
 	long		n = hash_get_num_entries(states);
-	Datum	   *pids = palloc(sizeof(Datum) * n);
-	Datum	   *tids = palloc(sizeof(Datum) * n);
-	Datum	   *sts = palloc(sizeof(Datum) * n);
-	Datum	   *exps = palloc(sizeof(Datum) * n);
-	bool	   *exp_nulls = palloc(sizeof(bool) * n);
 	int64	   *profiles = palloc(sizeof(int64) * n);
 	ValueChange *changes = palloc(sizeof(ValueChange) * n);
 	int			nprofiles = 0,
 				nchanges = 0;
 	HASH_SEQ_STATUS seq;
 	StateEntry *e;
-	int			k = 0;
-	Datum		args[4];
-	int			dims[1];
-	int			lbs[1] = {1};
+	StateRows	inserts;
+	StateRows	updates;
 
 	hash_seq_init(&seq, states);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -399,6 +452,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	nprofiles = SortUnique(profiles, nprofiles);
 	ReadStoredStates(states, profiles, nprofiles);
 
+	InitStateRows(&inserts, n);
+	InitStateRows(&updates, n);
 	hash_seq_init(&seq, states);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
@@ -408,6 +463,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		Jsonb	   *before;
 		Jsonb	   *after;
 		Jsonb	   *state;
+		StateRows  *rows;
 
 		/* definitions cannot change while ingest holds its lock: never */
 		if (t < 0)
@@ -419,13 +475,14 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		state = CdpTraitStateToJsonb(s);
 		if (SameJsonb(state, e->stored))
 			continue;
-		pids[k] = Int64GetDatum(e->key.profile_id);
-		tids[k] = Int32GetDatum(d->id);
-		sts[k] = JsonbPGetDatum(state);
-		exp_nulls[k] = !d->windowed || !s->has_oldest;
-		exps[k] = exp_nulls[k] ? (Datum) 0 :
+		rows = e->stored ? &updates : &inserts;
+		rows->pids[rows->n] = Int64GetDatum(e->key.profile_id);
+		rows->tids[rows->n] = Int32GetDatum(d->id);
+		rows->states[rows->n] = JsonbPGetDatum(state);
+		rows->expires_null[rows->n] = !d->windowed || !s->has_oldest;
+		rows->expires[rows->n] = rows->expires_null[rows->n] ? (Datum) 0 :
 			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
-		k++;
+		rows->n++;
 		after = CdpTraitStateValue(s);
 		if (!SameJsonb(before, after))
 		{
@@ -434,27 +491,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			changes[nchanges++].value = after;
 		}
 	}
-	if (k > 0)
-	{
-		Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-
-		args[0] = CdpArray(pids, k, INT8OID);
-		args[1] = CdpArray(tids, k, INT4OID);
-		args[2] = CdpArray(sts, k, JSONBOID);
-		dims[0] = k;
-		args[3] = PointerGetDatum(construct_md_array(exps, exp_nulls, 1, dims, lbs, TIMESTAMPTZOID,
-													 sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
-		/* in key order, so that two batches lock shared rows in one order */
-		CdpExecPlan(CdpPlan(&upsert_plan,
-							"INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at) "
-							"SELECT u.p, u.t, u.st, u.x "
-							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-							"ORDER BY u.p, u.t "
-							"ON CONFLICT (profile_id, trait_id) DO UPDATE "
-							"SET state = excluded.state, expires_at = excluded.expires_at",
-							4, argtypes),
-					args, NULL, SPI_OK_INSERT);
-	}
+	WriteStateRows(&updates, false);
+	WriteStateRows(&inserts, true);
 	if (nchanges > 0)
 		WriteValues(changes, nchanges, defs);
 }
