@@ -51,6 +51,8 @@ typedef struct TraitDef
 	int32		id;
 	const char *name;
 	const char *event;			/* NULL: every track event */
+	bool		backfilling;	/* only note the profiles its events reach */
+	bool		live;			/* its values show (else only its states are kept) */
 	bool		windowed;
 	Datum		window;			/* interval */
 	TimestampTz since;			/* windowed: events after it count */
@@ -97,6 +99,7 @@ static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
 static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
+static SPIPlanPtr dirty_plan = NULL;
 
 /* the definitions, read under ROW EXCLUSIVE (see the file header) */
 static TraitDef *
@@ -111,7 +114,7 @@ LoadDefinitions(int *n)
 		elog(ERROR, "cdp.computed_traits is missing");
 	LockRelationOid(relid, RowExclusiveLock);
 	rows = CdpExecPlan(CdpPlan(&defs_plan,
-							   "SELECT id, kind, event, property, time_window, filter, name "
+							   "SELECT id, kind, event, property, time_window, filter, name, status "
 							   "FROM cdp.computed_traits ORDER BY id", 0, NULL),
 					   NULL, NULL, SPI_OK_SELECT);
 	*n = (int) rows;
@@ -125,10 +128,14 @@ LoadDefinitions(int *n)
 		char	   *property;
 		Datum		filter;
 		bool		nofilter;
+		char	   *status;
 
 		defs[r].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		defs[r].name = SPI_getvalue(tup, desc, 7);
 		defs[r].event = SPI_getvalue(tup, desc, 3);
+		status = SPI_getvalue(tup, desc, 8);
+		defs[r].backfilling = strcmp(status, "backfilling") == 0;
+		defs[r].live = strcmp(status, "live") == 0;
 		property = SPI_getvalue(tup, desc, 4);
 		window = SPI_getbinval(tup, desc, 5, &isnull);
 		if (!isnull)
@@ -237,6 +244,35 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/* profiles a trait being backfilled must count again once it is live */
+static void
+NoteDirty(HTAB *dirty)
+{
+	long		n = hash_get_num_entries(dirty);
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	HASH_SEQ_STATUS seq;
+	StateKey   *k;
+	int			i = 0;
+	Datum		args[2];
+	Oid			argtypes[2] = {INT4ARRAYOID, INT8ARRAYOID};
+
+	hash_seq_init(&seq, dirty);
+	while ((k = hash_seq_search(&seq)) != NULL)
+	{
+		tids[i] = Int32GetDatum(k->trait);
+		pids[i] = Int64GetDatum(k->profile_id);
+		i++;
+	}
+	args[0] = CdpArray(tids, i, INT4OID);
+	args[1] = CdpArray(pids, i, INT8OID);
+	CdpExecPlan(CdpPlan(&dirty_plan,
+						"INSERT INTO cdp.trait_dirty (trait_id, profile_id) "
+						"SELECT u.t, u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(t, p) "
+						"ORDER BY 1, 2 ON CONFLICT DO NOTHING", 2, argtypes),
+				args, NULL, SPI_OK_INSERT);
 }
 
 /*
@@ -368,6 +404,8 @@ WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
 		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
 					args, NULL, SPI_OK_SELECT);
 	}
+	/* audiences over these values follow at commit */
+	CdpProfilesChanged(profiles, nprofiles);
 }
 
 /* rows of cdp.trait_states to write in one statement */
@@ -470,7 +508,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			continue;
 		d = &defs[t];
 		s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
-		before = e->stored ? CdpTraitStateValue(s) : NULL;
+		before = e->stored && d->live ? CdpTraitStateValue(s) : NULL;
 		CdpTraitStateCombine(s, e->state);
 		state = CdpTraitStateToJsonb(s);
 		if (SameJsonb(state, e->stored))
@@ -483,6 +521,9 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		rows->expires[rows->n] = rows->expires_null[rows->n] ? (Datum) 0 :
 			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
 		rows->n++;
+		/* a trait catching up after its backfill shows its values when published */
+		if (!d->live)
+			continue;
 		after = CdpTraitStateValue(s);
 		if (!SameJsonb(before, after))
 		{
@@ -523,9 +564,16 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 {
 	int			ndefs;
 	TraitDef   *defs = LoadDefinitions(&ndefs);
+	HTAB	   *dirty;
+	HASHCTL		ctl;
 
 	if (ndefs == 0)
 		return;
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateKey);
+	ctl.hcxt = CurrentMemoryContext;
+	dirty = hash_create("cdp computed traits being backfilled", 16, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
@@ -556,6 +604,12 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 			memset(&key, 0, sizeof(key));
 			key.profile_id = msg->profile_id;
 			key.trait = d->id;
+			if (d->backfilling)
+			{
+				/* noted only, in this chunk's transaction: it is counted again once live */
+				(void) hash_search(dirty, &key, HASH_ENTER, NULL);
+				continue;
+			}
 			old = MemoryContextSwitchTo(deltas->cxt);
 			e = hash_search(deltas->states, &key, HASH_FIND, NULL);
 			if (e == NULL)
@@ -576,6 +630,9 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 			MemoryContextSwitchTo(old);
 		}
 	}
+	if (hash_get_num_entries(dirty) > 0)
+		NoteDirty(dirty);
+	hash_destroy(dirty);
 }
 
 /*

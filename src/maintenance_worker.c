@@ -300,17 +300,16 @@ RunPass(MemoryContext pass_cxt)
 }
 
 /*
- * Windowed computed traits whose oldest event left the window, recomputed
- * now (cdp.expire_computed_traits), as pg_cdp's owner.  Returns whether it
- * hit its limit (more are due).  Errors are logged and left for the next
- * call.
+ * Run one query of upkeep in its own transaction, as pg_cdp's owner; the
+ * first column of its first row, or NULL.  Errors are logged and left for
+ * the next call.
  */
-static bool
-ExpireComputedTraits(MemoryContext cxt)
+static char *
+RunUpkeepQuery(const char *sql, const char *activity, MemoryContext cxt)
 {
 	Oid			save_user;
 	int			save_sec;
-	volatile bool more = false;
+	char	   *volatile result = NULL;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	PG_TRY();
@@ -325,13 +324,15 @@ ExpireComputedTraits(MemoryContext cxt)
 						   0, NULL, NULL, cxt);
 		if (owners != NIL)
 		{
-			List	   *n;
+			List	   *rows;
 
 			SetUserIdAndSecContext(atooid(linitial(owners)), SECURITY_LOCAL_USERID_CHANGE);
-			pgstat_report_activity(STATE_RUNNING, "cdp maintenance: computed trait windows");
-			n = QueryList(psprintf("SELECT cdp.expire_computed_traits(%d)", EXPIRY_BATCH),
-						  0, NULL, NULL, cxt);
-			more = n != NIL && atoi(linitial(n)) >= EXPIRY_BATCH;
+			pgstat_report_activity(STATE_RUNNING, activity);
+			/* QueryList keeps strings: a NULL comes back as no row */
+			rows = QueryList(psprintf("SELECT r FROM (%s) AS s(r) WHERE r IS NOT NULL", sql),
+							 0, NULL, NULL, cxt);
+			if (rows != NIL)
+				result = linitial(rows);
 		}
 		SPI_finish();
 		PopActiveSnapshot();
@@ -345,10 +346,30 @@ ExpireComputedTraits(MemoryContext cxt)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		more = false;
+		result = NULL;
 	}
 	PG_END_TRY();
 	SetUserIdAndSecContext(save_user, save_sec);
+	return result;
+}
+
+/*
+ * Computed traits' upkeep between passes: windowed states whose oldest
+ * event left the window are counted again, and a step of a background
+ * backfill is taken.  Returns whether more is waiting.
+ */
+static bool
+ComputedTraitUpkeep(MemoryContext cxt)
+{
+	char	   *expired = RunUpkeepQuery(psprintf("SELECT cdp.expire_computed_traits(%d)", EXPIRY_BATCH),
+										 "cdp maintenance: computed trait windows", cxt);
+	char	   *step = RunUpkeepQuery("SELECT cdp.backfill_step()",
+									  "cdp maintenance: computed trait backfill", cxt);
+	bool		more = (expired != NULL && atoi(expired) >= EXPIRY_BATCH) || step != NULL;
+
+	if (step != NULL)
+		ereport(strstr(step, ": live") != NULL ? LOG : DEBUG1,
+				(errmsg("pg_cdp computed trait %s", step)));
 	MemoryContextReset(cxt);
 	return more;
 }
@@ -379,7 +400,7 @@ WaitForNextPass(TimestampTz last_pass, MemoryContext cxt)
 		TimestampDifference(GetCurrentTimestamp(), due, &secs, &usecs);
 		if (secs == 0 && usecs == 0)
 			return;
-		if (!ExpireComputedTraits(cxt))
+		if (!ComputedTraitUpkeep(cxt))
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 Min(secs * 1000 + usecs / 1000 + 1, EXPIRY_INTERVAL_MS),
 							 PG_WAIT_EXTENSION);

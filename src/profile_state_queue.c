@@ -40,6 +40,7 @@
 
 #include "pg_cdp.h"
 #include "identity.h"
+#include "computed_traits.h"
 #include "spi_util.h"
 
 typedef enum QueuePlan
@@ -528,7 +529,8 @@ static const char *const queued_sql =
 	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
 	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
 	"       GROUP BY i.profile_id) q "
-	"WHERE r.profile_id = q.p";
+	"WHERE r.profile_id = q.p "
+	"RETURNING r.profile_id";
 
 /* a time as cdp.state_time gives it: ISO 8601 in UTC, to the microsecond */
 static void
@@ -833,12 +835,27 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue)
 	changed = WriteState(queue, &nchanged);
 	if (nchanged > 0)
 	{
+		uint64		rows;
+		int64	   *profiles;
+
 		argtypes[0] = get_array_type(plans_type_oid);
 		argtypes[1] = INT4OID;
 		args[0] = CdpArray(changed, nchanged, plans_type_oid);
 		args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-		CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
-					args, NULL, SPI_OK_UPDATE);
+		rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
+						   args, NULL, SPI_OK_UPDATE_RETURNING);
+		profiles = palloc(sizeof(int64) * Max(rows, 1));
+
+		/* audiences over declared traits and consent follow at commit */
+		for (uint64 r = 0; r < rows; r++)
+		{
+			bool		isnull;
+
+			profiles[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CdpProfilesChanged(profiles, (int) rows);
 	}
 	CdpEndIndexedPlans(level);
 	StartQueue(queue);

@@ -95,4 +95,7 @@ extern void CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from);
 extern bool CdpTraitDeltasFull(CdpTraitDeltas *deltas);
 extern void CdpWriteTraitDeltas(CdpTraitDeltas *deltas);
 
+/* audiences: evaluate these profiles' memberships when the transaction commits */
+extern void CdpProfilesChanged(const int64 *profile_ids, int n);
+
 #endif

@@ -16,7 +16,14 @@ CREATE TABLE cdp.computed_traits (
     filter      jsonb CHECK (octet_length(filter::text) <= 10000),
     purpose     text NOT NULL,
     defined_at  timestamptz NOT NULL DEFAULT now(),
-    backfilled_at timestamptz
+    backfilled_at timestamptz,
+    -- backfilling: the maintenance worker counts stored events a partition
+    -- at a time while ingest only notes which profiles it touched
+    -- (cdp.trait_dirty); catching_up: ingest counts, the noted profiles are
+    -- counted again from their events; live: done
+    status      text NOT NULL DEFAULT 'live' CHECK (status IN ('backfilling', 'catching_up', 'live')),
+    backfill_partitions regclass[],
+    backfill_done int NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE cdp.computed_traits IS
     'computed traits: per-profile values over events, kept current as events arrive';
@@ -34,6 +41,14 @@ CREATE TABLE cdp.trait_states (
 CREATE INDEX trait_states_expires_idx ON cdp.trait_states (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE INDEX trait_states_trait_idx ON cdp.trait_states (trait_id);
+
+-- Profiles (as stored with events) whose events of a trait being backfilled
+-- arrived meanwhile: counted again from their events once it is live.
+CREATE TABLE cdp.trait_dirty (
+    trait_id    int NOT NULL,
+    profile_id  bigint NOT NULL,
+    PRIMARY KEY (trait_id, profile_id)
+);
 
 -- Per canonical profile, the value of every computed trait with one:
 -- {name: value}.  count and unique_count are 0 when absent.
@@ -175,6 +190,15 @@ BEGIN
 END
 $$;
 
+-- Audiences (76_audiences.sql) evaluate these profiles when the transaction
+-- commits (src/audience_eval.c).
+CREATE FUNCTION cdp.profiles_changed(profile_ids bigint[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_profiles_changed'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.profiles_changed(bigint[]) IS
+    'internal: evaluate these profiles'' audience memberships when the transaction commits';
+
 -- Derive the computed values of the canonical profiles of the given profile
 -- ids from the states of their members (the profile and those merged into
 -- it); a profile merged away or gone loses its row.
@@ -199,7 +223,7 @@ BEGIN ATOMIC
                                -- a join, not IN: each member's states by index,
                                -- never a scan of every state per profile
                                JOIN cdp.trait_states s ON s.profile_id = mem.member
-                               JOIN cdp.computed_traits t ON t.id = s.trait_id
+                               JOIN cdp.computed_traits t ON t.id = s.trait_id AND t.status = 'live'
                               GROUP BY t.id, t.name, t.kind) v
                       WHERE v.value IS NOT NULL), '{}'),
            now()
@@ -229,10 +253,119 @@ BEGIN
         PERFORM cdp.recount_trait(t, profile_ids);
     END LOOP;
     PERFORM cdp.refresh_computed_traits(profile_ids);
+    PERFORM cdp.profiles_changed(profile_ids);
 END
 $$;
 COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
     'internal: recompute computed trait states of these stored profile ids from their events';
+
+-- A backfilled trait's values into every canonical profile, at once; it is
+-- live from then on, and its audiences follow at commit.
+CREATE FUNCTION cdp.publish_trait(trait_id int)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    t cdp.computed_traits;
+BEGIN
+    SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
+    UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
+     WHERE pc.traits ? t.name;
+    INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
+    SELECT v.id, jsonb_build_object(t.name, v.value)
+      FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
+                   cdp.trait_union_value(t.kind, s.state) AS value
+              FROM cdp.trait_states s
+              JOIN cdp.profile_records r ON r.profile_id = s.profile_id
+             WHERE s.trait_id = t.id
+             GROUP BY 1) v
+     WHERE v.value IS NOT NULL
+    ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
+    UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = t.id;
+    PERFORM cdp.profiles_changed(ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? t.name));
+END
+$$;
+
+-- One step of the background backfill (the maintenance worker calls it, each
+-- in its own transaction): count one more partition of the first trait
+-- being backfilled; then make ingest count it (a short exclusive lock waits
+-- for batches in flight); then count again, from their events, up to 1000
+-- profiles its events reached meanwhile; then publish it.  Returns what it
+-- did, NULL when nothing is left.
+CREATE FUNCTION cdp.backfill_step()
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    t cdp.computed_traits;
+    part regclass;
+    since timestamptz;
+    ids bigint[];
+BEGIN
+    SELECT * INTO t FROM cdp.computed_traits c WHERE c.status <> 'live' ORDER BY c.id LIMIT 1
+       FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF t.status = 'backfilling' AND t.backfill_done < coalesce(cardinality(t.backfill_partitions), 0) THEN
+        part := t.backfill_partitions[t.backfill_done + 1];
+        since := CASE WHEN t.time_window IS NOT NULL THEN now() - t.time_window END;
+        -- a partition dropped since, or wholly before the window, has nothing to count
+        IF EXISTS (SELECT FROM cdp.partition_bounds() p WHERE p.partition = part
+                                                  AND (since IS NULL OR p.range_to > since)) THEN
+            EXECUTE format($q$
+                INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at)
+                SELECT x.profile_id, $1, x.state, cdp.trait_state_expires(x.state, $6)
+                  FROM (SELECT e.profile_id, cdp.trait_state_agg($2, $3, $4, e.ts, e.properties) AS state
+                          FROM %s e
+                         WHERE e.type = 'track' AND e.profile_id IS NOT NULL
+                           AND ($5::text IS NULL OR e.event = $5)
+                           AND ($7::timestamptz IS NULL OR e.ts > $7)
+                         GROUP BY e.profile_id) x
+                 WHERE x.state IS NOT NULL
+                ON CONFLICT (profile_id, trait_id) DO UPDATE
+                   SET state = cdp.trait_state_merge($2, s.state, excluded.state),
+                       expires_at = LEAST(s.expires_at, excluded.expires_at)$q$, part)
+            USING t.id, t.kind, t.property, t.filter, t.event, t.time_window, since;
+        END IF;
+        UPDATE cdp.computed_traits c SET backfill_done = c.backfill_done + 1 WHERE c.id = t.id;
+        RETURN format('%s: counted %s', t.name, part);
+    END IF;
+    IF t.status = 'backfilling' THEN
+        -- batches in flight finish first; later ones count this trait
+        LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
+        UPDATE cdp.computed_traits c SET status = 'catching_up' WHERE c.id = t.id;
+        RETURN format('%s: counting at ingest', t.name);
+    END IF;
+    ids := ARRAY(SELECT d.profile_id FROM cdp.trait_dirty d WHERE d.trait_id = t.id
+                  ORDER BY d.profile_id LIMIT 1000);
+    IF ids <> '{}' THEN
+        -- under the profiles' row locks, as ingest holds them
+        PERFORM FROM cdp.profile_records r
+          WHERE r.profile_id = ANY (ids)
+             OR r.profile_id IN (SELECT x.merged_into FROM cdp.profile_records x
+                                  WHERE x.profile_id = ANY (ids) AND x.merged_into IS NOT NULL)
+          ORDER BY r.profile_id FOR UPDATE;
+        PERFORM cdp.recount_trait(t.id, ids);
+        DELETE FROM cdp.trait_dirty d WHERE d.trait_id = t.id AND d.profile_id = ANY (ids);
+        RETURN format('%s: counted again %s profiles its events reached meanwhile', t.name, cardinality(ids));
+    END IF;
+    PERFORM cdp.publish_trait(t.id);
+    RETURN format('%s: live', t.name);
+END
+$$;
+COMMENT ON FUNCTION cdp.backfill_step() IS
+    'one step of backfilling computed traits in the background (the maintenance worker runs it)';
+
+CREATE VIEW cdp.computed_trait_status AS
+SELECT c.name, c.status, c.defined_at, c.backfilled_at,
+       c.backfill_done AS partitions_done, cardinality(c.backfill_partitions) AS partitions_total,
+       (SELECT count(*) FROM cdp.trait_dirty d WHERE d.trait_id = c.id) AS profiles_to_recount
+  FROM cdp.computed_traits c;
+COMMENT ON VIEW cdp.computed_trait_status IS
+    'computed traits and how far their backfill has come';
 
 -- Define a computed trait, or change one; either way it is backfilled over
 -- every stored event before this returns.  Ingest waits meanwhile (it holds
@@ -250,6 +383,7 @@ AS $$
 DECLARE
     tid int;
     old cdp.computed_traits;
+    had bigint[] := '{}';
 BEGIN
     IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid computed trait name "%"', name
@@ -299,6 +433,7 @@ BEGIN
                defined_at = now(), backfilled_at = NULL
          WHERE c.id = old.id;
         tid := old.id;
+        had := ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? old.name);
         DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
         UPDATE cdp.profile_computed pc SET traits = pc.traits - old.name, updated_at = now()
          WHERE pc.traits ? old.name;
@@ -308,24 +443,22 @@ BEGIN
         RETURNING id INTO tid;
     END IF;
 
-    -- the states from every stored event and, in the same pass, the
-    -- canonical values of this trait (states are not read back)
-    WITH st AS (
-        INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at)
-        SELECT f.profile_id, tid, f.state, f.expires_at
-          FROM cdp.trait_states_from_events(tid, NULL) f
-        RETURNING trait_states.profile_id, trait_states.state
-    )
-    INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
-    SELECT v.id, jsonb_build_object(define_computed_trait.name, v.value)
-      FROM (SELECT coalesce(r.merged_into, st.profile_id) AS id,
-                   cdp.trait_union_value(define_computed_trait.kind, st.state) AS value
-              FROM st
-              JOIN cdp.profile_records r ON r.profile_id = st.profile_id
-             GROUP BY 1) v
-     WHERE v.value IS NOT NULL
-    ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
-    UPDATE cdp.computed_traits c SET backfilled_at = clock_timestamp() WHERE c.id = tid;
+    -- with the maintenance worker running, the backfill is its: this returns
+    -- at once and cdp.computed_trait_status shows the progress
+    IF cdp.maintenance_running() THEN
+        DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+        DELETE FROM cdp.trait_dirty d WHERE d.trait_id = tid;
+        UPDATE cdp.computed_traits c
+           SET status = 'backfilling', backfill_done = 0,
+               backfill_partitions = ARRAY(SELECT p.partition FROM cdp.partition_bounds() p ORDER BY p.range_from)
+         WHERE c.id = tid;
+        PERFORM cdp.refresh_generated_views();
+        PERFORM cdp.profiles_changed(had);
+        RETURN;
+    END IF;
+    PERFORM cdp.recount_trait(tid, NULL);
+    PERFORM cdp.publish_trait(tid);
+    PERFORM cdp.profiles_changed(had);
     -- profile views gain (or retype) its column
     PERFORM cdp.refresh_generated_views();
 END
@@ -340,8 +473,15 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     tid int;
+    user_name text;
 BEGIN
     LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
+    SELECT a.name INTO user_name FROM cdp.audiences a
+     WHERE drop_computed_trait.name = ANY ((cdp.audience_condition_info(a.condition)).traits) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'computed trait "%" is used by audience "%"', name, user_name
+            USING ERRCODE = 'dependent_objects_still_exist';
+    END IF;
     DELETE FROM cdp.computed_traits c WHERE c.name = drop_computed_trait.name RETURNING id INTO tid;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'computed trait "%" does not exist', name
@@ -391,6 +531,7 @@ BEGIN
         n := n + cardinality(due.ids);
     END LOOP;
     PERFORM cdp.refresh_computed_traits(pids);
+    PERFORM cdp.profiles_changed(pids);
     RETURN n;
 END
 $$;

@@ -121,6 +121,8 @@ BEGIN ATOMIC
      WHERE r.profile_id = s.id;
     -- computed traits follow the same changes of membership
     SELECT cdp.refresh_computed_traits(profile_ids);
+    -- and audiences, at commit
+    SELECT cdp.profiles_changed(profile_ids);
 END;
 COMMENT ON FUNCTION cdp.recompute_profile_state(bigint[]) IS
     'internal: derive profile_records.traits, trait_times and consent of these profiles from their identifiers';

@@ -126,13 +126,9 @@ BEGIN
                       'WHERE r.merged_into IS NULL AND cdp.consent_granted(r.consent, %L)',
                       columns, purpose);
     END IF;
-    -- the type template: a domain's NULL through a subquery that yields no
-    -- row, so that its NOT NULL or CHECK never runs on it (once per query)
-    FOR t IN SELECT d.name, d.purpose,
-                    CASE WHEN y.typtype = 'd' THEN format('(SELECT NULL::%s WHERE false)', format_type(d.type, NULL))
-                         ELSE format('NULL::%s', format_type(d.type, NULL)) END AS template
+    -- the type template (cdp.trait_column_template)
+    FOR t IN SELECT d.name, d.purpose, cdp.trait_column_template(d.type) AS template
                FROM cdp.trait_definitions d
-               JOIN pg_type y ON y.oid = d.type
                LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = d.name
               WHERE traits IS NULL OR w.name IS NOT NULL
               ORDER BY w.ord, d.position LOOP
@@ -143,12 +139,7 @@ BEGIN
                                      t.purpose, t.name, t.template, t.name);
     END LOOP;
     -- computed traits, typed by kind, under their purpose like declared ones
-    FOR t IN SELECT c.name, c.purpose,
-                    CASE WHEN c.kind IN ('count', 'unique_count')
-                         THEN format('coalesce((pc.traits->>%L)::bigint, 0)', c.name)
-                         WHEN c.kind IN ('sum', 'avg', 'min', 'max')
-                         THEN format('(pc.traits->>%L)::numeric', c.name)
-                         ELSE format('(pc.traits->%L)', c.name) END AS expr
+    FOR t IN SELECT c.name, c.purpose, cdp.computed_trait_column(c.kind, c.name) AS expr
                FROM cdp.computed_traits c
                LEFT JOIN unnest(traits) WITH ORDINALITY AS w (name, ord) ON w.name = c.name
               WHERE traits IS NULL OR w.name IS NOT NULL

@@ -395,6 +395,8 @@ BEGIN
     PERFORM cdp.recompute_trait_states(ARRAY(
         SELECT DISTINCT (x->>'profile_id')::bigint FROM jsonb_array_elements(others) x
          WHERE x->>'profile_id' IS NOT NULL AND (x->>'profile_id')::bigint <> ALL (pids)));
+    -- the person leaves every audience (at commit)
+    PERFORM cdp.profiles_changed(pids);
 
     -- events refused to other profiles leave their counts and times
     WITH o AS (

@@ -1,5 +1,5 @@
-# Identity operations run concurrently give the same graph as the same
-# operations run one after the other.  Several pgbench clients send random
+# Identity operations run concurrently give the same graph, computed traits
+# and audience memberships as the same operations run one after the other.  Several pgbench clients send random
 # messages, links, splits, rule changes and rebuilds; each operation that
 # took effect logs its place in the serial order while it still holds the
 # identity lock.  The log is then replayed, one operation at a time, in a
@@ -31,6 +31,10 @@ for my $db ('concurrent', 'serial')
 		SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "setup", "anonymousId": "setup",
 		                    "timestamp": "2026-06-01T00:00:00Z"}');
 		SELECT cdp.process_inbox();
+		SELECT cdp.define_computed_trait('events', 'count');
+		SELECT cdp.define_computed_trait('total', 'sum', 'e', 'v');
+		SELECT cdp.define_computed_trait('top', 'most_frequent', NULL, 'v');
+		SELECT cdp.define_audience('busy', 'events >= 4 AND total > 100');
 	});
 }
 
@@ -90,7 +94,7 @@ SELECT run_op(:n_lock = 1,
     'type', 'track', 'event', 'e', 'messageId', 'm' || :client_id || '-' || :n_mid,
     'timestamp', '2026-06-01T00:00:00Z',
     'userId', CASE WHEN :n_kind = 1 THEN 'u' || :n_u END,
-    'anonymousId', 'a' || :n_a,
+    'anonymousId', 'a' || :n_a, 'properties', jsonb_build_object('v', :n_mid % 7 * 20),
     'context', jsonb_build_object('device', jsonb_build_object('id', CASE WHEN :n_d <= 6 THEN 'd' || :n_d END))))),
   'SELECT cdp.process_inbox()');
 };
@@ -148,7 +152,10 @@ $node->safe_psql('serial', $script);
 my $state_sql = q{
 	SELECT (SELECT string_agg(p, E'\n' ORDER BY p) FROM (
 	          SELECT string_agg(i.identifier::text, ' ' ORDER BY i.identifier::text)
-	                 || ' events=' || r.event_count || ' absorbed=' || r.merges_absorbed AS p
+	                 || ' events=' || r.event_count || ' absorbed=' || r.merges_absorbed
+	                 || ' computed=' || cdp.computed_traits_of(r.profile_id)::text
+	                 || ' audiences=' || coalesce((SELECT string_agg(m.audience, ',') FROM cdp.audience_members m
+	                                                WHERE m.profile_id = r.profile_id), '') AS p
 	            FROM cdp.identities i JOIN cdp.profile_records r USING (profile_id)
 	           GROUP BY r.profile_id) x)
 	    || E'\n' ||
@@ -164,13 +171,18 @@ my $invariants_sql = q{
 	                ON t.profile_id = r.merged_into WHERE t.merged_into IS NOT NULL)
 	    || ' ' || (SELECT count(*) FROM cdp.profiles p WHERE p.event_count <>
 	                (SELECT count(*) FROM cdp.events_resolved e WHERE e.profile_id = p.profile_id))
+	    || ' ' || (SELECT count(*) FROM cdp.profiles p WHERE
+	                (cdp.computed_traits_of(p.profile_id)->>'events')::bigint <>
+	                (SELECT count(*) FROM cdp.events_resolved e WHERE e.profile_id = p.profile_id AND e.type = 'track'))
 };
 
 for my $db ('concurrent', 'serial')
 {
-	is($node->safe_psql($db, $invariants_sql), '0 0 0',
-		"$db: identifiers on canonical profiles, redirects end at one, exact event counts");
+	is($node->safe_psql($db, $invariants_sql), '0 0 0 0',
+		"$db: identifiers on canonical profiles, redirects end at one, exact event counts and computed counts");
 }
+cmp_ok($node->safe_psql('concurrent', q{SELECT count(*) FROM cdp.audience_members}), '>', 0,
+	'the audience has members to compare');
 my $concurrent = $node->safe_psql('concurrent', $state_sql);
 my $serial = $node->safe_psql('serial', $state_sql);
 is($concurrent, $serial, 'the concurrent run ends where the serial replay does')
@@ -183,7 +195,7 @@ for my $db ('concurrent', 'serial')
 	is($node->safe_psql($db,
 			q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
 		'0/0', "$db: a dry run after the final rebuild reports 0");
-	is($node->safe_psql($db, $invariants_sql), '0 0 0', "$db: invariants hold after it");
+	is($node->safe_psql($db, $invariants_sql), '0 0 0 0', "$db: invariants hold after it");
 }
 is($node->safe_psql('concurrent', $state_sql), $node->safe_psql('serial', $state_sql),
 	'and both agree after it');

@@ -1,0 +1,75 @@
+# The audience change feed: every entry and exit in the outbox is also a
+# logical decoding message (prefix 'cdp'), in commit order, exactly once,
+# only for people who granted the audience's purpose; nothing of a
+# transaction that rolled back.  Decoded with contrib's test_decoding, with
+# the ingest worker storing the events.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('feed');
+$node->init(allows_streaming => 'logical');
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cdp'
+cdp.database_name = 'cdp'
+cdp.ingest_workers = 1
+max_worker_processes = 16
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE DATABASE cdp');
+
+sub sql { return $node->safe_psql('cdp', $_[0]); }
+
+sql('CREATE EXTENSION pg_cdp');
+sql(q{SELECT cdp.define_trait('plan', 'text')});
+sql(q{SELECT cdp.define_computed_trait('orders', 'count', 'Order')});
+sql(q{SELECT cdp.define_audience('pro', 'plan = ''pro''')});
+sql(q{SELECT cdp.define_audience('pro_buyers', 'in_audience(''pro'') AND orders >= 1', 'marketing')});
+sql(q{SELECT pg_create_logical_replication_slot('feed', 'test_decoding')});
+
+# ten people become pro; half of them buy; the even ones granted marketing
+for my $i (1 .. 10)
+{
+	sql(qq{SELECT cdp.identify('u$i', '{"plan": "pro"}')});
+	sql(qq{SELECT cdp.set_consent('user_id:u$i', 'marketing', true)}) if $i % 2 == 0;
+	sql(qq{SELECT cdp.track('u$i', 'Order')}) if $i <= 5;
+}
+ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'the worker drained the inbox');
+# three leave pro (and so pro_buyers)
+sql(qq{SELECT cdp.identify('u$_', '{"plan": "free"}')}) for (1, 2, 6);
+ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'and again');
+# a transaction that rolls back: its evaluation leaves no trace
+$node->safe_psql('cdp', q{BEGIN;
+	SELECT cdp.identify('u9', '{"plan": "free"}');
+	SELECT cdp.process_inbox();
+	ROLLBACK;});
+
+my @outbox = split /\n/, sql(q{SELECT id || ' ' || audience || ' ' || profile_id || ' ' || change
+	FROM cdp.audience_changes ORDER BY id});
+my @decoded;
+foreach my $line (split /\n/, sql(q{SELECT data FROM pg_logical_slot_get_changes('feed', NULL, NULL)
+	WHERE data LIKE 'message:%'}))
+{
+	if ($line =~ /prefix: cdp, sz: \d+ content:(.*)$/)
+	{
+		push @decoded, sql(qq{SELECT (j->>'id') || ' ' || (j->>'audience') || ' ' || (j->>'profile_id') || ' ' || (j->>'change')
+			FROM (SELECT '$1'::jsonb AS j) x});
+	}
+}
+is(scalar(@outbox), 10 + 3 + 2 + 1, 'the outbox: 10 entered pro, 3 left; 2 pro buyers who granted marketing entered, 1 left');
+is_deeply(\@decoded, \@outbox, 'the logical messages are the outbox rows, in order, each once');
+
+# only people who granted marketing appear for pro_buyers
+is(sql(q{SELECT count(*) FROM cdp.audience_changes c
+	JOIN cdp.profile_records r ON r.profile_id = c.profile_id
+	WHERE c.audience = 'pro_buyers' AND NOT cdp.consent_granted(r.consent, 'marketing')}), '0',
+	"no change of a person who did not grant the audience's purpose");
+is(sql(q{SELECT count(*) FROM cdp.audience_members WHERE audience = 'pro_buyers'}), '3',
+	'yet every buyer who is pro is a member (u3, u4, u5)');
+is(sql(q{SELECT string_agg(change, ',' ORDER BY id) FROM cdp.audience_changes
+	WHERE audience = 'pro_buyers'}), 'entered,entered,exited',
+	'the feed: u2 and u4 entered, u2 exited');
+
+done_testing();
