@@ -507,9 +507,18 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		if (t < 0)
 			continue;
 		d = &defs[t];
-		s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
-		before = e->stored && d->live ? CdpTraitStateValue(s) : NULL;
-		CdpTraitStateCombine(s, e->state);
+		if (e->stored == NULL)
+		{
+			/* nothing stored: the gathered state is the state */
+			s = e->state;
+			before = NULL;
+		}
+		else
+		{
+			s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+			before = d->live ? CdpTraitStateValue(s) : NULL;
+			CdpTraitStateCombine(s, e->state);
+		}
 		state = CdpTraitStateToJsonb(s);
 		if (SameJsonb(state, e->stored))
 			continue;
@@ -536,6 +545,20 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	WriteStateRows(&inserts, true);
 	if (nchanges > 0)
 		WriteValues(changes, nchanges, defs);
+}
+
+/* deltas empty again, in its memory reset */
+static void
+ResetDeltas(CdpTraitDeltas *d)
+{
+	HASHCTL		ctl;
+
+	MemoryContextReset(d->cxt);
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hcxt = d->cxt;
+	d->states = hash_create("cdp computed trait states", 256, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 /* an empty set of states, in a memory context of its own under parent */
@@ -598,7 +621,11 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 				continue;
 			if (!have_props)
 			{
+				/* with the states: they may point into it (numbers) */
+				MemoryContext prev = MemoryContextSwitchTo(deltas->cxt);
+
 				props = msg->properties ? JsonbValueToJsonb(msg->properties) : NULL;
+				MemoryContextSwitchTo(prev);
 				have_props = true;
 			}
 			memset(&key, 0, sizeof(key));
@@ -637,14 +664,35 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 
 /*
  * from's states counted into into's (a chunk's into its batch, a batch's
- * into its drain), copied into into's memory: from's may go away.
+ * into its drain), copied into into's memory: from's may go away.  An
+ * empty into takes from's states and memory as they are (everything they
+ * point to is in that memory); from is empty afterwards.
  */
 void
 CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 {
 	HASH_SEQ_STATUS seq;
 	StateEntry *f;
-	MemoryContext old = MemoryContextSwitchTo(into->cxt);
+	MemoryContext old;
+
+	if (hash_get_num_entries(from->states) == 0)
+		return;
+	if (hash_get_num_entries(into->states) == 0)
+	{
+		MemoryContext mine = into->cxt;
+		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
+		MemoryContext from_parent = MemoryContextGetParent(from->cxt);
+
+		MemoryContextSetParent(from->cxt, into_parent);
+		into->cxt = from->cxt;
+		into->states = from->states;
+		/* from takes the empty ones */
+		MemoryContextSetParent(mine, from_parent);
+		from->cxt = mine;
+		ResetDeltas(from);
+		return;
+	}
+	old = MemoryContextSwitchTo(into->cxt);
 
 	hash_seq_init(&seq, from->states);
 	while ((f = hash_seq_search(&seq)) != NULL)
@@ -680,7 +728,6 @@ CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
 {
 	MemoryContext work;
 	MemoryContext old;
-	HASHCTL		ctl;
 	int			ndefs;
 	TraitDef   *defs;
 
@@ -694,10 +741,5 @@ CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(work);
 
-	MemoryContextReset(deltas->cxt);
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = deltas->cxt;
-	deltas->states = hash_create("cdp computed trait states", 256, &ctl,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ResetDeltas(deltas);
 }
