@@ -162,12 +162,78 @@ BEGIN
 END
 $$;
 
+-- The statement that evaluates audiences (all of them, or only one) for the
+-- profiles in $1 (all profiles when all_profiles): stays begin and end,
+-- members who granted or withdrew the purpose since are announced or
+-- withdrawn from the feed, and the feed's rows are also emitted as logical
+-- messages.  Its conditions are spliced in on lines of their own, checked
+-- when defined to be one expression over the row.
+CREATE FUNCTION cdp.audience_evaluation_query(all_profiles bool, only_audience int DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    tests text;
+    ids text;
+BEGIN
+    SELECT string_agg(format(E'(%s, (\n%s\n) IS TRUE, cdp.consent_granted(p.consent, %L))',
+                             a.id, a.expression, a.purpose), E',\n' ORDER BY a.id),
+           string_agg(a.id::text, ',' ORDER BY a.id)
+      INTO tests, ids
+      FROM cdp.audiences a
+     WHERE only_audience IS NULL OR a.id = only_audience;
+    IF tests IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN format($f$
+        WITH p AS (%1$s),
+        hit AS (SELECT p.profile_id, v.audience_id, v.granted
+                  FROM p CROSS JOIN LATERAL (VALUES %2$s) AS v(audience_id, hit, granted)
+                 WHERE v.hit),
+        ended AS (UPDATE cdp.audience_spans s SET exited_at = now()
+                   WHERE s.audience_id IN (%3$s) AND s.exited_at IS NULL
+                     AND ($1 IS NULL OR s.profile_id = ANY ($1))
+                     AND NOT EXISTS (SELECT FROM hit h WHERE h.profile_id = s.profile_id
+                                                         AND h.audience_id = s.audience_id)
+                  RETURNING s.audience_id, s.profile_id, s.announced),
+        began AS (INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced)
+                  SELECT h.audience_id, h.profile_id, now(), h.granted FROM hit h
+                   WHERE NOT EXISTS (SELECT FROM cdp.audience_spans s
+                                      WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
+                                        AND s.exited_at IS NULL)
+                  RETURNING audience_id, profile_id, announced),
+        flipped AS (UPDATE cdp.audience_spans s SET announced = h.granted
+                      FROM hit h
+                     WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
+                       AND s.exited_at IS NULL AND s.announced <> h.granted
+                    RETURNING s.audience_id, s.profile_id, s.announced),
+        feed AS (INSERT INTO cdp.audience_changes (audience, profile_id, change, at)
+                 SELECT a.name, c.profile_id, c.change, now()
+                   FROM (SELECT audience_id, profile_id, 'exited' AS change FROM ended WHERE announced
+                         UNION ALL
+                         SELECT audience_id, profile_id, 'entered' FROM began WHERE announced
+                         UNION ALL
+                         SELECT audience_id, profile_id, CASE WHEN announced THEN 'entered' ELSE 'exited' END
+                           FROM flipped) c
+                   JOIN cdp.audiences a ON a.id = c.audience_id
+                  ORDER BY c.profile_id, a.id, c.change DESC
+                 RETURNING *)
+        SELECT count(pg_logical_emit_message(true, 'cdp',
+                   jsonb_build_object('id', f.id, 'audience', f.audience, 'profile_id', f.profile_id,
+                                      'change', f.change, 'at', f.at)::text))
+          FROM feed f
+        $f$, cdp.audience_row_query(all_profiles), tests, ids);
+END
+$$;
+
 -- Evaluate the memberships of these profiles (all when NULL): stays begin
 -- and end, and the change feed gets those of people who granted the
 -- audience's purpose (a member who grants it later enters the feed then; one
--- who withdraws it exits the feed, staying a member).  A profile merged away or gone leaves its audiences.
--- An audience whose condition fails on some profile's values is skipped
--- (its error kept in cdp.audiences.last_error); the others go on.
+-- who withdraws it exits the feed, staying a member).  A profile merged away
+-- or gone leaves its audiences.  Every audience in one statement; if one's
+-- condition fails on some profile's values, each is evaluated alone and
+-- that one skipped (its error kept in cdp.audiences.last_error).
 CREATE FUNCTION cdp.evaluate_audiences(profile_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -175,52 +241,24 @@ SET search_path = pg_catalog, cdp
 AS $$
 DECLARE
     a record;
-    q text := cdp.audience_row_query(profile_ids IS NULL);
+    q text;
     problem text;
 BEGIN
     -- a definition in progress evaluates every profile: wait for it
     LOCK TABLE cdp.audiences IN ROW EXCLUSIVE MODE;
-    FOR a IN SELECT * FROM cdp.audiences ORDER BY id LOOP
+    q := cdp.audience_evaluation_query(profile_ids IS NULL);
+    IF q IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        EXECUTE q USING profile_ids;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;                   -- one by one, below
+    END;
+    FOR a IN SELECT x.id FROM cdp.audiences x ORDER BY x.id LOOP
         BEGIN
-            EXECUTE format($f$
-                WITH p AS (%1$s),
-                hit AS (SELECT p.profile_id, cdp.consent_granted(p.consent, %3$L) AS granted
-                          FROM p WHERE (
-%2$s
-                          ) IS TRUE),
-                ended AS (UPDATE cdp.audience_spans s SET exited_at = now()
-                           WHERE s.audience_id = %4$s AND s.exited_at IS NULL
-                             AND ($1 IS NULL OR s.profile_id = ANY ($1))
-                             AND NOT EXISTS (SELECT FROM hit WHERE hit.profile_id = s.profile_id)
-                          RETURNING s.profile_id, s.announced),
-                began AS (INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced)
-                          SELECT %4$s, hit.profile_id, now(), hit.granted FROM hit
-                           WHERE NOT EXISTS (SELECT FROM cdp.audience_spans s
-                                              WHERE s.audience_id = %4$s AND s.profile_id = hit.profile_id
-                                                AND s.exited_at IS NULL)
-                          RETURNING profile_id, announced),
-                -- a member who granted or withdrew the purpose since: the feed
-                -- learns of the stay, or of its end for them
-                flipped AS (UPDATE cdp.audience_spans s SET announced = hit.granted
-                              FROM hit
-                             WHERE s.audience_id = %4$s AND s.exited_at IS NULL
-                               AND s.profile_id = hit.profile_id AND s.announced <> hit.granted
-                            RETURNING s.profile_id, s.announced),
-                feed AS (INSERT INTO cdp.audience_changes (audience, profile_id, change, at)
-                         SELECT %5$L, c.profile_id, c.change, now()
-                           FROM (SELECT profile_id, 'exited' AS change FROM ended WHERE announced
-                                 UNION ALL
-                                 SELECT profile_id, 'entered' FROM began WHERE announced
-                                 UNION ALL
-                                 SELECT profile_id, CASE WHEN announced THEN 'entered' ELSE 'exited' END
-                                   FROM flipped) c
-                          ORDER BY c.profile_id, c.change DESC
-                         RETURNING *)
-                SELECT count(pg_logical_emit_message(true, 'cdp',
-                           jsonb_build_object('id', f.id, 'audience', f.audience, 'profile_id', f.profile_id,
-                                              'change', f.change, 'at', f.at)::text))
-                  FROM feed f
-                $f$, q, a.expression, a.purpose, a.id, a.name) USING profile_ids;
+            EXECUTE cdp.audience_evaluation_query(profile_ids IS NULL, a.id) USING profile_ids;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
             UPDATE cdp.audiences x SET last_error = problem, last_error_at = now() WHERE x.id = a.id;

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(31);
+SELECT plan(33);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -104,6 +104,17 @@ SELECT results_eq($$SELECT profile_id, change FROM cdp.audience_changes WHERE au
                   'a merge makes no second entry; the profile merged away leaves');
 SELECT is((cdp.computed_traits_of(pg_temp.pid('user_id:a'))->>'orders')::int, 4, 'the merged profile counts every order');
 
+-- a condition that fails on some profile's values: recorded, the others go on
+SELECT cdp.define_audience('fragile', '10 / (orders - 4) > 0');
+SELECT pg_temp.send('m10', '{"userId": "d", "event": "Order"}');
+SELECT pg_temp.send('m11', '{"userId": "d", "event": "Order"}');
+SELECT pg_temp.run();
+SELECT is((SELECT last_error FROM cdp.audiences WHERE name = 'fragile'), 'division by zero',
+          'a condition failing on some profile is recorded');
+SELECT ok(EXISTS (SELECT FROM cdp.audience_members WHERE audience = 'buyers' AND profile_id = pg_temp.pid('user_id:d')),
+          'the other audiences are evaluated all the same');
+SELECT cdp.drop_audience('fragile');
+
 -- one transaction that enters and leaves makes no change
 SAVEPOINT before_flip;
 SELECT pg_temp.send('m8', '{"userId": "c", "event": "Order"}');
@@ -116,10 +127,13 @@ SELECT set_eq($$SELECT DISTINCT audience FROM cdp.audience_changes WHERE profile
 ROLLBACK TO before_flip;
 
 -- forget: the person leaves every audience, the exit is announced
+INSERT INTO saved VALUES ('a', pg_temp.pid('user_id:a'));
 SELECT cdp.forget('user_id:a');
 SELECT pg_temp.settle();
-SELECT is((SELECT count(*) FROM cdp.audience_members), 0::bigint, 'forget leaves no membership');
-SELECT is((SELECT change FROM cdp.audience_changes WHERE audience = 'buyers' ORDER BY id DESC LIMIT 1), 'exited',
+SELECT is((SELECT count(*) FROM cdp.audience_members WHERE profile_id = pg_temp.saved('a')), 0::bigint,
+          'forget leaves no membership');
+SELECT is((SELECT change FROM cdp.audience_changes WHERE audience = 'buyers' AND profile_id = pg_temp.saved('a')
+            ORDER BY id DESC LIMIT 1), 'exited',
           'the exit of a forgotten person is in the feed');
 SELECT is((SELECT count(*) FROM cdp.audience_history WHERE exited_at IS NOT NULL), 3::bigint, 'history keeps every stay');
 
