@@ -1,8 +1,8 @@
 /*
  * computed_trait_ingest.c
- *	  Computed traits at ingest: the events a chunk stored count into the
- *	  states of the traits they match, in the chunk's transaction, and the
- *	  canonical values of their profiles are derived again.  The states of
+ *	  Computed traits at ingest: the events stored count into the states
+ *	  of the traits they match, in the transaction that stores them, and
+ *	  the canonical values of their profiles follow.  The states of
  *	  a chunk's events are gathered in memory per (profile, trait) and
  *	  carried up as the pipeline carries profile stats: into its batch
  *	  when the chunk succeeds, into the drain (the process_inbox call, a
