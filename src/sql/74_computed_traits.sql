@@ -269,6 +269,9 @@ AS $$
 DECLARE
     t cdp.computed_traits;
 BEGIN
+    -- batches in flight (storing states of it without its values) finish
+    -- first; later ones see it live and write its values themselves
+    LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
     UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
      WHERE pc.traits ? t.name;
