@@ -1,11 +1,29 @@
 /*
  * computed_trait_ingest.c
- *	  Computed traits at ingest: the events a chunk stored count into the
- *	  states of the traits they match, in the chunk's transaction, and the
- *	  canonical values of their profiles are derived again.  A chunk's
- *	  states are gathered in memory per (profile, trait) and combined into
- *	  the stored ones in one statement, so a trait costs a few index probes
- *	  per profile of the chunk, never a scan.
+ *	  Computed traits at ingest: the events stored count into the states
+ *	  of the traits they match, in the transaction that stores them, and
+ *	  the canonical values of their profiles follow.  The states of
+ *	  a chunk's events are gathered in memory per (profile, trait) and
+ *	  carried up as the pipeline carries profile stats: into its batch
+ *	  when the chunk succeeds, into the drain (the process_inbox call, a
+ *	  worker's transaction) when the batch does, so that a chunk or batch
+ *	  that rolls back takes its events' counts with it.  The drain writes
+ *	  them when it ends, or when they grow large, and before profile state
+ *	  is recomputed (which derives computed values too): the stored states
+ *	  of those pairs are read in one statement, combined with them in C
+ *	  and written back in another (only those that changed); where a
+ *	  profile has no other profile merged into it, its values in
+ *	  cdp.profile_computed change by the traits whose value changed, from
+ *	  the states in memory, else they are derived again from every
+ *	  member's states.  A profile written once per drain rather than once
+ *	  per chunk is most of what computed traits cost at ingest.
+ *
+ *	  Ingest holds the row locks of its profiles in cdp.profile_records
+ *	  (identity resolution takes them) to commit, as every other writer of
+ *	  their states does, so reading and writing back loses nothing.  A
+ *	  merge inside the drain derives values from the states written so
+ *	  far; the profiles it merged are no longer alone when the drain
+ *	  writes, so their values are derived again then, from every state.
  *
  *	  Ingest holds ROW EXCLUSIVE on cdp.computed_traits from its first
  *	  chunk to commit: cdp.define_computed_trait takes SHARE ROW EXCLUSIVE
@@ -22,6 +40,7 @@
 #include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "computed_traits.h"
@@ -30,8 +49,10 @@
 typedef struct TraitDef
 {
 	int32		id;
+	const char *name;
 	const char *event;			/* NULL: every track event */
 	bool		backfilling;	/* only note the profiles its events reach */
+	bool		live;			/* its values show (else only its states are kept) */
 	bool		windowed;
 	Datum		window;			/* interval */
 	TimestampTz since;			/* windowed: events after it count */
@@ -41,18 +62,42 @@ typedef struct TraitDef
 typedef struct StateKey
 {
 	int64		profile_id;
-	int32		trait;			/* index into the definitions */
+	int32		trait;			/* its id */
 	int32		pad;
 } StateKey;
 
 typedef struct StateEntry
 {
 	StateKey	key;
-	CdpTraitState *state;
+	CdpTraitState *state;		/* over the events gathered */
+	Jsonb	   *stored;			/* the stored state, NULL: none */
 } StateEntry;
 
+/* states of events not yet written, per (profile, trait) */
+struct CdpTraitDeltas
+{
+	MemoryContext cxt;			/* the states' memory, reset when written */
+	HTAB	   *states;
+};
+
+/* a drain writes what it gathered at this size, whatever comes next */
+#define DELTAS_MAX_STATES	250000
+#define DELTAS_MAX_BYTES	((Size) 128 * 1024 * 1024)
+
+/* a trait whose value changed for a profile */
+typedef struct ValueChange
+{
+	int64		profile_id;
+	int32		trait;			/* index into the definitions */
+	Jsonb	   *value;
+} ValueChange;
+
 static SPIPlanPtr defs_plan = NULL;
-static SPIPlanPtr upsert_plan = NULL;
+static SPIPlanPtr read_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr alone_plan = NULL;
+static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
 static SPIPlanPtr dirty_plan = NULL;
 
@@ -69,8 +114,7 @@ LoadDefinitions(int *n)
 		elog(ERROR, "cdp.computed_traits is missing");
 	LockRelationOid(relid, RowExclusiveLock);
 	rows = CdpExecPlan(CdpPlan(&defs_plan,
-							   "SELECT id, kind, event, property, time_window, filter, "
-							   "status = 'backfilling' "
+							   "SELECT id, kind, event, property, time_window, filter, name, status "
 							   "FROM cdp.computed_traits ORDER BY id", 0, NULL),
 					   NULL, NULL, SPI_OK_SELECT);
 	*n = (int) rows;
@@ -84,10 +128,14 @@ LoadDefinitions(int *n)
 		char	   *property;
 		Datum		filter;
 		bool		nofilter;
+		char	   *status;
 
 		defs[r].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		defs[r].name = SPI_getvalue(tup, desc, 7);
 		defs[r].event = SPI_getvalue(tup, desc, 3);
-		defs[r].backfilling = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		status = SPI_getvalue(tup, desc, 8);
+		defs[r].backfilling = strcmp(status, "backfilling") == 0;
+		defs[r].live = strcmp(status, "live") == 0;
 		property = SPI_getvalue(tup, desc, 4);
 		window = SPI_getbinval(tup, desc, 5, &isnull);
 		if (!isnull)
@@ -106,24 +154,6 @@ LoadDefinitions(int *n)
 	return defs;
 }
 
-static SPIPlanPtr
-UpsertPlan(void)
-{
-	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-
-	/* in key order, so that two batches lock shared rows in one order */
-	return CdpPlan(&upsert_plan,
-				   "INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at) "
-				   "SELECT u.p, u.t, u.st, u.x "
-				   "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-				   "ORDER BY u.p, u.t "
-				   "ON CONFLICT (profile_id, trait_id) DO UPDATE "
-				   "SET state = cdp.trait_state_merge((SELECT k.kind FROM cdp.computed_traits k "
-				   "                                   WHERE k.id = s.trait_id), s.state, excluded.state), "
-				   "    expires_at = LEAST(s.expires_at, excluded.expires_at)",
-				   4, argtypes);
-}
-
 static int
 CompareInt64(const void *a, const void *b)
 {
@@ -133,66 +163,92 @@ CompareInt64(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
-/* combine the gathered states into the stored ones; derive the values again */
-static void
-WriteStates(HTAB *states, TraitDef *defs)
+static int
+CompareChanges(const void *a, const void *b)
 {
-	long		n = hash_get_num_entries(states);
-	Datum	   *pids = palloc(sizeof(Datum) * n);
-	Datum	   *tids = palloc(sizeof(Datum) * n);
-	Datum	   *sts = palloc(sizeof(Datum) * n);
-	Datum	   *exps = palloc(sizeof(Datum) * n);
-	bool	   *exp_nulls = palloc(sizeof(bool) * n);
-	int64	   *profiles = palloc(sizeof(int64) * n);
-	int			nprofiles = 0;
-	HASH_SEQ_STATUS seq;
-	StateEntry *e;
+	const ValueChange *x = a;
+	const ValueChange *y = b;
+
+	if (x->profile_id != y->profile_id)
+		return x->profile_id < y->profile_id ? -1 : 1;
+	return x->trait - y->trait;
+}
+
+/* sorts v and keeps each value once; returns how many */
+static int
+SortUnique(int64 *v, int n)
+{
 	int			k = 0;
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	Oid			argtype = INT8ARRAYOID;
-	int			dims[1];
-	int			lbs[1] = {1};
 
-	hash_seq_init(&seq, states);
-	while ((e = hash_seq_search(&seq)) != NULL)
+	qsort(v, n, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		if (k == 0 || v[i] != v[k - 1])
+			v[k++] = v[i];
+	return k;
+}
+
+/* the index of a definition by id (they are in id order), -1: none */
+static int
+DefIndex(TraitDef *defs, int ndefs, int32 id)
+{
+	int			lo = 0,
+				hi = ndefs - 1;
+
+	while (lo <= hi)
 	{
-		TraitDef   *d = &defs[e->key.trait];
+		int			mid = (lo + hi) / 2;
 
-		pids[k] = Int64GetDatum(e->key.profile_id);
-		tids[k] = Int32GetDatum(d->id);
-		sts[k] = JsonbPGetDatum(CdpTraitStateToJsonb(e->state));
-		exp_nulls[k] = !d->windowed;
-		exps[k] = d->windowed ?
-			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(e->state->oldest),
-								d->window) :
-			(Datum) 0;
-		profiles[nprofiles++] = e->key.profile_id;
-		k++;
+		if (defs[mid].id == id)
+			return mid;
+		if (defs[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
 	}
-	args[0] = CdpArray(pids, k, INT8OID);
-	args[1] = CdpArray(tids, k, INT4OID);
-	args[2] = CdpArray(sts, k, JSONBOID);
-	dims[0] = k;
-	args[3] = PointerGetDatum(construct_md_array(exps, exp_nulls, 1, dims, lbs, TIMESTAMPTZOID,
-												 sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
-	CdpExecPlan(UpsertPlan(), args, nulls, SPI_OK_INSERT);
+	return -1;
+}
 
-	/* each profile once */
-	qsort(profiles, nprofiles, sizeof(int64), CompareInt64);
-	k = 0;
-	for (int i = 0; i < nprofiles; i++)
-		if (i == 0 || profiles[i] != profiles[i - 1])
-			profiles[k++] = profiles[i];
-	args[0] = CdpInt8Array(profiles, k);
-	CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
-				args, NULL, SPI_OK_SELECT);
-	CdpProfilesChanged(profiles, k);
+static bool
+SameJsonb(Jsonb *a, Jsonb *b)
+{
+	return a != NULL && b != NULL && VARSIZE(a) == VARSIZE(b) &&
+		memcmp(a, b, VARSIZE(a)) == 0;
+}
+
+/* the stored states of the chunk's (profile, trait) pairs, onto their entries */
+static void
+ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	uint64		rows;
+
+	args[0] = CdpInt8Array(profiles, nprofiles);
+	rows = CdpExecPlan(CdpPlan(&read_plan,
+							   "SELECT profile_id, trait_id, state FROM cdp.trait_states "
+							   "WHERE profile_id = ANY ($1)", 1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		StateKey	key;
+		StateEntry *e;
+
+		memset(&key, 0, sizeof(key));
+		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		key.trait = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		e = hash_search(states, &key, HASH_FIND, NULL);
+		if (e != NULL)
+			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /* profiles a trait being backfilled must count again once it is live */
 static void
-NoteDirty(HTAB *dirty, TraitDef *defs)
+NoteDirty(HTAB *dirty)
 {
 	long		n = hash_get_num_entries(dirty);
 	Datum	   *tids = palloc(sizeof(Datum) * n);
@@ -206,7 +262,7 @@ NoteDirty(HTAB *dirty, TraitDef *defs)
 	hash_seq_init(&seq, dirty);
 	while ((k = hash_seq_search(&seq)) != NULL)
 	{
-		tids[i] = Int32GetDatum(defs[k->trait].id);
+		tids[i] = Int32GetDatum(k->trait);
 		pids[i] = Int64GetDatum(k->profile_id);
 		i++;
 	}
@@ -220,27 +276,325 @@ NoteDirty(HTAB *dirty, TraitDef *defs)
 }
 
 /*
- * Count the chunk's stored track events into the traits they match: the
- * event's name, its window (an event already out of it counts nowhere),
- * its properties' filter.
+ * Which of the profiles (sorted, unique) are canonical with no profile
+ * merged into them: their values follow from their own states alone.
+ * Marks them in alone[].
+ */
+static void
+FindProfilesAlone(int64 *profiles, int n, bool *alone)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	uint64		rows;
+
+	memset(alone, 0, sizeof(bool) * n);
+	args[0] = CdpInt8Array(profiles, n);
+	rows = CdpExecPlan(CdpPlan(&alone_plan,
+							   "SELECT r.profile_id FROM cdp.profile_records r "
+							   "WHERE r.profile_id = ANY ($1) AND r.merged_into IS NULL "
+							   "AND NOT EXISTS (SELECT FROM cdp.profile_records m "
+							   "                WHERE m.merged_into = r.profile_id)",
+							   1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+													 1, &isnull));
+		int64	   *at = bsearch(&id, profiles, n, sizeof(int64), CompareInt64);
+
+		if (at != NULL)
+			alone[at - profiles] = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* a value as what pushJsonbValue takes for an object's value */
+static void
+PushValue(JsonbParseState **ps, Jsonb *value)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(value))
+		(void) JsonbExtractScalar(&value->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &value->root;
+		v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	}
+	pushJsonbValue(ps, WJB_VALUE, &v);
+}
+
+/*
+ * The changed values into cdp.profile_computed: for a profile alone, its
+ * row gains them by name (the other traits' values stay what they were);
+ * any other profile's values are derived again from its members' states.
+ */
+static void
+WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
+{
+	int64	   *profiles = palloc(sizeof(int64) * Max(nchanges, 1));
+	int			nprofiles;
+	bool	   *alone;
+	Datum	   *pids = palloc(sizeof(Datum) * Max(nchanges, 1));
+	Datum	   *vals = palloc(sizeof(Datum) * Max(nchanges, 1));
+	int64	   *others = palloc(sizeof(int64) * Max(nchanges, 1));
+	int			nalone = 0,
+				nothers = 0;
+	Oid			argtype = INT8ARRAYOID;
+	Datum		args[2];
+
+	for (int i = 0; i < nchanges; i++)
+		profiles[i] = changes[i].profile_id;
+	nprofiles = SortUnique(profiles, nchanges);
+	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
+	FindProfilesAlone(profiles, nprofiles, alone);
+
+	qsort(changes, nchanges, sizeof(ValueChange), CompareChanges);
+	for (int i = 0; i < nchanges;)
+	{
+		int64		pid = changes[i].profile_id;
+		int64	   *at = bsearch(&pid, profiles, nprofiles, sizeof(int64), CompareInt64);
+		int			j = i;
+		bool		derive = !alone[at - profiles];
+
+		while (j < nchanges && changes[j].profile_id == pid)
+			derive |= changes[j++].value == NULL;
+		if (derive)
+			others[nothers++] = pid;
+		else
+		{
+			JsonbParseState *ps = NULL;
+
+			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+			for (int k = i; k < j; k++)
+			{
+				JsonbValue	key;
+
+				key.type = jbvString;
+				key.val.string.val = (char *) defs[changes[k].trait].name;
+				key.val.string.len = strlen(defs[changes[k].trait].name);
+				pushJsonbValue(&ps, WJB_KEY, &key);
+				PushValue(&ps, changes[k].value);
+			}
+			pids[nalone] = Int64GetDatum(pid);
+			vals[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+		}
+		i = j;
+	}
+	if (nalone > 0)
+	{
+		Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
+
+		args[0] = CdpArray(pids, nalone, INT8OID);
+		args[1] = CdpArray(vals, nalone, JSONBOID);
+		CdpExecPlan(CdpPlan(&values_plan,
+							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+							"ORDER BY u.p "
+							"ON CONFLICT (profile_id) DO UPDATE "
+							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
+							2, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	}
+	if (nothers > 0)
+	{
+		args[0] = CdpInt8Array(others, nothers);
+		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
+					args, NULL, SPI_OK_SELECT);
+	}
+	/* audiences over these values follow at commit */
+	CdpProfilesChanged(profiles, nprofiles);
+}
+
+/* rows of cdp.trait_states to write in one statement */
+typedef struct StateRows
+{
+	int			n;
+	Datum	   *pids;
+	Datum	   *tids;
+	Datum	   *states;
+	Datum	   *expires;
+	bool	   *expires_null;
+} StateRows;
+
+static void
+InitStateRows(StateRows *rows, int max)
+{
+	rows->n = 0;
+	rows->pids = palloc(sizeof(Datum) * max);
+	rows->tids = palloc(sizeof(Datum) * max);
+	rows->states = palloc(sizeof(Datum) * max);
+	rows->expires = palloc(sizeof(Datum) * max);
+	rows->expires_null = palloc(sizeof(bool) * max);
+}
+
+/*
+ * New states are inserted (none is stored: the profiles' locks keep anyone
+ * else from storing one), stored ones updated; in key order.
+ */
+static void
+WriteStateRows(StateRows *rows, bool insert)
+{
+	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[4];
+	int			dims[1] = {rows->n};
+	int			lbs[1] = {1};
+
+	if (rows->n == 0)
+		return;
+	args[0] = CdpArray(rows->pids, rows->n, INT8OID);
+	args[1] = CdpArray(rows->tids, rows->n, INT4OID);
+	args[2] = CdpArray(rows->states, rows->n, JSONBOID);
+	args[3] = PointerGetDatum(construct_md_array(rows->expires, rows->expires_null, 1, dims, lbs,
+												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
+												 TYPALIGN_DOUBLE));
+	if (insert)
+		CdpExecPlan(CdpPlan(&insert_plan,
+							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
+							"SELECT u.p, u.t, u.st, u.x "
+							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
+							"ORDER BY u.p, u.t",
+							4, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	else
+		CdpExecPlan(CdpPlan(&update_plan,
+							"UPDATE cdp.trait_states s SET state = u.st, expires_at = u.x "
+							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
+							"WHERE s.profile_id = u.p AND s.trait_id = u.t",
+							4, argtypes),
+					args, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * Combine the gathered states with the stored ones and write back those
+ * that changed; then the values that changed.
+ */
+static void
+WriteStates(HTAB *states, TraitDef *defs, int ndefs)
+{
+	long		n = hash_get_num_entries(states);
+	int64	   *profiles = palloc(sizeof(int64) * n);
+	ValueChange *changes = palloc(sizeof(ValueChange) * n);
+	int			nprofiles = 0,
+				nchanges = 0;
+	HASH_SEQ_STATUS seq;
+	StateEntry *e;
+	StateRows	inserts;
+	StateRows	updates;
+
+	hash_seq_init(&seq, states);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		profiles[nprofiles++] = e->key.profile_id;
+	nprofiles = SortUnique(profiles, nprofiles);
+	ReadStoredStates(states, profiles, nprofiles);
+
+	InitStateRows(&inserts, n);
+	InitStateRows(&updates, n);
+	hash_seq_init(&seq, states);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		int			t = DefIndex(defs, ndefs, e->key.trait);
+		TraitDef   *d;
+		CdpTraitState *s;
+		Jsonb	   *before;
+		Jsonb	   *after;
+		Jsonb	   *state;
+		StateRows  *rows;
+
+		/* definitions cannot change while ingest holds its lock: never */
+		if (t < 0)
+			continue;
+		d = &defs[t];
+		if (e->stored == NULL)
+		{
+			/* nothing stored: the gathered state is the state */
+			s = e->state;
+			before = NULL;
+		}
+		else
+		{
+			s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+			before = d->live ? CdpTraitStateValue(s) : NULL;
+			CdpTraitStateCombine(s, e->state);
+		}
+		state = CdpTraitStateToJsonb(s);
+		if (SameJsonb(state, e->stored))
+			continue;
+		rows = e->stored ? &updates : &inserts;
+		rows->pids[rows->n] = Int64GetDatum(e->key.profile_id);
+		rows->tids[rows->n] = Int32GetDatum(d->id);
+		rows->states[rows->n] = JsonbPGetDatum(state);
+		rows->expires_null[rows->n] = !d->windowed || !s->has_oldest;
+		rows->expires[rows->n] = rows->expires_null[rows->n] ? (Datum) 0 :
+			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
+		rows->n++;
+		/* a trait catching up after its backfill shows its values when published */
+		if (!d->live)
+			continue;
+		after = CdpTraitStateValue(s);
+		if (!SameJsonb(before, after))
+		{
+			changes[nchanges].profile_id = e->key.profile_id;
+			changes[nchanges].trait = t;
+			changes[nchanges++].value = after;
+		}
+	}
+	WriteStateRows(&updates, false);
+	WriteStateRows(&inserts, true);
+	if (nchanges > 0)
+		WriteValues(changes, nchanges, defs);
+}
+
+/* deltas empty again, in its memory reset */
+static void
+ResetDeltas(CdpTraitDeltas *d)
+{
+	HASHCTL		ctl;
+
+	MemoryContextReset(d->cxt);
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hcxt = d->cxt;
+	d->states = hash_create("cdp computed trait states", 256, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* an empty set of states, in a memory context of its own under parent */
+CdpTraitDeltas *
+CdpNewTraitDeltas(MemoryContext parent)
+{
+	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
+	HASHCTL		ctl;
+
+	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hcxt = d->cxt;
+	d->states = hash_create("cdp computed trait states", 256, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	return d;
+}
+
+/*
+ * Count the chunk's stored track events into the states of the traits
+ * they match (the event's name, its window: an event already out of it
+ * counts nowhere, its properties' filter), in deltas.
  */
 void
-CdpUpdateComputedTraits(CdpMessage **msgs, int n)
+CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 {
 	int			ndefs;
 	TraitDef   *defs = LoadDefinitions(&ndefs);
-	HTAB	   *states;
 	HTAB	   *dirty;
 	HASHCTL		ctl;
 
 	if (ndefs == 0)
 		return;
 	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = CurrentMemoryContext;
-	states = hash_create("cdp computed trait states", 256, &ctl,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.entrysize = sizeof(StateKey);
+	ctl.hcxt = CurrentMemoryContext;
 	dirty = hash_create("cdp computed traits being backfilled", 16, &ctl,
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (int i = 0; i < n; i++)
@@ -259,6 +613,7 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 			StateEntry *e;
 			bool		found;
 			CdpTraitState scratch;
+			MemoryContext old;
 
 			if (d->event != NULL && (msg->event == NULL || strcmp(d->event, msg->event) != 0))
 				continue;
@@ -266,37 +621,125 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n)
 				continue;
 			if (!have_props)
 			{
+				/* with the states: they may point into it (numbers) */
+				MemoryContext prev = MemoryContextSwitchTo(deltas->cxt);
+
 				props = msg->properties ? JsonbValueToJsonb(msg->properties) : NULL;
+				MemoryContextSwitchTo(prev);
 				have_props = true;
 			}
 			memset(&key, 0, sizeof(key));
 			key.profile_id = msg->profile_id;
-			key.trait = t;
+			key.trait = d->id;
 			if (d->backfilling)
 			{
+				/* noted only, in this chunk's transaction: it is counted again once live */
 				(void) hash_search(dirty, &key, HASH_ENTER, NULL);
 				continue;
 			}
-			e = hash_search(states, &key, HASH_FIND, NULL);
+			old = MemoryContextSwitchTo(deltas->cxt);
+			e = hash_search(deltas->states, &key, HASH_FIND, NULL);
 			if (e == NULL)
 			{
 				/* a state only for an event that counts */
 				memset(&scratch, 0, sizeof(scratch));
 				scratch.kind = d->spec->kind;
-				if (!CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
-					continue;
-				e = hash_search(states, &key, HASH_ENTER, &found);
-				e->state = palloc(sizeof(CdpTraitState));
-				*e->state = scratch;
+				if (CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
+				{
+					e = hash_search(deltas->states, &key, HASH_ENTER, &found);
+					e->state = palloc(sizeof(CdpTraitState));
+					*e->state = scratch;
+					e->stored = NULL;
+				}
 			}
 			else
 				(void) CdpTraitStateAdd(d->spec, e->state, msg->ts, props);
+			MemoryContextSwitchTo(old);
 		}
 	}
-	if (hash_get_num_entries(states) > 0)
-		WriteStates(states, defs);
 	if (hash_get_num_entries(dirty) > 0)
-		NoteDirty(dirty, defs);
-	hash_destroy(states);
+		NoteDirty(dirty);
 	hash_destroy(dirty);
+}
+
+/*
+ * from's states counted into into's (a chunk's into its batch, a batch's
+ * into its drain), copied into into's memory: from's may go away.  An
+ * empty into takes from's states and memory as they are (everything they
+ * point to is in that memory); from is empty afterwards.
+ */
+void
+CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
+{
+	HASH_SEQ_STATUS seq;
+	StateEntry *f;
+	MemoryContext old;
+
+	if (hash_get_num_entries(from->states) == 0)
+		return;
+	if (hash_get_num_entries(into->states) == 0)
+	{
+		MemoryContext mine = into->cxt;
+		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
+		MemoryContext from_parent = MemoryContextGetParent(from->cxt);
+
+		MemoryContextSetParent(from->cxt, into_parent);
+		into->cxt = from->cxt;
+		into->states = from->states;
+		/* from takes the empty ones */
+		MemoryContextSetParent(mine, from_parent);
+		from->cxt = mine;
+		ResetDeltas(from);
+		return;
+	}
+	old = MemoryContextSwitchTo(into->cxt);
+
+	hash_seq_init(&seq, from->states);
+	while ((f = hash_seq_search(&seq)) != NULL)
+	{
+		bool		found;
+		StateEntry *e = hash_search(into->states, &f->key, HASH_ENTER, &found);
+
+		if (found)
+			CdpTraitStateCombineCopy(e->state, f->state);
+		else
+		{
+			e->state = CdpTraitStateCopy(f->state);
+			e->stored = NULL;
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* whether a drain should write its states now rather than gather more */
+bool
+CdpTraitDeltasFull(CdpTraitDeltas *deltas)
+{
+	return hash_get_num_entries(deltas->states) >= DELTAS_MAX_STATES ||
+		MemoryContextMemAllocated(deltas->cxt, true) >= DELTAS_MAX_BYTES;
+}
+
+/*
+ * Write the gathered states (combined with the stored ones) and the values
+ * that changed; deltas is empty afterwards.
+ */
+void
+CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
+{
+	MemoryContext work;
+	MemoryContext old;
+	int			ndefs;
+	TraitDef   *defs;
+
+	if (hash_get_num_entries(deltas->states) == 0)
+		return;
+	work = AllocSetContextCreate(CurrentMemoryContext, "cdp computed trait writes",
+								 ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(work);
+	defs = LoadDefinitions(&ndefs);
+	WriteStates(deltas->states, defs, ndefs);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(work);
+
+	ResetDeltas(deltas);
 }

@@ -19,6 +19,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -30,6 +31,7 @@ PG_FUNCTION_INFO_V1(cdp_check_trait_spec);
 PG_FUNCTION_INFO_V1(cdp_trait_state_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_union_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_final);
+PG_FUNCTION_INFO_V1(cdp_trait_union_value_final);
 PG_FUNCTION_INFO_V1(cdp_trait_state_merge);
 PG_FUNCTION_INFO_V1(cdp_trait_value);
 
@@ -247,55 +249,214 @@ CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 		OfferOldest(into, from->oldest);
 }
 
+static Numeric
+CopyNumeric(Numeric n)
+{
+	return DatumGetNumeric(datumCopy(NumericGetDatum(n), false, -1));
+}
+
+/*
+ * into := into combined with from, where into must share nothing with
+ * from afterwards (from's memory goes away): what into took from from is
+ * copied into the current memory context, the rest is left alone.
+ */
+void
+CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from)
+{
+	CdpTraitStateCombine(into, from);
+	if (into->sum != NULL && into->sum == from->sum)
+		into->sum = CopyNumeric(into->sum);
+	if (into->lo != NULL && into->lo == from->lo)
+		into->lo = CopyNumeric(into->lo);
+	if (into->hi != NULL && into->hi == from->hi)
+		into->hi = CopyNumeric(into->hi);
+	if (into->has_first && into->first == from->first)
+		into->first = pstrdup(into->first);
+	if (into->has_last && into->last == from->last)
+		into->last = pstrdup(into->last);
+	for (int i = 0; i < from->nvalues; i++)
+	{
+		int			at = FindValue(into, from->values[i].text);
+
+		if (at >= 0 && into->values[at].text == from->values[i].text)
+			into->values[at].text = pstrdup(from->values[i].text);
+	}
+}
+
+/* a copy of a state in the current memory context, sharing nothing */
+CdpTraitState *
+CdpTraitStateCopy(const CdpTraitState *s)
+{
+	CdpTraitState *c = palloc(sizeof(CdpTraitState));
+
+	*c = *s;
+	c->sum = s->sum ? CopyNumeric(s->sum) : NULL;
+	c->lo = s->lo ? CopyNumeric(s->lo) : NULL;
+	c->hi = s->hi ? CopyNumeric(s->hi) : NULL;
+	c->first = s->has_first ? pstrdup(s->first) : NULL;
+	c->last = s->has_last ? pstrdup(s->last) : NULL;
+	c->values = NULL;
+	c->maxvalues = 0;
+	if (s->nvalues > 0)
+	{
+		c->maxvalues = s->nvalues;
+		c->values = palloc(sizeof(CdpTraitValue) * s->nvalues);
+		for (int i = 0; i < s->nvalues; i++)
+		{
+			c->values[i].text = pstrdup(s->values[i].text);
+			c->values[i].count = s->values[i].count;
+		}
+	}
+	return c;
+}
+
 static bool
 IsEmpty(const CdpTraitState *s)
 {
 	return s->n == 0 && !s->has_first && !s->has_last && s->nvalues == 0;
 }
 
+/*
+ * A JSON text a state keeps (a value's text) as a JsonbValue: plain strings,
+ * numbers and literals directly, anything else through jsonb_in.  Building
+ * states and values this way skips printing them and parsing them back.
+ */
 static void
-AppendNumeric(StringInfo buf, const char *key, Numeric v)
+ValueOfText(const char *text, JsonbValue *v)
 {
-	appendStringInfo(buf, "%s\"%s\": %s", buf->len > 1 ? ", " : "", key,
-					 DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v))));
+	size_t		len = strlen(text);
+
+	if (len >= 2 && text[0] == '"' && memchr(text + 1, '\\', len - 2) == NULL)
+	{
+		/* no escape: the text between the quotes is the string */
+		v->type = jbvString;
+		v->val.string.val = (char *) text + 1;
+		v->val.string.len = len - 2;
+	}
+	else if (text[0] == '-' || (text[0] >= '0' && text[0] <= '9'))
+	{
+		v->type = jbvNumeric;
+		v->val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+															 ObjectIdGetDatum(InvalidOid),
+															 Int32GetDatum(-1)));
+	}
+	else if (strcmp(text, "true") == 0 || strcmp(text, "false") == 0)
+	{
+		v->type = jbvBool;
+		v->val.boolean = text[0] == 't';
+	}
+	else if (strcmp(text, "null") == 0)
+		v->type = jbvNull;
+	else
+	{
+		Jsonb	   *j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+
+		if (JB_ROOT_IS_SCALAR(j))
+			(void) JsonbExtractScalar(&j->root, v);
+		else
+		{
+			v->type = jbvBinary;
+			v->val.binary.data = &j->root;
+			v->val.binary.len = VARSIZE(j) - VARHDRSZ;
+		}
+	}
+}
+
+static void
+PushKey(JsonbParseState **ps, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(ps, WJB_KEY, &k);
+}
+
+static void
+PushNumeric(JsonbParseState **ps, JsonbIteratorToken tok, Numeric n)
+{
+	JsonbValue	v;
+
+	v.type = jbvNumeric;
+	v.val.numeric = n;
+	pushJsonbValue(ps, tok, &v);
+}
+
+static void
+PushText(JsonbParseState **ps, JsonbIteratorToken tok, const char *text)
+{
+	JsonbValue	v;
+
+	ValueOfText(text, &v);
+	pushJsonbValue(ps, tok, &v);
+}
+
+/* "key": [usecs, value] */
+static void
+PushTimed(JsonbParseState **ps, const char *key, TimestampTz at, const char *text)
+{
+	PushKey(ps, key);
+	pushJsonbValue(ps, WJB_BEGIN_ARRAY, NULL);
+	PushNumeric(ps, WJB_ELEM, int64_to_numeric(at));
+	PushText(ps, WJB_ELEM, text);
+	pushJsonbValue(ps, WJB_END_ARRAY, NULL);
 }
 
 /* the stored form; NULL when the state counted nothing */
 Jsonb *
 CdpTraitStateToJsonb(const CdpTraitState *s)
 {
-	StringInfoData buf;
+	JsonbParseState *ps = NULL;
+	JsonbValue *res;
 
 	if (IsEmpty(s))
 		return NULL;
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	if (s->n > 0)
-		appendStringInfo(&buf, "\"n\": " INT64_FORMAT, s->n);
+	{
+		PushKey(&ps, "n");
+		PushNumeric(&ps, WJB_VALUE, int64_to_numeric(s->n));
+	}
 	if (s->sum && (s->kind == CDP_TRAIT_SUM || s->kind == CDP_TRAIT_AVG))
-		AppendNumeric(&buf, "sum", s->sum);
+	{
+		PushKey(&ps, "sum");
+		PushNumeric(&ps, WJB_VALUE, s->sum);
+	}
 	if (s->lo && s->kind == CDP_TRAIT_MIN)
-		AppendNumeric(&buf, "min", s->lo);
+	{
+		PushKey(&ps, "min");
+		PushNumeric(&ps, WJB_VALUE, s->lo);
+	}
 	if (s->hi && s->kind == CDP_TRAIT_MAX)
-		AppendNumeric(&buf, "max", s->hi);
+	{
+		PushKey(&ps, "max");
+		PushNumeric(&ps, WJB_VALUE, s->hi);
+	}
 	if (s->has_first)
-		appendStringInfo(&buf, "%s\"first\": [" INT64_FORMAT ", %s]", buf.len > 1 ? ", " : "",
-						 (int64) s->first_at, s->first);
+		PushTimed(&ps, "first", s->first_at, s->first);
 	if (s->has_last)
-		appendStringInfo(&buf, "%s\"last\": [" INT64_FORMAT ", %s]", buf.len > 1 ? ", " : "",
-						 (int64) s->last_at, s->last);
+		PushTimed(&ps, "last", s->last_at, s->last);
 	if (s->nvalues > 0)
 	{
-		appendStringInfo(&buf, "%s\"values\": [", buf.len > 1 ? ", " : "");
+		PushKey(&ps, "values");
+		pushJsonbValue(&ps, WJB_BEGIN_ARRAY, NULL);
 		for (int i = 0; i < s->nvalues; i++)
-			appendStringInfo(&buf, "%s[%s, " INT64_FORMAT "]", i > 0 ? ", " : "",
-							 s->values[i].text, s->values[i].count);
-		appendStringInfoChar(&buf, ']');
+		{
+			pushJsonbValue(&ps, WJB_BEGIN_ARRAY, NULL);
+			PushText(&ps, WJB_ELEM, s->values[i].text);
+			PushNumeric(&ps, WJB_ELEM, int64_to_numeric(s->values[i].count));
+			pushJsonbValue(&ps, WJB_END_ARRAY, NULL);
+		}
+		pushJsonbValue(&ps, WJB_END_ARRAY, NULL);
 	}
 	if (s->has_oldest)
-		appendStringInfo(&buf, ", \"oldest\": " INT64_FORMAT, (int64) s->oldest);
-	appendStringInfoChar(&buf, '}');
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	{
+		PushKey(&ps, "oldest");
+		PushNumeric(&ps, WJB_VALUE, int64_to_numeric(s->oldest));
+	}
+	res = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
 }
 
 static int64
@@ -381,47 +542,60 @@ CdpTraitStateFromJsonb(CdpTraitKind kind, Jsonb *j)
 	return s;
 }
 
-static Jsonb *
-JsonbOfText(const char *text)
-{
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
-}
-
-static Jsonb *
-JsonbOfNumeric(Numeric v)
-{
-	return JsonbOfText(DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v))));
-}
-
 /*
- * The trait's value: count and unique_count a number (0 for nothing),
- * unique_list an array in text order, the others the value or NULL.
+ * The trait's value as a JsonbValue (a scalar, or a container): count and
+ * unique_count a number (0 for nothing), unique_list an array in text
+ * order, the others the value; false for none.
  */
-Jsonb *
-CdpTraitStateValue(const CdpTraitState *s)
+bool
+CdpTraitStateValueOf(const CdpTraitState *s, JsonbValue *out)
 {
 	switch (s->kind)
 	{
 		case CDP_TRAIT_COUNT:
-			return JsonbOfText(psprintf(INT64_FORMAT, s->n));
+			out->type = jbvNumeric;
+			out->val.numeric = int64_to_numeric(s->n);
+			return true;
 		case CDP_TRAIT_UNIQUE_COUNT:
-			return JsonbOfText(psprintf("%d", s->nvalues));
+			out->type = jbvNumeric;
+			out->val.numeric = int64_to_numeric(s->nvalues);
+			return true;
 		case CDP_TRAIT_SUM:
-			return s->sum ? JsonbOfNumeric(s->sum) : NULL;
+			if (s->sum == NULL)
+				return false;
+			out->type = jbvNumeric;
+			out->val.numeric = s->sum;
+			return true;
 		case CDP_TRAIT_AVG:
 			if (s->sum == NULL || s->n == 0)
-				return NULL;
-			return JsonbOfNumeric(DatumGetNumeric(DirectFunctionCall2(numeric_div,
-																	  NumericGetDatum(s->sum),
-																	  NumericGetDatum(int64_to_numeric(s->n)))));
+				return false;
+			out->type = jbvNumeric;
+			out->val.numeric = DatumGetNumeric(DirectFunctionCall2(numeric_div,
+																   NumericGetDatum(s->sum),
+																   NumericGetDatum(int64_to_numeric(s->n))));
+			return true;
 		case CDP_TRAIT_MIN:
-			return s->lo ? JsonbOfNumeric(s->lo) : NULL;
+			if (s->lo == NULL)
+				return false;
+			out->type = jbvNumeric;
+			out->val.numeric = s->lo;
+			return true;
 		case CDP_TRAIT_MAX:
-			return s->hi ? JsonbOfNumeric(s->hi) : NULL;
+			if (s->hi == NULL)
+				return false;
+			out->type = jbvNumeric;
+			out->val.numeric = s->hi;
+			return true;
 		case CDP_TRAIT_FIRST:
-			return s->has_first ? JsonbOfText(s->first) : NULL;
+			if (!s->has_first)
+				return false;
+			ValueOfText(s->first, out);
+			return true;
 		case CDP_TRAIT_LAST:
-			return s->has_last ? JsonbOfText(s->last) : NULL;
+			if (!s->has_last)
+				return false;
+			ValueOfText(s->last, out);
+			return true;
 		case CDP_TRAIT_MOST_FREQUENT:
 			{
 				int			best = -1;
@@ -430,21 +604,36 @@ CdpTraitStateValue(const CdpTraitState *s)
 				for (int i = 0; i < s->nvalues; i++)
 					if (best < 0 || s->values[i].count > s->values[best].count)
 						best = i;
-				return best >= 0 ? JsonbOfText(s->values[best].text) : NULL;
+				if (best < 0)
+					return false;
+				ValueOfText(s->values[best].text, out);
+				return true;
 			}
 		case CDP_TRAIT_UNIQUE_LIST:
 			{
-				StringInfoData buf;
+				JsonbParseState *ps = NULL;
+				JsonbValue *arr;
 
-				initStringInfo(&buf);
-				appendStringInfoChar(&buf, '[');
+				pushJsonbValue(&ps, WJB_BEGIN_ARRAY, NULL);
 				for (int i = 0; i < s->nvalues; i++)
-					appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", s->values[i].text);
-				appendStringInfoChar(&buf, ']');
-				return JsonbOfText(buf.data);
+					PushText(&ps, WJB_ELEM, s->values[i].text);
+				arr = pushJsonbValue(&ps, WJB_END_ARRAY, NULL);
+				*out = *arr;
+				return true;
 			}
 	}
-	return NULL;
+	return false;
+}
+
+/* the trait's value as jsonb (see CdpTraitStateValueOf); NULL for none */
+Jsonb *
+CdpTraitStateValue(const CdpTraitState *s)
+{
+	JsonbValue	v;
+
+	if (!CdpTraitStateValueOf(s, &v))
+		return NULL;
+	return JsonbValueToJsonb(&v);
 }
 
 /* ---------------------------------------------------------------- SQL */
@@ -537,6 +726,23 @@ cdp_trait_state_final(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	j = CdpTraitStateToJsonb((CdpTraitState *) PG_GETARG_POINTER(0));
+	if (j == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(j);
+}
+
+/*
+ * trait_union_value(kind, state): the value of the states combined, with
+ * no stored form made and read back in between.
+ */
+Datum
+cdp_trait_union_value_final(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *j;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	j = CdpTraitStateValue((CdpTraitState *) PG_GETARG_POINTER(0));
 	if (j == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_JSONB_P(j);

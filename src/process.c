@@ -98,6 +98,7 @@ typedef struct Batch
 	MemoryContext chunk_cxt;
 	HTAB	   *stats;			/* profile stats of its committed chunks */
 	CdpStateQueue *state;		/* the same of its committed chunks */
+	CdpTraitDeltas *traits;		/* computed trait states of their events */
 
 	/* what it took */
 	CdpInboxRow *rows;
@@ -357,6 +358,7 @@ typedef struct ChunkWork
 	bool		direct;			/* the chunk counts straight into its batch's (empty) stats */
 	HTAB	   *stats;			/* profile stats of the chunk */
 	CdpStateQueue *state;		/* identifiers whose state the chunk changed */
+	CdpTraitDeltas *traits;		/* computed trait states of its events */
 } ChunkWork;
 
 /*
@@ -375,6 +377,7 @@ ProcessChunk(void *arg)
 	MemoryContextSwitchTo(b->chunk_cxt);
 	w->stats = w->direct ? b->stats : CdpNewProfileStats(b->chunk_cxt);
 	w->state = CdpNewStateQueue(b->chunk_cxt);
+	w->traits = CdpNewTraitDeltas(b->chunk_cxt);
 	msgs = palloc(sizeof(CdpMessage *) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -395,7 +398,7 @@ ProcessChunk(void *arg)
 	CdpResolveIdentities(msgs, n, w->stats);
 	CdpStoreProfileState(msgs, n, w->state);
 	CdpStoreEvents(msgs, n);
-	CdpUpdateComputedTraits(msgs, n);
+	CdpUpdateComputedTraits(msgs, n, w->traits);
 	CdpWriteDeadLetters(msgs, n);
 	CdpStatsCountOutcomes(msgs, n);
 }
@@ -449,7 +452,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 	{
 		/* a batch's first chunk (most often its only one) needs no merge */
 		bool		direct = hash_get_num_entries(b->stats) == 0;
-		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL};
+		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL, NULL};
 		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w,
 												   b->strict ? IsStrictMessageError : IsMessageError);
 
@@ -458,6 +461,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 			if (!direct)
 				CdpMergeProfileStats(b->stats, w.stats);
 			CdpMergeStateQueue(b->state, w.state);
+			CdpMergeTraitDeltas(b->traits, w.traits);
 		}
 		else if (direct)
 			CdpClearProfileStats(b->stats);
@@ -601,6 +605,7 @@ struct CdpDrain
 	MemoryContext batch_cxt;
 	HTAB	   *stats;			/* profile stats of its committed batches */
 	CdpStateQueue *state;		/* the same for traits and consent */
+	CdpTraitDeltas *traits;		/* the same for computed traits */
 	int64		last_id;		/* id of the last row taken */
 	Batch		b;
 };
@@ -634,6 +639,7 @@ CdpBeginDrain(void)
 	CdpLockSuppressions(false);
 	d->stats = CdpNewProfileStats(caller_cxt);
 	d->state = CdpNewStateQueue(caller_cxt);
+	d->traits = CdpNewTraitDeltas(caller_cxt);
 	SPI_connect();
 	MemoryContextSwitchTo(d->batch_cxt);
 	CdpLoadPartitionConfig(&d->b.config);
@@ -672,6 +678,7 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	MemoryContextSwitchTo(d->batch_cxt);
 	b->stats = CdpNewProfileStats(d->batch_cxt);
 	b->state = CdpNewStateQueue(d->batch_cxt);
+	b->traits = CdpNewTraitDeltas(d->batch_cxt);
 	edata = CdpRunInSubtransaction(ProcessBatch, b, IsConflict);
 	if (edata != NULL)
 	{
@@ -686,8 +693,12 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	CdpStatsAdd(CDP_STAT_RECEIVED, b->messages);
 	CdpMergeProfileStats(d->stats, b->stats);
 	CdpMergeStateQueue(d->state, b->state);
+	CdpMergeTraitDeltas(d->traits, b->traits);
 	if (hash_get_num_entries(d->stats) >= STATS_PROFILES)
 		CdpWriteProfileStats(d->stats);
+	/* computed trait states first: recomputing profile state derives their values */
+	if (CdpTraitDeltasFull(d->traits) || CdpStateQueueLength(d->state) >= STATE_IDENTIFIERS)
+		CdpWriteTraitDeltas(d->traits);
 	if (CdpStateQueueLength(d->state) >= STATE_IDENTIFIERS)
 		CdpWriteQueuedProfileState(d->state);
 	MemoryContextSwitchTo(d->caller_cxt);
@@ -701,6 +712,7 @@ CdpEndDrain(CdpDrain *d)
 {
 	MemoryContextSwitchTo(d->batch_cxt);
 	CdpWriteProfileStats(d->stats);
+	CdpWriteTraitDeltas(d->traits);
 	CdpWriteQueuedProfileState(d->state);
 	MemoryContextSwitchTo(d->caller_cxt);
 	SPI_finish();

@@ -79,12 +79,21 @@ extern CdpTraitState *CdpNewTraitState(CdpTraitKind kind);
 extern bool CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *state, TimestampTz ts,
 							 Jsonb *properties);
 extern void CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from);
+extern void CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from);
+extern CdpTraitState *CdpTraitStateCopy(const CdpTraitState *state);
 extern Jsonb *CdpTraitStateToJsonb(const CdpTraitState *state);
 extern CdpTraitState *CdpTraitStateFromJsonb(CdpTraitKind kind, Jsonb *state);
 extern Jsonb *CdpTraitStateValue(const CdpTraitState *state);
+extern bool CdpTraitStateValueOf(const CdpTraitState *state, JsonbValue *out);
 
-/* ingest: the computed traits of a chunk's stored events */
-extern void CdpUpdateComputedTraits(CdpMessage **msgs, int n);
+/* ingest: the computed traits of stored events, gathered then written */
+typedef struct CdpTraitDeltas CdpTraitDeltas;
+
+extern CdpTraitDeltas *CdpNewTraitDeltas(MemoryContext parent);
+extern void CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas);
+extern void CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from);
+extern bool CdpTraitDeltasFull(CdpTraitDeltas *deltas);
+extern void CdpWriteTraitDeltas(CdpTraitDeltas *deltas);
 
 /* audiences: evaluate these profiles' memberships when the transaction commits */
 extern void CdpProfilesChanged(const int64 *profile_ids, int n);

@@ -95,6 +95,19 @@ CREATE AGGREGATE cdp.trait_state_union(kind text, state jsonb) (
     FINALFUNC = cdp.trait_state_final
 );
 
+CREATE FUNCTION cdp.trait_union_value_final(internal)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cdp_trait_union_value_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+-- The value of stored states combined (a canonical profile's members):
+-- trait_value(kind, trait_state_union(kind, state)) in one step.
+CREATE AGGREGATE cdp.trait_union_value(kind text, state jsonb) (
+    SFUNC = cdp.trait_state_union_accum,
+    STYPE = internal,
+    FINALFUNC = cdp.trait_union_value_final
+);
+
 CREATE FUNCTION cdp.trait_state_merge(kind text, a jsonb, b jsonb)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'cdp_trait_state_merge'
@@ -202,13 +215,15 @@ BEGIN ATOMIC
     SELECT c.id,
            coalesce((SELECT jsonb_object_agg(v.name, v.value)
                        FROM (SELECT t.name,
-                                    cdp.trait_value(t.kind, cdp.trait_state_union(t.kind, s.state)) AS value
-                               FROM cdp.trait_states s
+                                    cdp.trait_union_value(t.kind, s.state) AS value
+                               FROM (SELECT c.id AS member
+                                     UNION ALL
+                                     SELECT m.profile_id FROM cdp.profile_records m
+                                      WHERE m.merged_into = c.id) mem
+                               -- a join, not IN: each member's states by index,
+                               -- never a scan of every state per profile
+                               JOIN cdp.trait_states s ON s.profile_id = mem.member
                                JOIN cdp.computed_traits t ON t.id = s.trait_id AND t.status = 'live'
-                              WHERE s.profile_id IN (SELECT c.id
-                                                     UNION ALL
-                                                     SELECT m.profile_id FROM cdp.profile_records m
-                                                      WHERE m.merged_into = c.id)
                               GROUP BY t.id, t.name, t.kind) v
                       WHERE v.value IS NOT NULL), '{}'),
            now()
@@ -254,13 +269,16 @@ AS $$
 DECLARE
     t cdp.computed_traits;
 BEGIN
+    -- batches in flight (storing states of it without its values) finish
+    -- first; later ones see it live and write its values themselves
+    LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
     UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
      WHERE pc.traits ? t.name;
     INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
     SELECT v.id, jsonb_build_object(t.name, v.value)
       FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
-                   cdp.trait_value(t.kind, cdp.trait_state_union(t.kind, s.state)) AS value
+                   cdp.trait_union_value(t.kind, s.state) AS value
               FROM cdp.trait_states s
               JOIN cdp.profile_records r ON r.profile_id = s.profile_id
              WHERE s.trait_id = t.id
