@@ -35,8 +35,9 @@ AS $$
 $$;
 
 -- {"profile_id": P, "traits": {...}}: every declared trait the profile
--- holds a convertible value of, typed as profile views type it, shown when
--- its own purpose is the one asked or the profile granted that one too.
+-- holds a convertible value of, typed as profile views type it, and every
+-- computed trait with a value, each shown when its own purpose is the one
+-- asked or the profile granted that one too.
 -- PL/pgSQL so that the query's plan is kept for the session.
 CREATE FUNCTION cdp.profile_api_traits(profile_id bigint, purpose text)
 RETURNS jsonb
@@ -50,7 +51,19 @@ BEGIN
                                              FROM (SELECT d.name, cdp.trait_json(v.traits, d.name, d.type) AS value
                                                      FROM cdp.trait_definitions d
                                                     WHERE d.purpose = profile_api_traits.purpose
-                                                       OR cdp.consent_granted(v.consent, d.purpose)) t
+                                                       OR cdp.consent_granted(v.consent, d.purpose)
+                                                   UNION ALL
+                                                   -- computed traits: as profile views show them
+                                                   -- (0 for a count of nothing)
+                                                   SELECT c.name,
+                                                          coalesce((SELECT pc.traits->c.name FROM cdp.profile_computed pc
+                                                                     WHERE pc.profile_id = v.profile_id),
+                                                                   CASE WHEN c.kind IN ('count', 'unique_count')
+                                                                        THEN '0'::jsonb END)
+                                                     FROM cdp.computed_traits c
+                                                    WHERE c.status = 'live'
+                                                      AND (c.purpose = profile_api_traits.purpose
+                                                           OR cdp.consent_granted(v.consent, c.purpose))) t
                                             WHERE t.value IS NOT NULL), '{}'::jsonb))
               FROM cdp.profile_api_visible(profile_api_traits.profile_id, profile_api_traits.purpose) v);
 END

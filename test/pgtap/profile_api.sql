@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(25);
+SELECT plan(27);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -113,6 +113,16 @@ SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:b'), 'marketing') -> 'a
           '["everyone"]'::jsonb, 'the same person to another purpose: what that purpose may see');
 SELECT is(cdp.profile_api_audiences(pg_temp.pid('user_id:c'), 'personalization'), NULL,
           'audiences of a person who did not grant the purpose: NULL');
+
+-- computed traits, under their purpose like declared ones
+SELECT cdp.define_computed_trait('links', 'count', 'Linked', purpose => 'personalization');
+SELECT cdp.define_computed_trait('ads_seen', 'count', 'Ad Seen', purpose => 'advertising');
+SELECT pg_temp.set_state('user_id:m', '{}', '{}');
+SELECT is(pg_temp.traits('user_id:m', 'analytics') -> 'traits',
+          '{}'::jsonb, 'computed traits of purposes the person did not grant: absent');
+SELECT pg_temp.set_state('user_id:m', '{}', pg_temp.granted('personalization'));
+SELECT is(pg_temp.traits('user_id:m') -> 'traits', '{"links": 1}'::jsonb,
+          'a computed trait of the purpose: its value; a count of nothing under an ungranted purpose: absent');
 
 -- consent withdrawn, forgotten
 SELECT pg_temp.set_state('user_id:a', '{"age": 41}', '{"personalization": {"granted": false}}');
