@@ -21,10 +21,12 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 
 #include "computed_traits.h"
 #include "spi_util.h"
@@ -166,6 +168,8 @@ cdp_audiences_at_commit(PG_FUNCTION_ARGS)
 	int			n = 0;
 	Oid			argtype = INT8ARRAYOID;
 	Datum		arg;
+	Oid			save_user;
+	int			save_sec;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "cdp_audiences_at_commit: not called as a trigger");
@@ -178,6 +182,15 @@ cdp_audiences_at_commit(PG_FUNCTION_ARGS)
 	hash_destroy(changed);
 	changed = NULL;
 
+	/*
+	 * A deferred trigger fires at commit as the session's user, outside the
+	 * SECURITY DEFINER function (process_inbox, set_consent, ...) that
+	 * changed the profiles: evaluate as pg_cdp's owner, who owns this table.
+	 * An error aborts the transaction, which restores the user.
+	 */
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(((TriggerData *) fcinfo->context)->tg_relation->rd_rel->relowner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	SPI_connect();
 	arg = CdpInt8Array(ids, n);
 	CdpExecPlan(CdpPlan(&evaluate_plan, "SELECT cdp.evaluate_audiences($1)", 1, &argtype),
@@ -185,6 +198,7 @@ cdp_audiences_at_commit(PG_FUNCTION_ARGS)
 	CdpExecPlan(CdpPlan(&clear_plan, "DELETE FROM cdp.audience_pending", 0, NULL),
 				NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
+	SetUserIdAndSecContext(save_user, save_sec);
 	/* fired early (SET CONSTRAINTS ... IMMEDIATE): later changes need a new row */
 	pending_subid = InvalidSubTransactionId;
 	return PointerGetDatum(NULL);

@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(33);
+SELECT plan(34);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -114,6 +114,20 @@ SELECT is((SELECT last_error FROM cdp.audiences WHERE name = 'fragile'), 'divisi
 SELECT ok(EXISTS (SELECT FROM cdp.audience_members WHERE audience = 'buyers' AND profile_id = pg_temp.pid('user_id:d')),
           'the other audiences are evaluated all the same');
 SELECT cdp.drop_audience('fragile');
+
+-- an operator drains the inbox: the evaluation at commit (a deferred trigger,
+-- so outside process_inbox's SECURITY DEFINER) still has the owner's rights
+CREATE ROLE cdp_test_audience_operator;
+SELECT cdp.grant_operator('cdp_test_audience_operator');
+SELECT pg_temp.send('m12', '{"userId": "e", "event": "Order"}');
+SELECT pg_temp.send('m13', '{"userId": "e", "event": "Order"}');
+SET ROLE cdp_test_audience_operator;
+SELECT cdp.process_inbox();
+SET CONSTRAINTS ALL IMMEDIATE;
+RESET ROLE;
+SET CONSTRAINTS ALL DEFERRED;
+SELECT ok(EXISTS (SELECT FROM cdp.audience_members WHERE audience = 'buyers' AND profile_id = pg_temp.pid('user_id:e')),
+          'an operator''s drain evaluates audiences at commit');
 
 -- one transaction that enters and leaves makes no change
 SAVEPOINT before_flip;
