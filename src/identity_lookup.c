@@ -20,6 +20,7 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 
+#include "distributed_reads.h"
 #include "pg_cdp.h"
 
 /* what a call site probes, looked up on its first call */
@@ -42,6 +43,8 @@ GetResolveTarget(FunctionCallInfo fcinfo)
 
 	if (t != NULL)
 		return t;
+	/* a worker's identities are an empty copy: never answer NULL from it */
+	CdpRefuseOnCitusWorker("cdp.resolve()");
 	t = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ResolveTarget));
 	t->heap = get_relname_relid("identities", get_namespace_oid("cdp", false));
 	if (!OidIsValid(t->heap))

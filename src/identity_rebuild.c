@@ -576,23 +576,33 @@ RedirectEmptied(Datum froms, Datum last_to, Datum touched)
 
 /*
  * Counts and seen times of these profiles' canonical ones, from the events
- * stored under them and under every profile redirected to them.
+ * stored under them and under every profile redirected to them.  The
+ * stored ids are listed first, so the events are read by them alone and
+ * aggregated per stored id: on a distributed cdp.events (by profile_id)
+ * each shard counts its own, and no event leaves its shard.
  */
 static void
 RecountProfiles(Datum profiles)
 {
-	Oid			t[1] = {INT8ARRAYOID};
-	Datum		a[1] = {profiles};
+	Oid			t[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum		a[2];
+	bool		isnull;
 
-	CdpExecArgs("UPDATE cdp.profile_records p SET event_count = s.n, first_seen = s.lo, last_seen = s.hi "
-				"FROM (SELECT c.p, count(e.ts) AS n, min(e.ts) AS lo, max(e.ts) AS hi "
-				"        FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS p "
-				"                FROM cdp.profile_records r WHERE r.profile_id = ANY ($1)) c "
-				"        CROSS JOIN LATERAL (SELECT c.p AS src UNION ALL SELECT m.profile_id "
-				"                FROM cdp.profile_records m WHERE m.merged_into = c.p) m "
-				"        LEFT JOIN cdp.events e ON e.profile_id = m.src "
-				"       GROUP BY c.p) s "
-				"WHERE p.profile_id = s.p", 1, t, a, SPI_OK_UPDATE);
+	CdpExecArgs("SELECT coalesce(array_agg(m.src), '{}'), coalesce(array_agg(c.p), '{}') "
+				"FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS p "
+				"        FROM cdp.profile_records r WHERE r.profile_id = ANY ($1)) c "
+				"CROSS JOIN LATERAL (SELECT c.p AS src UNION ALL SELECT m.profile_id "
+				"        FROM cdp.profile_records m WHERE m.merged_into = c.p) m",
+				1, t, &profiles, SPI_OK_SELECT);
+	a[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	a[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	CdpExecArgs("WITH e AS MATERIALIZED (SELECT e.profile_id, count(*) AS n, min(e.ts) AS lo, max(e.ts) AS hi "
+				"        FROM cdp.events e WHERE e.profile_id = ANY ($1) GROUP BY e.profile_id) "
+				"UPDATE cdp.profile_records p SET event_count = s.n, first_seen = s.lo, last_seen = s.hi "
+				"FROM (SELECT u.c AS p, coalesce(sum(e.n), 0)::bigint AS n, min(e.lo) AS lo, max(e.hi) AS hi "
+				"        FROM ROWS FROM (unnest($1), unnest($2)) AS u(s, c) "
+				"        LEFT JOIN e ON e.profile_id = u.s GROUP BY u.c) s "
+				"WHERE p.profile_id = s.p", 2, t, a, SPI_OK_UPDATE);
 }
 
 /* the real id for a replayed one: new profiles get theirs here, once */

@@ -13,6 +13,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 
+#include "distributed_reads.h"
 #include "pg_cdp.h"
 #include "identity.h"
 #include "partitions.h"
@@ -156,4 +157,5 @@ _PG_init(void)
 	CdpWorkersInit();
 	CacheRegisterRelcacheCallback(CdpPartitionCacheCallback, (Datum) 0);
 	CacheRegisterRelcacheCallback(CdpIdentityCacheCallback, (Datum) 0);
+	CdpDistributedReadsInit();
 }

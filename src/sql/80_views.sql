@@ -512,7 +512,7 @@ BEGIN
     PERFORM cdp.existing_role(role);
     EXECUTE format('GRANT USAGE ON SCHEMA cdp TO %I', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION cdp.run_maintenance(), cdp.process_inbox(int), '
-                   'cdp.partition_bounds(), cdp.schedule_jobs(), cdp.unschedule_jobs(), '
+                   'cdp.partition_bounds(), cdp.partition_size(regclass), cdp.schedule_jobs(), cdp.unschedule_jobs(), '
                    'cdp.require_pg_cron(), cdp.job_definitions(), cdp.needed_jobs(), '
                    'cdp.workers_running(), cdp.maintenance_running(), cdp.stats_figures(), '
                    'cdp.worker_stats_rows(), cdp.reset_stats() TO %I', role);

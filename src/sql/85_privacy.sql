@@ -322,6 +322,7 @@ DECLARE
     others jsonb;
     seqs bigint[];
     affected bigint[];
+    members bigint[];
     violations bigint;
 BEGIN
     IF id IS NULL THEN
@@ -398,8 +399,24 @@ BEGIN
     -- the person leaves every audience (at commit)
     PERFORM cdp.profiles_changed(pids);
 
-    -- events refused to other profiles leave their counts and times
-    WITH o AS (
+    -- events refused to other profiles leave their counts and times; the
+    -- first and last times of their events are read in one aggregation
+    -- grouped by stored profile id, the key cdp.events may be distributed
+    -- by (Citus then answers it shard by shard)
+    members := ARRAY(
+        SELECT m.id
+          FROM (SELECT DISTINCT coalesce(r.merged_into, r.profile_id) AS canon
+                  FROM jsonb_array_elements(others) x
+                  JOIN cdp.profile_records r ON r.profile_id = (x->>'profile_id')::bigint
+                 WHERE r.profile_id <> ALL (pids)) c
+          CROSS JOIN LATERAL (SELECT c.canon AS id UNION ALL
+                              SELECT p.profile_id FROM cdp.profile_records p WHERE p.merged_into = c.canon) m);
+    WITH seen AS MATERIALIZED (
+        SELECT e.profile_id, min(e.ts) AS lo, max(e.ts) AS hi
+          FROM cdp.events e
+         WHERE e.profile_id = ANY (members)
+         GROUP BY e.profile_id
+    ), o AS (
         SELECT coalesce(r.merged_into, r.profile_id) AS canon, count(*) AS n,
                min((x->>'ts')::timestamptz) AS lo, max((x->>'ts')::timestamptz) AS hi
           FROM jsonb_array_elements(others) x
@@ -407,18 +424,17 @@ BEGIN
          WHERE r.profile_id <> ALL (pids)
          GROUP BY 1
     ), m AS (
-        SELECT o.*, ARRAY(SELECT o.canon UNION ALL
-                          SELECT p.profile_id FROM cdp.profile_records p WHERE p.merged_into = o.canon) AS members
+        SELECT o.*, s.lo AS seen_lo, s.hi AS seen_hi
           FROM o
+          LEFT JOIN LATERAL (SELECT min(s.lo) AS lo, max(s.hi) AS hi
+                               FROM seen s
+                               LEFT JOIN cdp.profile_records p ON p.profile_id = s.profile_id
+                              WHERE coalesce(p.merged_into, s.profile_id) = o.canon) s ON true
     )
     UPDATE cdp.profile_records r
        SET event_count = greatest(r.event_count - m.n, 0),
-           first_seen = CASE WHEN m.lo <= r.first_seen
-                             THEN (SELECT min(e.ts) FROM cdp.events e WHERE e.profile_id = ANY (m.members))
-                             ELSE r.first_seen END,
-           last_seen = CASE WHEN m.hi >= r.last_seen
-                            THEN (SELECT max(e.ts) FROM cdp.events e WHERE e.profile_id = ANY (m.members))
-                            ELSE r.last_seen END
+           first_seen = CASE WHEN m.lo <= r.first_seen THEN m.seen_lo ELSE r.first_seen END,
+           last_seen = CASE WHEN m.hi >= r.last_seen THEN m.seen_hi ELSE r.last_seen END
       FROM m
      WHERE r.profile_id = m.canon;
 

@@ -1,0 +1,11 @@
+/*
+ * distributed_reads.h
+ *	  Reads of cdp.events distributed by Citus (src/distributed_reads.c).
+ */
+#ifndef DISTRIBUTED_READS_H
+#define DISTRIBUTED_READS_H
+
+extern void CdpDistributedReadsInit(void);
+extern void CdpRefuseOnCitusWorker(const char *what);
+
+#endif							/* DISTRIBUTED_READS_H */
