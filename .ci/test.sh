@@ -64,6 +64,24 @@ else
 fi
 rm -rf "$work"
 
+# A coordinator and two workers with Citus (test/citus): only where Citus is
+# installed; `.ci/run` installs it on CI machines.
+citus_so="$($PG_CONFIG --pkglibdir)/citus.so"
+if [ -f "$citus_so" ]; then
+  echo "== Citus suite"
+  work=$(mktemp -d)
+  cp -r test/citus/. "$work/"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres "$work"
+    (cd "$work" && runuser -u postgres -- "${perl_env[@]}" TESTDIR="$work" prove t/*.pl)
+  else
+    (cd "$work" && "${perl_env[@]}" TESTDIR="$work" prove t/*.pl)
+  fi
+  rm -rf "$work"
+else
+  echo "== Citus suite skipped: Citus is not installed ($citus_so not found)"
+fi
+
 echo "== fuzz HTTP request parsing (libFuzzer)"
 make -s fuzz-http FUZZ_SECONDS=25 FUZZ_SEED=1 WERROR=1
 
