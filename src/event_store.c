@@ -13,6 +13,13 @@
  *	  chunk; constraints on the columns a message alone decides are checked
  *	  before deduplication and identity resolution already
  *	  (CdpCheckEventConstraints).
+ *
+ *	  Once Citus distributes cdp.events its rows live in shards on other
+ *	  nodes and the partitions here are empty shells that writing below
+ *	  Citus's hooks would fill unseen.  Then each call is one INSERT ...
+ *	  SELECT FROM unnest(...) through Citus instead, after the same
+ *	  constraint checks on pg_cdp's columns, and an event without a profile
+ *	  is stored with profile_id 0 (a distribution column is never NULL).
  */
 #include "postgres.h"
 
@@ -20,7 +27,11 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/nodeModifyTable.h"
@@ -31,7 +42,9 @@
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -39,6 +52,7 @@
 #include "utils/rel.h"
 
 #include "pg_cdp.h"
+#include "spi_util.h"
 
 /* the cdp.events columns pg_cdp fills, in CdpMessage order */
 typedef enum EventColumn
@@ -69,6 +83,38 @@ static const char *const column_names[NUM_EVENT_COLUMNS] = {
 	"anonymous_id", "group_id", "previous_id", "ts", "original_timestamp",
 	"sent_at", "received_at", "properties", "traits", "context", "extra"
 };
+
+/* their types, as the INSERT through Citus sends them */
+static const Oid column_types[NUM_EVENT_COLUMNS] = {
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID
+};
+
+/*
+ * The profile_id of an event stored without a profile when cdp.events is
+ * distributed by profile_id (profile ids start at 1).
+ */
+#define UNRESOLVED_PROFILE_ID	0
+
+/*
+ * Where cdp.events keeps its rows: in its partitions here, or in Citus's
+ * shards.  Read from pg_dist_partition (only when Citus is installed) and
+ * kept until a relcache invalidation of cdp.events, which Citus sends when
+ * it distributes the table or stops distributing it
+ * (CdpEventStoreCacheCallback, called by pg_cdp.c's relcache callback).
+ */
+static struct
+{
+	bool		valid;
+	Oid			relid;
+	bool		citus;			/* a Citus table: write through Citus */
+	int			dist_column;	/* its distribution column among ours, or -1 */
+	char	   *dist_name;		/* that column's name (or a user column's), or NULL */
+}			placement;
+
+static SPIPlanPtr citus_insert_plan = NULL;
+static SPIPlanPtr citus_insert_one_plan = NULL;
 
 /* the columns FillSlot always sets: their NOT NULLs need no check */
 static const EventColumn always_set[] = {
@@ -570,9 +616,35 @@ CollectGroup(CdpMessage **msgs, int n, int start, bool *done, CdpMessage **group
 	return ngroup;
 }
 
-/* dead-letter the events of one partition that break its early constraints */
+/*
+ * The profile_id an unresolved event is stored with: none on a single node,
+ * UNRESOLVED_PROFILE_ID when cdp.events is distributed by profile_id.
+ */
+static bool
+StoresUnresolvedAsZero(void)
+{
+	return placement.valid && placement.citus && placement.dist_column == COL_PROFILE_ID;
+}
+
+/* fill a slot as the message will be stored, profile_id 0 included */
 static void
-CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
+FillStoredSlot(TupleTableSlot *slot, const int *attnos, CdpMessage *msg, bool unresolved_zero)
+{
+	FillSlot(slot, attnos, msg);
+	if (unresolved_zero && !msg->has_profile_id)
+	{
+		slot->tts_values[attnos[COL_PROFILE_ID] - 1] = Int64GetDatum(UNRESOLVED_PROFILE_ID);
+		slot->tts_isnull[attnos[COL_PROFILE_ID] - 1] = false;
+	}
+}
+
+/*
+ * Dead-letter the events of one partition that break its NOT NULLs and
+ * CHECKs on the columns the message alone decides (with_profile: and on
+ * profile_id, as stored).
+ */
+static void
+CheckPartitionColumns(EState *estate, Oid relid, CdpMessage **msgs, int n, bool with_profile)
 {
 	Relation	rel = table_open(relid, RowExclusiveLock);
 	TriggerDesc *trig = rel->trigdesc;
@@ -580,6 +652,7 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 	Bitmapset  *message_cols = NULL;
 	ConstraintSet cs;
 	TupleTableSlot *slot;
+	bool		unresolved_zero = with_profile && StoresUnresolvedAsZero();
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || RelationGetDescr(rel)->constr == NULL ||
 		(trig != NULL && trig->trig_insert_before_row))
@@ -589,7 +662,7 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 	}
 	MapColumns(rel, attnos);
 	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
-		if (c != COL_PROFILE_ID)
+		if (c != COL_PROFILE_ID || with_profile)
 			message_cols = bms_add_member(message_cols,
 										  attnos[c] - FirstLowInvalidHeapAttributeNumber);
 	PrepareConstraints(rel, attnos, message_cols, true, estate, &cs);
@@ -600,7 +673,7 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 		{
 			char	   *violation;
 
-			FillSlot(slot, attnos, msgs[i]);
+			FillStoredSlot(slot, attnos, msgs[i], unresolved_zero);
 			violation = ViolatedConstraint(rel, &cs, slot, GetPerTupleExprContext(estate));
 			if (violation != NULL)
 				CdpMarkDead(msgs[i], "constraint_violation", "%s", violation);
@@ -609,6 +682,26 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 		ExecDropSingleTupleTableSlot(slot);
 	}
 	table_close(rel, NoLock);
+}
+
+/* check every partition's pending events with CheckPartitionColumns */
+static void
+CheckColumns(CdpMessage **msgs, int n, bool with_profile)
+{
+	EState	   *estate = CreateExecutorState();
+	CdpMessage **group = palloc(sizeof(CdpMessage *) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		int			ngroup;
+
+		if (done[i] || msgs[i]->outcome != CDP_PENDING)
+			continue;
+		ngroup = CollectGroup(msgs, n, i, done, group);
+		CheckPartitionColumns(estate, msgs[i]->partition, group, ngroup, with_profile);
+	}
+	FreeExecutorState(estate);
 }
 
 /*
@@ -622,26 +715,243 @@ CheckPartitionEarly(EState *estate, Oid relid, CdpMessage **msgs, int n)
 void
 CdpCheckEventConstraints(CdpMessage **msgs, int n)
 {
-	EState	   *estate = CreateExecutorState();
-	CdpMessage **group = palloc(sizeof(CdpMessage *) * Max(n, 1));
-	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	CheckColumns(msgs, n, false);
+}
 
+/* relcache callback: cdp.events changed, maybe distributed or no longer */
+void
+CdpEventStoreCacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == placement.relid)
+		placement.valid = false;
+}
+
+/*
+ * Read where cdp.events keeps its rows.  Marked valid first: an
+ * invalidation arriving while reading makes the next call read again.
+ */
+static void
+LoadPlacement(Oid relid)
+{
+	Oid			argtype = OIDOID;
+	Datum		arg = ObjectIdGetDatum(relid);
+	bool		isnull;
+	Datum		key;
+
+	placement.valid = true;
+	placement.relid = relid;
+	placement.citus = false;
+	placement.dist_column = -1;
+	if (placement.dist_name != NULL)
+		pfree(placement.dist_name);
+	placement.dist_name = NULL;
+	if (!OidIsValid(get_extension_oid("citus", true)) ||
+		!OidIsValid(get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE)))
+		return;
+	if (CdpExecArgs("SELECT partkey FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1",
+					1, &argtype, &arg, SPI_OK_SELECT) == 0)
+		return;
+	placement.citus = true;
+	key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+	{
+		Node	   *var = stringToNode(TextDatumGetCString(key));
+
+		if (IsA(var, Var))
+		{
+			char	   *name = get_attname(relid, ((Var *) var)->varattno, false);
+
+			placement.dist_name = MemoryContextStrdup(TopMemoryContext, name);
+			for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+				if (strcmp(name, column_names[c]) == 0)
+					placement.dist_column = c;
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* whether cdp.events is a Citus table, read again only after a change */
+static bool
+EventsThroughCitus(void)
+{
+	Oid			relid = CdpEventsRelid();
+
+	if (!placement.valid || placement.relid != relid)
+		LoadPlacement(relid);
+	return placement.citus;
+}
+
+/*
+ * Dead-letter the pending events whose distribution column (one of
+ * pg_cdp's but profile_id, which gets UNRESOLVED_PROFILE_ID) is NULL: Citus
+ * could not place them.
+ */
+static void
+CheckDistributionColumn(CdpMessage **msgs, int n, Relation events)
+{
+	int			attnos[NUM_EVENT_COLUMNS];
+	TupleTableSlot *slot;
+	int			attno;
+
+	if (placement.dist_column < 0 || placement.dist_column == COL_PROFILE_ID)
+		return;
+	MapColumns(events, attnos);
+	attno = attnos[placement.dist_column];
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(events), &TTSOpsVirtual);
 	for (int i = 0; i < n; i++)
 	{
-		int			ngroup;
-
-		if (done[i] || msgs[i]->outcome != CDP_PENDING)
+		if (msgs[i]->outcome != CDP_PENDING)
 			continue;
-		ngroup = CollectGroup(msgs, n, i, done, group);
-		CheckPartitionEarly(estate, msgs[i]->partition, group, ngroup);
+		FillSlot(slot, attnos, msgs[i]);
+		if (slot->tts_isnull[attno - 1])
+			CdpMarkDead(msgs[i], "constraint_violation",
+						"null value in column \"%s\", the distribution column of cdp.events",
+						placement.dist_name);
 	}
-	FreeExecutorState(estate);
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * The INSERT through Citus: one array per column, unnested together (many:
+ * Citus copies the rows to the shards) or the first element of each (one:
+ * a single-row INSERT that Citus routes to its shard).
+ */
+static SPIPlanPtr
+CitusInsertPlan(SPIPlanPtr *slot, bool many)
+{
+	StringInfoData sql;
+	Oid			argtypes[NUM_EVENT_COLUMNS];
+
+	if (*slot != NULL)
+		return *slot;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "INSERT INTO cdp.events (");
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+		appendStringInfo(&sql, "%s%s", c > 0 ? ", " : "", quote_identifier(column_names[c]));
+	appendStringInfoString(&sql, many ? ") SELECT * FROM unnest(" : ") VALUES (");
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+	{
+		appendStringInfo(&sql, many ? "%s$%d" : "%s$%d[1]", c > 0 ? ", " : "", c + 1);
+		argtypes[c] = get_array_type(column_types[c]);
+	}
+	appendStringInfoChar(&sql, ')');
+	return CdpPlan(slot, sql.data, NUM_EVENT_COLUMNS, argtypes);
+}
+
+static SPIPlanPtr
+CitusInsertOnePlan(void)
+{
+	return CitusInsertPlan(&citus_insert_one_plan, false);
+}
+
+/*
+ * Insert many rows through Citus.  Its COPY to the shards reports a row a
+ * shard refused (a constraint on a column users added, a unique index)
+ * with the shard's message but without its SQLSTATE (XX000).  That is
+ * raised again as an integrity violation, so that the pipeline retries the
+ * messages in halves; alone, a message goes through a single-row INSERT,
+ * whose error keeps the shard's SQLSTATE: a row's fault becomes its dead
+ * letter, anything else (a worker that is down, privileges) fails the call.
+ */
+static void
+InsertManyThroughCitus(Datum *args)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		CdpExecPlan(CitusInsertPlan(&citus_insert_plan, true), args, NULL, SPI_OK_INSERT);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_INTERNAL_ERROR)
+			PG_RE_THROW();
+		FlushErrorState();
+		edata->sqlerrcode = ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
+		if (edata->hint == NULL)
+			edata->hint = pstrdup("A Citus worker refused a row of the batch; its messages are retried in smaller groups.");
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Store the pending messages through Citus, which routes each row to its
+ * shard: first the checks the local path makes on pg_cdp's columns (a
+ * violation is a dead letter), then one INSERT of all the rest.  Whatever
+ * the shards still refuse (a constraint on a column users added) fails the
+ * statement, and the pipeline isolates the message that caused it as a
+ * processing_error dead letter (InsertManyThroughCitus): never a silent
+ * loss.
+ */
+static void
+StoreThroughCitus(CdpMessage **msgs, int n)
+{
+	Relation	events = table_open(CdpEventsRelid(), RowExclusiveLock);
+	int			attnos[NUM_EVENT_COLUMNS];
+	Datum	   *values[NUM_EVENT_COLUMNS];
+	bool	   *nulls[NUM_EVENT_COLUMNS];
+	Datum		args[NUM_EVENT_COLUMNS];
+	CdpMessage **sent = palloc(sizeof(CdpMessage *) * Max(n, 1));
+	int			nsent = 0;
+	TupleTableSlot *slot;
+
+	CheckColumns(msgs, n, true);
+	CheckDistributionColumn(msgs, n, events);
+
+	MapColumns(events, attnos);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(events), &TTSOpsVirtual);
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+	{
+		values[c] = palloc(sizeof(Datum) * Max(n, 1));
+		nulls[c] = palloc(sizeof(bool) * Max(n, 1));
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (msgs[i]->outcome != CDP_PENDING)
+			continue;
+		FillStoredSlot(slot, attnos, msgs[i], StoresUnresolvedAsZero());
+		for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+		{
+			values[c][nsent] = slot->tts_values[attnos[c] - 1];
+			nulls[c][nsent] = slot->tts_isnull[attnos[c] - 1];
+		}
+		sent[nsent++] = msgs[i];
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(events, NoLock);
+	if (nsent == 0)
+		return;
+
+	for (int c = 0; c < NUM_EVENT_COLUMNS; c++)
+	{
+		int			dims[1] = {nsent};
+		int			lbs[1] = {1};
+		int16		typlen;
+		bool		byval;
+		char		align;
+
+		get_typlenbyvalalign(column_types[c], &typlen, &byval, &align);
+		args[c] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+													 column_types[c], typlen, byval, align));
+	}
+	if (nsent == 1)
+		CdpExecPlan(CitusInsertOnePlan(), args, NULL, SPI_OK_INSERT);
+	else
+		InsertManyThroughCitus(args);
+	for (int i = 0; i < nsent; i++)
+		sent[i]->outcome = CDP_STORED;
 }
 
 /*
  * Store every pending message (routed by CdpRouteEvents) as one statement
  * on cdp.events; returns how many were stored.  Messages are grouped by
- * partition, keeping their order within each.  Messages that became dead
+ * partition, keeping their order within each; through Citus when it
+ * distributes cdp.events.  Messages that became dead
  * letters here have their messageId forgotten, so a replay is not taken
  * for a duplicate.
  */
@@ -661,18 +971,27 @@ CdpStoreEvents(CdpMessage **msgs, int n)
 	if (npending == 0)
 		return 0;
 
-	BeginStatement(&w);
-	for (int i = 0; i < n; i++)
+	if (EventsThroughCitus())
 	{
-		int			ngroup;
-
-		if (done[i] || msgs[i]->outcome != CDP_PENDING)
-			continue;
-		ngroup = CollectGroup(msgs, n, i, done, group);
-		InsertIntoPartition(&w, msgs[i]->partition, group, ngroup);
-		CHECK_FOR_INTERRUPTS();
+		for (int i = 0; i < n; i++)
+			done[i] = msgs[i]->outcome == CDP_PENDING;
+		StoreThroughCitus(msgs, n);
 	}
-	EndStatement(&w);
+	else
+	{
+		BeginStatement(&w);
+		for (int i = 0; i < n; i++)
+		{
+			int			ngroup;
+
+			if (done[i] || msgs[i]->outcome != CDP_PENDING)
+				continue;
+			ngroup = CollectGroup(msgs, n, i, done, group);
+			InsertIntoPartition(&w, msgs[i]->partition, group, ngroup);
+			CHECK_FOR_INTERRUPTS();
+		}
+		EndStatement(&w);
+	}
 
 	for (int i = 0; i < n; i++)
 	{

@@ -149,13 +149,24 @@ DefineSettings(void)
 	MarkGUCPrefixReserved("cdp");
 }
 
+/*
+ * One relcache callback for the caches of every module: a backend has only
+ * ten slots, and Citus, preloaded beside pg_cdp, takes most of them.
+ */
+static void
+RelcacheCallback(Datum arg, Oid relid)
+{
+	CdpPartitionCacheCallback(arg, relid);
+	CdpIdentityCacheCallback(arg, relid);
+	CdpEventStoreCacheCallback(arg, relid);
+}
+
 void
 _PG_init(void)
 {
 	DefineSettings();
 	CdpStatsInit();
 	CdpWorkersInit();
-	CacheRegisterRelcacheCallback(CdpPartitionCacheCallback, (Datum) 0);
-	CacheRegisterRelcacheCallback(CdpIdentityCacheCallback, (Datum) 0);
+	CacheRegisterRelcacheCallback(RelcacheCallback, (Datum) 0);
 	CdpDistributedReadsInit();
 }

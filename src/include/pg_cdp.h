@@ -263,6 +263,7 @@ extern bool CdpUpkeepWithoutRetention(CdpPartitionConfig *config, int64 *purged,
 /* event_store.c */
 extern void CdpCheckEventConstraints(CdpMessage **msgs, int n);
 extern int	CdpStoreEvents(CdpMessage **msgs, int n);
+extern void CdpEventStoreCacheCallback(Datum arg, Oid relid);
 
 /* ingest.c */
 extern int64 CdpCountMessages(Jsonb *payload);

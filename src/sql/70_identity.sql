@@ -167,10 +167,12 @@ ALTER TABLE cdp.identity_rules ENABLE ALWAYS TRIGGER identity_rules_changed;
 ALTER TABLE cdp.blocked_identifiers ENABLE ALWAYS TRIGGER blocked_identifiers_changed;
 ALTER TABLE cdp.identity_splits ENABLE ALWAYS TRIGGER identity_splits_changed;
 
--- Events with profile_id replaced by the profile's current canonical id.
+-- Events with profile_id replaced by the profile's current canonical id;
+-- NULL for events stored without a profile (profile_id 0 where cdp.events
+-- is distributed by it, as a distribution column is never NULL).
 CREATE VIEW cdp.events_resolved AS
 SELECT e.message_id, e.source, e.type, e.event, e.name,
-       coalesce(p.merged_into, e.profile_id) AS profile_id,
+       coalesce(p.merged_into, nullif(e.profile_id, 0)) AS profile_id,
        e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
        e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
   FROM cdp.events e

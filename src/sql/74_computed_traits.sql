@@ -144,13 +144,15 @@ BEGIN
         RETURN;
     END IF;
     since := CASE WHEN t.time_window IS NOT NULL THEN now() - t.time_window END;
+    -- events stored without a profile (profile_id NULL, or 0 where cdp.events
+    -- is distributed by it) count for nobody
     IF profile_ids IS NULL THEN
         RETURN QUERY
         SELECT s.profile_id, s.state, cdp.trait_state_expires(s.state, t.time_window)
           FROM (SELECT e.profile_id,
                        cdp.trait_state_agg(t.kind, t.property, t.filter, e.ts, e.properties) AS state
                   FROM cdp.events e
-                 WHERE e.type = 'track' AND e.profile_id IS NOT NULL
+                 WHERE e.type = 'track' AND e.profile_id <> 0
                    AND (t.event IS NULL OR e.event = t.event)
                    AND (since IS NULL OR e.ts > since)
                  GROUP BY e.profile_id) s
@@ -315,7 +317,8 @@ BEGIN
     IF t.status = 'backfilling' AND t.backfill_done < coalesce(cardinality(t.backfill_partitions), 0) THEN
         part := t.backfill_partitions[t.backfill_done + 1];
         since := CASE WHEN t.time_window IS NOT NULL THEN now() - t.time_window END;
-        -- a partition dropped since, or wholly before the window, has nothing to count
+        -- a partition dropped since, or wholly before the window, has nothing to
+        -- count; events without a profile (NULL, or 0 when distributed) count for nobody
         IF EXISTS (SELECT FROM cdp.partition_bounds() p WHERE p.partition = part
                                                   AND (since IS NULL OR p.range_to > since)) THEN
             EXECUTE format($q$
@@ -323,7 +326,7 @@ BEGIN
                 SELECT x.profile_id, $1, x.state, cdp.trait_state_expires(x.state, $6)
                   FROM (SELECT e.profile_id, cdp.trait_state_agg($2, $3, $4, e.ts, e.properties) AS state
                           FROM %s e
-                         WHERE e.type = 'track' AND e.profile_id IS NOT NULL
+                         WHERE e.type = 'track' AND e.profile_id <> 0
                            AND ($5::text IS NULL OR e.event = $5)
                            AND ($7::timestamptz IS NULL OR e.ts > $7)
                          GROUP BY e.profile_id) x

@@ -101,7 +101,8 @@ $$;
 -- The events of a person in one events relation (cdp.events or a detached
 -- partition), found by index: the person's profiles on (profile_id, ts);
 -- events stored without a profile by their raw userId/anonymousId/previousId
--- among the profile_id IS NULL entries of that index; and events whose
+-- among the profile_id IS NULL (or 0, where cdp.events is distributed by
+-- profile_id) entries of that index; and events whose
 -- identifier a rule refused (so they went to another profile) through the
 -- violation that names it, by event time and messageId (partition pruning,
 -- then the time index); and the messages that carried an identifier before
@@ -146,13 +147,13 @@ BEGIN
         EXECUTE format('DELETE FROM %s WHERE profile_id = ANY ($1)', rel) USING profile_ids;
         GET DIAGNOSTICS n = ROW_COUNT;
         total := total + n;
-        EXECUTE format('DELETE FROM %s WHERE profile_id IS NULL AND (user_id = ANY ($1) '
+        EXECUTE format('DELETE FROM %s WHERE (profile_id IS NULL OR profile_id = 0) AND (user_id = ANY ($1) '
                        'OR anonymous_id = ANY ($1) OR previous_id = ANY ($1))', rel) USING raw_ids;
         GET DIAGNOSTICS n = ROW_COUNT;
         total := total + n;
     ELSE
         EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(e)), ''[]'') FROM %s e '
-                       'WHERE profile_id = ANY ($1) OR (profile_id IS NULL AND (user_id = ANY ($2) '
+                       'WHERE profile_id = ANY ($1) OR ((profile_id IS NULL OR profile_id = 0) AND (user_id = ANY ($2) '
                        'OR anonymous_id = ANY ($2) OR previous_id = ANY ($2)))', rel)
             INTO found USING profile_ids, raw_ids;
     END IF;
@@ -235,7 +236,7 @@ AS $$
                     WHERE e.profile_id = ANY (profile_ids) AND e.ts = subject_message.ts
                       AND e.message_id = subject_message.message_id)
         OR EXISTS (SELECT FROM cdp.events e, unnest(identifiers) x
-                    WHERE e.profile_id IS NULL AND e.ts = subject_message.ts
+                    WHERE (e.profile_id IS NULL OR e.profile_id = 0) AND e.ts = subject_message.ts
                       AND e.message_id = subject_message.message_id
                       AND cdp.id_type(x) IN ('user_id', 'anonymous_id')
                       AND cdp.id_value(x) IN (e.user_id, e.anonymous_id, e.previous_id))
