@@ -103,6 +103,26 @@ is($coord->safe_psql('cdp', q{SELECT count(*) FROM pg_dist_partition WHERE logic
 	'1', 'cdp.events is distributed');
 is(on_shards($c, 'cdp.events'), 626, 'the events are on the shards');
 
+# after distribution: new visitors whose identify merges them into people
+# already known, a message for a refused second user id (a violation: the
+# event goes to another profile), and one with a blocked identifier only
+# (stored without a profile)
+on_both(q{
+SELECT cdp.ingest(format('{"type":"track","anonymousId":"n%s","event":"%s","timestamp":"2026-11-28T%s:00:00Z","messageId":"n%s"}',
+       i % 6, CASE WHEN i % 2 = 0 THEN 'Order Completed' ELSE 'Viewed' END, 10 + i % 10, i)::jsonb)
+  FROM generate_series(1, 60) i;
+SELECT cdp.ingest(format('{"type":"identify","userId":"u%s","anonymousId":"n%s","timestamp":"2026-11-29T09:00:00Z","messageId":"ni%s"}',
+       i + 3, i, i)::jsonb)
+  FROM generate_series(0, 5) i;
+SELECT cdp.ingest('{"type":"identify","userId":"u5","anonymousId":"n0","timestamp":"2026-11-29T10:00:00Z","messageId":"clash"}');
+SELECT cdp.ingest('{"type":"track","anonymousId":"guest","event":"Viewed","timestamp":"2026-11-29T11:00:00Z","messageId":"g1"}');
+SELECT cdp.process_inbox();
+DO $$ BEGIN WHILE cdp.backfill_step() IS NOT NULL LOOP END LOOP; END $$;
+});
+is(on_shards($c, 'cdp.events'), $single->safe_psql('cdp', 'SELECT count(*) FROM cdp.events'),
+	'the new events are on the shards, as many as a single node stores');
+same(q{SELECT count(*) FROM cdp.merges}, 'merges after distribution');
+
 # cdp.resolve is evaluated on the coordinator, never against a worker's
 # empty identities (which gave 0 rows)
 my $n = same(q{SELECT count(*) FROM cdp.events WHERE profile_id = cdp.resolve('user_id:u1')},
