@@ -18,6 +18,11 @@
  *	  dropped is marked by a comment before it is detached, so one detached
  *	  but not yet dropped when the worker stopped is dropped by the next
  *	  pass, while tables detached in retention_mode 'detach' or by hand stay.
+ *
+ *	  Citus refuses DETACH ... CONCURRENTLY on a distributed table: when it
+ *	  distributes cdp.events, a pass that has partitions to retire applies
+ *	  retention as cdp.run_maintenance() does (a plain drop or detach, after
+ *	  waiting for the lock at most cdp.retention_lock_wait without queueing).
  */
 #include "postgres.h"
 
@@ -57,6 +62,7 @@ typedef struct RetentionPlan
 	bool		drop;			/* retention_mode 'drop' */
 	List	   *finalize;		/* qualified names of partitions pending detach */
 	List	   *detach;			/* qualified names of expired partitions */
+	bool		distributed;	/* Citus distributes cdp.events */
 	int64		purged;
 	int			created;
 } RetentionPlan;
@@ -172,6 +178,12 @@ PlanPass(RetentionPlan *plan, MemoryContext keep)
 		CdpPartitionsEndingBefore(CdpRetentionHorizon(&config,
 													  GetCurrentTransactionStartTimestamp()),
 								  true) : NIL;
+	/* Citus's catalog is named only where Citus is installed */
+	plan->distributed =
+		QueryList("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus'",
+				  0, NULL, NULL, CurrentMemoryContext) != NIL &&
+		QueryList("SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1",
+				  1, &argtype, &arg, CurrentMemoryContext) != NIL;
 	foreach(lc, due)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -276,6 +288,11 @@ RunPass(MemoryContext pass_cxt)
 	foreach(lc, plan.finalize)
 		RunTopLevel(psprintf("ALTER TABLE cdp.events DETACH PARTITION %s FINALIZE",
 							 (char *) lfirst(lc)), pass_cxt);
+	if (plan.distributed && plan.detach != NIL)
+	{
+		RunTopLevel("SELECT cdp.run_maintenance()", pass_cxt);
+		plan.detach = NIL;
+	}
 	foreach(lc, plan.detach)
 	{
 		CHECK_FOR_INTERRUPTS();
