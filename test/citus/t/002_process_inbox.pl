@@ -87,5 +87,24 @@ like($sql->(q{SELECT error_message FROM cdp.dead_letters WHERE error_code = 'pro
 	qr/premium/, 'the shard\'s refusal is the reason');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'the coordinator\'s partitions stay empty');
 
+# a worker that is down is no message's fault: the call fails and leaves the
+# messages in the inbox, to be stored once the worker is back
+my $w2 = $c->{workers}[1];
+$w2->stop('fast');
+$sql->(q{SELECT cdp.ingest(jsonb_build_object('batch', (
+	SELECT jsonb_agg(jsonb_build_object('type', 'track', 'event', 'While Down',
+	         'userId', 'd' || i, 'messageId', 'down-' || i))
+	  FROM generate_series(1, 20) i)))});
+my ($rc, $out, $err) = $coord->psql('cdp', 'SELECT cdp.process_inbox()');
+isnt($rc, 0, 'process_inbox fails while a worker is down');
+like($err, qr/ERROR/, 'with an error');
+is($sql->(q{SELECT count(*) FROM cdp.inbox}), '1', 'the messages stay in the inbox');
+is($sql->(q{SELECT count(*) FROM cdp.dead_letters WHERE payload LIKE '%While Down%'}), '0',
+	'none is dead-lettered');
+$w2->start;
+is($sql->(q{SELECT cdp.process_inbox()}), '20', 'once the worker is back they are taken');
+is($sql->(q{SELECT count(*) FROM cdp.events WHERE event = 'While Down'}), '20', 'and stored');
+is($coord->safe_psql('cdp', $local_bytes), '0', 'on the shards');
+
 stop_citus_cluster($c);
 done_testing();
