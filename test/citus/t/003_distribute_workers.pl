@@ -2,7 +2,7 @@
 # workers' shards (an event without a profile gets profile 0), refuses off
 # the coordinator, and does nothing the second time.  Then what the ingest
 # workers store, from cdp.ingest and from the HTTP endpoint, reaches the
-# shards too.
+# shards too, two workers storing side by side.
 use strict;
 use warnings;
 use FindBin;
@@ -15,7 +15,7 @@ use Test::More;
 
 my $http_port = PostgreSQL::Test::Cluster::get_free_port();
 my $c = start_citus_cluster('workers', { coordinator_conf => qq{
-cdp.ingest_workers = 1
+cdp.ingest_workers = 2
 cdp.maintenance_interval = 0
 cdp.http_port = $http_port
 } });
@@ -64,11 +64,12 @@ is($sql->('SELECT cdp.distribute()'), 'f', 'a second cdp.distribute() has nothin
 like($err, qr/already distributed by profile_id/, 'nor does another distribution column');
 
 # the ingest workers store through Citus
-$sql->(q{SELECT cdp.ingest(jsonb_build_object('batch', (
+$sql->(q{SELECT count(cdp.ingest(jsonb_build_object('batch', (
 	SELECT jsonb_agg(jsonb_build_object('type', 'track', 'event', 'After',
-	         'userId', 'u' || (i % 9), 'messageId', 'after-' || i))
-	  FROM generate_series(1, 200) i) || '[{"type": "track", "event": "After",
-	  "anonymousId": "anon-blocked", "messageId": "after-anon"}]'::jsonb))});
+	         'userId', 'u' || (i % 9), 'messageId', 'after-' || b || '-' || i))
+	  FROM generate_series(1, 20) i)))) FROM generate_series(1, 10) b});
+$sql->(q{SELECT cdp.ingest('{"type": "track", "event": "After", "anonymousId": "anon-blocked",
+	"messageId": "after-anon"}')});
 wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'After'}, '201',
 	'the ingest worker stores every event through Citus');
 is(on_shards($c, 'cdp.events'), 222, 'the shards hold them');
