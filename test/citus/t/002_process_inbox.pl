@@ -49,6 +49,15 @@ is($sql->(q{SELECT profile_id FROM cdp.events WHERE message_id = 'unresolved-1'}
 is($sql->(q{SELECT profile_id IS NULL FROM cdp.events_resolved WHERE message_id = 'unresolved-1'}),
 	't', 'events_resolved reads it as an event without a profile');
 is(on_shards($c, 'cdp.events'), 61, 'it is on a shard');
+# erasure and export find it among the events without a profile, by its raw ids
+my $subject = q{cdp.subject_events('cdp.events', '{}',
+	ARRAY[cdp.identifier('anonymous_id', 'anon-blocked')], %s)};
+is($sql->(sprintf(q{SELECT string_agg(DISTINCT x->>'message_id', ',')
+	FROM jsonb_array_elements(%s->'events') x}, sprintf($subject, 'false'))), 'unresolved-1',
+	'an export finds the event stored with profile 0');
+is($sql->(sprintf(q{SELECT (%s - 'count')::text}, sprintf($subject, 'true'))), '{"others": []}',
+	'an erasure deletes it as the person\'s own, not as another profile\'s');
+is(on_shards($c, 'cdp.events'), 60, 'from its shard');
 
 # an event in a range no partition covers yet: the partition made for it
 # is distributed like the others
