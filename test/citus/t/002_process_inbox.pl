@@ -115,5 +115,13 @@ is($sql->(q{SELECT cdp.process_inbox()}), '20', 'once the worker is back they ar
 is($sql->(q{SELECT count(*) FROM cdp.events WHERE event = 'While Down'}), '20', 'and stored');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'on the shards');
 
+# draining in committed chunks stores through Citus too
+$sql->(q{SELECT count(cdp.ingest(jsonb_build_object('type', 'track', 'event', 'Drained',
+	'userId', 'dr' || i, 'messageId', 'drained-' || i))) FROM generate_series(1, 30) i});
+$sql->(q{CALL cdp.drain_inbox(chunk => 10)});
+is($sql->(q{SELECT count(*) FROM cdp.events WHERE event = 'Drained'}), '30',
+	'CALL cdp.drain_inbox() stores every message through Citus');
+is($coord->safe_psql('cdp', $local_bytes), '0', 'on the shards');
+
 stop_citus_cluster($c);
 done_testing();
