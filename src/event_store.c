@@ -107,6 +107,7 @@ static const Oid column_types[NUM_EVENT_COLUMNS] = {
 static struct
 {
 	bool		valid;
+	uint64		invalidations;	/* how many arrived so far */
 	Oid			relid;
 	bool		citus;			/* a Citus table: write through Citus */
 	int			dist_column;	/* its distribution column among ours, or -1 */
@@ -723,22 +724,21 @@ void
 CdpEventStoreCacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == placement.relid)
+	{
 		placement.valid = false;
+		placement.invalidations++;
+	}
 }
 
-/*
- * Read where cdp.events keeps its rows.  Marked valid first: an
- * invalidation arriving while reading makes the next call read again.
- */
+/* what LoadPlacement reads */
 static void
-LoadPlacement(Oid relid)
+ReadPlacement(Oid relid)
 {
 	Oid			argtype = OIDOID;
 	Datum		arg = ObjectIdGetDatum(relid);
 	bool		isnull;
 	Datum		key;
 
-	placement.valid = true;
 	placement.relid = relid;
 	placement.citus = false;
 	placement.dist_column = -1;
@@ -768,6 +768,21 @@ LoadPlacement(Oid relid)
 		}
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Read where cdp.events keeps its rows.  Valid only once read to the end
+ * (an error on the way, a cancel, leaves it to be read again) and unless an
+ * invalidation arrived meanwhile.
+ */
+static void
+LoadPlacement(Oid relid)
+{
+	uint64		before = placement.invalidations;
+
+	placement.valid = false;
+	ReadPlacement(relid);
+	placement.valid = placement.invalidations == before;
 }
 
 /* whether cdp.events is a Citus table, read again only after a change */

@@ -159,6 +159,7 @@ RelcacheCallback(Datum arg, Oid relid)
 	CdpPartitionCacheCallback(arg, relid);
 	CdpIdentityCacheCallback(arg, relid);
 	CdpEventStoreCacheCallback(arg, relid);
+	CdpSuppressionCacheCallback(arg, relid);
 }
 
 void

@@ -47,7 +47,6 @@
 /* per backend: the salt and the suppressed hashes */
 static struct
 {
-	bool		registered;
 	bool		valid;
 	uint64		invalidations;	/* bumped by every invalidation */
 	Oid			relid;			/* cdp.suppressions when last read */
@@ -64,9 +63,12 @@ static SPIPlanPtr hashes_plan = NULL;
 static SPIPlanPtr find_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 
-/* relcache callback: rows of cdp.suppressions came or went */
-static void
-SuppressionCacheCallback(Datum arg, Oid relid)
+/*
+ * Relcache callback (called by pg_cdp.c's): rows of cdp.suppressions came
+ * or went.
+ */
+void
+CdpSuppressionCacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cache.relid)
 	{
@@ -131,11 +133,6 @@ SuppressionsExist(void)
 	bytea	   *salt;
 	uint64		before;
 
-	if (!cache.registered)
-	{
-		CacheRegisterRelcacheCallback(SuppressionCacheCallback, (Datum) 0);
-		cache.registered = true;
-	}
 	AcceptInvalidationMessages();
 	if (cache.valid)
 		return cache.any;

@@ -227,6 +227,7 @@ struct CdpIdentifier;
 extern void CdpDropSuppressed(CdpMessage **msgs, int n);
 extern void CdpLockSuppressions(bool exclusive);
 extern void CdpCheckNotSuppressed(struct CdpIdentifier *id);
+extern void CdpSuppressionCacheCallback(Datum arg, Oid relid);
 
 /* dead_letter.c */
 extern int	CdpWriteDeadLetters(CdpMessage **msgs, int n);

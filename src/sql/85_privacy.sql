@@ -181,7 +181,7 @@ BEGIN
             EXECUTE format('WITH d AS (DELETE FROM %s WHERE ts = $1 AND message_id = $2 '
                            'RETURNING profile_id, ts) '
                            'SELECT count(*), coalesce(jsonb_agg(jsonb_build_object(''profile_id'', profile_id, '
-                           '''ts'', ts)) FILTER (WHERE profile_id IS NOT NULL), ''[]'') FROM d', rel)
+                           '''ts'', ts)) FILTER (WHERE profile_id <> 0), ''[]'') FROM d', rel)
                 INTO n, part USING v.at, v.message_id;
             total := total + n;
             others := others || part;

@@ -42,6 +42,9 @@ BEGIN
         END IF;
         RETURN false;
     END IF;
+    -- no event is stored meanwhile (a batch in flight is waited for), so
+    -- the UPDATE below sees every event create_distributed_table moves
+    LOCK TABLE cdp.events IN EXCLUSIVE MODE;
     -- a distribution column is never NULL: events stored without a profile
     -- get profile 0, as ingest stores them once distributed
     IF distribution_column = 'profile_id' THEN

@@ -49,6 +49,15 @@ is($sql->(q{SELECT profile_id FROM cdp.events WHERE message_id = 'unresolved-1'}
 is($sql->(q{SELECT profile_id IS NULL FROM cdp.events_resolved WHERE message_id = 'unresolved-1'}),
 	't', 'events_resolved reads it as an event without a profile');
 is(on_shards($c, 'cdp.events'), 61, 'it is on a shard');
+# erasure and export find it among the events without a profile, by its raw ids
+my $subject = q{cdp.subject_events('cdp.events', '{}',
+	ARRAY[cdp.identifier('anonymous_id', 'anon-blocked')], %s)};
+is($sql->(sprintf(q{SELECT string_agg(DISTINCT x->>'message_id', ',')
+	FROM jsonb_array_elements(%s->'events') x}, sprintf($subject, 'false'))), 'unresolved-1',
+	'an export finds the event stored with profile 0');
+is($sql->(sprintf(q{SELECT (%s - 'count')::text}, sprintf($subject, 'true'))), '{"others": []}',
+	'an erasure deletes it as the person\'s own, not as another profile\'s');
+is(on_shards($c, 'cdp.events'), 60, 'from its shard');
 
 # an event in a range no partition covers yet: the partition made for it
 # is distributed like the others
@@ -86,6 +95,33 @@ is($sql->(q{SELECT string_agg(error_code || ':' || (payload::jsonb->>'messageId'
 like($sql->(q{SELECT error_message FROM cdp.dead_letters WHERE error_code = 'processing_error'}),
 	qr/premium/, 'the shard\'s refusal is the reason');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'the coordinator\'s partitions stay empty');
+
+# a worker that is down is no message's fault: the call fails and leaves the
+# messages in the inbox, to be stored once the worker is back
+my $w2 = $c->{workers}[1];
+$w2->stop('fast');
+$sql->(q{SELECT cdp.ingest(jsonb_build_object('batch', (
+	SELECT jsonb_agg(jsonb_build_object('type', 'track', 'event', 'While Down',
+	         'userId', 'd' || i, 'messageId', 'down-' || i))
+	  FROM generate_series(1, 20) i)))});
+my ($rc, $out, $err) = $coord->psql('cdp', 'SELECT cdp.process_inbox()');
+isnt($rc, 0, 'process_inbox fails while a worker is down');
+like($err, qr/ERROR/, 'with an error');
+is($sql->(q{SELECT count(*) FROM cdp.inbox}), '1', 'the messages stay in the inbox');
+is($sql->(q{SELECT count(*) FROM cdp.dead_letters WHERE payload LIKE '%While Down%'}), '0',
+	'none is dead-lettered');
+$w2->start;
+is($sql->(q{SELECT cdp.process_inbox()}), '20', 'once the worker is back they are taken');
+is($sql->(q{SELECT count(*) FROM cdp.events WHERE event = 'While Down'}), '20', 'and stored');
+is($coord->safe_psql('cdp', $local_bytes), '0', 'on the shards');
+
+# draining in committed chunks stores through Citus too
+$sql->(q{SELECT count(cdp.ingest(jsonb_build_object('type', 'track', 'event', 'Drained',
+	'userId', 'dr' || i, 'messageId', 'drained-' || i))) FROM generate_series(1, 30) i});
+$sql->(q{CALL cdp.drain_inbox(chunk => 10)});
+is($sql->(q{SELECT count(*) FROM cdp.events WHERE event = 'Drained'}), '30',
+	'CALL cdp.drain_inbox() stores every message through Citus');
+is($coord->safe_psql('cdp', $local_bytes), '0', 'on the shards');
 
 stop_citus_cluster($c);
 done_testing();

@@ -2,7 +2,7 @@
 # workers' shards (an event without a profile gets profile 0), refuses off
 # the coordinator, and does nothing the second time.  Then what the ingest
 # workers store, from cdp.ingest and from the HTTP endpoint, reaches the
-# shards too.
+# shards too, two workers storing side by side.
 use strict;
 use warnings;
 use FindBin;
@@ -15,7 +15,7 @@ use Test::More;
 
 my $http_port = PostgreSQL::Test::Cluster::get_free_port();
 my $c = start_citus_cluster('workers', { coordinator_conf => qq{
-cdp.ingest_workers = 1
+cdp.ingest_workers = 2
 cdp.maintenance_interval = 0
 cdp.http_port = $http_port
 } });
@@ -51,27 +51,49 @@ like($err, qr/must run on the Citus coordinator/, 'cdp.distribute() on a worker 
 	EXCEPTION WHEN object_not_in_prerequisite_state THEN RAISE NOTICE 'sqlstate 55000'; END $$});
 like($err, qr/sqlstate 55000/, 'with SQLSTATE 55000');
 
-is($sql->('SELECT cdp.distribute()'), 't', 'cdp.distribute() distributes cdp.events');
+# a batch in flight, stored locally and not yet committed, with an event
+# without a profile: cdp.distribute() waits for it, and moves it too
+my $batch = $coord->background_psql('cdp');
+$batch->query_safe('BEGIN');
+$batch->query_safe(q{SELECT cdp.ingest('{"batch": [
+	{"type": "track", "event": "In Flight", "userId": "f1", "messageId": "flight-1"},
+	{"type": "track", "event": "In Flight", "anonymousId": "anon-blocked", "messageId": "flight-2"}]}')});
+is($batch->query_safe('SELECT cdp.process_inbox()'), '2', 'a batch in flight stores two events');
+my $distribute = $coord->background_psql('cdp');
+$distribute->query_until(qr/started/, q{\echo started
+SELECT cdp.distribute();
+\echo distributed
+});
+ok($coord->poll_query_until('cdp', q{SELECT count(*) FROM pg_stat_activity
+	WHERE query LIKE 'SELECT cdp.distribute()%' AND wait_event_type = 'Lock'}, '1'),
+	'cdp.distribute() waits for the batch in flight');
+$batch->query_safe('COMMIT');
+$batch->quit;
+like($distribute->query_until(qr/distributed/, ''), qr/^t$/m,
+	'cdp.distribute() distributes cdp.events once it committed');
+$distribute->quit;
 is($sql->(q{SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition
 	WHERE logicalrelid = 'cdp.events'::regclass}), 'profile_id', 'by profile_id');
-is($sql->('SELECT count(*) FROM cdp.events'), '21', 'the events stored before are all there');
-is(on_shards($c, 'cdp.events'), 21, 'on the workers\' shards');
+is($sql->('SELECT count(*) FROM cdp.events'), '23', 'the events stored before are all there');
+is(on_shards($c, 'cdp.events'), 23, 'on the workers\' shards');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'and no longer in the coordinator\'s partitions');
-is($sql->(q{SELECT profile_id FROM cdp.events WHERE message_id = 'before-anon'}), '0',
-	'the event without a profile got profile 0');
+is($sql->(q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events
+	WHERE profile_id = 0}), 'before-anon,flight-2',
+	'the events without a profile got profile 0, the one in flight too');
 is($sql->('SELECT cdp.distribute()'), 'f', 'a second cdp.distribute() has nothing to do');
 ($rc, $out, $err) = $coord->psql('cdp', q{SELECT cdp.distribute('anonymous_id')});
 like($err, qr/already distributed by profile_id/, 'nor does another distribution column');
 
 # the ingest workers store through Citus
-$sql->(q{SELECT cdp.ingest(jsonb_build_object('batch', (
+$sql->(q{SELECT count(cdp.ingest(jsonb_build_object('batch', (
 	SELECT jsonb_agg(jsonb_build_object('type', 'track', 'event', 'After',
-	         'userId', 'u' || (i % 9), 'messageId', 'after-' || i))
-	  FROM generate_series(1, 200) i) || '[{"type": "track", "event": "After",
-	  "anonymousId": "anon-blocked", "messageId": "after-anon"}]'::jsonb))});
+	         'userId', 'u' || (i % 9), 'messageId', 'after-' || b || '-' || i))
+	  FROM generate_series(1, 20) i)))) FROM generate_series(1, 10) b});
+$sql->(q{SELECT cdp.ingest('{"type": "track", "event": "After", "anonymousId": "anon-blocked",
+	"messageId": "after-anon"}')});
 wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'After'}, '201',
 	'the ingest worker stores every event through Citus');
-is(on_shards($c, 'cdp.events'), 222, 'the shards hold them');
+is(on_shards($c, 'cdp.events'), 224, 'the shards hold them');
 is($sql->(q{SELECT profile_id FROM cdp.events WHERE message_id = 'after-anon'}), '0',
 	'the worker stores an event without a profile with profile 0');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'the coordinator\'s partitions stay empty');
@@ -90,7 +112,7 @@ my $answer = do { local $/; <$sock> };
 like($answer, qr{^HTTP/1\.1 200}, 'the HTTP endpoint accepts a batch');
 wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'Over HTTP'}, '2',
 	'what arrived over HTTP is stored through Citus');
-is(on_shards($c, 'cdp.events'), 224, 'on the shards');
+is(on_shards($c, 'cdp.events'), 226, 'on the shards');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'the coordinator\'s partitions stay empty');
 
 stop_citus_cluster($c);
