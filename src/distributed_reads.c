@@ -25,7 +25,9 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/partition.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
@@ -56,22 +58,6 @@ static planner_hook_type prev_planner_hook = NULL;
 static ExecutorStart_hook_type prev_executor_start_hook = NULL;
 static CitusRole cached_role = CITUS_ABSENT;
 static LocalTransactionId role_checked_in = InvalidLocalTransactionId;
-
-/*
- * The tables only the coordinator keeps.  cdp.events is not among them: its
- * shards are what the workers are for.
- */
-static const char *const coordinator_tables[] = {
-	"analyst_roles", "audience_changes", "audience_spans", "audiences",
-	"blocked_identifiers", "computed_traits", "consent_log", "dead_letters",
-	"forget_log", "generated_views", "identifier_consent", "identifier_traits",
-	"identities", "identity_clock", "identity_evidence", "identity_pairs",
-	"identity_rules", "identity_splits", "identity_violations", "inbox",
-	"merges", "message_ids", "partition_config", "profile_computed",
-	"profile_records", "purposes", "read_key_records", "source_keys",
-	"suppression_salt", "suppressions", "trait_definitions", "trait_dirty",
-	"trait_states"
-};
 
 typedef struct WrapContext
 {
@@ -318,19 +304,16 @@ CdpPlanner(Query *parse, const char *query_string, int cursorOptions,
 	return standard_planner(parse, query_string, cursorOptions, boundParams);
 }
 
-/* whether relid is one of the tables only the coordinator keeps */
+/*
+ * Whether relid is a table only the coordinator keeps: one of pg_cdp's own
+ * but cdp.events and its partitions (whose shards the workers hold; the
+ * shards themselves belong to no extension).
+ */
 static bool
-IsCoordinatorTable(Oid relid, Oid cdp_namespace)
+IsCoordinatorTable(Oid relid, Oid extension, Oid events)
 {
-	const char *name;
-
-	if (get_rel_namespace(relid) != cdp_namespace)
-		return false;
-	name = get_rel_name(relid);
-	for (int i = 0; i < lengthof(coordinator_tables); i++)
-		if (strcmp(name, coordinator_tables[i]) == 0)
-			return true;
-	return false;
+	return getExtensionOfObject(RelationRelationId, relid) == extension &&
+		!IsEventsRelation(relid, events);
 }
 
 /*
@@ -345,16 +328,21 @@ CdpExecutorStart(QueryDesc *queryDesc, int eflags)
 	if (queryDesc->plannedstmt->commandType == CMD_SELECT && !creating_extension &&
 		CurrentCitusRole() == CITUS_WORKER)
 	{
+		Oid			extension = get_extension_oid("pg_cdp", true);
 		Oid			cdp_namespace = get_namespace_oid("cdp", true);
+		Oid			events = OidIsValid(cdp_namespace) ?
+			get_relname_relid("events", cdp_namespace) : InvalidOid;
 		ListCell   *lc;
 
-		if (OidIsValid(cdp_namespace))
-			foreach(lc, queryDesc->plannedstmt->rtable)
+		foreach(lc, queryDesc->plannedstmt->rtable)
 		{
 			RangeTblEntry *rte = lfirst(lc);
 
-			if (rte->rtekind == RTE_RELATION && IsCoordinatorTable(rte->relid, cdp_namespace))
-				CdpRefuseOnCitusWorker(psprintf("a query reading cdp.%s", get_rel_name(rte->relid)));
+			if (OidIsValid(extension) && rte->rtekind == RTE_RELATION &&
+				IsCoordinatorTable(rte->relid, extension, events))
+				CdpRefuseOnCitusWorker(psprintf("a query reading %s",
+												quote_qualified_identifier(get_namespace_name(get_rel_namespace(rte->relid)),
+																		   get_rel_name(rte->relid))));
 		}
 	}
 	if (prev_executor_start_hook)
