@@ -2,9 +2,10 @@
 # single node gives: the same workload runs on a Citus cluster (cdp.events
 # distributed by profile_id) and on a plain PostgreSQL with pg_cdp, and
 # every answer is compared.  Covered: cdp.resolve in queries over
-# cdp.events and cdp.events_resolved (also with parameters of a generic
-# plan), profile and event views, computed traits backfilled from the
-# shards and recomputed after a split and a rebuild, audiences, forget,
+# cdp.events and cdp.events_resolved (also with parameters, past the plan
+# cache's custom plans), profile and event views, cdp.export_subject,
+# computed traits backfilled from the shards and recomputed after a split
+# and a rebuild, audiences, forget,
 # retention (drop and detach), cdp.partitions' sizes, the rebuild's recount
 # reading only the profiles it touches, and a cdp function applied per row
 # on the workers failing instead of answering from empty tables.
@@ -174,6 +175,9 @@ same(q{SELECT cdp.define_computed_trait('views', 'count', 'Viewed');
        SELECT who(profile_id), cdp.computed_traits_of(profile_id) FROM cdp.profiles ORDER BY 1},
 	'computed traits backfilled over distributed events');
 same(q{SELECT audience, who(profile_id) FROM cdp.audience_members ORDER BY 1, 2}, 'audience members');
+same(q{SELECT string_agg(x->>'message_id', ',' ORDER BY x->>'message_id')
+         FROM jsonb_array_elements(cdp.export_subject('user_id:u7')->'events') x},
+	'export_subject: the person\'s events');
 
 # a split, then a rule change and a rebuild: records and computed traits
 # are counted again from the events of the profiles they touch only.  The
