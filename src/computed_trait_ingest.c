@@ -9,9 +9,10 @@
  *	  worker's transaction) when the batch does, so that a chunk or batch
  *	  that rolls back takes its events' counts with it.  The drain writes
  *	  them when it ends, or when they grow large, and before profile state
- *	  is recomputed (which derives computed values too): the stored states
- *	  of those pairs are read in one statement, combined with them in C
- *	  and written back in another (only those that changed); where a
+ *	  is recomputed (which derives computed values too): the stored rows
+ *	  of those profiles (one per profile, every trait's state in it) are
+ *	  read in one statement, combined with them in C and the states that
+ *	  changed written back in another, a profile's as one row; where a
  *	  profile has no other profile merged into it, its values in
  *	  cdp.profile_computed change by the traits whose value changed, from
  *	  the states in memory, else they are derived again from every
@@ -21,6 +22,9 @@
  *	  Ingest holds the row locks of its profiles in cdp.profile_records
  *	  (identity resolution takes them) to commit, as every other writer of
  *	  their states does, so reading and writing back loses nothing.  A
+ *	  background backfill step takes no such lock, but writes only the
+ *	  state of the trait it counts (which ingest only notes), and both
+ *	  merge their states by key into the row as it is when they write.  A
  *	  merge inside the drain derives values from the states written so
  *	  far; the profiles it merged are no longer alone when the drain
  *	  writes, so their values are derived again then, from every state.
@@ -94,8 +98,7 @@ typedef struct ValueChange
 
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
-static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr write_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
 static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
@@ -215,9 +218,13 @@ SameJsonb(Jsonb *a, Jsonb *b)
 		memcmp(a, b, VARSIZE(a)) == 0;
 }
 
-/* the stored states of the chunk's (profile, trait) pairs, onto their entries */
+/*
+ * The stored states of the gathered (profile, trait) pairs, onto their
+ * entries: one row per profile holds its states by trait id.
+ */
 static void
-ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
+ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles, TraitDef *defs, int ndefs,
+				 char **keys)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
@@ -225,7 +232,7 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 
 	args[0] = CdpInt8Array(profiles, nprofiles);
 	rows = CdpExecPlan(CdpPlan(&read_plan,
-							   "SELECT profile_id, trait_id, state FROM cdp.trait_states "
+							   "SELECT profile_id, states FROM cdp.trait_states "
 							   "WHERE profile_id = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
@@ -234,14 +241,23 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		StateKey	key;
-		StateEntry *e;
+		Jsonb	   *stored;
 
 		memset(&key, 0, sizeof(key));
 		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		key.trait = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		e = hash_search(states, &key, HASH_FIND, NULL);
-		if (e != NULL)
-			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		stored = DatumGetJsonbP(SPI_getbinval(tup, desc, 2, &isnull));
+		for (int t = 0; t < ndefs; t++)
+		{
+			StateEntry *e;
+			JsonbValue	v;
+
+			key.trait = defs[t].id;
+			e = hash_search(states, &key, HASH_FIND, NULL);
+			if (e != NULL &&
+				getKeyJsonValueFromContainer(&stored->root, keys[t], strlen(keys[t]), &v) != NULL &&
+				v.type == jbvBinary)
+				e->stored = JsonbValueToJsonb(&v);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -408,141 +424,162 @@ WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
 	CdpProfilesChanged(profiles, nprofiles);
 }
 
-/* rows of cdp.trait_states to write in one statement */
-typedef struct StateRows
-{
-	int			n;
-	Datum	   *pids;
-	Datum	   *tids;
-	Datum	   *states;
-	Datum	   *expires;
-	bool	   *expires_null;
-} StateRows;
-
-static void
-InitStateRows(StateRows *rows, int max)
-{
-	rows->n = 0;
-	rows->pids = palloc(sizeof(Datum) * max);
-	rows->tids = palloc(sizeof(Datum) * max);
-	rows->states = palloc(sizeof(Datum) * max);
-	rows->expires = palloc(sizeof(Datum) * max);
-	rows->expires_null = palloc(sizeof(bool) * max);
-}
-
 /*
- * New states are inserted (none is stored: the profiles' locks keep anyone
- * else from storing one), stored ones updated; in key order.
+ * The states that changed, one row per profile ({"<trait id>": state}, in
+ * profile order), into the profiles' rows in one statement: a stored row
+ * keeps its other traits' states.  The profiles' row locks keep any other
+ * writer of these traits' states away; one of a trait being backfilled may
+ * store the row meanwhile, hence the conflict clause (both merge by key).
+ * Ingest only adds events, so a row's expiry can only come earlier.
  */
 static void
-WriteStateRows(StateRows *rows, bool insert)
+WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, int n)
 {
-	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		args[4];
-	int			dims[1] = {rows->n};
+	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[3];
+	int			dims[1] = {n};
 	int			lbs[1] = {1};
 
-	if (rows->n == 0)
+	if (n == 0)
 		return;
-	args[0] = CdpArray(rows->pids, rows->n, INT8OID);
-	args[1] = CdpArray(rows->tids, rows->n, INT4OID);
-	args[2] = CdpArray(rows->states, rows->n, JSONBOID);
-	args[3] = PointerGetDatum(construct_md_array(rows->expires, rows->expires_null, 1, dims, lbs,
+	args[0] = CdpArray(pids, n, INT8OID);
+	args[1] = CdpArray(deltas, n, JSONBOID);
+	args[2] = PointerGetDatum(construct_md_array(expires, expires_null, 1, dims, lbs,
 												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
 												 TYPALIGN_DOUBLE));
-	if (insert)
-		CdpExecPlan(CdpPlan(&insert_plan,
-							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
-							"SELECT u.p, u.t, u.st, u.x "
-							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-							"ORDER BY u.p, u.t",
-							4, argtypes),
-					args, NULL, SPI_OK_INSERT);
-	else
-		CdpExecPlan(CdpPlan(&update_plan,
-							"UPDATE cdp.trait_states s SET state = u.st, expires_at = u.x "
-							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-							"WHERE s.profile_id = u.p AND s.trait_id = u.t",
-							4, argtypes),
-					args, NULL, SPI_OK_UPDATE);
+	CdpExecPlan(CdpPlan(&write_plan,
+						"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+						"SELECT u.p, u.st, u.x "
+						"FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+						"ON CONFLICT (profile_id) DO UPDATE "
+						"SET states = s.states || excluded.states, "
+						"expires_at = LEAST(s.expires_at, excluded.expires_at)",
+						3, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+static int
+CompareEntries(const void *a, const void *b)
+{
+	const StateEntry *x = *(StateEntry *const *) a;
+	const StateEntry *y = *(StateEntry *const *) b;
+
+	if (x->key.profile_id != y->key.profile_id)
+		return x->key.profile_id < y->key.profile_id ? -1 : 1;
+	return x->key.trait < y->key.trait ? -1 : (x->key.trait > y->key.trait ? 1 : 0);
 }
 
 /*
  * Combine the gathered states with the stored ones and write back those
- * that changed; then the values that changed.
+ * that changed, a profile's as one row; then the values that changed.
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 {
 	long		n = hash_get_num_entries(states);
+	StateEntry **entries = palloc(sizeof(StateEntry *) * n);
 	int64	   *profiles = palloc(sizeof(int64) * n);
 	ValueChange *changes = palloc(sizeof(ValueChange) * n);
-	int			nprofiles = 0,
-				nchanges = 0;
+	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
+	int			nentries = 0,
+				nprofiles = 0,
+				nchanges = 0,
+				nrows = 0;
+	Datum	   *pids;
+	Datum	   *deltas;
+	Datum	   *expires;
+	bool	   *expires_null;
 	HASH_SEQ_STATUS seq;
 	StateEntry *e;
-	StateRows	inserts;
-	StateRows	updates;
 
 	hash_seq_init(&seq, states);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		profiles[nprofiles++] = e->key.profile_id;
-	nprofiles = SortUnique(profiles, nprofiles);
-	ReadStoredStates(states, profiles, nprofiles);
+		entries[nentries++] = e;
+	qsort(entries, nentries, sizeof(StateEntry *), CompareEntries);
+	for (int i = 0; i < nentries; i++)
+		if (nprofiles == 0 || profiles[nprofiles - 1] != entries[i]->key.profile_id)
+			profiles[nprofiles++] = entries[i]->key.profile_id;
+	for (int t = 0; t < ndefs; t++)
+		keys[t] = psprintf("%d", defs[t].id);
+	ReadStoredStates(states, profiles, nprofiles, defs, ndefs, keys);
 
-	InitStateRows(&inserts, n);
-	InitStateRows(&updates, n);
-	hash_seq_init(&seq, states);
-	while ((e = hash_seq_search(&seq)) != NULL)
+	pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	deltas = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	expires = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	expires_null = palloc(sizeof(bool) * Max(nprofiles, 1));
+	for (int i = 0; i < nentries;)
 	{
-		int			t = DefIndex(defs, ndefs, e->key.trait);
-		TraitDef   *d;
-		CdpTraitState *s;
-		Jsonb	   *before;
-		Jsonb	   *after;
-		Jsonb	   *state;
-		StateRows  *rows;
+		int64		pid = entries[i]->key.profile_id;
+		JsonbParseState *ps = NULL;
+		bool		any = false;
+		bool		has_expiry = false;
+		TimestampTz expiry = 0;
 
-		/* definitions cannot change while ingest holds its lock: never */
-		if (t < 0)
-			continue;
-		d = &defs[t];
-		if (e->stored == NULL)
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		for (; i < nentries && entries[i]->key.profile_id == pid; i++)
 		{
-			/* nothing stored: the gathered state is the state */
-			s = e->state;
-			before = NULL;
+			int			t;
+			TraitDef   *d;
+			CdpTraitState *s;
+			Jsonb	   *before = NULL;
+			Jsonb	   *after;
+
+			e = entries[i];
+			t = DefIndex(defs, ndefs, e->key.trait);
+			/* definitions cannot change while ingest holds its lock: never */
+			if (t < 0)
+				continue;
+			d = &defs[t];
+			if (e->stored == NULL)
+			{
+				/* nothing stored: the gathered state is the state */
+				s = e->state;
+				if (!CdpTraitStatePush(&ps, keys[t], s))
+					continue;
+			}
+			else
+			{
+				Jsonb	   *state;
+
+				s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+				before = d->live ? CdpTraitStateValue(s) : NULL;
+				CdpTraitStateCombine(s, e->state);
+				state = CdpTraitStateToJsonb(s);
+				if (state == NULL || SameJsonb(state, e->stored))
+					continue;
+				(void) CdpTraitStatePush(&ps, keys[t], s);
+			}
+			any = true;
+			if (d->windowed && s->has_oldest)
+			{
+				TimestampTz x = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+																		TimestampTzGetDatum(s->oldest),
+																		d->window));
+
+				if (!has_expiry || x < expiry)
+					expiry = x;
+				has_expiry = true;
+			}
+			/* a trait catching up after its backfill shows its values when published */
+			if (!d->live)
+				continue;
+			after = CdpTraitStateValue(s);
+			if (!SameJsonb(before, after))
+			{
+				changes[nchanges].profile_id = e->key.profile_id;
+				changes[nchanges].trait = t;
+				changes[nchanges++].value = after;
+			}
 		}
-		else
-		{
-			s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
-			before = d->live ? CdpTraitStateValue(s) : NULL;
-			CdpTraitStateCombine(s, e->state);
-		}
-		state = CdpTraitStateToJsonb(s);
-		if (SameJsonb(state, e->stored))
+		if (!any)
 			continue;
-		rows = e->stored ? &updates : &inserts;
-		rows->pids[rows->n] = Int64GetDatum(e->key.profile_id);
-		rows->tids[rows->n] = Int32GetDatum(d->id);
-		rows->states[rows->n] = JsonbPGetDatum(state);
-		rows->expires_null[rows->n] = !d->windowed || !s->has_oldest;
-		rows->expires[rows->n] = rows->expires_null[rows->n] ? (Datum) 0 :
-			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
-		rows->n++;
-		/* a trait catching up after its backfill shows its values when published */
-		if (!d->live)
-			continue;
-		after = CdpTraitStateValue(s);
-		if (!SameJsonb(before, after))
-		{
-			changes[nchanges].profile_id = e->key.profile_id;
-			changes[nchanges].trait = t;
-			changes[nchanges++].value = after;
-		}
+		pids[nrows] = Int64GetDatum(pid);
+		deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+		expires[nrows] = TimestampTzGetDatum(expiry);
+		expires_null[nrows] = !has_expiry;
+		nrows++;
 	}
-	WriteStateRows(&updates, false);
-	WriteStateRows(&inserts, true);
+	WriteStateRows(pids, deltas, expires, expires_null, nrows);
 	if (nchanges > 0)
 		WriteValues(changes, nchanges, defs);
 }
