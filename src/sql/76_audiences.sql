@@ -222,9 +222,11 @@ BEGIN
                    JOIN cdp.audiences a ON a.id = c.audience_id
                   ORDER BY c.profile_id, a.id, c.change DESC
                  RETURNING *)
+        -- the text jsonb_build_object('id', ..., 'at', ...)::text gives, made
+        -- directly (audience names and changes need no escaping)
         SELECT count(pg_logical_emit_message(true, 'cdp',
-                   jsonb_build_object('id', f.id, 'audience', f.audience, 'profile_id', f.profile_id,
-                                      'change', f.change, 'at', f.at)::text))
+                   format('{"at": %%s, "id": %%s, "change": "%%s", "audience": "%%s", "profile_id": %%s}',
+                          to_json(f.at), f.id, f.change, f.audience, f.profile_id)))
           FROM feed f
         $f$, cdp.audience_row_query(all_profiles), tests, ids);
 END
