@@ -88,14 +88,6 @@ struct CdpTraitDeltas
 #define DELTAS_MAX_STATES	250000
 #define DELTAS_MAX_BYTES	((Size) 128 * 1024 * 1024)
 
-/* a trait whose value changed for a profile */
-typedef struct ValueChange
-{
-	int64		profile_id;
-	int32		trait;			/* index into the definitions */
-	Jsonb	   *value;
-} ValueChange;
-
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
 static SPIPlanPtr write_plan = NULL;
@@ -164,30 +156,6 @@ CompareInt64(const void *a, const void *b)
 	int64		y = *(const int64 *) b;
 
 	return x < y ? -1 : (x > y ? 1 : 0);
-}
-
-static int
-CompareChanges(const void *a, const void *b)
-{
-	const ValueChange *x = a;
-	const ValueChange *y = b;
-
-	if (x->profile_id != y->profile_id)
-		return x->profile_id < y->profile_id ? -1 : 1;
-	return x->trait - y->trait;
-}
-
-/* sorts v and keeps each value once; returns how many */
-static int
-SortUnique(int64 *v, int n)
-{
-	int			k = 0;
-
-	qsort(v, n, sizeof(int64), CompareInt64);
-	for (int i = 0; i < n; i++)
-		if (k == 0 || v[i] != v[k - 1])
-			v[k++] = v[i];
-	return k;
 }
 
 /* the index of a definition by id (they are in id order), -1: none */
@@ -342,63 +310,47 @@ PushValue(JsonbParseState **ps, Jsonb *value)
 	pushJsonbValue(ps, WJB_VALUE, &v);
 }
 
+static void
+PushKey(JsonbParseState **ps, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(ps, WJB_KEY, &k);
+}
+
+/* a value (as CdpTraitStateValueOf gives it) as the value of key in *ps */
+static void
+PushValueOf(JsonbParseState **ps, const char *key, JsonbValue *v)
+{
+	PushKey(ps, key);
+	if (v->type == jbvArray || v->type == jbvObject)
+	{
+		/* a container built in memory: as a Jsonb, which pushJsonbValue unpacks */
+		Jsonb	   *j = JsonbValueToJsonb(v);
+
+		PushValue(ps, j);
+	}
+	else
+		pushJsonbValue(ps, WJB_VALUE, v);
+}
+
 /*
- * The changed values into cdp.profile_computed: for a profile alone, its
- * row gains them by name (the other traits' values stay what they were);
- * any other profile's values are derived again from its members' states.
+ * The values that changed into cdp.profile_computed: the profiles alone
+ * (pids, vals: their changed values by name) gain them, the other traits'
+ * values staying what they were; the others' (derive) are derived again
+ * from their members' states.  Audiences over the changed profiles'
+ * values (sorted) follow at commit.
  */
 static void
-WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
+WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
+			int64 *changed, int nchanged)
 {
-	int64	   *profiles = palloc(sizeof(int64) * Max(nchanges, 1));
-	int			nprofiles;
-	bool	   *alone;
-	Datum	   *pids = palloc(sizeof(Datum) * Max(nchanges, 1));
-	Datum	   *vals = palloc(sizeof(Datum) * Max(nchanges, 1));
-	int64	   *others = palloc(sizeof(int64) * Max(nchanges, 1));
-	int			nalone = 0,
-				nothers = 0;
 	Oid			argtype = INT8ARRAYOID;
 	Datum		args[2];
 
-	for (int i = 0; i < nchanges; i++)
-		profiles[i] = changes[i].profile_id;
-	nprofiles = SortUnique(profiles, nchanges);
-	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
-	FindProfilesAlone(profiles, nprofiles, alone);
-
-	qsort(changes, nchanges, sizeof(ValueChange), CompareChanges);
-	for (int i = 0; i < nchanges;)
-	{
-		int64		pid = changes[i].profile_id;
-		int64	   *at = bsearch(&pid, profiles, nprofiles, sizeof(int64), CompareInt64);
-		int			j = i;
-		bool		derive = !alone[at - profiles];
-
-		while (j < nchanges && changes[j].profile_id == pid)
-			derive |= changes[j++].value == NULL;
-		if (derive)
-			others[nothers++] = pid;
-		else
-		{
-			JsonbParseState *ps = NULL;
-
-			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			for (int k = i; k < j; k++)
-			{
-				JsonbValue	key;
-
-				key.type = jbvString;
-				key.val.string.val = (char *) defs[changes[k].trait].name;
-				key.val.string.len = strlen(defs[changes[k].trait].name);
-				pushJsonbValue(&ps, WJB_KEY, &key);
-				PushValue(&ps, changes[k].value);
-			}
-			pids[nalone] = Int64GetDatum(pid);
-			vals[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
-		}
-		i = j;
-	}
 	if (nalone > 0)
 	{
 		Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
@@ -408,20 +360,18 @@ WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
 		CdpExecPlan(CdpPlan(&values_plan,
 							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
 							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-							"ORDER BY u.p "
 							"ON CONFLICT (profile_id) DO UPDATE "
 							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
 							2, argtypes),
 					args, NULL, SPI_OK_INSERT);
 	}
-	if (nothers > 0)
+	if (nderive > 0)
 	{
-		args[0] = CdpInt8Array(others, nothers);
+		args[0] = CdpInt8Array(derive, nderive);
 		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
 					args, NULL, SPI_OK_SELECT);
 	}
-	/* audiences over these values follow at commit */
-	CdpProfilesChanged(profiles, nprofiles);
+	CdpProfilesChanged(changed, nchanged);
 }
 
 /*
@@ -471,7 +421,8 @@ CompareEntries(const void *a, const void *b)
 
 /*
  * Combine the gathered states with the stored ones and write back those
- * that changed, a profile's as one row; then the values that changed.
+ * that changed, a profile's as one row; then the values that changed, a
+ * profile's gathered in the same pass (see WriteValues).
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
@@ -479,16 +430,22 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	long		n = hash_get_num_entries(states);
 	StateEntry **entries = palloc(sizeof(StateEntry *) * n);
 	int64	   *profiles = palloc(sizeof(int64) * n);
-	ValueChange *changes = palloc(sizeof(ValueChange) * n);
 	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
 	int			nentries = 0,
 				nprofiles = 0,
-				nchanges = 0,
-				nrows = 0;
+				nrows = 0,
+				nalone = 0,
+				nderive = 0,
+				nchanged = 0;
+	bool	   *alone;
 	Datum	   *pids;
 	Datum	   *deltas;
 	Datum	   *expires;
 	bool	   *expires_null;
+	Datum	   *value_pids;
+	Datum	   *values;
+	int64	   *derive;
+	int64	   *changed;
 	HASH_SEQ_STATUS seq;
 	StateEntry *e;
 
@@ -502,27 +459,37 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	for (int t = 0; t < ndefs; t++)
 		keys[t] = psprintf("%d", defs[t].id);
 	ReadStoredStates(states, profiles, nprofiles, defs, ndefs, keys);
+	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
+	FindProfilesAlone(profiles, nprofiles, alone);
 
 	pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	deltas = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	expires = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	expires_null = palloc(sizeof(bool) * Max(nprofiles, 1));
-	for (int i = 0; i < nentries;)
+	value_pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	values = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
+	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
+	for (int i = 0, p = 0; i < nentries; p++)
 	{
 		int64		pid = entries[i]->key.profile_id;
 		JsonbParseState *ps = NULL;
+		JsonbParseState *vs = NULL;
 		bool		any = false;
+		bool		value_changed = false;
+		bool		derived = !alone[p];
 		bool		has_expiry = false;
 		TimestampTz expiry = 0;
 
+		Assert(profiles[p] == pid);
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
 		for (; i < nentries && entries[i]->key.profile_id == pid; i++)
 		{
 			int			t;
 			TraitDef   *d;
 			CdpTraitState *s;
 			Jsonb	   *before = NULL;
-			Jsonb	   *after;
 
 			e = entries[i];
 			t = DefIndex(defs, ndefs, e->key.trait);
@@ -563,25 +530,54 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			/* a trait catching up after its backfill shows its values when published */
 			if (!d->live)
 				continue;
-			after = CdpTraitStateValue(s);
-			if (!SameJsonb(before, after))
+			if (e->stored == NULL)
 			{
-				changes[nchanges].profile_id = e->key.profile_id;
-				changes[nchanges].trait = t;
-				changes[nchanges++].value = after;
+				JsonbValue	v;
+
+				/* no value before: a value now is a change, none is derived again */
+				value_changed = true;
+				if (!CdpTraitStateValueOf(s, &v))
+					derived = true;
+				else if (!derived)
+					PushValueOf(&vs, d->name, &v);
+			}
+			else
+			{
+				Jsonb	   *after = CdpTraitStateValue(s);
+
+				if (SameJsonb(before, after) || (before == NULL && after == NULL))
+					continue;
+				value_changed = true;
+				if (after == NULL)
+					derived = true;
+				else if (!derived)
+				{
+					PushKey(&vs, d->name);
+					PushValue(&vs, after);
+				}
 			}
 		}
-		if (!any)
+		if (any)
+		{
+			pids[nrows] = Int64GetDatum(pid);
+			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+			expires[nrows] = TimestampTzGetDatum(expiry);
+			expires_null[nrows] = !has_expiry;
+			nrows++;
+		}
+		if (!value_changed)
 			continue;
-		pids[nrows] = Int64GetDatum(pid);
-		deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
-		expires[nrows] = TimestampTzGetDatum(expiry);
-		expires_null[nrows] = !has_expiry;
-		nrows++;
+		changed[nchanged++] = pid;
+		if (derived)
+			derive[nderive++] = pid;
+		else
+		{
+			value_pids[nalone] = Int64GetDatum(pid);
+			values[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&vs, WJB_END_OBJECT, NULL)));
+		}
 	}
 	WriteStateRows(pids, deltas, expires, expires_null, nrows);
-	if (nchanges > 0)
-		WriteValues(changes, nchanges, defs);
+	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
 }
 
 /* deltas empty again, in its memory reset */
