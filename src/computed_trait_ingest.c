@@ -39,6 +39,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -580,18 +581,39 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
 }
 
+/*
+ * A (profile, trait) key's hash: two integer mixes rather than hashing its
+ * bytes (a drain looks up every state of every batch it merges).
+ */
+static uint32
+StateKeyHash(const void *key, Size keysize)
+{
+	const StateKey *k = key;
+
+	return hash_combine(murmurhash32((uint32) k->profile_id),
+						murmurhash32((uint32) (k->profile_id >> 32) ^ (uint32) k->trait));
+}
+
+/* an empty table of states in cxt */
+static HTAB *
+NewStatesTable(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(StateKey);
+	ctl.entrysize = sizeof(StateEntry);
+	ctl.hash = StateKeyHash;
+	ctl.hcxt = cxt;
+	return hash_create("cdp computed trait states", 256, &ctl,
+					   HASH_ELEM | HASH_FUNCTION | HASH_CONTEXT);
+}
+
 /* deltas empty again, in its memory reset */
 static void
 ResetDeltas(CdpTraitDeltas *d)
 {
-	HASHCTL		ctl;
-
 	MemoryContextReset(d->cxt);
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = d->cxt;
-	d->states = hash_create("cdp computed trait states", 256, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	d->states = NewStatesTable(d->cxt);
 }
 
 /* an empty set of states, in a memory context of its own under parent */
@@ -599,14 +621,9 @@ CdpTraitDeltas *
 CdpNewTraitDeltas(MemoryContext parent)
 {
 	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
-	HASHCTL		ctl;
 
 	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = d->cxt;
-	d->states = hash_create("cdp computed trait states", 256, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	d->states = NewStatesTable(d->cxt);
 	return d;
 }
 
@@ -654,11 +671,14 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 				continue;
 			if (!have_props)
 			{
-				/* with the states: they may point into it (numbers) */
-				MemoryContext prev = MemoryContextSwitchTo(deltas->cxt);
+				/* a copy with the states: they may point into it (numbers) */
+				Jsonb	   *made = CdpPropertiesJsonb(msg);
 
-				props = msg->properties ? JsonbValueToJsonb(msg->properties) : NULL;
-				MemoryContextSwitchTo(prev);
+				if (made != NULL)
+				{
+					props = MemoryContextAlloc(deltas->cxt, VARSIZE(made));
+					memcpy(props, made, VARSIZE(made));
+				}
 				have_props = true;
 			}
 			memset(&key, 0, sizeof(key));
