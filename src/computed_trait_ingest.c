@@ -64,6 +64,7 @@ typedef struct TraitDef
 	CdpTraitSpec *spec;
 } TraitDef;
 
+/* a (profile, trait) pair: those a trait being backfilled must count again */
 typedef struct StateKey
 {
 	int64		profile_id;
@@ -71,18 +72,33 @@ typedef struct StateKey
 	int32		pad;
 } StateKey;
 
-typedef struct StateEntry
+/* a trait's state of a profile */
+typedef struct TraitSlot
 {
-	StateKey	key;
+	int32		trait;			/* its id */
 	CdpTraitState *state;		/* over the events gathered */
 	Jsonb	   *stored;			/* the stored state, NULL: none */
-} StateEntry;
+} TraitSlot;
 
-/* states of events not yet written, per (profile, trait) */
+/*
+ * A profile's gathered states, by trait id: one hash entry per profile (a
+ * batch merged into its drain looks each profile up once, not each of its
+ * states).
+ */
+typedef struct ProfileEntry
+{
+	int64		profile_id;		/* the key */
+	int			nslots;
+	int			maxslots;
+	TraitSlot  *slots;			/* in trait id order */
+} ProfileEntry;
+
+/* states of events not yet written, per profile and trait */
 struct CdpTraitDeltas
 {
 	MemoryContext cxt;			/* the states' memory, reset when written */
-	HTAB	   *states;
+	HTAB	   *profiles;		/* ProfileEntry by profile id */
+	long		nstates;		/* slots in all of them */
 };
 
 /* a drain writes what it gathered at this size, whatever comes next */
@@ -187,13 +203,50 @@ SameJsonb(Jsonb *a, Jsonb *b)
 		memcmp(a, b, VARSIZE(a)) == 0;
 }
 
+/* where trait's slot is, or would go, in the profile's slots */
+static int
+SlotIndex(ProfileEntry *pe, int32 trait, bool *found)
+{
+	int			lo = 0,
+				hi = pe->nslots;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (pe->slots[mid].trait < trait)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < pe->nslots && pe->slots[lo].trait == trait;
+	return lo;
+}
+
+/* a new slot for trait at index i (SlotIndex's), in the current memory context */
+static TraitSlot *
+InsertSlot(ProfileEntry *pe, int i, int32 trait)
+{
+	if (pe->nslots == pe->maxslots)
+	{
+		pe->maxslots = Max(4, pe->maxslots * 2);
+		pe->slots = pe->slots == NULL ? palloc(sizeof(TraitSlot) * pe->maxslots) :
+			repalloc(pe->slots, sizeof(TraitSlot) * pe->maxslots);
+	}
+	memmove(&pe->slots[i + 1], &pe->slots[i], sizeof(TraitSlot) * (pe->nslots - i));
+	pe->nslots++;
+	pe->slots[i].trait = trait;
+	pe->slots[i].state = NULL;
+	pe->slots[i].stored = NULL;
+	return &pe->slots[i];
+}
+
 /*
  * The stored states of the gathered (profile, trait) pairs, onto their
- * entries: one row per profile holds its states by trait id.
+ * slots: one row per profile holds its states by trait id.
  */
 static void
-ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles, TraitDef *defs, int ndefs,
-				 char **keys)
+ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
@@ -209,23 +262,22 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles, TraitDef *defs, i
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		StateKey	key;
+		int64		pid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		ProfileEntry *pe = hash_search(states, &pid, HASH_FIND, NULL);
 		Jsonb	   *stored;
 
-		memset(&key, 0, sizeof(key));
-		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		if (pe == NULL)
+			continue;
 		stored = DatumGetJsonbP(SPI_getbinval(tup, desc, 2, &isnull));
-		for (int t = 0; t < ndefs; t++)
+		for (int i = 0; i < pe->nslots; i++)
 		{
-			StateEntry *e;
+			char		key[16];
 			JsonbValue	v;
 
-			key.trait = defs[t].id;
-			e = hash_search(states, &key, HASH_FIND, NULL);
-			if (e != NULL &&
-				getKeyJsonValueFromContainer(&stored->root, keys[t], strlen(keys[t]), &v) != NULL &&
+			snprintf(key, sizeof(key), "%d", pe->slots[i].trait);
+			if (getKeyJsonValueFromContainer(&stored->root, key, strlen(key), &v) != NULL &&
 				v.type == jbvBinary)
-				e->stored = JsonbValueToJsonb(&v);
+				pe->slots[i].stored = JsonbValueToJsonb(&v);
 		}
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -410,14 +462,12 @@ WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, i
 }
 
 static int
-CompareEntries(const void *a, const void *b)
+CompareProfileEntries(const void *a, const void *b)
 {
-	const StateEntry *x = *(StateEntry *const *) a;
-	const StateEntry *y = *(StateEntry *const *) b;
+	const ProfileEntry *x = *(ProfileEntry *const *) a;
+	const ProfileEntry *y = *(ProfileEntry *const *) b;
 
-	if (x->key.profile_id != y->key.profile_id)
-		return x->key.profile_id < y->key.profile_id ? -1 : 1;
-	return x->key.trait < y->key.trait ? -1 : (x->key.trait > y->key.trait ? 1 : 0);
+	return x->profile_id < y->profile_id ? -1 : (x->profile_id > y->profile_id ? 1 : 0);
 }
 
 /*
@@ -429,11 +479,10 @@ static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 {
 	long		n = hash_get_num_entries(states);
-	StateEntry **entries = palloc(sizeof(StateEntry *) * n);
-	int64	   *profiles = palloc(sizeof(int64) * n);
+	ProfileEntry **entries = palloc(sizeof(ProfileEntry *) * Max(n, 1));
+	int64	   *profiles = palloc(sizeof(int64) * Max(n, 1));
 	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
-	int			nentries = 0,
-				nprofiles = 0,
+	int			nprofiles = 0,
 				nrows = 0,
 				nalone = 0,
 				nderive = 0,
@@ -448,18 +497,17 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	int64	   *derive;
 	int64	   *changed;
 	HASH_SEQ_STATUS seq;
-	StateEntry *e;
+	ProfileEntry *pe;
 
 	hash_seq_init(&seq, states);
-	while ((e = hash_seq_search(&seq)) != NULL)
-		entries[nentries++] = e;
-	qsort(entries, nentries, sizeof(StateEntry *), CompareEntries);
-	for (int i = 0; i < nentries; i++)
-		if (nprofiles == 0 || profiles[nprofiles - 1] != entries[i]->key.profile_id)
-			profiles[nprofiles++] = entries[i]->key.profile_id;
+	while ((pe = hash_seq_search(&seq)) != NULL)
+		entries[nprofiles++] = pe;
+	qsort(entries, nprofiles, sizeof(ProfileEntry *), CompareProfileEntries);
+	for (int p = 0; p < nprofiles; p++)
+		profiles[p] = entries[p]->profile_id;
 	for (int t = 0; t < ndefs; t++)
 		keys[t] = psprintf("%d", defs[t].id);
-	ReadStoredStates(states, profiles, nprofiles, defs, ndefs, keys);
+	ReadStoredStates(states, profiles, nprofiles);
 	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
 	FindProfilesAlone(profiles, nprofiles, alone);
 
@@ -471,9 +519,9 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	values = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
 	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
-	for (int i = 0, p = 0; i < nentries; p++)
+	for (int p = 0; p < nprofiles; p++)
 	{
-		int64		pid = entries[i]->key.profile_id;
+		int64		pid = profiles[p];
 		JsonbParseState *ps = NULL;
 		JsonbParseState *vs = NULL;
 		bool		any = false;
@@ -482,18 +530,17 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		bool		has_expiry = false;
 		TimestampTz expiry = 0;
 
-		Assert(profiles[p] == pid);
 		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 		pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
-		for (; i < nentries && entries[i]->key.profile_id == pid; i++)
+		for (int i = 0; i < entries[p]->nslots; i++)
 		{
+			TraitSlot  *e = &entries[p]->slots[i];
 			int			t;
 			TraitDef   *d;
 			CdpTraitState *s;
 			Jsonb	   *before = NULL;
 
-			e = entries[i];
-			t = DefIndex(defs, ndefs, e->key.trait);
+			t = DefIndex(defs, ndefs, e->trait);
 			/* definitions cannot change while ingest holds its lock: never */
 			if (t < 0)
 				continue;
@@ -581,28 +628,24 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
 }
 
-/*
- * A (profile, trait) key's hash: two integer mixes rather than hashing its
- * bytes (a drain looks up every state of every batch it merges).
- */
+/* a profile id's hash: an integer mix of its halves */
 static uint32
-StateKeyHash(const void *key, Size keysize)
+ProfileIdHash(const void *key, Size keysize)
 {
-	const StateKey *k = key;
+	int64		id = *(const int64 *) key;
 
-	return hash_combine(murmurhash32((uint32) k->profile_id),
-						murmurhash32((uint32) (k->profile_id >> 32) ^ (uint32) k->trait));
+	return hash_combine(murmurhash32((uint32) id), murmurhash32((uint32) (id >> 32)));
 }
 
-/* an empty table of states in cxt */
+/* an empty table of profiles' states in cxt */
 static HTAB *
 NewStatesTable(MemoryContext cxt)
 {
 	HASHCTL		ctl;
 
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hash = StateKeyHash;
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(ProfileEntry);
+	ctl.hash = ProfileIdHash;
 	ctl.hcxt = cxt;
 	return hash_create("cdp computed trait states", 256, &ctl,
 					   HASH_ELEM | HASH_FUNCTION | HASH_CONTEXT);
@@ -613,7 +656,8 @@ static void
 ResetDeltas(CdpTraitDeltas *d)
 {
 	MemoryContextReset(d->cxt);
-	d->states = NewStatesTable(d->cxt);
+	d->profiles = NewStatesTable(d->cxt);
+	d->nstates = 0;
 }
 
 /* an empty set of states, in a memory context of its own under parent */
@@ -623,7 +667,8 @@ CdpNewTraitDeltas(MemoryContext parent)
 	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
 
 	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
-	d->states = NewStatesTable(d->cxt);
+	d->profiles = NewStatesTable(d->cxt);
+	d->nstates = 0;
 	return d;
 }
 
@@ -639,6 +684,7 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 	TraitDef   *defs = LoadDefinitions(&ndefs);
 	HTAB	   *dirty;
 	HASHCTL		ctl;
+	MemoryContext old;
 
 	if (ndefs == 0)
 		return;
@@ -647,11 +693,13 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 	ctl.hcxt = CurrentMemoryContext;
 	dirty = hash_create("cdp computed traits being backfilled", 16, &ctl,
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	old = MemoryContextSwitchTo(deltas->cxt);
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
 		Jsonb	   *props = NULL;
 		bool		have_props = false;
+		ProfileEntry *pe = NULL;
 
 		if (msg->outcome != CDP_STORED || !msg->has_profile_id ||
 			msg->type == NULL || strcmp(msg->type, "track") != 0)
@@ -659,11 +707,10 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 		for (int t = 0; t < ndefs; t++)
 		{
 			TraitDef   *d = &defs[t];
-			StateKey	key;
-			StateEntry *e;
-			bool		found;
+			TraitSlot  *slot = NULL;
+			int			at = 0;
+			bool		found = false;
 			CdpTraitState scratch;
-			MemoryContext old;
 
 			if (d->event != NULL && (msg->event == NULL || strcmp(d->event, msg->event) != 0))
 				continue;
@@ -676,40 +723,54 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 
 				if (made != NULL)
 				{
-					props = MemoryContextAlloc(deltas->cxt, VARSIZE(made));
+					props = palloc(VARSIZE(made));
 					memcpy(props, made, VARSIZE(made));
 				}
 				have_props = true;
 			}
-			memset(&key, 0, sizeof(key));
-			key.profile_id = msg->profile_id;
-			key.trait = d->id;
 			if (d->backfilling)
 			{
+				StateKey	key;
+
 				/* noted only, in this chunk's transaction: it is counted again once live */
+				memset(&key, 0, sizeof(key));
+				key.profile_id = msg->profile_id;
+				key.trait = d->id;
 				(void) hash_search(dirty, &key, HASH_ENTER, NULL);
 				continue;
 			}
-			old = MemoryContextSwitchTo(deltas->cxt);
-			e = hash_search(deltas->states, &key, HASH_FIND, NULL);
-			if (e == NULL)
+			if (pe == NULL)
+				pe = hash_search(deltas->profiles, &msg->profile_id, HASH_FIND, NULL);
+			if (pe != NULL)
 			{
-				/* a state only for an event that counts */
-				memset(&scratch, 0, sizeof(scratch));
-				scratch.kind = d->spec->kind;
-				if (CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
-				{
-					e = hash_search(deltas->states, &key, HASH_ENTER, &found);
-					e->state = palloc(sizeof(CdpTraitState));
-					*e->state = scratch;
-					e->stored = NULL;
-				}
+				at = SlotIndex(pe, d->id, &found);
+				if (found)
+					slot = &pe->slots[at];
 			}
-			else
-				(void) CdpTraitStateAdd(d->spec, e->state, msg->ts, props);
-			MemoryContextSwitchTo(old);
+			if (slot != NULL)
+			{
+				(void) CdpTraitStateAdd(d->spec, slot->state, msg->ts, props);
+				continue;
+			}
+			/* a state only for an event that counts */
+			memset(&scratch, 0, sizeof(scratch));
+			scratch.kind = d->spec->kind;
+			if (!CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
+				continue;
+			if (pe == NULL)
+			{
+				pe = hash_search(deltas->profiles, &msg->profile_id, HASH_ENTER, NULL);
+				pe->nslots = pe->maxslots = 0;
+				pe->slots = NULL;
+				at = 0;
+			}
+			slot = InsertSlot(pe, at, d->id);
+			slot->state = palloc(sizeof(CdpTraitState));
+			*slot->state = scratch;
+			deltas->nstates++;
 		}
 	}
+	MemoryContextSwitchTo(old);
 	if (hash_get_num_entries(dirty) > 0)
 		NoteDirty(dirty);
 	hash_destroy(dirty);
@@ -725,12 +786,12 @@ void
 CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 {
 	HASH_SEQ_STATUS seq;
-	StateEntry *f;
+	ProfileEntry *f;
 	MemoryContext old;
 
-	if (hash_get_num_entries(from->states) == 0)
+	if (from->nstates == 0)
 		return;
-	if (hash_get_num_entries(into->states) == 0)
+	if (into->nstates == 0)
 	{
 		MemoryContext mine = into->cxt;
 		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
@@ -738,7 +799,8 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 
 		MemoryContextSetParent(from->cxt, into_parent);
 		into->cxt = from->cxt;
-		into->states = from->states;
+		into->profiles = from->profiles;
+		into->nstates = from->nstates;
 		/* from takes the empty ones */
 		MemoryContextSetParent(mine, from_parent);
 		from->cxt = mine;
@@ -747,18 +809,37 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 	}
 	old = MemoryContextSwitchTo(into->cxt);
 
-	hash_seq_init(&seq, from->states);
+	hash_seq_init(&seq, from->profiles);
 	while ((f = hash_seq_search(&seq)) != NULL)
 	{
 		bool		found;
-		StateEntry *e = hash_search(into->states, &f->key, HASH_ENTER, &found);
+		ProfileEntry *pe = hash_search(into->profiles, &f->profile_id, HASH_ENTER, &found);
 
-		if (found)
-			CdpTraitStateCombineCopy(e->state, f->state);
-		else
+		if (!found)
 		{
-			e->state = CdpTraitStateCopy(f->state);
-			e->stored = NULL;
+			pe->nslots = pe->maxslots = f->nslots;
+			pe->slots = palloc(sizeof(TraitSlot) * f->nslots);
+			for (int i = 0; i < f->nslots; i++)
+			{
+				pe->slots[i].trait = f->slots[i].trait;
+				pe->slots[i].state = CdpTraitStateCopy(f->slots[i].state);
+				pe->slots[i].stored = NULL;
+			}
+			into->nstates += f->nslots;
+			continue;
+		}
+		for (int i = 0; i < f->nslots; i++)
+		{
+			bool		has;
+			int			at = SlotIndex(pe, f->slots[i].trait, &has);
+
+			if (has)
+				CdpTraitStateCombineCopy(pe->slots[at].state, f->slots[i].state);
+			else
+			{
+				InsertSlot(pe, at, f->slots[i].trait)->state = CdpTraitStateCopy(f->slots[i].state);
+				into->nstates++;
+			}
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -768,7 +849,7 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 bool
 CdpTraitDeltasFull(CdpTraitDeltas *deltas)
 {
-	return hash_get_num_entries(deltas->states) >= DELTAS_MAX_STATES ||
+	return deltas->nstates >= DELTAS_MAX_STATES ||
 		MemoryContextMemAllocated(deltas->cxt, true) >= DELTAS_MAX_BYTES;
 }
 
@@ -784,13 +865,13 @@ CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
 	int			ndefs;
 	TraitDef   *defs;
 
-	if (hash_get_num_entries(deltas->states) == 0)
+	if (deltas->nstates == 0)
 		return;
 	work = AllocSetContextCreate(CurrentMemoryContext, "cdp computed trait writes",
 								 ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(work);
 	defs = LoadDefinitions(&ndefs);
-	WriteStates(deltas->states, defs, ndefs);
+	WriteStates(deltas->profiles, defs, ndefs);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(work);
 
