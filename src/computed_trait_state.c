@@ -64,9 +64,26 @@ ValueText(JsonbValue *v)
 		case jbvBinary:
 			return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
 		case jbvString:
-			initStringInfo(&buf);
-			escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
-			return buf.data;
+			{
+				const char *str = v->val.string.val;
+				int			len = v->val.string.len;
+				char	   *text;
+
+				/* most strings need no escape: quoted as they are, in their own size */
+				for (int i = 0; i < len; i++)
+					if ((unsigned char) str[i] < 0x20 || str[i] == '"' || str[i] == '\\')
+					{
+						initStringInfo(&buf);
+						escape_json(&buf, pnstrdup(str, len));
+						return buf.data;
+					}
+				text = palloc(len + 3);
+				text[0] = '"';
+				memcpy(text + 1, str, len);
+				text[len + 1] = '"';
+				text[len + 2] = '\0';
+				return text;
+			}
 		case jbvNumeric:
 			return DatumGetCString(DirectFunctionCall1(numeric_out,
 													   NumericGetDatum(v->val.numeric)));
