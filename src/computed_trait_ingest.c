@@ -363,22 +363,11 @@ PushValue(JsonbParseState **ps, Jsonb *value)
 	pushJsonbValue(ps, WJB_VALUE, &v);
 }
 
-static void
-PushKey(JsonbParseState **ps, const char *key)
-{
-	JsonbValue	k;
-
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	pushJsonbValue(ps, WJB_KEY, &k);
-}
-
 /* a value (as CdpTraitStateValueOf gives it) as the value of key in *ps */
 static void
 PushValueOf(JsonbParseState **ps, const char *key, JsonbValue *v)
 {
-	PushKey(ps, key);
+	CdpPushJsonbKey(ps, key);
 	if (v->type == jbvArray || v->type == jbvObject)
 	{
 		/* a container built in memory: as a Jsonb, which pushJsonbValue unpacks */
@@ -600,7 +589,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 					derived = true;
 				else if (!derived)
 				{
-					PushKey(&vs, d->name);
+					CdpPushJsonbKey(&vs, d->name);
 					PushValue(&vs, after);
 				}
 			}

@@ -381,8 +381,9 @@ ValueOfText(const char *text, JsonbValue *v)
 	}
 }
 
-static void
-PushKey(JsonbParseState **ps, const char *key)
+/* key pushed into the object being built */
+void
+CdpPushJsonbKey(JsonbParseState **ps, const char *key)
 {
 	JsonbValue	k;
 
@@ -415,7 +416,7 @@ PushText(JsonbParseState **ps, JsonbIteratorToken tok, const char *text)
 static void
 PushTimed(JsonbParseState **ps, const char *key, TimestampTz at, const char *text)
 {
-	PushKey(ps, key);
+	CdpPushJsonbKey(ps, key);
 	pushJsonbValue(ps, WJB_BEGIN_ARRAY, NULL);
 	PushNumeric(ps, WJB_ELEM, int64_to_numeric(at));
 	PushText(ps, WJB_ELEM, text);
@@ -443,7 +444,7 @@ CdpTraitStatePush(JsonbParseState **ps, const char *key, const CdpTraitState *s)
 {
 	if (IsEmpty(s))
 		return false;
-	PushKey(ps, key);
+	CdpPushJsonbKey(ps, key);
 	(void) PushState(ps, s);
 	return true;
 }
@@ -455,22 +456,22 @@ PushState(JsonbParseState **ps, const CdpTraitState *s)
 	pushJsonbValue(ps, WJB_BEGIN_OBJECT, NULL);
 	if (s->n > 0)
 	{
-		PushKey(ps, "n");
+		CdpPushJsonbKey(ps, "n");
 		PushNumeric(ps, WJB_VALUE, int64_to_numeric(s->n));
 	}
 	if (s->sum && (s->kind == CDP_TRAIT_SUM || s->kind == CDP_TRAIT_AVG))
 	{
-		PushKey(ps, "sum");
+		CdpPushJsonbKey(ps, "sum");
 		PushNumeric(ps, WJB_VALUE, s->sum);
 	}
 	if (s->lo && s->kind == CDP_TRAIT_MIN)
 	{
-		PushKey(ps, "min");
+		CdpPushJsonbKey(ps, "min");
 		PushNumeric(ps, WJB_VALUE, s->lo);
 	}
 	if (s->hi && s->kind == CDP_TRAIT_MAX)
 	{
-		PushKey(ps, "max");
+		CdpPushJsonbKey(ps, "max");
 		PushNumeric(ps, WJB_VALUE, s->hi);
 	}
 	if (s->has_first)
@@ -479,7 +480,7 @@ PushState(JsonbParseState **ps, const CdpTraitState *s)
 		PushTimed(ps, "last", s->last_at, s->last);
 	if (s->nvalues > 0)
 	{
-		PushKey(ps, "values");
+		CdpPushJsonbKey(ps, "values");
 		pushJsonbValue(ps, WJB_BEGIN_ARRAY, NULL);
 		for (int i = 0; i < s->nvalues; i++)
 		{
@@ -492,7 +493,7 @@ PushState(JsonbParseState **ps, const CdpTraitState *s)
 	}
 	if (s->has_oldest)
 	{
-		PushKey(ps, "oldest");
+		CdpPushJsonbKey(ps, "oldest");
 		PushNumeric(ps, WJB_VALUE, int64_to_numeric(s->oldest));
 	}
 	return pushJsonbValue(ps, WJB_END_OBJECT, NULL);
