@@ -487,6 +487,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	int64	   *changed;
 	HASH_SEQ_STATUS seq;
 	ProfileEntry *pe;
+	MemoryContext work = CurrentMemoryContext;
+	MemoryContext one;
 
 	hash_seq_init(&seq, states);
 	while ((pe = hash_seq_search(&seq)) != NULL)
@@ -508,6 +510,9 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	values = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
 	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
+	/* what building a profile's objects takes, reset per profile; they go to work */
+	one = AllocSetContextCreate(work, "cdp computed trait profile", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(one);
 	for (int p = 0; p < nprofiles; p++)
 	{
 		int64		pid = profiles[p];
@@ -596,23 +601,35 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 		}
 		if (any)
 		{
+			JsonbValue *obj = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
+
+			MemoryContextSwitchTo(work);
 			pids[nrows] = Int64GetDatum(pid);
-			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(obj));
 			expires[nrows] = TimestampTzGetDatum(expiry);
 			expires_null[nrows] = !has_expiry;
 			nrows++;
+			MemoryContextSwitchTo(one);
 		}
-		if (!value_changed)
-			continue;
-		changed[nchanged++] = pid;
-		if (derived)
-			derive[nderive++] = pid;
-		else
+		if (value_changed)
 		{
-			value_pids[nalone] = Int64GetDatum(pid);
-			values[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&vs, WJB_END_OBJECT, NULL)));
+			changed[nchanged++] = pid;
+			if (derived)
+				derive[nderive++] = pid;
+			else
+			{
+				JsonbValue *obj = pushJsonbValue(&vs, WJB_END_OBJECT, NULL);
+
+				MemoryContextSwitchTo(work);
+				value_pids[nalone] = Int64GetDatum(pid);
+				values[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(obj));
+				MemoryContextSwitchTo(one);
+			}
 		}
+		MemoryContextReset(one);
 	}
+	MemoryContextSwitchTo(work);
+	MemoryContextDelete(one);
 	WriteStateRows(pids, deltas, expires, expires_null, nrows);
 	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
 }
