@@ -170,7 +170,9 @@ $$;
 -- when defined to be one expression over the row.  A profile's row gives
 -- the audiences it is in as one array, the id when it granted the
 -- audience's purpose and minus the id when not (a VALUES list joined to
--- every profile would prepare its expressions again per profile).
+-- every profile would prepare its expressions again per profile).  Every
+-- read of the stays names the profiles, so that a commit reads theirs, not
+-- every current stay.
 CREATE FUNCTION cdp.audience_evaluation_query(all_profiles bool, only_audience int DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql STABLE
@@ -204,12 +206,14 @@ BEGIN
                   SELECT h.audience_id, h.profile_id, now(), h.granted FROM hit h
                    WHERE NOT EXISTS (SELECT FROM cdp.audience_spans s
                                       WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
-                                        AND s.exited_at IS NULL)
+                                        AND s.exited_at IS NULL
+                                        AND ($1 IS NULL OR s.profile_id = ANY ($1)))
                   RETURNING audience_id, profile_id, announced),
         flipped AS (UPDATE cdp.audience_spans s SET announced = h.granted
                       FROM hit h
                      WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
                        AND s.exited_at IS NULL AND s.announced <> h.granted
+                       AND ($1 IS NULL OR s.profile_id = ANY ($1))
                     RETURNING s.audience_id, s.profile_id, s.announced),
         feed AS (INSERT INTO cdp.audience_changes (audience, profile_id, change, at)
                  SELECT a.name, c.profile_id, c.change, now()
