@@ -80,12 +80,33 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'cdp_trait_state_final'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
--- The state of a trait (kind, property, filter) over the events aggregated.
+CREATE FUNCTION cdp.trait_state_combine(internal, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_combine'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_serialize(internal)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'cdp_trait_state_serialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_deserialize(bytea, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_deserialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- The state of a trait (kind, property, filter) over the events aggregated;
+-- parallel workers aggregate their share of a backfill's events and the
+-- leader combines their states.
 CREATE AGGREGATE cdp.trait_state_agg(kind text, property text, filter jsonb,
                                      ts timestamptz, properties jsonb) (
     SFUNC = cdp.trait_state_accum,
     STYPE = internal,
-    FINALFUNC = cdp.trait_state_final
+    FINALFUNC = cdp.trait_state_final,
+    COMBINEFUNC = cdp.trait_state_combine,
+    SERIALFUNC = cdp.trait_state_serialize,
+    DESERIALFUNC = cdp.trait_state_deserialize,
+    PARALLEL = SAFE
 );
 
 -- Stored states combined into one (the members of a merged profile).
@@ -258,6 +279,16 @@ END
 $$;
 COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
     'internal: recompute computed trait states of these stored profile ids from their events';
+
+-- Count a trait that has no states yet over every stored event, its states
+-- and its values in bulk (src/computed_trait_backfill.c); returns how many
+-- states.  The caller keeps ingest out meanwhile.
+CREATE FUNCTION cdp.backfill_trait(trait_id int)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cdp_backfill_trait'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.backfill_trait(int) IS
+    'internal: count a trait without states over every stored event, states and values at once';
 
 -- A backfilled trait's values into every canonical profile, at once; it is
 -- live from then on, and its audiences follow at commit.
@@ -459,8 +490,9 @@ BEGIN
         PERFORM cdp.profiles_changed(had);
         RETURN;
     END IF;
-    PERFORM cdp.recount_trait(tid, NULL);
-    PERFORM cdp.publish_trait(tid);
+    -- every stored event at once (ingest waits on the lock taken above)
+    PERFORM cdp.backfill_trait(tid);
+    UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = tid;
     PERFORM cdp.profiles_changed(had);
     -- profile views gain (or retype) its column
     PERFORM cdp.refresh_generated_views();

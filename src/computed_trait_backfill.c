@@ -1,0 +1,495 @@
+/*
+ * computed_trait_backfill.c
+ *	  A computed trait counted over every stored event at once, when it is
+ *	  defined and no maintenance worker backfills it: its states
+ *	  (cdp.trait_states) and its values (cdp.profile_computed), written in
+ *	  bulk.  One SELECT reads the trait's events in profile order (scanned
+ *	  and sorted by parallel workers when the planner chooses, as a GROUP BY
+ *	  by hand would be); each profile's events are counted into its state as
+ *	  they stream by, and the state, its value and when it ages out go into
+ *	  a tuplestore (nothing may be written while workers run).  Then the
+ *	  states are inserted a batch at a time in profile order, and so are the
+ *	  values of profiles no merge involves, which are their own state's.
+ *	  Only canonical profiles with members combine their members' stored
+ *	  states afterwards.  Memory: one profile's state, the profiles merges
+ *	  involve, and a batch; the tuplestore and the sort spill to disk.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "computed_traits.h"
+#include "spi_util.h"
+
+PG_FUNCTION_INFO_V1(cdp_backfill_trait);
+
+/* states (and values) written per statement */
+#define BACKFILL_BATCH 10000
+
+static SPIPlanPtr states_plan = NULL;
+static SPIPlanPtr update_values_plan = NULL;
+static SPIPlanPtr insert_values_plan = NULL;
+static SPIPlanPtr merged_plan = NULL;
+
+/* a batch of rows to write, in memory reset per batch */
+typedef struct BackfillBatch
+{
+	int			nstates;
+	Datum		pids[BACKFILL_BATCH];
+	Datum		states[BACKFILL_BATCH];
+	Datum		expires[BACKFILL_BATCH];
+	bool		expires_null[BACKFILL_BATCH];
+	int			nvalues;
+	int64		value_pids[BACKFILL_BATCH];
+	Datum		values[BACKFILL_BATCH];
+} BackfillBatch;
+
+/*
+ * The receiver of the trait's events, in profile order: the state of the
+ * profile being read, and what is done, in the tuplestore.
+ */
+typedef struct EventReceiver
+{
+	DestReceiver pub;
+	CdpTraitSpec *spec;
+	Datum		window;			/* interval, or 0 for none */
+	HTAB	   *involved;		/* profile ids merges involve */
+	Tuplestorestate *store;
+	TupleDesc	desc;			/* (profile_id, state, expires_at, value) */
+	MemoryContext profile_cxt;	/* the current profile's state, reset per profile */
+	bool		has_profile;
+	int64		profile_id;
+	CdpTraitState *state;
+} EventReceiver;
+
+/* the current profile's state, expiry and value into the tuplestore */
+static void
+FinishProfile(EventReceiver *r)
+{
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Jsonb	   *state;
+	MemoryContext old;
+
+	if (!r->has_profile)
+		return;
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	state = CdpTraitStateToJsonb(r->state);
+	if (state != NULL)
+	{
+		Jsonb	   *value = NULL;
+
+		values[0] = Int64GetDatum(r->profile_id);
+		values[1] = JsonbPGetDatum(state);
+		nulls[2] = r->window == (Datum) 0 || !r->state->has_oldest;
+		values[2] = nulls[2] ? (Datum) 0 :
+			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(r->state->oldest),
+								r->window);
+		if (hash_search(r->involved, &r->profile_id, HASH_FIND, NULL) == NULL)
+			value = CdpTraitStateValue(r->state);
+		nulls[3] = value == NULL;
+		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(value);
+		tuplestore_putvalues(r->store, r->desc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->profile_cxt);
+	r->has_profile = false;
+}
+
+/* an event (profile_id, ts, properties): counted into its profile's state */
+static bool
+EventReceive(TupleTableSlot *slot, DestReceiver *self)
+{
+	EventReceiver *r = (EventReceiver *) self;
+	bool		isnull;
+	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+	TimestampTz ts = DatumGetTimestampTz(slot_getattr(slot, 2, &isnull));
+	Datum		properties = slot_getattr(slot, 3, &isnull);
+	MemoryContext old;
+
+	if (r->has_profile && r->profile_id != profile_id)
+		FinishProfile(r);
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	if (!r->has_profile)
+	{
+		r->has_profile = true;
+		r->profile_id = profile_id;
+		r->state = CdpNewTraitState(r->spec->kind);
+	}
+	(void) CdpTraitStateAdd(r->spec, r->state, ts, isnull ? NULL : DatumGetJsonbP(properties));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+static void
+EventStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+EventShutdown(DestReceiver *self)
+{
+	FinishProfile((EventReceiver *) self);
+}
+
+static void
+EventDestroy(DestReceiver *self)
+{
+}
+
+/* the rows the tuplestore keeps */
+static TupleDesc
+StoreDesc(void)
+{
+	TupleDesc	desc = CreateTemplateTupleDesc(4);
+
+	TupleDescInitEntry(desc, 1, "profile_id", INT8OID, -1, 0);
+	TupleDescInitEntry(desc, 2, "state", JSONBOID, -1, 0);
+	TupleDescInitEntry(desc, 3, "expires_at", TIMESTAMPTZOID, -1, 0);
+	TupleDescInitEntry(desc, 4, "value", JSONBOID, -1, 0);
+	return desc;
+}
+
+/*
+ * Profile ids that merges involve (merged away, or canonical with members):
+ * their values combine several states, the others' are their own state's.
+ */
+static HTAB *
+InvolvedProfiles(void)
+{
+	HASHCTL		ctl;
+	HTAB	   *involved;
+	uint64		n;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ctl.hcxt = CurrentMemoryContext;
+	involved = hash_create("cdp profiles merges involve", 1024, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	n = CdpExecSql("SELECT r.profile_id FROM cdp.profile_records r WHERE r.merged_into IS NOT NULL "
+				   "UNION SELECT r.merged_into FROM cdp.profile_records r WHERE r.merged_into IS NOT NULL",
+				   SPI_OK_SELECT);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+													 &isnull));
+
+		(void) hash_search(involved, &id, HASH_ENTER, NULL);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return involved;
+}
+
+/*
+ * Read the trait's events in profile order, with its event and window as
+ * constants (so the planner sees what it reads, and may scan and sort in
+ * parallel workers), counting them into a tuplestore of states.  Only the
+ * columns the trait reads are read.
+ */
+static Tuplestorestate *
+AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, bool since_null,
+				Datum window, HTAB *involved)
+{
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	ParamListInfo params = makeParamList(2);
+	EventReceiver *r = palloc0(sizeof(EventReceiver));
+	SPIExecuteOptions options;
+	SPIPlanPtr	plan;
+	char	   *sql;
+	int			rc;
+
+	params->params[0].value = event;
+	params->params[0].isnull = event_null;
+	params->params[1].value = since;
+	params->params[1].isnull = since_null;
+	for (int i = 0; i < 2; i++)
+	{
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = types[i];
+	}
+	sql = psprintf("SELECT e.profile_id, e.ts, %s FROM cdp.events e "
+				   " WHERE e.type = 'track' AND e.profile_id IS NOT NULL "
+				   "   AND ($1::text IS NULL OR e.event = $1) "
+				   "   AND ($2::timestamptz IS NULL OR e.ts > $2) "
+				   " ORDER BY e.profile_id",
+				   spec->npath > 0 || spec->conditions != NIL ? "e.properties" : "NULL::jsonb");
+	plan = SPI_prepare_cursor(sql, 2, types, CURSOR_OPT_PARALLEL_OK);
+	if (plan == NULL)
+		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
+			 SPI_result_code_string(SPI_result));
+
+	r->pub.receiveSlot = EventReceive;
+	r->pub.rStartup = EventStartup;
+	r->pub.rShutdown = EventShutdown;
+	r->pub.rDestroy = EventDestroy;
+	r->pub.mydest = DestTuplestore;	/* rows go somewhere: not a utility */
+	r->spec = spec;
+	r->window = window;
+	r->involved = involved;
+	r->store = tuplestore_begin_heap(false, false, work_mem);
+	r->desc = StoreDesc();
+	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
+										   ALLOCSET_DEFAULT_SIZES);
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.dest = &r->pub;
+	rc = SPI_execute_plan_extended(plan, &options);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "computed trait backfill: SPI_execute_plan_extended returned %s",
+			 SPI_result_code_string(rc));
+	MemoryContextDelete(r->profile_cxt);
+	return r->store;
+}
+
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* the batch's states into cdp.trait_states, its lone profiles' values too */
+static void
+WriteBatch(BackfillBatch *b, int32 trait_id, Datum name)
+{
+	if (b->nstates > 0)
+	{
+		Oid			argtypes[4] = {INT8ARRAYOID, INT4OID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+		Datum		args[4];
+		int			dims[1] = {b->nstates};
+		int			lbs[1] = {1};
+
+		args[0] = CdpArray(b->pids, b->nstates, INT8OID);
+		args[1] = Int32GetDatum(trait_id);
+		args[2] = CdpArray(b->states, b->nstates, JSONBOID);
+		args[3] = PointerGetDatum(construct_md_array(b->expires, b->expires_null, 1, dims, lbs,
+													 TIMESTAMPTZOID, sizeof(TimestampTz),
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		CdpExecPlan(CdpPlan(&states_plan,
+							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
+							"SELECT u.p, $2, u.st, u.x "
+							"FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x)",
+							4, argtypes),
+					args, NULL, SPI_OK_INSERT);
+	}
+	if (b->nvalues > 0)
+	{
+		Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TEXTOID};
+		Datum		args[3];
+		int			level;
+		uint64		nupdated;
+		int64	   *updated;
+		int			ninsert = 0;
+
+		args[0] = CdpInt8Array(b->value_pids, b->nvalues);
+		args[1] = CdpArray(b->values, b->nvalues, JSONBOID);
+		args[2] = name;
+
+		/*
+		 * Stored rows (other traits' values) gain this one by a plain
+		 * update, each found by index (never a hash of the whole table per
+		 * batch)
+		 */
+		level = CdpBeginIndexedPlans();
+		nupdated = CdpExecPlan(CdpPlan(&update_values_plan,
+									   "UPDATE cdp.profile_computed pc "
+									   "   SET traits = pc.traits || jsonb_build_object($3::text, u.v), "
+									   "       updated_at = now() "
+									   "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+									   " WHERE pc.profile_id = u.p "
+									   "RETURNING pc.profile_id",
+									   3, argtypes),
+							   args, NULL, SPI_OK_UPDATE_RETURNING);
+		CdpEndIndexedPlans(level);
+		updated = palloc(sizeof(int64) * Max(nupdated, 1));
+		for (uint64 i = 0; i < nupdated; i++)
+		{
+			bool		isnull;
+
+			updated[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		qsort(updated, nupdated, sizeof(int64), CompareInt64);
+
+		/* the others are inserted (the batch is in profile order) */
+		for (int i = 0; i < b->nvalues; i++)
+			if (bsearch(&b->value_pids[i], updated, nupdated, sizeof(int64), CompareInt64) == NULL)
+			{
+				b->value_pids[ninsert] = b->value_pids[i];
+				b->values[ninsert++] = b->values[i];
+			}
+		if (ninsert > 0)
+		{
+			args[0] = CdpInt8Array(b->value_pids, ninsert);
+			args[1] = CdpArray(b->values, ninsert, JSONBOID);
+			CdpExecPlan(CdpPlan(&insert_values_plan,
+								"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+								"SELECT u.p, jsonb_build_object($3::text, u.v) "
+								"  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+								"ON CONFLICT (profile_id) DO UPDATE "
+								"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
+								3, argtypes),
+						args, NULL, SPI_OK_INSERT);
+		}
+		CdpProfilesChanged(updated, (int) nupdated);
+		CdpProfilesChanged(b->value_pids, ninsert);
+	}
+	b->nstates = 0;
+	b->nvalues = 0;
+}
+
+/*
+ * The values of canonical profiles with members, from the states stored
+ * for them and their members; audiences follow for those.
+ */
+static void
+WriteMergedValues(int32 trait_id, Datum name, Datum kind)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		args[3] = {Int32GetDatum(trait_id), name, kind};
+	uint64		n;
+	int64	   *ids;
+
+	n = CdpExecPlan(CdpPlan(&merged_plan,
+							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+							"SELECT v.id, jsonb_build_object($2, v.value) "
+							"  FROM (SELECT c.id, cdp.trait_union_value($3, s.state) AS value "
+							"          FROM (SELECT x.merged_into AS id, x.profile_id AS member "
+							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL "
+							"                UNION ALL "
+							"                SELECT DISTINCT x.merged_into, x.merged_into "
+							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL) c "
+							"          JOIN cdp.trait_states s ON s.profile_id = c.member AND s.trait_id = $1 "
+							"         GROUP BY c.id) v "
+							" WHERE v.value IS NOT NULL "
+							" ORDER BY 1 "
+							"ON CONFLICT (profile_id) DO UPDATE "
+							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at "
+							"RETURNING pc.profile_id",
+							3, argtypes),
+					args, NULL, SPI_OK_INSERT_RETURNING);
+	ids = palloc(sizeof(int64) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+											 &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	CdpProfilesChanged(ids, (int) n);
+}
+
+/*
+ * backfill_trait(trait_id): count a trait that has no states yet over
+ * every stored event, writing its states and values; returns how many
+ * states.  The caller keeps ingest out meanwhile (define_computed_trait's
+ * lock), so the events read are all there are.
+ */
+Datum
+cdp_backfill_trait(PG_FUNCTION_ARGS)
+{
+	int32		trait_id = PG_GETARG_INT32(0);
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(trait_id)};
+	HeapTuple	def;
+	Tuplestorestate *store;
+	TupleTableSlot *slot;
+	BackfillBatch *b;
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	int64		total = 0;
+	Datum		name;
+	Datum		kind;
+	Datum		d[7];
+	bool		n[7];
+	CdpTraitSpec *spec;
+	HTAB	   *involved;
+	bool		isnull;
+	int			guc_level;
+
+	SPI_connect();
+	if (CdpExecArgs("SELECT c.name, c.kind, c.event, c.property, c.filter, c.time_window, "
+					"       now() - c.time_window "
+					"  FROM cdp.computed_traits c WHERE c.id = $1",
+					1, argtypes, args, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("computed trait %d does not exist", trait_id)));
+	def = SPI_copytuple(SPI_tuptable->vals[0]);
+	heap_deform_tuple(def, SPI_tuptable->tupdesc, d, n);
+	name = d[0];
+	kind = d[1];
+	spec = CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
+							 n[4] ? NULL : DatumGetJsonbP(d[4]));
+	involved = InvolvedProfiles();
+
+	/*
+	 * The sort of the events may use maintenance_work_mem, as an index
+	 * build's does: a backfill is maintenance.  Beyond it, it spills.
+	 */
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	store = AggregateEvents(spec, d[2], n[2], d[6], n[6], n[5] ? (Datum) 0 : d[5], involved);
+	AtEOXact_GUC(true, guc_level);
+	hash_destroy(involved);
+
+	slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
+	b = palloc(sizeof(BackfillBatch));
+	b->nstates = 0;
+	b->nvalues = 0;
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(batch_cxt);
+	while (tuplestore_gettupleslot(store, true, false, slot))
+	{
+		Datum		value;
+		int			i = b->nstates++;
+
+		CHECK_FOR_INTERRUPTS();
+		b->pids[i] = slot_getattr(slot, 1, &isnull);
+		b->states[i] = datumCopy(slot_getattr(slot, 2, &isnull), false, -1);
+		b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
+		value = slot_getattr(slot, 4, &isnull);
+		if (!isnull)
+		{
+			b->value_pids[b->nvalues] = DatumGetInt64(b->pids[i]);
+			b->values[b->nvalues++] = datumCopy(value, false, -1);
+		}
+		if (b->nstates == BACKFILL_BATCH)
+		{
+			total += b->nstates;
+			WriteBatch(b, trait_id, name);
+			/* the slot's tuple, read back from disk, is in batch_cxt too */
+			ExecClearTuple(slot);
+			MemoryContextReset(batch_cxt);
+		}
+	}
+	total += b->nstates;
+	WriteBatch(b, trait_id, name);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch_cxt);
+	ExecDropSingleTupleTableSlot(slot);
+	tuplestore_end(store);
+
+	WriteMergedValues(trait_id, name, kind);
+	SPI_finish();
+	PG_RETURN_INT64(total);
+}
