@@ -1,18 +1,19 @@
 /*
  * computed_trait_backfill.c
- *	  A computed trait counted over every stored event at once, when it is
- *	  defined and no maintenance worker backfills it: its states
- *	  (cdp.trait_states) and its values (cdp.profile_computed), written in
- *	  bulk.  One SELECT reads the trait's events in profile order (scanned
- *	  and sorted by parallel workers when the planner chooses, as a GROUP BY
- *	  by hand would be); each profile's events are counted into its state as
- *	  they stream by, and the state, its value and when it ages out go into
- *	  a tuplestore (nothing may be written while workers run).  Then the
- *	  states are inserted a batch at a time in profile order, and so are the
- *	  values of profiles no merge involves, which are their own state's.
- *	  Only canonical profiles with members combine their members' stored
- *	  states afterwards.  Memory: one profile's state, the profiles merges
- *	  involve, and a batch; the tuplestore and the sort spill to disk.
+ *	  A computed trait's states and values written in bulk: when it is
+ *	  defined and no maintenance worker backfills it (cdp.backfill_trait),
+ *	  and when a background backfill publishes its values
+ *	  (cdp.publish_trait_values).  A definition reads the trait's events in
+ *	  profile order in one SELECT (scanned and sorted by parallel workers
+ *	  when the planner chooses, as a GROUP BY by hand would be); each
+ *	  profile's events are counted into its state as they stream by, and the
+ *	  state, its value and when it ages out go into a tuplestore (nothing may
+ *	  be written while workers run).  Then the states are inserted a batch at
+ *	  a time in profile order, and so are the values of profiles no merge
+ *	  involves, which are their own state's; only canonical profiles with
+ *	  members combine their members' stored states afterwards.  Memory: one
+ *	  profile's state, the profiles merges involve, and a batch; the
+ *	  tuplestore and the sort spill to disk.
  */
 #include "postgres.h"
 
@@ -34,6 +35,7 @@
 #include "spi_util.h"
 
 PG_FUNCTION_INFO_V1(cdp_backfill_trait);
+PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 
 /* states (and values) written per statement */
 #define BACKFILL_BATCH 10000
@@ -194,6 +196,102 @@ InvolvedProfiles(void)
 }
 
 /*
+ * A stored state (profile_id, state) of a trait whose states are all
+ * stored (a background backfill, published): the value of a profile no
+ * merge involves, into the tuplestore (no state: it is stored already).
+ */
+static bool
+StateReceive(TupleTableSlot *slot, DestReceiver *self)
+{
+	EventReceiver *r = (EventReceiver *) self;
+	bool		isnull;
+	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+	Datum		state = slot_getattr(slot, 2, &isnull);
+	MemoryContext old;
+	Jsonb	   *value;
+
+	if (isnull || hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL)
+		return true;
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	value = CdpTraitStateValue(CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
+	if (value != NULL)
+	{
+		Datum		values[4] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
+		JsonbPGetDatum(value)};
+		bool		nulls[4] = {false, true, true, false};
+
+		tuplestore_putvalues(r->store, r->desc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->profile_cxt);
+	return true;
+}
+
+/* a receiver of rows into a new tuplestore (see EventReceive, StateReceive) */
+static EventReceiver *
+NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), CdpTraitSpec *spec,
+			Datum window, HTAB *involved)
+{
+	EventReceiver *r = palloc0(sizeof(EventReceiver));
+
+	r->pub.receiveSlot = receive;
+	r->pub.rStartup = EventStartup;
+	r->pub.rShutdown = EventShutdown;
+	r->pub.rDestroy = EventDestroy;
+	r->pub.mydest = DestTuplestore;	/* rows go somewhere: not a utility */
+	r->spec = spec;
+	r->window = window;
+	r->involved = involved;
+	r->store = tuplestore_begin_heap(false, false, work_mem);
+	r->desc = StoreDesc();
+	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
+										   ALLOCSET_DEFAULT_SIZES);
+	return r;
+}
+
+/* run plan with params, its rows to the receiver; the tuplestore it filled */
+static Tuplestorestate *
+RunInto(SPIPlanPtr plan, ParamListInfo params, EventReceiver *r)
+{
+	SPIExecuteOptions options;
+	int			rc;
+
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.dest = &r->pub;
+	rc = SPI_execute_plan_extended(plan, &options);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "computed trait backfill: SPI_execute_plan_extended returned %s",
+			 SPI_result_code_string(rc));
+	MemoryContextDelete(r->profile_cxt);
+	return r->store;
+}
+
+/*
+ * The values of a trait's stored states, of profiles no merge involves, in
+ * profile order (the rest: WriteMergedValues).
+ */
+static Tuplestorestate *
+ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
+{
+	Oid			types[1] = {INT4OID};
+	ParamListInfo params = makeParamList(1);
+	SPIPlanPtr	plan;
+
+	params->params[0].value = Int32GetDatum(trait_id);
+	params->params[0].isnull = false;
+	params->params[0].pflags = PARAM_FLAG_CONST;
+	params->params[0].ptype = INT4OID;
+	plan = SPI_prepare_cursor("SELECT s.profile_id, s.state FROM cdp.trait_states s "
+							  " WHERE s.trait_id = $1 ORDER BY s.profile_id",
+							  1, types, CURSOR_OPT_PARALLEL_OK);
+	if (plan == NULL)
+		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
+			 SPI_result_code_string(SPI_result));
+	return RunInto(plan, params, NewReceiver(StateReceive, spec, (Datum) 0, involved));
+}
+
+/*
  * Read the trait's events in profile order, with its event and window as
  * constants (so the planner sees what it reads, and may scan and sort in
  * parallel workers), counting them into a tuplestore of states.  Only the
@@ -205,11 +303,8 @@ AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, b
 {
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 	ParamListInfo params = makeParamList(2);
-	EventReceiver *r = palloc0(sizeof(EventReceiver));
-	SPIExecuteOptions options;
 	SPIPlanPtr	plan;
 	char	   *sql;
-	int			rc;
 
 	params->params[0].value = event;
 	params->params[0].isnull = event_null;
@@ -231,27 +326,7 @@ AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, b
 		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
 			 SPI_result_code_string(SPI_result));
 
-	r->pub.receiveSlot = EventReceive;
-	r->pub.rStartup = EventStartup;
-	r->pub.rShutdown = EventShutdown;
-	r->pub.rDestroy = EventDestroy;
-	r->pub.mydest = DestTuplestore;	/* rows go somewhere: not a utility */
-	r->spec = spec;
-	r->window = window;
-	r->involved = involved;
-	r->store = tuplestore_begin_heap(false, false, work_mem);
-	r->desc = StoreDesc();
-	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
-										   ALLOCSET_DEFAULT_SIZES);
-	memset(&options, 0, sizeof(options));
-	options.params = params;
-	options.dest = &r->pub;
-	rc = SPI_execute_plan_extended(plan, &options);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "computed trait backfill: SPI_execute_plan_extended returned %s",
-			 SPI_result_code_string(rc));
-	MemoryContextDelete(r->profile_cxt);
-	return r->store;
+	return RunInto(plan, params, NewReceiver(EventReceive, spec, window, involved));
 }
 
 static int
@@ -397,62 +472,20 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 }
 
 /*
- * backfill_trait(trait_id): count a trait that has no states yet over
- * every stored event, writing its states and values; returns how many
- * states.  The caller keeps ingest out meanwhile (define_computed_trait's
- * lock), so the events read are all there are.
+ * Write what the tuplestore holds, in batches: states (where it has one)
+ * into cdp.trait_states, values of profiles no merge involves into
+ * cdp.profile_computed; then the values of canonical profiles with
+ * members.  Returns how many states it wrote.
  */
-Datum
-cdp_backfill_trait(PG_FUNCTION_ARGS)
+static int64
+WriteStore(Tuplestorestate *store, int32 trait_id, Datum name, Datum kind)
 {
-	int32		trait_id = PG_GETARG_INT32(0);
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(trait_id)};
-	HeapTuple	def;
-	Tuplestorestate *store;
-	TupleTableSlot *slot;
-	BackfillBatch *b;
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
+	BackfillBatch *b = palloc(sizeof(BackfillBatch));
 	MemoryContext batch_cxt;
 	MemoryContext old;
 	int64		total = 0;
-	Datum		name;
-	Datum		kind;
-	Datum		d[7];
-	bool		n[7];
-	CdpTraitSpec *spec;
-	HTAB	   *involved;
-	bool		isnull;
-	int			guc_level;
 
-	SPI_connect();
-	if (CdpExecArgs("SELECT c.name, c.kind, c.event, c.property, c.filter, c.time_window, "
-					"       now() - c.time_window "
-					"  FROM cdp.computed_traits c WHERE c.id = $1",
-					1, argtypes, args, SPI_OK_SELECT) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("computed trait %d does not exist", trait_id)));
-	def = SPI_copytuple(SPI_tuptable->vals[0]);
-	heap_deform_tuple(def, SPI_tuptable->tupdesc, d, n);
-	name = d[0];
-	kind = d[1];
-	spec = CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
-							 n[4] ? NULL : DatumGetJsonbP(d[4]));
-	involved = InvolvedProfiles();
-
-	/*
-	 * The sort of the events may use maintenance_work_mem, as an index
-	 * build's does: a backfill is maintenance.  Beyond it, it spills.
-	 */
-	guc_level = NewGUCNestLevel();
-	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	store = AggregateEvents(spec, d[2], n[2], d[6], n[6], n[5] ? (Datum) 0 : d[5], involved);
-	AtEOXact_GUC(true, guc_level);
-	hash_destroy(involved);
-
-	slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
-	b = palloc(sizeof(BackfillBatch));
 	b->nstates = 0;
 	b->nvalues = 0;
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
@@ -460,20 +493,27 @@ cdp_backfill_trait(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(batch_cxt);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
+		bool		isnull;
+		Datum		pid = slot_getattr(slot, 1, &isnull);
+		Datum		state = slot_getattr(slot, 2, &isnull);
 		Datum		value;
-		int			i = b->nstates++;
 
 		CHECK_FOR_INTERRUPTS();
-		b->pids[i] = slot_getattr(slot, 1, &isnull);
-		b->states[i] = datumCopy(slot_getattr(slot, 2, &isnull), false, -1);
-		b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
+		if (!isnull)
+		{
+			int			i = b->nstates++;
+
+			b->pids[i] = pid;
+			b->states[i] = datumCopy(state, false, -1);
+			b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
+		}
 		value = slot_getattr(slot, 4, &isnull);
 		if (!isnull)
 		{
-			b->value_pids[b->nvalues] = DatumGetInt64(b->pids[i]);
+			b->value_pids[b->nvalues] = DatumGetInt64(pid);
 			b->values[b->nvalues++] = datumCopy(value, false, -1);
 		}
-		if (b->nstates == BACKFILL_BATCH)
+		if (b->nstates == BACKFILL_BATCH || b->nvalues == BACKFILL_BATCH)
 		{
 			total += b->nstates;
 			WriteBatch(b, trait_id, name);
@@ -488,8 +528,92 @@ cdp_backfill_trait(PG_FUNCTION_ARGS)
 	MemoryContextDelete(batch_cxt);
 	ExecDropSingleTupleTableSlot(slot);
 	tuplestore_end(store);
-
 	WriteMergedValues(trait_id, name, kind);
+	return total;
+}
+
+/*
+ * The trait's definition (name, kind, event, property, filter,
+ * time_window, now() - time_window) into d and n, and its parsed spec.
+ */
+static CdpTraitSpec *
+ReadTrait(int32 trait_id, Datum *d, bool *n)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(trait_id)};
+	HeapTuple	def;
+
+	if (CdpExecArgs("SELECT c.name, c.kind, c.event, c.property, c.filter, c.time_window, "
+					"       now() - c.time_window "
+					"  FROM cdp.computed_traits c WHERE c.id = $1",
+					1, argtypes, args, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("computed trait %d does not exist", trait_id)));
+	def = SPI_copytuple(SPI_tuptable->vals[0]);
+	heap_deform_tuple(def, SPI_tuptable->tupdesc, d, n);
+	SPI_freetuptable(SPI_tuptable);
+	return CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
+							 n[4] ? NULL : DatumGetJsonbP(d[4]));
+}
+
+/*
+ * backfill_trait(trait_id): count a trait that has no states yet over
+ * every stored event, writing its states and values; returns how many
+ * states.  The caller keeps ingest out meanwhile (define_computed_trait's
+ * lock), so the events read are all there are.
+ */
+Datum
+cdp_backfill_trait(PG_FUNCTION_ARGS)
+{
+	int32		trait_id = PG_GETARG_INT32(0);
+	Datum		d[7];
+	bool		n[7];
+	CdpTraitSpec *spec;
+	HTAB	   *involved;
+	Tuplestorestate *store;
+	int			guc_level;
+	int64		total;
+
+	SPI_connect();
+	spec = ReadTrait(trait_id, d, n);
+	involved = InvolvedProfiles();
+
+	/*
+	 * The sort of the events may use maintenance_work_mem, as an index
+	 * build's does: a backfill is maintenance.  Beyond it, it spills.
+	 */
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	store = AggregateEvents(spec, d[2], n[2], d[6], n[6], n[5] ? (Datum) 0 : d[5], involved);
+	AtEOXact_GUC(true, guc_level);
+	hash_destroy(involved);
+	total = WriteStore(store, trait_id, d[0], d[1]);
 	SPI_finish();
 	PG_RETURN_INT64(total);
+}
+
+/*
+ * publish_trait_values(trait_id): the values of a trait whose states are
+ * all stored (a background backfill that caught up), written in bulk like
+ * a definition's; none of its values may be stored yet.  Returns how many
+ * states it read values from.
+ */
+Datum
+cdp_publish_trait_values(PG_FUNCTION_ARGS)
+{
+	int32		trait_id = PG_GETARG_INT32(0);
+	Datum		d[7];
+	bool		n[7];
+	CdpTraitSpec *spec;
+	HTAB	   *involved;
+
+	SPI_connect();
+	spec = ReadTrait(trait_id, d, n);
+	involved = InvolvedProfiles();
+	(void) WriteStore(ReadStates(trait_id, spec, involved), trait_id, d[0], d[1]);
+	hash_destroy(involved);
+	SPI_finish();
+	PG_RETURN_VOID();
 }

@@ -290,6 +290,15 @@ LANGUAGE C STRICT;
 COMMENT ON FUNCTION cdp.backfill_trait(int) IS
     'internal: count a trait without states over every stored event, states and values at once';
 
+-- The values of a trait whose states are all stored and none of whose values
+-- is, in bulk (src/computed_trait_backfill.c).
+CREATE FUNCTION cdp.publish_trait_values(trait_id int)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_publish_trait_values'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.publish_trait_values(int) IS
+    'internal: write the values of a trait whose states are all stored';
+
 -- A backfilled trait's values into every canonical profile, at once; it is
 -- live from then on, and its audiences follow at commit.
 CREATE FUNCTION cdp.publish_trait(trait_id int)
@@ -306,18 +315,9 @@ BEGIN
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
     UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
      WHERE pc.traits ? t.name;
-    INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
-    SELECT v.id, jsonb_build_object(t.name, v.value)
-      FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
-                   cdp.trait_union_value(t.kind, s.state) AS value
-              FROM cdp.trait_states s
-              JOIN cdp.profile_records r ON r.profile_id = s.profile_id
-             WHERE s.trait_id = t.id
-             GROUP BY 1) v
-     WHERE v.value IS NOT NULL
-    ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
+    -- audiences follow at commit for every profile given a value
+    PERFORM cdp.publish_trait_values(t.id);
     UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = t.id;
-    PERFORM cdp.profiles_changed(ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? t.name));
 END
 $$;
 

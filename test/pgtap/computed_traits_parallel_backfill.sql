@@ -2,11 +2,13 @@
 -- aggregation that parallel workers may share (partial states combined in
 -- the leader), then written in bulk: with parallel plans forced, every kind
 -- gives the states a serial aggregation gives and values equal to the
--- oracle's, for profiles alone and for canonical profiles of merges.
+-- oracle's, for profiles alone and for canonical profiles of merges.  A
+-- background backfill (the maintenance worker's steps) publishes the same
+-- values.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(6);
+SELECT plan(8);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -110,6 +112,31 @@ SELECT is((SELECT count(*) FROM cdp.trait_states s JOIN cdp.computed_traits t ON
 SELECT is((SELECT count(*) FROM cdp.profile_computed pc
             WHERE NOT EXISTS (SELECT FROM cdp.profile_records r WHERE r.profile_id = pc.profile_id AND r.merged_into IS NULL)),
           0::bigint, 'values are kept for canonical profiles only');
+
+-- the steps of a background backfill, as the maintenance worker takes them
+-- (define_computed_trait with the worker running starts it so)
+SELECT cdp.define_computed_trait('bg_revenue', 'sum', 'Order Completed', 'total');
+SELECT cdp.define_computed_trait('bg_plans', 'unique_list', NULL, 'plan', '4 days');
+DELETE FROM cdp.trait_states s USING cdp.computed_traits t
+ WHERE t.id = s.trait_id AND t.name IN ('bg_revenue', 'bg_plans');
+UPDATE cdp.profile_computed SET traits = traits - 'bg_revenue' - 'bg_plans';
+UPDATE cdp.computed_traits
+   SET status = 'backfilling', backfill_done = 0,
+       backfill_partitions = ARRAY(SELECT p.partition FROM cdp.partition_bounds() p ORDER BY p.range_from)
+ WHERE name IN ('bg_revenue', 'bg_plans');
+CREATE FUNCTION pg_temp.backfill_steps() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    n int := 0;
+BEGIN
+    WHILE cdp.backfill_step() IS NOT NULL AND n < 1000 LOOP
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+SELECT cmp_ok(pg_temp.backfill_steps(), '>', 2, 'the background backfill took its steps');
+SELECT is((SELECT count(*) FROM pg_temp.oracle_diff()), 0::bigint,
+          'a background backfill publishes the oracle''s values, merged profiles too');
 
 SELECT * FROM finish();
 ROLLBACK;
