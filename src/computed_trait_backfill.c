@@ -40,7 +40,8 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 /* states (and values) written per statement */
 #define BACKFILL_BATCH 10000
 
-static SPIPlanPtr states_plan = NULL;
+static SPIPlanPtr update_states_plan = NULL;
+static SPIPlanPtr insert_states_plan = NULL;
 static SPIPlanPtr update_values_plan = NULL;
 static SPIPlanPtr insert_values_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
@@ -282,8 +283,8 @@ ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
 	params->params[0].isnull = false;
 	params->params[0].pflags = PARAM_FLAG_CONST;
 	params->params[0].ptype = INT4OID;
-	plan = SPI_prepare_cursor("SELECT s.profile_id, s.state FROM cdp.trait_states s "
-							  " WHERE s.trait_id = $1 ORDER BY s.profile_id",
+	plan = SPI_prepare_cursor("SELECT s.profile_id, s.states -> $1::text FROM cdp.trait_states s "
+							  " WHERE s.states ? $1::text ORDER BY s.profile_id",
 							  1, types, CURSOR_OPT_PARALLEL_OK);
 	if (plan == NULL)
 		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
@@ -338,79 +339,136 @@ CompareInt64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* the batch's states into cdp.trait_states, its lone profiles' values too */
+/*
+ * Run an UPDATE of stored rows by profile id (pids, in order) that returns
+ * the ids it updated, each row found by index (never a hash of a whole
+ * table per batch); which of pids it updated, and how many.
+ */
+static bool *
+UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args,
+			 const int64 *pids, int n, int *nupdated)
+{
+	int			level = CdpBeginIndexedPlans();
+	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, nargs, argtypes), args, NULL,
+								   SPI_OK_UPDATE_RETURNING);
+	int64	   *updated = palloc(sizeof(int64) * Max(rows, 1));
+	bool	   *stored = palloc(sizeof(bool) * Max(n, 1));
+
+	CdpEndIndexedPlans(level);
+	for (uint64 i = 0; i < rows; i++)
+	{
+		bool		isnull;
+
+		updated[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+												 &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	qsort(updated, rows, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		stored[i] = bsearch(&pids[i], updated, rows, sizeof(int64), CompareInt64) != NULL;
+	*nupdated = (int) rows;
+	return stored;
+}
+
+static Datum
+TimestampArray(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+}
+
+/*
+ * The batch's states into the rows of cdp.trait_states (a stored profile
+ * id's row gains the trait's state, an id without one gets a row), then
+ * its lone profiles' values into cdp.profile_computed likewise.  Updates
+ * first: a plain update of a row found by index costs far less than
+ * INSERT ... ON CONFLICT DO UPDATE, which locks the row and then updates it.
+ */
 static void
 WriteBatch(BackfillBatch *b, int32 trait_id, Datum name)
 {
+	Datum		key = CStringGetTextDatum(psprintf("%d", trait_id));
+
 	if (b->nstates > 0)
 	{
-		Oid			argtypes[4] = {INT8ARRAYOID, INT4OID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+		Oid			argtypes[4] = {INT8ARRAYOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
 		Datum		args[4];
-		int			dims[1] = {b->nstates};
-		int			lbs[1] = {1};
+		int64	   *pids = palloc(sizeof(int64) * b->nstates);
+		bool	   *stored;
+		int			nupdated;
+		int			ninsert = 0;
 
+		for (int i = 0; i < b->nstates; i++)
+			pids[i] = DatumGetInt64(b->pids[i]);
 		args[0] = CdpArray(b->pids, b->nstates, INT8OID);
-		args[1] = Int32GetDatum(trait_id);
+		args[1] = key;
 		args[2] = CdpArray(b->states, b->nstates, JSONBOID);
-		args[3] = PointerGetDatum(construct_md_array(b->expires, b->expires_null, 1, dims, lbs,
-													 TIMESTAMPTZOID, sizeof(TimestampTz),
-													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		CdpExecPlan(CdpPlan(&states_plan,
-							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
-							"SELECT u.p, $2, u.st, u.x "
-							"FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x)",
-							4, argtypes),
-					args, NULL, SPI_OK_INSERT);
+		args[3] = TimestampArray(b->expires, b->expires_null, b->nstates);
+		stored = UpdateStored(&update_states_plan,
+							  "UPDATE cdp.trait_states s "
+							  "   SET states = s.states || jsonb_build_object($2::text, u.st), "
+							  "       expires_at = LEAST(s.expires_at, u.x) "
+							  "  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
+							  " WHERE s.profile_id = u.p "
+							  "RETURNING s.profile_id",
+							  4, argtypes, args, pids, b->nstates, &nupdated);
+		if (nupdated < b->nstates)
+		{
+			for (int i = 0; i < b->nstates; i++)
+				if (!stored[i])
+				{
+					b->pids[ninsert] = b->pids[i];
+					b->states[ninsert] = b->states[i];
+					b->expires[ninsert] = b->expires[i];
+					b->expires_null[ninsert++] = b->expires_null[i];
+				}
+			args[0] = CdpArray(b->pids, ninsert, INT8OID);
+			args[2] = CdpArray(b->states, ninsert, JSONBOID);
+			args[3] = TimestampArray(b->expires, b->expires_null, ninsert);
+			CdpExecPlan(CdpPlan(&insert_states_plan,
+								"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+								"SELECT u.p, jsonb_build_object($2::text, u.st), u.x "
+								"  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
+								"ON CONFLICT (profile_id) DO UPDATE "
+								"SET states = s.states || excluded.states, "
+								"    expires_at = LEAST(s.expires_at, excluded.expires_at)",
+								4, argtypes),
+						args, NULL, SPI_OK_INSERT);
+		}
 	}
 	if (b->nvalues > 0)
 	{
 		Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TEXTOID};
 		Datum		args[3];
-		int			level;
-		uint64		nupdated;
-		int64	   *updated;
+		bool	   *stored;
+		int			nupdated;
 		int			ninsert = 0;
 
 		args[0] = CdpInt8Array(b->value_pids, b->nvalues);
 		args[1] = CdpArray(b->values, b->nvalues, JSONBOID);
 		args[2] = name;
-
-		/*
-		 * Stored rows (other traits' values) gain this one by a plain
-		 * update, each found by index (never a hash of the whole table per
-		 * batch)
-		 */
-		level = CdpBeginIndexedPlans();
-		nupdated = CdpExecPlan(CdpPlan(&update_values_plan,
-									   "UPDATE cdp.profile_computed pc "
-									   "   SET traits = pc.traits || jsonb_build_object($3::text, u.v), "
-									   "       updated_at = now() "
-									   "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-									   " WHERE pc.profile_id = u.p "
-									   "RETURNING pc.profile_id",
-									   3, argtypes),
-							   args, NULL, SPI_OK_UPDATE_RETURNING);
-		CdpEndIndexedPlans(level);
-		updated = palloc(sizeof(int64) * Max(nupdated, 1));
-		for (uint64 i = 0; i < nupdated; i++)
+		stored = UpdateStored(&update_values_plan,
+							  "UPDATE cdp.profile_computed pc "
+							  "   SET traits = pc.traits || jsonb_build_object($3::text, u.v), "
+							  "       updated_at = now() "
+							  "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+							  " WHERE pc.profile_id = u.p "
+							  "RETURNING pc.profile_id",
+							  3, argtypes, args, b->value_pids, b->nvalues, &nupdated);
+		/* audiences over these values follow at commit */
+		CdpProfilesChanged(b->value_pids, b->nvalues);
+		if (nupdated < b->nvalues)
 		{
-			bool		isnull;
-
-			updated[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		SPI_freetuptable(SPI_tuptable);
-		qsort(updated, nupdated, sizeof(int64), CompareInt64);
-
-		/* the others are inserted (the batch is in profile order) */
-		for (int i = 0; i < b->nvalues; i++)
-			if (bsearch(&b->value_pids[i], updated, nupdated, sizeof(int64), CompareInt64) == NULL)
-			{
-				b->value_pids[ninsert] = b->value_pids[i];
-				b->values[ninsert++] = b->values[i];
-			}
-		if (ninsert > 0)
-		{
+			for (int i = 0; i < b->nvalues; i++)
+				if (!stored[i])
+				{
+					b->value_pids[ninsert] = b->value_pids[i];
+					b->values[ninsert++] = b->values[i];
+				}
 			args[0] = CdpInt8Array(b->value_pids, ninsert);
 			args[1] = CdpArray(b->values, ninsert, JSONBOID);
 			CdpExecPlan(CdpPlan(&insert_values_plan,
@@ -422,8 +480,6 @@ WriteBatch(BackfillBatch *b, int32 trait_id, Datum name)
 								3, argtypes),
 						args, NULL, SPI_OK_INSERT);
 		}
-		CdpProfilesChanged(updated, (int) nupdated);
-		CdpProfilesChanged(b->value_pids, ninsert);
 	}
 	b->nstates = 0;
 	b->nvalues = 0;
@@ -444,13 +500,13 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 	n = CdpExecPlan(CdpPlan(&merged_plan,
 							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
 							"SELECT v.id, jsonb_build_object($2, v.value) "
-							"  FROM (SELECT c.id, cdp.trait_union_value($3, s.state) AS value "
+							"  FROM (SELECT c.id, cdp.trait_union_value($3, s.states -> $1::text) AS value "
 							"          FROM (SELECT x.merged_into AS id, x.profile_id AS member "
 							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL "
 							"                UNION ALL "
 							"                SELECT DISTINCT x.merged_into, x.merged_into "
 							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL) c "
-							"          JOIN cdp.trait_states s ON s.profile_id = c.member AND s.trait_id = $1 "
+							"          JOIN cdp.trait_states s ON s.profile_id = c.member AND s.states ? $1::text "
 							"         GROUP BY c.id) v "
 							" WHERE v.value IS NOT NULL "
 							" ORDER BY 1 "

@@ -9,9 +9,10 @@
  *	  worker's transaction) when the batch does, so that a chunk or batch
  *	  that rolls back takes its events' counts with it.  The drain writes
  *	  them when it ends, or when they grow large, and before profile state
- *	  is recomputed (which derives computed values too): the stored states
- *	  of those pairs are read in one statement, combined with them in C
- *	  and written back in another (only those that changed); where a
+ *	  is recomputed (which derives computed values too): the stored rows
+ *	  of those profiles (one per profile, every trait's state in it) are
+ *	  read in one statement, combined with them in C and the states that
+ *	  changed written back in another, a profile's as one row; where a
  *	  profile has no other profile merged into it, its values in
  *	  cdp.profile_computed change by the traits whose value changed, from
  *	  the states in memory, else they are derived again from every
@@ -21,6 +22,9 @@
  *	  Ingest holds the row locks of its profiles in cdp.profile_records
  *	  (identity resolution takes them) to commit, as every other writer of
  *	  their states does, so reading and writing back loses nothing.  A
+ *	  background backfill step takes no such lock, but writes only the
+ *	  state of the trait it counts (which ingest only notes), and both
+ *	  merge their states by key into the row as it is when they write.  A
  *	  merge inside the drain derives values from the states written so
  *	  far; the profiles it merged are no longer alone when the drain
  *	  writes, so their values are derived again then, from every state.
@@ -35,6 +39,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -59,6 +64,7 @@ typedef struct TraitDef
 	CdpTraitSpec *spec;
 } TraitDef;
 
+/* a (profile, trait) pair: those a trait being backfilled must count again */
 typedef struct StateKey
 {
 	int64		profile_id;
@@ -66,36 +72,42 @@ typedef struct StateKey
 	int32		pad;
 } StateKey;
 
-typedef struct StateEntry
+/* a trait's state of a profile */
+typedef struct TraitSlot
 {
-	StateKey	key;
+	int32		trait;			/* its id */
 	CdpTraitState *state;		/* over the events gathered */
 	Jsonb	   *stored;			/* the stored state, NULL: none */
-} StateEntry;
+} TraitSlot;
 
-/* states of events not yet written, per (profile, trait) */
+/*
+ * A profile's gathered states, by trait id: one hash entry per profile (a
+ * batch merged into its drain looks each profile up once, not each of its
+ * states).
+ */
+typedef struct ProfileEntry
+{
+	int64		profile_id;		/* the key */
+	int			nslots;
+	int			maxslots;
+	TraitSlot  *slots;			/* in trait id order */
+} ProfileEntry;
+
+/* states of events not yet written, per profile and trait */
 struct CdpTraitDeltas
 {
 	MemoryContext cxt;			/* the states' memory, reset when written */
-	HTAB	   *states;
+	HTAB	   *profiles;		/* ProfileEntry by profile id */
+	long		nstates;		/* slots in all of them */
 };
 
 /* a drain writes what it gathered at this size, whatever comes next */
 #define DELTAS_MAX_STATES	250000
 #define DELTAS_MAX_BYTES	((Size) 128 * 1024 * 1024)
 
-/* a trait whose value changed for a profile */
-typedef struct ValueChange
-{
-	int64		profile_id;
-	int32		trait;			/* index into the definitions */
-	Jsonb	   *value;
-} ValueChange;
-
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
-static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr write_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
 static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
@@ -163,30 +175,6 @@ CompareInt64(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
-static int
-CompareChanges(const void *a, const void *b)
-{
-	const ValueChange *x = a;
-	const ValueChange *y = b;
-
-	if (x->profile_id != y->profile_id)
-		return x->profile_id < y->profile_id ? -1 : 1;
-	return x->trait - y->trait;
-}
-
-/* sorts v and keeps each value once; returns how many */
-static int
-SortUnique(int64 *v, int n)
-{
-	int			k = 0;
-
-	qsort(v, n, sizeof(int64), CompareInt64);
-	for (int i = 0; i < n; i++)
-		if (k == 0 || v[i] != v[k - 1])
-			v[k++] = v[i];
-	return k;
-}
-
 /* the index of a definition by id (they are in id order), -1: none */
 static int
 DefIndex(TraitDef *defs, int ndefs, int32 id)
@@ -215,7 +203,48 @@ SameJsonb(Jsonb *a, Jsonb *b)
 		memcmp(a, b, VARSIZE(a)) == 0;
 }
 
-/* the stored states of the chunk's (profile, trait) pairs, onto their entries */
+/* where trait's slot is, or would go, in the profile's slots */
+static int
+SlotIndex(ProfileEntry *pe, int32 trait, bool *found)
+{
+	int			lo = 0,
+				hi = pe->nslots;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (pe->slots[mid].trait < trait)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < pe->nslots && pe->slots[lo].trait == trait;
+	return lo;
+}
+
+/* a new slot for trait at index i (SlotIndex's), in the current memory context */
+static TraitSlot *
+InsertSlot(ProfileEntry *pe, int i, int32 trait)
+{
+	if (pe->nslots == pe->maxslots)
+	{
+		pe->maxslots = Max(4, pe->maxslots * 2);
+		pe->slots = pe->slots == NULL ? palloc(sizeof(TraitSlot) * pe->maxslots) :
+			repalloc(pe->slots, sizeof(TraitSlot) * pe->maxslots);
+	}
+	memmove(&pe->slots[i + 1], &pe->slots[i], sizeof(TraitSlot) * (pe->nslots - i));
+	pe->nslots++;
+	pe->slots[i].trait = trait;
+	pe->slots[i].state = NULL;
+	pe->slots[i].stored = NULL;
+	return &pe->slots[i];
+}
+
+/*
+ * The stored states of the gathered (profile, trait) pairs, onto their
+ * slots: one row per profile holds its states by trait id.
+ */
 static void
 ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 {
@@ -225,7 +254,7 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 
 	args[0] = CdpInt8Array(profiles, nprofiles);
 	rows = CdpExecPlan(CdpPlan(&read_plan,
-							   "SELECT profile_id, trait_id, state FROM cdp.trait_states "
+							   "SELECT profile_id, states FROM cdp.trait_states "
 							   "WHERE profile_id = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
@@ -233,15 +262,23 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		StateKey	key;
-		StateEntry *e;
+		int64		pid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		ProfileEntry *pe = hash_search(states, &pid, HASH_FIND, NULL);
+		Jsonb	   *stored;
 
-		memset(&key, 0, sizeof(key));
-		key.profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		key.trait = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		e = hash_search(states, &key, HASH_FIND, NULL);
-		if (e != NULL)
-			e->stored = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		if (pe == NULL)
+			continue;
+		stored = DatumGetJsonbP(SPI_getbinval(tup, desc, 2, &isnull));
+		for (int i = 0; i < pe->nslots; i++)
+		{
+			char		key[16];
+			JsonbValue	v;
+
+			snprintf(key, sizeof(key), "%d", pe->slots[i].trait);
+			if (getKeyJsonValueFromContainer(&stored->root, key, strlen(key), &v) != NULL &&
+				v.type == jbvBinary)
+				pe->slots[i].stored = JsonbValueToJsonb(&v);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -326,63 +363,47 @@ PushValue(JsonbParseState **ps, Jsonb *value)
 	pushJsonbValue(ps, WJB_VALUE, &v);
 }
 
+static void
+PushKey(JsonbParseState **ps, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(ps, WJB_KEY, &k);
+}
+
+/* a value (as CdpTraitStateValueOf gives it) as the value of key in *ps */
+static void
+PushValueOf(JsonbParseState **ps, const char *key, JsonbValue *v)
+{
+	PushKey(ps, key);
+	if (v->type == jbvArray || v->type == jbvObject)
+	{
+		/* a container built in memory: as a Jsonb, which pushJsonbValue unpacks */
+		Jsonb	   *j = JsonbValueToJsonb(v);
+
+		PushValue(ps, j);
+	}
+	else
+		pushJsonbValue(ps, WJB_VALUE, v);
+}
+
 /*
- * The changed values into cdp.profile_computed: for a profile alone, its
- * row gains them by name (the other traits' values stay what they were);
- * any other profile's values are derived again from its members' states.
+ * The values that changed into cdp.profile_computed: the profiles alone
+ * (pids, vals: their changed values by name) gain them, the other traits'
+ * values staying what they were; the others' (derive) are derived again
+ * from their members' states.  Audiences over the changed profiles'
+ * values (sorted) follow at commit.
  */
 static void
-WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
+WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
+			int64 *changed, int nchanged)
 {
-	int64	   *profiles = palloc(sizeof(int64) * Max(nchanges, 1));
-	int			nprofiles;
-	bool	   *alone;
-	Datum	   *pids = palloc(sizeof(Datum) * Max(nchanges, 1));
-	Datum	   *vals = palloc(sizeof(Datum) * Max(nchanges, 1));
-	int64	   *others = palloc(sizeof(int64) * Max(nchanges, 1));
-	int			nalone = 0,
-				nothers = 0;
 	Oid			argtype = INT8ARRAYOID;
 	Datum		args[2];
 
-	for (int i = 0; i < nchanges; i++)
-		profiles[i] = changes[i].profile_id;
-	nprofiles = SortUnique(profiles, nchanges);
-	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
-	FindProfilesAlone(profiles, nprofiles, alone);
-
-	qsort(changes, nchanges, sizeof(ValueChange), CompareChanges);
-	for (int i = 0; i < nchanges;)
-	{
-		int64		pid = changes[i].profile_id;
-		int64	   *at = bsearch(&pid, profiles, nprofiles, sizeof(int64), CompareInt64);
-		int			j = i;
-		bool		derive = !alone[at - profiles];
-
-		while (j < nchanges && changes[j].profile_id == pid)
-			derive |= changes[j++].value == NULL;
-		if (derive)
-			others[nothers++] = pid;
-		else
-		{
-			JsonbParseState *ps = NULL;
-
-			pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
-			for (int k = i; k < j; k++)
-			{
-				JsonbValue	key;
-
-				key.type = jbvString;
-				key.val.string.val = (char *) defs[changes[k].trait].name;
-				key.val.string.len = strlen(defs[changes[k].trait].name);
-				pushJsonbValue(&ps, WJB_KEY, &key);
-				PushValue(&ps, changes[k].value);
-			}
-			pids[nalone] = Int64GetDatum(pid);
-			vals[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
-		}
-		i = j;
-	}
 	if (nalone > 0)
 	{
 		Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
@@ -392,173 +413,251 @@ WriteValues(ValueChange *changes, int nchanges, TraitDef *defs)
 		CdpExecPlan(CdpPlan(&values_plan,
 							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
 							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-							"ORDER BY u.p "
 							"ON CONFLICT (profile_id) DO UPDATE "
 							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
 							2, argtypes),
 					args, NULL, SPI_OK_INSERT);
 	}
-	if (nothers > 0)
+	if (nderive > 0)
 	{
-		args[0] = CdpInt8Array(others, nothers);
+		args[0] = CdpInt8Array(derive, nderive);
 		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
 					args, NULL, SPI_OK_SELECT);
 	}
-	/* audiences over these values follow at commit */
-	CdpProfilesChanged(profiles, nprofiles);
-}
-
-/* rows of cdp.trait_states to write in one statement */
-typedef struct StateRows
-{
-	int			n;
-	Datum	   *pids;
-	Datum	   *tids;
-	Datum	   *states;
-	Datum	   *expires;
-	bool	   *expires_null;
-} StateRows;
-
-static void
-InitStateRows(StateRows *rows, int max)
-{
-	rows->n = 0;
-	rows->pids = palloc(sizeof(Datum) * max);
-	rows->tids = palloc(sizeof(Datum) * max);
-	rows->states = palloc(sizeof(Datum) * max);
-	rows->expires = palloc(sizeof(Datum) * max);
-	rows->expires_null = palloc(sizeof(bool) * max);
+	CdpProfilesChanged(changed, nchanged);
 }
 
 /*
- * New states are inserted (none is stored: the profiles' locks keep anyone
- * else from storing one), stored ones updated; in key order.
+ * The states that changed, one row per profile ({"<trait id>": state}, in
+ * profile order), into the profiles' rows in one statement: a stored row
+ * keeps its other traits' states.  The profiles' row locks keep any other
+ * writer of these traits' states away; one of a trait being backfilled may
+ * store the row meanwhile, hence the conflict clause (both merge by key).
+ * Ingest only adds events, so a row's expiry can only come earlier.
  */
 static void
-WriteStateRows(StateRows *rows, bool insert)
+WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, int n)
 {
-	Oid			argtypes[4] = {INT8ARRAYOID, INT4ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		args[4];
-	int			dims[1] = {rows->n};
+	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[3];
+	int			dims[1] = {n};
 	int			lbs[1] = {1};
 
-	if (rows->n == 0)
+	if (n == 0)
 		return;
-	args[0] = CdpArray(rows->pids, rows->n, INT8OID);
-	args[1] = CdpArray(rows->tids, rows->n, INT4OID);
-	args[2] = CdpArray(rows->states, rows->n, JSONBOID);
-	args[3] = PointerGetDatum(construct_md_array(rows->expires, rows->expires_null, 1, dims, lbs,
+	args[0] = CdpArray(pids, n, INT8OID);
+	args[1] = CdpArray(deltas, n, JSONBOID);
+	args[2] = PointerGetDatum(construct_md_array(expires, expires_null, 1, dims, lbs,
 												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
 												 TYPALIGN_DOUBLE));
-	if (insert)
-		CdpExecPlan(CdpPlan(&insert_plan,
-							"INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at) "
-							"SELECT u.p, u.t, u.st, u.x "
-							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-							"ORDER BY u.p, u.t",
-							4, argtypes),
-					args, NULL, SPI_OK_INSERT);
-	else
-		CdpExecPlan(CdpPlan(&update_plan,
-							"UPDATE cdp.trait_states s SET state = u.st, expires_at = u.x "
-							"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(p, t, st, x) "
-							"WHERE s.profile_id = u.p AND s.trait_id = u.t",
-							4, argtypes),
-					args, NULL, SPI_OK_UPDATE);
+	CdpExecPlan(CdpPlan(&write_plan,
+						"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+						"SELECT u.p, u.st, u.x "
+						"FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+						"ON CONFLICT (profile_id) DO UPDATE "
+						"SET states = s.states || excluded.states, "
+						"expires_at = LEAST(s.expires_at, excluded.expires_at)",
+						3, argtypes),
+				args, NULL, SPI_OK_INSERT);
+}
+
+static int
+CompareProfileEntries(const void *a, const void *b)
+{
+	const ProfileEntry *x = *(ProfileEntry *const *) a;
+	const ProfileEntry *y = *(ProfileEntry *const *) b;
+
+	return x->profile_id < y->profile_id ? -1 : (x->profile_id > y->profile_id ? 1 : 0);
 }
 
 /*
  * Combine the gathered states with the stored ones and write back those
- * that changed; then the values that changed.
+ * that changed, a profile's as one row; then the values that changed, a
+ * profile's gathered in the same pass (see WriteValues).
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 {
 	long		n = hash_get_num_entries(states);
-	int64	   *profiles = palloc(sizeof(int64) * n);
-	ValueChange *changes = palloc(sizeof(ValueChange) * n);
+	ProfileEntry **entries = palloc(sizeof(ProfileEntry *) * Max(n, 1));
+	int64	   *profiles = palloc(sizeof(int64) * Max(n, 1));
+	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
 	int			nprofiles = 0,
-				nchanges = 0;
+				nrows = 0,
+				nalone = 0,
+				nderive = 0,
+				nchanged = 0;
+	bool	   *alone;
+	Datum	   *pids;
+	Datum	   *deltas;
+	Datum	   *expires;
+	bool	   *expires_null;
+	Datum	   *value_pids;
+	Datum	   *values;
+	int64	   *derive;
+	int64	   *changed;
 	HASH_SEQ_STATUS seq;
-	StateEntry *e;
-	StateRows	inserts;
-	StateRows	updates;
+	ProfileEntry *pe;
 
 	hash_seq_init(&seq, states);
-	while ((e = hash_seq_search(&seq)) != NULL)
-		profiles[nprofiles++] = e->key.profile_id;
-	nprofiles = SortUnique(profiles, nprofiles);
+	while ((pe = hash_seq_search(&seq)) != NULL)
+		entries[nprofiles++] = pe;
+	qsort(entries, nprofiles, sizeof(ProfileEntry *), CompareProfileEntries);
+	for (int p = 0; p < nprofiles; p++)
+		profiles[p] = entries[p]->profile_id;
+	for (int t = 0; t < ndefs; t++)
+		keys[t] = psprintf("%d", defs[t].id);
 	ReadStoredStates(states, profiles, nprofiles);
+	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
+	FindProfilesAlone(profiles, nprofiles, alone);
 
-	InitStateRows(&inserts, n);
-	InitStateRows(&updates, n);
-	hash_seq_init(&seq, states);
-	while ((e = hash_seq_search(&seq)) != NULL)
+	pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	deltas = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	expires = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	expires_null = palloc(sizeof(bool) * Max(nprofiles, 1));
+	value_pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	values = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
+	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
+	for (int p = 0; p < nprofiles; p++)
 	{
-		int			t = DefIndex(defs, ndefs, e->key.trait);
-		TraitDef   *d;
-		CdpTraitState *s;
-		Jsonb	   *before;
-		Jsonb	   *after;
-		Jsonb	   *state;
-		StateRows  *rows;
+		int64		pid = profiles[p];
+		JsonbParseState *ps = NULL;
+		JsonbParseState *vs = NULL;
+		bool		any = false;
+		bool		value_changed = false;
+		bool		derived = !alone[p];
+		bool		has_expiry = false;
+		TimestampTz expiry = 0;
 
-		/* definitions cannot change while ingest holds its lock: never */
-		if (t < 0)
-			continue;
-		d = &defs[t];
-		if (e->stored == NULL)
+		pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+		pushJsonbValue(&vs, WJB_BEGIN_OBJECT, NULL);
+		for (int i = 0; i < entries[p]->nslots; i++)
 		{
-			/* nothing stored: the gathered state is the state */
-			s = e->state;
-			before = NULL;
+			TraitSlot  *e = &entries[p]->slots[i];
+			int			t;
+			TraitDef   *d;
+			CdpTraitState *s;
+			Jsonb	   *before = NULL;
+
+			t = DefIndex(defs, ndefs, e->trait);
+			/* definitions cannot change while ingest holds its lock: never */
+			if (t < 0)
+				continue;
+			d = &defs[t];
+			if (e->stored == NULL)
+			{
+				/* nothing stored: the gathered state is the state */
+				s = e->state;
+				if (!CdpTraitStatePush(&ps, keys[t], s))
+					continue;
+			}
+			else
+			{
+				Jsonb	   *state;
+
+				s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
+				before = d->live ? CdpTraitStateValue(s) : NULL;
+				CdpTraitStateCombine(s, e->state);
+				state = CdpTraitStateToJsonb(s);
+				if (state == NULL || SameJsonb(state, e->stored))
+					continue;
+				(void) CdpTraitStatePush(&ps, keys[t], s);
+			}
+			any = true;
+			if (d->windowed && s->has_oldest)
+			{
+				TimestampTz x = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+																		TimestampTzGetDatum(s->oldest),
+																		d->window));
+
+				if (!has_expiry || x < expiry)
+					expiry = x;
+				has_expiry = true;
+			}
+			/* a trait catching up after its backfill shows its values when published */
+			if (!d->live)
+				continue;
+			if (e->stored == NULL)
+			{
+				JsonbValue	v;
+
+				/* no value before: a value now is a change, none is derived again */
+				value_changed = true;
+				if (!CdpTraitStateValueOf(s, &v))
+					derived = true;
+				else if (!derived)
+					PushValueOf(&vs, d->name, &v);
+			}
+			else
+			{
+				Jsonb	   *after = CdpTraitStateValue(s);
+
+				if (SameJsonb(before, after) || (before == NULL && after == NULL))
+					continue;
+				value_changed = true;
+				if (after == NULL)
+					derived = true;
+				else if (!derived)
+				{
+					PushKey(&vs, d->name);
+					PushValue(&vs, after);
+				}
+			}
 		}
+		if (any)
+		{
+			pids[nrows] = Int64GetDatum(pid);
+			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
+			expires[nrows] = TimestampTzGetDatum(expiry);
+			expires_null[nrows] = !has_expiry;
+			nrows++;
+		}
+		if (!value_changed)
+			continue;
+		changed[nchanged++] = pid;
+		if (derived)
+			derive[nderive++] = pid;
 		else
 		{
-			s = CdpTraitStateFromJsonb(d->spec->kind, e->stored);
-			before = d->live ? CdpTraitStateValue(s) : NULL;
-			CdpTraitStateCombine(s, e->state);
-		}
-		state = CdpTraitStateToJsonb(s);
-		if (SameJsonb(state, e->stored))
-			continue;
-		rows = e->stored ? &updates : &inserts;
-		rows->pids[rows->n] = Int64GetDatum(e->key.profile_id);
-		rows->tids[rows->n] = Int32GetDatum(d->id);
-		rows->states[rows->n] = JsonbPGetDatum(state);
-		rows->expires_null[rows->n] = !d->windowed || !s->has_oldest;
-		rows->expires[rows->n] = rows->expires_null[rows->n] ? (Datum) 0 :
-			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(s->oldest), d->window);
-		rows->n++;
-		/* a trait catching up after its backfill shows its values when published */
-		if (!d->live)
-			continue;
-		after = CdpTraitStateValue(s);
-		if (!SameJsonb(before, after))
-		{
-			changes[nchanges].profile_id = e->key.profile_id;
-			changes[nchanges].trait = t;
-			changes[nchanges++].value = after;
+			value_pids[nalone] = Int64GetDatum(pid);
+			values[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&vs, WJB_END_OBJECT, NULL)));
 		}
 	}
-	WriteStateRows(&updates, false);
-	WriteStateRows(&inserts, true);
-	if (nchanges > 0)
-		WriteValues(changes, nchanges, defs);
+	WriteStateRows(pids, deltas, expires, expires_null, nrows);
+	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
+}
+
+/* a profile id's hash: an integer mix of its halves */
+static uint32
+ProfileIdHash(const void *key, Size keysize)
+{
+	int64		id = *(const int64 *) key;
+
+	return hash_combine(murmurhash32((uint32) id), murmurhash32((uint32) (id >> 32)));
+}
+
+/* an empty table of profiles' states in cxt */
+static HTAB *
+NewStatesTable(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(ProfileEntry);
+	ctl.hash = ProfileIdHash;
+	ctl.hcxt = cxt;
+	return hash_create("cdp computed trait states", 256, &ctl,
+					   HASH_ELEM | HASH_FUNCTION | HASH_CONTEXT);
 }
 
 /* deltas empty again, in its memory reset */
 static void
 ResetDeltas(CdpTraitDeltas *d)
 {
-	HASHCTL		ctl;
-
 	MemoryContextReset(d->cxt);
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = d->cxt;
-	d->states = hash_create("cdp computed trait states", 256, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	d->profiles = NewStatesTable(d->cxt);
+	d->nstates = 0;
 }
 
 /* an empty set of states, in a memory context of its own under parent */
@@ -566,14 +665,10 @@ CdpTraitDeltas *
 CdpNewTraitDeltas(MemoryContext parent)
 {
 	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
-	HASHCTL		ctl;
 
 	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
-	ctl.keysize = sizeof(StateKey);
-	ctl.entrysize = sizeof(StateEntry);
-	ctl.hcxt = d->cxt;
-	d->states = hash_create("cdp computed trait states", 256, &ctl,
-							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	d->profiles = NewStatesTable(d->cxt);
+	d->nstates = 0;
 	return d;
 }
 
@@ -589,6 +684,7 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 	TraitDef   *defs = LoadDefinitions(&ndefs);
 	HTAB	   *dirty;
 	HASHCTL		ctl;
+	MemoryContext old;
 
 	if (ndefs == 0)
 		return;
@@ -597,11 +693,13 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 	ctl.hcxt = CurrentMemoryContext;
 	dirty = hash_create("cdp computed traits being backfilled", 16, &ctl,
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	old = MemoryContextSwitchTo(deltas->cxt);
 	for (int i = 0; i < n; i++)
 	{
 		CdpMessage *msg = msgs[i];
 		Jsonb	   *props = NULL;
 		bool		have_props = false;
+		ProfileEntry *pe = NULL;
 
 		if (msg->outcome != CDP_STORED || !msg->has_profile_id ||
 			msg->type == NULL || strcmp(msg->type, "track") != 0)
@@ -609,11 +707,10 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 		for (int t = 0; t < ndefs; t++)
 		{
 			TraitDef   *d = &defs[t];
-			StateKey	key;
-			StateEntry *e;
-			bool		found;
+			TraitSlot  *slot = NULL;
+			int			at = 0;
+			bool		found = false;
 			CdpTraitState scratch;
-			MemoryContext old;
 
 			if (d->event != NULL && (msg->event == NULL || strcmp(d->event, msg->event) != 0))
 				continue;
@@ -621,42 +718,59 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 				continue;
 			if (!have_props)
 			{
-				/* with the states: they may point into it (numbers) */
-				MemoryContext prev = MemoryContextSwitchTo(deltas->cxt);
+				/* a copy with the states: they may point into it (numbers) */
+				Jsonb	   *made = CdpPropertiesJsonb(msg);
 
-				props = msg->properties ? JsonbValueToJsonb(msg->properties) : NULL;
-				MemoryContextSwitchTo(prev);
+				if (made != NULL)
+				{
+					props = palloc(VARSIZE(made));
+					memcpy(props, made, VARSIZE(made));
+				}
 				have_props = true;
 			}
-			memset(&key, 0, sizeof(key));
-			key.profile_id = msg->profile_id;
-			key.trait = d->id;
 			if (d->backfilling)
 			{
+				StateKey	key;
+
 				/* noted only, in this chunk's transaction: it is counted again once live */
+				memset(&key, 0, sizeof(key));
+				key.profile_id = msg->profile_id;
+				key.trait = d->id;
 				(void) hash_search(dirty, &key, HASH_ENTER, NULL);
 				continue;
 			}
-			old = MemoryContextSwitchTo(deltas->cxt);
-			e = hash_search(deltas->states, &key, HASH_FIND, NULL);
-			if (e == NULL)
+			if (pe == NULL)
+				pe = hash_search(deltas->profiles, &msg->profile_id, HASH_FIND, NULL);
+			if (pe != NULL)
 			{
-				/* a state only for an event that counts */
-				memset(&scratch, 0, sizeof(scratch));
-				scratch.kind = d->spec->kind;
-				if (CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
-				{
-					e = hash_search(deltas->states, &key, HASH_ENTER, &found);
-					e->state = palloc(sizeof(CdpTraitState));
-					*e->state = scratch;
-					e->stored = NULL;
-				}
+				at = SlotIndex(pe, d->id, &found);
+				if (found)
+					slot = &pe->slots[at];
 			}
-			else
-				(void) CdpTraitStateAdd(d->spec, e->state, msg->ts, props);
-			MemoryContextSwitchTo(old);
+			if (slot != NULL)
+			{
+				(void) CdpTraitStateAdd(d->spec, slot->state, msg->ts, props);
+				continue;
+			}
+			/* a state only for an event that counts */
+			memset(&scratch, 0, sizeof(scratch));
+			scratch.kind = d->spec->kind;
+			if (!CdpTraitStateAdd(d->spec, &scratch, msg->ts, props))
+				continue;
+			if (pe == NULL)
+			{
+				pe = hash_search(deltas->profiles, &msg->profile_id, HASH_ENTER, NULL);
+				pe->nslots = pe->maxslots = 0;
+				pe->slots = NULL;
+				at = 0;
+			}
+			slot = InsertSlot(pe, at, d->id);
+			slot->state = palloc(sizeof(CdpTraitState));
+			*slot->state = scratch;
+			deltas->nstates++;
 		}
 	}
+	MemoryContextSwitchTo(old);
 	if (hash_get_num_entries(dirty) > 0)
 		NoteDirty(dirty);
 	hash_destroy(dirty);
@@ -672,12 +786,12 @@ void
 CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 {
 	HASH_SEQ_STATUS seq;
-	StateEntry *f;
+	ProfileEntry *f;
 	MemoryContext old;
 
-	if (hash_get_num_entries(from->states) == 0)
+	if (from->nstates == 0)
 		return;
-	if (hash_get_num_entries(into->states) == 0)
+	if (into->nstates == 0)
 	{
 		MemoryContext mine = into->cxt;
 		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
@@ -685,7 +799,8 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 
 		MemoryContextSetParent(from->cxt, into_parent);
 		into->cxt = from->cxt;
-		into->states = from->states;
+		into->profiles = from->profiles;
+		into->nstates = from->nstates;
 		/* from takes the empty ones */
 		MemoryContextSetParent(mine, from_parent);
 		from->cxt = mine;
@@ -694,18 +809,37 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 	}
 	old = MemoryContextSwitchTo(into->cxt);
 
-	hash_seq_init(&seq, from->states);
+	hash_seq_init(&seq, from->profiles);
 	while ((f = hash_seq_search(&seq)) != NULL)
 	{
 		bool		found;
-		StateEntry *e = hash_search(into->states, &f->key, HASH_ENTER, &found);
+		ProfileEntry *pe = hash_search(into->profiles, &f->profile_id, HASH_ENTER, &found);
 
-		if (found)
-			CdpTraitStateCombineCopy(e->state, f->state);
-		else
+		if (!found)
 		{
-			e->state = CdpTraitStateCopy(f->state);
-			e->stored = NULL;
+			pe->nslots = pe->maxslots = f->nslots;
+			pe->slots = palloc(sizeof(TraitSlot) * f->nslots);
+			for (int i = 0; i < f->nslots; i++)
+			{
+				pe->slots[i].trait = f->slots[i].trait;
+				pe->slots[i].state = CdpTraitStateCopy(f->slots[i].state);
+				pe->slots[i].stored = NULL;
+			}
+			into->nstates += f->nslots;
+			continue;
+		}
+		for (int i = 0; i < f->nslots; i++)
+		{
+			bool		has;
+			int			at = SlotIndex(pe, f->slots[i].trait, &has);
+
+			if (has)
+				CdpTraitStateCombineCopy(pe->slots[at].state, f->slots[i].state);
+			else
+			{
+				InsertSlot(pe, at, f->slots[i].trait)->state = CdpTraitStateCopy(f->slots[i].state);
+				into->nstates++;
+			}
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -715,7 +849,7 @@ CdpMergeTraitDeltas(CdpTraitDeltas *into, CdpTraitDeltas *from)
 bool
 CdpTraitDeltasFull(CdpTraitDeltas *deltas)
 {
-	return hash_get_num_entries(deltas->states) >= DELTAS_MAX_STATES ||
+	return deltas->nstates >= DELTAS_MAX_STATES ||
 		MemoryContextMemAllocated(deltas->cxt, true) >= DELTAS_MAX_BYTES;
 }
 
@@ -731,13 +865,13 @@ CdpWriteTraitDeltas(CdpTraitDeltas *deltas)
 	int			ndefs;
 	TraitDef   *defs;
 
-	if (hash_get_num_entries(deltas->states) == 0)
+	if (deltas->nstates == 0)
 		return;
 	work = AllocSetContextCreate(CurrentMemoryContext, "cdp computed trait writes",
 								 ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(work);
 	defs = LoadDefinitions(&ndefs);
-	WriteStates(deltas->states, defs, ndefs);
+	WriteStates(deltas->profiles, defs, ndefs);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(work);
 

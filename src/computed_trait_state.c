@@ -28,6 +28,8 @@
 
 #include "computed_traits.h"
 
+static JsonbValue *PushState(JsonbParseState **ps, const CdpTraitState *s);
+
 PG_FUNCTION_INFO_V1(cdp_check_trait_spec);
 PG_FUNCTION_INFO_V1(cdp_trait_state_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_union_accum);
@@ -66,9 +68,26 @@ ValueText(JsonbValue *v)
 		case jbvBinary:
 			return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
 		case jbvString:
-			initStringInfo(&buf);
-			escape_json(&buf, pnstrdup(v->val.string.val, v->val.string.len));
-			return buf.data;
+			{
+				const char *str = v->val.string.val;
+				int			len = v->val.string.len;
+				char	   *text;
+
+				/* most strings need no escape: quoted as they are, in their own size */
+				for (int i = 0; i < len; i++)
+					if ((unsigned char) str[i] < 0x20 || str[i] == '"' || str[i] == '\\')
+					{
+						initStringInfo(&buf);
+						escape_json(&buf, pnstrdup(str, len));
+						return buf.data;
+					}
+				text = palloc(len + 3);
+				text[0] = '"';
+				memcpy(text + 1, str, len);
+				text[len + 1] = '"';
+				text[len + 2] = '\0';
+				return text;
+			}
 		case jbvNumeric:
 			return DatumGetCString(DirectFunctionCall1(numeric_out,
 													   NumericGetDatum(v->val.numeric)));
@@ -412,55 +431,75 @@ Jsonb *
 CdpTraitStateToJsonb(const CdpTraitState *s)
 {
 	JsonbParseState *ps = NULL;
-	JsonbValue *res;
 
 	if (IsEmpty(s))
 		return NULL;
-	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	return JsonbValueToJsonb(PushState(&ps, s));
+}
+
+/*
+ * The stored form pushed as key's value into an object being built,
+ * without a Jsonb of its own in between: ingest builds a person's states
+ * as one object.  False (nothing pushed) when the state counted nothing.
+ */
+bool
+CdpTraitStatePush(JsonbParseState **ps, const char *key, const CdpTraitState *s)
+{
+	if (IsEmpty(s))
+		return false;
+	PushKey(ps, key);
+	(void) PushState(ps, s);
+	return true;
+}
+
+/* the state as an object pushed into *ps; returns what pushJsonbValue does */
+static JsonbValue *
+PushState(JsonbParseState **ps, const CdpTraitState *s)
+{
+	pushJsonbValue(ps, WJB_BEGIN_OBJECT, NULL);
 	if (s->n > 0)
 	{
-		PushKey(&ps, "n");
-		PushNumeric(&ps, WJB_VALUE, int64_to_numeric(s->n));
+		PushKey(ps, "n");
+		PushNumeric(ps, WJB_VALUE, int64_to_numeric(s->n));
 	}
 	if (s->sum && (s->kind == CDP_TRAIT_SUM || s->kind == CDP_TRAIT_AVG))
 	{
-		PushKey(&ps, "sum");
-		PushNumeric(&ps, WJB_VALUE, s->sum);
+		PushKey(ps, "sum");
+		PushNumeric(ps, WJB_VALUE, s->sum);
 	}
 	if (s->lo && s->kind == CDP_TRAIT_MIN)
 	{
-		PushKey(&ps, "min");
-		PushNumeric(&ps, WJB_VALUE, s->lo);
+		PushKey(ps, "min");
+		PushNumeric(ps, WJB_VALUE, s->lo);
 	}
 	if (s->hi && s->kind == CDP_TRAIT_MAX)
 	{
-		PushKey(&ps, "max");
-		PushNumeric(&ps, WJB_VALUE, s->hi);
+		PushKey(ps, "max");
+		PushNumeric(ps, WJB_VALUE, s->hi);
 	}
 	if (s->has_first)
-		PushTimed(&ps, "first", s->first_at, s->first);
+		PushTimed(ps, "first", s->first_at, s->first);
 	if (s->has_last)
-		PushTimed(&ps, "last", s->last_at, s->last);
+		PushTimed(ps, "last", s->last_at, s->last);
 	if (s->nvalues > 0)
 	{
-		PushKey(&ps, "values");
-		pushJsonbValue(&ps, WJB_BEGIN_ARRAY, NULL);
+		PushKey(ps, "values");
+		pushJsonbValue(ps, WJB_BEGIN_ARRAY, NULL);
 		for (int i = 0; i < s->nvalues; i++)
 		{
-			pushJsonbValue(&ps, WJB_BEGIN_ARRAY, NULL);
-			PushText(&ps, WJB_ELEM, s->values[i].text);
-			PushNumeric(&ps, WJB_ELEM, int64_to_numeric(s->values[i].count));
-			pushJsonbValue(&ps, WJB_END_ARRAY, NULL);
+			pushJsonbValue(ps, WJB_BEGIN_ARRAY, NULL);
+			PushText(ps, WJB_ELEM, s->values[i].text);
+			PushNumeric(ps, WJB_ELEM, int64_to_numeric(s->values[i].count));
+			pushJsonbValue(ps, WJB_END_ARRAY, NULL);
 		}
-		pushJsonbValue(&ps, WJB_END_ARRAY, NULL);
+		pushJsonbValue(ps, WJB_END_ARRAY, NULL);
 	}
 	if (s->has_oldest)
 	{
-		PushKey(&ps, "oldest");
-		PushNumeric(&ps, WJB_VALUE, int64_to_numeric(s->oldest));
+		PushKey(ps, "oldest");
+		PushNumeric(ps, WJB_VALUE, int64_to_numeric(s->oldest));
 	}
-	res = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(res);
+	return pushJsonbValue(ps, WJB_END_OBJECT, NULL);
 }
 
 static int64

@@ -145,6 +145,19 @@ SetTimestamp(Datum *values, bool *nulls, int attno, bool present, TimestampTz ts
 	nulls[attno - 1] = false;
 }
 
+/*
+ * The message's properties as a Jsonb, made once in the memory it is first
+ * asked for in (the chunk's): the stored column, and what computed traits
+ * read.  NULL when it has none.
+ */
+Jsonb *
+CdpPropertiesJsonb(CdpMessage *msg)
+{
+	if (msg->properties_jsonb == NULL && msg->properties != NULL)
+		msg->properties_jsonb = JsonbValueToJsonb(msg->properties);
+	return msg->properties_jsonb;
+}
+
 /* fill a slot of the partition's row type from a message */
 static void
 FillSlot(TupleTableSlot *slot, const int *attnos, CdpMessage *msg)
@@ -175,7 +188,11 @@ FillSlot(TupleTableSlot *slot, const int *attnos, CdpMessage *msg)
 	SetTimestamp(v, nulls, attnos[COL_ORIGINAL_TIMESTAMP], msg->has_original_ts, msg->original_ts);
 	SetTimestamp(v, nulls, attnos[COL_SENT_AT], msg->has_sent_at, msg->sent_at);
 	SetTimestamp(v, nulls, attnos[COL_RECEIVED_AT], true, msg->received_at);
-	SetJsonb(v, nulls, attnos[COL_PROPERTIES], msg->properties);
+	if (msg->properties != NULL)
+	{
+		v[attnos[COL_PROPERTIES] - 1] = JsonbPGetDatum(CdpPropertiesJsonb(msg));
+		nulls[attnos[COL_PROPERTIES] - 1] = false;
+	}
 	SetJsonb(v, nulls, attnos[COL_TRAITS], msg->traits);
 	SetJsonb(v, nulls, attnos[COL_CONTEXT], msg->context);
 	SetJsonb(v, nulls, attnos[COL_EXTRA], msg->extra);

@@ -82,6 +82,8 @@ extern void CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 extern void CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from);
 extern CdpTraitState *CdpTraitStateCopy(const CdpTraitState *state);
 extern Jsonb *CdpTraitStateToJsonb(const CdpTraitState *state);
+extern bool CdpTraitStatePush(JsonbParseState **ps, const char *key,
+							  const CdpTraitState *state);
 extern CdpTraitState *CdpTraitStateFromJsonb(CdpTraitKind kind, Jsonb *state);
 extern Jsonb *CdpTraitStateValue(const CdpTraitState *state);
 extern bool CdpTraitStateValueOf(const CdpTraitState *state, JsonbValue *out);

@@ -92,6 +92,7 @@ typedef struct CdpMessage
 	bool		has_sent_at;
 	TimestampTz sent_at;
 	JsonbValue *properties;
+	Jsonb	   *properties_jsonb;	/* properties as stored, once made (CdpPropertiesJsonb) */
 	JsonbValue *traits;
 	JsonbValue *context;
 	JsonbValue *extra;
@@ -261,6 +262,7 @@ extern TimestampTz CdpRetentionHorizon(const CdpPartitionConfig *config, Timesta
 extern bool CdpUpkeepWithoutRetention(CdpPartitionConfig *config, int64 *purged, int *created);
 
 /* event_store.c */
+extern Jsonb *CdpPropertiesJsonb(CdpMessage *msg);
 extern void CdpCheckEventConstraints(CdpMessage **msgs, int n);
 extern int	CdpStoreEvents(CdpMessage **msgs, int n);
 

@@ -1,7 +1,8 @@
 -- Computed traits: per-profile values kept current as events arrive (the C
 -- side: src/computed_trait_*.c).  A trait's state (what its kind needs: a
 -- count, a sum, extremes, first and last values, distinct values) is kept
--- per profile id the events were stored with, which merges, splits and
+-- per profile id the events were stored with (all of an id's states in one
+-- row, which ingest writes once per call), which merges, splits and
 -- rebuilds never rewrite (events keep their profile id; cdp.events_resolved
 -- maps it to the canonical profile).  A canonical profile's value combines
 -- the states of the profiles whose events resolve to it, exactly.
@@ -28,19 +29,19 @@ CREATE TABLE cdp.computed_traits (
 COMMENT ON TABLE cdp.computed_traits IS
     'computed traits: per-profile values over events, kept current as events arrive';
 
--- Per (profile id events were stored with, trait): the trait's state over
--- those events (within the window, for windowed traits), and when the
--- oldest event counted leaves the window (the next change by ageing).
+-- Per profile id events were stored with: each trait's state over those
+-- events (within the window, for windowed traits) by trait id,
+-- {"<id>": state}, and when the first of its windowed states changes by
+-- ageing (its oldest event counted leaves the window).  One row per id, not
+-- per (id, trait): ingest writes a person's states as one row, and rows up
+-- to a page are kept as they are (not compressed).
 CREATE TABLE cdp.trait_states (
-    profile_id  bigint NOT NULL,
-    trait_id    int NOT NULL,
-    state       jsonb NOT NULL,
-    expires_at  timestamptz,
-    PRIMARY KEY (profile_id, trait_id)
-) WITH (fillfactor = 80);
+    profile_id  bigint PRIMARY KEY,
+    states      jsonb NOT NULL,
+    expires_at  timestamptz
+) WITH (fillfactor = 80, toast_tuple_target = 8160);
 CREATE INDEX trait_states_expires_idx ON cdp.trait_states (expires_at)
     WHERE expires_at IS NOT NULL;
-CREATE INDEX trait_states_trait_idx ON cdp.trait_states (trait_id);
 
 -- Profiles (as stored with events) whose events of a trait being backfilled
 -- arrived meanwhile: counted again from their events once it is live.
@@ -148,6 +149,49 @@ RETURN CASE WHEN time_window IS NOT NULL AND state ? 'oldest'
             THEN timestamptz '2000-01-01 00:00:00+00'
                  + make_interval(secs => (state->>'oldest')::float8 / 1e6) + time_window END;
 
+-- When the first windowed state of a row of cdp.trait_states changes by
+-- ageing (NULL: none does).
+CREATE FUNCTION cdp.trait_states_expiry(states jsonb)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (SELECT min(cdp.trait_state_expires(e.value, t.time_window))
+          FROM pg_catalog.jsonb_each(states) e
+          JOIN cdp.computed_traits t ON t.id = e.key::int
+         WHERE t.time_window IS NOT NULL);
+
+-- Each state on a row of its own: (stored profile id, trait, state, when it
+-- changes by ageing).
+CREATE VIEW cdp.trait_state_rows AS
+SELECT s.profile_id, t.id AS trait_id, e.value AS state,
+       cdp.trait_state_expires(e.value, t.time_window) AS expires_at
+  FROM cdp.trait_states s
+ CROSS JOIN LATERAL jsonb_each(s.states) e
+  JOIN cdp.computed_traits t ON t.id = e.key::int;
+COMMENT ON VIEW cdp.trait_state_rows IS
+    'computed trait states, one row per (stored profile id, trait)';
+
+-- Remove a trait's states of the given stored profile ids (all when NULL);
+-- the rows' expiry follows the states left, rows left empty go.
+CREATE FUNCTION cdp.remove_trait_states(trait_id int, profile_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+DECLARE
+    k text := remove_trait_states.trait_id::text;
+BEGIN
+    IF profile_ids IS NULL THEN
+        UPDATE cdp.trait_states s SET states = s.states - k, expires_at = cdp.trait_states_expiry(s.states - k)
+         WHERE s.states ? k;
+        DELETE FROM cdp.trait_states s WHERE s.states = '{}';
+    ELSE
+        UPDATE cdp.trait_states s SET states = s.states - k, expires_at = cdp.trait_states_expiry(s.states - k)
+         WHERE s.profile_id = ANY (profile_ids) AND s.states ? k;
+        DELETE FROM cdp.trait_states s WHERE s.profile_id = ANY (profile_ids) AND s.states = '{}';
+    END IF;
+END
+$$;
+
 -- The trait's states over the stored events of the given profile ids (all
 -- when NULL), as of now: only track events, of the trait's event if it
 -- names one, within its window if it has one.
@@ -201,11 +245,13 @@ AS $$
 DECLARE
     n int;
 BEGIN
-    DELETE FROM cdp.trait_states s
-     WHERE s.trait_id = recount_trait.trait_id AND (profile_ids IS NULL OR s.profile_id = ANY (profile_ids));
-    INSERT INTO cdp.trait_states (profile_id, trait_id, state, expires_at)
-    SELECT f.profile_id, recount_trait.trait_id, f.state, f.expires_at
-      FROM cdp.trait_states_from_events(recount_trait.trait_id, profile_ids) f;
+    PERFORM cdp.remove_trait_states(recount_trait.trait_id, profile_ids);
+    INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at)
+    SELECT f.profile_id, jsonb_build_object(recount_trait.trait_id::text, f.state), f.expires_at
+      FROM cdp.trait_states_from_events(recount_trait.trait_id, profile_ids) f
+     ORDER BY f.profile_id
+    ON CONFLICT (profile_id) DO UPDATE
+       SET states = s.states || excluded.states, expires_at = LEAST(s.expires_at, excluded.expires_at);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -236,7 +282,7 @@ BEGIN ATOMIC
     SELECT c.id,
            coalesce((SELECT jsonb_object_agg(v.name, v.value)
                        FROM (SELECT t.name,
-                                    cdp.trait_union_value(t.kind, s.state) AS value
+                                    cdp.trait_union_value(t.kind, e.value) AS value
                                FROM (SELECT c.id AS member
                                      UNION ALL
                                      SELECT m.profile_id FROM cdp.profile_records m
@@ -244,7 +290,8 @@ BEGIN ATOMIC
                                -- a join, not IN: each member's states by index,
                                -- never a scan of every state per profile
                                JOIN cdp.trait_states s ON s.profile_id = mem.member
-                               JOIN cdp.computed_traits t ON t.id = s.trait_id AND t.status = 'live'
+                               CROSS JOIN LATERAL jsonb_each(s.states) e
+                               JOIN cdp.computed_traits t ON t.id = e.key::int AND t.status = 'live'
                               GROUP BY t.id, t.name, t.kind) v
                       WHERE v.value IS NOT NULL), '{}'),
            now()
@@ -350,8 +397,8 @@ BEGIN
         IF EXISTS (SELECT FROM cdp.partition_bounds() p WHERE p.partition = part
                                                   AND (since IS NULL OR p.range_to > since)) THEN
             EXECUTE format($q$
-                INSERT INTO cdp.trait_states AS s (profile_id, trait_id, state, expires_at)
-                SELECT x.profile_id, $1, x.state, cdp.trait_state_expires(x.state, $6)
+                INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at)
+                SELECT x.profile_id, jsonb_build_object($1::text, x.state), cdp.trait_state_expires(x.state, $6)
                   FROM (SELECT e.profile_id, cdp.trait_state_agg($2, $3, $4, e.ts, e.properties) AS state
                           FROM %s e
                          WHERE e.type = 'track' AND e.profile_id IS NOT NULL
@@ -359,8 +406,9 @@ BEGIN
                            AND ($7::timestamptz IS NULL OR e.ts > $7)
                          GROUP BY e.profile_id) x
                  WHERE x.state IS NOT NULL
-                ON CONFLICT (profile_id, trait_id) DO UPDATE
-                   SET state = cdp.trait_state_merge($2, s.state, excluded.state),
+                ON CONFLICT (profile_id) DO UPDATE
+                   SET states = s.states || jsonb_build_object($1::text,
+                                   cdp.trait_state_merge($2, s.states -> $1::text, excluded.states -> $1::text)),
                        expires_at = LEAST(s.expires_at, excluded.expires_at)$q$, part)
             USING t.id, t.kind, t.property, t.filter, t.event, t.time_window, since;
         END IF;
@@ -468,7 +516,7 @@ BEGIN
          WHERE c.id = old.id;
         tid := old.id;
         had := ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? old.name);
-        DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+        PERFORM cdp.remove_trait_states(tid, NULL);
         UPDATE cdp.profile_computed pc SET traits = pc.traits - old.name, updated_at = now()
          WHERE pc.traits ? old.name;
     ELSE
@@ -480,7 +528,7 @@ BEGIN
     -- with the maintenance worker running, the backfill is its: this returns
     -- at once and cdp.computed_trait_status shows the progress
     IF cdp.maintenance_running() THEN
-        DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+        PERFORM cdp.remove_trait_states(tid, NULL);
         DELETE FROM cdp.trait_dirty d WHERE d.trait_id = tid;
         UPDATE cdp.computed_traits c
            SET status = 'backfilling', backfill_done = 0,
@@ -522,7 +570,7 @@ BEGIN
         RAISE EXCEPTION 'computed trait "%" does not exist', name
             USING ERRCODE = 'undefined_object';
     END IF;
-    DELETE FROM cdp.trait_states s WHERE s.trait_id = tid;
+    PERFORM cdp.remove_trait_states(tid, NULL);
     UPDATE cdp.profile_computed pc SET traits = pc.traits - drop_computed_trait.name, updated_at = now()
      WHERE pc.traits ? drop_computed_trait.name;
     PERFORM cdp.refresh_generated_views();
@@ -533,8 +581,9 @@ COMMENT ON FUNCTION cdp.drop_computed_trait(text) IS
 
 -- Windowed traits whose oldest counted event left the window: recompute
 -- those states from the events still in it, under the profiles' row locks
--- (as ingest takes them), oldest first, at most max_states.  The
--- maintenance worker calls it several times a second; returns how many.
+-- (as ingest takes them), oldest first, those of at most max_states stored
+-- profile ids.  The maintenance worker calls it several times a second;
+-- returns how many states it recomputed.
 CREATE FUNCTION cdp.expire_computed_traits(max_states int DEFAULT 1000)
 RETURNS int
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -545,10 +594,9 @@ DECLARE
     pids bigint[];
     n int := 0;
 BEGIN
-    pids := ARRAY(SELECT DISTINCT s.profile_id
-                    FROM (SELECT s.profile_id FROM cdp.trait_states s
-                           WHERE s.expires_at <= now()
-                           ORDER BY s.expires_at LIMIT max_states) s);
+    pids := ARRAY(SELECT s.profile_id FROM cdp.trait_states s
+                   WHERE s.expires_at <= now()
+                   ORDER BY s.expires_at LIMIT max_states);
     IF pids = '{}' THEN
         RETURN 0;
     END IF;
@@ -558,13 +606,20 @@ BEGIN
                               WHERE x.profile_id = ANY (pids) AND x.merged_into IS NOT NULL)
       ORDER BY r.profile_id FOR UPDATE;
     -- under the locks: what is still due now
-    FOR due IN SELECT s.trait_id, array_agg(s.profile_id ORDER BY s.profile_id) AS ids
+    FOR due IN SELECT t.id AS trait_id, array_agg(s.profile_id ORDER BY s.profile_id) AS ids
                  FROM cdp.trait_states s
+                CROSS JOIN LATERAL jsonb_each(s.states) e
+                 JOIN cdp.computed_traits t ON t.id = e.key::int
                 WHERE s.profile_id = ANY (pids) AND s.expires_at <= now()
-                GROUP BY s.trait_id ORDER BY s.trait_id LOOP
+                  AND cdp.trait_state_expires(e.value, t.time_window) <= now()
+                GROUP BY t.id ORDER BY t.id LOOP
         PERFORM cdp.recount_trait(due.trait_id, due.ids);
         n := n + cardinality(due.ids);
     END LOOP;
+    -- a row due with no state due (none should be) gets its true expiry,
+    -- rather than being taken again and again
+    UPDATE cdp.trait_states s SET expires_at = cdp.trait_states_expiry(s.states)
+     WHERE s.profile_id = ANY (pids) AND s.expires_at <= now();
     PERFORM cdp.refresh_computed_traits(pids);
     PERFORM cdp.profiles_changed(pids);
     RETURN n;

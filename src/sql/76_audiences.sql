@@ -167,7 +167,10 @@ $$;
 -- members who granted or withdrew the purpose since are announced or
 -- withdrawn from the feed, and the feed's rows are also emitted as logical
 -- messages.  Its conditions are spliced in on lines of their own, checked
--- when defined to be one expression over the row.
+-- when defined to be one expression over the row.  A profile's row gives
+-- the audiences it is in as one array, the id when it granted the
+-- audience's purpose and minus the id when not (a VALUES list joined to
+-- every profile would prepare its expressions again per profile).
 CREATE FUNCTION cdp.audience_evaluation_query(all_profiles bool, only_audience int DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql STABLE
@@ -177,8 +180,8 @@ DECLARE
     tests text;
     ids text;
 BEGIN
-    SELECT string_agg(format(E'(%s, (\n%s\n) IS TRUE, cdp.consent_granted(p.consent, %L))',
-                             a.id, a.expression, a.purpose), E',\n' ORDER BY a.id),
+    SELECT string_agg(format(E'CASE WHEN (\n%s\n) IS TRUE THEN CASE WHEN cdp.consent_granted(p.consent, %L) THEN %s ELSE %s END END',
+                             a.expression, a.purpose, a.id, -a.id), E',\n' ORDER BY a.id),
            string_agg(a.id::text, ',' ORDER BY a.id)
       INTO tests, ids
       FROM cdp.audiences a
@@ -188,9 +191,9 @@ BEGIN
     END IF;
     RETURN format($f$
         WITH p AS (%1$s),
-        hit AS (SELECT p.profile_id, v.audience_id, v.granted
-                  FROM p CROSS JOIN LATERAL (VALUES %2$s) AS v(audience_id, hit, granted)
-                 WHERE v.hit),
+        hit AS (SELECT x.profile_id, abs(x.v) AS audience_id, x.v > 0 AS granted
+                  FROM (SELECT p.profile_id, unnest(ARRAY[%2$s]::int[]) AS v FROM p) x
+                 WHERE x.v IS NOT NULL),
         ended AS (UPDATE cdp.audience_spans s SET exited_at = now()
                    WHERE s.audience_id IN (%3$s) AND s.exited_at IS NULL
                      AND ($1 IS NULL OR s.profile_id = ANY ($1))
@@ -219,9 +222,11 @@ BEGIN
                    JOIN cdp.audiences a ON a.id = c.audience_id
                   ORDER BY c.profile_id, a.id, c.change DESC
                  RETURNING *)
+        -- the text jsonb_build_object('id', ..., 'at', ...)::text gives, made
+        -- directly (audience names and changes need no escaping)
         SELECT count(pg_logical_emit_message(true, 'cdp',
-                   jsonb_build_object('id', f.id, 'audience', f.audience, 'profile_id', f.profile_id,
-                                      'change', f.change, 'at', f.at)::text))
+                   format('{"at": %%s, "id": %%s, "change": "%%s", "audience": "%%s", "profile_id": %%s}',
+                          to_json(f.at), f.id, f.change, f.audience, f.profile_id)))
           FROM feed f
         $f$, cdp.audience_row_query(all_profiles), tests, ids);
 END

@@ -42,19 +42,19 @@ SELECT is(cdp.computed_traits_of(pg_temp.pid('user_id:u1')) - 'mean',
             "top_b": true, "total": 101.25, "low": -0.25, "high": 100, "first_w": null}'::jsonb,
           'every kind''s value over events stored one chunk at a time');
 SELECT is((cdp.computed_traits_of(pg_temp.pid('user_id:u1'))->>'mean')::numeric, 33.75, 'the average');
-SELECT is((SELECT state FROM cdp.trait_states s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'vs'),
+SELECT is((SELECT state FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'vs'),
           jsonb_build_object('values', '[["a\"b", 1], ["plain", 1], ["é\n", 1]]'::jsonb,
                              'oldest', (extract(epoch FROM timestamptz '2026-03-30 09:00:00+00' - timestamptz '2000-01-01 00:00:00+00') * 1e6)::bigint),
           'a state keeps escaped and non-ASCII values as their JSON text');
-SELECT is((SELECT s.expires_at FROM cdp.trait_states s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'high'),
+SELECT is((SELECT s.expires_at FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'high'),
           timestamptz '2026-03-30 09:00:00+00' + interval '3650 days', 'a windowed state expires when its oldest event leaves');
 
 -- the same states as counting every event again
-CREATE TEMP TABLE kept AS SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_states;
+CREATE TEMP TABLE kept AS SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_state_rows;
 SELECT cdp.recount_trait(id, NULL) FROM cdp.computed_traits;
-SELECT is((SELECT count(*) FROM ((TABLE kept EXCEPT SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_states)
+SELECT is((SELECT count(*) FROM ((TABLE kept EXCEPT SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_state_rows)
                                  UNION ALL
-                                 (SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_states EXCEPT TABLE kept)) d),
+                                 (SELECT profile_id, trait_id, state, expires_at FROM cdp.trait_state_rows EXCEPT TABLE kept)) d),
           0::bigint, 'the states kept chunk by chunk equal those a recount makes');
 
 -- a later event does not change a "first" state or value: its row stays

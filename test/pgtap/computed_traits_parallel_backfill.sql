@@ -106,9 +106,8 @@ SELECT cdp.define_computed_trait('top_plan', 'most_frequent', NULL, 'plan');
 SELECT cdp.define_computed_trait('items', 'unique_count', NULL, 'item.id');
 SELECT cdp.define_computed_trait('tags', 'unique_list', NULL, 'item.tags');
 SELECT is((SELECT count(*) FROM pg_temp.oracle_diff()), 0::bigint, 'traits backfilled with parallel plans equal the oracle');
-SELECT is((SELECT count(*) FROM cdp.trait_states s JOIN cdp.computed_traits t ON t.id = s.trait_id
-            WHERE t.time_window IS NOT NULL AND s.expires_at IS DISTINCT FROM cdp.trait_state_expires(s.state, t.time_window)),
-          0::bigint, 'windowed states are stored with when they age out');
+SELECT is((SELECT count(*) FROM cdp.trait_states s WHERE s.expires_at IS DISTINCT FROM cdp.trait_states_expiry(s.states)),
+          0::bigint, 'state rows are stored with when their first windowed state ages out');
 SELECT is((SELECT count(*) FROM cdp.profile_computed pc
             WHERE NOT EXISTS (SELECT FROM cdp.profile_records r WHERE r.profile_id = pc.profile_id AND r.merged_into IS NULL)),
           0::bigint, 'values are kept for canonical profiles only');
@@ -117,8 +116,7 @@ SELECT is((SELECT count(*) FROM cdp.profile_computed pc
 -- (define_computed_trait with the worker running starts it so)
 SELECT cdp.define_computed_trait('bg_revenue', 'sum', 'Order Completed', 'total');
 SELECT cdp.define_computed_trait('bg_plans', 'unique_list', NULL, 'plan', '4 days');
-DELETE FROM cdp.trait_states s USING cdp.computed_traits t
- WHERE t.id = s.trait_id AND t.name IN ('bg_revenue', 'bg_plans');
+SELECT cdp.remove_trait_states(t.id, NULL) FROM cdp.computed_traits t WHERE t.name IN ('bg_revenue', 'bg_plans');
 UPDATE cdp.profile_computed SET traits = traits - 'bg_revenue' - 'bg_plans';
 UPDATE cdp.computed_traits
    SET status = 'backfilling', backfill_done = 0,

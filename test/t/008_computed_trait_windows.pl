@@ -52,13 +52,13 @@ wait_for(q{SELECT cdp.computed_traits_of(cdp.resolve('user_id:alice'))->>'recent
 	'the first order ages out of the window');
 # how late, for the log only: timing is bench/computed's to measure
 note(sprintf('the exit came %.2f s after the moment', time - ($first + 6)));
-is(sql(q{SELECT expires_at > now() FROM cdp.trait_states s JOIN cdp.computed_traits t ON t.id = s.trait_id
+is(sql(q{SELECT expires_at > now() FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id
 	WHERE t.name = 'recent_orders'}), 't', 'the next change is the second order leaving');
 wait_for(q{SELECT cdp.computed_traits_of(cdp.resolve('user_id:alice'))->>'recent_orders'}, '0',
 	'the second ages out too');
 is(sql(q{SELECT cdp.computed_traits_of(cdp.resolve('user_id:alice'))->>'all_orders'}), '2',
 	'a trait without a window keeps both');
-is(sql(q{SELECT count(*) FROM cdp.trait_states s JOIN cdp.computed_traits t ON t.id = s.trait_id
+is(sql(q{SELECT count(*) FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id
 	WHERE t.name = 'recent_orders'}), '0', 'a state left with no event is removed');
 
 done_testing();

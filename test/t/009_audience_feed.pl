@@ -49,17 +49,22 @@ $node->safe_psql('cdp', q{BEGIN;
 my @outbox = split /\n/, sql(q{SELECT id || ' ' || audience || ' ' || profile_id || ' ' || change
 	FROM cdp.audience_changes ORDER BY id});
 my @decoded;
+my @content;
 foreach my $line (split /\n/, sql(q{SELECT data FROM pg_logical_slot_get_changes('feed', NULL, NULL)
 	WHERE data LIKE 'message:%'}))
 {
 	if ($line =~ /prefix: cdp, sz: \d+ content:(.*)$/)
 	{
+		push @content, $1;
 		push @decoded, sql(qq{SELECT (j->>'id') || ' ' || (j->>'audience') || ' ' || (j->>'profile_id') || ' ' || (j->>'change')
 			FROM (SELECT '$1'::jsonb AS j) x});
 	}
 }
 is(scalar(@outbox), 10 + 3 + 2 + 1, 'the outbox: 10 entered pro, 3 left; 2 pro buyers who granted marketing entered, 1 left');
 is_deeply(\@decoded, \@outbox, 'the logical messages are the outbox rows, in order, each once');
+is_deeply(\@content, [ split /\n/, sql(q{SELECT jsonb_build_object('id', id, 'audience', audience, 'profile_id', profile_id,
+	'change', change, 'at', at)::text FROM cdp.audience_changes ORDER BY id}) ],
+	"each message's text is its row as a JSON object, byte for byte");
 
 # only people who granted marketing appear for pro_buyers
 is(sql(q{SELECT count(*) FROM cdp.audience_changes c
