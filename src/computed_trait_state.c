@@ -18,6 +18,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "libpq/pqformat.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/json.h"
@@ -33,6 +34,9 @@ PG_FUNCTION_INFO_V1(cdp_check_trait_spec);
 PG_FUNCTION_INFO_V1(cdp_trait_state_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_union_accum);
 PG_FUNCTION_INFO_V1(cdp_trait_state_final);
+PG_FUNCTION_INFO_V1(cdp_trait_state_combine);
+PG_FUNCTION_INFO_V1(cdp_trait_state_serialize);
+PG_FUNCTION_INFO_V1(cdp_trait_state_deserialize);
 PG_FUNCTION_INFO_V1(cdp_trait_union_value_final);
 PG_FUNCTION_INFO_V1(cdp_trait_state_merge);
 PG_FUNCTION_INFO_V1(cdp_trait_value);
@@ -738,6 +742,166 @@ cdp_trait_state_accum(PG_FUNCTION_ARGS)
 		(void) CdpTraitStateAdd(cache->spec, s, PG_GETARG_TIMESTAMPTZ(4),
 								PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
 	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(s);
+}
+
+/*
+ * trait_state_agg's combine step: partial states of parallel workers into
+ * one.  Whatever the result takes from b is copied into the aggregate's
+ * context (b was deserialized into memory reset per row).
+ */
+Datum
+cdp_trait_state_combine(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg = AggContext(fcinfo);
+	MemoryContext old;
+	CdpTraitState *a = PG_ARGISNULL(0) ? NULL : (CdpTraitState *) PG_GETARG_POINTER(0);
+	CdpTraitState *b = PG_ARGISNULL(1) ? NULL : (CdpTraitState *) PG_GETARG_POINTER(1);
+
+	if (b == NULL)
+	{
+		if (a == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_POINTER(a);
+	}
+	old = MemoryContextSwitchTo(agg);
+	if (a == NULL)
+		a = CdpTraitStateCopy(b);
+	else
+		CdpTraitStateCombineCopy(a, b);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(a);
+}
+
+static void
+SendNumeric(StringInfo buf, Numeric n)
+{
+	pq_sendint32(buf, n ? VARSIZE(n) : 0);
+	if (n)
+		pq_sendbytes(buf, (char *) n, VARSIZE(n));
+}
+
+static Numeric
+GetNumeric(StringInfo buf)
+{
+	int32		len = pq_getmsgint(buf, 4);
+	Numeric		n;
+
+	if (len == 0)
+		return NULL;
+	n = palloc(len);
+	pq_copymsgbytes(buf, (char *) n, len);
+	return n;
+}
+
+static void
+SendText(StringInfo buf, const char *text)
+{
+	int32		len = strlen(text);
+
+	pq_sendint32(buf, len);
+	pq_sendbytes(buf, text, len);
+}
+
+static char *
+GetText(StringInfo buf)
+{
+	int32		len = pq_getmsgint(buf, 4);
+	char	   *text = palloc(len + 1);
+
+	pq_copymsgbytes(buf, text, len);
+	text[len] = '\0';
+	return text;
+}
+
+/*
+ * A partial state as bytes, to pass from a parallel worker to the leader:
+ * every field as it is in memory (cheaper than the stored jsonb form, and
+ * exact).
+ */
+Datum
+cdp_trait_state_serialize(PG_FUNCTION_ARGS)
+{
+	CdpTraitState *s = (CdpTraitState *) PG_GETARG_POINTER(0);
+	StringInfoData buf;
+
+	pq_begintypsend(&buf);
+	pq_sendint32(&buf, s->kind);
+	pq_sendint64(&buf, s->n);
+	SendNumeric(&buf, s->sum);
+	SendNumeric(&buf, s->lo);
+	SendNumeric(&buf, s->hi);
+	pq_sendbyte(&buf, s->has_first);
+	if (s->has_first)
+	{
+		pq_sendint64(&buf, s->first_at);
+		SendText(&buf, s->first);
+	}
+	pq_sendbyte(&buf, s->has_last);
+	if (s->has_last)
+	{
+		pq_sendint64(&buf, s->last_at);
+		SendText(&buf, s->last);
+	}
+	pq_sendbyte(&buf, s->has_oldest);
+	if (s->has_oldest)
+		pq_sendint64(&buf, s->oldest);
+	pq_sendint32(&buf, s->nvalues);
+	for (int i = 0; i < s->nvalues; i++)
+	{
+		SendText(&buf, s->values[i].text);
+		pq_sendint64(&buf, s->values[i].count);
+	}
+	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+}
+
+/* the bytes of cdp_trait_state_serialize back into a state */
+Datum
+cdp_trait_state_deserialize(PG_FUNCTION_ARGS)
+{
+	bytea	   *b = PG_GETARG_BYTEA_PP(0);
+	StringInfoData buf;
+	CdpTraitState *s;
+	int			nvalues;
+
+	(void) AggContext(fcinfo);
+	buf.data = VARDATA_ANY(b);
+	buf.len = VARSIZE_ANY_EXHDR(b);
+	buf.maxlen = buf.len;
+	buf.cursor = 0;
+	s = CdpNewTraitState((CdpTraitKind) pq_getmsgint(&buf, 4));
+	s->n = pq_getmsgint64(&buf);
+	s->sum = GetNumeric(&buf);
+	s->lo = GetNumeric(&buf);
+	s->hi = GetNumeric(&buf);
+	s->has_first = pq_getmsgbyte(&buf);
+	if (s->has_first)
+	{
+		s->first_at = pq_getmsgint64(&buf);
+		s->first = GetText(&buf);
+	}
+	s->has_last = pq_getmsgbyte(&buf);
+	if (s->has_last)
+	{
+		s->last_at = pq_getmsgint64(&buf);
+		s->last = GetText(&buf);
+	}
+	s->has_oldest = pq_getmsgbyte(&buf);
+	if (s->has_oldest)
+		s->oldest = pq_getmsgint64(&buf);
+	nvalues = pq_getmsgint(&buf, 4);
+	if (nvalues > 0)
+	{
+		s->maxvalues = nvalues;
+		s->values = palloc(sizeof(CdpTraitValue) * nvalues);
+		for (int i = 0; i < nvalues; i++)
+		{
+			s->values[i].text = GetText(&buf);
+			s->values[i].count = pq_getmsgint64(&buf);
+		}
+		s->nvalues = nvalues;
+	}
+	pq_getmsgend(&buf);
 	PG_RETURN_POINTER(s);
 }
 

@@ -81,12 +81,33 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'cdp_trait_state_final'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
--- The state of a trait (kind, property, filter) over the events aggregated.
+CREATE FUNCTION cdp.trait_state_combine(internal, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_combine'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_serialize(internal)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'cdp_trait_state_serialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION cdp.trait_state_deserialize(bytea, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_trait_state_deserialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- The state of a trait (kind, property, filter) over the events aggregated;
+-- parallel workers aggregate their share of a backfill's events and the
+-- leader combines their states.
 CREATE AGGREGATE cdp.trait_state_agg(kind text, property text, filter jsonb,
                                      ts timestamptz, properties jsonb) (
     SFUNC = cdp.trait_state_accum,
     STYPE = internal,
-    FINALFUNC = cdp.trait_state_final
+    FINALFUNC = cdp.trait_state_final,
+    COMBINEFUNC = cdp.trait_state_combine,
+    SERIALFUNC = cdp.trait_state_serialize,
+    DESERIALFUNC = cdp.trait_state_deserialize,
+    PARALLEL = SAFE
 );
 
 -- Stored states combined into one (the members of a merged profile).
@@ -308,6 +329,25 @@ $$;
 COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
     'internal: recompute computed trait states of these stored profile ids from their events';
 
+-- Count a trait that has no states yet over every stored event, its states
+-- and its values in bulk (src/computed_trait_backfill.c); returns how many
+-- states.  The caller keeps ingest out meanwhile.
+CREATE FUNCTION cdp.backfill_trait(trait_id int)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cdp_backfill_trait'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.backfill_trait(int) IS
+    'internal: count a trait without states over every stored event, states and values at once';
+
+-- The values of a trait whose states are all stored and none of whose values
+-- is, in bulk (src/computed_trait_backfill.c).
+CREATE FUNCTION cdp.publish_trait_values(trait_id int)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cdp_publish_trait_values'
+LANGUAGE C STRICT;
+COMMENT ON FUNCTION cdp.publish_trait_values(int) IS
+    'internal: write the values of a trait whose states are all stored';
+
 -- A backfilled trait's values into every canonical profile, at once; it is
 -- live from then on, and its audiences follow at commit.
 CREATE FUNCTION cdp.publish_trait(trait_id int)
@@ -324,18 +364,9 @@ BEGIN
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
     UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
      WHERE pc.traits ? t.name;
-    INSERT INTO cdp.profile_computed AS pc (profile_id, traits)
-    SELECT v.id, jsonb_build_object(t.name, v.value)
-      FROM (SELECT coalesce(r.merged_into, s.profile_id) AS id,
-                   cdp.trait_union_value(t.kind, s.states -> t.id::text) AS value
-              FROM cdp.trait_states s
-              JOIN cdp.profile_records r ON r.profile_id = s.profile_id
-             WHERE s.states ? t.id::text
-             GROUP BY 1) v
-     WHERE v.value IS NOT NULL
-    ON CONFLICT (profile_id) DO UPDATE SET traits = pc.traits || excluded.traits, updated_at = now();
+    -- audiences follow at commit for every profile given a value
+    PERFORM cdp.publish_trait_values(t.id);
     UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = t.id;
-    PERFORM cdp.profiles_changed(ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? t.name));
 END
 $$;
 
@@ -510,8 +541,9 @@ BEGIN
         PERFORM cdp.profiles_changed(had);
         RETURN;
     END IF;
-    PERFORM cdp.recount_trait(tid, NULL);
-    PERFORM cdp.publish_trait(tid);
+    -- every stored event at once (ingest waits on the lock taken above)
+    PERFORM cdp.backfill_trait(tid);
+    UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = tid;
     PERFORM cdp.profiles_changed(had);
     -- profile views gain (or retype) its column
     PERFORM cdp.refresh_generated_views();

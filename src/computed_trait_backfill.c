@@ -1,0 +1,675 @@
+/*
+ * computed_trait_backfill.c
+ *	  A computed trait's states and values written in bulk: when it is
+ *	  defined and no maintenance worker backfills it (cdp.backfill_trait),
+ *	  and when a background backfill publishes its values
+ *	  (cdp.publish_trait_values).  A definition reads the trait's events in
+ *	  profile order in one SELECT (scanned and sorted by parallel workers
+ *	  when the planner chooses, as a GROUP BY by hand would be); each
+ *	  profile's events are counted into its state as they stream by, and the
+ *	  state, its value and when it ages out go into a tuplestore (nothing may
+ *	  be written while workers run).  Then the states are inserted a batch at
+ *	  a time in profile order, and so are the values of profiles no merge
+ *	  involves, which are their own state's; only canonical profiles with
+ *	  members combine their members' stored states afterwards.  Memory: one
+ *	  profile's state, the profiles merges involve, and a batch; the
+ *	  tuplestore and the sort spill to disk.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "computed_traits.h"
+#include "spi_util.h"
+
+PG_FUNCTION_INFO_V1(cdp_backfill_trait);
+PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
+
+/* states (and values) written per statement */
+#define BACKFILL_BATCH 10000
+
+static SPIPlanPtr update_states_plan = NULL;
+static SPIPlanPtr insert_states_plan = NULL;
+static SPIPlanPtr update_values_plan = NULL;
+static SPIPlanPtr insert_values_plan = NULL;
+static SPIPlanPtr merged_plan = NULL;
+
+/* a batch of rows to write, in memory reset per batch */
+typedef struct BackfillBatch
+{
+	int			nstates;
+	Datum		pids[BACKFILL_BATCH];
+	Datum		states[BACKFILL_BATCH];
+	Datum		expires[BACKFILL_BATCH];
+	bool		expires_null[BACKFILL_BATCH];
+	int			nvalues;
+	int64		value_pids[BACKFILL_BATCH];
+	Datum		values[BACKFILL_BATCH];
+} BackfillBatch;
+
+/*
+ * The receiver of the trait's events, in profile order: the state of the
+ * profile being read, and what is done, in the tuplestore.
+ */
+typedef struct EventReceiver
+{
+	DestReceiver pub;
+	CdpTraitSpec *spec;
+	Datum		window;			/* interval, or 0 for none */
+	HTAB	   *involved;		/* profile ids merges involve */
+	Tuplestorestate *store;
+	TupleDesc	desc;			/* (profile_id, state, expires_at, value) */
+	MemoryContext profile_cxt;	/* the current profile's state, reset per profile */
+	bool		has_profile;
+	int64		profile_id;
+	CdpTraitState *state;
+} EventReceiver;
+
+/* the current profile's state, expiry and value into the tuplestore */
+static void
+FinishProfile(EventReceiver *r)
+{
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Jsonb	   *state;
+	MemoryContext old;
+
+	if (!r->has_profile)
+		return;
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	state = CdpTraitStateToJsonb(r->state);
+	if (state != NULL)
+	{
+		Jsonb	   *value = NULL;
+
+		values[0] = Int64GetDatum(r->profile_id);
+		values[1] = JsonbPGetDatum(state);
+		nulls[2] = r->window == (Datum) 0 || !r->state->has_oldest;
+		values[2] = nulls[2] ? (Datum) 0 :
+			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(r->state->oldest),
+								r->window);
+		if (hash_search(r->involved, &r->profile_id, HASH_FIND, NULL) == NULL)
+			value = CdpTraitStateValue(r->state);
+		nulls[3] = value == NULL;
+		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(value);
+		tuplestore_putvalues(r->store, r->desc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->profile_cxt);
+	r->has_profile = false;
+}
+
+/* an event (profile_id, ts, properties): counted into its profile's state */
+static bool
+EventReceive(TupleTableSlot *slot, DestReceiver *self)
+{
+	EventReceiver *r = (EventReceiver *) self;
+	bool		isnull;
+	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+	TimestampTz ts = DatumGetTimestampTz(slot_getattr(slot, 2, &isnull));
+	Datum		properties = slot_getattr(slot, 3, &isnull);
+	MemoryContext old;
+
+	if (r->has_profile && r->profile_id != profile_id)
+		FinishProfile(r);
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	if (!r->has_profile)
+	{
+		r->has_profile = true;
+		r->profile_id = profile_id;
+		r->state = CdpNewTraitState(r->spec->kind);
+	}
+	(void) CdpTraitStateAdd(r->spec, r->state, ts, isnull ? NULL : DatumGetJsonbP(properties));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+static void
+EventStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+EventShutdown(DestReceiver *self)
+{
+	FinishProfile((EventReceiver *) self);
+}
+
+static void
+EventDestroy(DestReceiver *self)
+{
+}
+
+/* the rows the tuplestore keeps */
+static TupleDesc
+StoreDesc(void)
+{
+	TupleDesc	desc = CreateTemplateTupleDesc(4);
+
+	TupleDescInitEntry(desc, 1, "profile_id", INT8OID, -1, 0);
+	TupleDescInitEntry(desc, 2, "state", JSONBOID, -1, 0);
+	TupleDescInitEntry(desc, 3, "expires_at", TIMESTAMPTZOID, -1, 0);
+	TupleDescInitEntry(desc, 4, "value", JSONBOID, -1, 0);
+	return desc;
+}
+
+/*
+ * Profile ids that merges involve (merged away, or canonical with members):
+ * their values combine several states, the others' are their own state's.
+ */
+static HTAB *
+InvolvedProfiles(void)
+{
+	HASHCTL		ctl;
+	HTAB	   *involved;
+	uint64		n;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ctl.hcxt = CurrentMemoryContext;
+	involved = hash_create("cdp profiles merges involve", 1024, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	n = CdpExecSql("SELECT r.profile_id FROM cdp.profile_records r WHERE r.merged_into IS NOT NULL "
+				   "UNION SELECT r.merged_into FROM cdp.profile_records r WHERE r.merged_into IS NOT NULL",
+				   SPI_OK_SELECT);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+													 &isnull));
+
+		(void) hash_search(involved, &id, HASH_ENTER, NULL);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return involved;
+}
+
+/*
+ * A stored state (profile_id, state) of a trait whose states are all
+ * stored (a background backfill, published): the value of a profile no
+ * merge involves, into the tuplestore (no state: it is stored already).
+ */
+static bool
+StateReceive(TupleTableSlot *slot, DestReceiver *self)
+{
+	EventReceiver *r = (EventReceiver *) self;
+	bool		isnull;
+	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+	Datum		state = slot_getattr(slot, 2, &isnull);
+	MemoryContext old;
+	Jsonb	   *value;
+
+	if (isnull || hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL)
+		return true;
+	old = MemoryContextSwitchTo(r->profile_cxt);
+	value = CdpTraitStateValue(CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
+	if (value != NULL)
+	{
+		Datum		values[4] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
+		JsonbPGetDatum(value)};
+		bool		nulls[4] = {false, true, true, false};
+
+		tuplestore_putvalues(r->store, r->desc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->profile_cxt);
+	return true;
+}
+
+/* a receiver of rows into a new tuplestore (see EventReceive, StateReceive) */
+static EventReceiver *
+NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), CdpTraitSpec *spec,
+			Datum window, HTAB *involved)
+{
+	EventReceiver *r = palloc0(sizeof(EventReceiver));
+
+	r->pub.receiveSlot = receive;
+	r->pub.rStartup = EventStartup;
+	r->pub.rShutdown = EventShutdown;
+	r->pub.rDestroy = EventDestroy;
+	r->pub.mydest = DestTuplestore;	/* rows go somewhere: not a utility */
+	r->spec = spec;
+	r->window = window;
+	r->involved = involved;
+	r->store = tuplestore_begin_heap(false, false, work_mem);
+	r->desc = StoreDesc();
+	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
+										   ALLOCSET_DEFAULT_SIZES);
+	return r;
+}
+
+/* run plan with params, its rows to the receiver; the tuplestore it filled */
+static Tuplestorestate *
+RunInto(SPIPlanPtr plan, ParamListInfo params, EventReceiver *r)
+{
+	SPIExecuteOptions options;
+	int			rc;
+
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.dest = &r->pub;
+	rc = SPI_execute_plan_extended(plan, &options);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "computed trait backfill: SPI_execute_plan_extended returned %s",
+			 SPI_result_code_string(rc));
+	MemoryContextDelete(r->profile_cxt);
+	return r->store;
+}
+
+/*
+ * The values of a trait's stored states, of profiles no merge involves, in
+ * profile order (the rest: WriteMergedValues).
+ */
+static Tuplestorestate *
+ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
+{
+	Oid			types[1] = {INT4OID};
+	ParamListInfo params = makeParamList(1);
+	SPIPlanPtr	plan;
+
+	params->params[0].value = Int32GetDatum(trait_id);
+	params->params[0].isnull = false;
+	params->params[0].pflags = PARAM_FLAG_CONST;
+	params->params[0].ptype = INT4OID;
+	plan = SPI_prepare_cursor("SELECT s.profile_id, s.states -> $1::text FROM cdp.trait_states s "
+							  " WHERE s.states ? $1::text ORDER BY s.profile_id",
+							  1, types, CURSOR_OPT_PARALLEL_OK);
+	if (plan == NULL)
+		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
+			 SPI_result_code_string(SPI_result));
+	return RunInto(plan, params, NewReceiver(StateReceive, spec, (Datum) 0, involved));
+}
+
+/*
+ * Read the trait's events in profile order, with its event and window as
+ * constants (so the planner sees what it reads, and may scan and sort in
+ * parallel workers), counting them into a tuplestore of states.  Only the
+ * columns the trait reads are read.
+ */
+static Tuplestorestate *
+AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, bool since_null,
+				Datum window, HTAB *involved)
+{
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	ParamListInfo params = makeParamList(2);
+	SPIPlanPtr	plan;
+	char	   *sql;
+
+	params->params[0].value = event;
+	params->params[0].isnull = event_null;
+	params->params[1].value = since;
+	params->params[1].isnull = since_null;
+	for (int i = 0; i < 2; i++)
+	{
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = types[i];
+	}
+	sql = psprintf("SELECT e.profile_id, e.ts, %s FROM cdp.events e "
+				   " WHERE e.type = 'track' AND e.profile_id IS NOT NULL "
+				   "   AND ($1::text IS NULL OR e.event = $1) "
+				   "   AND ($2::timestamptz IS NULL OR e.ts > $2) "
+				   " ORDER BY e.profile_id",
+				   spec->npath > 0 || spec->conditions != NIL ? "e.properties" : "NULL::jsonb");
+	plan = SPI_prepare_cursor(sql, 2, types, CURSOR_OPT_PARALLEL_OK);
+	if (plan == NULL)
+		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
+			 SPI_result_code_string(SPI_result));
+
+	return RunInto(plan, params, NewReceiver(EventReceive, spec, window, involved));
+}
+
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Run an UPDATE of stored rows by profile id (pids, in order) that returns
+ * the ids it updated, each row found by index (never a hash of a whole
+ * table per batch); which of pids it updated, and how many.
+ */
+static bool *
+UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args,
+			 const int64 *pids, int n, int *nupdated)
+{
+	int			level = CdpBeginIndexedPlans();
+	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, nargs, argtypes), args, NULL,
+								   SPI_OK_UPDATE_RETURNING);
+	int64	   *updated = palloc(sizeof(int64) * Max(rows, 1));
+	bool	   *stored = palloc(sizeof(bool) * Max(n, 1));
+
+	CdpEndIndexedPlans(level);
+	for (uint64 i = 0; i < rows; i++)
+	{
+		bool		isnull;
+
+		updated[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+												 &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	qsort(updated, rows, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		stored[i] = bsearch(&pids[i], updated, rows, sizeof(int64), CompareInt64) != NULL;
+	*nupdated = (int) rows;
+	return stored;
+}
+
+static Datum
+TimestampArray(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+}
+
+/*
+ * The batch's states into the rows of cdp.trait_states (a stored profile
+ * id's row gains the trait's state, an id without one gets a row), then
+ * its lone profiles' values into cdp.profile_computed likewise.  Updates
+ * first: a plain update of a row found by index costs far less than
+ * INSERT ... ON CONFLICT DO UPDATE, which locks the row and then updates it.
+ */
+static void
+WriteBatch(BackfillBatch *b, int32 trait_id, Datum name)
+{
+	Datum		key = CStringGetTextDatum(psprintf("%d", trait_id));
+
+	if (b->nstates > 0)
+	{
+		Oid			argtypes[4] = {INT8ARRAYOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+		Datum		args[4];
+		int64	   *pids = palloc(sizeof(int64) * b->nstates);
+		bool	   *stored;
+		int			nupdated;
+		int			ninsert = 0;
+
+		for (int i = 0; i < b->nstates; i++)
+			pids[i] = DatumGetInt64(b->pids[i]);
+		args[0] = CdpArray(b->pids, b->nstates, INT8OID);
+		args[1] = key;
+		args[2] = CdpArray(b->states, b->nstates, JSONBOID);
+		args[3] = TimestampArray(b->expires, b->expires_null, b->nstates);
+		stored = UpdateStored(&update_states_plan,
+							  "UPDATE cdp.trait_states s "
+							  "   SET states = s.states || jsonb_build_object($2::text, u.st), "
+							  "       expires_at = LEAST(s.expires_at, u.x) "
+							  "  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
+							  " WHERE s.profile_id = u.p "
+							  "RETURNING s.profile_id",
+							  4, argtypes, args, pids, b->nstates, &nupdated);
+		if (nupdated < b->nstates)
+		{
+			for (int i = 0; i < b->nstates; i++)
+				if (!stored[i])
+				{
+					b->pids[ninsert] = b->pids[i];
+					b->states[ninsert] = b->states[i];
+					b->expires[ninsert] = b->expires[i];
+					b->expires_null[ninsert++] = b->expires_null[i];
+				}
+			args[0] = CdpArray(b->pids, ninsert, INT8OID);
+			args[2] = CdpArray(b->states, ninsert, JSONBOID);
+			args[3] = TimestampArray(b->expires, b->expires_null, ninsert);
+			CdpExecPlan(CdpPlan(&insert_states_plan,
+								"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+								"SELECT u.p, jsonb_build_object($2::text, u.st), u.x "
+								"  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
+								"ON CONFLICT (profile_id) DO UPDATE "
+								"SET states = s.states || excluded.states, "
+								"    expires_at = LEAST(s.expires_at, excluded.expires_at)",
+								4, argtypes),
+						args, NULL, SPI_OK_INSERT);
+		}
+	}
+	if (b->nvalues > 0)
+	{
+		Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TEXTOID};
+		Datum		args[3];
+		bool	   *stored;
+		int			nupdated;
+		int			ninsert = 0;
+
+		args[0] = CdpInt8Array(b->value_pids, b->nvalues);
+		args[1] = CdpArray(b->values, b->nvalues, JSONBOID);
+		args[2] = name;
+		stored = UpdateStored(&update_values_plan,
+							  "UPDATE cdp.profile_computed pc "
+							  "   SET traits = pc.traits || jsonb_build_object($3::text, u.v), "
+							  "       updated_at = now() "
+							  "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+							  " WHERE pc.profile_id = u.p "
+							  "RETURNING pc.profile_id",
+							  3, argtypes, args, b->value_pids, b->nvalues, &nupdated);
+		/* audiences over these values follow at commit */
+		CdpProfilesChanged(b->value_pids, b->nvalues);
+		if (nupdated < b->nvalues)
+		{
+			for (int i = 0; i < b->nvalues; i++)
+				if (!stored[i])
+				{
+					b->value_pids[ninsert] = b->value_pids[i];
+					b->values[ninsert++] = b->values[i];
+				}
+			args[0] = CdpInt8Array(b->value_pids, ninsert);
+			args[1] = CdpArray(b->values, ninsert, JSONBOID);
+			CdpExecPlan(CdpPlan(&insert_values_plan,
+								"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+								"SELECT u.p, jsonb_build_object($3::text, u.v) "
+								"  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
+								"ON CONFLICT (profile_id) DO UPDATE "
+								"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
+								3, argtypes),
+						args, NULL, SPI_OK_INSERT);
+		}
+	}
+	b->nstates = 0;
+	b->nvalues = 0;
+}
+
+/*
+ * The values of canonical profiles with members, from the states stored
+ * for them and their members; audiences follow for those.
+ */
+static void
+WriteMergedValues(int32 trait_id, Datum name, Datum kind)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		args[3] = {Int32GetDatum(trait_id), name, kind};
+	uint64		n;
+	int64	   *ids;
+
+	n = CdpExecPlan(CdpPlan(&merged_plan,
+							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
+							"SELECT v.id, jsonb_build_object($2, v.value) "
+							"  FROM (SELECT c.id, cdp.trait_union_value($3, s.states -> $1::text) AS value "
+							"          FROM (SELECT x.merged_into AS id, x.profile_id AS member "
+							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL "
+							"                UNION ALL "
+							"                SELECT DISTINCT x.merged_into, x.merged_into "
+							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL) c "
+							"          JOIN cdp.trait_states s ON s.profile_id = c.member AND s.states ? $1::text "
+							"         GROUP BY c.id) v "
+							" WHERE v.value IS NOT NULL "
+							" ORDER BY 1 "
+							"ON CONFLICT (profile_id) DO UPDATE "
+							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at "
+							"RETURNING pc.profile_id",
+							3, argtypes),
+					args, NULL, SPI_OK_INSERT_RETURNING);
+	ids = palloc(sizeof(int64) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+											 &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	CdpProfilesChanged(ids, (int) n);
+}
+
+/*
+ * Write what the tuplestore holds, in batches: states (where it has one)
+ * into cdp.trait_states, values of profiles no merge involves into
+ * cdp.profile_computed; then the values of canonical profiles with
+ * members.  Returns how many states it wrote.
+ */
+static int64
+WriteStore(Tuplestorestate *store, int32 trait_id, Datum name, Datum kind)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
+	BackfillBatch *b = palloc(sizeof(BackfillBatch));
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	int64		total = 0;
+
+	b->nstates = 0;
+	b->nvalues = 0;
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(batch_cxt);
+	while (tuplestore_gettupleslot(store, true, false, slot))
+	{
+		bool		isnull;
+		Datum		pid = slot_getattr(slot, 1, &isnull);
+		Datum		state = slot_getattr(slot, 2, &isnull);
+		Datum		value;
+
+		CHECK_FOR_INTERRUPTS();
+		if (!isnull)
+		{
+			int			i = b->nstates++;
+
+			b->pids[i] = pid;
+			b->states[i] = datumCopy(state, false, -1);
+			b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
+		}
+		value = slot_getattr(slot, 4, &isnull);
+		if (!isnull)
+		{
+			b->value_pids[b->nvalues] = DatumGetInt64(pid);
+			b->values[b->nvalues++] = datumCopy(value, false, -1);
+		}
+		if (b->nstates == BACKFILL_BATCH || b->nvalues == BACKFILL_BATCH)
+		{
+			total += b->nstates;
+			WriteBatch(b, trait_id, name);
+			/* the slot's tuple, read back from disk, is in batch_cxt too */
+			ExecClearTuple(slot);
+			MemoryContextReset(batch_cxt);
+		}
+	}
+	total += b->nstates;
+	WriteBatch(b, trait_id, name);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch_cxt);
+	ExecDropSingleTupleTableSlot(slot);
+	tuplestore_end(store);
+	WriteMergedValues(trait_id, name, kind);
+	return total;
+}
+
+/*
+ * The trait's definition (name, kind, event, property, filter,
+ * time_window, now() - time_window) into d and n, and its parsed spec.
+ */
+static CdpTraitSpec *
+ReadTrait(int32 trait_id, Datum *d, bool *n)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(trait_id)};
+	HeapTuple	def;
+
+	if (CdpExecArgs("SELECT c.name, c.kind, c.event, c.property, c.filter, c.time_window, "
+					"       now() - c.time_window "
+					"  FROM cdp.computed_traits c WHERE c.id = $1",
+					1, argtypes, args, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("computed trait %d does not exist", trait_id)));
+	def = SPI_copytuple(SPI_tuptable->vals[0]);
+	heap_deform_tuple(def, SPI_tuptable->tupdesc, d, n);
+	SPI_freetuptable(SPI_tuptable);
+	return CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
+							 n[4] ? NULL : DatumGetJsonbP(d[4]));
+}
+
+/*
+ * backfill_trait(trait_id): count a trait that has no states yet over
+ * every stored event, writing its states and values; returns how many
+ * states.  The caller keeps ingest out meanwhile (define_computed_trait's
+ * lock), so the events read are all there are.
+ */
+Datum
+cdp_backfill_trait(PG_FUNCTION_ARGS)
+{
+	int32		trait_id = PG_GETARG_INT32(0);
+	Datum		d[7];
+	bool		n[7];
+	CdpTraitSpec *spec;
+	HTAB	   *involved;
+	Tuplestorestate *store;
+	int			guc_level;
+	int64		total;
+
+	SPI_connect();
+	spec = ReadTrait(trait_id, d, n);
+	involved = InvolvedProfiles();
+
+	/*
+	 * The sort of the events may use maintenance_work_mem, as an index
+	 * build's does: a backfill is maintenance.  Beyond it, it spills.
+	 */
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	store = AggregateEvents(spec, d[2], n[2], d[6], n[6], n[5] ? (Datum) 0 : d[5], involved);
+	AtEOXact_GUC(true, guc_level);
+	hash_destroy(involved);
+	total = WriteStore(store, trait_id, d[0], d[1]);
+	SPI_finish();
+	PG_RETURN_INT64(total);
+}
+
+/*
+ * publish_trait_values(trait_id): the values of a trait whose states are
+ * all stored (a background backfill that caught up), written in bulk like
+ * a definition's; none of its values may be stored yet.  Returns how many
+ * states it read values from.
+ */
+Datum
+cdp_publish_trait_values(PG_FUNCTION_ARGS)
+{
+	int32		trait_id = PG_GETARG_INT32(0);
+	Datum		d[7];
+	bool		n[7];
+	CdpTraitSpec *spec;
+	HTAB	   *involved;
+
+	SPI_connect();
+	spec = ReadTrait(trait_id, d, n);
+	involved = InvolvedProfiles();
+	(void) WriteStore(ReadStates(trait_id, spec, involved), trait_id, d[0], d[1]);
+	hash_destroy(involved);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
