@@ -23,21 +23,45 @@
 
 #include "identity.h"
 
+/*
+ * Count delta more members of the slot's type in p.  Most profiles hold a
+ * few identifiers of a few types: their counts fit in the node; the first
+ * one that does not moves them all to an array of their own.
+ */
 static void
-CountMember(IdentityGraph *g, ProfNode *p, int slot, int delta)
+CountMember(IdentityGraph *g, ProfNode *p, int slot, int32 delta)
 {
-	if (slot >= p->ntype_counts)
+	if (p->ntype_counts == 0)
+	{
+		int32		n;
+
+		if (slot < PROF_SMALL_COUNTS &&
+			(n = p->counts.small[slot] + delta) >= 0 && n <= PG_UINT16_MAX)
+		{
+			p->counts.small[slot] = (uint16) n;
+			return;
+		}
+		n = Max(Max(g->ntypes, slot + 1), PROF_SMALL_COUNTS);
+		{
+			int32	   *wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
+
+			for (int s = 0; s < PROF_SMALL_COUNTS; s++)
+				wide[s] = p->counts.small[s];
+			p->counts.wide = wide;
+			p->ntype_counts = (uint16) n;
+		}
+	}
+	else if (slot >= p->ntype_counts)
 	{
 		int			n = Max(g->ntypes, slot + 1);
-		int32	   *counts = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
+		int32	   *wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
 
-		memcpy(counts, p->type_counts, sizeof(int32) * p->ntype_counts);
-		if (p->type_counts != p->inline_counts)
-			pfree(p->type_counts);
-		p->type_counts = counts;
-		p->ntype_counts = n;
+		memcpy(wide, p->counts.wide, sizeof(int32) * p->ntype_counts);
+		pfree(p->counts.wide);
+		p->counts.wide = wide;
+		p->ntype_counts = (uint16) n;
 	}
-	p->type_counts[slot] += delta;
+	p->counts.wide[slot] += delta;
 }
 
 /* make node a member of p (which must be canonical) */
@@ -45,21 +69,24 @@ void
 CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
 			   const char *message_id, bool is_new)
 {
+	uint32		ref;
+
 	node->attached = true;
-	node->prof = p;
+	node->prof = p->self;
 	node->linked_at = at;
 	if (message_id != NULL)
 		node->u.message_id = message_id;
 	node->is_new = is_new;
 	if (node->in_members)
 		return;
+	ref = CdpGraphNodeRef(g, node);
 	node->in_members = true;
-	node->next_member = NULL;
+	node->next_member = 0;
 	if (p->members_tail)
-		p->members_tail->next_member = node;
+		CdpNodeAt(g, p->members_tail)->next_member = ref;
 	else
-		p->members = node;
-	p->members_tail = node;
+		p->members = ref;
+	p->members_tail = ref;
 	p->nmembers++;
 	CountMember(g, p, node->type_slot, 1);
 }
@@ -76,7 +103,7 @@ CopyIdentifiers(IdentityGraph *g, CdpIdentifier **ids, int n)
 	CdpIdentifier **copy = MemoryContextAlloc(g->cxt, sizeof(CdpIdentifier *) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)
-		copy[i] = CdpGraphNode(g, ids[i], true)->id;
+		copy[i] = IdNodeId(CdpGraphNode(g, ids[i], true));
 	return copy;
 }
 
@@ -87,7 +114,7 @@ CdpGraphAddSplit(IdentityGraph *g, CdpIdentifier *keep_out, CdpIdentifier **memb
 	SplitRule  *rule = MemoryContextAlloc(g->cxt, sizeof(SplitRule));
 	MemoryContext old;
 
-	rule->keep_out = CdpGraphNode(g, keep_out, true)->id;
+	rule->keep_out = IdNodeId(CdpGraphNode(g, keep_out, true));
 	rule->members = CopyIdentifiers(g, members, nmembers);
 	rule->nmembers = nmembers;
 	qsort(rule->members, nmembers, sizeof(CdpIdentifier *), CompareIdentifierPtrs);
@@ -122,7 +149,7 @@ UnionProfiles(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **
 
 		if (!active[i] || !nodes[i]->attached)
 			continue;
-		p = CdpCanonicalOf(nodes[i]->prof);
+		p = CdpCanonicalOf(g, CdpNodeProf(g, nodes[i]));
 		for (int j = 0; j < np; j++)
 			seen |= (out[j] == p);
 		if (!seen)
@@ -143,7 +170,7 @@ InUnion(IdentityGraph *g, CdpIdentifier *id, IdNode **nodes, bool *active, int n
 	if (node == NULL || !node->attached)
 		return false;
 	for (int j = 0; j < np; j++)
-		if (CdpCanonicalOf(node->prof) == profiles[j])
+		if (CdpCanonicalOf(g, CdpNodeProf(g, node)) == profiles[j])
 			return true;
 	return false;
 }
@@ -157,15 +184,15 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 		   int np, TimestampTz at, char **rule, char **detail)
 {
 	int			best_priority = INT_MAX;
-	int		   *counts = palloc0(sizeof(int) * Max(g->ntypes, lengthof(((ProfNode *) NULL)->inline_counts)));
+	int		   *counts = palloc0(sizeof(int) * Max(g->ntypes, 1));
 	ListCell   *lc;
 
 	*rule = NULL;
 
 	/* every type in the union counts, not only the message's own */
 	for (int j = 0; j < np; j++)
-		for (int s = 0; s < profiles[j]->ntype_counts; s++)
-			counts[s] += profiles[j]->type_counts[s];
+		for (int s = 0; s < g->ntypes; s++)
+			counts[s] += CdpProfCount(profiles[j], s);
 	for (int k = 0; k < n; k++)
 		if (active[k] && !nodes[k]->attached)
 			counts[nodes[k]->type_slot]++;
@@ -187,7 +214,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 			/* only identifiers linked within the window count */
 			count = 0;
 			for (int j = 0; j < np; j++)
-				for (IdNode *m = profiles[j]->members; m; m = m->next_member)
+				for (IdNode *m = CdpFirstMember(g, profiles[j]); m; m = CdpNextMember(g, m))
 					if (m->type_slot == s && m->linked_at >= at - r->window_us)
 						count++;
 			for (int k = 0; k < n; k++)
@@ -254,7 +281,7 @@ WeakestActive(IdentityGraph *g, IdNode **nodes, bool *active, int n)
 
 		if (!active[i])
 			continue;
-		pr = CdpRuleFor(g->rules, IdTypePtr(nodes[i]->id), nodes[i]->id->type_len)->priority;
+		pr = CdpRuleFor(g->rules, IdTypePtr(IdNodeId(nodes[i])), IdNodeId(nodes[i])->type_len)->priority;
 		if (pr >= weakest_priority)
 		{
 			weakest = i;
@@ -293,24 +320,24 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 	IdMerge    *merge;
 
 	EnsureMembers(g, from);
-	for (IdNode *node = from->members; node; node = node->next_member)
-		node->prof = into;
+	for (IdNode *node = CdpFirstMember(g, from); node; node = CdpNextMember(g, node))
+		node->prof = into->self;
 	if (from->members)
 	{
 		if (into->members_tail)
-			into->members_tail->next_member = from->members;
+			CdpNodeAt(g, into->members_tail)->next_member = from->members;
 		else
 			into->members = from->members;
 		into->members_tail = from->members_tail;
 		into->nmembers += from->nmembers;
 	}
-	for (int s = 0; s < from->ntype_counts; s++)
-		if (from->type_counts[s] != 0)
-			CountMember(g, into, s, from->type_counts[s]);
-	from->members = from->members_tail = NULL;
+	for (int s = 0; s < g->ntypes; s++)
+		if (CdpProfCount(from, s) != 0)
+			CountMember(g, into, s, CdpProfCount(from, s));
+	from->members = from->members_tail = 0;
 	from->nmembers = 0;
 	into->merges_absorbed += 1 + from->merges_absorbed;
-	from->into = into;
+	from->into = into->self;
 	if (g->quiet)
 	{
 		MemoryContextSwitchTo(old);
@@ -323,8 +350,8 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 	merge->message_id = m->message_id;
 	merge->at = m->at;
 	merge->reason = psprintf("message carried %s (profile " INT64_FORMAT ") and %s (profile " INT64_FORMAT ")",
-							 CdpIdentifierToCString(via_into->id), into->profile_id,
-							 CdpIdentifierToCString(via_from->id), from->profile_id);
+							 CdpIdentifierToCString(IdNodeId(via_into)), into->profile_id,
+							 CdpIdentifierToCString(IdNodeId(via_from)), from->profile_id);
 	g->merges = lappend(g->merges, merge);
 	MemoryContextSwitchTo(old);
 }
@@ -346,21 +373,23 @@ DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, 
 
 		for (int i = 0; i < m->nids; i++)
 		{
-			if (!active[i] || CdpIdentifierCompare(nodes[i]->id, split->keep_out) != 0)
+			if (!active[i] || CdpIdentifierCompare(IdNodeId(nodes[i]), split->keep_out) != 0)
 				continue;
 			for (int k = 0; k < m->nids; k++)
 			{
+				CdpIdentifier *other = IdNodeId(nodes[k]);
+
 				if (k == i || !active[k] ||
-					bsearch(&nodes[k]->id, split->members, split->nmembers,
+					bsearch(&other, split->members, split->nmembers,
 							sizeof(CdpIdentifier *), CompareIdentifierPtrs) == NULL)
 					continue;
 				active[i] = false;
 				dropped_out[i] = true;
 				dropped++;
-				RecordViolation(g, nodes[i]->id, m, pstrdup("split"),
+				RecordViolation(g, IdNodeId(nodes[i]), m, pstrdup("split"),
 								psprintf("%s was split apart from %s",
-										 CdpIdentifierToCString(nodes[i]->id),
-										 CdpIdentifierToCString(nodes[k]->id)));
+										 CdpIdentifierToCString(IdNodeId(nodes[i])),
+										 CdpIdentifierToCString(other)));
 				break;
 			}
 		}
@@ -385,7 +414,8 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p->is_new = true;
 		p->members_loaded = true;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
-		nodes[i]->seq = m->seq;
+		if (g->replay)
+			nodes[i]->u.r.seq = m->seq_offset;
 		m->changed = true;
 	}
 }
@@ -419,11 +449,11 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 			if (nodes[k] == nodes[i])
 				active[i] = false;	/* the same identifier twice */
 		if (active[i] && nodes[i]->blocked == 0)
-			nodes[i]->blocked = CdpIsBlocked(g->rules, nodes[i]->id) ? 2 : 1;
+			nodes[i]->blocked = CdpIsBlocked(g->rules, IdNodeId(nodes[i])) ? 2 : 1;
 		if (active[i] && nodes[i]->blocked == 2)
 		{
 			active[i] = false;
-			RecordViolation(g, nodes[i]->id, m, pstrdup("blocked"),
+			RecordViolation(g, IdNodeId(nodes[i]), m, pstrdup("blocked"),
 							pstrdup("a blocked placeholder value links nothing"));
 		}
 		nactive += active[i];
@@ -456,7 +486,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		drop = WeakestActive(g, nodes, active, m->nids);
 		active[drop] = false;
 		nactive--;
-		RecordViolation(g, nodes[drop]->id, m, rule, detail);
+		RecordViolation(g, IdNodeId(nodes[drop]), m, rule, detail);
 	}
 
 	if (np == 0)
@@ -488,9 +518,9 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 			{
 				if (!active[i] || !nodes[i]->attached)
 					continue;
-				if (CdpCanonicalOf(nodes[i]->prof) == profiles[j] && via_from == NULL)
+				if (CdpCanonicalOf(g, CdpNodeProf(g, nodes[i])) == profiles[j] && via_from == NULL)
 					via_from = nodes[i];
-				if (CdpCanonicalOf(nodes[i]->prof) == target && via_into == NULL)
+				if (CdpCanonicalOf(g, CdpNodeProf(g, nodes[i])) == target && via_into == NULL)
 					via_into = nodes[i];
 			}
 			Merge(g, profiles[j], target, m, via_from, via_into);
@@ -503,7 +533,8 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		if (active[i] && !nodes[i]->attached)
 		{
 			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
-			nodes[i]->seq = m->seq;
+			if (g->replay)
+				nodes[i]->u.r.seq = m->seq_offset;
 			m->changed = true;
 		}
 	}

@@ -181,7 +181,7 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 		ProfNode   *p = CdpGraphProfileAt(g, i);
 		ProfNode   *kp;
 
-		if (p->into != NULL)
+		if (p->into != 0)
 			continue;
 		kp = CdpGraphProfile(k, p->profile_id, true);
 		kp->rank = p->rank;
@@ -192,11 +192,11 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 	{
 		IdNode	   *kn;
 
-		if (!node->attached || node->prof->into != NULL)
+		if (!node->attached || CdpNodeProf(g, node)->into != 0)
 			continue;
-		kn = CdpGraphNode(k, node->id, true);
+		kn = CdpGraphNode(k, IdNodeId(node), true);
 		kn->attached = true;
-		kn->prof = CdpGraphProfile(k, node->prof->profile_id, false);
+		kn->prof = CdpGraphProfile(k, CdpNodeProf(g, node)->profile_id, false)->self;
 		kn->linked_at = node->linked_at;
 		if (node->blocked != 0)
 			kn->blocked = node->blocked;

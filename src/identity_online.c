@@ -213,10 +213,10 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 				ids[nread++] = ids[i];
 				continue;
 			}
-			node = CdpGraphNode(g, kn->id, true);
-			p = CdpGraphProfile(g, kn->prof->profile_id, true);
-			p->version = kn->prof->version;
-			p->rank = kn->prof->rank;
+			node = CdpGraphNode(g, IdNodeId(kn), true);
+			p = CdpGraphProfile(g, CdpNodeProf(k, kn)->profile_id, true);
+			p->version = CdpNodeProf(k, kn)->version;
+			p->rank = CdpNodeProf(k, kn)->rank;
 			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
 			if (blocked_known)
 				node->blocked = kn->blocked;
@@ -426,10 +426,10 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			stale |= p->version >= 0 &&
 				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);
-			if (!isnull && p->into == NULL)
+			if (!isnull && p->into == 0)
 			{
-				p->into = CdpGraphProfile(g, DatumGetInt64(into), true);
-				follow[nfollow++] = p->into->profile_id;
+				p->into = CdpGraphProfile(g, DatumGetInt64(into), true)->self;
+				follow[nfollow++] = DatumGetInt64(into);
 			}
 		}
 		SPI_freetuptable(SPI_tuptable);
@@ -523,16 +523,16 @@ IsFastNoOp(IdentityGraph *g, IdItem *mi)
 		else
 		{
 			if (node->blocked == 0)
-				node->blocked = CdpIsBlocked(g->rules, node->id) ? 2 : 1;
+				node->blocked = CdpIsBlocked(g->rules, IdNodeId(node)) ? 2 : 1;
 			blocked = (node->blocked == 2);
 		}
 		if (blocked)
 			continue;
 		if (node == NULL || !node->attached)
 			return false;
-		if (profile != 0 && CdpCanonicalOf(node->prof)->profile_id != profile)
+		if (profile != 0 && CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id != profile)
 			return false;
-		profile = CdpCanonicalOf(node->prof)->profile_id;
+		profile = CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id;
 	}
 	return true;
 }
@@ -546,7 +546,7 @@ NoteMembersToLoad(IdentityGraph *g, CdpIdentifier *id, int64 *ids, int *n)
 
 	if (node == NULL || !node->attached)
 		return;
-	p = CdpCanonicalOf(node->prof);
+	p = CdpCanonicalOf(g, CdpNodeProf(g, node));
 	if (p->is_new || p->members_loaded)
 		return;
 	p->members_loaded = true;
@@ -714,7 +714,7 @@ WriteNewProfiles(IdentityGraph *g)
 		if (!p->is_new)
 			continue;
 		ids[n] = p->profile_id;
-		into[n] = p->into ? CdpCanonicalOf(p)->profile_id : 0;
+		into[n] = p->into ? CdpCanonicalOf(g, p)->profile_id : 0;
 		n++;
 	}
 	if (n == 0)
@@ -772,7 +772,7 @@ WriteMerges(IdentityGraph *g)
 		if (!fp->is_new)
 		{
 			moved[nmoved] = fp->profile_id;
-			final[nmoved] = CdpCanonicalOf(fp)->profile_id;
+			final[nmoved] = CdpCanonicalOf(g, fp)->profile_id;
 			nmoved++;
 		}
 	}
@@ -845,8 +845,8 @@ WriteNewIdentities(IdentityGraph *g)
 	{
 		if (!node->is_new)
 			continue;
-		ids[n] = node->id;
-		profiles[n] = CdpCanonicalOf(node->prof)->profile_id;
+		ids[n] = IdNodeId(node);
+		profiles[n] = CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id;
 		ats[n] = node->linked_at;
 		mids[n] = node->u.message_id;
 		n++;
@@ -1401,7 +1401,7 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 	for (uint32 i = 0; i < cap; i++)
 	{
 		p = CdpGraphProfileAt(g, i);
-		if (p->into == NULL)
+		if (p->into == 0)
 			ids[np++] = p->profile_id;
 	}
 	if (np == 0)
@@ -1477,7 +1477,8 @@ StateAnchor(IdentityGraph *g, IdItem *item)
 		if (m->linked == NULL || !m->linked[k])
 			continue;
 		node = CdpGraphNode(g, m->ids[k], false);
-		if (node == NULL || !node->attached || CdpCanonicalOf(node->prof)->profile_id != m->profile)
+		if (node == NULL || !node->attached ||
+			CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id != m->profile)
 			continue;
 		rule = CdpRuleFor(g->rules, IdTypePtr(m->ids[k]), m->ids[k]->type_len);
 		if (best == NULL || rule->priority < best_priority)

@@ -41,12 +41,30 @@ typedef struct Landing
 	int64		profile;		/* where it lands */
 } Landing;
 
+/*
+ * A stored profile record that is merged away, has absorbed merges or has a
+ * merge rank (most have none of these: they are kept apart from ProfNode).
+ */
+typedef struct StoredRecord
+{
+	uint32		prof;			/* its ProfNode's ref */
+	int32		absorbed;		/* merges_absorbed */
+	int64		into;			/* merged_into, 0 none */
+	int64		rank;			/* merge_rank, 0 none */
+} StoredRecord;
+
 typedef struct RebuildState
 {
 	int64		next_temp;		/* ids for profiles no evidence row names */
 	int64		hint;			/* the id the current evidence row made */
+	int64		first_seq;		/* IdNode.u.r.seq counts from it; -1 before */
 	bool		collect_links;	/* remember rows whose links change */
 	List	   *relinked;		/* RelinkedRow * */
+	StoredRecord *records;		/* sorted by prof */
+	uint32		nrecords;
+	uint32		maxrecords;
+	uint32	   *landing;		/* by ProfNode ref - 1: the ref of where a
+								 * replayed profile lands */
 } RebuildState;
 
 /* an evidence row that links something else under the current rules */
@@ -193,6 +211,16 @@ ReplayRow(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	m.nids = nelems;
 	m.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
 	m.seq = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	if (rs->first_seq < 0)
+		rs->first_seq = m.seq;
+	/* rows come in seq order: a node keeps its row as an offset of 32 bits */
+	if (m.seq - rs->first_seq > PG_UINT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the identity evidence spans more than %u sequence numbers", PG_UINT32_MAX),
+				 errdetail("Rows " INT64_FORMAT " to " INT64_FORMAT " of cdp.identity_evidence.",
+						   rs->first_seq, m.seq)));
+	m.seq_offset = (uint32) (m.seq - rs->first_seq);
 	CdpResolveMessage(g, &m);
 	if (rs->collect_links)
 		NoteRelinked(rs, &m, SPI_getbinval(tup, desc, 3, &isnull), ra->idtype, ra->outer);
@@ -208,13 +236,48 @@ Replay(IdentityGraph *g, Oid idtype)
 					  "FROM cdp.identity_evidence ORDER BY seq", ReplayRow, g, &ra);
 }
 
+/* order ProfNode refs by profile id */
 static int
-CompareProfNodes(const void *a, const void *b)
+CompareProfRefs(const void *a, const void *b, void *arg)
 {
-	int64		x = (*(ProfNode *const *) a)->profile_id;
-	int64		y = (*(ProfNode *const *) b)->profile_id;
+	IdentityGraph *g = arg;
+	int64		x = CdpProfAt(g, *(const uint32 *) a)->profile_id;
+	int64		y = CdpProfAt(g, *(const uint32 *) b)->profile_id;
 
 	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+static int
+CompareStoredRecords(const void *a, const void *b)
+{
+	uint32		x = ((const StoredRecord *) a)->prof;
+	uint32		y = ((const StoredRecord *) b)->prof;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/* what profile_records holds for p: merged_into, merges_absorbed, merge_rank */
+static const StoredRecord *
+StoredOf(RebuildState *rs, const ProfNode *p)
+{
+	static const StoredRecord none = {0, 0, 0, 0};
+	StoredRecord key;
+	StoredRecord *r;
+
+	if (!p->has_record)
+		return &none;
+	key.prof = p->self;
+	r = bsearch(&key, rs->records, rs->nrecords, sizeof(StoredRecord), CompareStoredRecords);
+	Assert(r != NULL);
+	return r;
+}
+
+/* the profile id a replayed profile lands on */
+static int64
+LandingOf(IdentityGraph *g, RebuildState *rs, const ProfNode *p)
+{
+	Assert(rs->landing[p->self - 1] != 0);
+	return CdpProfAt(g, rs->landing[p->self - 1])->profile_id;
 }
 
 typedef struct Change
@@ -244,26 +307,44 @@ NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	bool		isnull;
 	CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull));
 
-	CdpGraphNode(g, id, true)->u.stored = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	int64		profile = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	IdNode	   *node = CdpGraphNode(g, id, true);
+
+	node->u.r.stored = CdpGraphProfile(g, profile, true)->self;
 }
 
 /* a stored profile record that is merged away or has absorbed merges */
 static void
 NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 {
+	RebuildState *rs = g->private;
 	bool		isnull;
 	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
 	Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+	StoredRecord *r;
 	Datum		rank;
 
-	p->stored_into = isnull ? 0 : DatumGetInt64(into);
-	p->stored_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	if (rs->nrecords == rs->maxrecords)
+	{
+		MemoryContext old = MemoryContextSwitchTo(g->cxt);
+
+		rs->maxrecords = Max(1024, rs->maxrecords * 2);
+		rs->records = rs->records == NULL
+			? MemoryContextAllocHuge(g->cxt, sizeof(StoredRecord) * rs->maxrecords)
+			: repalloc_huge(rs->records, sizeof(StoredRecord) * rs->maxrecords);
+		MemoryContextSwitchTo(old);
+	}
+	r = &rs->records[rs->nrecords++];
+	r->prof = p->self;
+	r->into = isnull ? 0 : DatumGetInt64(into);
+	r->absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 	rank = SPI_getbinval(tup, desc, 4, &isnull);
-	p->stored_rank = isnull ? 0 : DatumGetInt64(rank);
+	r->rank = isnull ? 0 : DatumGetInt64(rank);
+	p->has_record = true;
 }
 
 static void
-AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed, int64 rank)
+AddRecordChange(List **out, ProfNode *p, int64 was, int64 into, int32 absorbed, int64 rank)
 {
 	RecordChange *rc = palloc(sizeof(RecordChange));
 
@@ -271,7 +352,7 @@ AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed, int64 rank)
 	rc->rank_only = false;
 	rc->profile = p->profile_id;
 	rc->into = into;
-	rc->was = p->stored_into;
+	rc->was = was;
 	rc->absorbed = absorbed;
 	*out = lappend(*out, rc);
 }
@@ -288,9 +369,10 @@ AddRecordChange(List **out, ProfNode *p, int64 into, int32 absorbed, int64 rank)
 static List *
 Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 {
+	RebuildState *rs = g->private;
 	List	   *changes = NIL;
 	ProfNode   *p;
-	ProfNode  **replayed;
+	uint32	   *replayed;
 	int			nreplayed;
 	uint32		nprofs = CdpGraphProfileCount(g);
 	CdpNodeIter it = {0, 0};
@@ -305,28 +387,33 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	 * else its own id (a merge that no longer holds comes apart again), or
 	 * else a new one.  Ids are visited in order, so this is deterministic.
 	 */
+	nprofs = CdpGraphProfileCount(g);
 	nreplayed = 0;
-	replayed = palloc(sizeof(ProfNode *) * Max(nprofs, 1));
+	replayed = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * Max(nprofs, 1));
 	for (uint32 i = 0; i < nprofs; i++)
 	{
 		p = CdpGraphProfileAt(g, i);
-		if (p->into == NULL && p->nmembers > 0)
-			replayed[nreplayed++] = p;
+		if (p->into == 0 && p->nmembers > 0)
+			replayed[nreplayed++] = p->self;
 	}
 	/* profiles the replay knows only from now on, with their stored state */
 	ForEachRow("SELECT profile_id, merged_into, merges_absorbed, merge_rank FROM cdp.profile_records "
 			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0 OR merge_rank IS NOT NULL",
 			   NoteRecord, g, NULL);
+	if (rs->nrecords > 0)
+		qsort(rs->records, rs->nrecords, sizeof(StoredRecord), CompareStoredRecords);
 	nprofs = CdpGraphProfileCount(g);
-	qsort(replayed, nreplayed, sizeof(ProfNode *), CompareProfNodes);
+	rs->landing = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * Max(nprofs, 1));
+	memset(rs->landing, 0, sizeof(uint32) * Max(nprofs, 1));
+	qsort_arg(replayed, nreplayed, sizeof(uint32), CompareProfRefs, g);
 	for (int i = 0; i < nreplayed; i++)
 	{
-		p = replayed[i];
-		for (IdNode *m = p->members; m; m = m->next_member)
+		p = CdpProfAt(g, replayed[i]);
+		for (IdNode *m = CdpFirstMember(g, p); m; m = CdpNextMember(g, m))
 		{
-			if (m->u.stored == p->profile_id)
+			if (m->u.r.stored == p->self)
 			{
-				p->landing = p->profile_id;
+				rs->landing[p->self - 1] = p->self;
 				p->claimed = true;
 				break;
 			}
@@ -334,21 +421,25 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	}
 	for (int i = 0; i < nreplayed; i++)
 	{
-		int64		first;
+		uint32		first;
+		uint32		landing;
 
-		p = replayed[i];
-		if (p->landing != 0)
+		p = CdpProfAt(g, replayed[i]);
+		if (rs->landing[p->self - 1] != 0)
 			continue;
-		first = p->members->u.stored;
-		if (first != 0 && !CdpGraphProfile(g, first, true)->claimed)
-			p->landing = first;
+		first = CdpFirstMember(g, p)->u.r.stored;
+		if (first != 0 && !CdpProfAt(g, first)->claimed)
+			landing = first;
 		else if (p->profile_id < TEMP_PROFILE_IDS && !p->claimed)
-			p->landing = p->profile_id;
+			landing = p->self;
+		else if (p->profile_id < TEMP_PROFILE_IDS)
+			landing = CdpGraphProfile(g, TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id,
+									  true)->self;
 		else
-			p->landing = p->profile_id < TEMP_PROFILE_IDS
-				? TEMP_PROFILE_IDS + (INT64CONST(1) << 60) + p->profile_id : p->profile_id;
+			landing = p->self;
+		rs->landing[p->self - 1] = landing;
 		/* claims are kept on the profile node of the landing id */
-		CdpGraphProfile(g, p->landing, true)->claimed = true;
+		CdpProfAt(g, landing)->claimed = true;
 	}
 
 	/*
@@ -363,17 +454,19 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	for (int i = 0; i < nreplayed; i++)
 	{
 		ProfNode   *l;
+		const StoredRecord *sr;
 		int64		rank;
 
-		p = replayed[i];
-		l = CdpGraphProfile(g, p->landing, false);
-		rank = (p->landing == p->profile_id && p->profile_id < TEMP_PROFILE_IDS) ? 0 : p->profile_id;
-		if (l->stored_into != 0 || l->stored_absorbed != p->merges_absorbed)
-			AddRecordChange(records, l, 0, p->merges_absorbed, rank);
-		else if (l->stored_rank != rank)
+		p = CdpProfAt(g, replayed[i]);
+		l = CdpProfAt(g, rs->landing[p->self - 1]);
+		sr = StoredOf(rs, l);
+		rank = (l == p && p->profile_id < TEMP_PROFILE_IDS) ? 0 : p->profile_id;
+		if (sr->into != 0 || sr->absorbed != p->merges_absorbed)
+			AddRecordChange(records, l, sr->into, 0, p->merges_absorbed, rank);
+		else if (sr->rank != rank)
 		{
 			/* reported apart: no profile changes, only what later merges pick */
-			AddRecordChange(records, l, 0, p->merges_absorbed, rank);
+			AddRecordChange(records, l, sr->into, 0, p->merges_absorbed, rank);
 			((RecordChange *) llast(*records))->rank_only = true;
 		}
 	}
@@ -391,33 +484,37 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	for (uint32 i = 0; i < nprofs; i++)
 	{
 		ProfNode   *known;
+		const StoredRecord *sr;
 		int64		want;
 
 		p = CdpGraphProfileAt(g, i);
 		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS)
 			continue;
-		known = (p->stored_rank != 0 && p->stored_into != 0)
-			? CdpGraphProfile(g, p->stored_rank, false) : p;
-		if (known == NULL || (known->into == NULL && known->nmembers == 0))
+		sr = StoredOf(rs, p);
+		known = (sr->rank != 0 && sr->into != 0)
+			? CdpGraphProfile(g, sr->rank, false) : p;
+		if (known == NULL || (known->into == 0 && known->nmembers == 0))
 			continue;
-		want = CdpCanonicalOf(known)->landing;
-		if (p->stored_into != want)
-			AddRecordChange(records, p, want, -1, p->stored_into == 0 ? 0 : -1);
+		want = LandingOf(g, rs, CdpCanonicalOf(g, known));
+		if (sr->into != want)
+			AddRecordChange(records, p, sr->into, want, -1, sr->into == 0 ? 0 : -1);
 	}
 
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 	{
-		int64		would_be = node->attached ? CdpCanonicalOf(node->prof)->landing : 0;
+		int64		would_be = node->attached
+			? LandingOf(g, rs, CdpCanonicalOf(g, CdpNodeProf(g, node))) : 0;
+		int64		stored = node->u.r.stored ? CdpProfAt(g, node->u.r.stored)->profile_id : 0;
 
-		if (would_be != node->u.stored)
+		if (would_be != stored)
 		{
 			Change	   *c = palloc(sizeof(Change));
 
-			c->id = node->id;
-			c->from = node->u.stored;
+			c->id = IdNodeId(node);
+			c->from = stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;
-			c->seq = node->seq;
+			c->seq = rs->first_seq + node->u.r.seq;
 			changes = lappend(changes, c);
 		}
 	}
@@ -742,7 +839,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt;
 	IdentityGraph *g;
-	RebuildState rs = {TEMP_PROFILE_IDS, 0, !dry_run, NIL};
+	RebuildState rs = {TEMP_PROFILE_IDS, 0, -1, !dry_run, NIL, NULL, 0, 0, NULL};
 	Oid			idtype;
 	int64		nevidence,
 				nstored,
@@ -767,6 +864,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	g->new_profile_id = RebuildProfileId;
 	g->private = &rs;
 	g->quiet = true;
+	g->replay = true;
 	CdpLoadSplits(g);
 
 	nevidence = Replay(g, idtype);
@@ -774,7 +872,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	{
 		ProfNode   *p = CdpGraphProfileAt(g, i);
 
-		nprofiles += (p->into == NULL && p->nmembers > 0);
+		nprofiles += (p->into == 0 && p->nmembers > 0);
 	}
 	changes = Compare(g, idtype, &nstored, &records);
 	peak = MemoryContextMemAllocated(cxt, true);

@@ -16,16 +16,18 @@
 
 #include "identity.h"
 
-#define PAGE_ELEMS		1024
-/* node blocks: a node is named by (block, offset / 8) in 32 bits */
-#define BLOCK_BITS		20
+#define PAGE_ELEMS		CDP_PAGE_ELEMS
+/* node blocks: a node is named by (block, offset / 8) + 1 in 32 bits */
+#define BLOCK_BITS		CDP_BLOCK_BITS
 #define BLOCK_SIZE		((uint32) 1 << BLOCK_BITS)
-#define UNIT_BITS		3
-#define NODE_REF(block, offset)	(((block) << (BLOCK_BITS - UNIT_BITS)) | ((offset) >> UNIT_BITS))
-#define NODE_AT(a, ref)	((IdNode *) ((a)->blocks[(ref) >> (BLOCK_BITS - UNIT_BITS)] + \
-						 (((ref) & ((1 << (BLOCK_BITS - UNIT_BITS)) - 1)) << UNIT_BITS)))
+#define UNIT_BITS		CDP_UNIT_BITS
+#define NODE_REF(block, offset)	((((block) << (BLOCK_BITS - UNIT_BITS)) | ((offset) >> UNIT_BITS)) + 1)
 #define FIRST_BLOCK_SIZE	((uint32) 64 * 1024)
 #define MAX_BLOCKS		((uint32) 1 << (32 - BLOCK_BITS + UNIT_BITS - 1))
+/* the bytes of a node for id */
+#define NODE_SIZE(id)	MAXALIGN(offsetof(IdNode, key) + VARSIZE(id))
+/* type slots fit IdNode.type_slot */
+#define MAX_TYPE_SLOTS	PG_UINT16_MAX
 
 typedef struct TypeSlot
 {
@@ -73,8 +75,8 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 /* ---------------------------------------------------------------- slot tables */
 
 #define SLOT_HASH(s)	((uint32) ((s) >> 32))
-#define SLOT_REF(s)		((uint32) (s) - 1)
-#define SLOT_MAKE(h, i)	(((uint64) (h) << 32) | ((uint64) (i) + 1))
+#define SLOT_REF(s)		((uint32) (s))
+#define SLOT_MAKE(h, r)	(((uint64) (h) << 32) | (uint64) (r))
 
 static void
 SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
@@ -152,6 +154,7 @@ CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt)
 	g->cxt = cxt;
 	g->rules = rules;
 	g->profs.elem_size = sizeof(ProfNode);
+	StaticAssertStmt(sizeof(ProfNode) <= 56, "ProfNode grew");
 	SlotTableInit(&g->node_index, cxt, 256);
 	SlotTableInit(&g->prof_index, cxt, 256);
 
@@ -175,6 +178,13 @@ TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
 	t = hash_search(g->type_slots, key, HASH_ENTER, &found);
 	if (!found)
 	{
+		if (g->ntypes >= MAX_TYPE_SLOTS)
+		{
+			hash_search(g->type_slots, key, HASH_REMOVE, NULL);
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the identity graph holds more than %d identifier types", MAX_TYPE_SLOTS)));
+		}
 		t->slot = g->ntypes++;
 		if (t->slot >= g->nslot_names)
 		{
@@ -186,6 +196,52 @@ TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
 	return t->slot;
 }
 
+/* keep the blocks' numbers in address order, for CdpGraphNodeRef */
+static void
+AddressOrderAdd(CdpNodeArena *a, uint32 b)
+{
+	uint32		i = b;
+
+	while (i > 0 && a->blocks[a->by_address[i - 1]] > a->blocks[b])
+	{
+		a->by_address[i] = a->by_address[i - 1];
+		i--;
+	}
+	a->by_address[i] = b;
+}
+
+/*
+ * The ref of a node of g: found from its address (the last block first,
+ * where a node just made is), as nodes do not keep their own.
+ */
+uint32
+CdpGraphNodeRef(IdentityGraph *g, const IdNode *node)
+{
+	CdpNodeArena *a = &g->nodes;
+	const char *addr = (const char *) node;
+	uint32		b = a->nblocks - 1;
+
+	if (addr < a->blocks[b] || addr >= a->blocks[b] + a->used[b])
+	{
+		uint32		lo = 0,
+					hi = a->nblocks;
+
+		/* the last block that starts at or before addr */
+		while (hi - lo > 1)
+		{
+			uint32		mid = (lo + hi) / 2;
+
+			if (a->blocks[a->by_address[mid]] <= addr)
+				lo = mid;
+			else
+				hi = mid;
+		}
+		b = a->by_address[lo];
+	}
+	Assert(addr >= a->blocks[b] && addr < a->blocks[b] + a->used[b]);
+	return NODE_REF(b, (uint32) (addr - a->blocks[b]));
+}
+
 /*
  * A new node with a copy of id right after it, carved from the current
  * block (a million small allocations would each pay a header and rounding).
@@ -194,7 +250,7 @@ static IdNode *
 NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
 {
 	CdpNodeArena *a = &g->nodes;
-	uint32		len = MAXALIGN(sizeof(IdNode) + VARSIZE(id));
+	uint32		len = NODE_SIZE(id);
 	uint32		b = a->nblocks - 1;
 	IdNode	   *node;
 
@@ -209,17 +265,18 @@ NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
 			a->maxblocks = Max(16, a->maxblocks * 2);
 			a->blocks = GrowArray(g->cxt, a->blocks, sizeof(char *), a->maxblocks);
 			a->used = GrowArray(g->cxt, a->used, sizeof(uint32), a->maxblocks);
+			a->by_address = GrowArray(g->cxt, a->by_address, sizeof(uint32), a->maxblocks);
 		}
 		b = a->nblocks++;
 		/* a batch's graph is small: its first block is too */
 		a->last_size = b == 0 ? FIRST_BLOCK_SIZE : BLOCK_SIZE;
 		a->blocks[b] = MemoryContextAlloc(g->cxt, a->last_size);
 		a->used[b] = 0;
+		AddressOrderAdd(a, b);
 	}
 	node = (IdNode *) (a->blocks[b] + a->used[b]);
-	memset(node, 0, sizeof(IdNode));
-	node->id = (CdpIdentifier *) (node + 1);
-	memcpy(node->id, id, VARSIZE(id));
+	memset(node, 0, offsetof(IdNode, key));
+	memcpy(node->key, id, VARSIZE(id));
 	*ref = NODE_REF(b, a->used[b]);
 	a->used[b] += len;
 	a->count++;
@@ -243,7 +300,7 @@ SameIdentifier(const CdpIdentifier *a, const CdpIdentifier *b)
 static bool
 NodeMatches(IdentityGraph *g, uint32 ref, const void *key)
 {
-	return SameIdentifier(NODE_AT(&g->nodes, ref)->id, key);
+	return SameIdentifier(IdNodeId(CdpNodeAt(g, ref)), key);
 }
 
 /* the node for an identifier; with create, a detached one if unknown */
@@ -258,7 +315,7 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 	if (create)
 		SlotTableGrowIfFull(&g->node_index, g->cxt);
 	if (SlotFind(g, &g->node_index, hash, NodeMatches, id, &pos, &ref))
-		return NODE_AT(&g->nodes, ref);
+		return CdpNodeAt(g, ref);
 	if (!create)
 		return NULL;
 	node = NewNode(g, id, &ref);
@@ -276,7 +333,7 @@ ProfileHash(int64 profile_id)
 static bool
 ProfileMatches(IdentityGraph *g, uint32 ref, const void *key)
 {
-	return ((ProfNode *) PagedAt(&g->profs, ref))->profile_id == *(const int64 *) key;
+	return CdpProfAt(g, ref)->profile_id == *(const int64 *) key;
 }
 
 ProfNode *
@@ -290,15 +347,15 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	if (create)
 		SlotTableGrowIfFull(&g->prof_index, g->cxt);
 	if (SlotFind(g, &g->prof_index, hash, ProfileMatches, &profile_id, &pos, &ref))
-		return PagedAt(&g->profs, ref);
+		return CdpProfAt(g, ref);
 	if (!create)
 		return NULL;
 	p = PagedAppend(&g->profs, g->cxt, &ref);
+	ref++;
+	p->self = ref;
 	p->profile_id = profile_id;
 	p->rank = profile_id;
 	p->version = -1;
-	p->type_counts = p->inline_counts;
-	p->ntype_counts = lengthof(p->inline_counts);
 	SlotSet(&g->prof_index, pos, hash, ref);
 	return p;
 }
@@ -307,7 +364,7 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 ProfNode *
 CdpCanonical(IdentityGraph *g, int64 profile_id)
 {
-	return CdpCanonicalOf(CdpGraphProfile(g, profile_id, true));
+	return CdpCanonicalOf(g, CdpGraphProfile(g, profile_id, true));
 }
 
 uint32
@@ -334,7 +391,7 @@ CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it)
 	if (it->block >= a->nblocks)
 		return NULL;
 	node = (IdNode *) (a->blocks[it->block] + it->offset);
-	it->offset += MAXALIGN(sizeof(IdNode) + VARSIZE(node->id));
+	it->offset += NODE_SIZE(IdNodeId(node));
 	return node;
 }
 

@@ -50,46 +50,62 @@ typedef struct IdentityRules
 typedef struct IdNode IdNode;
 typedef struct ProfNode ProfNode;
 
-/* fields ordered for packing: a rebuild holds a million of these */
+/*
+ * Fields ordered for packing: a rebuild holds ten million of these.  Nodes
+ * and profiles name each other by 32-bit refs (place + 1, 0 = none) rather
+ * than pointers; CdpNodeAt and CdpProfAt turn a ref into the node.
+ */
 struct IdNode
 {
-	CdpIdentifier *id;			/* the key: the bytes right after the node */
-	IdNode	   *next_member;
-	ProfNode   *prof;			/* its profile (follow into); NULL detached */
 	TimestampTz linked_at;
-	int64		seq;			/* rebuild: the evidence row that attached it */
 	union
 	{
 		const char *message_id; /* online: the message that attached it */
-		int64		stored;		/* rebuild: its profile in cdp.identities */
+		struct
+		{
+			uint32		seq;	/* the evidence row that attached it (its
+								 * seq less the first row's) */
+			uint32		stored; /* its profile in cdp.identities (a ProfNode
+								 * ref), 0 none */
+		}			r;			/* rebuild */
 	}			u;
-	int32		type_slot;
-	int8		blocked;		/* 0 not yet checked, 1 no, 2 blocked */
-	bool		attached;		/* belongs to a profile */
-	bool		is_new;			/* attached during this run */
-	bool		in_members;
+	uint32		next_member;	/* node ref */
+	uint32		prof;			/* its profile (follow into); 0 detached */
+	uint16		type_slot;
+	uint8		blocked:2;		/* 0 not yet checked, 1 no, 2 blocked */
+	bool		attached:1;		/* belongs to a profile */
+	bool		is_new:1;		/* attached during this run */
+	bool		in_members:1;
+	int32		key[FLEXIBLE_ARRAY_MEMBER]; /* the identifier's bytes */
 };
+
+/* the identifier of a node: its bytes follow the node's fields */
+#define IdNodeId(node)	((CdpIdentifier *) (node)->key)
+
+/* type counts of a profile kept in the node while every one is small */
+#define PROF_SMALL_COUNTS	4
 
 struct ProfNode
 {
 	int64		profile_id;		/* the key */
 	int64		rank;			/* merges go into the lowest (rank, id) */
-	ProfNode   *into;			/* merged into; NULL while canonical */
-	int64		landing;		/* rebuild: the stored profile it maps to */
-	int64		stored_into;	/* rebuild: profile_records.merged_into, 0 none */
-	IdNode	   *members;
-	IdNode	   *members_tail;
-	int32	   *type_counts;	/* per type slot (inline_counts while few) */
+	uint32		self;			/* its own ref */
+	uint32		into;			/* merged into (a ref); 0 while canonical */
+	uint32		members;		/* node refs: the first and last member */
+	uint32		members_tail;
+	int32		nmembers;
 	int32		merges_absorbed;
 	int32		version;		/* profile_records.version as first read, -1 unknown */
-	int32		nmembers;
-	int32		ntype_counts;
-	int32		inline_counts[4];
-	bool		is_new;			/* made during this run */
-	bool		members_loaded;
-	bool		claimed;		/* rebuild: some replayed profile lands here */
-	int32		stored_absorbed;	/* rebuild: profile_records.merges_absorbed */
-	int64		stored_rank;	/* rebuild: profile_records.merge_rank, 0 none */
+	uint16		ntype_counts;	/* 0: counts.small, else counts.wide's length */
+	bool		is_new:1;		/* made during this run */
+	bool		members_loaded:1;
+	bool		claimed:1;		/* rebuild: some replayed profile lands here */
+	bool		has_record:1;	/* rebuild: its profile record is noted */
+	union
+	{
+		uint16		small[PROF_SMALL_COUNTS];
+		int32	   *wide;
+	}			counts;			/* members per type slot */
 };
 
 typedef struct IdMerge
@@ -144,11 +160,12 @@ typedef struct CdpNodeArena
 	uint32	   *used;			/* bytes used in each block */
 	uint32		nblocks;
 	uint32		maxblocks;
+	uint32	   *by_address;		/* block numbers in address order */
 	uint32		last_size;		/* the size of the last block */
 	uint32		count;			/* nodes */
 } CdpNodeArena;
 
-/* open addressing: slot = hash << 32 | (ref + 1), 0 = empty */
+/* open addressing: slot = hash << 32 | ref, 0 = empty */
 typedef struct CdpSlotTable
 {
 	uint64	   *slots;
@@ -181,6 +198,7 @@ typedef struct IdentityGraph
 	NewProfileIdFn new_profile_id;
 	void	   *private;
 	bool		quiet;			/* rebuild: keep no merge or violation records */
+	bool		replay;			/* rebuild: nodes keep IdNode.u.r */
 	List	   *merges;			/* IdMerge *, in order */
 	List	   *violations;		/* IdViolation * */
 } IdentityGraph;
@@ -193,6 +211,7 @@ typedef struct IdMessage
 	TimestampTz at;
 	const char *message_id;
 	int64		seq;			/* rebuild: its evidence row */
+	uint32		seq_offset;		/* rebuild: seq less the first row's */
 	int64		created_hint;	/* rebuild: the id online resolution gave it */
 	/* results */
 	int64		profile;		/* 0: no usable identifier */
@@ -220,13 +239,67 @@ extern IdNode *CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it);
 extern uint32 CdpGraphProfileCount(IdentityGraph *g);
 extern ProfNode *CdpGraphProfileAt(IdentityGraph *g, uint32 i);
 
+extern uint32 CdpGraphNodeRef(IdentityGraph *g, const IdNode *node);
+
+#define CDP_PAGE_ELEMS		1024
+#define CDP_BLOCK_BITS		20
+#define CDP_UNIT_BITS		3
+
+/* the node a ref names (not 0) */
+static inline IdNode *
+CdpNodeAt(IdentityGraph *g, uint32 ref)
+{
+	uint32		r = ref - 1;
+
+	return (IdNode *) (g->nodes.blocks[r >> (CDP_BLOCK_BITS - CDP_UNIT_BITS)] +
+					   ((Size) (r & ((1 << (CDP_BLOCK_BITS - CDP_UNIT_BITS)) - 1)) << CDP_UNIT_BITS));
+}
+
+/* the profile a ref names (not 0) */
+static inline ProfNode *
+CdpProfAt(IdentityGraph *g, uint32 ref)
+{
+	uint32		i = ref - 1;
+
+	return (ProfNode *) (g->profs.pages[i / CDP_PAGE_ELEMS] + (Size) (i % CDP_PAGE_ELEMS) * sizeof(ProfNode));
+}
+
+/* a node's profile as it was attached (merges may have moved it on) */
+static inline ProfNode *
+CdpNodeProf(IdentityGraph *g, const IdNode *node)
+{
+	return node->prof ? CdpProfAt(g, node->prof) : NULL;
+}
+
 /* the profile that holds everything of p now */
 static inline ProfNode *
-CdpCanonicalOf(ProfNode *p)
+CdpCanonicalOf(IdentityGraph *g, ProfNode *p)
 {
-	while (p->into != NULL)
-		p = p->into;
+	while (p->into != 0)
+		p = CdpProfAt(g, p->into);
 	return p;
+}
+
+/* how many of p's members have the type of the slot */
+static inline int32
+CdpProfCount(const ProfNode *p, int slot)
+{
+	if (p->ntype_counts == 0)
+		return slot < PROF_SMALL_COUNTS ? p->counts.small[slot] : 0;
+	return slot < p->ntype_counts ? p->counts.wide[slot] : 0;
+}
+
+/* walk a profile's members: for (IdNode *m = CdpFirstMember(g, p); m; m = CdpNextMember(g, m)) */
+static inline IdNode *
+CdpFirstMember(IdentityGraph *g, const ProfNode *p)
+{
+	return p->members ? CdpNodeAt(g, p->members) : NULL;
+}
+
+static inline IdNode *
+CdpNextMember(IdentityGraph *g, const IdNode *m)
+{
+	return m->next_member ? CdpNodeAt(g, m->next_member) : NULL;
 }
 
 /*
