@@ -31,37 +31,44 @@
 static void
 CountMember(IdentityGraph *g, ProfNode *p, int slot, int32 delta)
 {
+	int32	   *wide;
+	int			n;
+
 	if (p->ntype_counts == 0)
 	{
-		int32		n;
+		int32		c;
 
 		if (slot < PROF_SMALL_COUNTS &&
-			(n = p->counts.small[slot] + delta) >= 0 && n <= PG_UINT16_MAX)
+			(c = p->counts.small[slot] + delta) >= 0 && c <= PG_UINT8_MAX)
 		{
-			p->counts.small[slot] = (uint16) n;
+			p->counts.small[slot] = (uint8) c;
 			return;
 		}
 		n = Max(Max(g->ntypes, slot + 1), PROF_SMALL_COUNTS);
+		wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
+		for (int s = 0; s < PROF_SMALL_COUNTS; s++)
+			wide[s] = p->counts.small[s];
+		if (g->nwide_counts == g->maxwide_counts)
 		{
-			int32	   *wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
-
-			for (int s = 0; s < PROF_SMALL_COUNTS; s++)
-				wide[s] = p->counts.small[s];
-			p->counts.wide = wide;
-			p->ntype_counts = (uint16) n;
+			g->maxwide_counts = Max(16, g->maxwide_counts * 2);
+			g->wide_counts = g->wide_counts == NULL
+				? MemoryContextAlloc(g->cxt, sizeof(int32 *) * g->maxwide_counts)
+				: repalloc(g->wide_counts, sizeof(int32 *) * g->maxwide_counts);
 		}
+		p->counts.wide = g->nwide_counts++;
+		g->wide_counts[p->counts.wide] = wide;
+		p->ntype_counts = (uint16) n;
 	}
 	else if (slot >= p->ntype_counts)
 	{
-		int			n = Max(g->ntypes, slot + 1);
-		int32	   *wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
-
-		memcpy(wide, p->counts.wide, sizeof(int32) * p->ntype_counts);
-		pfree(p->counts.wide);
-		p->counts.wide = wide;
+		n = Max(g->ntypes, slot + 1);
+		wide = MemoryContextAllocZero(g->cxt, sizeof(int32) * n);
+		memcpy(wide, g->wide_counts[p->counts.wide], sizeof(int32) * p->ntype_counts);
+		pfree(g->wide_counts[p->counts.wide]);
+		g->wide_counts[p->counts.wide] = wide;
 		p->ntype_counts = (uint16) n;
 	}
-	p->counts.wide[slot] += delta;
+	g->wide_counts[p->counts.wide][slot] += delta;
 }
 
 /* make node a member of p (which must be canonical) */
@@ -192,7 +199,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 	/* every type in the union counts, not only the message's own */
 	for (int j = 0; j < np; j++)
 		for (int s = 0; s < g->ntypes; s++)
-			counts[s] += CdpProfCount(profiles[j], s);
+			counts[s] += CdpProfCount(g, profiles[j], s);
 	for (int k = 0; k < n; k++)
 		if (active[k] && !nodes[k]->attached)
 			counts[nodes[k]->type_slot]++;
@@ -255,7 +262,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 		ProfNode   *target = profiles[0];
 
 		for (int j = 1; j < np; j++)
-			if (CdpOlderProfile(profiles[j], target))
+			if (CdpOlderProfile(g, profiles[j], target))
 				target = profiles[j];
 		if (target->merges_absorbed >= g->rules->max_merges)
 		{
@@ -332,8 +339,8 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 		into->nmembers += from->nmembers;
 	}
 	for (int s = 0; s < g->ntypes; s++)
-		if (CdpProfCount(from, s) != 0)
-			CountMember(g, into, s, CdpProfCount(from, s));
+		if (CdpProfCount(g, from, s) != 0)
+			CountMember(g, into, s, CdpProfCount(g, from, s));
 	from->members = from->members_tail = 0;
 	from->nmembers = 0;
 	into->merges_absorbed += 1 + from->merges_absorbed;
@@ -504,7 +511,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		int			t = 0;
 
 		for (int j = 1; j < np; j++)
-			if (CdpOlderProfile(profiles[j], profiles[t]))
+			if (CdpOlderProfile(g, profiles[j], profiles[t]))
 				t = j;
 		target = profiles[t];
 		for (int j = 0; j < np; j++)

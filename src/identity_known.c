@@ -112,7 +112,7 @@ CdpKnownIdentities(void)
 	{
 		known.cxt = AllocSetContextCreate(TopTransactionContext, "cdp known identities",
 										  ALLOCSET_DEFAULT_SIZES);
-		known.graph = CdpNewIdentityGraph(NULL, known.cxt);
+		known.graph = CdpNewIdentityGraph(NULL, known.cxt, false);
 	}
 	return known.graph;
 }
@@ -184,8 +184,7 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 		if (p->into != 0)
 			continue;
 		kp = CdpGraphProfile(k, p->profile_id, true);
-		kp->rank = p->rank;
-		kp->version = p->version;
+		*CdpProfOnline(k, kp) = *CdpProfOnline(g, p);
 		kp->merges_absorbed = p->merges_absorbed;
 	}
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)

@@ -215,8 +215,7 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 			}
 			node = CdpGraphNode(g, IdNodeId(kn), true);
 			p = CdpGraphProfile(g, CdpNodeProf(k, kn)->profile_id, true);
-			p->version = CdpNodeProf(k, kn)->version;
-			p->rank = CdpNodeProf(k, kn)->rank;
+			*CdpProfOnline(g, p) = *CdpProfOnline(k, CdpNodeProf(k, kn));
 			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
 			if (blocked_known)
 				node->blocked = kn->blocked;
@@ -243,8 +242,8 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 		IdNode	   *node = CdpGraphNode(g, id, true);
 		ProfNode   *p = CdpGraphProfile(g, profile, true);
 
-		p->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		p->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		CdpProfOnline(g, p)->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		CdpProfOnline(g, p)->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 		CdpGraphAttach(g, node, p, linked_at, NULL, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -422,9 +421,9 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 			Datum		into;
 
 			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-			p->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-			stale |= p->version >= 0 &&
-				p->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+			CdpProfOnline(g, p)->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+			stale |= CdpProfOnline(g, p)->version >= 0 &&
+				CdpProfOnline(g, p)->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);
 			if (!isnull && p->into == 0)
 			{
@@ -495,7 +494,7 @@ AttachedProfiles(IdentityGraph *g, int64 **out, IdentityGraph *k)
 		if (kp != NULL)
 		{
 			p->merges_absorbed = kp->merges_absorbed;
-			p->rank = kp->rank;
+			CdpProfOnline(g, p)->rank = CdpProfOnline(k, kp)->rank;
 		}
 		else if (!p->is_new)
 			ids[n++] = p->profile_id;
@@ -583,7 +582,7 @@ PreloadMembers(IdentityGraph *g, IdItem *items, int n)
 static IdentityGraph *
 BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, IdentityGraph *k)
 {
-	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt);
+	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt, false);
 	List	   *all = NIL;
 	CdpIdentifier **arr;
 	int			nall = 0;

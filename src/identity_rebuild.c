@@ -401,7 +401,12 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0 OR merge_rank IS NOT NULL",
 			   NoteRecord, g, NULL);
 	if (rs->nrecords > 0)
+	{
+		/* the array's spare room goes back before the landings are made */
+		rs->records = repalloc_huge(rs->records, sizeof(StoredRecord) * rs->nrecords);
+		rs->maxrecords = rs->nrecords;
 		qsort(rs->records, rs->nrecords, sizeof(StoredRecord), CompareStoredRecords);
+	}
 	nprofs = CdpGraphProfileCount(g);
 	rs->landing = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * Max(nprofs, 1));
 	memset(rs->landing, 0, sizeof(uint32) * Max(nprofs, 1));
@@ -470,6 +475,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			((RecordChange *) llast(*records))->rank_only = true;
 		}
 	}
+	pfree(replayed);
 
 	/*
 	 * Every other profile the replay knows points at the landing of the
@@ -830,6 +836,26 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 	CdpRecomputeProfileState(touched, ntouched);
 }
 
+/* where the graph's bytes go, at DEBUG1: what to shrink next */
+static void
+ReportGraphBytes(IdentityGraph *g, RebuildState *rs, Size peak)
+{
+	Size		nodes = 0;
+	Size		profs = (Size) g->profs.npages * CDP_PAGE_ELEMS * sizeof(ProfNode);
+	Size		node_index = (Size) (g->nodes.nblocks > 0 ? g->node_index.mask + 1 : 0) * 5;
+	Size		prof_index = (Size) (g->prof_index.mask + 1) * 5;
+	Size		records = (Size) rs->maxrecords * sizeof(StoredRecord);
+	Size		landing = (Size) CdpGraphProfileCount(g) * sizeof(uint32);
+
+	for (uint32 b = 0; b < g->nodes.nblocks; b++)
+		nodes += (b == g->nodes.nblocks - 1) ? g->nodes.last_size : ((b == 0) ? 64 * 1024 : 1024 * 1024);
+	elog(DEBUG1, "rebuild graph: %zu bytes: nodes %zu (%u), node index %zu, profiles %zu (%u), "
+		 "profile index %zu, stored records %zu (%u), landings about %zu, other %zd",
+		 peak, nodes, CdpGraphNodeCount(g), node_index, profs, CdpGraphProfileCount(g),
+		 prof_index, records, rs->nrecords, landing,
+		 (ssize_t) peak - (ssize_t) (nodes + node_index + profs + prof_index + records + landing));
+}
+
 PG_FUNCTION_INFO_V1(cdp_rebuild_identities);
 
 Datum
@@ -860,11 +886,10 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(caller, "cdp rebuild graph", 0, 1024 * 1024, 8 * 1024 * 1024);
 	MemoryContextSwitchTo(cxt);
 	idtype = CdpIdentifierTypeOid();
-	g = CdpNewIdentityGraph(CdpLoadIdentityRules(), cxt);
+	g = CdpNewIdentityGraph(CdpLoadIdentityRules(), cxt, true);
 	g->new_profile_id = RebuildProfileId;
 	g->private = &rs;
 	g->quiet = true;
-	g->replay = true;
 	CdpLoadSplits(g);
 
 	nevidence = Replay(g, idtype);
@@ -876,6 +901,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	}
 	changes = Compare(g, idtype, &nstored, &records);
 	peak = MemoryContextMemAllocated(cxt, true);
+	ReportGraphBytes(g, &rs, peak);
 	if (!dry_run && (changes != NIL || records != NIL || rs.relinked != NIL))
 		Apply(changes, records, rs.relinked, idtype);
 	INSTR_TIME_SET_CURRENT(elapsed);

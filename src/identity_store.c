@@ -74,23 +74,28 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 
 /* ---------------------------------------------------------------- slot tables */
 
-#define SLOT_HASH(s)	((uint32) ((s) >> 32))
-#define SLOT_REF(s)		((uint32) (s))
-#define SLOT_MAKE(h, r)	(((uint64) (h) << 32) | (uint64) (r))
+#define SLOT_TAG(h)		((uint8) ((h) >> 24))
+
+typedef uint32 (*SlotRehash) (IdentityGraph *g, uint32 ref);
 
 static void
 SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
 {
-	t->slots = MemoryContextAllocZero(cxt, sizeof(uint64) * size);
+	t->refs = MemoryContextAllocHuge(cxt, sizeof(uint32) * size);
+	memset(t->refs, 0, sizeof(uint32) * size);
+	t->tags = MemoryContextAllocHuge(cxt, size);
 	t->mask = size - 1;
 	t->used = 0;
 }
 
-/* double the table once it is three quarters full: probes stay short */
+/*
+ * Double the table once it is three quarters full: probes stay short.  The
+ * slots keep a byte of each hash, so the hashes are computed again.
+ */
 static void
-SlotTableGrowIfFull(CdpSlotTable *t, MemoryContext cxt)
+SlotTableGrowIfFull(IdentityGraph *g, CdpSlotTable *t, SlotRehash rehash)
 {
-	uint64	   *old = t->slots;
+	uint32	   *old = t->refs;
 	uint32		oldsize = t->mask + 1;
 
 	if ((uint64) (t->used + 1) * 4 <= (uint64) oldsize * 3)
@@ -99,17 +104,21 @@ SlotTableGrowIfFull(CdpSlotTable *t, MemoryContext cxt)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("the identity graph is too large")));
-	SlotTableInit(t, cxt, oldsize * 2);
+	pfree(t->tags);
+	SlotTableInit(t, g->cxt, oldsize * 2);
 	for (uint32 i = 0; i < oldsize; i++)
 	{
+		uint32		hash;
 		uint32		pos;
 
 		if (old[i] == 0)
 			continue;
-		pos = SLOT_HASH(old[i]) & t->mask;
-		while (t->slots[pos] != 0)
+		hash = rehash(g, old[i]);
+		pos = hash & t->mask;
+		while (t->refs[pos] != 0)
 			pos = (pos + 1) & t->mask;
-		t->slots[pos] = old[i];
+		t->refs[pos] = old[i];
+		t->tags[pos] = SLOT_TAG(hash);
 		t->used++;
 	}
 	pfree(old);
@@ -125,11 +134,13 @@ static inline bool
 SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const void *key,
 		 uint32 *pos, uint32 *ref)
 {
-	for (*pos = hash & t->mask; t->slots[*pos] != 0; *pos = (*pos + 1) & t->mask)
+	uint8		tag = SLOT_TAG(hash);
+
+	for (*pos = hash & t->mask; t->refs[*pos] != 0; *pos = (*pos + 1) & t->mask)
 	{
-		if (SLOT_HASH(t->slots[*pos]) == hash && match(g, SLOT_REF(t->slots[*pos]), key))
+		if (t->tags[*pos] == tag && match(g, t->refs[*pos], key))
 		{
-			*ref = SLOT_REF(t->slots[*pos]);
+			*ref = t->refs[*pos];
 			return true;
 		}
 	}
@@ -139,22 +150,26 @@ SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const 
 static void
 SlotSet(CdpSlotTable *t, uint32 pos, uint32 hash, uint32 ref)
 {
-	t->slots[pos] = SLOT_MAKE(hash, ref);
+	t->refs[pos] = ref;
+	t->tags[pos] = SLOT_TAG(hash);
 	t->used++;
 }
 
 /* ---------------------------------------------------------------- the graph */
 
 IdentityGraph *
-CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt)
+CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay)
 {
 	IdentityGraph *g = MemoryContextAllocZero(cxt, sizeof(IdentityGraph));
 	HASHCTL		ctl;
 
 	g->cxt = cxt;
 	g->rules = rules;
+	g->replay = replay;
 	g->profs.elem_size = sizeof(ProfNode);
-	StaticAssertStmt(sizeof(ProfNode) <= 56, "ProfNode grew");
+	g->prof_online.elem_size = sizeof(ProfOnline);
+	StaticAssertStmt(sizeof(ProfNode) <= 40, "ProfNode grew");
+	StaticAssertStmt(offsetof(IdNode, key) <= 28, "IdNode grew");
 	SlotTableInit(&g->node_index, cxt, 256);
 	SlotTableInit(&g->prof_index, cxt, 256);
 
@@ -303,6 +318,12 @@ NodeMatches(IdentityGraph *g, uint32 ref, const void *key)
 	return SameIdentifier(IdNodeId(CdpNodeAt(g, ref)), key);
 }
 
+static uint32
+NodeHash(IdentityGraph *g, uint32 ref)
+{
+	return IdentifierHash(IdNodeId(CdpNodeAt(g, ref)));
+}
+
 /* the node for an identifier; with create, a detached one if unknown */
 IdNode *
 CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
@@ -313,7 +334,7 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 	IdNode	   *node;
 
 	if (create)
-		SlotTableGrowIfFull(&g->node_index, g->cxt);
+		SlotTableGrowIfFull(g, &g->node_index, NodeHash);
 	if (SlotFind(g, &g->node_index, hash, NodeMatches, id, &pos, &ref))
 		return CdpNodeAt(g, ref);
 	if (!create)
@@ -336,6 +357,12 @@ ProfileMatches(IdentityGraph *g, uint32 ref, const void *key)
 	return CdpProfAt(g, ref)->profile_id == *(const int64 *) key;
 }
 
+static uint32
+ProfileRefHash(IdentityGraph *g, uint32 ref)
+{
+	return ProfileHash(CdpProfAt(g, ref)->profile_id);
+}
+
 ProfNode *
 CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 {
@@ -345,7 +372,7 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	ProfNode   *p;
 
 	if (create)
-		SlotTableGrowIfFull(&g->prof_index, g->cxt);
+		SlotTableGrowIfFull(g, &g->prof_index, ProfileRefHash);
 	if (SlotFind(g, &g->prof_index, hash, ProfileMatches, &profile_id, &pos, &ref))
 		return CdpProfAt(g, ref);
 	if (!create)
@@ -354,8 +381,15 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	ref++;
 	p->self = ref;
 	p->profile_id = profile_id;
-	p->rank = profile_id;
-	p->version = -1;
+	if (!g->replay)
+	{
+		uint32		i;
+		ProfOnline *po = PagedAppend(&g->prof_online, g->cxt, &i);
+
+		Assert(i == ref - 1);
+		po->rank = profile_id;
+		po->version = -1;
+	}
 	SlotSet(&g->prof_index, pos, hash, ref);
 	return p;
 }

@@ -88,25 +88,33 @@ struct IdNode
 struct ProfNode
 {
 	int64		profile_id;		/* the key */
-	int64		rank;			/* merges go into the lowest (rank, id) */
 	uint32		self;			/* its own ref */
 	uint32		into;			/* merged into (a ref); 0 while canonical */
 	uint32		members;		/* node refs: the first and last member */
 	uint32		members_tail;
 	int32		nmembers;
 	int32		merges_absorbed;
-	int32		version;		/* profile_records.version as first read, -1 unknown */
-	uint16		ntype_counts;	/* 0: counts.small, else counts.wide's length */
+	union
+	{
+		uint8		small[PROF_SMALL_COUNTS];
+		uint32		wide;		/* its place in IdentityGraph.wide_counts */
+	}			counts;			/* members per type slot */
+	uint16		ntype_counts;	/* 0: counts.small, else the wide counts' length */
 	bool		is_new:1;		/* made during this run */
 	bool		members_loaded:1;
 	bool		claimed:1;		/* rebuild: some replayed profile lands here */
 	bool		has_record:1;	/* rebuild: its profile record is noted */
-	union
-	{
-		uint16		small[PROF_SMALL_COUNTS];
-		int32	   *wide;
-	}			counts;			/* members per type slot */
 };
+
+/*
+ * What online resolution knows of a stored profile beside the graph (a
+ * rebuild needs neither: its ranks are the ids, and it reads no versions).
+ */
+typedef struct ProfOnline
+{
+	int64		rank;			/* merges go into the lowest (rank, id) */
+	int32		version;		/* profile_records.version as first read, -1 unknown */
+} ProfOnline;
 
 typedef struct IdMerge
 {
@@ -165,10 +173,14 @@ typedef struct CdpNodeArena
 	uint32		count;			/* nodes */
 } CdpNodeArena;
 
-/* open addressing: slot = hash << 32 | ref, 0 = empty */
+/*
+ * Open addressing: each slot a ref (0 = empty) and a byte of its entry's
+ * hash, which turns away nearly every probe for another entry unread.
+ */
 typedef struct CdpSlotTable
 {
-	uint64	   *slots;
+	uint32	   *refs;
+	uint8	   *tags;
 	uint32		mask;
 	uint32		used;
 } CdpSlotTable;
@@ -188,6 +200,10 @@ typedef struct IdentityGraph
 	CdpNodeArena nodes;			/* IdNode + identifier */
 	CdpSlotTable node_index;	/* identifier -> node */
 	CdpPagedArray profs;		/* ProfNode */
+	CdpPagedArray prof_online;	/* ProfOnline, by ProfNode ref - 1; online only */
+	int32	  **wide_counts;	/* type counts of profiles they outgrew */
+	uint32		nwide_counts;
+	uint32		maxwide_counts;
 	CdpSlotTable prof_index;	/* profile id -> ProfNode */
 	HTAB	   *type_slots;		/* type name -> slot */
 	int			ntypes;
@@ -198,7 +214,7 @@ typedef struct IdentityGraph
 	NewProfileIdFn new_profile_id;
 	void	   *private;
 	bool		quiet;			/* rebuild: keep no merge or violation records */
-	bool		replay;			/* rebuild: nodes keep IdNode.u.r */
+	bool		replay;			/* rebuild: nodes keep IdNode.u.r, no ProfOnline */
 	List	   *merges;			/* IdMerge *, in order */
 	List	   *violations;		/* IdViolation * */
 } IdentityGraph;
@@ -230,7 +246,7 @@ extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type
 extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
 
 /* identity_store.c */
-extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt);
+extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay);
 extern IdNode *CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create);
 extern ProfNode *CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create);
 extern ProfNode *CdpCanonical(IdentityGraph *g, int64 profile_id);
@@ -282,11 +298,29 @@ CdpCanonicalOf(IdentityGraph *g, ProfNode *p)
 
 /* how many of p's members have the type of the slot */
 static inline int32
-CdpProfCount(const ProfNode *p, int slot)
+CdpProfCount(IdentityGraph *g, const ProfNode *p, int slot)
 {
 	if (p->ntype_counts == 0)
 		return slot < PROF_SMALL_COUNTS ? p->counts.small[slot] : 0;
-	return slot < p->ntype_counts ? p->counts.wide[slot] : 0;
+	return slot < p->ntype_counts ? g->wide_counts[p->counts.wide][slot] : 0;
+}
+
+/* the online state of p (not in a rebuild) */
+static inline ProfOnline *
+CdpProfOnline(IdentityGraph *g, const ProfNode *p)
+{
+	uint32		i = p->self - 1;
+
+	Assert(!g->replay);
+	return (ProfOnline *) (g->prof_online.pages[i / CDP_PAGE_ELEMS] +
+						   (Size) (i % CDP_PAGE_ELEMS) * sizeof(ProfOnline));
+}
+
+/* where p stands when merges pick the oldest: see CdpOlderProfile */
+static inline int64
+CdpProfRank(IdentityGraph *g, const ProfNode *p)
+{
+	return g->replay ? p->profile_id : CdpProfOnline(g, p)->rank;
 }
 
 /* walk a profile's members: for (IdNode *m = CdpFirstMember(g, p); m; m = CdpNextMember(g, m)) */
@@ -308,9 +342,12 @@ CdpNextMember(IdentityGraph *g, const IdNode *m)
  * profiles as the next replay will; in a replay it is the profile's id.
  */
 static inline bool
-CdpOlderProfile(const ProfNode *a, const ProfNode *b)
+CdpOlderProfile(IdentityGraph *g, const ProfNode *a, const ProfNode *b)
 {
-	return a->rank < b->rank || (a->rank == b->rank && a->profile_id < b->profile_id);
+	int64		ra = CdpProfRank(g, a);
+	int64		rb = CdpProfRank(g, b);
+
+	return ra < rb || (ra == rb && a->profile_id < b->profile_id);
 }
 
 /* identity_graph.c */
