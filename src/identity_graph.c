@@ -104,13 +104,26 @@ CompareIdentifierPtrs(const void *a, const void *b)
 	return CdpIdentifierCompare(*(CdpIdentifier *const *) a, *(CdpIdentifier *const *) b);
 }
 
+/* a copy of id that lives as long as the graph */
+static CdpIdentifier *
+CopyIdentifier(IdentityGraph *g, const CdpIdentifier *id)
+{
+	CdpIdentifier *copy = MemoryContextAlloc(g->cxt, VARSIZE(id));
+
+	memcpy(copy, id, VARSIZE(id));
+	return copy;
+}
+
 static CdpIdentifier **
 CopyIdentifiers(IdentityGraph *g, CdpIdentifier **ids, int n)
 {
 	CdpIdentifier **copy = MemoryContextAlloc(g->cxt, sizeof(CdpIdentifier *) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)
-		copy[i] = IdNodeId(CdpGraphNode(g, ids[i], true));
+	{
+		CdpGraphNode(g, ids[i], true);
+		copy[i] = CopyIdentifier(g, ids[i]);
+	}
 	return copy;
 }
 
@@ -121,7 +134,8 @@ CdpGraphAddSplit(IdentityGraph *g, CdpIdentifier *keep_out, CdpIdentifier **memb
 	SplitRule  *rule = MemoryContextAlloc(g->cxt, sizeof(SplitRule));
 	MemoryContext old;
 
-	rule->keep_out = IdNodeId(CdpGraphNode(g, keep_out, true));
+	CdpGraphNode(g, keep_out, true);
+	rule->keep_out = CopyIdentifier(g, keep_out);
 	rule->members = CopyIdentifiers(g, members, nmembers);
 	rule->nmembers = nmembers;
 	qsort(rule->members, nmembers, sizeof(CdpIdentifier *), CompareIdentifierPtrs);
@@ -288,7 +302,8 @@ WeakestActive(IdentityGraph *g, IdNode **nodes, bool *active, int n)
 
 		if (!active[i])
 			continue;
-		pr = CdpRuleFor(g->rules, IdTypePtr(IdNodeId(nodes[i])), IdNodeId(nodes[i])->type_len)->priority;
+		pr = CdpRuleFor(g->rules, g->slot_names[nodes[i]->type_slot],
+						g->slot_lens[nodes[i]->type_slot])->priority;
 		if (pr >= weakest_priority)
 		{
 			weakest = i;
@@ -310,7 +325,7 @@ RecordViolation(IdentityGraph *g, CdpIdentifier *id, IdMessage *m, char *rule, c
 	old = MemoryContextSwitchTo(g->cxt);
 	v = palloc(sizeof(IdViolation));
 
-	v->identifier = id;
+	v->identifier = CopyIdentifier(g, id);
 	v->message_id = m->message_id;
 	v->at = m->at;
 	v->rule = rule;
@@ -320,8 +335,8 @@ RecordViolation(IdentityGraph *g, CdpIdentifier *id, IdMessage *m, char *rule, c
 }
 
 static void
-Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *via_from,
-	  IdNode *via_into)
+Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, CdpIdentifier *via_from,
+	  CdpIdentifier *via_into)
 {
 	MemoryContext old = MemoryContextSwitchTo(g->cxt);
 	IdMerge    *merge;
@@ -357,8 +372,8 @@ Merge(IdentityGraph *g, ProfNode *from, ProfNode *into, IdMessage *m, IdNode *vi
 	merge->message_id = m->message_id;
 	merge->at = m->at;
 	merge->reason = psprintf("message carried %s (profile " INT64_FORMAT ") and %s (profile " INT64_FORMAT ")",
-							 CdpIdentifierToCString(IdNodeId(via_into)), into->profile_id,
-							 CdpIdentifierToCString(IdNodeId(via_from)), from->profile_id);
+							 CdpIdentifierToCString(via_into), into->profile_id,
+							 CdpIdentifierToCString(via_from), from->profile_id);
 	g->merges = lappend(g->merges, merge);
 	MemoryContextSwitchTo(old);
 }
@@ -380,11 +395,11 @@ DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, 
 
 		for (int i = 0; i < m->nids; i++)
 		{
-			if (!active[i] || CdpIdentifierCompare(IdNodeId(nodes[i]), split->keep_out) != 0)
+			if (!active[i] || CdpIdentifierCompare(m->ids[i], split->keep_out) != 0)
 				continue;
 			for (int k = 0; k < m->nids; k++)
 			{
-				CdpIdentifier *other = IdNodeId(nodes[k]);
+				CdpIdentifier *other = m->ids[k];
 
 				if (k == i || !active[k] ||
 					bsearch(&other, split->members, split->nmembers,
@@ -393,9 +408,9 @@ DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, 
 				active[i] = false;
 				dropped_out[i] = true;
 				dropped++;
-				RecordViolation(g, IdNodeId(nodes[i]), m, pstrdup("split"),
+				RecordViolation(g, m->ids[i], m, pstrdup("split"),
 								psprintf("%s was split apart from %s",
-										 CdpIdentifierToCString(IdNodeId(nodes[i])),
+										 CdpIdentifierToCString(m->ids[i]),
 										 CdpIdentifierToCString(other)));
 				break;
 			}
@@ -456,11 +471,11 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 			if (nodes[k] == nodes[i])
 				active[i] = false;	/* the same identifier twice */
 		if (active[i] && nodes[i]->blocked == 0)
-			nodes[i]->blocked = CdpIsBlocked(g->rules, IdNodeId(nodes[i])) ? 2 : 1;
+			nodes[i]->blocked = CdpIsBlocked(g->rules, m->ids[i]) ? 2 : 1;
 		if (active[i] && nodes[i]->blocked == 2)
 		{
 			active[i] = false;
-			RecordViolation(g, IdNodeId(nodes[i]), m, pstrdup("blocked"),
+			RecordViolation(g, m->ids[i], m, pstrdup("blocked"),
 							pstrdup("a blocked placeholder value links nothing"));
 		}
 		nactive += active[i];
@@ -493,7 +508,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		drop = WeakestActive(g, nodes, active, m->nids);
 		active[drop] = false;
 		nactive--;
-		RecordViolation(g, IdNodeId(nodes[drop]), m, rule, detail);
+		RecordViolation(g, m->ids[drop], m, rule, detail);
 	}
 
 	if (np == 0)
@@ -516,8 +531,8 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		target = profiles[t];
 		for (int j = 0; j < np; j++)
 		{
-			IdNode	   *via_from = NULL;
-			IdNode	   *via_into = NULL;
+			CdpIdentifier *via_from = NULL;
+			CdpIdentifier *via_into = NULL;
 
 			if (j == t)
 				continue;
@@ -526,9 +541,9 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 				if (!active[i] || !nodes[i]->attached)
 					continue;
 				if (CdpCanonicalOf(g, CdpNodeProf(g, nodes[i])) == profiles[j] && via_from == NULL)
-					via_from = nodes[i];
+					via_from = m->ids[i];
 				if (CdpCanonicalOf(g, CdpNodeProf(g, nodes[i])) == target && via_into == NULL)
-					via_into = nodes[i];
+					via_into = m->ids[i];
 			}
 			Merge(g, profiles[j], target, m, via_from, via_into);
 			m->changed = true;

@@ -190,10 +190,13 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 	{
 		IdNode	   *kn;
+		CdpIdentifier *id;
 
 		if (!node->attached || CdpNodeProf(g, node)->into != 0)
 			continue;
-		kn = CdpGraphNode(k, IdNodeId(node), true);
+		id = CdpNodeIdentifier(g, node);
+		kn = CdpGraphNode(k, id, true);
+		pfree(id);
 		kn->attached = true;
 		kn->prof = CdpGraphProfile(k, CdpNodeProf(g, node)->profile_id, false)->self;
 		kn->linked_at = node->linked_at;

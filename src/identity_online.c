@@ -213,7 +213,7 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 				ids[nread++] = ids[i];
 				continue;
 			}
-			node = CdpGraphNode(g, IdNodeId(kn), true);
+			node = CdpGraphNode(g, CdpNodeIdentifier(k, kn), true);
 			p = CdpGraphProfile(g, CdpNodeProf(k, kn)->profile_id, true);
 			*CdpProfOnline(g, p) = *CdpProfOnline(k, CdpNodeProf(k, kn));
 			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
@@ -522,7 +522,7 @@ IsFastNoOp(IdentityGraph *g, IdItem *mi)
 		else
 		{
 			if (node->blocked == 0)
-				node->blocked = CdpIsBlocked(g->rules, IdNodeId(node)) ? 2 : 1;
+				node->blocked = CdpIsBlocked(g->rules, lfirst(lc)) ? 2 : 1;
 			blocked = (node->blocked == 2);
 		}
 		if (blocked)
@@ -844,7 +844,7 @@ WriteNewIdentities(IdentityGraph *g)
 	{
 		if (!node->is_new)
 			continue;
-		ids[n] = IdNodeId(node);
+		ids[n] = CdpNodeIdentifier(g, node);
 		profiles[n] = CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id;
 		ats[n] = node->linked_at;
 		mids[n] = node->u.message_id;

@@ -516,7 +516,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		{
 			Change	   *c = palloc(sizeof(Change));
 
-			c->id = IdNodeId(node);
+			c->id = CdpNodeIdentifier(g, node);
 			c->from = stored;
 			c->to = would_be;
 			c->linked_at = node->linked_at;

@@ -24,8 +24,8 @@
 #define NODE_REF(block, offset)	((((block) << (BLOCK_BITS - UNIT_BITS)) | ((offset) >> UNIT_BITS)) + 1)
 #define FIRST_BLOCK_SIZE	((uint32) 64 * 1024)
 #define MAX_BLOCKS		((uint32) 1 << (32 - BLOCK_BITS + UNIT_BITS - 1))
-/* the bytes of a node for id */
-#define NODE_SIZE(id)	MAXALIGN(offsetof(IdNode, key) + VARSIZE(id))
+/* the bytes of a node for a value of len bytes */
+#define NODE_SIZE(len)	MAXALIGN(offsetof(IdNode, value) + (len))
 /* type slots fit IdNode.type_slot */
 #define MAX_TYPE_SLOTS	PG_UINT16_MAX
 
@@ -169,7 +169,7 @@ CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay)
 	g->profs.elem_size = sizeof(ProfNode);
 	g->prof_online.elem_size = sizeof(ProfOnline);
 	StaticAssertStmt(sizeof(ProfNode) <= 40, "ProfNode grew");
-	StaticAssertStmt(offsetof(IdNode, key) <= 28, "IdNode grew");
+	StaticAssertStmt(offsetof(IdNode, value) <= 29, "IdNode grew");
 	SlotTableInit(&g->node_index, cxt, 256);
 	SlotTableInit(&g->prof_index, cxt, 256);
 
@@ -179,6 +179,24 @@ CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay)
 	g->type_slots = hash_create("cdp identity types", 16, &ctl,
 								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	return g;
+}
+
+static uint32
+TypeHash(const char *type, int len)
+{
+	return hash_bytes((const unsigned char *) type, len);
+}
+
+/*
+ * Nodes keep an identifier's type as its slot and only the value: the hash
+ * of an identifier combines its type's and its value's, so that a node's is
+ * found again without the type's bytes.
+ */
+static uint32
+IdentifierHash(const CdpIdentifier *id)
+{
+	return hash_combine(TypeHash(IdTypePtr(id), id->type_len),
+						hash_bytes((const unsigned char *) IdValuePtr(id), IdValueLen(id)));
 }
 
 static int
@@ -205,8 +223,12 @@ TypeSlotOf(IdentityGraph *g, const CdpIdentifier *id)
 		{
 			g->nslot_names = Max(16, g->nslot_names * 2);
 			g->slot_names = GrowArray(g->cxt, g->slot_names, sizeof(char *), g->nslot_names);
+			g->slot_lens = GrowArray(g->cxt, g->slot_lens, sizeof(uint8), g->nslot_names);
+			g->slot_hashes = GrowArray(g->cxt, g->slot_hashes, sizeof(uint32), g->nslot_names);
 		}
 		g->slot_names[t->slot] = MemoryContextStrdup(g->cxt, key);
+		g->slot_lens[t->slot] = id->type_len;
+		g->slot_hashes[t->slot] = TypeHash(IdTypePtr(id), id->type_len);
 	}
 	return t->slot;
 }
@@ -265,9 +287,15 @@ static IdNode *
 NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
 {
 	CdpNodeArena *a = &g->nodes;
-	uint32		len = NODE_SIZE(id);
+	uint32		len = NODE_SIZE(IdValueLen(id));
 	uint32		b = a->nblocks - 1;
 	IdNode	   *node;
+
+	if (IdValueLen(id) > PG_UINT16_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("identifier value of %d bytes is too long for the identity graph",
+						(int) IdValueLen(id))));
 
 	if (a->nblocks == 0 || a->used[b] + len > a->last_size)
 	{
@@ -290,38 +318,49 @@ NewNode(IdentityGraph *g, const CdpIdentifier *id, uint32 *ref)
 		AddressOrderAdd(a, b);
 	}
 	node = (IdNode *) (a->blocks[b] + a->used[b]);
-	memset(node, 0, offsetof(IdNode, key));
-	memcpy(node->key, id, VARSIZE(id));
+	memset(node, 0, offsetof(IdNode, value));
+	node->value_len = (uint16) IdValueLen(id);
+	memcpy(node->value, IdValuePtr(id), node->value_len);
 	*ref = NODE_REF(b, a->used[b]);
 	a->used[b] += len;
 	a->count++;
 	return node;
 }
 
-static uint32
-IdentifierHash(const CdpIdentifier *id)
+/* a copy of the identifier of a node, in the current memory context */
+CdpIdentifier *
+CdpNodeIdentifier(IdentityGraph *g, const IdNode *node)
 {
-	return hash_bytes((const unsigned char *) &id->type_len,
-					  VARSIZE(id) - offsetof(CdpIdentifier, type_len));
-}
+	int			type_len = g->slot_lens[node->type_slot];
+	Size		size = offsetof(CdpIdentifier, data) + type_len + node->value_len;
+	CdpIdentifier *id = palloc(size);
 
-static bool
-SameIdentifier(const CdpIdentifier *a, const CdpIdentifier *b)
-{
-	return VARSIZE(a) == VARSIZE(b) &&
-		memcmp(&a->type_len, &b->type_len, VARSIZE(a) - offsetof(CdpIdentifier, type_len)) == 0;
+	SET_VARSIZE(id, size);
+	id->type_len = (uint8) type_len;
+	memcpy(IdTypePtr(id), g->slot_names[node->type_slot], type_len);
+	memcpy(IdValuePtr(id), node->value, node->value_len);
+	return id;
 }
 
 static bool
 NodeMatches(IdentityGraph *g, uint32 ref, const void *key)
 {
-	return SameIdentifier(IdNodeId(CdpNodeAt(g, ref)), key);
+	const IdNode *node = CdpNodeAt(g, ref);
+	const CdpIdentifier *id = key;
+
+	return node->value_len == IdValueLen(id) &&
+		g->slot_lens[node->type_slot] == id->type_len &&
+		memcmp(node->value, IdValuePtr(id), node->value_len) == 0 &&
+		memcmp(g->slot_names[node->type_slot], IdTypePtr(id), id->type_len) == 0;
 }
 
 static uint32
 NodeHash(IdentityGraph *g, uint32 ref)
 {
-	return IdentifierHash(IdNodeId(CdpNodeAt(g, ref)));
+	const IdNode *node = CdpNodeAt(g, ref);
+
+	return hash_combine(g->slot_hashes[node->type_slot],
+						hash_bytes((const unsigned char *) node->value, node->value_len));
 }
 
 /* the node for an identifier; with create, a detached one if unknown */
@@ -425,7 +464,7 @@ CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it)
 	if (it->block >= a->nblocks)
 		return NULL;
 	node = (IdNode *) (a->blocks[it->block] + it->offset);
-	it->offset += NODE_SIZE(IdNodeId(node));
+	it->offset += NODE_SIZE(node->value_len);
 	return node;
 }
 

@@ -71,16 +71,14 @@ struct IdNode
 	}			u;
 	uint32		next_member;	/* node ref */
 	uint32		prof;			/* its profile (follow into); 0 detached */
-	uint16		type_slot;
+	uint16		type_slot;		/* the identifier's type (IdentityGraph.slot_names) */
+	uint16		value_len;
 	uint8		blocked:2;		/* 0 not yet checked, 1 no, 2 blocked */
 	bool		attached:1;		/* belongs to a profile */
 	bool		is_new:1;		/* attached during this run */
 	bool		in_members:1;
-	int32		key[FLEXIBLE_ARRAY_MEMBER]; /* the identifier's bytes */
+	char		value[FLEXIBLE_ARRAY_MEMBER];	/* the identifier's value */
 };
-
-/* the identifier of a node: its bytes follow the node's fields */
-#define IdNodeId(node)	((CdpIdentifier *) (node)->key)
 
 /* type counts of a profile kept in the node while every one is small */
 #define PROF_SMALL_COUNTS	4
@@ -208,6 +206,8 @@ typedef struct IdentityGraph
 	HTAB	   *type_slots;		/* type name -> slot */
 	int			ntypes;
 	char	  **slot_names;		/* slot -> type name */
+	uint8	   *slot_lens;		/* slot -> its length */
+	uint32	   *slot_hashes;	/* slot -> its hash */
 	int			nslot_names;
 	List	   *splits;			/* SplitRule * */
 	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
@@ -256,6 +256,7 @@ extern uint32 CdpGraphProfileCount(IdentityGraph *g);
 extern ProfNode *CdpGraphProfileAt(IdentityGraph *g, uint32 i);
 
 extern uint32 CdpGraphNodeRef(IdentityGraph *g, const IdNode *node);
+extern CdpIdentifier *CdpNodeIdentifier(IdentityGraph *g, const IdNode *node);
 
 #define CDP_PAGE_ELEMS		1024
 #define CDP_BLOCK_BITS		20
