@@ -76,8 +76,6 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 
 #define SLOT_TAG(h)		((uint8) ((h) >> 24))
 
-typedef uint32 (*SlotRehash) (IdentityGraph *g, uint32 ref);
-
 static void
 SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
 {
@@ -88,40 +86,38 @@ SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
 	t->used = 0;
 }
 
-/*
- * Double the table once it is three quarters full: probes stay short.  The
- * slots keep a byte of each hash, so the hashes are computed again.
- */
 static void
-SlotTableGrowIfFull(IdentityGraph *g, CdpSlotTable *t, SlotRehash rehash)
+SlotInsert(CdpSlotTable *t, uint32 hash, uint32 ref)
 {
-	uint32	   *old = t->refs;
+	uint32		pos = hash & t->mask;
+
+	while (t->refs[pos] != 0)
+		pos = (pos + 1) & t->mask;
+	t->refs[pos] = ref;
+	t->tags[pos] = SLOT_TAG(hash);
+	t->used++;
+}
+
+/*
+ * Is t three quarters full?  Then it must double, so probes stay short:
+ * the caller fills the new one again from the entries themselves.
+ */
+static bool
+SlotTableNewIfFull(IdentityGraph *g, CdpSlotTable *t)
+{
 	uint32		oldsize = t->mask + 1;
 
 	if ((uint64) (t->used + 1) * 4 <= (uint64) oldsize * 3)
-		return;
+		return false;
 	if (oldsize >= ((uint32) 1 << 31))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("the identity graph is too large")));
+	/* the old table goes first: the new one is filled without it */
+	pfree(t->refs);
 	pfree(t->tags);
 	SlotTableInit(t, g->cxt, oldsize * 2);
-	for (uint32 i = 0; i < oldsize; i++)
-	{
-		uint32		hash;
-		uint32		pos;
-
-		if (old[i] == 0)
-			continue;
-		hash = rehash(g, old[i]);
-		pos = hash & t->mask;
-		while (t->refs[pos] != 0)
-			pos = (pos + 1) & t->mask;
-		t->refs[pos] = old[i];
-		t->tags[pos] = SLOT_TAG(hash);
-		t->used++;
-	}
-	pfree(old);
+	return true;
 }
 
 typedef bool (*SlotMatch) (IdentityGraph *g, uint32 ref, const void *key);
@@ -354,13 +350,31 @@ NodeMatches(IdentityGraph *g, uint32 ref, const void *key)
 		memcmp(g->slot_names[node->type_slot], IdTypePtr(id), id->type_len) == 0;
 }
 
-static uint32
-NodeHash(IdentityGraph *g, uint32 ref)
+/*
+ * Index every node again (the table doubled), walking them in the order
+ * they were made: memory read in order, not a cache miss a node.
+ */
+static void
+IndexNodesAgain(IdentityGraph *g)
 {
-	const IdNode *node = CdpNodeAt(g, ref);
+	CdpNodeArena *a = &g->nodes;
 
-	return hash_combine(g->slot_hashes[node->type_slot],
-						hash_bytes((const unsigned char *) node->value, node->value_len));
+	for (uint32 b = 0; b < a->nblocks; b++)
+	{
+		uint32		offset = 0;
+
+		while (offset < a->used[b])
+		{
+			const IdNode *node = (const IdNode *) (a->blocks[b] + offset);
+
+			SlotInsert(&g->node_index,
+					   hash_combine(g->slot_hashes[node->type_slot],
+									hash_bytes((const unsigned char *) node->value,
+											   node->value_len)),
+					   NODE_REF(b, offset));
+			offset += NODE_SIZE(node->value_len);
+		}
+	}
 }
 
 /* the node for an identifier; with create, a detached one if unknown */
@@ -373,7 +387,10 @@ CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create)
 	IdNode	   *node;
 
 	if (create)
-		SlotTableGrowIfFull(g, &g->node_index, NodeHash);
+	{
+		if (SlotTableNewIfFull(g, &g->node_index))
+			IndexNodesAgain(g);
+	}
 	if (SlotFind(g, &g->node_index, hash, NodeMatches, id, &pos, &ref))
 		return CdpNodeAt(g, ref);
 	if (!create)
@@ -396,10 +413,12 @@ ProfileMatches(IdentityGraph *g, uint32 ref, const void *key)
 	return CdpProfAt(g, ref)->profile_id == *(const int64 *) key;
 }
 
-static uint32
-ProfileRefHash(IdentityGraph *g, uint32 ref)
+/* index every profile again (the table doubled), in the order they were made */
+static void
+IndexProfilesAgain(IdentityGraph *g)
 {
-	return ProfileHash(CdpProfAt(g, ref)->profile_id);
+	for (uint32 i = 0; i < g->profs.count; i++)
+		SlotInsert(&g->prof_index, ProfileHash(((ProfNode *) PagedAt(&g->profs, i))->profile_id), i + 1);
 }
 
 ProfNode *
@@ -411,7 +430,10 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	ProfNode   *p;
 
 	if (create)
-		SlotTableGrowIfFull(g, &g->prof_index, ProfileRefHash);
+	{
+		if (SlotTableNewIfFull(g, &g->prof_index))
+			IndexProfilesAgain(g);
+	}
 	if (SlotFind(g, &g->prof_index, hash, ProfileMatches, &profile_id, &pos, &ref))
 		return CdpProfAt(g, ref);
 	if (!create)
