@@ -49,8 +49,8 @@ typedef struct StoredRecord
 {
 	uint32		prof;			/* its ProfNode's ref */
 	int32		absorbed;		/* merges_absorbed */
-	int64		into;			/* merged_into, 0 none */
-	int64		rank;			/* merge_rank, 0 none */
+	uint32		into;			/* merged_into (a ProfNode ref), 0 none */
+	uint32		rank;			/* merge_rank (a ProfNode ref), 0 none */
 } StoredRecord;
 
 typedef struct RebuildState
@@ -58,6 +58,8 @@ typedef struct RebuildState
 	int64		next_temp;		/* ids for profiles no evidence row names */
 	int64		hint;			/* the id the current evidence row made */
 	int64		first_seq;		/* IdNode.u.r.seq counts from it; -1 before */
+	int64		last_stored;	/* the profile NoteStored saw last, and its ref */
+	uint32		last_stored_ref;
 	bool		collect_links;	/* remember rows whose links change */
 	List	   *relinked;		/* RelinkedRow * */
 	StoredRecord *records;		/* sorted by prof */
@@ -272,6 +274,13 @@ StoredOf(RebuildState *rs, const ProfNode *p)
 	return r;
 }
 
+/* the profile id of a ref, 0 for none */
+static int64
+RefId(IdentityGraph *g, uint32 ref)
+{
+	return ref == 0 ? 0 : CdpProfAt(g, ref)->profile_id;
+}
+
 /* the profile id a replayed profile lands on */
 static int64
 LandingOf(IdentityGraph *g, RebuildState *rs, const ProfNode *p)
@@ -309,8 +318,15 @@ NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 
 	int64		profile = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 	IdNode	   *node = CdpGraphNode(g, id, true);
+	RebuildState *rs = g->private;
 
-	node->u.r.stored = CdpGraphProfile(g, profile, true)->self;
+	/* a profile's identifiers are often stored side by side */
+	if (rs->last_stored_ref == 0 || rs->last_stored != profile)
+	{
+		rs->last_stored = profile;
+		rs->last_stored_ref = CdpGraphProfile(g, profile, true)->self;
+	}
+	node->u.r.stored = rs->last_stored_ref;
 }
 
 /* a stored profile record that is merged away or has absorbed merges */
@@ -335,11 +351,12 @@ NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 		MemoryContextSwitchTo(old);
 	}
 	r = &rs->records[rs->nrecords++];
+	/* profiles named here get (empty) nodes, which change no answer below */
 	r->prof = p->self;
-	r->into = isnull ? 0 : DatumGetInt64(into);
+	r->into = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(into), true)->self;
 	r->absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 	rank = SPI_getbinval(tup, desc, 4, &isnull);
-	r->rank = isnull ? 0 : DatumGetInt64(rank);
+	r->rank = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(rank), true)->self;
 	p->has_record = true;
 }
 
@@ -467,11 +484,11 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		sr = StoredOf(rs, l);
 		rank = (l == p && p->profile_id < TEMP_PROFILE_IDS) ? 0 : p->profile_id;
 		if (sr->into != 0 || sr->absorbed != p->merges_absorbed)
-			AddRecordChange(records, l, sr->into, 0, p->merges_absorbed, rank);
-		else if (sr->rank != rank)
+			AddRecordChange(records, l, RefId(g, sr->into), 0, p->merges_absorbed, rank);
+		else if (RefId(g, sr->rank) != rank)
 		{
 			/* reported apart: no profile changes, only what later merges pick */
-			AddRecordChange(records, l, sr->into, 0, p->merges_absorbed, rank);
+			AddRecordChange(records, l, 0, 0, p->merges_absorbed, rank);
 			((RecordChange *) llast(*records))->rank_only = true;
 		}
 	}
@@ -497,13 +514,12 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		if (p->claimed || p->profile_id >= TEMP_PROFILE_IDS)
 			continue;
 		sr = StoredOf(rs, p);
-		known = (sr->rank != 0 && sr->into != 0)
-			? CdpGraphProfile(g, sr->rank, false) : p;
-		if (known == NULL || (known->into == 0 && known->nmembers == 0))
+		known = (sr->rank != 0 && sr->into != 0) ? CdpProfAt(g, sr->rank) : p;
+		if (known->into == 0 && known->nmembers == 0)
 			continue;
 		want = LandingOf(g, rs, CdpCanonicalOf(g, known));
-		if (sr->into != want)
-			AddRecordChange(records, p, sr->into, want, -1, sr->into == 0 ? 0 : -1);
+		if (RefId(g, sr->into) != want)
+			AddRecordChange(records, p, RefId(g, sr->into), want, -1, sr->into == 0 ? 0 : -1);
 	}
 
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
@@ -865,7 +881,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt;
 	IdentityGraph *g;
-	RebuildState rs = {TEMP_PROFILE_IDS, 0, -1, !dry_run, NIL, NULL, 0, 0, NULL};
+	RebuildState rs = {TEMP_PROFILE_IDS, 0, -1, 0, 0, !dry_run, NIL, NULL, 0, 0, NULL};
 	Oid			idtype;
 	int64		nevidence,
 				nstored,
