@@ -80,9 +80,24 @@ CdpGraphAttach(IdentityGraph *g, IdNode *node, ProfNode *p, TimestampTz at,
 
 	node->attached = true;
 	node->prof = p->self;
-	node->linked_at = at;
+	CdpNodeSetLinkedAt(node, at);
 	if (message_id != NULL)
-		node->u.message_id = message_id;
+	{
+		Assert(!g->replay);
+		/* a message's identifiers are attached one after the other */
+		if (g->nmessage_ids == 0 || g->message_ids[g->nmessage_ids - 1] != message_id)
+		{
+			if (g->nmessage_ids == g->maxmessage_ids)
+			{
+				g->maxmessage_ids = Max(64, g->maxmessage_ids * 2);
+				g->message_ids = g->message_ids == NULL
+					? MemoryContextAlloc(g->cxt, sizeof(char *) * g->maxmessage_ids)
+					: repalloc(g->message_ids, sizeof(char *) * g->maxmessage_ids);
+			}
+			g->message_ids[g->nmessage_ids++] = message_id;
+		}
+		node->src.message = g->nmessage_ids;
+	}
 	node->is_new = is_new;
 	if (node->in_members)
 		return;
@@ -236,7 +251,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 			count = 0;
 			for (int j = 0; j < np; j++)
 				for (IdNode *m = CdpFirstMember(g, profiles[j]); m; m = CdpNextMember(g, m))
-					if (m->type_slot == s && m->linked_at >= at - r->window_us)
+					if (m->type_slot == s && CdpNodeLinkedAt(m) >= at - r->window_us)
 						count++;
 			for (int k = 0; k < n; k++)
 				if (active[k] && !nodes[k]->attached && nodes[k]->type_slot == s)
@@ -437,7 +452,7 @@ AttachAlone(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *split)
 		p->members_loaded = true;
 		CdpGraphAttach(g, nodes[i], p, m->at, m->message_id, true);
 		if (g->replay)
-			nodes[i]->u.r.seq = m->seq_offset;
+			nodes[i]->src.seq = m->seq_offset;
 		m->changed = true;
 	}
 }
@@ -556,7 +571,7 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 		{
 			CdpGraphAttach(g, nodes[i], target, m->at, m->message_id, true);
 			if (g->replay)
-				nodes[i]->u.r.seq = m->seq_offset;
+				nodes[i]->src.seq = m->seq_offset;
 			m->changed = true;
 		}
 	}

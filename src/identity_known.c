@@ -199,7 +199,7 @@ CdpKnownIdentitiesRemember(IdentityGraph *g)
 		pfree(id);
 		kn->attached = true;
 		kn->prof = CdpGraphProfile(k, CdpNodeProf(g, node)->profile_id, false)->self;
-		kn->linked_at = node->linked_at;
+		CdpNodeSetLinkedAt(kn, CdpNodeLinkedAt(node));
 		if (node->blocked != 0)
 			kn->blocked = node->blocked;
 	}

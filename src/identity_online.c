@@ -216,7 +216,7 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 			node = CdpGraphNode(g, CdpNodeIdentifier(k, kn), true);
 			p = CdpGraphProfile(g, CdpNodeProf(k, kn)->profile_id, true);
 			*CdpProfOnline(g, p) = *CdpProfOnline(k, CdpNodeProf(k, kn));
-			CdpGraphAttach(g, node, p, kn->linked_at, NULL, false);
+			CdpGraphAttach(g, node, p, CdpNodeLinkedAt(kn), NULL, false);
 			if (blocked_known)
 				node->blocked = kn->blocked;
 		}
@@ -846,8 +846,8 @@ WriteNewIdentities(IdentityGraph *g)
 			continue;
 		ids[n] = CdpNodeIdentifier(g, node);
 		profiles[n] = CdpCanonicalOf(g, CdpNodeProf(g, node))->profile_id;
-		ats[n] = node->linked_at;
-		mids[n] = node->u.message_id;
+		ats[n] = CdpNodeLinkedAt(node);
+		mids[n] = node->src.message ? g->message_ids[node->src.message - 1] : NULL;
 		n++;
 	}
 	if (n == 0)

@@ -57,7 +57,7 @@ typedef struct RebuildState
 {
 	int64		next_temp;		/* ids for profiles no evidence row names */
 	int64		hint;			/* the id the current evidence row made */
-	int64		first_seq;		/* IdNode.u.r.seq counts from it; -1 before */
+	int64		first_seq;		/* IdNode.src.seq counts from it; -1 before */
 	int64		last_stored;	/* the profile NoteStored saw last, and its ref */
 	uint32		last_stored_ref;
 	bool		collect_links;	/* remember rows whose links change */
@@ -294,7 +294,6 @@ typedef struct Change
 	CdpIdentifier *id;
 	int64		from;
 	int64		to;
-	TimestampTz linked_at;		/* as the replay linked it */
 	int64		seq;			/* the evidence row that linked it */
 } Change;
 
@@ -326,7 +325,7 @@ NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 		rs->last_stored = profile;
 		rs->last_stored_ref = CdpGraphProfile(g, profile, true)->self;
 	}
-	node->u.r.stored = rs->last_stored_ref;
+	node->u.stored = rs->last_stored_ref;
 }
 
 /* a stored profile record that is merged away or has absorbed merges */
@@ -395,6 +394,9 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	CdpNodeIter it = {0, 0};
 	IdNode	   *node;
 
+	/* the replay is over: nodes forget their times, to keep stored profiles */
+	while ((node = CdpGraphNextNode(g, &it)) != NULL)
+		node->u.stored = 0;
 	*nstored = ForEachRow("SELECT identifier, profile_id FROM cdp.identities", NoteStored, g, NULL);
 
 	/*
@@ -433,7 +435,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		p = CdpProfAt(g, replayed[i]);
 		for (IdNode *m = CdpFirstMember(g, p); m; m = CdpNextMember(g, m))
 		{
-			if (m->u.r.stored == p->self)
+			if (m->u.stored == p->self)
 			{
 				rs->landing[p->self - 1] = p->self;
 				p->claimed = true;
@@ -449,7 +451,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		p = CdpProfAt(g, replayed[i]);
 		if (rs->landing[p->self - 1] != 0)
 			continue;
-		first = CdpFirstMember(g, p)->u.r.stored;
+		first = CdpFirstMember(g, p)->u.stored;
 		if (first != 0 && !CdpProfAt(g, first)->claimed)
 			landing = first;
 		else if (p->profile_id < TEMP_PROFILE_IDS && !p->claimed)
@@ -522,11 +524,12 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			AddRecordChange(records, p, RefId(g, sr->into), want, -1, sr->into == 0 ? 0 : -1);
 	}
 
+	memset(&it, 0, sizeof(it));
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 	{
 		int64		would_be = node->attached
 			? LandingOf(g, rs, CdpCanonicalOf(g, CdpNodeProf(g, node))) : 0;
-		int64		stored = node->u.r.stored ? CdpProfAt(g, node->u.r.stored)->profile_id : 0;
+		int64		stored = RefId(g, node->u.stored);
 
 		if (would_be != stored)
 		{
@@ -535,8 +538,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			c->id = CdpNodeIdentifier(g, node);
 			c->from = stored;
 			c->to = would_be;
-			c->linked_at = node->linked_at;
-			c->seq = rs->first_seq + node->u.r.seq;
+			c->seq = rs->first_seq + node->src.seq;
 			changes = lappend(changes, c);
 		}
 	}
@@ -607,23 +609,24 @@ LockRecords(Datum profiles)
 
 /*
  * Put identifiers on their replayed profiles, with the time and the message
- * of the evidence row the replay linked them by.
+ * of the evidence row the replay linked them by (the time the replay gave
+ * them is that row's: nodes do not keep it past the replay).
  */
 static void
-MoveIdentities(Datum ids, Datum to, Datum ats, Datum seqs, Oid idtype)
+MoveIdentities(Datum ids, Datum to, Datum seqs, Oid idtype)
 {
-	Oid			t[4] = {get_array_type(idtype), INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-	Datum		a[4] = {ids, to, ats, seqs};
+	Oid			t[3] = {get_array_type(idtype), INT8ARRAYOID, INT8ARRAYOID};
+	Datum		a[3] = {ids, to, seqs};
 
 	CdpExecArgs("INSERT INTO cdp.profile_records (profile_id) SELECT DISTINCT p FROM unnest($2) p "
-				"ON CONFLICT DO NOTHING", 4, t, a, SPI_OK_INSERT);
+				"ON CONFLICT DO NOTHING", 3, t, a, SPI_OK_INSERT);
 	CdpExecArgs("INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-				"SELECT u.i, u.p, u.at, e.message_id "
-				"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS u(i, p, at, seq) "
+				"SELECT u.i, u.p, e.observed_at, e.message_id "
+				"FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(i, p, seq) "
 				"LEFT JOIN cdp.identity_evidence e ON e.seq = u.seq "
 				"ON CONFLICT (identifier) DO UPDATE SET profile_id = excluded.profile_id, "
 				"linked_at = excluded.linked_at, message_id = excluded.message_id",
-				4, t, a, SPI_OK_INSERT);
+				3, t, a, SPI_OK_INSERT);
 }
 
 /*
@@ -756,7 +759,6 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 	Datum	   *gone = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *to = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *seqs = palloc(sizeof(int64) * Max(n, 1));
-	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *froms = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *last_to = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *rec_ids = palloc(sizeof(int64) * Max(nrec, 1));
@@ -793,7 +795,6 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 			ids[nmoved] = PointerGetDatum(c->id);
 			to[nmoved] = c->to;
 			seqs[nmoved] = c->seq;
-			ats[nmoved] = TimestampTzGetDatum(c->linked_at);
 			touched[ntouched++] = c->to;
 			nmoved++;
 		}
@@ -842,7 +843,7 @@ Apply(List *changes, List *records, List *relinked, Oid idtype)
 	}
 	if (nmoved > 0)
 		MoveIdentities(CdpArray(ids, nmoved, idtype), CdpInt8Array(to, nmoved),
-					   CdpArray(ats, nmoved, TIMESTAMPTZOID), CdpInt8Array(seqs, nmoved), idtype);
+					   CdpInt8Array(seqs, nmoved), idtype);
 	if (nrec > 0)
 		WriteRecords(CdpInt8Array(rec_ids, nrec), CdpInt8Array(rec_into, nrec),
 					 CdpArray(rec_absorbed, nrec, INT4OID), CdpInt8Array(rec_rank, nrec));

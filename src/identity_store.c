@@ -17,7 +17,7 @@
 #include "identity.h"
 
 #define PAGE_ELEMS		CDP_PAGE_ELEMS
-/* node blocks: a node is named by (block, offset / 8) + 1 in 32 bits */
+/* node blocks: a node is named by (block, offset / 4) + 1 in 32 bits */
 #define BLOCK_BITS		CDP_BLOCK_BITS
 #define BLOCK_SIZE		((uint32) 1 << BLOCK_BITS)
 #define UNIT_BITS		CDP_UNIT_BITS
@@ -25,7 +25,7 @@
 #define FIRST_BLOCK_SIZE	((uint32) 64 * 1024)
 #define MAX_BLOCKS		((uint32) 1 << (32 - BLOCK_BITS + UNIT_BITS - 1))
 /* the bytes of a node for a value of len bytes */
-#define NODE_SIZE(len)	MAXALIGN(offsetof(IdNode, value) + (len))
+#define NODE_SIZE(len)	TYPEALIGN(1 << UNIT_BITS, offsetof(IdNode, value) + (len))
 /* type slots fit IdNode.type_slot */
 #define MAX_TYPE_SLOTS	PG_UINT16_MAX
 
@@ -165,7 +165,7 @@ CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay)
 	g->profs.elem_size = sizeof(ProfNode);
 	g->prof_online.elem_size = sizeof(ProfOnline);
 	StaticAssertStmt(sizeof(ProfNode) <= 40, "ProfNode grew");
-	StaticAssertStmt(offsetof(IdNode, value) <= 29, "IdNode grew");
+	StaticAssertStmt(offsetof(IdNode, value) <= 25, "IdNode grew");
 	SlotTableInit(&g->node_index, cxt, 256);
 	SlotTableInit(&g->prof_index, cxt, 256);
 

@@ -57,18 +57,19 @@ typedef struct ProfNode ProfNode;
  */
 struct IdNode
 {
-	TimestampTz linked_at;
 	union
 	{
-		const char *message_id; /* online: the message that attached it */
-		struct
-		{
-			uint32		seq;	/* the evidence row that attached it (its
-								 * seq less the first row's) */
-			uint32		stored; /* its profile in cdp.identities (a ProfNode
-								 * ref), 0 none */
-		}			r;			/* rebuild */
+		uint32		linked_at[2];	/* when it was linked: CdpNodeLinkedAt */
+		uint32		stored;		/* rebuild, after the replay: its profile in
+								 * cdp.identities (a ProfNode ref), 0 none */
 	}			u;
+	union
+	{
+		uint32		message;	/* online: the message that attached it
+								 * (IdentityGraph.message_ids place + 1) */
+		uint32		seq;		/* rebuild: the evidence row that attached it
+								 * (its seq less the first row's) */
+	}			src;
 	uint32		next_member;	/* node ref */
 	uint32		prof;			/* its profile (follow into); 0 detached */
 	uint16		type_slot;		/* the identifier's type (IdentityGraph.slot_names) */
@@ -79,6 +80,22 @@ struct IdNode
 	bool		in_members:1;
 	char		value[FLEXIBLE_ARRAY_MEMBER];	/* the identifier's value */
 };
+
+/* nodes are 4-byte aligned: the time is kept as two halves */
+static inline TimestampTz
+CdpNodeLinkedAt(const IdNode *node)
+{
+	TimestampTz at;
+
+	memcpy(&at, node->u.linked_at, sizeof(at));
+	return at;
+}
+
+static inline void
+CdpNodeSetLinkedAt(IdNode *node, TimestampTz at)
+{
+	memcpy(node->u.linked_at, &at, sizeof(at));
+}
 
 /* type counts of a profile kept in the node while every one is small */
 #define PROF_SMALL_COUNTS	4
@@ -200,6 +217,9 @@ typedef struct IdentityGraph
 	CdpPagedArray profs;		/* ProfNode */
 	CdpPagedArray prof_online;	/* ProfOnline, by ProfNode ref - 1; online only */
 	int32	  **wide_counts;	/* type counts of profiles they outgrew */
+	const char **message_ids;	/* online: the messages nodes were attached by */
+	uint32		nmessage_ids;
+	uint32		maxmessage_ids;
 	uint32		nwide_counts;
 	uint32		maxwide_counts;
 	CdpSlotTable prof_index;	/* profile id -> ProfNode */
@@ -214,7 +234,7 @@ typedef struct IdentityGraph
 	NewProfileIdFn new_profile_id;
 	void	   *private;
 	bool		quiet;			/* rebuild: keep no merge or violation records */
-	bool		replay;			/* rebuild: nodes keep IdNode.u.r, no ProfOnline */
+	bool		replay;			/* rebuild: nodes keep IdNode.src.seq, no ProfOnline */
 	List	   *merges;			/* IdMerge *, in order */
 	List	   *violations;		/* IdViolation * */
 } IdentityGraph;
@@ -260,7 +280,7 @@ extern CdpIdentifier *CdpNodeIdentifier(IdentityGraph *g, const IdNode *node);
 
 #define CDP_PAGE_ELEMS		1024
 #define CDP_BLOCK_BITS		20
-#define CDP_UNIT_BITS		3
+#define CDP_UNIT_BITS		2
 
 /* the node a ref names (not 0) */
 static inline IdNode *
