@@ -143,46 +143,86 @@ NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryCon
 	MemoryContextSwitchTo(old);
 }
 
-typedef void (*RowFn) (IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg);
+typedef void (*RowFn) (IdentityGraph *g, TupleTableSlot *slot, void *arg);
+
+/* hands each row of a query to a RowFn, as the executor makes it */
+typedef struct RowReceiver
+{
+	DestReceiver pub;
+	RowFn		fn;
+	IdentityGraph *g;
+	void	   *arg;
+	MemoryContext scratch;
+	int64		nrows;
+} RowReceiver;
+
+static bool
+ReceiveRow(TupleTableSlot *slot, DestReceiver *self)
+{
+	RowReceiver *r = (RowReceiver *) self;
+	MemoryContext old = MemoryContextSwitchTo(r->scratch);
+
+	r->fn(r->g, slot, r->arg);
+	MemoryContextSwitchTo(old);
+	if (++r->nrows % FETCH_ROWS == 0)
+	{
+		MemoryContextReset(r->scratch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	return true;
+}
+
+static void
+RowReceiverStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+RowReceiverShutdown(DestReceiver *self)
+{
+}
 
 /*
- * Run sql through a cursor, FETCH_ROWS at a time, calling fn for each row
- * in a scratch context reset after every fetch: detoasted copies and other
- * per-row memory never reach the graph's context.  Returns the rows.
+ * Run sql, calling fn for each row as the executor makes it (no copy of
+ * the rows is kept: a tuptable of millions of rows would be most of a
+ * rebuild's memory), in a scratch context reset every FETCH_ROWS rows:
+ * detoasted copies and other per-row memory never reach the graph's
+ * context.  Returns the rows.
  */
 static int64
 ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	MemoryContext scratch = AllocSetContextCreate(outer, "cdp rebuild rows", ALLOCSET_DEFAULT_SIZES);
 	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
-	Portal		portal;
-	int64		nrows = 0;
+	SPIExecuteOptions options;
+	RowReceiver r;
+	int			rc;
 
 	MemoryContextSwitchTo(outer);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	memset(&r, 0, sizeof(r));
+	r.pub.receiveSlot = ReceiveRow;
+	r.pub.rStartup = RowReceiverStartup;
+	r.pub.rShutdown = RowReceiverShutdown;
+	r.pub.rDestroy = RowReceiverShutdown;
+	r.pub.mydest = DestNone;
+	r.fn = fn;
+	r.g = g;
+	r.arg = arg;
+	r.scratch = AllocSetContextCreate(outer, "cdp rebuild rows", ALLOCSET_DEFAULT_SIZES);
+	memset(&options, 0, sizeof(options));
 	/* not read_only: a snapshot taken now, after the identity lock */
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
-	for (;;)
-	{
-		MemoryContextSwitchTo(outer);
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		MemoryContextSwitchTo(scratch);
-		for (uint64 r = 0; r < SPI_processed; r++)
-			fn(g, SPI_tuptable->vals[r], SPI_tuptable->tupdesc, arg);
-		nrows += SPI_processed;
-		SPI_freetuptable(SPI_tuptable);
-		MemoryContextReset(scratch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	SPI_cursor_close(portal);
+	options.read_only = false;
+	options.dest = (DestReceiver *) &r;
+	rc = SPI_execute_plan_extended(plan, &options);
+	/* rows sent to a receiver of our own are reported as SPI_OK_UTILITY */
+	if (rc < 0)
+		elog(ERROR, "SPI_execute_plan_extended failed: %s", SPI_result_code_string(rc));
 	SPI_freeplan(plan);
 	MemoryContextSwitchTo(outer);
-	MemoryContextDelete(scratch);
-	return nrows;
+	MemoryContextDelete(r.scratch);
+	return r.nrows;
 }
 
 typedef struct ReplayArgs
@@ -193,13 +233,13 @@ typedef struct ReplayArgs
 
 /* one evidence row through the algorithm, as the message it was */
 static void
-ReplayRow(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+ReplayRow(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
 	ReplayArgs *ra = arg;
 	RebuildState *rs = g->private;
 	bool		isnull;
-	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 1, &isnull));
-	Datum		created = SPI_getbinval(tup, desc, 2, &isnull);
+	ArrayType  *ids = DatumGetArrayTypeP(slot_getattr(slot, 1, &isnull));
+	Datum		created = slot_getattr(slot, 2, &isnull);
 	Datum	   *elems;
 	int			nelems;
 	IdMessage	m;
@@ -211,8 +251,8 @@ ReplayRow(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	for (int k = 0; k < nelems; k++)
 		m.ids[k] = DatumGetIdentifierP(elems[k]);
 	m.nids = nelems;
-	m.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
-	m.seq = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	m.at = DatumGetTimestampTz(slot_getattr(slot, 4, &isnull));
+	m.seq = DatumGetInt64(slot_getattr(slot, 5, &isnull));
 	if (rs->first_seq < 0)
 		rs->first_seq = m.seq;
 	/* rows come in seq order: a node keeps its row as an offset of 32 bits */
@@ -225,7 +265,7 @@ ReplayRow(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	m.seq_offset = (uint32) (m.seq - rs->first_seq);
 	CdpResolveMessage(g, &m);
 	if (rs->collect_links)
-		NoteRelinked(rs, &m, SPI_getbinval(tup, desc, 3, &isnull), ra->idtype, ra->outer);
+		NoteRelinked(rs, &m, slot_getattr(slot, 3, &isnull), ra->idtype, ra->outer);
 }
 
 /* replay every evidence row in seq order; returns how many */
@@ -310,12 +350,12 @@ typedef struct RecordChange
 
 /* where cdp.identities holds an identifier now */
 static void
-NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+NoteStored(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
 	bool		isnull;
-	CdpIdentifier *id = DatumGetIdentifierP(SPI_getbinval(tup, desc, 1, &isnull));
+	CdpIdentifier *id = DatumGetIdentifierP(slot_getattr(slot, 1, &isnull));
 
-	int64		profile = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	int64		profile = DatumGetInt64(slot_getattr(slot, 2, &isnull));
 	IdNode	   *node = CdpGraphNode(g, id, true);
 	RebuildState *rs = g->private;
 
@@ -330,12 +370,12 @@ NoteStored(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 
 /* a stored profile record that is merged away or has absorbed merges */
 static void
-NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
+NoteRecord(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
 	RebuildState *rs = g->private;
 	bool		isnull;
-	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)), true);
-	Datum		into = SPI_getbinval(tup, desc, 2, &isnull);
+	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(slot_getattr(slot, 1, &isnull)), true);
+	Datum		into = slot_getattr(slot, 2, &isnull);
 	StoredRecord *r;
 	Datum		rank;
 
@@ -353,8 +393,8 @@ NoteRecord(IdentityGraph *g, HeapTuple tup, TupleDesc desc, void *arg)
 	/* profiles named here get (empty) nodes, which change no answer below */
 	r->prof = p->self;
 	r->into = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(into), true)->self;
-	r->absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-	rank = SPI_getbinval(tup, desc, 4, &isnull);
+	r->absorbed = DatumGetInt32(slot_getattr(slot, 3, &isnull));
+	rank = slot_getattr(slot, 4, &isnull);
 	r->rank = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(rank), true)->self;
 	p->has_record = true;
 }

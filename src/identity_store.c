@@ -74,14 +74,19 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 
 /* ---------------------------------------------------------------- slot tables */
 
-#define SLOT_TAG(h)		((uint8) ((h) >> 24))
+/* a byte of the hash, never 0: a tag of 0 is an empty slot */
+#define SLOT_TAG(h)		((uint8) Max((h) >> 24, 1))
 
+/*
+ * A probe reads the tags alone until one matches: a dense byte array that
+ * stays in cache far better than the refs, which are read only then.
+ */
 static void
 SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
 {
 	t->refs = MemoryContextAllocHuge(cxt, sizeof(uint32) * size);
-	memset(t->refs, 0, sizeof(uint32) * size);
 	t->tags = MemoryContextAllocHuge(cxt, size);
+	memset(t->tags, 0, size);
 	t->mask = size - 1;
 	t->used = 0;
 }
@@ -91,7 +96,7 @@ SlotInsert(CdpSlotTable *t, uint32 hash, uint32 ref)
 {
 	uint32		pos = hash & t->mask;
 
-	while (t->refs[pos] != 0)
+	while (t->tags[pos] != 0)
 		pos = (pos + 1) & t->mask;
 	t->refs[pos] = ref;
 	t->tags[pos] = SLOT_TAG(hash);
@@ -132,7 +137,7 @@ SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const 
 {
 	uint8		tag = SLOT_TAG(hash);
 
-	for (*pos = hash & t->mask; t->refs[*pos] != 0; *pos = (*pos + 1) & t->mask)
+	for (*pos = hash & t->mask; t->tags[*pos] != 0; *pos = (*pos + 1) & t->mask)
 	{
 		if (t->tags[*pos] == tag && match(g, t->refs[*pos], key))
 		{

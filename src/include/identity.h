@@ -189,8 +189,8 @@ typedef struct CdpNodeArena
 } CdpNodeArena;
 
 /*
- * Open addressing: each slot a ref (0 = empty) and a byte of its entry's
- * hash, which turns away nearly every probe for another entry unread.
+ * Open addressing: each slot a ref and a byte of its entry's hash (0 =
+ * empty), which turns away nearly every probe for another entry unread.
  */
 typedef struct CdpSlotTable
 {
