@@ -899,8 +899,8 @@ ReportGraphBytes(IdentityGraph *g, RebuildState *rs, Size peak)
 {
 	Size		nodes = 0;
 	Size		profs = (Size) g->profs.npages * CDP_PAGE_ELEMS * sizeof(ProfNode);
-	Size		node_index = (Size) (g->nodes.nblocks > 0 ? g->node_index.mask + 1 : 0) * 5;
-	Size		prof_index = (Size) (g->prof_index.mask + 1) * 5;
+	Size		node_index = (Size) (g->node_index.bmask + 1) * sizeof(CdpSlotBucket);
+	Size		prof_index = (Size) (g->prof_index.bmask + 1) * sizeof(CdpSlotBucket);
 	Size		records = (Size) rs->maxrecords * sizeof(StoredRecord);
 	Size		landing = (Size) CdpGraphProfileCount(g) * sizeof(uint32);
 

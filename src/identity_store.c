@@ -76,30 +76,51 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 
 /* a byte of the hash, never 0: a tag of 0 is an empty slot */
 #define SLOT_TAG(h)		((uint8) Max((h) >> 24, 1))
+#define SLOT_CACHE_LINE	64
+#define SLOT_TAG_AT(t, pos)	((t)->buckets[(pos) / CDP_BUCKET_SLOTS].tags[(pos) % CDP_BUCKET_SLOTS])
+#define SLOT_REF_AT(t, pos)	((t)->buckets[(pos) / CDP_BUCKET_SLOTS].refs[(pos) % CDP_BUCKET_SLOTS])
 
-/*
- * A probe reads the tags alone until one matches: a dense byte array that
- * stays in cache far better than the refs, which are read only then.
- */
 static void
-SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 size)
+SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 nbuckets)
 {
-	t->refs = MemoryContextAllocHuge(cxt, sizeof(uint32) * size);
-	t->tags = MemoryContextAllocHuge(cxt, size);
-	memset(t->tags, 0, size);
-	t->mask = size - 1;
+	Size		size = sizeof(CdpSlotBucket) * (Size) nbuckets;
+
+	StaticAssertStmt(sizeof(CdpSlotBucket) == SLOT_CACHE_LINE, "a bucket fills a cache line");
+	t->allocated = MemoryContextAllocHuge(cxt, size + SLOT_CACHE_LINE);
+	t->buckets = (CdpSlotBucket *) TYPEALIGN(SLOT_CACHE_LINE, t->allocated);
+	memset(t->buckets, 0, size);
+	t->bmask = nbuckets - 1;
 	t->used = 0;
+}
+
+static inline uint32
+SlotCount(const CdpSlotTable *t)
+{
+	return (t->bmask + 1) * CDP_BUCKET_SLOTS;
+}
+
+/* the first slot of hash's bucket, and the one after pos */
+static inline uint32
+SlotStart(const CdpSlotTable *t, uint32 hash)
+{
+	return (hash & t->bmask) * CDP_BUCKET_SLOTS;
+}
+
+static inline uint32
+SlotNext(const CdpSlotTable *t, uint32 pos)
+{
+	return pos + 1 == SlotCount(t) ? 0 : pos + 1;
 }
 
 static void
 SlotInsert(CdpSlotTable *t, uint32 hash, uint32 ref)
 {
-	uint32		pos = hash & t->mask;
+	uint32		pos = SlotStart(t, hash);
 
-	while (t->tags[pos] != 0)
-		pos = (pos + 1) & t->mask;
-	t->refs[pos] = ref;
-	t->tags[pos] = SLOT_TAG(hash);
+	while (SLOT_TAG_AT(t, pos) != 0)
+		pos = SlotNext(t, pos);
+	SLOT_REF_AT(t, pos) = ref;
+	SLOT_TAG_AT(t, pos) = SLOT_TAG(hash);
 	t->used++;
 }
 
@@ -110,18 +131,17 @@ SlotInsert(CdpSlotTable *t, uint32 hash, uint32 ref)
 static bool
 SlotTableNewIfFull(IdentityGraph *g, CdpSlotTable *t)
 {
-	uint32		oldsize = t->mask + 1;
+	uint32		nbuckets = t->bmask + 1;
 
-	if ((uint64) (t->used + 1) * 4 <= (uint64) oldsize * 3)
+	if ((uint64) (t->used + 1) * 4 <= (uint64) SlotCount(t) * 3)
 		return false;
-	if (oldsize >= ((uint32) 1 << 31))
+	if (nbuckets >= ((uint32) 1 << 26))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("the identity graph is too large")));
 	/* the old table goes first: the new one is filled without it */
-	pfree(t->refs);
-	pfree(t->tags);
-	SlotTableInit(t, g->cxt, oldsize * 2);
+	pfree(t->allocated);
+	SlotTableInit(t, g->cxt, nbuckets * 2);
 	return true;
 }
 
@@ -137,11 +157,11 @@ SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const 
 {
 	uint8		tag = SLOT_TAG(hash);
 
-	for (*pos = hash & t->mask; t->tags[*pos] != 0; *pos = (*pos + 1) & t->mask)
+	for (*pos = SlotStart(t, hash); SLOT_TAG_AT(t, *pos) != 0; *pos = SlotNext(t, *pos))
 	{
-		if (t->tags[*pos] == tag && match(g, t->refs[*pos], key))
+		if (SLOT_TAG_AT(t, *pos) == tag && match(g, SLOT_REF_AT(t, *pos), key))
 		{
-			*ref = t->refs[*pos];
+			*ref = SLOT_REF_AT(t, *pos);
 			return true;
 		}
 	}
@@ -151,8 +171,8 @@ SlotFind(IdentityGraph *g, CdpSlotTable *t, uint32 hash, SlotMatch match, const 
 static void
 SlotSet(CdpSlotTable *t, uint32 pos, uint32 hash, uint32 ref)
 {
-	t->refs[pos] = ref;
-	t->tags[pos] = SLOT_TAG(hash);
+	SLOT_REF_AT(t, pos) = ref;
+	SLOT_TAG_AT(t, pos) = SLOT_TAG(hash);
 	t->used++;
 }
 
@@ -171,8 +191,8 @@ CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay)
 	g->prof_online.elem_size = sizeof(ProfOnline);
 	StaticAssertStmt(sizeof(ProfNode) <= 40, "ProfNode grew");
 	StaticAssertStmt(offsetof(IdNode, value) <= 25, "IdNode grew");
-	SlotTableInit(&g->node_index, cxt, 256);
-	SlotTableInit(&g->prof_index, cxt, 256);
+	SlotTableInit(&g->node_index, cxt, 16);
+	SlotTableInit(&g->prof_index, cxt, 16);
 
 	ctl.keysize = CDP_ID_TYPE_MAX + 1;
 	ctl.entrysize = sizeof(TypeSlot);

@@ -191,12 +191,22 @@ typedef struct CdpNodeArena
 /*
  * Open addressing: each slot a ref and a byte of its entry's hash (0 =
  * empty), which turns away nearly every probe for another entry unread.
+ * Twelve slots share a cache line (their tags, then their refs), so a
+ * probe costs one cache miss; a key's probe starts at its bucket's first.
  */
+#define CDP_BUCKET_SLOTS	12
+typedef struct CdpSlotBucket
+{
+	uint8		tags[CDP_BUCKET_SLOTS];
+	uint32		unused;
+	uint32		refs[CDP_BUCKET_SLOTS];
+} CdpSlotBucket;
+
 typedef struct CdpSlotTable
 {
-	uint32	   *refs;
-	uint8	   *tags;
-	uint32		mask;
+	CdpSlotBucket *buckets;		/* aligned to a cache line */
+	void	   *allocated;		/* where buckets was carved from */
+	uint32		bmask;			/* buckets - 1 (a power of 2) */
 	uint32		used;
 } CdpSlotTable;
 
