@@ -913,6 +913,30 @@ ReportGraphBytes(IdentityGraph *g, RebuildState *rs, Size peak)
 		 (ssize_t) peak - (ssize_t) (nodes + node_index + profs + prof_index + records + landing));
 }
 
+/*
+ * The replay makes about as many identifiers and profiles as the stores
+ * hold: the planner's counts of them size the graph's indexes up front.
+ */
+static void
+ReserveGraph(IdentityGraph *g)
+{
+	bool		isnull;
+	Datum		ids;
+	Datum		profiles;
+
+	CdpExecSql("SELECT (SELECT reltuples FROM pg_catalog.pg_class WHERE oid = 'cdp.identities'::pg_catalog.regclass), "
+			   "(SELECT reltuples FROM pg_catalog.pg_class WHERE oid = 'cdp.profile_records'::pg_catalog.regclass)",
+			   SPI_OK_SELECT);
+	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return;
+	profiles = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (isnull)
+		return;
+	/* -1: never counted */
+	CdpGraphReserve(g, Max(DatumGetFloat4(ids), 0), Max(DatumGetFloat4(profiles), 0));
+}
+
 PG_FUNCTION_INFO_V1(cdp_rebuild_identities);
 
 Datum
@@ -948,6 +972,7 @@ cdp_rebuild_identities(PG_FUNCTION_ARGS)
 	g->private = &rs;
 	g->quiet = true;
 	CdpLoadSplits(g);
+	ReserveGraph(g);
 
 	nevidence = Replay(g, idtype);
 	for (uint32 i = 0; i < CdpGraphProfileCount(g); i++)

@@ -145,6 +145,25 @@ SlotTableNewIfFull(IdentityGraph *g, CdpSlotTable *t)
 	return true;
 }
 
+/* make an empty t hold n entries without doubling */
+static void
+SlotTableReserve(IdentityGraph *g, CdpSlotTable *t, double n)
+{
+	uint32		nbuckets = t->bmask + 1;
+
+	if (t->used != 0)
+		return;
+	/* an estimate far past what a graph can hold reserves nothing */
+	if (n > (double) ((uint32) 1 << 26) * CDP_BUCKET_SLOTS * 3 / 4)
+		return;
+	while ((double) nbuckets * CDP_BUCKET_SLOTS * 3 / 4 < n)
+		nbuckets *= 2;
+	if (nbuckets == t->bmask + 1)
+		return;
+	pfree(t->allocated);
+	SlotTableInit(t, g->cxt, nbuckets);
+}
+
 typedef bool (*SlotMatch) (IdentityGraph *g, uint32 ref, const void *key);
 
 /*
@@ -478,6 +497,18 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 	}
 	SlotSet(&g->prof_index, pos, hash, ref);
 	return p;
+}
+
+/*
+ * Size an empty graph's indexes for about this many identifiers and
+ * profiles (a rebuild knows them from the tables' statistics): every
+ * doubling on the way would index everything again.
+ */
+void
+CdpGraphReserve(IdentityGraph *g, double identifiers, double profiles)
+{
+	SlotTableReserve(g, &g->node_index, identifiers);
+	SlotTableReserve(g, &g->prof_index, profiles);
 }
 
 /* follow merges to the profile that holds everything now */

@@ -280,6 +280,7 @@ extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cx
 extern IdNode *CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create);
 extern ProfNode *CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create);
 extern ProfNode *CdpCanonical(IdentityGraph *g, int64 profile_id);
+extern void CdpGraphReserve(IdentityGraph *g, double identifiers, double profiles);
 extern uint32 CdpGraphNodeCount(IdentityGraph *g);
 extern IdNode *CdpGraphNextNode(IdentityGraph *g, CdpNodeIter *it);
 extern uint32 CdpGraphProfileCount(IdentityGraph *g);
