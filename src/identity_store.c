@@ -1,13 +1,14 @@
 /*
  * identity_store.c
  *	  Where the identity graph keeps its identifiers and profiles.  A rebuild
- *	  holds a million of each, so the storage is built for that: nothing
- *	  ever moves (pointers stay valid, growing copies nothing), and entries
- *	  are found through open-addressing tables of 8-byte slots that carry
- *	  each entry's hash, so a probe rarely touches an entry that is not the
- *	  one it looks for.  An identifier node and its identifier's bytes sit
- *	  side by side in big blocks: finding an identifier costs the slot and
- *	  one more cache miss, not three.
+ *	  holds ten million of each, so the storage is built for that: nothing
+ *	  ever moves (pointers stay valid, growing copies nothing), nodes and
+ *	  profiles name each other by 32-bit refs, and entries are found through
+ *	  open-addressing tables whose slots keep a ref and a byte of the
+ *	  entry's hash, twelve to a cache line, so a probe rarely touches an
+ *	  entry that is not the one it looks for.  An identifier node and its
+ *	  value sit side by side in big blocks (the type is a slot number):
+ *	  finding an identifier costs the slot and one more cache miss.
  */
 #include "postgres.h"
 
