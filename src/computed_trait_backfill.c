@@ -108,23 +108,55 @@ typedef struct EventReceiver
 	CdpTraitState *state;
 } EventReceiver;
 
-/*
- * {key: doc}: a row's states or values holding one trait's (a value may be
- * a scalar or a container; pushJsonbValue unpacks either)
- */
+/* {key: v}: a row's states or values holding one trait's */
 static Jsonb *
-KeyedJsonb(const char *key, Jsonb *doc)
+KeyedValue(const char *key, JsonbValue *v)
 {
 	JsonbParseState *ps = NULL;
-	JsonbValue	v;
 
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	CdpPushJsonbKey(&ps, key);
-	v.type = jbvBinary;
-	v.val.binary.data = &doc->root;
-	v.val.binary.len = VARSIZE(doc) - VARHDRSZ;
-	pushJsonbValue(&ps, WJB_VALUE, &v);
+	pushJsonbValue(&ps, WJB_VALUE, v);
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
+}
+
+/* {key: doc}, doc a scalar or a container (which pushJsonbValue unpacks) */
+static Jsonb *
+KeyedJsonb(const char *key, Jsonb *doc)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(doc))
+		(void) JsonbExtractScalar(&doc->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &doc->root;
+		v.val.binary.len = VARSIZE(doc) - VARHDRSZ;
+	}
+	return KeyedValue(key, &v);
+}
+
+/* {name: the state's value}; NULL when it has none */
+static Jsonb *
+KeyedStateValue(const char *name, const CdpTraitState *state)
+{
+	JsonbValue	v;
+
+	if (!CdpTraitStateValueOf(state, &v))
+		return NULL;
+	/* a container built in memory: pushed as a Jsonb of its own */
+	if (v.type == jbvArray || v.type == jbvObject)
+		return KeyedJsonb(name, JsonbValueToJsonb(&v));
+	return KeyedValue(name, &v);
+}
+
+/* whether merges involve the profile id (its value is not its state's) */
+static bool
+Involved(EventReceiver *r, int64 profile_id)
+{
+	return hash_get_num_entries(r->involved) > 0 &&
+		hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL;
 }
 
 /*
@@ -153,10 +185,10 @@ FinishProfile(EventReceiver *r)
 		values[2] = nulls[2] ? (Datum) 0 :
 			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(r->state->oldest),
 								r->window);
-		if (hash_search(r->involved, &r->profile_id, HASH_FIND, NULL) == NULL)
-			value = CdpTraitStateValue(r->state);
+		if (!Involved(r, r->profile_id))
+			value = KeyedStateValue(r->name, r->state);
 		nulls[3] = value == NULL;
-		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(KeyedJsonb(r->name, value));
+		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(value);
 		tuplestore_putvalues(r->store, r->desc, values, nulls);
 	}
 	MemoryContextSwitchTo(old);
@@ -264,14 +296,14 @@ StateReceive(TupleTableSlot *slot, DestReceiver *self)
 	MemoryContext old;
 	Jsonb	   *value;
 
-	if (isnull || hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL)
+	if (isnull || Involved(r, profile_id))
 		return true;
 	old = MemoryContextSwitchTo(r->profile_cxt);
-	value = CdpTraitStateValue(CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
+	value = KeyedStateValue(r->name, CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
 	if (value != NULL)
 	{
 		Datum		values[4] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
-		JsonbPGetDatum(KeyedJsonb(r->name, value))};
+		JsonbPGetDatum(value)};
 		bool		nulls[4] = {false, true, true, false};
 
 		tuplestore_putvalues(r->store, r->desc, values, nulls);
