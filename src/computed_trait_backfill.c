@@ -8,10 +8,12 @@
  *	  when the planner chooses, as a GROUP BY by hand would be); each
  *	  profile's events are counted into its state as they stream by, and the
  *	  state, its value and when it ages out go into a tuplestore (nothing may
- *	  be written while workers run).  Then the states are inserted a batch at
+ *	  be written while workers run).  Then the states are written a batch at
  *	  a time in profile order, and so are the values of profiles no merge
- *	  involves, which are their own state's; only canonical profiles with
- *	  members combine their members' stored states afterwards.  Memory: one
+ *	  involves, which are their own state's: rows that exist gain them in
+ *	  one UPDATE, the others are inserted as COPY inserts (see BulkWriter);
+ *	  only canonical profiles with members combine their members' stored
+ *	  states afterwards.  Memory: one
  *	  profile's state, the profiles merges involve, and a batch; the
  *	  tuplestore and the sort spill to disk.
  */
@@ -55,15 +57,21 @@ static SPIPlanPtr update_values_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
 static SPIPlanPtr stored_states_plan = NULL;
 static SPIPlanPtr stored_values_plan = NULL;
+static SPIPlanPtr insert_states_plan = NULL;
+static SPIPlanPtr insert_values_plan = NULL;
 
 /*
  * Rows inserted the way COPY inserts them: a batch into the heap at once,
- * then their index entries.  Its table is locked against other writers
- * (SHARE ROW EXCLUSIVE) for the rest of the transaction, so a profile id
- * found without a row has none when it is inserted.
+ * then their index entries.  That needs no other writer of the table until
+ * commit (a profile id found without a row must have none when it is
+ * inserted): when SHARE ROW EXCLUSIVE on it is free at once (locked), it is
+ * taken; else (a writer is in flight: never waited for, as ingest takes
+ * this table's lock and cdp.computed_traits' in either order) the rows go
+ * through INSERT ... ON CONFLICT as any writer's do.
  */
 typedef struct BulkWriter
 {
+	bool		locked;
 	Relation	rel;
 	ResultRelInfo *rri;
 	EState	   *estate;
@@ -421,20 +429,22 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 
 /*
  * Open cdp.<name> (three columns: profile id, jsonb, timestamptz) to insert
- * into in bulk, locked against other writers to the end of the
- * transaction; the caller must be allowed to insert into it.
+ * into in bulk, locked against other writers to the end of the transaction
+ * if that lock is free (see BulkWriter); the caller must be allowed to
+ * insert into it.
  */
 static BulkWriter *
 OpenBulkWriter(const char *name)
 {
 	BulkWriter *w = palloc0(sizeof(BulkWriter));
 	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", pstrdup(name), -1),
-										 ShareRowExclusiveLock, false);
+										 RowExclusiveLock, false);
 	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT | ACL_UPDATE);
 	TupleDesc	desc;
 
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
+	w->locked = ConditionalLockRelationOid(relid, ShareRowExclusiveLock);
 	w->rel = table_open(relid, NoLock);
 	desc = RelationGetDescr(w->rel);
 	if (desc->natts != 3 || TupleDescAttr(desc, 0)->atttypid != INT8OID ||
@@ -444,6 +454,8 @@ OpenBulkWriter(const char *name)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table cdp.%s does not have the columns pg_cdp created it with", name),
 				 errhint("Reinstall the extension.")));
+	if (!w->locked)
+		return w;
 	w->estate = CreateExecutorState();
 	w->cid = GetCurrentCommandId(true);
 	w->estate->es_output_cid = w->cid;
@@ -451,6 +463,7 @@ OpenBulkWriter(const char *name)
 	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
 	ExecOpenIndices(w->rri, false);
 	w->bistate = GetBulkInsertState();
+
 	/*
 	 * Slots on a copy of the descriptor: slots on the relation's own pin it
 	 * in the resource owner each, and forgetting thousands of pins costs
@@ -504,6 +517,11 @@ BulkInsert(BulkWriter *w, const int64 *pids, const Datum *docs, const Datum *tim
 static void
 CloseBulkWriter(BulkWriter *w)
 {
+	if (!w->locked)
+	{
+		table_close(w->rel, NoLock);
+		return;
+	}
 	for (int i = 0; i < BACKFILL_BATCH; i++)
 		ExecDropSingleTupleTableSlot(w->slots[i]);
 	FreeBulkInsertState(w->bistate);
@@ -544,21 +562,44 @@ StoredIds(SPIPlanPtr *slot, const char *sql, const int64 *pids, int n)
 	return stored;
 }
 
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
 /*
- * Run an UPDATE of n stored rows by profile id, each found by index (never
- * a hash of a whole table per batch); no other writer changes them (the
- * table is locked), so it updates them all.
+ * Run an UPDATE of stored rows by profile id (pids) that returns the ids it
+ * updated, each row found by index (never a hash of a whole table per
+ * batch); which of pids it updated.  A row another writer deleted
+ * meanwhile is not updated (only without the table's lock).
  */
-static void
-UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args, int n)
+static bool *
+UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args,
+			 const int64 *pids, int n)
 {
 	int			level = CdpBeginIndexedPlans();
 	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, nargs, argtypes), args, NULL,
-								   SPI_OK_UPDATE);
+								   SPI_OK_UPDATE_RETURNING);
+	int64	   *updated = palloc(sizeof(int64) * Max(rows, 1));
+	bool	   *stored = palloc(sizeof(bool) * Max(n, 1));
 
 	CdpEndIndexedPlans(level);
-	if (rows != (uint64) n)
-		elog(ERROR, "computed trait backfill: updated " UINT64_FORMAT " rows of %d", rows, n);
+	for (uint64 i = 0; i < rows; i++)
+	{
+		bool		isnull;
+
+		updated[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+												 &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	qsort(updated, rows, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		stored[i] = bsearch(&pids[i], updated, rows, sizeof(int64), CompareInt64) != NULL;
+	return stored;
 }
 
 static Datum
@@ -606,82 +647,136 @@ SplitStored(const bool *stored, int n, int64 *pids, Datum *docs, Datum *times,
 	return k;
 }
 
+/* SQL of writing one of the tables: its rows are (profile id, jsonb, timestamptz) */
+typedef struct RowsSql
+{
+	SPIPlanPtr *stored_plan;
+	const char *stored;			/* ids with a row between $1 and $2, ascending */
+	SPIPlanPtr *update_plan;
+	const char *update;			/* rows of ids $1 gain $2 (and $3), RETURNING the ids */
+	SPIPlanPtr *insert_plan;
+	const char *insert;			/* rows $1, $2, $3 inserted, or gained on conflict */
+} RowsSql;
+
+static const RowsSql states_sql = {
+	&stored_states_plan,
+	"SELECT s.profile_id FROM cdp.trait_states s "
+	" WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
+	&update_states_plan,
+	"UPDATE cdp.trait_states s "
+	"   SET states = s.states || u.st, expires_at = LEAST(s.expires_at, u.x) "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+	" WHERE s.profile_id = u.p "
+	"RETURNING s.profile_id",
+	&insert_states_plan,
+	"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+	"SELECT u.p, u.st, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+	"ON CONFLICT (profile_id) DO UPDATE "
+	"SET states = s.states || excluded.states, "
+	"    expires_at = LEAST(s.expires_at, excluded.expires_at)"
+};
+
+static const RowsSql values_sql = {
+	&stored_values_plan,
+	"SELECT pc.profile_id FROM cdp.profile_computed pc "
+	" WHERE pc.profile_id BETWEEN $1 AND $2 ORDER BY 1",
+	&update_values_plan,
+	"UPDATE cdp.profile_computed pc "
+	"   SET traits = pc.traits || u.v, updated_at = u.x "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
+	" WHERE pc.profile_id = u.p "
+	"RETURNING pc.profile_id",
+	&insert_values_plan,
+	"INSERT INTO cdp.profile_computed AS pc (profile_id, traits, updated_at) "
+	"SELECT u.p, u.v, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
+	"ON CONFLICT (profile_id) DO UPDATE "
+	"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at"
+};
+
+/* run one of RowsSql's statements over rows (pids, docs, times) */
+static bool *
+RunRowsSql(SPIPlanPtr *plan, const char *sql, bool update, const int64 *pids, Datum *docs,
+		   Datum *times, bool *times_null, int n)
+{
+	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[3];
+
+	args[0] = CdpInt8Array((int64 *) pids, n);
+	args[1] = CdpArray(docs, n, JSONBOID);
+	args[2] = TimestampArray(times, times_null, n);
+	if (update)
+		return UpdateStored(plan, sql, 3, argtypes, args, pids, n);
+	CdpExecPlan(CdpPlan(plan, sql, 3, argtypes), args, NULL, SPI_OK_INSERT);
+	return NULL;
+}
+
+/*
+ * n rows (pids ascending, docs {key: doc}, times) into a table: the rows
+ * of ids that have one, found by a range scan, gain their doc in one
+ * UPDATE; the others (all of them for a new trait when no other trait has
+ * rows) are inserted in bulk when the writer holds the table's lock, which
+ * costs a fraction of INSERT ... ON CONFLICT, else by that.
+ */
+static void
+WriteRows(BulkWriter *w, const RowsSql *sql, int64 *pids, Datum *docs, Datum *times,
+		  bool *times_null, int n)
+{
+	bool	   *stored = StoredIds(sql->stored_plan, sql->stored, pids, n);
+	int64	   *upids = palloc(sizeof(int64) * n);
+	Datum	   *udocs = palloc(sizeof(Datum) * n);
+	Datum	   *utimes = palloc(sizeof(Datum) * n);
+	bool	   *utimes_null = palloc(sizeof(bool) * n);
+	int			nupdate;
+	int			ninsert;
+
+	ninsert = SplitStored(stored, n, pids, docs, times, times_null, upids, udocs, utimes,
+						  utimes_null, &nupdate);
+	if (nupdate > 0)
+	{
+		bool	   *updated = RunRowsSql(sql->update_plan, sql->update, true, upids, udocs,
+										 utimes, utimes_null, nupdate);
+
+		/* rows deleted since they were found: inserted after all */
+		for (int i = 0; i < nupdate; i++)
+			if (!updated[i])
+			{
+				pids[ninsert] = upids[i];
+				docs[ninsert] = udocs[i];
+				times[ninsert] = utimes[i];
+				times_null[ninsert++] = utimes_null[i];
+			}
+	}
+	if (ninsert == 0)
+		return;
+	if (w->locked)
+		BulkInsert(w, pids, docs, times, times_null, ninsert);
+	else
+		(void) RunRowsSql(sql->insert_plan, sql->insert, false, pids, docs, times, times_null,
+						  ninsert);
+}
+
 /*
  * The batch's states into the rows of cdp.trait_states (a stored profile
  * id's row gains the trait's state, an id without one gets a row), then
- * its lone profiles' values into cdp.profile_computed likewise.  The ids
- * with rows are found by a range scan, their rows updated in one
- * statement; the others (all of them when no other trait has states) are
- * inserted in bulk, which costs a fraction of an INSERT ... ON CONFLICT.
+ * its lone profiles' values into cdp.profile_computed likewise.
  */
 static void
 WriteBatch(BackfillBatch *b, BulkWriter *states_w, BulkWriter *values_w)
 {
-	int			nmax = Max(Max(b->nstates, b->nvalues), 1);
-	int64	   *upids = palloc(sizeof(int64) * nmax);
-	Datum	   *udocs = palloc(sizeof(Datum) * nmax);
-	Datum	   *utimes = palloc(sizeof(Datum) * nmax);
-	bool	   *utimes_null = palloc(sizeof(bool) * nmax);
-	bool	   *stored;
-	int			nupdate;
-	int			ninsert;
-
 	if (b->nstates > 0)
-	{
-		stored = StoredIds(&stored_states_plan,
-						   "SELECT s.profile_id FROM cdp.trait_states s "
-						   " WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
-						   b->pids, b->nstates);
-		ninsert = SplitStored(stored, b->nstates, b->pids, b->states, b->expires,
-							  b->expires_null, upids, udocs, utimes, utimes_null, &nupdate);
-		if (nupdate > 0)
-		{
-			Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-			Datum		args[3];
-
-			args[0] = CdpInt8Array(upids, nupdate);
-			args[1] = CdpArray(udocs, nupdate, JSONBOID);
-			args[2] = TimestampArray(utimes, utimes_null, nupdate);
-			UpdateStored(&update_states_plan,
-						 "UPDATE cdp.trait_states s "
-						 "   SET states = s.states || u.st, "
-						 "       expires_at = LEAST(s.expires_at, u.x) "
-						 "  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
-						 " WHERE s.profile_id = u.p",
-						 3, argtypes, args, nupdate);
-		}
-		BulkInsert(states_w, b->pids, b->states, b->expires, b->expires_null, ninsert);
-	}
+		WriteRows(states_w, &states_sql, b->pids, b->states, b->expires, b->expires_null,
+				  b->nstates);
 	if (b->nvalues > 0)
 	{
 		/* audiences over these values follow at commit */
 		CdpProfilesChanged(b->value_pids, b->nvalues);
-		stored = StoredIds(&stored_values_plan,
-						   "SELECT pc.profile_id FROM cdp.profile_computed pc "
-						   " WHERE pc.profile_id BETWEEN $1 AND $2 ORDER BY 1",
-						   b->value_pids, b->nvalues);
 		for (int i = 0; i < b->nvalues; i++)
 		{
 			b->updated[i] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 			b->updated_null[i] = false;
 		}
-		ninsert = SplitStored(stored, b->nvalues, b->value_pids, b->values, b->updated,
-							  b->updated_null, upids, udocs, utimes, utimes_null, &nupdate);
-		if (nupdate > 0)
-		{
-			Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
-			Datum		args[2];
-
-			args[0] = CdpInt8Array(upids, nupdate);
-			args[1] = CdpArray(udocs, nupdate, JSONBOID);
-			UpdateStored(&update_values_plan,
-						 "UPDATE cdp.profile_computed pc "
-						 "   SET traits = pc.traits || u.v, updated_at = now() "
-						 "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-						 " WHERE pc.profile_id = u.p",
-						 2, argtypes, args, nupdate);
-		}
-		BulkInsert(values_w, b->value_pids, b->values, b->updated, b->updated_null, ninsert);
+		WriteRows(values_w, &values_sql, b->value_pids, b->values, b->updated, b->updated_null,
+				  b->nvalues);
 	}
 	b->nstates = 0;
 	b->nvalues = 0;

@@ -361,8 +361,6 @@ BEGIN
     -- batches in flight (storing states of it without its values) finish
     -- first; later ones see it live and write its values themselves
     LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
-    -- its values are inserted in bulk, which no other writer may race
-    LOCK TABLE cdp.profile_computed IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
     UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
      WHERE pc.traits ? t.name;
@@ -506,11 +504,6 @@ BEGIN
 
     -- no batch stores events until this commits: the backfill sees them all
     LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
-    -- a backfill here inserts states and values in bulk, which no other
-    -- writer may race (taken before any of their rows is changed)
-    IF NOT cdp.maintenance_running() THEN
-        LOCK TABLE cdp.trait_states, cdp.profile_computed IN SHARE ROW EXCLUSIVE MODE;
-    END IF;
     SELECT * INTO old FROM cdp.computed_traits c WHERE c.name = define_computed_trait.name;
     IF FOUND THEN
         IF (old.kind, old.event, old.property, old.time_window, old.filter, old.purpose)
