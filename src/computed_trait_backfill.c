@@ -30,6 +30,8 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
@@ -37,8 +39,6 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "storage/lmgr.h"
-#include "utils/acl.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -514,6 +514,7 @@ BulkInsert(BulkWriter *w, const int64 *pids, const Datum *docs, const Datum *tim
 	CommandCounterIncrement();
 }
 
+/* let go of the writer's slots and indexes; its lock is kept to commit */
 static void
 CloseBulkWriter(BulkWriter *w)
 {
