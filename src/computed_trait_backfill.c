@@ -439,7 +439,7 @@ OpenBulkWriter(const char *name)
 	BulkWriter *w = palloc0(sizeof(BulkWriter));
 	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", pstrdup(name), -1),
 										 RowExclusiveLock, false);
-	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT | ACL_UPDATE);
+	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
 	TupleDesc	desc;
 
 	if (acl != ACLCHECK_OK)
