@@ -8,26 +8,38 @@
  *	  when the planner chooses, as a GROUP BY by hand would be); each
  *	  profile's events are counted into its state as they stream by, and the
  *	  state, its value and when it ages out go into a tuplestore (nothing may
- *	  be written while workers run).  Then the states are inserted a batch at
+ *	  be written while workers run).  Then the states are written a batch at
  *	  a time in profile order, and so are the values of profiles no merge
- *	  involves, which are their own state's; only canonical profiles with
- *	  members combine their members' stored states afterwards.  Memory: one
+ *	  involves, which are their own state's: rows that exist gain them in
+ *	  one UPDATE, the others are inserted as COPY inserts (see BulkWriter);
+ *	  only canonical profiles with members combine their members' stored
+ *	  states afterwards.  Memory: one
  *	  profile's state, the profiles merges involve, and a batch; the
  *	  tuplestore and the sort spill to disk.
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -41,22 +53,47 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 #define BACKFILL_BATCH 10000
 
 static SPIPlanPtr update_states_plan = NULL;
-static SPIPlanPtr insert_states_plan = NULL;
 static SPIPlanPtr update_values_plan = NULL;
-static SPIPlanPtr insert_values_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
+static SPIPlanPtr stored_states_plan = NULL;
+static SPIPlanPtr stored_values_plan = NULL;
+static SPIPlanPtr insert_states_plan = NULL;
+static SPIPlanPtr insert_values_plan = NULL;
+
+/*
+ * Rows inserted the way COPY inserts them: a batch into the heap at once,
+ * then their index entries.  That needs no other writer of the table until
+ * commit (a profile id found without a row must have none when it is
+ * inserted): when SHARE ROW EXCLUSIVE on it is free at once (locked), it is
+ * taken; else (a writer is in flight: never waited for, as ingest takes
+ * this table's lock and cdp.computed_traits' in either order) the rows go
+ * through INSERT ... ON CONFLICT as any writer's do.
+ */
+typedef struct BulkWriter
+{
+	bool		locked;
+	Relation	rel;
+	ResultRelInfo *rri;
+	EState	   *estate;
+	BulkInsertState bistate;
+	CommandId	cid;
+	TupleDesc	desc;			/* the slots' */
+	TupleTableSlot *slots[BACKFILL_BATCH];
+} BulkWriter;
 
 /* a batch of rows to write, in memory reset per batch */
 typedef struct BackfillBatch
 {
 	int			nstates;
-	Datum		pids[BACKFILL_BATCH];
-	Datum		states[BACKFILL_BATCH];
+	int64		pids[BACKFILL_BATCH];
+	Datum		states[BACKFILL_BATCH]; /* {"<trait id>": state} */
 	Datum		expires[BACKFILL_BATCH];
 	bool		expires_null[BACKFILL_BATCH];
 	int			nvalues;
 	int64		value_pids[BACKFILL_BATCH];
-	Datum		values[BACKFILL_BATCH];
+	Datum		values[BACKFILL_BATCH]; /* {"<trait name>": value} */
+	Datum		updated[BACKFILL_BATCH];
+	bool		updated_null[BACKFILL_BATCH];
 } BackfillBatch;
 
 /*
@@ -69,39 +106,95 @@ typedef struct EventReceiver
 	CdpTraitSpec *spec;
 	Datum		window;			/* interval, or 0 for none */
 	HTAB	   *involved;		/* profile ids merges involve */
+	const char *key;			/* the trait's id, its states' key */
+	const char *name;			/* the trait's name, its values' key */
 	Tuplestorestate *store;
-	TupleDesc	desc;			/* (profile_id, state, expires_at, value) */
+	TupleDesc	desc;			/* (profile_id, {key: state}, expires_at, {name: value}) */
 	MemoryContext profile_cxt;	/* the current profile's state, reset per profile */
 	bool		has_profile;
 	int64		profile_id;
 	CdpTraitState *state;
 } EventReceiver;
 
-/* the current profile's state, expiry and value into the tuplestore */
+/* {key: v}: a row's states or values holding one trait's */
+static Jsonb *
+KeyedValue(const char *key, JsonbValue *v)
+{
+	JsonbParseState *ps = NULL;
+
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	CdpPushJsonbKey(&ps, key);
+	pushJsonbValue(&ps, WJB_VALUE, v);
+	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
+}
+
+/* {key: doc}, doc a scalar or a container (which pushJsonbValue unpacks) */
+static Jsonb *
+KeyedJsonb(const char *key, Jsonb *doc)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(doc))
+		(void) JsonbExtractScalar(&doc->root, &v);
+	else
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &doc->root;
+		v.val.binary.len = VARSIZE(doc) - VARHDRSZ;
+	}
+	return KeyedValue(key, &v);
+}
+
+/* {name: the state's value}; NULL when it has none */
+static Jsonb *
+KeyedStateValue(const char *name, const CdpTraitState *state)
+{
+	JsonbValue	v;
+
+	if (!CdpTraitStateValueOf(state, &v))
+		return NULL;
+	/* a container built in memory: pushed as a Jsonb of its own */
+	if (v.type == jbvArray || v.type == jbvObject)
+		return KeyedJsonb(name, JsonbValueToJsonb(&v));
+	return KeyedValue(name, &v);
+}
+
+/* whether merges involve the profile id (its value is not its state's) */
+static bool
+Involved(EventReceiver *r, int64 profile_id)
+{
+	return hash_get_num_entries(r->involved) > 0 &&
+		hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL;
+}
+
+/*
+ * The current profile's state, expiry and value (its own state's, where no
+ * merge involves it) into the tuplestore, keyed as the rows keep them.
+ */
 static void
 FinishProfile(EventReceiver *r)
 {
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
-	Jsonb	   *state;
+	JsonbParseState *ps = NULL;
 	MemoryContext old;
 
 	if (!r->has_profile)
 		return;
 	old = MemoryContextSwitchTo(r->profile_cxt);
-	state = CdpTraitStateToJsonb(r->state);
-	if (state != NULL)
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	if (CdpTraitStatePush(&ps, r->key, r->state))
 	{
 		Jsonb	   *value = NULL;
 
 		values[0] = Int64GetDatum(r->profile_id);
-		values[1] = JsonbPGetDatum(state);
+		values[1] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
 		nulls[2] = r->window == (Datum) 0 || !r->state->has_oldest;
 		values[2] = nulls[2] ? (Datum) 0 :
 			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(r->state->oldest),
 								r->window);
-		if (hash_search(r->involved, &r->profile_id, HASH_FIND, NULL) == NULL)
-			value = CdpTraitStateValue(r->state);
+		if (!Involved(r, r->profile_id))
+			value = KeyedStateValue(r->name, r->state);
 		nulls[3] = value == NULL;
 		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(value);
 		tuplestore_putvalues(r->store, r->desc, values, nulls);
@@ -211,10 +304,10 @@ StateReceive(TupleTableSlot *slot, DestReceiver *self)
 	MemoryContext old;
 	Jsonb	   *value;
 
-	if (isnull || hash_search(r->involved, &profile_id, HASH_FIND, NULL) != NULL)
+	if (isnull || Involved(r, profile_id))
 		return true;
 	old = MemoryContextSwitchTo(r->profile_cxt);
-	value = CdpTraitStateValue(CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
+	value = KeyedStateValue(r->name, CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
 	if (value != NULL)
 	{
 		Datum		values[4] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
@@ -230,10 +323,13 @@ StateReceive(TupleTableSlot *slot, DestReceiver *self)
 
 /* a receiver of rows into a new tuplestore (see EventReceive, StateReceive) */
 static EventReceiver *
-NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), CdpTraitSpec *spec,
-			Datum window, HTAB *involved)
+NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), int32 trait_id,
+			const char *name, CdpTraitSpec *spec, Datum window, HTAB *involved)
 {
 	EventReceiver *r = palloc0(sizeof(EventReceiver));
+
+	r->key = psprintf("%d", trait_id);
+	r->name = name;
 
 	r->pub.receiveSlot = receive;
 	r->pub.rStartup = EventStartup;
@@ -273,7 +369,7 @@ RunInto(SPIPlanPtr plan, ParamListInfo params, EventReceiver *r)
  * profile order (the rest: WriteMergedValues).
  */
 static Tuplestorestate *
-ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
+ReadStates(int32 trait_id, const char *name, CdpTraitSpec *spec, HTAB *involved)
 {
 	Oid			types[1] = {INT4OID};
 	ParamListInfo params = makeParamList(1);
@@ -289,7 +385,8 @@ ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
 	if (plan == NULL)
 		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
 			 SPI_result_code_string(SPI_result));
-	return RunInto(plan, params, NewReceiver(StateReceive, spec, (Datum) 0, involved));
+	return RunInto(plan, params,
+				   NewReceiver(StateReceive, trait_id, name, spec, (Datum) 0, involved));
 }
 
 /*
@@ -299,8 +396,8 @@ ReadStates(int32 trait_id, CdpTraitSpec *spec, HTAB *involved)
  * columns the trait reads are read.
  */
 static Tuplestorestate *
-AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, bool since_null,
-				Datum window, HTAB *involved)
+AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum event,
+				bool event_null, Datum since, bool since_null, Datum window, HTAB *involved)
 {
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 	ParamListInfo params = makeParamList(2);
@@ -327,7 +424,143 @@ AggregateEvents(CdpTraitSpec *spec, Datum event, bool event_null, Datum since, b
 		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
 			 SPI_result_code_string(SPI_result));
 
-	return RunInto(plan, params, NewReceiver(EventReceive, spec, window, involved));
+	return RunInto(plan, params, NewReceiver(EventReceive, trait_id, name, spec, window, involved));
+}
+
+/*
+ * Open cdp.<name> (three columns: profile id, jsonb, timestamptz) to insert
+ * into in bulk, locked against other writers to the end of the transaction
+ * if that lock is free (see BulkWriter); the caller must be allowed to
+ * insert into it.
+ */
+static BulkWriter *
+OpenBulkWriter(const char *name)
+{
+	BulkWriter *w = palloc0(sizeof(BulkWriter));
+	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", pstrdup(name), -1),
+										 RowExclusiveLock, false);
+	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
+	TupleDesc	desc;
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
+	w->locked = ConditionalLockRelationOid(relid, ShareRowExclusiveLock);
+	w->rel = table_open(relid, NoLock);
+	desc = RelationGetDescr(w->rel);
+	if (desc->natts != 3 || TupleDescAttr(desc, 0)->atttypid != INT8OID ||
+		TupleDescAttr(desc, 1)->atttypid != JSONBOID ||
+		TupleDescAttr(desc, 2)->atttypid != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table cdp.%s does not have the columns pg_cdp created it with", name),
+				 errhint("Reinstall the extension.")));
+	if (!w->locked)
+		return w;
+	w->estate = CreateExecutorState();
+	w->cid = GetCurrentCommandId(true);
+	w->estate->es_output_cid = w->cid;
+	w->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
+	ExecOpenIndices(w->rri, false);
+	w->bistate = GetBulkInsertState();
+
+	/*
+	 * Slots on a copy of the descriptor: slots on the relation's own pin it
+	 * in the resource owner each, and forgetting thousands of pins costs
+	 * time quadratic in their number.
+	 */
+	w->desc = CreateTupleDescCopy(RelationGetDescr(w->rel));
+	for (int i = 0; i < BACKFILL_BATCH; i++)
+		w->slots[i] = MakeSingleTupleTableSlot(w->desc, table_slot_callbacks(w->rel));
+	return w;
+}
+
+/*
+ * Insert n rows (pids[i], docs[i], times[i], NULL where times_null[i]) into
+ * the writer's table: the heap tuples at once, then each one's index
+ * entries (a duplicate profile id is an error, as an INSERT's).
+ */
+static void
+BulkInsert(BulkWriter *w, const int64 *pids, const Datum *docs, const Datum *times,
+		   const bool *times_null, int n)
+{
+	if (n == 0)
+		return;
+	for (int i = 0; i < n; i++)
+	{
+		TupleTableSlot *slot = w->slots[i];
+
+		ExecClearTuple(slot);
+		slot->tts_values[0] = Int64GetDatum(pids[i]);
+		slot->tts_isnull[0] = false;
+		slot->tts_values[1] = docs[i];
+		slot->tts_isnull[1] = false;
+		slot->tts_values[2] = times_null[i] ? (Datum) 0 : times[i];
+		slot->tts_isnull[2] = times_null[i];
+		ExecStoreVirtualTuple(slot);
+		slot->tts_tableOid = RelationGetRelid(w->rel);
+	}
+	table_multi_insert(w->rel, w->slots, n, w->cid, 0, w->bistate);
+	for (int i = 0; i < n; i++)
+	{
+		if (w->rri->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(w->rri, w->slots[i], w->estate, false, false,
+											NULL, NIL));
+		ResetPerTupleExprContext(w->estate);
+		ExecClearTuple(w->slots[i]);
+	}
+	ReleaseBulkInsertStatePin(w->bistate);
+	/* later statements of this transaction see the rows */
+	CommandCounterIncrement();
+}
+
+/* let go of the writer's slots and indexes; its lock is kept to commit */
+static void
+CloseBulkWriter(BulkWriter *w)
+{
+	if (!w->locked)
+	{
+		table_close(w->rel, NoLock);
+		return;
+	}
+	for (int i = 0; i < BACKFILL_BATCH; i++)
+		ExecDropSingleTupleTableSlot(w->slots[i]);
+	FreeBulkInsertState(w->bistate);
+	ExecCloseIndices(w->rri);
+	FreeExecutorState(w->estate);
+	table_close(w->rel, NoLock);
+}
+
+/*
+ * Which of pids (n of them, ascending) have a row already, by one range
+ * scan of the primary key between the first and the last (a table with no
+ * row in the range answers at once, where probing each id would not).
+ */
+static bool *
+StoredIds(SPIPlanPtr *slot, const char *sql, const int64 *pids, int n)
+{
+	Oid			argtypes[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(pids[0]), Int64GetDatum(pids[n - 1])};
+	bool	   *stored = palloc0(sizeof(bool) * n);
+	int			level = CdpBeginIndexedPlans();
+	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, 2, argtypes), args, NULL, SPI_OK_SELECT);
+	int			i = 0;
+
+	CdpEndIndexedPlans(level);
+	/* both ascending: one walk */
+	for (uint64 r = 0; r < rows && i < n; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+													 1, &isnull));
+
+		while (i < n && pids[i] < id)
+			i++;
+		if (i < n && pids[i] == id)
+			stored[i++] = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return stored;
 }
 
 static int
@@ -340,13 +573,14 @@ CompareInt64(const void *a, const void *b)
 }
 
 /*
- * Run an UPDATE of stored rows by profile id (pids, in order) that returns
- * the ids it updated, each row found by index (never a hash of a whole
- * table per batch); which of pids it updated, and how many.
+ * Run an UPDATE of stored rows by profile id (pids) that returns the ids it
+ * updated, each row found by index (never a hash of a whole table per
+ * batch); which of pids it updated.  A row another writer deleted
+ * meanwhile is not updated (only without the table's lock).
  */
 static bool *
 UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args,
-			 const int64 *pids, int n, int *nupdated)
+			 const int64 *pids, int n)
 {
 	int			level = CdpBeginIndexedPlans();
 	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, nargs, argtypes), args, NULL,
@@ -366,7 +600,6 @@ UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum 
 	qsort(updated, rows, sizeof(int64), CompareInt64);
 	for (int i = 0; i < n; i++)
 		stored[i] = bsearch(&pids[i], updated, rows, sizeof(int64), CompareInt64) != NULL;
-	*nupdated = (int) rows;
 	return stored;
 }
 
@@ -382,104 +615,169 @@ TimestampArray(Datum *elems, bool *nulls, int n)
 }
 
 /*
- * The batch's states into the rows of cdp.trait_states (a stored profile
- * id's row gains the trait's state, an id without one gets a row), then
- * its lone profiles' values into cdp.profile_computed likewise.  Updates
- * first: a plain update of a row found by index costs far less than
- * INSERT ... ON CONFLICT DO UPDATE, which locks the row and then updates it.
+ * Split rows (pids, docs, times) into those with a stored row (moved into
+ * the u* arrays, how many into *nupdate) and the others (kept in front, how
+ * many returned).
  */
-static void
-WriteBatch(BackfillBatch *b, int32 trait_id, Datum name)
+static int
+SplitStored(const bool *stored, int n, int64 *pids, Datum *docs, Datum *times,
+			bool *times_null, int64 *upids, Datum *udocs, Datum *utimes, bool *utimes_null,
+			int *nupdate)
 {
-	Datum		key = CStringGetTextDatum(psprintf("%d", trait_id));
+	int			k = 0;
+	int			u = 0;
 
-	if (b->nstates > 0)
+	for (int i = 0; i < n; i++)
 	{
-		Oid			argtypes[4] = {INT8ARRAYOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-		Datum		args[4];
-		int64	   *pids = palloc(sizeof(int64) * b->nstates);
-		bool	   *stored;
-		int			nupdated;
-		int			ninsert = 0;
-
-		for (int i = 0; i < b->nstates; i++)
-			pids[i] = DatumGetInt64(b->pids[i]);
-		args[0] = CdpArray(b->pids, b->nstates, INT8OID);
-		args[1] = key;
-		args[2] = CdpArray(b->states, b->nstates, JSONBOID);
-		args[3] = TimestampArray(b->expires, b->expires_null, b->nstates);
-		stored = UpdateStored(&update_states_plan,
-							  "UPDATE cdp.trait_states s "
-							  "   SET states = s.states || jsonb_build_object($2::text, u.st), "
-							  "       expires_at = LEAST(s.expires_at, u.x) "
-							  "  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
-							  " WHERE s.profile_id = u.p "
-							  "RETURNING s.profile_id",
-							  4, argtypes, args, pids, b->nstates, &nupdated);
-		if (nupdated < b->nstates)
+		if (stored[i])
 		{
-			for (int i = 0; i < b->nstates; i++)
-				if (!stored[i])
-				{
-					b->pids[ninsert] = b->pids[i];
-					b->states[ninsert] = b->states[i];
-					b->expires[ninsert] = b->expires[i];
-					b->expires_null[ninsert++] = b->expires_null[i];
-				}
-			args[0] = CdpArray(b->pids, ninsert, INT8OID);
-			args[2] = CdpArray(b->states, ninsert, JSONBOID);
-			args[3] = TimestampArray(b->expires, b->expires_null, ninsert);
-			CdpExecPlan(CdpPlan(&insert_states_plan,
-								"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
-								"SELECT u.p, jsonb_build_object($2::text, u.st), u.x "
-								"  FROM ROWS FROM (unnest($1), unnest($3), unnest($4)) AS u(p, st, x) "
-								"ON CONFLICT (profile_id) DO UPDATE "
-								"SET states = s.states || excluded.states, "
-								"    expires_at = LEAST(s.expires_at, excluded.expires_at)",
-								4, argtypes),
-						args, NULL, SPI_OK_INSERT);
+			upids[u] = pids[i];
+			udocs[u] = docs[i];
+			utimes[u] = times[i];
+			utimes_null[u++] = times_null[i];
+		}
+		else
+		{
+			pids[k] = pids[i];
+			docs[k] = docs[i];
+			times[k] = times[i];
+			times_null[k++] = times_null[i];
 		}
 	}
+	*nupdate = u;
+	return k;
+}
+
+/* SQL of writing one of the tables: its rows are (profile id, jsonb, timestamptz) */
+typedef struct RowsSql
+{
+	SPIPlanPtr *stored_plan;
+	const char *stored;			/* ids with a row between $1 and $2, ascending */
+	SPIPlanPtr *update_plan;
+	const char *update;			/* rows of ids $1 gain $2 (and $3), RETURNING the ids */
+	SPIPlanPtr *insert_plan;
+	const char *insert;			/* rows $1, $2, $3 inserted, or gained on conflict */
+} RowsSql;
+
+static const RowsSql states_sql = {
+	&stored_states_plan,
+	"SELECT s.profile_id FROM cdp.trait_states s "
+	" WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
+	&update_states_plan,
+	"UPDATE cdp.trait_states s "
+	"   SET states = s.states || u.st, expires_at = LEAST(s.expires_at, u.x) "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+	" WHERE s.profile_id = u.p "
+	"RETURNING s.profile_id",
+	&insert_states_plan,
+	"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
+	"SELECT u.p, u.st, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+	"ON CONFLICT (profile_id) DO UPDATE "
+	"SET states = s.states || excluded.states, "
+	"    expires_at = LEAST(s.expires_at, excluded.expires_at)"
+};
+
+static const RowsSql values_sql = {
+	&stored_values_plan,
+	"SELECT pc.profile_id FROM cdp.profile_computed pc "
+	" WHERE pc.profile_id BETWEEN $1 AND $2 ORDER BY 1",
+	&update_values_plan,
+	"UPDATE cdp.profile_computed pc "
+	"   SET traits = pc.traits || u.v, updated_at = u.x "
+	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
+	" WHERE pc.profile_id = u.p "
+	"RETURNING pc.profile_id",
+	&insert_values_plan,
+	"INSERT INTO cdp.profile_computed AS pc (profile_id, traits, updated_at) "
+	"SELECT u.p, u.v, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
+	"ON CONFLICT (profile_id) DO UPDATE "
+	"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at"
+};
+
+/* run one of RowsSql's statements over rows (pids, docs, times) */
+static bool *
+RunRowsSql(SPIPlanPtr *plan, const char *sql, bool update, const int64 *pids, Datum *docs,
+		   Datum *times, bool *times_null, int n)
+{
+	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		args[3];
+
+	args[0] = CdpInt8Array((int64 *) pids, n);
+	args[1] = CdpArray(docs, n, JSONBOID);
+	args[2] = TimestampArray(times, times_null, n);
+	if (update)
+		return UpdateStored(plan, sql, 3, argtypes, args, pids, n);
+	CdpExecPlan(CdpPlan(plan, sql, 3, argtypes), args, NULL, SPI_OK_INSERT);
+	return NULL;
+}
+
+/*
+ * n rows (pids ascending, docs {key: doc}, times) into a table: the rows
+ * of ids that have one, found by a range scan, gain their doc in one
+ * UPDATE; the others (all of them for a new trait when no other trait has
+ * rows) are inserted in bulk when the writer holds the table's lock, which
+ * costs a fraction of INSERT ... ON CONFLICT, else by that.
+ */
+static void
+WriteRows(BulkWriter *w, const RowsSql *sql, int64 *pids, Datum *docs, Datum *times,
+		  bool *times_null, int n)
+{
+	bool	   *stored = StoredIds(sql->stored_plan, sql->stored, pids, n);
+	int64	   *upids = palloc(sizeof(int64) * n);
+	Datum	   *udocs = palloc(sizeof(Datum) * n);
+	Datum	   *utimes = palloc(sizeof(Datum) * n);
+	bool	   *utimes_null = palloc(sizeof(bool) * n);
+	int			nupdate;
+	int			ninsert;
+
+	ninsert = SplitStored(stored, n, pids, docs, times, times_null, upids, udocs, utimes,
+						  utimes_null, &nupdate);
+	if (nupdate > 0)
+	{
+		bool	   *updated = RunRowsSql(sql->update_plan, sql->update, true, upids, udocs,
+										 utimes, utimes_null, nupdate);
+
+		/* rows deleted since they were found: inserted after all */
+		for (int i = 0; i < nupdate; i++)
+			if (!updated[i])
+			{
+				pids[ninsert] = upids[i];
+				docs[ninsert] = udocs[i];
+				times[ninsert] = utimes[i];
+				times_null[ninsert++] = utimes_null[i];
+			}
+	}
+	if (ninsert == 0)
+		return;
+	if (w->locked)
+		BulkInsert(w, pids, docs, times, times_null, ninsert);
+	else
+		(void) RunRowsSql(sql->insert_plan, sql->insert, false, pids, docs, times, times_null,
+						  ninsert);
+}
+
+/*
+ * The batch's states into the rows of cdp.trait_states (a stored profile
+ * id's row gains the trait's state, an id without one gets a row), then
+ * its lone profiles' values into cdp.profile_computed likewise.
+ */
+static void
+WriteBatch(BackfillBatch *b, BulkWriter *states_w, BulkWriter *values_w)
+{
+	if (b->nstates > 0)
+		WriteRows(states_w, &states_sql, b->pids, b->states, b->expires, b->expires_null,
+				  b->nstates);
 	if (b->nvalues > 0)
 	{
-		Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TEXTOID};
-		Datum		args[3];
-		bool	   *stored;
-		int			nupdated;
-		int			ninsert = 0;
-
-		args[0] = CdpInt8Array(b->value_pids, b->nvalues);
-		args[1] = CdpArray(b->values, b->nvalues, JSONBOID);
-		args[2] = name;
-		stored = UpdateStored(&update_values_plan,
-							  "UPDATE cdp.profile_computed pc "
-							  "   SET traits = pc.traits || jsonb_build_object($3::text, u.v), "
-							  "       updated_at = now() "
-							  "  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-							  " WHERE pc.profile_id = u.p "
-							  "RETURNING pc.profile_id",
-							  3, argtypes, args, b->value_pids, b->nvalues, &nupdated);
 		/* audiences over these values follow at commit */
 		CdpProfilesChanged(b->value_pids, b->nvalues);
-		if (nupdated < b->nvalues)
+		for (int i = 0; i < b->nvalues; i++)
 		{
-			for (int i = 0; i < b->nvalues; i++)
-				if (!stored[i])
-				{
-					b->value_pids[ninsert] = b->value_pids[i];
-					b->values[ninsert++] = b->values[i];
-				}
-			args[0] = CdpInt8Array(b->value_pids, ninsert);
-			args[1] = CdpArray(b->values, ninsert, JSONBOID);
-			CdpExecPlan(CdpPlan(&insert_values_plan,
-								"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
-								"SELECT u.p, jsonb_build_object($3::text, u.v) "
-								"  FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-								"ON CONFLICT (profile_id) DO UPDATE "
-								"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
-								3, argtypes),
-						args, NULL, SPI_OK_INSERT);
+			b->updated[i] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			b->updated_null[i] = false;
 		}
+		WriteRows(values_w, &values_sql, b->value_pids, b->values, b->updated, b->updated_null,
+				  b->nvalues);
 	}
 	b->nstates = 0;
 	b->nvalues = 0;
@@ -528,16 +826,18 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 }
 
 /*
- * Write what the tuplestore holds, in batches: states (where it has one)
- * into cdp.trait_states, values of profiles no merge involves into
- * cdp.profile_computed; then the values of canonical profiles with
+ * Write what the tuplestore holds, in batches: states (where it has one,
+ * with_states) into cdp.trait_states, values of profiles no merge involves
+ * into cdp.profile_computed; then the values of canonical profiles with
  * members.  Returns how many states it wrote.
  */
 static int64
-WriteStore(Tuplestorestate *store, int32 trait_id, Datum name, Datum kind)
+WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name, Datum kind)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
 	BackfillBatch *b = palloc(sizeof(BackfillBatch));
+	BulkWriter *states_w = with_states ? OpenBulkWriter("trait_states") : NULL;
+	BulkWriter *values_w = OpenBulkWriter("profile_computed");
 	MemoryContext batch_cxt;
 	MemoryContext old;
 	int64		total = 0;
@@ -559,7 +859,8 @@ WriteStore(Tuplestorestate *store, int32 trait_id, Datum name, Datum kind)
 		{
 			int			i = b->nstates++;
 
-			b->pids[i] = pid;
+			Assert(with_states);
+			b->pids[i] = DatumGetInt64(pid);
 			b->states[i] = datumCopy(state, false, -1);
 			b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
 		}
@@ -572,18 +873,21 @@ WriteStore(Tuplestorestate *store, int32 trait_id, Datum name, Datum kind)
 		if (b->nstates == BACKFILL_BATCH || b->nvalues == BACKFILL_BATCH)
 		{
 			total += b->nstates;
-			WriteBatch(b, trait_id, name);
+			WriteBatch(b, states_w, values_w);
 			/* the slot's tuple, read back from disk, is in batch_cxt too */
 			ExecClearTuple(slot);
 			MemoryContextReset(batch_cxt);
 		}
 	}
 	total += b->nstates;
-	WriteBatch(b, trait_id, name);
+	WriteBatch(b, states_w, values_w);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch_cxt);
 	ExecDropSingleTupleTableSlot(slot);
 	tuplestore_end(store);
+	if (states_w != NULL)
+		CloseBulkWriter(states_w);
+	CloseBulkWriter(values_w);
 	WriteMergedValues(trait_id, name, kind);
 	return total;
 }
@@ -642,10 +946,11 @@ cdp_backfill_trait(PG_FUNCTION_ARGS)
 	guc_level = NewGUCNestLevel();
 	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	store = AggregateEvents(spec, d[2], n[2], d[6], n[6], n[5] ? (Datum) 0 : d[5], involved);
+	store = AggregateEvents(trait_id, TextDatumGetCString(d[0]), spec, d[2], n[2], d[6], n[6],
+							n[5] ? (Datum) 0 : d[5], involved);
 	AtEOXact_GUC(true, guc_level);
 	hash_destroy(involved);
-	total = WriteStore(store, trait_id, d[0], d[1]);
+	total = WriteStore(store, true, trait_id, d[0], d[1]);
 	SPI_finish();
 	PG_RETURN_INT64(total);
 }
@@ -668,7 +973,8 @@ cdp_publish_trait_values(PG_FUNCTION_ARGS)
 	SPI_connect();
 	spec = ReadTrait(trait_id, d, n);
 	involved = InvolvedProfiles();
-	(void) WriteStore(ReadStates(trait_id, spec, involved), trait_id, d[0], d[1]);
+	(void) WriteStore(ReadStates(trait_id, TextDatumGetCString(d[0]), spec, involved), false,
+					  trait_id, d[0], d[1]);
 	hash_destroy(involved);
 	SPI_finish();
 	PG_RETURN_VOID();
