@@ -18,12 +18,13 @@ DO $$ BEGIN
        FROM generate_series(1, 6) AS i;
 END $$;
 
--- WAL records on cdp.inbox's heap between two positions (a log switch
--- flushes what this open transaction wrote, so that it can be read back)
+-- WAL records of a kind (+INIT too) on cdp.inbox's heap since a position
+-- (a log switch flushes what this open transaction wrote, so that it can
+-- be read back)
 CREATE FUNCTION pg_temp.inbox_records(from_lsn pg_lsn, kind text) RETURNS bigint LANGUAGE sql AS $$
     SELECT count(*)
       FROM pg_get_wal_records_info(from_lsn, pg_current_wal_flush_lsn())
-     WHERE resource_manager = 'Heap' AND record_type = kind
+     WHERE resource_manager = 'Heap' AND split_part(record_type, '+', 1) = kind
        AND block_ref ~ ('rel \d+/\d+/' || pg_relation_filenode('cdp.inbox') || ' ')
 $$;
 CREATE TEMP TABLE start AS SELECT pg_current_wal_insert_lsn() AS lsn;
