@@ -7,24 +7,15 @@
  */
 #include "postgres.h"
 
-#include "access/table.h"
-#include "access/tableam.h"
-#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
-#include "executor/executor.h"
 #include "executor/spi.h"
-#include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "utils/array.h"
-#include "utils/acl.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/rel.h"
-#include "utils/rls.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -176,101 +167,28 @@ typedef struct NewKeys
 } NewKeys;
 
 /*
- * Whether keys can be inserted into cdp.message_ids directly: pg_cdp's two
- * columns only, no triggers, rules, row-level security or CHECKs (users'
- * additions go through the INSERT statement), INSERT allowed.  Sets the
- * columns' numbers.
+ * Insert the keys: directly when the table allows (CdpInsertRowsDirectly:
+ * one multi-insert, then the unique index checks each key in the descent
+ * that inserts it), else with the INSERT statement.  A key recorded already
+ * raises unique_violation either way.
  */
-static bool
-CanInsertDirectly(Relation rel, AttrNumber *key_att, AttrNumber *seen_att)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	Oid			relid = RelationGetRelid(rel);
-
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
-		rel->rd_rules != NULL || desc->natts != 2 ||
-		(desc->constr != NULL && (desc->constr->num_check > 0 || desc->constr->has_generated_stored)) ||
-		check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED ||
-		pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
-		return false;
-	*key_att = SPI_fnumber(desc, "message_key");
-	*seen_att = SPI_fnumber(desc, "seen_at");
-	return *key_att > 0 && *seen_att > 0 &&
-		TupleDescAttr(desc, *key_att - 1)->atttypid == UUIDOID &&
-		TupleDescAttr(desc, *seen_att - 1)->atttypid == TIMESTAMPTZOID;
-}
-
-/*
- * Insert the rows in one multi-insert, then their index entries: the unique
- * index checks each key in the descent that inserts it and raises
- * unique_violation for a key recorded already (waiting for a session still
- * recording it), as the INSERT statement does, without planning or running
- * it and with a WAL record per page instead of per row.
- */
-static void
-InsertKeysDirectly(Relation rel, AttrNumber key_att, AttrNumber seen_att, NewKeys *k)
-{
-	EState	   *estate = CreateExecutorState();
-	ResultRelInfo *rri = makeNode(ResultRelInfo);
-	TupleTableSlot **slots = palloc(sizeof(TupleTableSlot *) * k->n);
-	TupleDesc	desc = CreateTupleDescCopy(RelationGetDescr(rel));	/* not pinned per slot */
-	CommandId	cid;
-
-	CheckCmdReplicaIdentity(rel, CMD_INSERT);
-	CommandCounterIncrement();
-	cid = GetCurrentCommandId(true);
-	estate->es_output_cid = cid;
-	InitResultRelInfo(rri, rel, 0, NULL, 0);
-	ExecOpenIndices(rri, false);
-	for (int i = 0; i < k->n; i++)
-	{
-		TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-
-		ExecClearTuple(slot);
-		slot->tts_values[key_att - 1] = UUIDPGetDatum(k->record[i].key);
-		slot->tts_isnull[key_att - 1] = false;
-		slot->tts_values[seen_att - 1] = TimestampTzGetDatum(k->record[i].seen_at);
-		slot->tts_isnull[seen_att - 1] = false;
-		ExecStoreVirtualTuple(slot);
-		slot->tts_tableOid = RelationGetRelid(rel);
-		slots[i] = slot;
-	}
-	table_multi_insert(rel, slots, k->n, cid, 0, NULL);
-	for (int i = 0; i < k->n; i++)
-	{
-		List	   *recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
-
-		list_free(recheck);
-		ResetPerTupleExprContext(estate);
-		ExecDropSingleTupleTableSlot(slots[i]);
-	}
-	ExecCloseIndices(rri);
-	FreeExecutorState(estate);
-}
-
 static void
 InsertKeys(void *arg)
 {
 	NewKeys    *k = arg;
+	static const char *const cols[2] = {"message_key", "seen_at"};
+	static const Oid types[2] = {UUIDOID, TIMESTAMPTZOID};
 	Oid			relid = get_relname_relid("message_ids", get_namespace_oid("cdp", false));
-	Relation	rel;
-	AttrNumber	key_att;
-	AttrNumber	seen_att;
+	Datum	   *values = palloc(sizeof(Datum) * 2 * k->n);
 	int			rc;
 
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table cdp.message_ids does not exist"),
-				 errhint("Is the pg_cdp extension installed in this database?")));
-	rel = table_open(relid, RowExclusiveLock);
-	if (CanInsertDirectly(rel, &key_att, &seen_att))
+	for (int i = 0; i < k->n; i++)
 	{
-		InsertKeysDirectly(rel, key_att, seen_att, k);
-		table_close(rel, NoLock);
-		return;
+		values[2 * i] = UUIDPGetDatum(k->record[i].key);
+		values[2 * i + 1] = TimestampTzGetDatum(k->record[i].seen_at);
 	}
-	table_close(rel, NoLock);
+	if (OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 2, values, NULL, k->n))
+		return;
 	rc = SPI_execute_plan(InsertPlan(), k->args, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
@@ -284,13 +202,14 @@ IsUniqueViolation(ErrorData *edata)
 
 /*
  * Record keys none of which is expected in the table, with a plain insert
- * (InsertKeysDirectly) in a subtransaction: the unique index checks each key in the descent that
- * inserts it, where the upsert first probes the index (a second descent)
- * and then inserts speculatively (a lock and an extra WAL record per key),
- * two fifths of the time of deduplicating.  A key recorded already, or
- * being recorded by an uncommitted session (the insert waits for it as the
- * upsert would), raises unique_violation: the subtransaction rolls back
- * with every row it wrote and false says to run the upsert.
+ * (InsertKeys) in a subtransaction: the unique index checks each key in
+ * the descent that inserts it, where the upsert first probes the index (a
+ * second descent) and then inserts speculatively (a lock and an extra WAL
+ * record per key), two fifths of the time of deduplicating.  A key
+ * recorded already, or being recorded by an uncommitted session (the
+ * insert waits for it as the upsert would), raises unique_violation: the
+ * subtransaction rolls back with every row it wrote and false says to run
+ * the upsert.
  */
 static bool
 RecordNewKeys(Datum *args, KeyToRecord *record, int n)

@@ -157,10 +157,11 @@ TakeBySql(int want, int64 after_id, int64 last_id, int64 budget, int *nrows)
 
 /*
  * Whether rows can be deleted from the inbox directly: a plain table whose
- * deletes fire nothing but pg_cdp's own statement trigger, without rules or
- * row-level security, and which the current user may read and delete from
- * (the SQL statement raises the usual errors otherwise).  Sets *pkey to its
- * primary key on id and *cols to the columns read.
+ * deletes fire nothing but pg_cdp's own statement trigger (and that has no
+ * other TRUNCATE trigger, which Citus gives a table it manages), without
+ * rules or row-level security, and which the current user may read and
+ * delete from (the SQL statement raises the usual errors otherwise).  Sets
+ * *pkey to its primary key on id and *cols to the columns read.
  */
 static bool
 CanTakeDirectly(Relation rel, Oid *pkey, InboxColumns *cols)
@@ -182,7 +183,9 @@ CanTakeDirectly(Relation rel, Oid *pkey, InboxColumns *cols)
 		{
 			Trigger    *t = &trig->triggers[i];
 
-			if (TRIGGER_FOR_DELETE(t->tgtype) && strcmp(t->tgname, "inbox_recount") != 0)
+			/* (a TRUNCATE trigger is what Citus gives a table it manages) */
+			if ((TRIGGER_FOR_DELETE(t->tgtype) || TRIGGER_FOR_TRUNCATE(t->tgtype)) &&
+				strcmp(t->tgname, "inbox_recount") != 0)
 				return false;
 		}
 	}
