@@ -246,7 +246,13 @@ CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, Jsonb *pr
 	else if (spec->kind == CDP_TRAIT_LAST)
 		OfferLast(s, ts, ValueText(&v));
 	else
-		AddValue(s, ValueText(&v), 1);
+	{
+		char	   *text = ValueText(&v);
+
+		/* too long to keep a thousand of: not a distinct value, the event still counts */
+		if (strlen(text) <= CDP_TRAIT_MAX_VALUE_BYTES)
+			AddValue(s, text, 1);
+	}
 	OfferOldest(s, ts);
 	return true;
 }

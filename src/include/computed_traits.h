@@ -20,6 +20,13 @@
 /* distinct values a state keeps (the smallest in text order): documented */
 #define CDP_TRAIT_MAX_VALUES 1000
 
+/*
+ * Bytes of JSON text a value may have to be counted as a distinct value:
+ * with it a state's values stay under about 2 MB whatever events hold.
+ * Documented.
+ */
+#define CDP_TRAIT_MAX_VALUE_BYTES 2048
+
 typedef enum CdpTraitKind
 {
 	CDP_TRAIT_COUNT,

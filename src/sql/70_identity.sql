@@ -170,13 +170,41 @@ ALTER TABLE cdp.identity_splits ENABLE ALWAYS TRIGGER identity_splits_changed;
 -- Events with profile_id replaced by the profile's current canonical id;
 -- NULL for events stored without a profile (profile_id 0 where cdp.events
 -- is distributed by it, as a distribution column is never NULL).
+-- Branches, so that a WHERE on profile_id reaches an index in each: the
+-- events of profiles never merged away keep their own id (the partitions'
+-- (profile_id, ts) index, then an anti join), and those of merged-away
+-- profiles take their record's merged_into (profile_records' merged_into
+-- index, then the events index).  One LEFT JOIN computing
+-- coalesce(merged_into, profile_id) reads the same rows, but a condition on
+-- that expression reaches no index: a person's timeline scanned every event.
+-- merged_into always names the canonical profile (merges repoint their
+-- members), so one step suffices.  Events without a profile (NULL, or 0
+-- where cdp.events is distributed) are a branch of their own with a constant
+-- NULL, which a condition on profile_id removes at planning: an expression
+-- over e.profile_id in the first branch would hide its index.  The anti join
+-- is a LEFT JOIN ... IS NULL, not NOT EXISTS, because Citus plans a join of
+-- a distributed cdp.events with the coordinator's profile_records but
+-- refuses the sublink.
 CREATE VIEW cdp.events_resolved AS
-SELECT e.message_id, e.source, e.type, e.event, e.name,
-       coalesce(p.merged_into, nullif(e.profile_id, 0)) AS profile_id,
+SELECT e.message_id, e.source, e.type, e.event, e.name, e.profile_id,
        e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
        e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
   FROM cdp.events e
-  LEFT JOIN cdp.profile_records p ON p.profile_id = e.profile_id AND p.merged_into IS NOT NULL;
+  LEFT JOIN cdp.profile_records p ON p.profile_id = e.profile_id AND p.merged_into IS NOT NULL
+ WHERE e.profile_id <> 0 AND p.profile_id IS NULL
+UNION ALL
+SELECT e.message_id, e.source, e.type, e.event, e.name, p.merged_into,
+       e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
+       e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
+  FROM cdp.profile_records p
+  JOIN cdp.events e ON e.profile_id = p.profile_id
+ WHERE p.merged_into IS NOT NULL
+UNION ALL
+SELECT e.message_id, e.source, e.type, e.event, e.name, NULL::bigint,
+       e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
+       e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
+  FROM cdp.events e
+ WHERE e.profile_id IS NULL OR e.profile_id = 0;
 COMMENT ON VIEW cdp.events_resolved IS
     'cdp.events with profile_id following later merges (partitions are never rewritten)';
 
