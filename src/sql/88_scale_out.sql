@@ -1,3 +1,25 @@
+-- cdp.events_resolved as one join, for a distributed cdp.events: Citus
+-- plans each branch of the single-node view's UNION ALL on its own, over
+-- every shard, before a WHERE on profile_id can reach it, and pulls every
+-- event to the coordinator.  One join with the coordinator's merged-away
+-- records is pushed down whole: every shard is read, each once.
+CREATE FUNCTION cdp.events_resolved_as_one_join()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, cdp
+AS $$
+BEGIN
+    CREATE OR REPLACE VIEW cdp.events_resolved AS
+    SELECT e.message_id, e.source, e.type, e.event, e.name,
+           coalesce(p.merged_into, nullif(e.profile_id, 0)) AS profile_id,
+           e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
+           e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
+      FROM cdp.events e
+      LEFT JOIN cdp.profile_records p ON p.profile_id = e.profile_id AND p.merged_into IS NOT NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION cdp.events_resolved_as_one_join() FROM PUBLIC;
+
 -- Scaling out with Citus: cdp.events distributed over worker nodes, by
 -- profile_id unless told otherwise.  Everything else (inbox, deduplication,
 -- dead letters, the identity graph) stays on the coordinator.  Ingest finds
@@ -40,6 +62,7 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'alter_distributed_table() changes the distribution column.';
         END IF;
+        PERFORM cdp.events_resolved_as_one_join();
         RETURN false;
     END IF;
     -- no event is stored meanwhile (a batch in flight is waited for), so
@@ -61,6 +84,7 @@ BEGIN
     -- the partitions and their rows move to shards on the workers
     PERFORM create_distributed_table('cdp.events', distribution_column);
     PERFORM truncate_local_data_after_distributing_table('cdp.events');
+    PERFORM cdp.events_resolved_as_one_join();
     RETURN true;
 END
 $$;

@@ -48,6 +48,25 @@ is($sql->(q{SELECT profile_id FROM cdp.events WHERE message_id = 'unresolved-1'}
 	'it is stored with profile 0, as a distribution column cannot be NULL');
 is($sql->(q{SELECT profile_id IS NULL FROM cdp.events_resolved WHERE message_id = 'unresolved-1'}),
 	't', 'events_resolved reads it as an event without a profile');
+# distributed by hand, cdp.events_resolved is still the single node's
+# branches (right, but each pulled whole); cdp.distribute() makes it one join
+my $one_person = q{SELECT string_agg(message_id, ',' ORDER BY message_id) FROM cdp.events_resolved
+	WHERE profile_id = cdp.resolve('user_id:u3')};
+my $before = $sql->($one_person);
+# the distributed scans in its plan: more than one when Citus first runs
+# parts of it over the shards and brings their rows to the coordinator
+my $pulled = q{SELECT count(*) > 1 FROM regexp_matches(cdp_explain_text(%s), 'Custom Scan \(Citus Adaptive\)', 'g')};
+$sql->(q{CREATE FUNCTION cdp_explain_text(q text) RETURNS text LANGUAGE plpgsql AS $f$
+	DECLARE l text; t text := ''; BEGIN
+	FOR l IN EXECUTE 'EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ' || q LOOP t := t || l || E'\n'; END LOOP;
+	RETURN t; END $f$});
+my $explain_one = sprintf($pulled, $sql->(q{SELECT quote_literal($q$} . $one_person . q{$q$)}));
+is($sql->($explain_one), 't', 'by hand: a person\'s events pull rows through the coordinator');
+is($sql->('SELECT cdp.distribute()'), 'f', 'cdp.distribute() after distributing by hand: already done');
+is($sql->(q{SELECT pg_get_viewdef('cdp.events_resolved') LIKE '%UNION%'}), 'f',
+	'but cdp.events_resolved became one join');
+is($sql->($explain_one), 'f', 'which Citus pushes down whole');
+is($sql->($one_person), $before, 'with the same answer');
 is(on_shards($c, 'cdp.events'), 61, 'it is on a shard');
 # erasure and export find it among the events without a profile, by its raw ids
 my $subject = q{cdp.subject_events('cdp.events', '{}',
