@@ -7,12 +7,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -156,11 +158,38 @@ InsertPlan(void)
 	return insert_plan;
 }
 
-static void
-InsertKeys(void *args)
+/* keys none of which is expected in cdp.message_ids, to insert */
+typedef struct NewKeys
 {
-	int			rc = SPI_execute_plan(InsertPlan(), (Datum *) args, NULL, false, 0);
+	Datum	   *args;			/* the INSERT's: arrays of keys and times */
+	KeyToRecord *record;		/* the same, in order */
+	int			n;
+} NewKeys;
 
+/*
+ * Insert the keys: directly when the table allows (CdpInsertRowsDirectly:
+ * one multi-insert, then the unique index checks each key in the descent
+ * that inserts it), else with the INSERT statement.  A key recorded already
+ * raises unique_violation either way.
+ */
+static void
+InsertKeys(void *arg)
+{
+	NewKeys    *k = arg;
+	static const char *const cols[2] = {"message_key", "seen_at"};
+	static const Oid types[2] = {UUIDOID, TIMESTAMPTZOID};
+	Oid			relid = get_relname_relid("message_ids", get_namespace_oid("cdp", false));
+	Datum	   *values = palloc(sizeof(Datum) * 2 * k->n);
+	int			rc;
+
+	for (int i = 0; i < k->n; i++)
+	{
+		values[2 * i] = UUIDPGetDatum(k->record[i].key);
+		values[2 * i + 1] = TimestampTzGetDatum(k->record[i].seen_at);
+	}
+	if (OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 2, values, NULL, k->n))
+		return;
+	rc = SPI_execute_plan(InsertPlan(), k->args, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "recording messageIds failed: %s", SPI_result_code_string(rc));
 }
@@ -172,19 +201,21 @@ IsUniqueViolation(ErrorData *edata)
 }
 
 /*
- * Record keys none of which is expected in the table, with a plain INSERT
- * in a subtransaction: the unique index checks each key in the descent that
- * inserts it, where the upsert first probes the index (a second descent)
- * and then inserts speculatively (a lock and an extra WAL record per key),
- * two fifths of the time of deduplicating.  A key recorded already, or
- * being recorded by an uncommitted session (the insert waits for it as the
- * upsert would), raises unique_violation: the subtransaction rolls back
- * with every row it wrote and false says to run the upsert.
+ * Record keys none of which is expected in the table, with a plain insert
+ * (InsertKeys) in a subtransaction: the unique index checks each key in
+ * the descent that inserts it, where the upsert first probes the index (a
+ * second descent) and then inserts speculatively (a lock and an extra WAL
+ * record per key), two fifths of the time of deduplicating.  A key
+ * recorded already, or being recorded by an uncommitted session (the
+ * insert waits for it as the upsert would), raises unique_violation: the
+ * subtransaction rolls back with every row it wrote and false says to run
+ * the upsert.
  */
 static bool
-RecordNewKeys(Datum *args)
+RecordNewKeys(Datum *args, KeyToRecord *record, int n)
 {
-	ErrorData  *edata = CdpRunInSubtransaction(InsertKeys, args, IsUniqueViolation);
+	NewKeys		k = {args, record, n};
+	ErrorData  *edata = CdpRunInSubtransaction(InsertKeys, &k, IsUniqueViolation);
 
 	if (edata == NULL)
 		return true;
@@ -263,7 +294,7 @@ CdpDeduplicate(CdpMessage **msgs, int n)
 	args[2] = Float8GetDatum((double) cdp_dedup_window_secs);
 
 	/* a run of new messageIds: every key is accepted if the insert succeeds */
-	if (!last_batch_met_key && RecordNewKeys(args))
+	if (!last_batch_met_key && RecordNewKeys(args, record, nkeys))
 	{
 		hash_destroy(seen);
 		return;

@@ -162,6 +162,21 @@ TimestampArray(TimestampTz *v, int n)
 	return CdpArray(d, n, TIMESTAMPTZOID);
 }
 
+/* a table of pg_cdp's, InvalidOid if missing (the statement then reports it) */
+static Oid
+OwnTable(const char *name)
+{
+	return get_relname_relid(name, get_namespace_oid("cdp", false));
+}
+
+/* text for a row written directly: NULL where the string is */
+static void
+SetTextValue(Datum *value, bool *null, const char *s)
+{
+	*null = (s == NULL);
+	*value = *null ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
 /* text[] with NULL elements where the string is NULL */
 static Datum
 TextArray(const char **v, int n)
@@ -691,6 +706,26 @@ WriteViolations(IdentityGraph *g)
 				args, NULL, SPI_OK_INSERT);
 }
 
+/* the new profiles' rows, written directly if cdp.profile_records allows */
+static bool
+InsertProfilesDirectly(int64 *ids, int64 *into, int n)
+{
+	static const char *const cols[2] = {"profile_id", "merged_into"};
+	static const Oid types[2] = {INT8OID, INT8OID};
+	Datum	   *values = palloc(sizeof(Datum) * 2 * n);
+	bool	   *nulls = palloc(sizeof(bool) * 2 * n);
+	Oid			relid = OwnTable("profile_records");
+
+	for (int i = 0; i < n; i++)
+	{
+		values[2 * i] = Int64GetDatum(ids[i]);
+		nulls[2 * i] = false;
+		values[2 * i + 1] = Int64GetDatum(into[i]);
+		nulls[2 * i + 1] = (into[i] == 0);
+	}
+	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 2, values, nulls, n);
+}
+
 /*
  * The profiles the batch made.  Like the other inserts of new rows, it
  * unnests its arrays in the select list (side by side), which streams the
@@ -717,6 +752,8 @@ WriteNewProfiles(IdentityGraph *g)
 		n++;
 	}
 	if (n == 0)
+		return;
+	if (InsertProfilesDirectly(ids, into, n))
 		return;
 	args[0] = CdpInt8Array(ids, n);
 	args[1] = CdpInt8Array(into, n);
@@ -824,6 +861,27 @@ WriteMerges(IdentityGraph *g)
 	CdpStatsAdd(CDP_STAT_MERGES, n);
 }
 
+/* the new identities' rows, written directly if cdp.identities allows */
+static bool
+InsertIdentitiesDirectly(CdpIdentifier **ids, int64 *profiles, TimestampTz *ats,
+						 const char **mids, int n)
+{
+	static const char *const cols[4] = {"identifier", "profile_id", "linked_at", "message_id"};
+	Oid			types[4] = {plans_type_oid, INT8OID, TIMESTAMPTZOID, TEXTOID};
+	Datum	   *values = palloc(sizeof(Datum) * 4 * n);
+	bool	   *nulls = palloc0(sizeof(bool) * 4 * n);
+	Oid			relid = OwnTable("identities");
+
+	for (int i = 0; i < n; i++)
+	{
+		values[4 * i] = PointerGetDatum(ids[i]);
+		values[4 * i + 1] = Int64GetDatum(profiles[i]);
+		values[4 * i + 2] = TimestampTzGetDatum(ats[i]);
+		SetTextValue(&values[4 * i + 3], &nulls[4 * i + 3], mids[i]);
+	}
+	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 4, values, nulls, n);
+}
+
 static void
 WriteNewIdentities(IdentityGraph *g)
 {
@@ -852,6 +910,11 @@ WriteNewIdentities(IdentityGraph *g)
 	}
 	if (n == 0)
 		return;
+	if (InsertIdentitiesDirectly(ids, profiles, ats, mids, n))
+	{
+		CdpProfileStateOfNewIdentities(ids, profiles, n);
+		return;
+	}
 	args[0] = IdentifierArray(ids, n);
 	args[1] = CdpInt8Array(profiles, n);
 	args[2] = TimestampArray(ats, n);
@@ -1086,6 +1149,54 @@ WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, bool *linked, int np, 
 }
 
 /*
+ * The identifiers of evidence rows 1..nrows, grouped from a flat array by
+ * row number (rows numbered in order): the identifiers of row r.
+ */
+static Datum
+RowIdentifiers(CdpIdentifier **ids, int64 *row_of, int nids, int64 r, int *next)
+{
+	int			start = *next;
+
+	while (*next < nids && row_of[*next] == r)
+		(*next)++;
+	return IdentifierArray(ids + start, *next - start);
+}
+
+/* the evidence rows, written directly if cdp.identity_evidence allows */
+static bool
+InsertEvidenceDirectly(const char **mids, TimestampTz *ats, int64 *created, const char **sources,
+					   int64 *seqs, int nrows, CdpIdentifier **all, int64 *all_row, int nall,
+					   CdpIdentifier **linked, int64 *linked_row, int nlinked)
+{
+	static const char *const cols[7] = {"seq", "message_id", "observed_at", "identifiers",
+	"linked", "created_profile", "source"};
+	Oid			array_type = get_array_type(plans_type_oid);
+	Oid			types[7] = {INT8OID, TEXTOID, TIMESTAMPTZOID, array_type, array_type, INT8OID,
+	TEXTOID};
+	Datum	   *values = palloc(sizeof(Datum) * 7 * nrows);
+	bool	   *nulls = palloc0(sizeof(bool) * 7 * nrows);
+	Oid			relid = OwnTable("identity_evidence");
+	int			next_all = 0;
+	int			next_linked = 0;
+
+	for (int r = 0; r < nrows; r++)
+	{
+		Datum	   *v = values + 7 * r;
+		bool	   *isnull = nulls + 7 * r;
+
+		v[0] = Int64GetDatum(seqs[r]);
+		SetTextValue(&v[1], &isnull[1], mids[r]);
+		v[2] = TimestampTzGetDatum(ats[r]);
+		v[3] = RowIdentifiers(all, all_row, nall, r + 1, &next_all);
+		v[4] = RowIdentifiers(linked, linked_row, nlinked, r + 1, &next_linked);
+		v[5] = Int64GetDatum(created[r]);
+		isnull[5] = (created[r] == 0);
+		SetTextValue(&v[6], &isnull[6], sources[r]);
+	}
+	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 7, values, nulls, nrows);
+}
+
+/*
  * The evidence of a batch.  A message gets an evidence row (what it carried,
  * for rebuilds) when it changed the graph or carries a pair of identifiers
  * no earlier message did; each such pair goes to cdp.identity_pairs with
@@ -1164,6 +1275,12 @@ WriteEvidence(IdItem *items, int n)
 		ats[nrows] = items[i].ts;
 		created[nrows] = items[i].m.created_profile;
 		nrows++;
+	}
+	if (InsertEvidenceDirectly(mids, ats, created, sources, seqs, nrows,
+							   all, all_row, nall, linked, linked_row, nlinked))
+	{
+		WriteNewPairs(items, pairs, known, known_linked, np, item_seq);
+		return;
 	}
 	argtypes[0] = TEXTARRAYOID;
 	argtypes[1] = TIMESTAMPTZARRAYOID;

@@ -113,111 +113,6 @@ typedef struct Batch
 	CdpInboxRow *current;		/* row still adding messages to it */
 } Batch;
 
-static SPIPlanPtr take_plan = NULL;
-
-static SPIPlanPtr
-TakePlan(void)
-{
-	if (take_plan == NULL)
-	{
-		Oid			argtypes[6] = {INT4OID, INT8OID, INT4OID, INT8OID, INT4OID, INT8OID};
-		SPIPlanPtr	plan;
-
-		/*
-		 * SKIP LOCKED lets several sessions and workers drain one inbox.
-		 * "id > $2" starts after this call's previous batch: the rows it
-		 * deleted are still in the index until commit, and rescanning them
-		 * would make a long call quadratic.  Rows are taken while the text
-		 * before them is under the budget $4; a row over the request limit
-		 * $3 counts as $3 and only its first $5 characters are read.  No
-		 * source name is longer than 63 bytes: a longer one is unknown, and
-		 * 128 characters of it are enough to say so.  The rows are deleted
-		 * by the ctid their lock holds (a lookup of each id in the index
-		 * cost a twentieth of the time of small messages); a row updated
-		 * meanwhile, like a locked one, is left for a later call.  "id <=
-		 * $6" lets a worker take one row it knows (to dead-letter it).
-		 */
-		plan = SPI_prepare("DELETE FROM cdp.inbox WHERE ctid = ANY (ARRAY("
-						   "SELECT ctid FROM ("
-						   "SELECT ctid, sum(len) OVER (ORDER BY id) - len AS before FROM ("
-						   "SELECT ctid, id, least(coalesce(octet_length(payload), 0), $3) AS len "
-						   "FROM cdp.inbox WHERE id > $2 AND id <= $6 ORDER BY id LIMIT $1 "
-						   "FOR UPDATE SKIP LOCKED) c) s "
-						   "WHERE before < $4)) "
-						   "RETURNING id, CASE WHEN octet_length(payload) > $3 "
-						   "THEN substr(payload, 1, $5) ELSE payload END, "
-						   "octet_length(payload), left(source, 128), received_at",
-						   6, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		take_plan = plan;
-	}
-	return take_plan;
-}
-
-static int
-CompareRowIds(const void *a, const void *b)
-{
-	const CdpInboxRow *ra = a;
-	const CdpInboxRow *rb = b;
-
-	if (ra->id == rb->id)
-		return 0;
-	return ra->id < rb->id ? -1 : 1;
-}
-
-/*
- * Remove up to want rows with ids in (after_id, last_id], and about
- * BATCH_INPUT_BYTES of text, from the inbox; copies them into the current
- * context, sorted by id.
- */
-static CdpInboxRow *
-TakeInboxRows(int want, int64 after_id, int64 last_id, int *nrows)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	Datum		args[6] = {Int32GetDatum(want), Int64GetDatum(after_id),
-		Int32GetDatum(cdp_max_request_bytes), Int64GetDatum(BATCH_INPUT_BYTES),
-	Int32GetDatum(CDP_TOO_LARGE_PREFIX_BYTES), Int64GetDatum(last_id)};
-	CdpInboxRow *rows;
-	int			rc;
-
-	CdpStatsTakingFromInbox();
-	rc = SPI_execute_plan(TakePlan(), args, NULL, false, 0);
-	MemoryContextSwitchTo(cxt);
-	if (rc != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "taking rows from cdp.inbox failed: %s", SPI_result_code_string(rc));
-	CdpStatsInboxTaken(SPI_processed);
-
-	*nrows = (int) SPI_processed;
-	rows = palloc0(sizeof(CdpInboxRow) * Max(*nrows, 1));
-	for (int i = 0; i < *nrows; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		CdpInboxRow *row = &rows[i];
-		bool		isnull;
-		Datum		d;
-
-		row->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		d = SPI_getbinval(tup, desc, 2, &isnull);
-		row->payload = isnull ? pstrdup("") : TextDatumGetCString(d);
-		row->len = strlen(row->payload);
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		row->size = isnull ? 0 : DatumGetInt32(d);
-		if (row->size > cdp_max_request_bytes)
-		{
-			row->payload = CdpTextPrefix(row->payload, row->len, CDP_TOO_LARGE_PREFIX_BYTES);
-			row->len = strlen(row->payload);
-		}
-		row->source = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-		row->received_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
-	}
-	SPI_freetuptable(SPI_tuptable);
-	qsort(rows, *nrows, sizeof(CdpInboxRow), CompareRowIds);
-	return rows;
-}
-
 /*
  * Run work(arg) in a subtransaction.  If it raises an error that catchable
  * accepts, the subtransaction is rolled back and the error comes back,
@@ -562,7 +457,7 @@ ProcessBatch(void *arg)
 {
 	Batch	   *b = arg;
 
-	b->rows = TakeInboxRows(b->want, b->after_id, b->last_id, &b->nrows);
+	b->rows = CdpTakeInboxRows(b->want, b->after_id, b->last_id, BATCH_INPUT_BYTES, &b->nrows);
 	if (b->nrows > 0 && b->first_id_out != NULL)
 		*b->first_id_out = b->rows[0].id;
 	if (b->quarantine != NULL)

@@ -172,6 +172,10 @@ extern char *CdpTextPrefix(const char *text, int len, int max_bytes);
 /* iso8601.c */
 extern bool CdpParseIsoTimestamp(const char *s, int len, TimestampTz *result);
 
+/* inbox_take.c */
+extern CdpInboxRow *CdpTakeInboxRows(int want, int64 after_id, int64 last_id, int64 budget,
+									  int *nrows);
+
 /* message.c */
 extern bool CdpPrepareRow(CdpInboxRow *row);
 extern void CdpScanRow(CdpInboxRow *row);

@@ -18,4 +18,8 @@ extern Datum CdpArray(Datum *elems, int n, Oid elemtype);
 extern Datum CdpInt8Array(int64 *v, int n);
 extern uint64 CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected);
 
+/* direct_insert.c */
+extern bool CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid *types, int ncols,
+								  Datum *values, bool *nulls, int nrows);
+
 #endif
