@@ -4,7 +4,7 @@
 EXTENSION   = pg_cdp
 EXTVERSION  = 0.1.0
 MODULE_big  = pg_cdp
-OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*/*.c)))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 PG_CPPFLAGS = -I$(srcdir)/src/include
 # PG headers trip -Wextra's unused-parameter and sign-compare noise; the rest stays on.
@@ -54,12 +54,12 @@ fuzz:
 	@SEED="$(SEED)" COUNT="$(COUNT)" MAX_RSS_MB="$(MAX_RSS_MB)" bash .ci/fuzz.sh
 
 # make fuzz-http [FUZZ_SECONDS=20] [FUZZ_SEED=1]: libFuzzer over the parsing of
-# HTTP requests (src/http_request.c, src/http_inflate.c, built as frontend code)
+# HTTP requests (src/http/http_request.c, src/http/http_inflate.c, built as frontend code)
 FUZZ_SECONDS ?= 20
 FUZZ_SEED    ?= 1
 FUZZ_CC      ?= clang
 HTTP_FUZZER  = test/fuzz/build/http_request_fuzz
-HTTP_FUZZ_SRC = test/fuzz/http_request_fuzz.c src/http_request.c src/http_inflate.c src/json_token_name.c
+HTTP_FUZZ_SRC = test/fuzz/http_request_fuzz.c src/http/http_request.c src/http/http_inflate.c src/common/json_token_name.c
 # the frontend libraries: in pkglibdir on Debian, libdir in a source build
 PG_FE_LIBDIR = $(dir $(firstword $(wildcard $(shell $(PG_CONFIG) --pkglibdir)/libpgcommon.a \
                                            $(shell $(PG_CONFIG) --libdir)/libpgcommon.a)))

@@ -1,6 +1,6 @@
 /*
  * distributed_reads.h
- *	  Reads of cdp.events distributed by Citus (src/distributed_reads.c).
+ *	  Reads of cdp.events distributed by Citus (src/storage/distributed_reads.c).
  */
 #ifndef DISTRIBUTED_READS_H
 #define DISTRIBUTED_READS_H

@@ -13,7 +13,7 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
-/* settings (src/pg_cdp.c) */
+/* settings (src/common/pg_cdp.c) */
 extern int	cdp_dedup_window_secs;
 extern int	cdp_max_future_skew_secs;
 extern int	cdp_max_event_bytes;

@@ -1,5 +1,5 @@
--- Ingest: enqueue, process, dead letters.  The work is in C (src/ingest.c,
--- src/process.c); these declarations pin search_path and privileges.
+-- Ingest: enqueue, process, dead letters.  The work is in C (src/ingest/ingest.c,
+-- src/ingest/process.c); these declarations pin search_path and privileges.
 
 CREATE FUNCTION cdp.ingest(payload jsonb, source text DEFAULT 'sql')
 RETURNS bigint

@@ -1,4 +1,4 @@
--- Partition management.  Routing and creation are C (src/partitions.c); the
+-- Partition management.  Routing and creation are C (src/storage/partitions.c); the
 -- configuration lives in cdp.partition_config.
 
 CREATE FUNCTION cdp.configure_partitions(part_interval interval DEFAULT '1 day',

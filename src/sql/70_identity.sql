@@ -210,7 +210,7 @@ COMMENT ON VIEW cdp.events_resolved IS
 
 -- Functions over the graph (the algorithm is C).
 
--- One probe of cdp.identities' primary key, in C (src/identity_lookup.c):
+-- One probe of cdp.identities' primary key, in C (src/identity/identity_lookup.c):
 -- the first step of every profile lookup.  It reads the table directly, so
 -- whoever may EXECUTE it needs no privilege on cdp.identities.
 CREATE FUNCTION cdp.resolve(id cdp.identifier)

@@ -260,7 +260,7 @@ END
 $$;
 
 -- Audiences (76_audiences.sql) evaluate these profiles when the transaction
--- commits (src/audience_eval.c).
+-- commits (src/audiences/audience_eval.c).
 CREATE FUNCTION cdp.profiles_changed(profile_ids bigint[])
 RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_profiles_changed'
@@ -330,7 +330,7 @@ COMMENT ON FUNCTION cdp.recompute_trait_states(bigint[]) IS
     'internal: recompute computed trait states of these stored profile ids from their events';
 
 -- Count a trait that has no states yet over every stored event, its states
--- and its values in bulk (src/computed_trait_backfill.c); returns how many
+-- and its values in bulk (src/audiences/computed_trait_backfill.c); returns how many
 -- states.  The caller keeps ingest out meanwhile.
 CREATE FUNCTION cdp.backfill_trait(trait_id int)
 RETURNS bigint
@@ -340,7 +340,7 @@ COMMENT ON FUNCTION cdp.backfill_trait(int) IS
     'internal: count a trait without states over every stored event, states and values at once';
 
 -- The values of a trait whose states are all stored and none of whose values
--- is, in bulk (src/computed_trait_backfill.c).
+-- is, in bulk (src/audiences/computed_trait_backfill.c).
 CREATE FUNCTION cdp.publish_trait_values(trait_id int)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_publish_trait_values'

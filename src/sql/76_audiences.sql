@@ -1,6 +1,6 @@
 -- Audiences: named conditions over a profile's traits (declared and
 -- computed) and other audiences.  Memberships are evaluated once per
--- transaction, at commit, for the profiles it changed (src/audience_eval.c),
+-- transaction, at commit, for the profiles it changed (src/audiences/audience_eval.c),
 -- so an audience never both admits and drops a person in one transaction;
 -- every entry and exit is kept (cdp.audience_history), and those of people
 -- who granted the audience's purpose go to the change feed: the outbox

@@ -1,6 +1,6 @@
 -- Erasure and export: cdp.forget erases a person and suppresses their
 -- identifiers (kept only as salted hashes, so a later message carrying one is
--- dropped at ingest, src/suppression.c); cdp.export_subject returns
+-- dropped at ingest, src/profiles/suppression.c); cdp.export_subject returns
 -- everything held about a person.
 
 -- The per-database secret that salts the hashes: without it a hash cannot be

@@ -1,4 +1,4 @@
--- Statistics (src/stats.c): counters in shared memory when pg_cdp is
+-- Statistics (src/common/stats.c): counters in shared memory when pg_cdp is
 -- preloaded, the inbox figures from the table, and the ingest workers.
 
 -- Rows removed from the inbox other than by processing (cdp.forget, by
