@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include "access/xact.h"
 #include "common/string.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -752,6 +753,9 @@ cdp_http_worker_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("pg_cdp http");
 	SetConfigOption("search_path", "pg_catalog, cdp", PGC_SUSET, PGC_S_SESSION);
+	StartTransactionCommand();
+	CdpStandDownOnCitusWorker(&CdpPool->http);
+	CommitTransactionCommand();
 
 	StartDaemon();
 	info = MHD_get_daemon_info(daemon_handle, MHD_DAEMON_INFO_EPOLL_FD);

@@ -7,5 +7,6 @@
 
 extern void CdpDistributedReadsInit(void);
 extern void CdpRefuseOnCitusWorker(const char *what);
+extern bool CdpOnCitusWorker(void);
 
 #endif							/* DISTRIBUTED_READS_H */

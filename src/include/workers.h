@@ -18,6 +18,7 @@ typedef enum CdpWorkerExit
 {
 	CDP_EXIT_NONE = 0,			/* running, or died without saying */
 	CDP_EXIT_NO_EXTENSION,		/* pg_cdp is not installed in the database */
+	CDP_EXIT_CITUS_WORKER,		/* this node is a Citus worker: nothing to serve */
 	CDP_EXIT_TOLD				/* the launcher or a database command asked it */
 } CdpWorkerExit;
 
@@ -67,6 +68,7 @@ extern bool CdpWaitForWorkersGone(long timeout_ms);
 extern void CdpClaimWorkerSlot(CdpWorkerSlot *slot);
 extern void CdpExitWorker(CdpWorkerSlot *slot, CdpWorkerExit reason) pg_attribute_noreturn();
 extern Oid	CdpExtensionOwner(void);
+extern void CdpStandDownOnCitusWorker(CdpWorkerSlot *slot);
 
 /* worker_guard.c */
 extern void CdpInstallWorkerGuard(void);

@@ -119,6 +119,13 @@ CurrentCitusRole(void)
 	return cached_role;
 }
 
+/* whether this node is a Citus worker (in a transaction; once per transaction) */
+bool
+CdpOnCitusWorker(void)
+{
+	return CurrentCitusRole() == CITUS_WORKER;
+}
+
 /*
  * Called where pg_cdp reads a coordinator table without the executor
  * (cdp.resolve's index probe): on a Citus worker the tables are empty

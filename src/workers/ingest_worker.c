@@ -122,6 +122,7 @@ RunBatch(const CdpDrainRequest *req)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	CdpStandDownOnCitusWorker(&CdpPool->slots[my_slot]);
 	owner = CdpExtensionOwner();
 	if (!OidIsValid(owner))
 	{

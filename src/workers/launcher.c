@@ -35,6 +35,9 @@
 /* how long the launcher trusts "pg_cdp is not installed" without news of CREATE EXTENSION */
 #define NO_EXTENSION_RECHECK_MS	60000
 
+/* how long it trusts "this node is a Citus worker" (a node can be removed from a cluster) */
+#define CITUS_WORKER_RECHECK_MS	600000
+
 /* what the launcher keeps about each worker it started */
 typedef struct LaunchedWorker
 {
@@ -45,7 +48,9 @@ typedef struct LaunchedWorker
 static LaunchedWorker launched[CDP_MAX_INGEST_WORKERS];
 static LaunchedWorker maintenance;
 static LaunchedWorker http;
-static TimestampTz no_extension_since = 0;
+/* the pool is paused since then, for pause_ms, when a worker found nothing to serve */
+static TimestampTz paused_since = 0;
+static long pause_ms = 0;
 static uint64 extension_changes_seen = 0;
 static bool start_failure_logged = false;
 
@@ -218,7 +223,8 @@ StartWorker(int i, Oid dboid)
 
 /*
  * Forget workers that have stopped; one that found no pg_cdp installed
- * stops the pool until CREATE EXTENSION pg_cdp (or a minute passes).
+ * stops the pool until CREATE EXTENSION pg_cdp (or a minute passes), one
+ * that found this node a Citus worker for ten minutes.
  */
 static void
 ReapWorker(LaunchedWorker *w, CdpWorkerSlot *slot, TimestampTz now)
@@ -234,7 +240,22 @@ ReapWorker(LaunchedWorker *w, CdpWorkerSlot *slot, TimestampTz now)
 	reason = slot->exit_reason;
 	SpinLockRelease(&CdpPool->mutex);
 	if (reason == CDP_EXIT_NO_EXTENSION)
-		no_extension_since = now;
+	{
+		paused_since = now;
+		pause_ms = NO_EXTENSION_RECHECK_MS;
+	}
+	else if (reason == CDP_EXIT_CITUS_WORKER)
+	{
+		if (paused_since == 0)
+			ereport(LOG,
+					(errmsg("pg_cdp's background workers stand down: this node is a Citus worker"),
+					 errdetail("Ingest, upkeep and the HTTP endpoint run on the coordinator; "
+							   "a worker node holds shards of cdp.events only."),
+					 errhint("Set cdp.ingest_workers = 0, cdp.maintenance_interval = 0 "
+							 "and cdp.http_port = 0 on worker nodes.")));
+		paused_since = now;
+		pause_ms = CITUS_WORKER_RECHECK_MS;
+	}
 	w->not_before = reason == CDP_EXIT_NONE ?
 		TimestampTzPlusMilliseconds(now, RESTART_DELAY_MS) : now;
 }
@@ -257,12 +278,11 @@ PoolMayRun(Oid dboid, TimestampTz now)
 	if (changes != extension_changes_seen)
 	{
 		extension_changes_seen = changes;
-		no_extension_since = 0;
+		paused_since = 0;
 	}
 	if (!OidIsValid(dboid) || DatabasePaused(dboid))
 		return false;
-	if (no_extension_since != 0 &&
-		now < TimestampTzPlusMilliseconds(no_extension_since, NO_EXTENSION_RECHECK_MS))
+	if (paused_since != 0 && now < TimestampTzPlusMilliseconds(paused_since, pause_ms))
 		return false;
 	return true;
 }
@@ -393,7 +413,7 @@ cdp_launcher_main(Datum arg)
 		{
 			StopAllWorkers();
 			current = dboid;
-			no_extension_since = 0;
+			paused_since = 0;
 		}
 		SpinLockAcquire(&CdpPool->mutex);
 		CdpPool->database = dboid;
@@ -412,8 +432,8 @@ cdp_launcher_main(Datum arg)
 					  AdjustSingleWorker(&http, &CdpPool->http, "cdp_http_worker_main",
 										 "pg_cdp http", dboid,
 										 may_run && cdp_http_port > 0, now));
-		if (no_extension_since != 0)
-			wait_ms = Min(wait_ms, NO_EXTENSION_RECHECK_MS);
+		if (paused_since != 0)
+			wait_ms = Min(wait_ms, pause_ms);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);

@@ -140,6 +140,7 @@ PlanPass(RetentionPlan *plan, MemoryContext keep)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "cdp maintenance: dedup purge, premaking");
+	CdpStandDownOnCitusWorker(&CdpPool->maintenance);
 
 	owners = QueryList("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_cdp'",
 					   0, NULL, NULL, CurrentMemoryContext);

@@ -20,6 +20,7 @@
 #include "utils/fmgroids.h"
 #include "utils/timestamp.h"
 
+#include "distributed_reads.h"
 #include "workers.h"
 
 CdpWorkerPool *CdpPool = NULL;
@@ -252,6 +253,22 @@ CdpExitWorker(CdpWorkerSlot *slot, CdpWorkerExit reason)
 	slot->exit_reason = reason;
 	SpinLockRelease(&CdpPool->mutex);
 	proc_exit(0);
+}
+
+/*
+ * A worker of the pool stops for good on a Citus worker node, inside a
+ * transaction: Citus creates pg_cdp there only to hold shards of cdp.events,
+ * while the inbox, the identity graph and the upkeep are the coordinator's;
+ * draining, maintaining or serving HTTP on this node's empty copies would
+ * store events nobody sees.  The launcher logs it and waits.
+ */
+void
+CdpStandDownOnCitusWorker(CdpWorkerSlot *slot)
+{
+	if (!CdpOnCitusWorker())
+		return;
+	AbortCurrentTransaction();
+	CdpExitWorker(slot, CDP_EXIT_CITUS_WORKER);
 }
 
 /* pg_cdp's owner in this database, or InvalidOid when it is not installed */

@@ -27,7 +27,8 @@ citus.node_conninfo = 'sslmode=disable'
 cdp.database_name = 'cdp'
 };
 
-# A worker node stores shards only: no pg_cdp background workers there.
+# A worker node stores shards only: no pg_cdp background workers there (they
+# would stand down by themselves; $opts->{worker_conf} can leave them on).
 my $worker_conf = q{
 cdp.ingest_workers = 0
 cdp.maintenance_interval = 0
@@ -36,13 +37,15 @@ cdp.maintenance_interval = 0
 # Start a coordinator and two workers named after $name.  $opts->{coordinator_conf}
 # is appended to the coordinator's postgresql.conf (e.g. cdp.ingest_workers);
 # by default the coordinator runs no pg_cdp background workers either, so a
-# test calls cdp.process_inbox() itself.  Returns a hash: coordinator,
+# test calls cdp.process_inbox() itself.  $opts->{worker_conf} replaces the
+# workers' pg_cdp settings.  Returns a hash: coordinator,
 # workers (array ref), sql (a closure running SQL on the coordinator's cdp).
 sub start_citus_cluster
 {
 	my ($name, $opts) = @_;
 	$opts //= {};
 	my $coordinator_conf = $opts->{coordinator_conf} // $worker_conf;
+	my $workers_conf = $opts->{worker_conf} // $worker_conf;
 
 	my @nodes;
 	for my $role ('coord', 'w1', 'w2')
@@ -50,7 +53,7 @@ sub start_citus_cluster
 		my $node = PostgreSQL::Test::Cluster->new("${name}_$role");
 		$node->init(allows_streaming => 0);
 		$node->append_conf('postgresql.conf', $common_conf
-			  . ($role eq 'coord' ? $coordinator_conf : $worker_conf));
+			  . ($role eq 'coord' ? $coordinator_conf : $workers_conf));
 		$node->start;
 		$node->safe_psql('postgres', 'CREATE DATABASE cdp');
 		$node->safe_psql('cdp', 'CREATE EXTENSION citus');

@@ -2,7 +2,8 @@
 # workers' shards (an event without a profile gets profile 0), refuses off
 # the coordinator, and does nothing the second time.  Then what the ingest
 # workers store, from cdp.ingest and from the HTTP endpoint, reaches the
-# shards too, two workers storing side by side.
+# shards too, two workers storing side by side.  pg_cdp's own background
+# workers stand down on the Citus worker nodes, whatever their settings ask.
 use strict;
 use warnings;
 use FindBin;
@@ -11,13 +12,19 @@ use CdpCitus;
 use IO::Socket::INET;
 use MIME::Base64;
 use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $http_port = PostgreSQL::Test::Cluster::get_free_port();
+my $worker_http_port = PostgreSQL::Test::Cluster::get_free_port();
 my $c = start_citus_cluster('workers', { coordinator_conf => qq{
 cdp.ingest_workers = 2
 cdp.maintenance_interval = 0
 cdp.http_port = $http_port
+}, worker_conf => qq{
+cdp.ingest_workers = 2
+cdp.maintenance_interval = 1
+cdp.http_port = $worker_http_port
 } });
 my $sql = $c->{sql};
 my $coord = $c->{coordinator};
@@ -114,6 +121,23 @@ wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'Over HTTP'}, '2',
 	'what arrived over HTTP is stored through Citus');
 is(on_shards($c, 'cdp.events'), 226, 'on the shards');
 is($coord->safe_psql('cdp', $local_bytes), '0', 'the coordinator\'s partitions stay empty');
+
+# the worker nodes were configured for ingest workers, upkeep and HTTP, but
+# hold shards only: the pool stands down there, saying so once
+for my $w (@{ $c->{workers} })
+{
+	my $name = $w->name;
+	ok($w->wait_for_log(qr/background workers stand down: this node is a Citus worker/),
+		"$name: the launcher says the pool stands down on a worker node");
+	is($w->safe_psql('cdp', q{SELECT count(*) FROM pg_stat_activity
+		WHERE backend_type IN ('pg_cdp ingest worker', 'pg_cdp maintenance worker', 'pg_cdp http')}),
+		'0', "$name: no ingest, maintenance or HTTP worker runs there");
+	my $log = slurp_file($w->logfile);
+	my $said = () = $log =~ /stand down: this node is a Citus worker/g;
+	is($said, 1, "$name: said once");
+}
+ok(!IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $worker_http_port, Timeout => 5),
+	'no HTTP endpoint listens on a worker node');
 
 stop_citus_cluster($c);
 done_testing();
