@@ -71,14 +71,11 @@ static SPIPlanPtr insert_values_plan = NULL;
  */
 typedef struct BulkWriter
 {
-	bool		locked;
-	Relation	rel;
-	ResultRelInfo *rri;
-	EState	   *estate;
-	BulkInsertState bistate;
-	CommandId	cid;
-	TupleDesc	desc;			/* the slots' */
-	TupleTableSlot *slots[BACKFILL_BATCH];
+	Relation	rel;			/* held open to the end, locked or not */
+	CdpDirectInsert *direct;	/* NULL: the lock was not free, or the table
+								 * needs an INSERT statement */
+	Datum	   *values;			/* a batch's columns, row after row */
+	bool	   *nulls;
 } BulkWriter;
 
 /* a batch of rows to write, in memory reset per batch */
@@ -434,8 +431,9 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
  * insert into it.
  */
 static BulkWriter *
-OpenBulkWriter(const char *name)
+OpenBulkWriter(const char *name, const char *const *cols)
 {
+	static const Oid types[3] = {INT8OID, JSONBOID, TIMESTAMPTZOID};
 	BulkWriter *w = palloc0(sizeof(BulkWriter));
 	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", pstrdup(name), -1),
 										 RowExclusiveLock, false);
@@ -444,34 +442,22 @@ OpenBulkWriter(const char *name)
 
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
-	w->locked = ConditionalLockRelationOid(relid, ShareRowExclusiveLock);
 	w->rel = table_open(relid, NoLock);
 	desc = RelationGetDescr(w->rel);
-	if (desc->natts != 3 || TupleDescAttr(desc, 0)->atttypid != INT8OID ||
-		TupleDescAttr(desc, 1)->atttypid != JSONBOID ||
-		TupleDescAttr(desc, 2)->atttypid != TIMESTAMPTZOID)
+	if (desc->natts != 3 || TupleDescAttr(desc, 0)->atttypid != types[0] ||
+		TupleDescAttr(desc, 1)->atttypid != types[1] ||
+		TupleDescAttr(desc, 2)->atttypid != types[2])
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table cdp.%s does not have the columns pg_cdp created it with", name),
 				 errhint("Reinstall the extension.")));
-	if (!w->locked)
-		return w;
-	w->estate = CreateExecutorState();
-	w->cid = GetCurrentCommandId(true);
-	w->estate->es_output_cid = w->cid;
-	w->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
-	ExecOpenIndices(w->rri, false);
-	w->bistate = GetBulkInsertState();
-
-	/*
-	 * Slots on a copy of the descriptor: slots on the relation's own pin it
-	 * in the resource owner each, and forgetting thousands of pins costs
-	 * time quadratic in their number.
-	 */
-	w->desc = CreateTupleDescCopy(RelationGetDescr(w->rel));
-	for (int i = 0; i < BACKFILL_BATCH; i++)
-		w->slots[i] = MakeSingleTupleTableSlot(w->desc, table_slot_callbacks(w->rel));
+	if (ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
+		w->direct = CdpBeginDirectInsert(relid, cols, types, 3, BACKFILL_BATCH, true);
+	if (w->direct != NULL)
+	{
+		w->values = palloc(sizeof(Datum) * BACKFILL_BATCH * 3);
+		w->nulls = palloc(sizeof(bool) * BACKFILL_BATCH * 3);
+	}
 	return w;
 }
 
@@ -484,50 +470,26 @@ static void
 BulkInsert(BulkWriter *w, const int64 *pids, const Datum *docs, const Datum *times,
 		   const bool *times_null, int n)
 {
-	if (n == 0)
-		return;
-	for (int i = 0; i < n; i++)
-	{
-		TupleTableSlot *slot = w->slots[i];
+	Datum	   *values = w->values;
+	bool	   *nulls = w->nulls;
 
-		ExecClearTuple(slot);
-		slot->tts_values[0] = Int64GetDatum(pids[i]);
-		slot->tts_isnull[0] = false;
-		slot->tts_values[1] = docs[i];
-		slot->tts_isnull[1] = false;
-		slot->tts_values[2] = times_null[i] ? (Datum) 0 : times[i];
-		slot->tts_isnull[2] = times_null[i];
-		ExecStoreVirtualTuple(slot);
-		slot->tts_tableOid = RelationGetRelid(w->rel);
-	}
-	table_multi_insert(w->rel, w->slots, n, w->cid, 0, w->bistate);
 	for (int i = 0; i < n; i++)
 	{
-		if (w->rri->ri_NumIndices > 0)
-			list_free(ExecInsertIndexTuples(w->rri, w->slots[i], w->estate, false, false,
-											NULL, NIL));
-		ResetPerTupleExprContext(w->estate);
-		ExecClearTuple(w->slots[i]);
+		values[i * 3] = Int64GetDatum(pids[i]);
+		values[i * 3 + 1] = docs[i];
+		values[i * 3 + 2] = times_null[i] ? (Datum) 0 : times[i];
+		nulls[i * 3] = nulls[i * 3 + 1] = false;
+		nulls[i * 3 + 2] = times_null[i];
 	}
-	ReleaseBulkInsertStatePin(w->bistate);
-	/* later statements of this transaction see the rows */
-	CommandCounterIncrement();
+	CdpDirectInsertRows(w->direct, values, nulls, n);
 }
 
 /* let go of the writer's slots and indexes; its lock is kept to commit */
 static void
 CloseBulkWriter(BulkWriter *w)
 {
-	if (!w->locked)
-	{
-		table_close(w->rel, NoLock);
-		return;
-	}
-	for (int i = 0; i < BACKFILL_BATCH; i++)
-		ExecDropSingleTupleTableSlot(w->slots[i]);
-	FreeBulkInsertState(w->bistate);
-	ExecCloseIndices(w->rri);
-	FreeExecutorState(w->estate);
+	if (w->direct != NULL)
+		CdpEndDirectInsert(w->direct);
 	table_close(w->rel, NoLock);
 }
 
@@ -749,7 +711,7 @@ WriteRows(BulkWriter *w, const RowsSql *sql, int64 *pids, Datum *docs, Datum *ti
 	}
 	if (ninsert == 0)
 		return;
-	if (w->locked)
+	if (w->direct != NULL)
 		BulkInsert(w, pids, docs, times, times_null, ninsert);
 	else
 		(void) RunRowsSql(sql->insert_plan, sql->insert, false, pids, docs, times, times_null,
@@ -836,8 +798,10 @@ WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name,
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
 	BackfillBatch *b = palloc(sizeof(BackfillBatch));
-	BulkWriter *states_w = with_states ? OpenBulkWriter("trait_states") : NULL;
-	BulkWriter *values_w = OpenBulkWriter("profile_computed");
+	static const char *const states_cols[3] = {"profile_id", "states", "expires_at"};
+	static const char *const values_cols[3] = {"profile_id", "traits", "updated_at"};
+	BulkWriter *states_w = with_states ? OpenBulkWriter("trait_states", states_cols) : NULL;
+	BulkWriter *values_w = OpenBulkWriter("profile_computed", values_cols);
 	MemoryContext batch_cxt;
 	MemoryContext old;
 	int64		total = 0;

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -95,104 +96,172 @@ CheckNotNulls(Relation rel, TupleTableSlot *slot)
 	}
 }
 
-/*
- * Insert nrows rows into relid, row r's value of column cols[c] (of type
- * types[c]) at values[r * ncols + c] (NULL where nulls says so, nulls may
- * be NULL), other columns their defaults.  Returns false, having written
- * nothing, when the table needs an INSERT statement (see above): the caller
- * runs its own then.  Index entries are made after all rows are in the
- * heap; a unique index raises unique_violation for a key that exists, and
- * waits for a transaction inserting the same key, as INSERT does.
- */
-bool
-CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid *types, int ncols,
-					  Datum *values, bool *nulls, int nrows)
+/* an open direct insert into one table (see CdpBeginDirectInsert) */
+struct CdpDirectInsert
 {
-	Relation	rel = table_open(relid, RowExclusiveLock);
-	TupleDesc	desc;
-	AttrNumber *attnos = palloc(sizeof(AttrNumber) * Max(ncols, 1));
+	Relation	rel;
+	int			ncols;
+	AttrNumber *attnos;			/* the table's attribute of each given column */
 	EState	   *estate;
 	ResultRelInfo *rri;
-	TupleTableSlot **slots;
-	ExprState **defaults;
-	CommandId	cid;
+	ExprState **defaults;		/* per attribute: the default of a column not given */
+	BulkInsertState bistate;	/* NULL: a few rows at a time */
+	int			max_rows;
+	TupleTableSlot **slots;		/* max_rows of them, reused by every call */
+};
 
-	if (!IsPlainTarget(rel) || !MapColumns(RelationGetDescr(rel), cols, types, ncols, attnos))
+/*
+ * Open relid to insert rows of the columns cols (of types types), up to
+ * max_rows per CdpDirectInsertRows call, other columns their defaults;
+ * bulk for many batches (a ring of buffers, as COPY uses).  Returns NULL,
+ * having locked nothing more than RowExclusiveLock, when the table needs an
+ * INSERT statement (see above): the caller runs its own then.
+ */
+CdpDirectInsert *
+CdpBeginDirectInsert(Oid relid, const char *const *cols, const Oid *types, int ncols,
+					 int max_rows, bool bulk)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	CdpDirectInsert *d;
+	TupleDesc	desc;
+
+	d = palloc0(sizeof(CdpDirectInsert));
+	d->attnos = palloc(sizeof(AttrNumber) * Max(ncols, 1));
+	if (!IsPlainTarget(rel) || !MapColumns(RelationGetDescr(rel), cols, types, ncols, d->attnos))
 	{
 		table_close(rel, NoLock);
-		return false;
-	}
-	if (nrows == 0)
-	{
-		table_close(rel, NoLock);
-		return true;
+		pfree(d->attnos);
+		pfree(d);
+		return NULL;
 	}
 	CheckCmdReplicaIdentity(rel, CMD_INSERT);
-	/* not reference-counted, unlike the relation's own: no pin per slot */
-	desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));
-	estate = CreateExecutorState();
-	CommandCounterIncrement();
-	cid = GetCurrentCommandId(true);
-	estate->es_output_cid = cid;
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 0, NULL, 0);
-	ExecOpenIndices(rri, false);
+	d->rel = rel;
+	d->ncols = ncols;
+	d->max_rows = Max(max_rows, 1);
+	d->estate = CreateExecutorState();
+	d->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(d->rri, rel, 0, NULL, 0);
+	ExecOpenIndices(d->rri, false);
+	d->bistate = bulk ? GetBulkInsertState() : NULL;
 
 	/* the defaults of the columns not given */
-	defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	desc = RelationGetDescr(rel);
+	d->defaults = palloc0(sizeof(ExprState *) * desc->natts);
 	for (int a = 0; a < desc->natts; a++)
 	{
 		bool		given = false;
 		Node	   *expr;
 
 		for (int c = 0; c < ncols && !given; c++)
-			given = attnos[c] == a + 1;
+			given = d->attnos[c] == a + 1;
 		if (given || TupleDescAttr(desc, a)->attisdropped)
 			continue;
 		expr = build_column_default(rel, a + 1);
 		if (expr != NULL)
-			defaults[a] = ExecPrepareExpr((Expr *) expr, estate);
+			d->defaults[a] = ExecPrepareExpr((Expr *) expr, d->estate);
 	}
 
-	slots = palloc(sizeof(TupleTableSlot *) * nrows);
+	/*
+	 * Slots on a copy of the descriptor: slots on the relation's own pin it
+	 * in the resource owner each, and forgetting thousands of pins costs
+	 * time quadratic in their number.
+	 */
+	desc = CreateTupleDescCopyConstr(desc);
+	d->slots = palloc(sizeof(TupleTableSlot *) * d->max_rows);
+	for (int r = 0; r < d->max_rows; r++)
+		d->slots[r] = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	return d;
+}
+
+/*
+ * Insert nrows (at most the max_rows given at the start) rows, row r's
+ * value of column c at values[r * ncols + c] (NULL where nulls says so,
+ * nulls may be NULL).  Index entries are made after all rows are in the
+ * heap; a unique index raises unique_violation for a key that exists, and
+ * waits for a transaction inserting the same key, as INSERT does.
+ */
+void
+CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, int nrows)
+{
+	TupleDesc	desc = d->slots[0]->tts_tupleDescriptor;
+	ExprContext *econtext = GetPerTupleExprContext(d->estate);
+	CommandId	cid;
+
+	Assert(nrows <= d->max_rows);
+	if (nrows <= 0)
+		return;
+	CommandCounterIncrement();
+	cid = GetCurrentCommandId(true);
+	d->estate->es_output_cid = cid;
 	for (int r = 0; r < nrows; r++)
 	{
-		TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-		ExprContext *econtext = GetPerTupleExprContext(estate);
+		TupleTableSlot *slot = d->slots[r];
 
 		ExecClearTuple(slot);
 		for (int a = 0; a < desc->natts; a++)
 		{
 			slot->tts_isnull[a] = true;
-			if (defaults[a] != NULL)
-				slot->tts_values[a] = ExecEvalExprSwitchContext(defaults[a], econtext,
+			if (d->defaults[a] != NULL)
+				slot->tts_values[a] = ExecEvalExprSwitchContext(d->defaults[a], econtext,
 																&slot->tts_isnull[a]);
 		}
-		for (int c = 0; c < ncols; c++)
+		for (int c = 0; c < d->ncols; c++)
 		{
-			slot->tts_values[attnos[c] - 1] = values[r * ncols + c];
-			slot->tts_isnull[attnos[c] - 1] = nulls != NULL && nulls[r * ncols + c];
+			slot->tts_values[d->attnos[c] - 1] = values[r * d->ncols + c];
+			slot->tts_isnull[d->attnos[c] - 1] = nulls != NULL && nulls[r * d->ncols + c];
 		}
 		ExecStoreVirtualTuple(slot);
-		CheckNotNulls(rel, slot);
+		CheckNotNulls(d->rel, slot);
 		ExecMaterializeSlot(slot);	/* off the per-tuple memory the defaults used */
-		ResetPerTupleExprContext(estate);
-		slot->tts_tableOid = relid;
-		slots[r] = slot;
+		ResetPerTupleExprContext(d->estate);
+		slot->tts_tableOid = RelationGetRelid(d->rel);
 	}
-	table_multi_insert(rel, slots, nrows, cid, 0, NULL);
+	table_multi_insert(d->rel, d->slots, nrows, cid, 0, d->bistate);
 	for (int r = 0; r < nrows; r++)
 	{
-		List	   *recheck = ExecInsertIndexTuples(rri, slots[r], estate, false, false, NULL, NIL);
-
-		list_free(recheck);
-		ResetPerTupleExprContext(estate);
-		ExecDropSingleTupleTableSlot(slots[r]);
+		if (d->rri->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(d->rri, d->slots[r], d->estate, false, false,
+											NULL, NIL));
+		ResetPerTupleExprContext(d->estate);
+		ExecClearTuple(d->slots[r]);
 	}
-	ExecCloseIndices(rri);
-	FreeExecutorState(estate);
-	table_close(rel, NoLock);
+	if (d->bistate != NULL)
+		ReleaseBulkInsertStatePin(d->bistate);
 	/* later commands see the rows, as after a statement */
 	CommandCounterIncrement();
+}
+
+/* let go of the slots and indexes; the lock is kept to commit */
+void
+CdpEndDirectInsert(CdpDirectInsert *d)
+{
+	for (int r = 0; r < d->max_rows; r++)
+		ExecDropSingleTupleTableSlot(d->slots[r]);
+	if (d->bistate != NULL)
+		FreeBulkInsertState(d->bistate);
+	ExecCloseIndices(d->rri);
+	FreeExecutorState(d->estate);
+	table_close(d->rel, NoLock);
+	pfree(d->defaults);
+	pfree(d->attnos);
+	pfree(d->slots);
+	pfree(d);
+}
+
+/*
+ * Insert nrows rows into relid at once (see CdpBeginDirectInsert and
+ * CdpDirectInsertRows); false, having written nothing, when the table needs
+ * an INSERT statement.
+ */
+bool
+CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid *types, int ncols,
+					  Datum *values, bool *nulls, int nrows)
+{
+	CdpDirectInsert *d = CdpBeginDirectInsert(relid, cols, types, ncols, nrows, false);
+
+	if (d == NULL)
+		return false;
+	CdpDirectInsertRows(d, values, nulls, nrows);
+	CdpEndDirectInsert(d);
 	return true;
 }

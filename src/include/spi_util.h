@@ -19,6 +19,11 @@ extern Datum CdpInt8Array(int64 *v, int n);
 extern uint64 CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected);
 
 /* direct_insert.c */
+typedef struct CdpDirectInsert CdpDirectInsert;
+extern CdpDirectInsert *CdpBeginDirectInsert(Oid relid, const char *const *cols, const Oid *types,
+											 int ncols, int max_rows, bool bulk);
+extern void CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, int nrows);
+extern void CdpEndDirectInsert(CdpDirectInsert *d);
 extern bool CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid *types, int ncols,
 								  Datum *values, bool *nulls, int nrows);
 
