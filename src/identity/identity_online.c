@@ -1772,8 +1772,9 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 			changes_possible = AssertsNewPair(items, n);
 		else
 		{
+			/* a transaction snapshot reads the rules again each time: always stale */
 			new_only = ChangesOnlyNewIdentifiers(g, items, n);
-			defer = may_defer && new_only;
+			defer = may_defer && new_only && !IsolationUsesXactSnapshot();
 		}
 	}
 	if (!changes_possible)
