@@ -12,6 +12,7 @@ N = int(os.environ['N'])
 REPEAT = int(os.environ['REPEAT'])
 IDENTITY_N = int(os.environ['IDENTITY_N'])
 SAMPLES = int(os.environ['SAMPLES'])
+WAITS = os.environ.get('WAITS', '0') == '1'
 CHUNK_ROWS = 5000
 PRODUCERS = 2
 WDB = 'cdp_bench_w'         # cdp.database_name of the cluster
@@ -206,11 +207,28 @@ def produce(chunks, done_at):
     done_at.append(time.time())
 
 
-def drain_with_producers(chunks, on_poll=None, poll=0.02):
+def sample_waits(stop, waits):
+    """What the workers wait for (CPU when nothing), every 5 ms, until stop is set."""
+    c = connect(WDB)
+    cur = c.cursor()
+    while not stop:
+        cur.execute("""SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                         FROM pg_stat_activity
+                        WHERE backend_type = 'pg_cdp ingest worker' AND state = 'active'""")
+        for (w,) in cur.fetchall():
+            waits[w] = waits.get(w, 0) + 1
+        time.sleep(0.005)
+    c.close()
+
+
+def drain_with_producers(chunks, on_poll=None, poll=0.02, waits=None):
     """Start the producers; return (seconds until the inbox is empty, seconds of enqueueing)."""
     done_at = []
     threads = [threading.Thread(target=produce, args=(chunks[p::PRODUCERS], done_at))
                for p in range(PRODUCERS)]
+    stop = []
+    if waits is not None:
+        threads.append(threading.Thread(target=sample_waits, args=(stop, waits)))
     mon = connect(WDB)
     cur = mon.cursor()
     t0 = time.time()
@@ -225,15 +243,16 @@ def drain_with_producers(chunks, on_poll=None, poll=0.02):
         if len(done_at) == PRODUCERS and low is None:
             break
     t = time.time() - t0
+    stop.append(True)
     for th in threads:
         th.join()
     mon.close()
     return t, max(done_at) - t0
 
 
-def with_workers(n, chunks):
+def with_workers(n, chunks, waits=None):
     fresh_cdp_db(n)
-    t, enq = drain_with_producers(chunks)
+    t, enq = drain_with_producers(chunks, waits=waits)
     stored = one(WDB, 'SELECT count(*) FROM cdp.events')
     dead = one(WDB, 'SELECT count(*) FROM cdp.dead_letters')
     if stored != N or dead != 0:
@@ -293,6 +312,7 @@ def main():
     chunks = chunks_of(jsonl, CHUNK_ROWS)
     times = {'A': [], 'W1': [], 'W2': []}
     enqueue = {'W1': [], 'W2': []}
+    waits = {'W1': {}, 'W2': {}} if WAITS else None
     order = ['A', 'W1', 'W2']
     for r in range(REPEAT):
         print('round %d of %d ...' % (r + 1, REPEAT), flush=True)
@@ -300,7 +320,7 @@ def main():
             if m == 'A':
                 times[m].append(raw_copy(tsv))
             else:
-                t, enq = with_workers(int(m[1]), chunks)
+                t, enq = with_workers(int(m[1]), chunks, waits[m] if WAITS else None)
                 times[m].append(t)
                 enqueue[m].append(enq)
 
@@ -327,6 +347,12 @@ def main():
     print('every round (s):  ' + '  '.join('%s %s' % (m, '/'.join('%.2f' % x for x in times[m]))
                                           for m in order))
     print('ratio: throughput relative to A (target with 2 workers: >= 0.5)')
+    if WAITS:
+        print('workers busy (sampled every 5 ms, all rounds; the sampling takes CPU too):')
+        for m in ('W1', 'W2'):
+            total = sum(waits[m].values())
+            top = sorted(waits[m].items(), key=lambda kv: -kv[1])[:6]
+            print('   %s ' % m + ', '.join('%s %.0f%%' % (k, 100.0 * v / total) for k, v in top))
 
     if IDENTITY_N:
         t, enq, tenths, dead, profiles = identity_heavy(chunks_of(ident, CHUNK_ROWS))

@@ -11,6 +11,17 @@
  *	  it updates in ascending id order, which is the one order everyone uses;
  *	  a batch without the identity lock that finds what it read stale lets
  *	  go of those rows before it waits for the lock.
+ *
+ *	  A batch whose changes bring only new identifiers (new visitors, most
+ *	  of what changes the graph) touches no stored profile: it is resolved
+ *	  without the lock, and its caller stores its events before
+ *	  CdpWriteResolvedIdentities takes the lock, since the lock is held to
+ *	  the commit and two workers would otherwise take turns storing events.
+ *	  Under the lock it reads again everything resolution read (the stored
+ *	  identities of its identifiers, their profiles' rows, the rules and
+ *	  splits) and writes only if nothing changed, for then resolving under
+ *	  the lock gives the same answer; else the chunk is processed again,
+ *	  taking the lock first.
  */
 #include "postgres.h"
 
@@ -65,6 +76,14 @@ static SPIPlanPtr plans[NUM_ONLINE_PLANS];
  * reading everything first without it and then again under it.
  */
 static bool last_batch_changed = false;
+
+/*
+ * The next resolution takes the identity lock first: the last one, done
+ * before it, went stale (see CdpWriteResolvedIdentities); and whether the
+ * error raised then is the one being handled.
+ */
+static bool lock_first = false;
+static bool stale_raised = false;
 static Oid	plans_type_oid = InvalidOid;
 
 /*
@@ -96,6 +115,17 @@ typedef struct IdItem
 } IdItem;
 
 /* a pair of identifiers a message carries, a < b */
+/* a batch resolved before the identity lock: what its graph writes need */
+struct CdpPendingIdentities
+{
+	IdentityGraph *g;
+	IdItem	   *items;
+	int			n;
+	HTAB	   *stats;
+	uint64		rules_copy;		/* the rules and splits it was resolved with */
+	uint64		splits_copy;
+};
+
 typedef struct PairRef
 {
 	CdpIdentifier *a;
@@ -708,59 +738,113 @@ WriteViolations(IdentityGraph *g)
 
 /* the new profiles' rows, written directly if cdp.profile_records allows */
 static bool
-InsertProfilesDirectly(int64 *ids, int64 *into, int n)
+InsertProfilesDirectly(int64 *ids, int64 *into, int64 *counts, TimestampTz *lo,
+					   TimestampTz *hi, int32 *absorbed, int n)
 {
-	static const char *const cols[2] = {"profile_id", "merged_into"};
-	static const Oid types[2] = {INT8OID, INT8OID};
-	Datum	   *values = palloc(sizeof(Datum) * 2 * n);
-	bool	   *nulls = palloc(sizeof(bool) * 2 * n);
+	static const char *const cols[6] = {"profile_id", "merged_into", "event_count",
+	"first_seen", "last_seen", "merges_absorbed"};
+	static const Oid types[6] = {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	INT4OID};
+	Datum	   *values = palloc(sizeof(Datum) * 6 * n);
+	bool	   *nulls = palloc(sizeof(bool) * 6 * n);
 	Oid			relid = OwnTable("profile_records");
 
 	for (int i = 0; i < n; i++)
 	{
-		values[2 * i] = Int64GetDatum(ids[i]);
-		nulls[2 * i] = false;
-		values[2 * i + 1] = Int64GetDatum(into[i]);
-		nulls[2 * i + 1] = (into[i] == 0);
+		Datum	   *v = &values[6 * i];
+		bool	   *isnull = &nulls[6 * i];
+
+		v[0] = Int64GetDatum(ids[i]);
+		isnull[0] = false;
+		v[1] = Int64GetDatum(into[i]);
+		isnull[1] = (into[i] == 0);
+		v[2] = Int64GetDatum(counts[i]);
+		isnull[2] = false;
+		v[3] = TimestampTzGetDatum(lo[i]);
+		isnull[3] = (counts[i] == 0);
+		v[4] = TimestampTzGetDatum(hi[i]);
+		isnull[4] = (counts[i] == 0);
+		v[5] = Int32GetDatum(absorbed[i]);
+		isnull[5] = false;
 	}
-	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 2, values, nulls, n);
+	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 6, values, nulls, n);
 }
 
 /*
- * The profiles the batch made.  Like the other inserts of new rows, it
- * unnests its arrays in the select list (side by side), which streams the
- * rows; ROWS FROM would store them in a tuplestore first.
+ * The profiles the batch made, each as it stands at the end of the batch:
+ * the count and seen times of the batch's events it holds, the merges it
+ * absorbed.  A profile made here is written once, not inserted and then
+ * updated (which left a dead version of every new profile and, the page
+ * being full, a second index entry).  Like the other inserts of new rows,
+ * the statement (when the rows cannot be written directly) unnests its
+ * arrays in the select list (side by side), which streams the rows; ROWS
+ * FROM would store them in a tuplestore first.
  */
 static void
-WriteNewProfiles(IdentityGraph *g)
+WriteNewProfiles(IdentityGraph *g, IdItem *items, int nitems)
 {
 	uint32		cap = CdpGraphProfileCount(g);
 	int64	   *ids = palloc(sizeof(int64) * Max(cap, 1));
 	int64	   *into = palloc(sizeof(int64) * Max(cap, 1));
+	int64	   *counts = palloc0(sizeof(int64) * Max(cap, 1));
+	TimestampTz *lo = palloc(sizeof(TimestampTz) * Max(cap, 1));
+	TimestampTz *hi = palloc(sizeof(TimestampTz) * Max(cap, 1));
+	int32	   *absorbed = palloc(sizeof(int32) * Max(cap, 1));
 	int			n = 0;
-	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
-	Datum		args[2];
+	Oid			argtypes[6] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+	TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID};
+	Datum		args[6];
 
 	for (uint32 i = 0; i < cap; i++)
 	{
 		ProfNode   *p = CdpGraphProfileAt(g, i);
 
-		if (!p->is_new)
-			continue;
-		ids[n] = p->profile_id;
-		into[n] = p->into ? CdpCanonicalOf(g, p)->profile_id : 0;
-		n++;
+		if (p->is_new)
+			ids[n++] = p->profile_id;
 	}
 	if (n == 0)
 		return;
-	if (InsertProfilesDirectly(ids, into, n))
+	qsort(ids, n, sizeof(int64), CompareInt64);
+	for (int j = 0; j < n; j++)
+	{
+		ProfNode   *p = CdpGraphProfile(g, ids[j], false);
+
+		into[j] = p->into ? CdpCanonicalOf(g, p)->profile_id : 0;
+		absorbed[j] = p->merges_absorbed;
+		lo[j] = DT_NOEND;
+		hi[j] = DT_NOBEGIN;
+	}
+	/* events name the profile holding them at the end: a canonical one */
+	for (int i = 0; i < nitems; i++)
+	{
+		CdpMessage *msg = items[i].msg;
+		int64	   *hit;
+
+		if (msg == NULL || !msg->has_profile_id)
+			continue;
+		hit = bsearch(&msg->profile_id, ids, n, sizeof(int64), CompareInt64);
+		if (hit == NULL)
+			continue;
+		counts[hit - ids]++;
+		lo[hit - ids] = Min(lo[hit - ids], msg->ts);
+		hi[hit - ids] = Max(hi[hit - ids], msg->ts);
+	}
+	if (InsertProfilesDirectly(ids, into, counts, lo, hi, absorbed, n))
 		return;
 	args[0] = CdpInt8Array(ids, n);
 	args[1] = CdpInt8Array(into, n);
+	args[2] = CdpInt8Array(counts, n);
+	args[3] = TimestampArray(lo, n);
+	args[4] = TimestampArray(hi, n);
+	args[5] = Int4Array(absorbed, n);
 	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_PROFILES,
-					 "INSERT INTO cdp.profile_records (profile_id, merged_into) "
-					 "SELECT unnest($1), nullif(unnest($2), 0)",
-					 2, argtypes),
+					 "INSERT INTO cdp.profile_records (profile_id, merged_into, event_count, "
+					 "first_seen, last_seen, merges_absorbed) "
+					 "SELECT u.id, nullif(u.i, 0), u.n, CASE WHEN u.n > 0 THEN u.lo END, "
+					 "CASE WHEN u.n > 0 THEN u.hi END, u.a "
+					 "FROM (SELECT unnest($1) AS id, unnest($2) AS i, unnest($3) AS n, "
+					 "unnest($4) AS lo, unnest($5) AS hi, unnest($6) AS a) u",
+					 6, argtypes),
 				args, NULL, SPI_OK_INSERT);
 }
 
@@ -1513,11 +1597,15 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 	TIMESTAMPTZARRAYOID, INT4ARRAYOID};
 	Datum		args[5];
 
-	/* canonical profiles, in id order (the order their rows were locked) */
+	/*
+	 * Stored canonical profiles, in id order (the order their rows were
+	 * locked): those made by this batch were written as they stand now
+	 * (WriteNewProfiles).
+	 */
 	for (uint32 i = 0; i < cap; i++)
 	{
 		p = CdpGraphProfileAt(g, i);
-		if (p->into == 0)
+		if (p->into == 0 && !p->is_new)
 			ids[np++] = p->profile_id;
 	}
 	if (np == 0)
@@ -1607,41 +1695,87 @@ StateAnchor(IdentityGraph *g, IdItem *item)
 }
 
 /*
- * Resolve a set of items in order against the stored graph and write back
- * what changed; see the file header for the locking.
+ * Whether every message of the batch that may change the graph carries only
+ * identifiers the stored graph does not hold (an alias's previousId read as
+ * a user too): its changes then touch no stored profile, and what
+ * resolution read is only which identifiers exist and where the others are.
  */
-static void
-ResolveItems(IdItem *items, int n, HTAB *stats)
+static bool
+ChangesOnlyNewIdentifiers(IdentityGraph *g, IdItem *items, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		CdpIdentifier *as_user = AliasAsUser(items[i].msg);
+		IdNode	   *node;
+		ListCell   *lc;
+
+		if (IsFastNoOp(g, &items[i]))
+			continue;
+		foreach(lc, items[i].ids)
+		{
+			node = CdpGraphNode(g, lfirst(lc), false);
+			if (node != NULL && node->attached)
+				return false;
+		}
+		node = as_user ? CdpGraphNode(g, as_user, false) : NULL;
+		if (node != NULL && node->attached)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Resolve a set of items in order against the stored graph and write back
+ * what changed; see the file header for the locking.  With may_defer, a
+ * batch whose changes only bring new identifiers is resolved without the
+ * identity lock and its graph writes are returned for
+ * CdpWriteResolvedIdentities (its new profiles are written at once);
+ * otherwise NULL.
+ */
+static CdpPendingIdentities *
+ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	IdentityRules *rules;
-	IdentityGraph *g;
+	IdentityGraph *g = NULL;
 	IdentityGraph *known;
-	bool		changes_possible = false;
+	bool		changes_possible;
+	bool		defer = false;
+	bool		new_only = false;	/* its changes only bring new identifiers */
 	int64	   *lock_ids;
 	int			nlock;
+	uint64		rules_copy;
 
 	CheckPlans(CdpIdentifierTypeOid());
 	rules = CdpLoadIdentityRules();
+	rules_copy = CdpIdentityRulesCopy();
+	stale_raised = false;
 
 	/*
 	 * Holding the identity lock already, with what this transaction learnt
 	 * under it: reading without the lock would save nothing.
 	 */
 	known = CdpKnownIdentities();
-	changes_possible = last_batch_changed || known != NULL;
+	changes_possible = last_batch_changed || lock_first || known != NULL;
+	lock_first = false;
 	if (!changes_possible)
 	{
 		g = BuildGraph(rules, items, n, cxt, NULL);
-		for (int i = 0; i < n && !changes_possible; i++)
+		for (int i = 0; i < n; i++)
 		{
-			/* nothing changes, so an alias reads its previousId as it will */
+			/* an alias reads its previousId as it will if nothing changes */
 			AliasTarget(g, &items[i]);
-			changes_possible = !IsFastNoOp(g, &items[i]);
+			changes_possible |= !IsFastNoOp(g, &items[i]);
 		}
 		/* a pair no message carried before is evidence, written under the lock */
 		if (!changes_possible)
 			changes_possible = AssertsNewPair(items, n);
+		else
+		{
+			/* a transaction snapshot reads the rules again each time: always stale */
+			new_only = ChangesOnlyNewIdentifiers(g, items, n);
+			defer = may_defer && new_only && !IsolationUsesXactSnapshot();
+		}
 	}
 	if (!changes_possible)
 	{
@@ -1651,7 +1785,13 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		if (!changes_possible && nlock > 0)
 			rows_without_lock_lxid = MyProc->lxid;
 	}
-	if (changes_possible)
+	if (defer)
+	{
+		/* checked again under the lock, with what was read, before anything is kept */
+		g->splits = CdpCachedSplits();
+		PreloadMembers(g, items, n);
+	}
+	else if (changes_possible)
 	{
 		/* one writer of the graph at a time; read again under the lock, rules too */
 		if (known == NULL)
@@ -1666,6 +1806,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		g->splits = CdpCachedSplits();
 		nlock = AttachedProfiles(g, &lock_ids, known);
 		LockProfiles(g, lock_ids, nlock);
+		new_only = ChangesOnlyNewIdentifiers(g, items, n);
 		PreloadMembers(g, items, n);
 	}
 
@@ -1725,12 +1866,29 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 		}
 	}
 
+	/*
+	 * In a run of batches that change stored profiles, the next one takes
+	 * the lock at once; after one whose changes were only new identifiers
+	 * the next one tries without it again.
+	 */
 	last_batch_changed = false;
-	for (int i = 0; i < n && !last_batch_changed; i++)
+	for (int i = 0; i < n && !last_batch_changed && !new_only; i++)
 		last_batch_changed = items[i].m.changed;
+	if (defer)
+	{
+		CdpPendingIdentities *pending = palloc(sizeof(CdpPendingIdentities));
+
+		/* fresh ids from the sequence: nobody else can write these rows */
+		WriteNewProfiles(g, items, n);
+		*pending = (CdpPendingIdentities)
+		{
+			g, items, n, stats, rules_copy, CdpIdentitySplitsCopy()
+		};
+		return pending;
+	}
 	if (changes_possible)
 	{
-		WriteNewProfiles(g);
+		WriteNewProfiles(g, items, n);
 		WriteMerges(g);
 		WriteNewIdentities(g);
 		WriteEvidence(items, n);
@@ -1738,17 +1896,134 @@ ResolveItems(IdItem *items, int n, HTAB *stats)
 	}
 	WriteViolations(g);
 	WriteProfileStats(g, items, n, stats);
+	return NULL;
+}
+
+/*
+ * Whether the stored identities read now, under the identity lock, are
+ * those the deferred resolution read in g: every one on the same profile
+ * since the same time, the profile at the same version and rank, and no
+ * other.  Identifiers g made must not be stored now.
+ */
+static bool
+SameStoredIdentities(IdentityGraph *g, IdentityGraph *now)
+{
+	CdpNodeIter it = {0, 0};
+	IdNode	   *n2;
+	IdNode	   *node;
+	uint32		found = 0;
+	uint32		stored = 0;
+
+	while ((n2 = CdpGraphNextNode(now, &it)) != NULL)
+	{
+		ProfNode   *p;
+		ProfNode   *p2 = CdpNodeProf(now, n2);
+
+		node = CdpGraphNode(g, CdpNodeIdentifier(now, n2), false);
+		if (node == NULL || !node->attached || node->is_new)
+			return false;
+		p = CdpNodeProf(g, node);
+		if (p->profile_id != p2->profile_id ||
+			CdpNodeLinkedAt(node) != CdpNodeLinkedAt(n2) ||
+			CdpProfOnline(g, p)->version != CdpProfOnline(now, p2)->version ||
+			CdpProfOnline(g, p)->rank != CdpProfOnline(now, p2)->rank)
+			return false;
+		found++;
+	}
+	it.block = 0;
+	it.offset = 0;
+	while ((node = CdpGraphNextNode(g, &it)) != NULL)
+		if (node->attached && !node->is_new)
+			stored++;
+	return stored == found;
+}
+
+/*
+ * The graph writes of a batch resolved before the identity lock (see
+ * ResolveItems), once its events are stored: take the lock, read again
+ * what resolution read (the batch's stored identities, their profiles'
+ * rows, now locked, the rules and splits), and write if it is all the
+ * same, for then resolving under the lock gives the same answer.  If not
+ * (another session stored one of its new identifiers meanwhile, say),
+ * raise an error CdpIsStaleResolution knows: the caller rolls the chunk
+ * back and processes it again, and that time resolution takes the lock
+ * first.
+ */
+void
+CdpWriteResolvedIdentities(CdpPendingIdentities *pending)
+{
+	IdentityGraph *g;
+	IdentityGraph *now;
+	int64	   *lock_ids;
+	int			nlock;
+	bool		stale;
+	int			level;
+
+	if (pending == NULL)
+		return;
+	g = pending->g;
+	level = CdpBeginIndexedPlans();
+	CheckPlans(CdpIdentifierTypeOid());
+	LockIdentityGraph();
+	CdpKnownIdentitiesStart();
+	(void) CdpLoadIdentityRules();
+	(void) CdpCachedSplits();
+	stale = CdpIdentityRulesCopy() != pending->rules_copy ||
+		CdpIdentitySplitsCopy() != pending->splits_copy;
+	if (!stale)
+	{
+		now = BuildGraph(g->rules, pending->items, pending->n, CurrentMemoryContext, NULL);
+		stale = !SameStoredIdentities(g, now);
+	}
+	if (!stale)
+	{
+		nlock = AttachedProfiles(g, &lock_ids, NULL);
+		stale = LockProfiles(g, lock_ids, nlock);
+		for (int i = 0; i < nlock && !stale; i++)
+			stale = CdpGraphProfile(g, lock_ids[i], false)->into != 0;
+	}
+	if (stale)
+	{
+		lock_first = true;
+		stale_raised = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the identity graph changed while a batch was resolved"),
+				 errdetail("Another session changed identities the batch read before it took the identity lock."),
+				 errhint("Process the batch again.")));
+	}
+	WriteMerges(g);
+	WriteNewIdentities(g);
+	WriteEvidence(pending->items, pending->n);
+	CdpKnownIdentitiesRemember(g);
+	WriteViolations(g);
+	WriteProfileStats(g, pending->items, pending->n, pending->stats);
+	CdpEndIndexedPlans(level);
+}
+
+/*
+ * Whether an error is CdpWriteResolvedIdentities finding what a batch read
+ * before the identity lock changed: the chunk is to be processed again.
+ */
+bool
+CdpIsStaleResolution(ErrorData *edata)
+{
+	return stale_raised && edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
 }
 
 /*
  * Set profile_id on a batch's pending messages (validated, not duplicates);
- * their counts and seen times go to stats (see CdpNewProfileStats).
+ * their counts and seen times go to stats (see CdpNewProfileStats).  What
+ * it returns (when not NULL) is the graph writes still to do, by
+ * CdpWriteResolvedIdentities once the events are stored: the batch took no
+ * identity lock yet.
  */
-void
+CdpPendingIdentities *
 CdpResolveIdentities(CdpMessage **msgs, int n, HTAB *stats)
 {
 	IdItem	   *items = palloc0(sizeof(IdItem) * Max(n, 1));
 	int			k = 0;
+	CdpPendingIdentities *pending = NULL;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1766,9 +2041,10 @@ CdpResolveIdentities(CdpMessage **msgs, int n, HTAB *stats)
 	{
 		int			level = CdpBeginIndexedPlans();
 
-		ResolveItems(items, k, stats);
+		pending = ResolveItems(items, k, stats, true);
 		CdpEndIndexedPlans(level);
 	}
+	return pending;
 }
 
 /* cdp.link(): evidence that a and b are one person, under the same rules */
@@ -1784,6 +2060,6 @@ CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 	item.ts = GetCurrentTransactionStartTimestamp();
 	item.ids = list_make2(a, b);
 	item.ncarried = 2;
-	ResolveItems(&item, 1, NULL);
+	(void) ResolveItems(&item, 1, NULL, false);
 	return item.m.profile;
 }

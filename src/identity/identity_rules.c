@@ -58,6 +58,9 @@ static uint64 rules_copies = 0;
 static ConfigCache splits_cache;
 static List *cached_splits = NIL;
 
+/* how many copies of the splits this backend has read */
+static uint64 splits_copies = 0;
+
 /* relcache callback: a change to a table a cache is read from marks it stale */
 void
 CdpIdentityCacheCallback(Datum arg, Oid relid)
@@ -369,6 +372,7 @@ CdpCachedSplits(void)
 
 		CacheInstall(&splits_cache, cxt, seen);
 		cached_splits = splits;
+		splits_copies++;
 	}
 	MemoryContextSwitchTo(caller);
 	return cached_splits;
@@ -383,6 +387,16 @@ uint64
 CdpIdentityRulesCopy(void)
 {
 	return rules_copies;
+}
+
+/*
+ * Which copy of the splits CdpCachedSplits returned last: a resolution
+ * drawn from them holds while it is the same.
+ */
+uint64
+CdpIdentitySplitsCopy(void)
+{
+	return splits_copies;
 }
 
 const IdRule *

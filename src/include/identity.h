@@ -274,6 +274,7 @@ typedef struct IdMessage
 /* identity_rules.c */
 extern IdentityRules *CdpLoadIdentityRules(void);
 extern uint64 CdpIdentityRulesCopy(void);
+extern uint64 CdpIdentitySplitsCopy(void);
 extern List *CdpCachedSplits(void);
 extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
@@ -415,7 +416,10 @@ extern List *CdpMessageIdentifiers(struct CdpMessage *msg, const char *previous_
 								   List **invalid);
 
 /* identity_online.c */
-extern void CdpResolveIdentities(struct CdpMessage **msgs, int n, HTAB *stats);
+typedef struct CdpPendingIdentities CdpPendingIdentities;
+extern CdpPendingIdentities *CdpResolveIdentities(struct CdpMessage **msgs, int n, HTAB *stats);
+extern void CdpWriteResolvedIdentities(CdpPendingIdentities *pending);
+extern bool CdpIsStaleResolution(ErrorData *edata);
 extern HTAB *CdpNewProfileStats(MemoryContext cxt);
 extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
 extern void CdpWriteProfileStats(HTAB *stats);

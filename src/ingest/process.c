@@ -223,6 +223,17 @@ CdpIsPassingError(int sqlerrcode)
 }
 
 /*
+ * Errors a chunk is rolled back for: those of its messages, and what it
+ * resolved before the identity lock going stale (it is then processed
+ * again, see ProcessRefs).
+ */
+static bool
+IsChunkError(ErrorData *edata)
+{
+	return IsMessageError(edata) || CdpIsStaleResolution(edata);
+}
+
+/*
  * In a strict batch (a worker retrying rows one at a time after errors no
  * message explained) any error that does not pass by itself and is not on
  * pg_cdp's own tables is blamed on the message that raises it: a user's
@@ -231,7 +242,7 @@ CdpIsPassingError(int sqlerrcode)
 static bool
 IsStrictMessageError(ErrorData *edata)
 {
-	if (IsMessageError(edata))
+	if (IsChunkError(edata))
 		return true;
 	return !CdpIsPassingError(edata->sqlerrcode) &&
 		ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION;
@@ -267,6 +278,7 @@ ProcessChunk(void *arg)
 	ChunkWork  *w = arg;
 	Batch	   *b = w->batch;
 	CdpMessage **msgs;
+	CdpPendingIdentities *pending;
 	int			n = w->n;
 
 	MemoryContextSwitchTo(b->chunk_cxt);
@@ -290,9 +302,11 @@ ProcessChunk(void *arg)
 	CdpCheckEventConstraints(msgs, n);
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
-	CdpResolveIdentities(msgs, n, w->stats);
+	pending = CdpResolveIdentities(msgs, n, w->stats);
 	CdpStoreProfileState(msgs, n, w->state);
 	CdpStoreEvents(msgs, n);
+	/* the identity lock, when new identifiers need it, only now: see there */
+	CdpWriteResolvedIdentities(pending);
 	CdpUpdateComputedTraits(msgs, n, w->traits);
 	CdpWriteDeadLetters(msgs, n);
 	CdpStatsCountOutcomes(msgs, n);
@@ -349,7 +363,7 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		bool		direct = hash_get_num_entries(b->stats) == 0;
 		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL, NULL};
 		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w,
-												   b->strict ? IsStrictMessageError : IsMessageError);
+												   b->strict ? IsStrictMessageError : IsChunkError);
 
 		if (edata == NULL)
 		{
@@ -365,6 +379,12 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		if (edata == NULL)
 		{
 			/* nothing failed */
+		}
+		else if (CdpIsStaleResolution(edata))
+		{
+			/* again, the same messages: resolution takes the identity lock first now */
+			FreeErrorData(edata);
+			continue;
 		}
 		else if (w.made > 1)
 		{
