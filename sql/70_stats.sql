@@ -147,6 +147,38 @@ SELECT value AS depth FROM cdp.stats WHERE name = 'inbox_depth';
 RESET cdp.max_inbox_depth;
 SELECT cdp.process_inbox();
 
+-- queued_rows_counted_per_statement: the inbox's statement triggers count
+-- the rows of a COPY, of a many-row INSERT, of statements run inside another
+-- (each counts its own), and, with track_counts off, by reading the table
+SELECT cdp.reset_stats();
+COPY cdp.inbox (payload) FROM stdin WITH (FORMAT csv, QUOTE e'\x01', DELIMITER e'\x02');
+{"type":"track","userId":"cq-1","event":"Viewed"}
+{"type":"track","userId":"cq-2","event":"Viewed"}
+{"type":"track","userId":"cq-3","event":"Viewed"}
+\.
+INSERT INTO cdp.inbox (payload) SELECT '{"type":"track","userId":"cq-4","event":"e"}' FROM generate_series(1, 4);
+CREATE FUNCTION pg_temp.queue_inside(n int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cdp.inbox (payload) SELECT '{"type":"track","userId":"cq-5","event":"e"}' FROM generate_series(1, n);
+    RETURN n;
+END
+$$;
+INSERT INTO cdp.inbox (payload)
+SELECT '{"type":"track","userId":"cq-6","event":"e","properties":{"inside":' || pg_temp.queue_inside(5) || '}}'
+  FROM generate_series(1, 2);
+SELECT pg_temp.figures() -> 'enqueued' AS enqueued, pg_temp.figures() -> 'inbox_depth' AS depth,
+       (SELECT count(*) FROM cdp.inbox) AS queued;
+SET track_counts = off;
+INSERT INTO cdp.inbox (payload) SELECT '{"type":"track","userId":"cq-7","event":"e"}' FROM generate_series(1, 3);
+COPY cdp.inbox (payload) FROM stdin WITH (FORMAT csv, QUOTE e'\x01', DELIMITER e'\x02');
+{"type":"track","userId":"cq-8","event":"Viewed"}
+{"type":"track","userId":"cq-9","event":"Viewed"}
+\.
+RESET track_counts;
+SELECT pg_temp.figures() -> 'enqueued' AS enqueued, pg_temp.figures() -> 'inbox_depth' AS depth,
+       (SELECT count(*) FROM cdp.inbox) AS queued;
+SELECT cdp.process_inbox();
+
 -- max_inbox_depth_is_superuser_only
 CREATE ROLE regress_stats_writer;
 SET ROLE regress_stats_writer;

@@ -579,6 +579,20 @@ ConsistentSnapshot(CdpDbStats *db, int64 *net)
 }
 
 /*
+ * A copy of the latest snapshot that sees this transaction's commands
+ * before cid only: the rows of a statement being counted (and of what ran
+ * inside it) are not yet in the depth.  Unregister it after use.
+ */
+static Snapshot
+SnapshotBefore(Snapshot latest, CommandId cid)
+{
+	Snapshot	snapshot = RegisterSnapshot(latest);
+
+	snapshot->curcid = cid;
+	return snapshot;
+}
+
+/*
  * The committed depth of this database's inbox (baseline + net), counting
  * the baseline first if it is not known: the inbox as a snapshot sees it,
  * less net as of that snapshot.  A count that a TRUNCATE, a DELETE or a
@@ -587,7 +601,7 @@ ConsistentSnapshot(CdpDbStats *db, int64 *net)
  * false then, as when the depth cannot be had.
  */
 static bool
-CommittedDepth(CdpDbStats *db, Oid relid, Oid owner, int64 *depth)
+CommittedDepth(CdpDbStats *db, Oid relid, Oid owner, CommandId cid, int64 *depth)
 {
 	uint64		generation;
 	Snapshot	snapshot;
@@ -608,8 +622,9 @@ CommittedDepth(CdpDbStats *db, Oid relid, Oid owner, int64 *depth)
 	if (touched_inbox || !OidIsValid(relid))
 		return false;
 
-	snapshot = ConsistentSnapshot(db, &net);
+	snapshot = SnapshotBefore(ConsistentSnapshot(db, &net), cid);
 	count = CountInbox(owner, snapshot);
+	UnregisterSnapshot(snapshot);
 	SpinLockAcquire(&db->mutex);
 	if (db->generation == generation)
 	{
@@ -641,10 +656,11 @@ RefuseRow(int64 depth)
  * the inbox counted, up to the bound.
  */
 static void
-MeasureInbox(Relation inbox, bool exact)
+MeasureInbox(Relation inbox, bool exact, int64 more, CommandId cid)
 {
 	Oid			owner = RelationGetForm(inbox)->relowner;
-	int64		room = (int64) cdp_max_inbox_depth - fb_cmd_rows;
+	int64		room = (int64) cdp_max_inbox_depth - fb_cmd_rows - more;
+	Snapshot	snapshot = SnapshotBefore(GetLatestSnapshot(), cid);
 	bool		isnull;
 	Datum		d;
 
@@ -653,7 +669,7 @@ MeasureInbox(Relation inbox, bool exact)
 		d = InboxQuery(owner, &range_plan,
 					   "SELECT pg_catalog.max(id) OPERATOR(pg_catalog.-) pg_catalog.min(id) "
 					   "OPERATOR(pg_catalog.+) 1 FROM cdp.inbox",
-					   0, NULL, NULL, GetLatestSnapshot(), 1, &isnull);
+					   0, NULL, NULL, snapshot, 1, &isnull);
 		fb_depth = isnull ? 0 : DatumGetInt64(d);
 		exact = fb_depth >= room;
 	}
@@ -664,9 +680,10 @@ MeasureInbox(Relation inbox, bool exact)
 
 		d = InboxQuery(owner, &bounded_plan,
 					   "SELECT pg_catalog.count(*) FROM (SELECT FROM cdp.inbox LIMIT $1) s",
-					   1, argtypes, args, GetLatestSnapshot(), 1, &isnull);
+					   1, argtypes, args, snapshot, 1, &isnull);
 		fb_depth = isnull ? 0 : DatumGetInt64(d);
 	}
+	UnregisterSnapshot(snapshot);
 	fb_valid = true;
 	fb_exact = exact;
 	fb_at = GetCurrentTimestamp();
@@ -675,38 +692,41 @@ MeasureInbox(Relation inbox, bool exact)
 
 /*
  * The bound without shared memory, from this session's measure of the last
- * second; a row is only refused on a count made for it.
+ * second, for the last of a statement's rows with more rows before it; a
+ * row is only refused on a count made for it.
  */
 static void
-CheckInboxFallback(Relation inbox)
+CheckInboxFallback(Relation inbox, int64 more, CommandId cid)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	bool		measured = false;
 
 	if (!fb_valid || now - fb_at >= FALLBACK_MEASURE_USECS)
 	{
-		MeasureInbox(inbox, false);
+		MeasureInbox(inbox, false, more, cid);
 		measured = true;
 	}
-	if (fb_depth + fb_added >= cdp_max_inbox_depth && !(measured && fb_exact))
-		MeasureInbox(inbox, true);
-	if (fb_depth + fb_added >= cdp_max_inbox_depth)
-		RefuseRow(fb_depth + fb_added);
+	if (fb_depth + fb_added + more >= cdp_max_inbox_depth && !(measured && fb_exact))
+		MeasureInbox(inbox, true, more, cid);
+	if (fb_depth + fb_added + more >= cdp_max_inbox_depth)
+		RefuseRow(Max(fb_depth + fb_added, cdp_max_inbox_depth));
 }
 
 /*
- * A row is being queued into cdp.inbox (any INSERT or COPY: called by its
- * BEFORE INSERT row trigger).  Refuse it if the inbox already holds
- * cdp.max_inbox_depth rows, then count it.  The depth is the committed one
- * plus this transaction's own rows; rows other transactions have queued
- * but not committed are not seen, so concurrent writers can overshoot the
- * bound by what they have in flight.
+ * A statement queued rows into cdp.inbox (any INSERT or COPY: called by its
+ * AFTER INSERT statement trigger, the rows written but not committed).
+ * Refused if the inbox held cdp.max_inbox_depth rows before its last row,
+ * as a row-by-row check would have refused that row (with the depth it
+ * would have seen), then counted.  The depth is the committed one plus
+ * this transaction's own rows; rows other transactions have queued but
+ * not committed are not seen, so concurrent writers can overshoot the
+ * bound by what they have in flight.  cid is the statement's command: the
+ * committed depth is measured with a snapshot that does not see its rows.
  */
 void
-CdpStatsInboxRowQueued(Relation inbox)
+CdpStatsInboxRowsQueued(Relation inbox, int64 rows, CommandId cid)
 {
 	CdpDbStats *db = MyDbStats();
-	CommandId	cid = GetCurrentCommandId(false);
 
 	if (MyProc->lxid != fb_lxid || cid != fb_cid)
 	{
@@ -719,22 +739,23 @@ CdpStatsInboxRowQueued(Relation inbox)
 		int64		depth;
 
 		if (db == NULL)
-			CheckInboxFallback(inbox);
-		else if (CommittedDepth(db, RelationGetRelid(inbox), RelationGetForm(inbox)->relowner, &depth))
+			CheckInboxFallback(inbox, rows - 1, cid);
+		else if (CommittedDepth(db, RelationGetRelid(inbox), RelationGetForm(inbox)->relowner, cid,
+								&depth))
 		{
 			depth += PendingInboxDelta();
-			if (depth >= cdp_max_inbox_depth)
-				RefuseRow(depth);
+			if (depth + rows - 1 >= cdp_max_inbox_depth)
+				RefuseRow(Max(depth, cdp_max_inbox_depth));
 		}
 	}
-	fb_added++;
-	fb_cmd_rows++;
+	fb_added += rows;
+	fb_cmd_rows += rows;
 	if (db != NULL)
 	{
 		PendingLevel *l = CurrentLevel();
 
-		l->counts[CDP_STAT_ENQUEUED]++;
-		l->inbox_delta++;
+		l->counts[CDP_STAT_ENQUEUED] += rows;
+		l->inbox_delta += rows;
 		touched_inbox = true;
 	}
 }
@@ -854,7 +875,7 @@ cdp_stats_figures(PG_FUNCTION_ARGS)
 	}
 
 	if (db != NULL)
-		depth_known = CommittedDepth(db, relid, owner, &depth);
+		depth_known = CommittedDepth(db, relid, owner, GetCurrentCommandId(false), &depth);
 	if (!depth_known)
 	{
 		depth = CountInbox(owner, InvalidSnapshot);

@@ -39,8 +39,8 @@ extern void CdpStatsCountOutcomes(struct CdpMessage **msgs, int n);
 extern void CdpStatsTakingFromInbox(void);
 extern void CdpStatsInboxTaken(int64 rows);
 
-/* the BEFORE INSERT row trigger on cdp.inbox: bound and count a queued row */
-extern void CdpStatsInboxRowQueued(Relation inbox);
+/* the AFTER INSERT statement trigger on cdp.inbox: bound and count queued rows */
+extern void CdpStatsInboxRowsQueued(Relation inbox, int64 rows, CommandId cid);
 
 /* the ingest workers */
 extern void CdpStatsWorkerStarted(int worker_slot, int pid);

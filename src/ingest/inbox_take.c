@@ -36,6 +36,7 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "parser/parse_coerce.h"
 #include "rewrite/prs2lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -195,7 +196,7 @@ CanTakeDirectly(Relation rel, Oid *pkey, InboxColumns *cols)
 	cols->received_at = SPI_fnumber(desc, "received_at");
 	if (cols->id <= 0 || cols->payload <= 0 || cols->source <= 0 || cols->received_at <= 0 ||
 		TupleDescAttr(desc, cols->id - 1)->atttypid != INT8OID ||
-		TupleDescAttr(desc, cols->payload - 1)->atttypid != TEXTOID ||
+		!IsBinaryCoercible(TupleDescAttr(desc, cols->payload - 1)->atttypid, TEXTOID) ||
 		TupleDescAttr(desc, cols->source - 1)->atttypid != TEXTOID ||
 		TupleDescAttr(desc, cols->received_at - 1)->atttypid != TIMESTAMPTZOID)
 		return false;

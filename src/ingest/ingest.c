@@ -8,16 +8,12 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
-#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
-#include "stats.h"
-#include "workers.h"
 
 static SPIPlanPtr enqueue_plan = NULL;
 
@@ -228,60 +224,4 @@ cdp_ingest(PG_FUNCTION_ARGS)
 	CdpEnqueuePayload(queued, len, text_to_cstring(source), GetCurrentTransactionStartTimestamp());
 	SPI_finish();
 	PG_RETURN_INT64(count);
-}
-
-PG_FUNCTION_INFO_V1(cdp_inbox_redact_write_keys);
-
-/*
- * BEFORE INSERT row trigger on cdp.inbox: rows COPY loads are stored as the
- * file holds them, so a writeKey in one is redacted here, before it is
- * queued.  Most rows hold neither the key nor an escape that could spell
- * it: those are checked in place and pass unchanged, without a copy.
- */
-Datum
-cdp_inbox_redact_write_keys(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	HeapTuple	tuple;
-	TupleDesc	desc;
-	int			attnum;
-	bool		isnull;
-	Datum		d;
-	text	   *payload;
-	const char *data;
-	int			len;
-	char	   *plain;
-	const char *redacted;
-	Datum		newval;
-	bool		newnull = false;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		elog(ERROR, "cdp_inbox_redact_write_keys: must be a BEFORE INSERT row trigger");
-	/* cdp.max_inbox_depth, and the count of queued rows */
-	CdpStatsInboxRowQueued(trigdata->tg_relation);
-	CdpWakeWorkerAtCommit();
-
-	tuple = trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
-	attnum = SPI_fnumber(desc, "payload");
-	if (attnum <= 0)
-		elog(ERROR, "cdp_inbox_redact_write_keys: the table has no column payload");
-	d = heap_getattr(tuple, attnum, desc, &isnull);
-	if (isnull)
-		return PointerGetDatum(tuple);
-
-	payload = DatumGetTextPP(d);
-	data = VARDATA_ANY(payload);
-	len = VARSIZE_ANY_EXHDR(payload);
-	if (memchr(data, '\\', len) == NULL &&
-		(len < 8 || memmem(data, len, "writeKey", 8) == NULL))
-		return PointerGetDatum(tuple);
-
-	plain = text_to_cstring(payload);
-	redacted = CdpRedactWriteKeys(plain);
-	if (redacted == plain)
-		return PointerGetDatum(tuple);
-	newval = CStringGetTextDatum(redacted);
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum, &newval, &newnull));
 }

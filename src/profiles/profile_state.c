@@ -31,11 +31,16 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
@@ -472,10 +477,31 @@ CdpRecomputeProfileState(int64 *profile_ids, int n)
 }
 
 /*
+ * Whether a table of pg_cdp's has never held a row: it has no block (rows
+ * deleted leave their blocks until a vacuum truncates them, rows being
+ * inserted have theirs already).  Cheaper than a query that would find
+ * nothing, where no one has recorded traits or consent yet.
+ */
+static bool
+NeverHeldRows(const char *name)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("cdp", false));
+	Relation	rel;
+	bool		never;
+
+	if (!OidIsValid(relid))
+		return false;
+	rel = table_open(relid, AccessShareLock);
+	never = rel->rd_rel->relkind == RELKIND_RELATION && RelationGetNumberOfBlocks(rel) == 0;
+	table_close(rel, AccessShareLock);
+	return never;
+}
+
+/*
  * Identifiers that just joined profiles: those that already hold state
  * (set_consent before any message, or a message before a rebuild or split
- * took them out) bring it to their profile.  One probe for the batch; a
- * recompute only when some do.
+ * took them out) bring it to their profile.  One probe for the batch (none
+ * while no identifier has ever held state); a recompute only when some do.
  */
 void
 CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
@@ -486,7 +512,7 @@ CdpProfileStateOfNewIdentities(CdpIdentifier **ids, int64 *profiles, int n)
 	int64	   *found;
 	int			level;
 
-	if (n == 0)
+	if (n == 0 || (NeverHeldRows("identifier_traits") && NeverHeldRows("identifier_consent")))
 		return;
 	CdpCheckTypePlans(plans, NUM_STATE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	argtypes[0] = get_array_type(plans_type_oid);
