@@ -547,17 +547,19 @@ static const char *const state_sql =
 	/* the identifiers whose state changed */
 	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
 
-/* the statement of CdpWriteQueuedProfileState */
+/*
+ * The statement of CdpWriteQueuedProfileState.  The two trait aggregates
+ * take the same rows in the same order, so their elements pair up; the
+ * merges give the same for any order of maps, so no sort per profile.
+ */
 static const char *const queued_sql =
 	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
 	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
 	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
 	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
 	"FROM (SELECT i.profile_id AS p, "
-	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tr, "
-	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tt, "
+	"             coalesce(array_agg(t.traits) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tr, "
+	"             coalesce(array_agg(t.trait_times) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tt, "
 	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
 	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
 	"        JOIN cdp.identities i ON i.identifier = u.i "
