@@ -17,14 +17,14 @@
 
 #include "spi_util.h"
 
-/* the plan in *slot, prepared and kept on first use */
-SPIPlanPtr
-CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+/* the plan in *slot, prepared with cursor options and kept on first use */
+static SPIPlanPtr
+PlanWithOptions(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, int options)
 {
 	if (*slot == NULL)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
 
 		MemoryContextSwitchTo(cxt);
 		if (plan == NULL)
@@ -33,6 +33,13 @@ CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 		*slot = plan;
 	}
 	return *slot;
+}
+
+/* the plan in *slot, prepared and kept on first use */
+SPIPlanPtr
+CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	return PlanWithOptions(slot, sql, nargs, argtypes, 0);
 }
 
 /*
@@ -45,18 +52,19 @@ CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 SPIPlanPtr
 CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
-	if (*slot == NULL)
-	{
-		MemoryContext cxt = CurrentMemoryContext;
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+	return PlanWithOptions(slot, sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+}
 
-		MemoryContextSwitchTo(cxt);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed (%s): %s", SPI_result_code_string(SPI_result), sql);
-		SPI_keepplan(plan);
-		*slot = plan;
-	}
-	return *slot;
+/*
+ * Like CdpPlan, never planned for the arguments' values: for a probe of a
+ * primary key with a large array (= ANY), whose custom plans estimated the
+ * selectivity of every element, each time.  Prepare it between
+ * CdpBeginIndexedPlans and CdpEndIndexedPlans, so that it probes the index.
+ */
+SPIPlanPtr
+CdpPlanGeneric(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	return PlanWithOptions(slot, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /*

@@ -9,6 +9,7 @@
 
 extern SPIPlanPtr CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr CdpPlanGeneric(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern void CdpCheckTypePlans(SPIPlanPtr *plans, int n, Oid *plans_type_oid, Oid typid);
 extern int	CdpBeginIndexedPlans(void);
 extern void CdpEndIndexedPlans(int level);

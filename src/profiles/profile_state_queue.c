@@ -15,10 +15,11 @@
  *	  nothing of a part that was rolled back is written, and only state of
  *	  identifiers whose profile rows the transaction holds (identity
  *	  resolution locked them until it ends).  CdpWriteQueuedProfileState
- *	  writes a queue in one statement, then the profiles in another, and
- *	  empties it: whatever runs the pipeline calls it before its transaction
- *	  ends (process_inbox at the end of the call, or when the queue passes
- *	  its memory bound).
+ *	  writes a queue (the rows of identifiers new to the state tables in
+ *	  multi-inserts, as COPY writes, the others' in one statement), then
+ *	  the profiles in another statement, and empties it: whatever runs the
+ *	  pipeline calls it before its transaction ends (process_inbox at the
+ *	  end of the call, or when the queue passes its memory bound).
  *
  *	  Merges inside the call recompute profiles from the stores without what
  *	  is still gathered: the write merges each identifier's whole maps into
@@ -27,6 +28,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "utils/array.h"
@@ -46,6 +48,7 @@
 typedef enum QueuePlan
 {
 	PLAN_STATE,
+	PLAN_STORED,
 	PLAN_QUEUED,
 	NUM_QUEUE_PLANS
 } QueuePlan;
@@ -95,6 +98,13 @@ typedef struct PendingHead
 	void	   *next;			/* the identifier's next entry in the table */
 } PendingHead;
 
+/* an entry of a long list in one of the queue's tables */
+typedef struct EntryRef
+{
+	BytesKey	key;
+	PendingHead *entry;
+} EntryRef;
+
 /* the winning value of one trait key of one identifier */
 typedef struct PendingTrait
 {
@@ -121,6 +131,7 @@ struct CdpPendingId
 	PendingConsent *consent;	/* its purposes, a list */
 	int			ntraits;
 	int			nconsent;
+	bool		stored;			/* it has a row in a state table (see MarkStored) */
 };
 
 /*
@@ -130,9 +141,10 @@ struct CdpPendingId
 struct CdpStateQueue
 {
 	MemoryContext cxt;
-	HTAB	   *traits;			/* PendingTrait by identifier and key */
-	HTAB	   *consent;		/* PendingConsent by identifier and purpose */
+	HTAB	   *traits;			/* PendingTrait by identifier and key (long lists) */
+	HTAB	   *consent;		/* PendingConsent by identifier and purpose (likewise) */
 	HTAB	   *ids;			/* CdpPendingId by identifier */
+	int64		nentries;		/* trait keys and purposes of all identifiers */
 	int			nsources;		/* message sources, kept once each */
 	const char *sources[16];
 };
@@ -222,9 +234,10 @@ static void
 StartQueue(CdpStateQueue *queue)
 {
 	MemoryContextReset(queue->cxt);
-	queue->traits = NewTable(queue, "cdp pending traits", sizeof(PendingTrait));
-	queue->consent = NewTable(queue, "cdp pending consent", sizeof(PendingConsent));
+	queue->traits = NewTable(queue, "cdp pending traits", sizeof(EntryRef));
+	queue->consent = NewTable(queue, "cdp pending consent", sizeof(EntryRef));
 	queue->ids = NewTable(queue, "cdp pending identifiers", sizeof(CdpPendingId));
+	queue->nentries = 0;
 	queue->nsources = 0;
 }
 
@@ -248,52 +261,73 @@ CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
 		e->traits = NULL;
 		e->consent = NULL;
 		e->ntraits = e->nconsent = 0;
+		e->stored = false;
 	}
 	return e;
 }
 
-/* an identifier's entries in a table past which its list is not searched */
+/* an identifier's entries past which they are found through a table */
 #define SHORT_LIST	8
 
+/* enter e in table, by its owner and name */
+static void
+EnterRef(HTAB *table, PendingHead *e)
+{
+	EntryRef   *ref = hash_search(table, &e->key, HASH_ENTER, NULL);
+
+	ref->entry = e;
+}
+
 /*
- * The entry of an identifier's trait key or purpose in one of the queue's
- * tables, made (with a copy of the name, added to the identifier's list
- * *list of *count entries) if new.  Most identifiers have a few: their list
- * is searched rather than the table, which a call makes large.
+ * The entry (of entrysize bytes) of an identifier's trait key or purpose,
+ * made (with a copy of the name, added to the identifier's list *list of
+ * *count entries) if new.  Most identifiers have a few: their list is
+ * searched; only the entries of longer lists go into one of the queue's
+ * tables, which a call makes large.
  */
 static void *
 PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list, int *count,
-			 const char *name, int namelen, bool *found)
+			 const char *name, int namelen, Size entrysize, bool *found)
 {
-	BytesKey	k = {owner, name, namelen};
 	PendingHead *e;
+	char	   *copy;
 
+	*found = true;
 	if (*count <= SHORT_LIST)
 	{
 		for (e = *list; e != NULL; e = e->next)
 			if (e->namelen == namelen && memcmp(e->name, name, namelen) == 0)
-			{
-				*found = true;
 				return e;
-			}
 	}
-	e = hash_search(table, &k, HASH_ENTER, found);
-	if (!*found)
+	else
 	{
-		char	   *copy = MemoryContextAlloc(queue->cxt, namelen + 1);
+		BytesKey	k = {owner, name, namelen};
+		EntryRef   *ref = hash_search(table, &k, HASH_FIND, NULL);
 
-		memcpy(copy, name, namelen);
-		copy[namelen] = '\0';
-		e->key.owner = owner;
-		e->key.bytes = copy;
-		e->key.len = namelen;
-		e->id = owner->h.id;
-		e->name = copy;
-		e->namelen = namelen;
-		e->next = *list;
-		*list = e;
-		(*count)++;
+		if (ref != NULL)
+			return ref->entry;
 	}
+	*found = false;
+	e = MemoryContextAlloc(queue->cxt, entrysize);
+	copy = MemoryContextAlloc(queue->cxt, namelen + 1);
+	memcpy(copy, name, namelen);
+	copy[namelen] = '\0';
+	e->key.owner = owner;
+	e->key.bytes = copy;
+	e->key.len = namelen;
+	e->id = owner->h.id;
+	e->name = copy;
+	e->namelen = namelen;
+	e->next = *list;
+	*list = e;
+	queue->nentries++;
+	if (++(*count) == SHORT_LIST + 1)
+	{
+		for (PendingHead *l = e; l != NULL; l = l->next)
+			EnterRef(table, l);
+	}
+	else if (*count > SHORT_LIST + 1)
+		EnterRef(table, e);
 	return e;
 }
 
@@ -338,7 +372,7 @@ CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name, int na
 	Jsonb	   *value = DatumGetJsonbP(jsonb);
 	bool		found;
 	PendingTrait *e = PendingEntry(queue, queue->traits, owner, (void **) &owner->traits,
-								   &owner->ntraits, name, namelen, &found);
+								   &owner->ntraits, name, namelen, sizeof(PendingTrait), &found);
 
 	if (found && (at < e->at ||
 				  (at == e->at && strcmp(JsonbText(value), JsonbText(e->value)) <= 0)))
@@ -429,7 +463,8 @@ ConsentEntry(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, int
 {
 	bool		found;
 	PendingConsent *e = PendingEntry(queue, queue->consent, owner, (void **) &owner->consent,
-									 &owner->nconsent, purpose, len, &found);
+									 &owner->nconsent, purpose, len, sizeof(PendingConsent),
+									 &found);
 
 	if (!found)
 	{
@@ -512,17 +547,19 @@ static const char *const state_sql =
 	/* the identifiers whose state changed */
 	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
 
-/* the statement of CdpWriteQueuedProfileState */
+/*
+ * The statement of CdpWriteQueuedProfileState.  The two trait aggregates
+ * take the same rows in the same order, so their elements pair up; the
+ * merges give the same for any order of maps, so no sort per profile.
+ */
 static const char *const queued_sql =
 	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
 	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
 	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
 	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
 	"FROM (SELECT i.profile_id AS p, "
-	"             coalesce(array_agg(t.traits ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tr, "
-	"             coalesce(array_agg(t.trait_times ORDER BY u.i) FILTER (WHERE t.traits IS NOT NULL), "
-	"                      '{}') AS tt, "
+	"             coalesce(array_agg(t.traits) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tr, "
+	"             coalesce(array_agg(t.trait_times) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tt, "
 	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
 	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
 	"        JOIN cdp.identities i ON i.identifier = u.i "
@@ -532,23 +569,51 @@ static const char *const queued_sql =
 	"WHERE r.profile_id = q.p "
 	"RETURNING r.profile_id";
 
-/* a time as cdp.state_time gives it: ISO 8601 in UTC, to the microsecond */
+/* put n digits of v at buf */
+static void
+PutDigits(char *buf, int v, int n)
+{
+	for (int i = n - 1; i >= 0; i--)
+	{
+		buf[i] = '0' + v % 10;
+		v /= 10;
+	}
+}
+
+/*
+ * A time as cdp.state_time gives it: ISO 8601 in UTC, to the microsecond,
+ * written digit by digit (a write formats one per trait and purpose).
+ */
 static void
 PushTime(JsonbParseState **st, TimestampTz at)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
-	char		buf[64];
+	char	   *buf;
 	JsonbValue	v;
 
 	if (timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range")));
-	snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	if (tm.tm_year < 1 || tm.tm_year > 9999)
+		buf = psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+					   tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+					   (int) fsec);
+	else
+	{
+		buf = palloc(28);
+		memcpy(buf, "0000-00-00T00:00:00.000000Z", 28);
+		PutDigits(buf, tm.tm_year, 4);
+		PutDigits(buf + 5, tm.tm_mon, 2);
+		PutDigits(buf + 8, tm.tm_mday, 2);
+		PutDigits(buf + 11, tm.tm_hour, 2);
+		PutDigits(buf + 14, tm.tm_min, 2);
+		PutDigits(buf + 17, tm.tm_sec, 2);
+		PutDigits(buf + 20, (int) fsec, 6);
+	}
 	v.type = jbvString;
-	v.val.string.val = pstrdup(buf);
+	v.val.string.val = buf;
 	v.val.string.len = strlen(buf);
 	pushJsonbValue(st, WJB_VALUE, &v);
 }
@@ -644,15 +709,239 @@ ConsentMap(PendingConsent *c)
 }
 
 /*
- * The gathered state in one statement: per identifier its trait values
- * to its store (key by key, the latest time wins, at most
- * CDP_MAX_IDENTIFIER_TRAITS keys) and its decisions to its latest, the
- * changes of decision to the history (a repeat of the decision before it
- * is not history).  Returns the identifiers whose rows changed, for their
- * profiles.  Stored rows are updated and missing ones inserted (cheaper
- * than INSERT ... ON CONFLICT, which locks each row first): only holders
- * of an identifier's profile row write its rows, so no other session
- * inserts one meanwhile.
+ * Mark the queue's identifiers that have a row in cdp.identifier_traits or
+ * cdp.identifier_consent (one probe of the two primary keys); the others
+ * are new to both tables.
+ */
+static void
+MarkStored(CdpStateQueue *queue, Datum *ids, int n)
+{
+	Oid			argtypes[1] = {get_array_type(plans_type_oid)};
+	Datum		args[1];
+	uint64		rows;
+
+	args[0] = CdpArray(ids, n, plans_type_oid);
+	rows = CdpExecPlan(CdpPlanGeneric(&plans[PLAN_STORED],
+									 "SELECT t.identifier FROM cdp.identifier_traits t "
+									 " WHERE t.identifier = ANY ($1) "
+									 "UNION ALL SELECT c.identifier FROM cdp.identifier_consent c "
+									 " WHERE c.identifier = ANY ($1)",
+									 1, argtypes),
+					   args, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		CdpIdentifier *id = (CdpIdentifier *) PG_DETOAST_DATUM_PACKED(SPI_getbinval(SPI_tuptable->vals[r],
+																					  SPI_tuptable->tupdesc,
+																					  1, &isnull));
+		BytesKey	k = {NULL, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id)};
+		CdpPendingId *p = hash_search(queue->ids, &k, HASH_FIND, NULL);
+
+		if (p != NULL)
+			p->stored = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* rows a write gives to the state tables directly, up to DIRECT_ROWS at a time */
+#define DIRECT_ROWS	1000
+
+typedef struct DirectRows
+{
+	CdpDirectInsert *d;
+	int			ncols;
+	int			n;
+	Datum		values[DIRECT_ROWS * 6];
+	bool		nulls[DIRECT_ROWS * 6];
+} DirectRows;
+
+/* the three tables the state of new identifiers goes to */
+typedef struct DirectWrite
+{
+	DirectRows	traits;			/* cdp.identifier_traits */
+	DirectRows	consent;		/* cdp.identifier_consent */
+	DirectRows	log;			/* cdp.consent_log */
+	MemoryContext rows_cxt;		/* the rows' values until they are written */
+} DirectWrite;
+
+/* open a direct insert into cdp.name; false if the table needs a statement */
+static bool
+OpenDirect(DirectRows *rows, const char *name, const char *const *cols, const Oid *types,
+		   int ncols)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("cdp", false));
+
+	rows->ncols = ncols;
+	rows->n = 0;
+	rows->d = OidIsValid(relid) ?
+		CdpBeginDirectInsert(relid, cols, types, ncols, DIRECT_ROWS, strcmp(name, "consent_log") == 0) :
+		NULL;
+	return rows->d != NULL;
+}
+
+/* write the rows given so far and forget their values */
+static void
+FlushDirect(DirectWrite *w)
+{
+	DirectRows *all[3] = {&w->traits, &w->consent, &w->log};
+
+	for (int t = 0; t < 3; t++)
+	{
+		CdpDirectInsertRows(all[t]->d, all[t]->values, all[t]->nulls, all[t]->n);
+		all[t]->n = 0;
+	}
+	MemoryContextReset(w->rows_cxt);
+}
+
+/*
+ * The next row of rows, writing them all first when it is full (which frees
+ * every value made before: make a row's values after this).
+ */
+static int
+DirectRow(DirectWrite *w, DirectRows *rows)
+{
+	if (rows->n == DIRECT_ROWS)
+		FlushDirect(w);
+	return rows->n++ * rows->ncols;
+}
+
+/* close the direct inserts that opened */
+static void
+CloseDirect(DirectWrite *w)
+{
+	if (w->traits.d)
+		CdpEndDirectInsert(w->traits.d);
+	if (w->consent.d)
+		CdpEndDirectInsert(w->consent.d);
+	if (w->log.d)
+		CdpEndDirectInsert(w->log.d);
+}
+
+/*
+ * Start writing the state of identifiers new to the state tables directly
+ * (the rows, then their index entries, as COPY does): false, with nothing
+ * open, when a table needs a statement (see CdpBeginDirectInsert).
+ */
+static bool
+BeginDirect(DirectWrite *w)
+{
+	static const char *const tcols[3] = {"identifier", "traits", "trait_times"};
+	static const char *const ccols[2] = {"identifier", "consent"};
+	static const char *const lcols[6] = {"identifier", "purpose", "granted", "at", "message_id",
+	"source"};
+	Oid			ttypes[3] = {plans_type_oid, JSONBOID, JSONBOID};
+	Oid			ctypes[2] = {plans_type_oid, JSONBOID};
+	Oid			ltypes[6] = {plans_type_oid, TEXTOID, BOOLOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+
+	memset(w, 0, offsetof(DirectWrite, rows_cxt));
+	if (!OpenDirect(&w->traits, "identifier_traits", tcols, ttypes, 3) ||
+		!OpenDirect(&w->consent, "identifier_consent", ccols, ctypes, 2) ||
+		!OpenDirect(&w->log, "consent_log", lcols, ltypes, 6))
+	{
+		CloseDirect(w);
+		return false;
+	}
+	w->rows_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp state rows",
+										ALLOCSET_DEFAULT_SIZES);
+	return true;
+}
+
+/*
+ * The rows of an identifier new to the state tables: what the statement of
+ * WriteState makes of it (its maps as gathered, each change of decision to
+ * the history), without the statement.
+ */
+static void
+AddDirect(DirectWrite *w, CdpPendingId *p)
+{
+	MemoryContext old = MemoryContextSwitchTo(w->rows_cxt);
+	Datum		id = PointerGetDatum(p->h.id);
+	int			r;
+
+	if (p->traits != NULL)
+	{
+		r = DirectRow(w, &w->traits);
+		w->traits.values[r] = id;
+		TraitMaps(p->traits, &w->traits.values[r + 1], &w->traits.values[r + 2]);
+		memset(&w->traits.nulls[r], 0, sizeof(bool) * 3);
+	}
+	if (p->consent != NULL)
+	{
+		r = DirectRow(w, &w->consent);
+		w->consent.values[r] = id;
+		w->consent.values[r + 1] = ConsentMap(p->consent);
+		memset(&w->consent.nulls[r], 0, sizeof(bool) * 2);
+	}
+	for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
+	{
+		for (int k = 0; k < c->nchanges; k++)
+		{
+			Decision   *d = &c->changes[k];
+
+			/* before the values: a full table's rows are written, their values freed */
+			r = DirectRow(w, &w->log);
+			w->log.values[r] = id;
+			w->log.values[r + 1] = CStringGetTextDatum(c->h.name);
+			w->log.values[r + 2] = BoolGetDatum(d->granted);
+			w->log.values[r + 3] = TimestampTzGetDatum(d->at);
+			w->log.values[r + 4] = d->message_id ? CStringGetTextDatum(d->message_id) : (Datum) 0;
+			w->log.values[r + 5] = CStringGetTextDatum(d->source);
+			memset(&w->log.nulls[r], 0, sizeof(bool) * 6);
+			w->log.nulls[r + 4] = (d->message_id == NULL);
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* write what is left and close the direct inserts */
+static void
+EndDirect(DirectWrite *w)
+{
+	FlushDirect(w);
+	CloseDirect(w);
+	MemoryContextDelete(w->rows_cxt);
+}
+
+/* by identifier, as the state tables' primary keys order them */
+static int
+CompareOwners(const void *a, const void *b)
+{
+	return CdpIdentifierCompare((*(CdpPendingId * const *) a)->h.id,
+								(*(CdpPendingId * const *) b)->h.id);
+}
+
+/*
+ * The queue's identifiers in the order of the state tables' keys, so that
+ * their index entries go in page by page rather than all over the indexes.
+ */
+static CdpPendingId **
+SortedIds(CdpStateQueue *queue, int nids)
+{
+	CdpPendingId **ids = palloc(sizeof(CdpPendingId *) * Max(nids, 1));
+	HASH_SEQ_STATUS seq;
+	CdpPendingId *p;
+	int			n = 0;
+
+	hash_seq_init(&seq, queue->ids);
+	while ((p = hash_seq_search(&seq)) != NULL)
+		ids[n++] = p;
+	qsort(ids, n, sizeof(CdpPendingId *), CompareOwners);
+	return ids;
+}
+
+/*
+ * The gathered state: per identifier its trait values to its store (key by
+ * key, the latest time wins, at most CDP_MAX_IDENTIFIER_TRAITS keys) and
+ * its decisions to its latest, the changes of decision to the history (a
+ * repeat of the decision before it is not history).  Returns the
+ * identifiers whose rows changed, for their profiles.
+ *
+ * Identifiers new to both state tables (most, where people are new) are
+ * written directly: their rows are the maps as gathered and every change
+ * goes to the history.  The others in one statement: stored rows are
+ * updated and missing ones inserted (cheaper than INSERT ... ON CONFLICT,
+ * which locks each row first).  Only holders of an identifier's profile row
+ * write its rows, so no other session inserts one meanwhile.
  */
 static Datum *
 WriteState(CdpStateQueue *queue, int *nchanged)
@@ -666,17 +955,36 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 	StateRows	traits = {0};
 	StateRows	changes = {0};
 	StateRows	latest = {0};
-	HASH_SEQ_STATUS seq;
-	CdpPendingId *p;
+	CdpPendingId **ids;
 	uint64		rows;
 	Datum	   *changed;
+	int			nids = (int) hash_get_num_entries(queue->ids);
+	int			ndirect = 0;
+	DirectWrite *direct = palloc(sizeof(DirectWrite));
+	bool		is_direct;
 
-	hash_seq_init(&seq, queue->ids);
-	while ((p = hash_seq_search(&seq)) != NULL)
+	changed = palloc(sizeof(Datum) * Max(nids, 1));
+	ids = SortedIds(queue, nids);
+	for (int i = 0; i < nids; i++)
+		changed[i] = PointerGetDatum(ids[i]->h.id);
+	MarkStored(queue, changed, nids);
+	is_direct = BeginDirect(direct);
+
+	for (int i = 0; i < nids; i++)
 	{
+		CdpPendingId *p = ids[i];
 		Datum		values[7];
 		bool		nulls[7] = {false};
 
+		/* (an identifier whose message's purposes are none defined) */
+		if (p->traits == NULL && p->consent == NULL)
+			continue;
+		if (is_direct && !p->stored && p->ntraits <= CDP_MAX_IDENTIFIER_TRAITS)
+		{
+			AddDirect(direct, p);
+			changed[ndirect++] = PointerGetDatum(p->h.id);
+			continue;
+		}
 		values[0] = PointerGetDatum(p->h.id);
 		if (p->traits != NULL)
 		{
@@ -704,6 +1012,12 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 		values[1] = ConsentMap(p->consent);
 		AddRow(&latest, 2, values, NULL);
 	}
+	if (is_direct)
+		EndDirect(direct);
+	pfree(direct);
+	*nchanged = ndirect;
+	if (traits.n == 0 && latest.n == 0)
+		return changed;
 
 	args[0] = ColumnArray(&traits, 0, plans_type_oid);
 	args[1] = ColumnArray(&traits, 1, JSONBOID);
@@ -720,17 +1034,17 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 	args[12] = ColumnArray(&latest, 1, JSONBOID);
 	rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_STATE], state_sql, 13, argtypes),
 					   args, NULL, SPI_OK_SELECT);
-	changed = palloc(sizeof(Datum) * Max(rows, 1));
+	changed = repalloc(changed, sizeof(Datum) * Max(ndirect + rows, 1));
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
 
-		changed[r] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[r],
-																		 SPI_tuptable->tupdesc, 1,
-																		 &isnull)));
+		changed[ndirect + r] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[r],
+																					SPI_tuptable->tupdesc, 1,
+																					&isnull)));
 	}
 	SPI_freetuptable(SPI_tuptable);
-	*nchanged = (int) rows;
+	*nchanged = ndirect + (int) rows;
 	return changed;
 }
 
@@ -828,7 +1142,7 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue)
 	Datum	   *changed;
 	int			nchanged;
 
-	if (hash_get_num_entries(queue->traits) == 0 && hash_get_num_entries(queue->consent) == 0)
+	if (queue->nentries == 0)
 		return;
 	CdpCheckTypePlans(plans, NUM_QUEUE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();

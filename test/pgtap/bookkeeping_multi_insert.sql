@@ -20,16 +20,7 @@ $$;
 SELECT count(pg_temp.track('multi-' || i, 'multi-visitor-' || i % 3)) AS queued
   FROM generate_series(1, 6) AS i \gset
 
--- WAL records of a kind (+INIT too) on a table's heap since a position (a
--- log switch flushes what this open transaction wrote, so that it can be
--- read back)
-CREATE FUNCTION pg_temp.records(from_lsn pg_lsn, tab regclass, rmgr text, kind text)
-RETURNS bigint LANGUAGE sql AS $$
-    SELECT count(*)
-      FROM pg_get_wal_records_info(from_lsn, pg_current_wal_flush_lsn())
-     WHERE resource_manager = rmgr AND split_part(record_type, '+', 1) = kind
-       AND block_ref ~ ('rel \d+/\d+/' || pg_relation_filenode(tab) || ' ')
-$$;
+\ir include/row_writes.psql
 CREATE TEMP TABLE start AS SELECT pg_current_wal_insert_lsn() AS lsn;
 
 SELECT is(cdp.process_inbox(), 6::bigint, 'the call takes the six messages of three new visitors');
@@ -52,12 +43,6 @@ SELECT is((SELECT count(*) FROM cdp.events WHERE message_id LIKE 'multi-%'), 7::
           'the retry is a duplicate, the new one stored');
 
 -- triggers users put on these tables fire for every row
-CREATE TABLE pg_temp.written (tab text);
-CREATE FUNCTION pg_temp.note_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO pg_temp.written VALUES (TG_TABLE_NAME);
-    RETURN NEW;
-END $$;
 CREATE TRIGGER note_row AFTER INSERT ON cdp.message_ids FOR EACH ROW EXECUTE FUNCTION pg_temp.note_row();
 CREATE TRIGGER note_row AFTER INSERT ON cdp.identities FOR EACH ROW EXECUTE FUNCTION pg_temp.note_row();
 SELECT count(pg_temp.track('multi-trigger-' || i, 'multi-trigger-visitor')) AS queued
