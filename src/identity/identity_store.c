@@ -12,8 +12,6 @@
  */
 #include "postgres.h"
 
-#include <sys/mman.h>
-
 #include "common/hashfn.h"
 #include "utils/memutils.h"
 
@@ -83,27 +81,6 @@ PagedAppend(CdpPagedArray *a, MemoryContext cxt, uint32 *index)
 #define SLOT_TAG_AT(t, pos)	((t)->buckets[(pos) / CDP_BUCKET_SLOTS].tags[(pos) % CDP_BUCKET_SLOTS])
 #define SLOT_REF_AT(t, pos)	((t)->buckets[(pos) / CDP_BUCKET_SLOTS].refs[(pos) % CDP_BUCKET_SLOTS])
 
-/*
- * A big table is read at random, a cache miss a probe: on pages of 4 kB
- * each miss is a TLB miss too (a page walk, dearer still in a virtual
- * machine).  So the huge pages within one are asked for, where Linux gives
- * them on request (transparent_hugepage = madvise); the table is all
- * written right away, so this costs no memory.
- */
-#define SLOT_HUGE_PAGE	((Size) 2 * 1024 * 1024)
-
-static void
-AdviseHugePages(void *start, Size size)
-{
-#ifdef MADV_HUGEPAGE
-	char	   *from = (char *) TYPEALIGN(SLOT_HUGE_PAGE, start);
-	char	   *to = (char *) TYPEALIGN_DOWN(SLOT_HUGE_PAGE, (char *) start + size);
-
-	if (to > from)
-		(void) madvise(from, to - from, MADV_HUGEPAGE);
-#endif
-}
-
 static void
 SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 nbuckets)
 {
@@ -112,7 +89,6 @@ SlotTableInit(CdpSlotTable *t, MemoryContext cxt, uint32 nbuckets)
 	StaticAssertStmt(sizeof(CdpSlotBucket) == SLOT_CACHE_LINE, "a bucket fills a cache line");
 	t->allocated = MemoryContextAllocHuge(cxt, size + SLOT_CACHE_LINE);
 	t->buckets = (CdpSlotBucket *) TYPEALIGN(SLOT_CACHE_LINE, t->allocated);
-	AdviseHugePages(t->buckets, size);
 	memset(t->buckets, 0, size);
 	t->bmask = nbuckets - 1;
 	t->used = 0;
