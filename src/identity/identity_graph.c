@@ -241,7 +241,7 @@ BreaksRule(IdentityGraph *g, IdNode **nodes, bool *active, int n, ProfNode **pro
 
 		if (count == 0)
 			continue;
-		r = CdpRuleFor(g->rules, type, strlen(type));
+		r = CdpSlotRule(g, s);
 		if (r->max_per_profile == 0 || count <= r->max_per_profile ||
 			(*rule != NULL && r->priority >= best_priority))
 			continue;
@@ -317,8 +317,7 @@ WeakestActive(IdentityGraph *g, IdNode **nodes, bool *active, int n)
 
 		if (!active[i])
 			continue;
-		pr = CdpRuleFor(g->rules, g->slot_names[nodes[i]->type_slot],
-						g->slot_lens[nodes[i]->type_slot])->priority;
+		pr = CdpSlotRule(g, nodes[i]->type_slot)->priority;
 		if (pr >= weakest_priority)
 		{
 			weakest = i;
@@ -480,7 +479,8 @@ CdpResolveMessage(IdentityGraph *g, IdMessage *m)
 
 	for (int i = 0; i < m->nids; i++)
 	{
-		nodes[i] = CdpGraphNode(g, m->ids[i], true);
+		nodes[i] = m->hashes ? CdpGraphNodeHashed(g, m->ids[i], m->hashes[i], true)
+			: CdpGraphNode(g, m->ids[i], true);
 		active[i] = true;
 		for (int k = 0; k < i; k++)
 			if (nodes[k] == nodes[i])

@@ -31,7 +31,8 @@
 #include "identity.h"
 #include "spi_util.h"
 
-#define FETCH_ROWS	10000
+/* rows between resets of their memory (and checks for interrupts) */
+#define FETCH_ROWS	1024
 /* ids given to profiles no evidence row names; never a real profile id */
 #define TEMP_PROFILE_IDS	(INT64CONST(1) << 62)
 
@@ -144,6 +145,45 @@ NoteRelinked(RebuildState *rs, IdMessage *m, Datum stored, Oid idtype, MemoryCon
 }
 
 typedef void (*RowFn) (IdentityGraph *g, TupleTableSlot *slot, void *arg);
+typedef void (*FinishFn) (IdentityGraph *g, void *arg);
+
+/*
+ * Rows wait LOOKAHEAD rows before they are handled, in order: meanwhile
+ * the graph loads what their keys need into the cache, in two steps (see
+ * CdpGraphPrefetchNodeSlots), so that the cache misses of many rows
+ * overlap instead of each row waiting for its own.
+ */
+#define LOOKAHEAD	16
+
+typedef void (*WaitingFn) (IdentityGraph *g, void *row, void *arg);
+
+typedef struct Lookahead
+{
+	void	   *rows[LOOKAHEAD];
+	uint64		added;
+	uint64		done;
+	WaitingFn	handle;			/* a row's work */
+	WaitingFn	warm;			/* the second step of its loads */
+} Lookahead;
+
+/* add a row (its first loads asked for): handle the oldest if full */
+static void
+LookaheadAdd(IdentityGraph *g, Lookahead *la, void *row, void *arg)
+{
+	if (la->added - la->done == LOOKAHEAD)
+		la->handle(g, la->rows[la->done++ % LOOKAHEAD], arg);
+	la->rows[la->added++ % LOOKAHEAD] = row;
+	/* halfway: its first loads are done */
+	if (la->added > LOOKAHEAD / 2)
+		la->warm(g, la->rows[(la->added - 1 - LOOKAHEAD / 2) % LOOKAHEAD], arg);
+}
+
+static void
+LookaheadFinish(IdentityGraph *g, Lookahead *la, void *arg)
+{
+	while (la->done < la->added)
+		la->handle(g, la->rows[la->done++ % LOOKAHEAD], arg);
+}
 
 /* hands each row of a query to a RowFn, as the executor makes it */
 typedef struct RowReceiver
@@ -152,23 +192,31 @@ typedef struct RowReceiver
 	RowFn		fn;
 	IdentityGraph *g;
 	void	   *arg;
-	MemoryContext scratch;
+	MemoryContext scratch[2];	/* every other FETCH_ROWS rows' memory */
 	int64		nrows;
 } RowReceiver;
 
+/*
+ * Each row's memory is kept while the next FETCH_ROWS rows come (rows
+ * waiting in a Lookahead are handled by then), then reset.
+ */
 static bool
 ReceiveRow(TupleTableSlot *slot, DestReceiver *self)
 {
 	RowReceiver *r = (RowReceiver *) self;
-	MemoryContext old = MemoryContextSwitchTo(r->scratch);
+	MemoryContext cxt = r->scratch[(r->nrows / FETCH_ROWS) % 2];
+	MemoryContext old;
 
-	r->fn(r->g, slot, r->arg);
-	MemoryContextSwitchTo(old);
-	if (++r->nrows % FETCH_ROWS == 0)
+	StaticAssertStmt(LOOKAHEAD <= FETCH_ROWS, "rows wait less than a reset");
+	if (r->nrows % FETCH_ROWS == 0 && r->nrows > 0)
 	{
-		MemoryContextReset(r->scratch);
+		MemoryContextReset(cxt);
 		CHECK_FOR_INTERRUPTS();
 	}
+	old = MemoryContextSwitchTo(cxt);
+	r->fn(r->g, slot, r->arg);
+	MemoryContextSwitchTo(old);
+	r->nrows++;
 	return true;
 }
 
@@ -185,12 +233,13 @@ RowReceiverShutdown(DestReceiver *self)
 /*
  * Run sql, calling fn for each row as the executor makes it (no copy of
  * the rows is kept: a tuptable of millions of rows would be most of a
- * rebuild's memory), in a scratch context reset every FETCH_ROWS rows:
+ * rebuild's memory), in scratch contexts reset every FETCH_ROWS rows:
  * detoasted copies and other per-row memory never reach the graph's
- * context.  Returns the rows.
+ * context.  Then finish (if any), for the rows still waiting.  Returns the
+ * rows.
  */
 static int64
-ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
+ForEachRow(const char *sql, RowFn fn, FinishFn finish, IdentityGraph *g, void *arg)
 {
 	MemoryContext outer = CurrentMemoryContext;
 	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
@@ -210,7 +259,8 @@ ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
 	r.fn = fn;
 	r.g = g;
 	r.arg = arg;
-	r.scratch = AllocSetContextCreate(outer, "cdp rebuild rows", ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < 2; i++)
+		r.scratch[i] = AllocSetContextCreate(outer, "cdp rebuild rows", ALLOCSET_DEFAULT_SIZES);
 	memset(&options, 0, sizeof(options));
 	/* not read_only: a snapshot taken now, after the identity lock */
 	options.read_only = false;
@@ -220,62 +270,125 @@ ForEachRow(const char *sql, RowFn fn, IdentityGraph *g, void *arg)
 	if (rc < 0)
 		elog(ERROR, "SPI_execute_plan_extended failed: %s", SPI_result_code_string(rc));
 	SPI_freeplan(plan);
+	if (finish != NULL)
+	{
+		MemoryContextSwitchTo(r.scratch[(r.nrows / FETCH_ROWS) % 2]);
+		finish(g, arg);
+	}
 	MemoryContextSwitchTo(outer);
-	MemoryContextDelete(r.scratch);
+	for (int i = 0; i < 2; i++)
+		MemoryContextDelete(r.scratch[i]);
 	return r.nrows;
 }
 
+/* (the args of every lookahead's row functions start with it) */
 typedef struct ReplayArgs
 {
+	Lookahead	la;
 	Oid			idtype;
 	MemoryContext outer;		/* where relinked rows are kept */
 } ReplayArgs;
 
-/* one evidence row through the algorithm, as the message it was */
+/* an evidence row waiting to be replayed */
+typedef struct WaitingMessage
+{
+	IdMessage	m;
+	int64		hint;			/* the profile it created, 0 none */
+	Datum		linked;			/* what it linked (collect_links) */
+} WaitingMessage;
+
+/*
+ * An evidence row, as the message it was, waits in the lookahead (its
+ * identifiers hashed once, their slots asked for) to be replayed.
+ */
 static void
 ReplayRow(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
 	ReplayArgs *ra = arg;
 	RebuildState *rs = g->private;
+	WaitingMessage *w = palloc0(sizeof(WaitingMessage));
+	IdMessage  *m = &w->m;
 	bool		isnull;
-	ArrayType  *ids = DatumGetArrayTypeP(slot_getattr(slot, 1, &isnull));
+	ArrayType  *ids = DatumGetArrayTypePCopy(slot_getattr(slot, 1, &isnull));
 	Datum		created = slot_getattr(slot, 2, &isnull);
 	Datum	   *elems;
 	int			nelems;
-	IdMessage	m;
 
-	rs->hint = isnull ? 0 : DatumGetInt64(created);
+	w->hint = isnull ? 0 : DatumGetInt64(created);
+	if (w->hint != 0)
+		CdpGraphPrefetchProfileSlots(g, w->hint);
 	deconstruct_array(ids, ra->idtype, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
-	memset(&m, 0, sizeof(m));
-	m.ids = (CdpIdentifier **) palloc(sizeof(CdpIdentifier *) * Max(nelems, 1));
+	m->ids = (CdpIdentifier **) palloc(sizeof(CdpIdentifier *) * Max(nelems, 1));
+	m->hashes = (uint32 *) palloc(sizeof(uint32) * Max(nelems, 1));
 	for (int k = 0; k < nelems; k++)
-		m.ids[k] = DatumGetIdentifierP(elems[k]);
-	m.nids = nelems;
-	m.at = DatumGetTimestampTz(slot_getattr(slot, 4, &isnull));
-	m.seq = DatumGetInt64(slot_getattr(slot, 5, &isnull));
+	{
+		m->ids[k] = DatumGetIdentifierP(elems[k]);
+		m->hashes[k] = CdpGraphIdentifierHash(m->ids[k]);
+		CdpGraphPrefetchNodeSlots(g, m->hashes[k]);
+	}
+	m->nids = nelems;
+	m->at = DatumGetTimestampTz(slot_getattr(slot, 4, &isnull));
+	m->seq = DatumGetInt64(slot_getattr(slot, 5, &isnull));
 	if (rs->first_seq < 0)
-		rs->first_seq = m.seq;
+		rs->first_seq = m->seq;
 	/* rows come in seq order: a node keeps its row as an offset of 32 bits */
-	if (m.seq - rs->first_seq > PG_UINT32_MAX)
+	if (m->seq - rs->first_seq > PG_UINT32_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("the identity evidence spans more than %u sequence numbers", PG_UINT32_MAX),
 				 errdetail("Rows " INT64_FORMAT " to " INT64_FORMAT " of cdp.identity_evidence.",
-						   rs->first_seq, m.seq)));
-	m.seq_offset = (uint32) (m.seq - rs->first_seq);
-	CdpResolveMessage(g, &m);
+						   rs->first_seq, m->seq)));
+	m->seq_offset = (uint32) (m->seq - rs->first_seq);
 	if (rs->collect_links)
-		NoteRelinked(rs, &m, slot_getattr(slot, 3, &isnull), ra->idtype, ra->outer);
+		w->linked = PointerGetDatum(DatumGetArrayTypePCopy(slot_getattr(slot, 3, &isnull)));
+	LookaheadAdd(g, &ra->la, w, ra);
+}
+
+static void
+WarmMessage(IdentityGraph *g, void *row, void *arg)
+{
+	WaitingMessage *w = row;
+
+	for (int k = 0; k < w->m.nids; k++)
+		CdpGraphPrefetchNode(g, w->m.hashes[k], IdValueLen(w->m.ids[k]));
+	if (w->hint != 0)
+		CdpGraphPrefetchProfile(g, w->hint);
+}
+
+/* one evidence row through the algorithm */
+static void
+ReplayMessage(IdentityGraph *g, void *row, void *arg)
+{
+	ReplayArgs *ra = arg;
+	RebuildState *rs = g->private;
+	WaitingMessage *w = row;
+
+	rs->hint = w->hint;
+	CdpResolveMessage(g, &w->m);
+	if (rs->collect_links)
+		NoteRelinked(rs, &w->m, w->linked, ra->idtype, ra->outer);
+}
+
+/* the rows still waiting when the query ends; arg starts with its Lookahead */
+static void
+FinishLookahead(IdentityGraph *g, void *arg)
+{
+	LookaheadFinish(g, (Lookahead *) arg, arg);
 }
 
 /* replay every evidence row in seq order; returns how many */
 static int64
 Replay(IdentityGraph *g, Oid idtype)
 {
-	ReplayArgs	ra = {idtype, CurrentMemoryContext};
+	ReplayArgs	ra;
 
+	memset(&ra, 0, sizeof(ra));
+	ra.idtype = idtype;
+	ra.outer = CurrentMemoryContext;
+	ra.la.handle = ReplayMessage;
+	ra.la.warm = WarmMessage;
 	return ForEachRow("SELECT identifiers, created_profile, linked, observed_at, seq "
-					  "FROM cdp.identity_evidence ORDER BY seq", ReplayRow, g, &ra);
+					  "FROM cdp.identity_evidence ORDER BY seq", ReplayRow, FinishLookahead, g, &ra);
 }
 
 /* order ProfNode refs by profile id */
@@ -348,36 +461,108 @@ typedef struct RecordChange
 	bool		rank_only;		/* only merge_rank changes */
 } RecordChange;
 
-/* where cdp.identities holds an identifier now */
+/* a cdp.identities row waiting in the lookahead */
+typedef struct WaitingStored
+{
+	CdpIdentifier *id;
+	uint32		hash;
+	int64		profile;
+} WaitingStored;
+
+/* where cdp.identities holds an identifier: its node and profile asked for */
 static void
 NoteStored(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
+	WaitingStored *w = palloc(sizeof(WaitingStored));
 	bool		isnull;
-	CdpIdentifier *id = DatumGetIdentifierP(slot_getattr(slot, 1, &isnull));
 
-	int64		profile = DatumGetInt64(slot_getattr(slot, 2, &isnull));
-	IdNode	   *node = CdpGraphNode(g, id, true);
+	w->id = (CdpIdentifier *) PG_DETOAST_DATUM_COPY(slot_getattr(slot, 1, &isnull));
+	w->profile = DatumGetInt64(slot_getattr(slot, 2, &isnull));
+	w->hash = CdpGraphIdentifierHash(w->id);
+	CdpGraphPrefetchNodeSlots(g, w->hash);
+	CdpGraphPrefetchProfileSlots(g, w->profile);
+	LookaheadAdd(g, arg, w, arg);
+}
+
+static void
+WarmStored(IdentityGraph *g, void *row, void *arg)
+{
+	WaitingStored *w = row;
+
+	CdpGraphPrefetchNode(g, w->hash, IdValueLen(w->id));
+	CdpGraphPrefetchProfile(g, w->profile);
+}
+
+static void
+KeepStored(IdentityGraph *g, void *row, void *arg)
+{
+	WaitingStored *w = row;
+	IdNode	   *node = CdpGraphNodeHashed(g, w->id, w->hash, true);
 	RebuildState *rs = g->private;
 
 	/* a profile's identifiers are often stored side by side */
-	if (rs->last_stored_ref == 0 || rs->last_stored != profile)
+	if (rs->last_stored_ref == 0 || rs->last_stored != w->profile)
 	{
-		rs->last_stored = profile;
-		rs->last_stored_ref = CdpGraphProfile(g, profile, true)->self;
+		rs->last_stored = w->profile;
+		rs->last_stored_ref = CdpGraphProfile(g, w->profile, true)->self;
 	}
 	node->u.stored = rs->last_stored_ref;
 }
+
+/* a profile_records row waiting in the lookahead */
+typedef struct WaitingRecord
+{
+	int64		profile;
+	int64		into;
+	int64		rank;
+	int32		absorbed;
+	bool		has_into;
+	bool		has_rank;
+} WaitingRecord;
 
 /* a stored profile record that is merged away or has absorbed merges */
 static void
 NoteRecord(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 {
-	RebuildState *rs = g->private;
+	WaitingRecord *w = palloc(sizeof(WaitingRecord));
 	bool		isnull;
-	ProfNode   *p = CdpGraphProfile(g, DatumGetInt64(slot_getattr(slot, 1, &isnull)), true);
-	Datum		into = slot_getattr(slot, 2, &isnull);
+	Datum		d;
+
+	w->profile = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+	CdpGraphPrefetchProfileSlots(g, w->profile);
+	d = slot_getattr(slot, 2, &isnull);
+	w->has_into = !isnull;
+	w->into = isnull ? 0 : DatumGetInt64(d);
+	if (w->has_into)
+		CdpGraphPrefetchProfileSlots(g, w->into);
+	w->absorbed = DatumGetInt32(slot_getattr(slot, 3, &isnull));
+	d = slot_getattr(slot, 4, &isnull);
+	w->has_rank = !isnull;
+	w->rank = isnull ? 0 : DatumGetInt64(d);
+	if (w->has_rank)
+		CdpGraphPrefetchProfileSlots(g, w->rank);
+	LookaheadAdd(g, arg, w, arg);
+}
+
+static void
+WarmRecord(IdentityGraph *g, void *row, void *arg)
+{
+	WaitingRecord *w = row;
+
+	CdpGraphPrefetchProfile(g, w->profile);
+	if (w->has_into)
+		CdpGraphPrefetchProfile(g, w->into);
+	if (w->has_rank)
+		CdpGraphPrefetchProfile(g, w->rank);
+}
+
+static void
+KeepRecord(IdentityGraph *g, void *row, void *arg)
+{
+	WaitingRecord *w = row;
+	RebuildState *rs = g->private;
+	ProfNode   *p = CdpGraphProfile(g, w->profile, true);
 	StoredRecord *r;
-	Datum		rank;
 
 	if (rs->nrecords == rs->maxrecords)
 	{
@@ -392,10 +577,9 @@ NoteRecord(IdentityGraph *g, TupleTableSlot *slot, void *arg)
 	r = &rs->records[rs->nrecords++];
 	/* profiles named here get (empty) nodes, which change no answer below */
 	r->prof = p->self;
-	r->into = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(into), true)->self;
-	r->absorbed = DatumGetInt32(slot_getattr(slot, 3, &isnull));
-	rank = slot_getattr(slot, 4, &isnull);
-	r->rank = isnull ? 0 : CdpGraphProfile(g, DatumGetInt64(rank), true)->self;
+	r->into = w->has_into ? CdpGraphProfile(g, w->into, true)->self : 0;
+	r->absorbed = w->absorbed;
+	r->rank = w->has_rank ? CdpGraphProfile(g, w->rank, true)->self : 0;
 	p->has_record = true;
 }
 
@@ -433,11 +617,16 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	uint32		nprofs = CdpGraphProfileCount(g);
 	CdpNodeIter it = {0, 0};
 	IdNode	   *node;
+	Lookahead	la;
 
 	/* the replay is over: nodes forget their times, to keep stored profiles */
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
 		node->u.stored = 0;
-	*nstored = ForEachRow("SELECT identifier, profile_id FROM cdp.identities", NoteStored, g, NULL);
+	memset(&la, 0, sizeof(la));
+	la.handle = KeepStored;
+	la.warm = WarmStored;
+	*nstored = ForEachRow("SELECT identifier, profile_id FROM cdp.identities", NoteStored,
+						  FinishLookahead, g, &la);
 
 	/*
 	 * Where each replayed profile lands.  First, a profile that still holds
@@ -456,9 +645,12 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 			replayed[nreplayed++] = p->self;
 	}
 	/* profiles the replay knows only from now on, with their stored state */
+	memset(&la, 0, sizeof(la));
+	la.handle = KeepRecord;
+	la.warm = WarmRecord;
 	ForEachRow("SELECT profile_id, merged_into, merges_absorbed, merge_rank FROM cdp.profile_records "
 			   "WHERE merged_into IS NOT NULL OR merges_absorbed <> 0 OR merge_rank IS NOT NULL",
-			   NoteRecord, g, NULL);
+			   NoteRecord, FinishLookahead, g, &la);
 	if (rs->nrecords > 0)
 	{
 		/* the array's spare room goes back before the landings are made */

@@ -20,6 +20,7 @@
 #include "commands/trigger.h"
 #include "common/int128.h"
 #include "executor/spi.h"
+#include "regex/regex.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -256,9 +257,12 @@ ReadIdentityRules(MemoryContext cxt)
 		b->pattern = pstrdup(SPI_getvalue(tup, desc, 2));
 		b->is_regex = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 		if (b->is_regex)
-			b->regex = CStringGetTextDatum(b->pattern);
+			b->regex = cstring_to_text(b->pattern);
 		else
 			b->pattern = NormalisePattern(b->id_type, b->pattern);
+		/* lengths kept: every identifier a replay makes is checked */
+		b->type_len = b->id_type ? strlen(b->id_type) : 0;
+		b->pattern_len = strlen(b->pattern);
 		rules->blocked = lappend(rules->blocked, b);
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -393,7 +397,11 @@ CdpRuleFor(IdentityRules *rules, const char *type, int type_len)
 	return e ? &e->rule : &rules->fallback;
 }
 
-/* placeholder values (guest, 0, test@test.com, ...) never link anything */
+/*
+ * Placeholder values (guest, 0, test@test.com, ...) never link anything.  A
+ * literal is compared only at its own length; a regex is matched as
+ * texticregexeq would, on the value's bytes.
+ */
 bool
 CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id)
 {
@@ -406,18 +414,18 @@ CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id)
 		BlockedValue *b = lfirst(lc);
 
 		if (b->id_type != NULL &&
-			((int) strlen(b->id_type) != id->type_len ||
+			(b->type_len != id->type_len ||
 			 memcmp(b->id_type, IdTypePtr(id), id->type_len) != 0))
 			continue;
 		if (b->is_regex)
 		{
-			text	   *value = cstring_to_text_with_len(IdValuePtr(id), vlen);
-
-			if (DatumGetBool(DirectFunctionCall2Coll(texticregexeq, C_COLLATION_OID,
-													 PointerGetDatum(value), b->regex)))
+			if (RE_compile_and_execute(b->regex, (char *) IdValuePtr(id), vlen,
+									   REG_ADVANCED | REG_ICASE, C_COLLATION_OID, 0, NULL))
 				return true;
 			continue;
 		}
+		if (b->pattern_len != vlen)
+			continue;
 		if (lower == NULL)
 		{
 			lower = palloc(vlen + 1);
@@ -425,7 +433,7 @@ CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id)
 				lower[i] = pg_ascii_tolower((unsigned char) IdValuePtr(id)[i]);
 			lower[vlen] = '\0';
 		}
-		if ((int) strlen(b->pattern) == vlen && memcmp(b->pattern, lower, vlen) == 0)
+		if (memcmp(b->pattern, lower, vlen) == 0)
 			return true;
 	}
 	return false;

@@ -34,9 +34,11 @@ typedef struct IdRule
 typedef struct BlockedValue
 {
 	char	   *id_type;		/* NULL = every type */
+	int			type_len;
 	char	   *pattern;		/* lower-cased when not a regex */
+	int			pattern_len;
 	bool		is_regex;
-	Datum		regex;			/* text datum for the regex matcher */
+	text	   *regex;			/* the pattern, for the regex matcher */
 } BlockedValue;
 
 typedef struct IdentityRules
@@ -238,6 +240,7 @@ typedef struct IdentityGraph
 	char	  **slot_names;		/* slot -> type name */
 	uint8	   *slot_lens;		/* slot -> its length */
 	uint32	   *slot_hashes;	/* slot -> its hash */
+	const IdRule **slot_rules;	/* slot -> its rule, NULL until asked */
 	int			nslot_names;
 	List	   *splits;			/* SplitRule * */
 	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
@@ -259,6 +262,7 @@ typedef struct IdMessage
 	int64		seq;			/* rebuild: its evidence row */
 	uint32		seq_offset;		/* rebuild: seq less the first row's */
 	int64		created_hint;	/* rebuild: the id online resolution gave it */
+	uint32	   *hashes;			/* CdpGraphIdentifierHash of each id, or NULL */
 	/* results */
 	int64		profile;		/* 0: no usable identifier */
 	bool		changed;		/* the graph changed (violations alone do not) */
@@ -278,6 +282,12 @@ extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
 /* identity_store.c */
 extern IdentityGraph *CdpNewIdentityGraph(IdentityRules *rules, MemoryContext cxt, bool replay);
 extern IdNode *CdpGraphNode(IdentityGraph *g, CdpIdentifier *id, bool create);
+extern uint32 CdpGraphIdentifierHash(const CdpIdentifier *id);
+extern IdNode *CdpGraphNodeHashed(IdentityGraph *g, CdpIdentifier *id, uint32 hash, bool create);
+extern void CdpGraphPrefetchNodeSlots(IdentityGraph *g, uint32 hash);
+extern void CdpGraphPrefetchNode(IdentityGraph *g, uint32 hash, uint32 value_len);
+extern void CdpGraphPrefetchProfileSlots(IdentityGraph *g, int64 profile_id);
+extern void CdpGraphPrefetchProfile(IdentityGraph *g, int64 profile_id);
 extern ProfNode *CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create);
 extern ProfNode *CdpCanonical(IdentityGraph *g, int64 profile_id);
 extern void CdpGraphReserve(IdentityGraph *g, double identifiers, double profiles);
@@ -287,7 +297,15 @@ extern uint32 CdpGraphProfileCount(IdentityGraph *g);
 extern ProfNode *CdpGraphProfileAt(IdentityGraph *g, uint32 i);
 
 extern uint32 CdpGraphNodeRef(IdentityGraph *g, const IdNode *node);
+extern const IdRule *CdpSlotRule(IdentityGraph *g, int slot);
 extern CdpIdentifier *CdpNodeIdentifier(IdentityGraph *g, const IdNode *node);
+
+/* a hint to start loading addr into the cache (identity_store.c's lookahead) */
+#if defined(__GNUC__) || defined(__clang__)
+#define CdpPrefetch(addr)	__builtin_prefetch(addr)
+#else
+#define CdpPrefetch(addr)	((void) (addr))
+#endif
 
 #define CDP_PAGE_ELEMS		1024
 #define CDP_BLOCK_BITS		20

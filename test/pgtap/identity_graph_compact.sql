@@ -12,36 +12,10 @@ SELECT plan(9);
 
 \set send_ts '2026-05-01 00:00:00+00'
 \ir include/identity_setup.psql
-CREATE FUNCTION pg_temp.dry() RETURNS text LANGUAGE sql AS $$
-    SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(dry_run => true) r
-$$;
 
--- 30000 people: person p is profile p (user id and email); every third one
--- also had an anonymous profile 30000 + p, merged into p by a later message
-CREATE TEMP TABLE ppl AS
-SELECT p, p % 3 = 0 AS merged,
-       cdp.identifier('user_id', 'u' || p) AS uid,
-       cdp.identifier('email', 'person' || p || '@example.com') AS em,
-       cdp.identifier('anonymous_id', md5('anon-' || p)::uuid::text) AS an,
-       timestamptz '2026-01-01' + p * interval '1 second' AS at
-  FROM generate_series(1, 30000) p;
-INSERT INTO cdp.identity_evidence (seq, message_id, observed_at, identifiers, linked, created_profile)
-SELECT 2 * p - 1, 'id-' || p, at, ARRAY[uid, em], ARRAY[uid, em], p FROM ppl
-UNION ALL
-SELECT 2 * p, 'an-' || p, at, ARRAY[an], ARRAY[an], 30000 + p FROM ppl WHERE merged
-UNION ALL
-SELECT 60000 + p, 'mg-' || p, at + interval '100 days', ARRAY[uid, an], ARRAY[uid, an], NULL
-  FROM ppl WHERE merged;
-SELECT setval('cdp.identity_seq', 90000) \g /dev/null
-INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id)
-SELECT uid, p, at, 'id-' || p FROM ppl
-UNION ALL SELECT em, p, at, 'id-' || p FROM ppl
-UNION ALL SELECT an, p, at, 'an-' || p FROM ppl WHERE merged;
-INSERT INTO cdp.profile_records (profile_id, merges_absorbed)
-SELECT p, CASE WHEN merged THEN 1 ELSE 0 END FROM ppl;
-INSERT INTO cdp.profile_records (profile_id, merged_into)
-SELECT 30000 + p, p FROM ppl WHERE merged;
-SELECT setval('cdp.profile_id_seq', 60000) \g /dev/null
+-- 30000 people (70000 identifiers), a third of them merged
+\set people 30000
+\ir include/people_graph.psql
 
 CREATE TEMP TABLE r AS SELECT cdp.rebuild_identities(dry_run => true) AS r;
 SELECT is((SELECT (r->>'changed')::int || '/' || (r->>'profiles_changed') || '/' || (r->>'identifiers')
