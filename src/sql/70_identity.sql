@@ -170,35 +170,32 @@ ALTER TABLE cdp.identity_splits ENABLE ALWAYS TRIGGER identity_splits_changed;
 -- Events with profile_id replaced by the profile's current canonical id;
 -- NULL for events stored without a profile (profile_id 0 where cdp.events
 -- is distributed by it, as a distribution column is never NULL).
--- Branches, so that a WHERE on profile_id reaches an index in each: the
--- events of profiles never merged away keep their own id (the partitions'
--- (profile_id, ts) index, then an anti join), and those of merged-away
--- profiles take their record's merged_into (profile_records' merged_into
--- index, then the events index).  One LEFT JOIN computing
--- coalesce(merged_into, profile_id) reads the same rows, but a condition on
--- that expression reaches no index: a person's timeline scanned every event.
--- merged_into always names the canonical profile (merges repoint their
--- members), so one step suffices.  Events without a profile (NULL, or 0
--- where cdp.events is distributed) are a branch of their own with a constant
--- NULL, which a condition on profile_id removes at planning: an expression
--- over e.profile_id in the first branch would hide its index.  The anti join
--- is a LEFT JOIN ... IS NULL, not NOT EXISTS, because Citus plans a join of
--- a distributed cdp.events with the coordinator's profile_records but
--- refuses the sublink.
+-- Every profile record names its canonical id once (itself, or merged_into,
+-- which always names the canonical profile: merges repoint their members),
+-- so the events join those (member, canonical) pairs once.  A WHERE on
+-- profile_id reaches profile_records' indexes (primary key, merged_into) in
+-- the pairs' two branches, then the partitions' (profile_id, ts) index once
+-- per member: a person's timeline reads each partition once.  One LEFT JOIN
+-- computing coalesce(merged_into, profile_id) reads the same rows, but a
+-- condition on that expression reaches no index (a timeline scanned every
+-- event); an anti join for unmerged profiles beside a join for merged-away
+-- ones reaches the indexes but reads every partition twice.  Events without
+-- a profile (NULL, or 0 where cdp.events is distributed) are a branch of
+-- their own with a constant NULL, which a condition on profile_id removes
+-- at planning.  Every stored profile id has its record (cdp.forget erases
+-- both), so the inner join drops no event.
 CREATE VIEW cdp.events_resolved AS
-SELECT e.message_id, e.source, e.type, e.event, e.name, e.profile_id,
+SELECT e.message_id, e.source, e.type, e.event, e.name, m.canonical AS profile_id,
        e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
        e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
-  FROM cdp.events e
-  LEFT JOIN cdp.profile_records p ON p.profile_id = e.profile_id AND p.merged_into IS NOT NULL
- WHERE e.profile_id <> 0 AND p.profile_id IS NULL
-UNION ALL
-SELECT e.message_id, e.source, e.type, e.event, e.name, p.merged_into,
-       e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,
-       e.sent_at, e.received_at, e.properties, e.traits, e.context, e.extra
-  FROM cdp.profile_records p
-  JOIN cdp.events e ON e.profile_id = p.profile_id
- WHERE p.merged_into IS NOT NULL
+  FROM (SELECT p.profile_id AS member, p.profile_id AS canonical
+          FROM cdp.profile_records p
+         WHERE p.merged_into IS NULL
+        UNION ALL
+        SELECT p.profile_id, p.merged_into
+          FROM cdp.profile_records p
+         WHERE p.merged_into IS NOT NULL) m
+  JOIN cdp.events e ON e.profile_id = m.member
 UNION ALL
 SELECT e.message_id, e.source, e.type, e.event, e.name, NULL::bigint,
        e.user_id, e.anonymous_id, e.group_id, e.previous_id, e.ts, e.original_timestamp,

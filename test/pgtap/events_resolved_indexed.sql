@@ -2,11 +2,11 @@
 -- profiles followed, unresolved events NULL) exactly as one LEFT JOIN with
 -- cdp.profile_records does, and a condition on its profile_id reaches the
 -- partitions' (profile_id, ts) index and profile_records' indexes: a
--- person's timeline never reads every event.
+-- person's timeline never reads every event, and reads each partition once.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(7);
+SELECT plan(8);
 
 TRUNCATE cdp.inbox, cdp.dead_letters, cdp.message_ids;
 SELECT cdp.block_identifier('anonymous_id', 'erx-blocked');
@@ -45,6 +45,10 @@ SELECT is((SELECT profile_id FROM cdp.events_resolved WHERE message_id = 'erx-4'
 -- Every scan of an event partition in the plan must look the profile up in
 -- its index (an Index Cond on profile_id), sequential scans priced out; the
 -- LEFT JOIN form, whose profile_id is an expression, cannot.
+CREATE FUNCTION pg_temp.plan_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY EXECUTE 'EXPLAIN (COSTS OFF) ' || q;
+END $$;
 CREATE FUNCTION pg_temp.events_read_by_profile(q text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     line text;
@@ -73,6 +77,18 @@ SELECT ok(pg_temp.events_read_by_profile($$SELECT * FROM cdp.events_resolved
 SELECT ok(NOT pg_temp.events_read_by_profile($$SELECT * FROM erx_reference
                                               WHERE profile_id = cdp.resolve('user_id:erx-ann')$$),
           'the LEFT JOIN form cannot (the check can tell)');
+
+-- a timeline's plan scans each partition once, not once per way an event
+-- can belong to the person (its own profile, a profile merged into it)
+CREATE FUNCTION pg_temp.partition_scans(q text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT count(*) FROM pg_temp.plan_lines(q) l
+     WHERE l ~ 'Scan .* on events_p' AND l !~ 'Bitmap Index Scan'
+$$;
+SELECT is(pg_temp.partition_scans($$SELECT * FROM cdp.events_resolved
+                                    WHERE profile_id = cdp.resolve('user_id:erx-ann')
+                                    ORDER BY ts DESC LIMIT 100$$),
+          (SELECT count(*) FROM pg_inherits WHERE inhparent = 'cdp.events'::regclass),
+          'a timeline through cdp.events_resolved scans each partition once');
 
 SELECT * FROM finish();
 ROLLBACK;
