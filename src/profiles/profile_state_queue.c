@@ -584,21 +584,21 @@ static const char *const queued_sql =
 
 /*
  * With the call's profile stats (CdpProfileStatsRows, made of $1 to $4,
- * spliced in at %s), gathered per profile with the maps (st: it has some):
- * a record that takes both is written once, the others take either.
+ * spliced in at %s), gathered per profile with the maps (st: it has some)
+ * without a join: a record that takes both is written once.  Those with
+ * stats alone merge their own maps again (the same maps: they were merged
+ * before) rather than taking a second statement; only those with state
+ * are returned.
  */
 static const char *const queued_stats_sql =
-	"WITH x AS MATERIALIZED ("
-	"  SELECT p, " QUEUED_MAPS ", sum(n) AS n, min(lo) AS lo, max(hi) AS hi, bool_or(st) AS st "
-	"    FROM (SELECT z.*, NULL::numeric AS n, NULL::timestamptz AS lo, NULL::timestamptz AS hi, "
-	"                 true AS st FROM (" QUEUED_ROWS ") z "
-	"          UNION ALL SELECT d.id, NULL, NULL, NULL, d.n, d.lo, d.hi, false FROM %s) y "
-	"   GROUP BY p), "
-	"s AS (UPDATE cdp.profile_records r SET " QUEUED_SET("x") ", " CDP_PROFILE_STATS_SET("x") " "
-	"      FROM x WHERE r.profile_id = x.p AND x.st RETURNING r.profile_id), "
-	"o AS (UPDATE cdp.profile_records r SET " CDP_PROFILE_STATS_SET("x") " "
-	"      FROM x WHERE r.profile_id = x.p AND NOT x.st) "
-	"SELECT profile_id FROM s";
+	"WITH s AS (UPDATE cdp.profile_records r SET " QUEUED_SET("x") ", " CDP_PROFILE_STATS_SET("x") " "
+	"  FROM (SELECT p, " QUEUED_MAPS ", sum(n) AS n, min(lo) AS lo, max(hi) AS hi, bool_or(st) AS st "
+	"          FROM (SELECT z.*, NULL::numeric AS n, NULL::timestamptz AS lo, NULL::timestamptz AS hi, "
+	"                       true AS st FROM (" QUEUED_ROWS ") z "
+	"                UNION ALL SELECT d.id, NULL, NULL, NULL, d.n, d.lo, d.hi, false FROM %s) y "
+	"         GROUP BY p) x "
+	"  WHERE r.profile_id = x.p RETURNING r.profile_id, x.st) "
+	"SELECT profile_id FROM s WHERE st";
 
 /* put n digits of v at buf */
 static void
