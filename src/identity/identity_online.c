@@ -1479,14 +1479,15 @@ CompareStatsEntries(const void *a, const void *b)
 }
 
 /*
- * Add gathered stats to the profile records, in one statement, and empty
- * the table.  A profile merged away since its events were counted hands
- * them to the profile holding it now (merged_into names the final one);
- * when nothing was merged since, each row is found once, not twice.  The
- * batch that counted them locked every row, or created it.
+ * The gathered stats of each profile, in profile id order (the order the
+ * records were made in: the probes and updates walk the index and the
+ * table forwards instead of all over them), as the four arrays of
+ * CdpProfileStatsRows in args; false when there are none.  *merged_since
+ * says whether a profile may have been merged away since its events were
+ * counted.
  */
-void
-CdpWriteProfileStats(HTAB *stats)
+bool
+CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since)
 {
 	long		n = hash_get_num_entries(stats);
 	int64	   *ids;
@@ -1497,14 +1498,10 @@ CdpWriteProfileStats(HTAB *stats)
 	StatsEntry *e;
 	StatsEntry **entries;
 	int			k = 0;
-	int			level;
-	bool		merged_since = false;
-	Oid			argtypes[4] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-	TIMESTAMPTZARRAYOID};
-	Datum		args[4];
 
+	*merged_since = false;
 	if (n == 0)
-		return;
+		return false;
 	ids = palloc(sizeof(int64) * n);
 	counts = palloc(sizeof(int64) * n);
 	lo = palloc(sizeof(TimestampTz) * n);
@@ -1514,14 +1511,8 @@ CdpWriteProfileStats(HTAB *stats)
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
 		entries[k++] = e;
-		merged_since |= e->since != graph_writes;
+		*merged_since |= e->since != graph_writes;
 	}
-
-	/*
-	 * In profile id order, the order the records were made in: the probes
-	 * and updates walk the index and the table forwards instead of all over
-	 * them.
-	 */
 	qsort(entries, k, sizeof(StatsEntry *), CompareStatsEntries);
 	for (int i = 0; i < k; i++)
 	{
@@ -1534,34 +1525,57 @@ CdpWriteProfileStats(HTAB *stats)
 	args[1] = CdpInt8Array(counts, k);
 	args[2] = TimestampArray(lo, k);
 	args[3] = TimestampArray(hi, k);
-	CheckPlans(CdpIdentifierTypeOid());
-	level = CdpBeginIndexedPlans();
-	if (!merged_since)
-		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS_CANONICAL,
-								  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
-								  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
-								  "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
-								  "AS d(id, n, lo, hi) WHERE r.profile_id = d.id",
-								  4, argtypes),
-					args, NULL, SPI_OK_UPDATE);
-	else
-		CdpExecPlan(OnlinePlanFor(PLAN_WRITE_STATS,
-							  "UPDATE cdp.profile_records r SET event_count = r.event_count + d.n, "
-							  "first_seen = LEAST(r.first_seen, d.lo), last_seen = GREATEST(r.last_seen, d.hi) "
-							  "FROM (SELECT coalesce(p.merged_into, p.profile_id) AS id, sum(u.n) AS n, "
-							  "             min(u.lo) AS lo, max(u.hi) AS hi "
-							  "        FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
-							  "             AS u(id, n, lo, hi) "
-							  "        JOIN cdp.profile_records p ON p.profile_id = u.id GROUP BY 1) d "
-							  "WHERE r.profile_id = d.id",
-							  4, argtypes),
-					args, NULL, SPI_OK_UPDATE);
-	CdpEndIndexedPlans(level);
 	pfree(entries);
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
 	pfree(hi);
+	return true;
+}
+
+/*
+ * The rows d(id, n, lo, hi) of the stats CdpProfileStatsArrays gave as $1
+ * to $4, each under the profile holding its events now: a profile merged
+ * away since its events were counted hands them to the profile its
+ * merged_into names (the final one); when nothing was merged since, each
+ * row is found once, not twice.
+ */
+const char *
+CdpProfileStatsRows(bool merged_since)
+{
+	if (merged_since)
+		return "(SELECT coalesce(p.merged_into, p.profile_id) AS id, sum(u.n) AS n, "
+			"        min(u.lo) AS lo, max(u.hi) AS hi "
+			"   FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+			"        AS u(id, n, lo, hi) "
+			"   JOIN cdp.profile_records p ON p.profile_id = u.id GROUP BY 1) d";
+	return "ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS d(id, n, lo, hi)";
+}
+
+/*
+ * Add gathered stats to the profile records, in one statement, and empty
+ * the table.  The batch that counted them locked every row, or created it.
+ */
+void
+CdpWriteProfileStats(HTAB *stats)
+{
+	Oid			argtypes[4] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID};
+	Datum		args[4];
+	bool		merged_since;
+	int			level;
+
+	if (!CdpProfileStatsArrays(stats, args, &merged_since))
+		return;
+	CheckPlans(CdpIdentifierTypeOid());
+	level = CdpBeginIndexedPlans();
+	CdpExecPlan(OnlinePlanFor(merged_since ? PLAN_WRITE_STATS : PLAN_WRITE_STATS_CANONICAL,
+							  psprintf("UPDATE cdp.profile_records r SET " CDP_PROFILE_STATS_SET("d") " "
+									   "FROM %s WHERE r.profile_id = d.id",
+									   CdpProfileStatsRows(merged_since)),
+							  4, argtypes),
+				args, NULL, SPI_OK_UPDATE);
+	CdpEndIndexedPlans(level);
 	CdpClearProfileStats(stats);
 }
 

@@ -423,6 +423,12 @@ extern bool CdpIsStaleResolution(ErrorData *edata);
 extern HTAB *CdpNewProfileStats(MemoryContext cxt);
 extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
 extern void CdpWriteProfileStats(HTAB *stats);
+extern bool CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since);
+extern const char *CdpProfileStatsRows(bool merged_since);
+/* how stats rows a(n, lo, hi) (see CdpProfileStatsRows) are added to a profile record r */
+#define CDP_PROFILE_STATS_SET(a) \
+	"event_count = r.event_count + coalesce(" a ".n, 0), " \
+	"first_seen = LEAST(r.first_seen, " a ".lo), last_seen = GREATEST(r.last_seen, " a ".hi)"
 extern void CdpClearProfileStats(HTAB *stats);
 extern int64 CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 								const char *message_id);
@@ -448,7 +454,7 @@ typedef struct CdpPendingId CdpPendingId;
 extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
 extern int	CdpStateQueueLength(CdpStateQueue *queue);
 extern void CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from);
-extern void CdpWriteQueuedProfileState(CdpStateQueue *queue);
+extern void CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats);
 extern CdpPendingId *CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id);
 extern void CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name,
 						 int namelen, Datum value, TimestampTz at);

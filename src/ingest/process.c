@@ -615,7 +615,7 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	if (CdpTraitDeltasFull(d->traits) || CdpStateQueueLength(d->state) >= STATE_IDENTIFIERS)
 		CdpWriteTraitDeltas(d->traits);
 	if (CdpStateQueueLength(d->state) >= STATE_IDENTIFIERS)
-		CdpWriteQueuedProfileState(d->state);
+		CdpWriteQueuedProfileState(d->state, d->stats);
 	MemoryContextSwitchTo(d->caller_cxt);
 	MemoryContextReset(d->batch_cxt);
 	return true;
@@ -626,9 +626,9 @@ void
 CdpEndDrain(CdpDrain *d)
 {
 	MemoryContextSwitchTo(d->batch_cxt);
-	CdpWriteProfileStats(d->stats);
 	CdpWriteTraitDeltas(d->traits);
-	CdpWriteQueuedProfileState(d->state);
+	/* the stats with the state: a profile record taking both is written once */
+	CdpWriteQueuedProfileState(d->state, d->stats);
 	MemoryContextSwitchTo(d->caller_cxt);
 	SPI_finish();
 	MemoryContextDelete(d->b.chunk_cxt);

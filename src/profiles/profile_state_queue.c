@@ -50,6 +50,8 @@ typedef enum QueuePlan
 	PLAN_STATE,
 	PLAN_STORED,
 	PLAN_QUEUED,
+	PLAN_QUEUED_STATS,
+	PLAN_QUEUED_STATS_MERGED,
 	NUM_QUEUE_PLANS
 } QueuePlan;
 
@@ -548,26 +550,55 @@ static const char *const state_sql =
 	"SELECT identifier FROM tw UNION ALL SELECT identifier FROM cw";
 
 /*
- * The statement of CdpWriteQueuedProfileState.  The two trait aggregates
- * take the same rows in the same order, so their elements pair up; the
- * merges give the same for any order of maps, so no sort per profile.
+ * The statements of CdpWriteQueuedProfileState, in parts.  The rows of the
+ * identifiers in $5: the profile holding each, its maps.
  */
+#define QUEUED_ROWS \
+	"SELECT i.profile_id AS p, t.traits AS tr, t.trait_times AS tt, c.consent AS e " \
+	"  FROM (SELECT DISTINCT x.i FROM unnest($5) AS x(i)) u " \
+	"  JOIN cdp.identities i ON i.identifier = u.i " \
+	"  LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i " \
+	"  LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i"
+/*
+ * ... gathered per profile.  The two trait aggregates take the same rows in
+ * the same order, so their elements pair up; the merges give the same for
+ * any order of maps, so no sort per profile.
+ */
+#define QUEUED_MAPS \
+	"coalesce(array_agg(tr) FILTER (WHERE tr IS NOT NULL), '{}') AS tr, " \
+	"coalesce(array_agg(tt) FILTER (WHERE tr IS NOT NULL), '{}') AS tt, " \
+	"coalesce(array_agg(e) FILTER (WHERE e IS NOT NULL), '{}') AS e"
+/* ... merged into the record r of each, from a(tr, tt, e) (the maximum of traits in $6) */
+#define QUEUED_SET(a) \
+	"(traits, trait_times) = " \
+	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits(" \
+	"     array_prepend(r.traits, " a ".tr), array_prepend(r.trait_times, " a ".tt), $6, false) m), " \
+	"consent = cdp.merge_consent(array_prepend(r.consent, " a ".e))"
+
+/* the state alone (no stats in $1 to $4) */
 static const char *const queued_sql =
-	"UPDATE cdp.profile_records r SET (traits, trait_times) = "
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits("
-	"     array_prepend(r.traits, q.tr), array_prepend(r.trait_times, q.tt), $2, false) m), "
-	"  consent = cdp.merge_consent(array_prepend(r.consent, q.e)) "
-	"FROM (SELECT i.profile_id AS p, "
-	"             coalesce(array_agg(t.traits) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tr, "
-	"             coalesce(array_agg(t.trait_times) FILTER (WHERE t.traits IS NOT NULL), '{}') AS tt, "
-	"             coalesce(array_agg(c.consent) FILTER (WHERE c.consent IS NOT NULL), '{}') AS e "
-	"        FROM (SELECT DISTINCT x.i FROM unnest($1) AS x(i)) u "
-	"        JOIN cdp.identities i ON i.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_traits t ON t.identifier = u.i "
-	"        LEFT JOIN cdp.identifier_consent c ON c.identifier = u.i "
-	"       GROUP BY i.profile_id) q "
+	"UPDATE cdp.profile_records r SET " QUEUED_SET("q") " "
+	"FROM (SELECT p, " QUEUED_MAPS " FROM (" QUEUED_ROWS ") z GROUP BY p) q "
 	"WHERE r.profile_id = q.p "
 	"RETURNING r.profile_id";
+
+/*
+ * With the call's profile stats (CdpProfileStatsRows, made of $1 to $4,
+ * spliced in at %s), gathered per profile with the maps (st: it has some)
+ * without a join: a record that takes both is written once.  Those with
+ * stats alone merge their own maps again (the same maps: they were merged
+ * before) rather than taking a second statement; only those with state
+ * are returned.
+ */
+static const char *const queued_stats_sql =
+	"WITH s AS (UPDATE cdp.profile_records r SET " QUEUED_SET("x") ", " CDP_PROFILE_STATS_SET("x") " "
+	"  FROM (SELECT p, " QUEUED_MAPS ", sum(n) AS n, min(lo) AS lo, max(hi) AS hi, bool_or(st) AS st "
+	"          FROM (SELECT z.*, NULL::numeric AS n, NULL::timestamptz AS lo, NULL::timestamptz AS hi, "
+	"                       true AS st FROM (" QUEUED_ROWS ") z "
+	"                UNION ALL SELECT d.id, NULL, NULL, NULL, d.n, d.lo, d.hi, false FROM %s) y "
+	"         GROUP BY p) x "
+	"  WHERE r.profile_id = x.p RETURNING r.profile_id, x.st) "
+	"SELECT profile_id FROM s WHERE st";
 
 /* put n digits of v at buf */
 static void
@@ -1132,18 +1163,29 @@ CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
  * (CdpMergeStateQueue), so the caller holds these profile rows (its
  * identity resolution locked them).  Whatever runs the pipeline calls this
  * before its transaction ends.
+ *
+ * With stats (CdpNewProfileStats, or NULL), they are written too, and
+ * emptied: in the statement that writes the state, so that a record taking
+ * both (a profile made in one batch of a call and seen again in a later
+ * one) is rewritten once, not twice (a new version of a grown row, which
+ * seldom fits on its page, with a new index entry each time).
  */
 void
-CdpWriteQueuedProfileState(CdpStateQueue *queue)
+CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats)
 {
-	Oid			argtypes[2];
-	Datum		args[2];
+	Oid			argtypes[6] = {INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	TIMESTAMPTZARRAYOID, InvalidOid, INT4OID};
+	Datum		args[6];
 	int			level;
 	Datum	   *changed;
 	int			nchanged;
 
 	if (queue->nentries == 0)
+	{
+		if (stats != NULL)
+			CdpWriteProfileStats(stats);
 		return;
+	}
 	CdpCheckTypePlans(plans, NUM_QUEUE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
 	changed = WriteState(queue, &nchanged);
@@ -1151,13 +1193,28 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue)
 	{
 		uint64		rows;
 		int64	   *profiles;
+		bool		merged_since = false;
+		bool		with_stats;
 
-		argtypes[0] = get_array_type(plans_type_oid);
-		argtypes[1] = INT4OID;
-		args[0] = CdpArray(changed, nchanged, plans_type_oid);
-		args[1] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
-		rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 2, argtypes),
-						   args, NULL, SPI_OK_UPDATE_RETURNING);
+		with_stats = stats != NULL && CdpProfileStatsArrays(stats, args, &merged_since);
+		argtypes[4] = get_array_type(plans_type_oid);
+		args[4] = CdpArray(changed, nchanged, plans_type_oid);
+		args[5] = Int32GetDatum(CDP_MAX_PROFILE_TRAITS);
+		if (with_stats)
+			rows = CdpExecPlan(CdpPlanReplanned(&plans[merged_since ? PLAN_QUEUED_STATS_MERGED :
+														PLAN_QUEUED_STATS],
+												psprintf(queued_stats_sql,
+														 CdpProfileStatsRows(merged_since)),
+												6, argtypes),
+							   args, NULL, SPI_OK_SELECT);
+		else
+		{
+			/* the statement names every parameter: empty stats */
+			for (int a = 0; a < 4; a++)
+				args[a] = PointerGetDatum(construct_empty_array(get_element_type(argtypes[a])));
+			rows = CdpExecPlan(CdpPlanReplanned(&plans[PLAN_QUEUED], queued_sql, 6, argtypes),
+							   args, NULL, SPI_OK_UPDATE_RETURNING);
+		}
 		profiles = palloc(sizeof(int64) * Max(rows, 1));
 
 		/* audiences over declared traits and consent follow at commit */
@@ -1170,7 +1227,12 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue)
 		}
 		SPI_freetuptable(SPI_tuptable);
 		CdpProfilesChanged(profiles, (int) rows);
+		if (with_stats)
+			CdpClearProfileStats(stats);
 	}
 	CdpEndIndexedPlans(level);
 	StartQueue(queue);
+	/* stats of profiles no state changed (or none left with stats) */
+	if (stats != NULL)
+		CdpWriteProfileStats(stats);
 }

@@ -13,20 +13,7 @@ SELECT plan(7);
 \ir include/identity_setup.psql
 SET LOCAL cdp.batch_size = 2;
 
--- every canonical profile counts exactly the events that resolve to it;
--- a merged-away one counts none
-CREATE FUNCTION pg_temp.miscounted() RETURNS SETOF bigint LANGUAGE sql AS $$
-    SELECT r.profile_id
-      FROM cdp.profile_records r
-      LEFT JOIN (SELECT profile_id, count(*) AS n, min(ts) AS lo, max(ts) AS hi
-                   FROM cdp.events_resolved GROUP BY profile_id) e USING (profile_id)
-     WHERE (r.merged_into IS NULL
-            AND (r.event_count, r.first_seen, r.last_seen) IS DISTINCT FROM (coalesce(e.n, 0), e.lo, e.hi))
-        OR (r.merged_into IS NOT NULL AND r.event_count <> 0)
-$$;
-CREATE FUNCTION pg_temp.record_updates() RETURNS bigint LANGUAGE sql AS $$
-    SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'cdp.profile_records'::regclass
-$$;
+\ir include/profile_stats_checks.psql
 
 -- one visitor, six events, three batches of two, one call
 DO $$ BEGIN
