@@ -19,9 +19,10 @@
  *	  the commit and two workers would otherwise take turns storing events.
  *	  Under the lock it reads again everything resolution read (the stored
  *	  identities of its identifiers, their profiles' rows, the rules and
- *	  splits) and writes only if nothing changed, for then resolving under
- *	  the lock gives the same answer; else the chunk is processed again,
- *	  taking the lock first.
+ *	  splits) and writes only if nothing changed and no other writer stored
+ *	  a profile with a later id than its own (ids order merges, so they must
+ *	  follow the lock's order), for then resolving under the lock gives the
+ *	  same answer; else the chunk is processed again, taking the lock first.
  */
 #include "postgres.h"
 
@@ -64,6 +65,7 @@ typedef enum OnlinePlan
 	PLAN_UPDATE_STATS,
 	PLAN_WRITE_STATS,
 	PLAN_WRITE_STATS_CANONICAL,
+	PLAN_COUNT_PROFILES_FROM,
 	NUM_ONLINE_PLANS
 } OnlinePlan;
 
@@ -1953,12 +1955,54 @@ SameStoredIdentities(IdentityGraph *g, IdentityGraph *now)
 }
 
 /*
+ * Whether another session stored a profile with a higher id than one this
+ * batch made before the identity lock.  Profile ids are the order merges
+ * and every rebuild's replay go by (the oldest profile absorbs the others),
+ * and that order must be the one the writers took the lock in: a batch
+ * holding ids from before the lock, behind a writer that took the lock
+ * first and made a profile with a later id, would rank its profiles before
+ * that writer's, as if it had come first.  Read under the lock, after every
+ * earlier writer committed; this batch's own rows are all the rows from its
+ * lowest id up to a later one stored.
+ */
+static bool
+LaterProfileStored(IdentityGraph *g)
+{
+	uint32		cap = CdpGraphProfileCount(g);
+	int64		lowest = PG_INT64_MAX;
+	int64		mine = 0;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1];
+	bool		isnull;
+
+	for (uint32 i = 0; i < cap; i++)
+	{
+		ProfNode   *p = CdpGraphProfileAt(g, i);
+
+		if (p->is_new)
+		{
+			lowest = Min(lowest, p->profile_id);
+			mine++;
+		}
+	}
+	if (mine == 0)
+		return false;
+	args[0] = Int64GetDatum(lowest);
+	CdpExecPlan(OnlinePlanFor(PLAN_COUNT_PROFILES_FROM,
+							  "SELECT count(*) FROM cdp.profile_records WHERE profile_id >= $1",
+							  1, argtypes),
+				args, NULL, SPI_OK_SELECT);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > mine;
+}
+
+/*
  * The graph writes of a batch resolved before the identity lock (see
  * ResolveItems), once its events are stored: take the lock, read again
  * what resolution read (the batch's stored identities, their profiles'
  * rows, now locked, the rules and splits), and write if it is all the
  * same, for then resolving under the lock gives the same answer.  If not
- * (another session stored one of its new identifiers meanwhile, say),
+ * (another session stored one of its new identifiers meanwhile, or a
+ * profile with a later id than one the batch made: LaterProfileStored),
  * raise an error CdpIsStaleResolution knows: the caller rolls the chunk
  * back and processes it again, and that time resolution takes the lock
  * first.
@@ -1987,7 +2031,7 @@ CdpWriteResolvedIdentities(CdpPendingIdentities *pending)
 	if (!stale)
 	{
 		now = BuildGraph(g->rules, pending->items, pending->n, CurrentMemoryContext, NULL);
-		stale = !SameStoredIdentities(g, now);
+		stale = !SameStoredIdentities(g, now) || LaterProfileStored(g);
 	}
 	if (!stale)
 	{

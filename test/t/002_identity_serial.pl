@@ -5,14 +5,17 @@
 # identity lock.  The log is then replayed, one operation at a time, in a
 # fresh database, and both end states must agree: which identifiers share a
 # profile, the profile every event resolves to, event counts and merge counts
-# — and a dry run must report 0 after a final rebuild.
+# — and a dry run must report 0 after a final rebuild.  Each round starts
+# from fresh databases with the next seed: the interleavings differ.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $seed = $ENV{CDP_SERIAL_SEED} // 20261203;
+my $first_seed = $ENV{CDP_SERIAL_SEED} // 20261203;
+# rounds with consecutive seeds: the clients' interleaving differs in each
+my $rounds = $ENV{CDP_SERIAL_ROUNDS} // 3;
 my $node = PostgreSQL::Test::Cluster->new('serial');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
@@ -21,64 +24,6 @@ cdp.max_merges_per_profile = 4
 deadlock_timeout = 100ms
 });
 $node->start;
-
-for my $db ('concurrent', 'serial')
-{
-	$node->safe_psql('postgres', "CREATE DATABASE $db");
-	$node->safe_psql($db, 'CREATE EXTENSION pg_cdp');
-	# the events' partition exists before the clients start
-	$node->safe_psql($db, q{
-		SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "setup", "anonymousId": "setup",
-		                    "timestamp": "2026-06-01T00:00:00Z"}');
-		SELECT cdp.process_inbox();
-		SELECT cdp.define_computed_trait('events', 'count');
-		SELECT cdp.define_computed_trait('total', 'sum', 'e', 'v');
-		SELECT cdp.define_computed_trait('top', 'most_frequent', NULL, 'v');
-		SELECT cdp.define_audience('busy', 'events >= 4 AND total > 100');
-	});
-}
-
-# run_op runs statements as one operation and logs it when it took effect,
-# before it commits.  Whatever changed the graph still holds the identity
-# lock then, so the log order is the order they took effect in; a message
-# that changed nothing holds the rows of the profile it was stored under,
-# which whatever changes that profile must wait for.  lock_first takes the
-# identity lock before the statements, so what they decide (which profile
-# to split) is decided in that order; rebuilds take it themselves, inside
-# the statement, after its snapshot was taken.  An operation that lost a
-# race did not happen: it is kept apart in op_lost, not logged.
-$node->safe_psql('concurrent', q{
-	CREATE SEQUENCE op_seq;
-	CREATE TABLE op_log (n bigint PRIMARY KEY, stmts text[] NOT NULL);
-	CREATE TABLE op_lost (stmts text[] NOT NULL, error text NOT NULL);
-	CREATE FUNCTION run_op(lock_first bool, VARIADIC stmts text[]) RETURNS void
-	LANGUAGE plpgsql AS $$
-	DECLARE
-		s text;
-	BEGIN
-		IF lock_first THEN
-			PERFORM pg_advisory_xact_lock(1128550401, 3);
-		END IF;
-		BEGIN
-			FOREACH s IN ARRAY stmts LOOP
-				EXECUTE s;
-			END LOOP;
-			-- a batch process_inbox rolled back (a deadlock) stays queued for
-			-- whoever comes next: then this operation did not happen either
-			IF EXISTS (SELECT 1 FROM cdp.inbox) THEN
-				RAISE EXCEPTION 'a message stayed queued' USING ERRCODE = 'deadlock_detected';
-			END IF;
-		EXCEPTION WHEN invalid_parameter_value OR object_not_in_prerequisite_state
-		            OR undefined_object OR deadlock_detected OR serialization_failure THEN
-			INSERT INTO op_lost VALUES (stmts, SQLSTATE || ' ' || SQLERRM);
-			RETURN;
-		END;
-		INSERT INTO op_log VALUES (nextval('op_seq'), stmts);
-		-- hold the lock a moment: a rebuild that comes meanwhile waits for it
-		PERFORM pg_sleep(0.002);
-	END
-	$$;
-});
 
 # half the messages take the identity lock themselves only if they change
 # the graph: the others go on beside writers, locking profile rows
@@ -126,26 +71,6 @@ my $rebuild = q{
 SELECT run_op(false, 'SELECT cdp.rebuild_identities()');
 };
 
-$node->pgbench(
-	"--no-vacuum --client=4 --transactions=40 --random-seed=$seed --max-tries=20",
-	0, [qr{processed: 160/160}], [qr{^(?:pgbench: setting random seed[^\n]*\n)?$}],
-	'random identity operations from four clients',
-	{
-		'001_message@10' => $message,
-		'002_link@2' => $link,
-		'003_split@2' => $split,
-		'004_rule@2' => $rule,
-		'005_rebuild@3' => $rebuild,
-	},
-	'concurrent');
-
-my $nops = $node->safe_psql('concurrent', 'SELECT count(*) FROM op_log');
-cmp_ok($nops, '>=', 100, "most operations took effect ($nops of 160)");
-
-# the same operations one after the other
-my $script = $node->safe_psql('concurrent',
-	q{SELECT string_agg('BEGIN; ' || array_to_string(stmts, '; ') || '; COMMIT;', E'\n' ORDER BY n) FROM op_log});
-$node->safe_psql('serial', $script);
 
 # the graph without profile ids: the identifiers of each profile with its
 # counts, and for each event the first identifier of the profile it resolves to
@@ -176,45 +101,134 @@ my $invariants_sql = q{
 	                (SELECT count(*) FROM cdp.events_resolved e WHERE e.profile_id = p.profile_id AND e.type = 'track'))
 };
 
-for my $db ('concurrent', 'serial')
+# one round: fresh databases, the clients run, the serial replay, the checks
+sub round
 {
-	is($node->safe_psql($db, $invariants_sql), '0 0 0 0',
-		"$db: identifiers on canonical profiles, redirects end at one, exact event counts and computed counts");
-}
-cmp_ok($node->safe_psql('concurrent', q{SELECT count(*) FROM cdp.audience_members}), '>', 0,
-	'the audience has members to compare');
-my $concurrent = $node->safe_psql('concurrent', $state_sql);
-my $serial = $node->safe_psql('serial', $state_sql);
-is($concurrent, $serial, 'the concurrent run ends where the serial replay does')
-  or diag($node->safe_psql('concurrent', 'SELECT * FROM op_lost'), "\n", $script);
+	my ($seed, $cdb, $sdb) = @_;
 
-# a final rebuild, after which a dry run agrees, and both still agree
-for my $db ('concurrent', 'serial')
-{
-	$node->safe_psql($db, 'SELECT cdp.rebuild_identities()');
-	is($node->safe_psql($db,
-			q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
-		'0/0', "$db: a dry run after the final rebuild reports 0");
-	is($node->safe_psql($db, $invariants_sql), '0 0 0 0', "$db: invariants hold after it");
-}
-is($node->safe_psql('concurrent', $state_sql), $node->safe_psql('serial', $state_sql),
-	'and both agree after it');
+	for my $db ($cdb, $sdb)
+	{
+		$node->safe_psql('postgres', "CREATE DATABASE $db");
+		$node->safe_psql($db, 'CREATE EXTENSION pg_cdp');
+		# the events' partition exists before the clients start
+		$node->safe_psql($db, q{
+			SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "setup", "anonymousId": "setup",
+			                    "timestamp": "2026-06-01T00:00:00Z"}');
+			SELECT cdp.process_inbox();
+			SELECT cdp.define_computed_trait('events', 'count');
+			SELECT cdp.define_computed_trait('total', 'sum', 'e', 'v');
+			SELECT cdp.define_computed_trait('top', 'most_frequent', NULL, 'v');
+			SELECT cdp.define_audience('busy', 'events >= 4 AND total > 100');
+		});
+	}
 
-# online resolution after the rebuild goes on as a rebuild would
-for my $db ('concurrent', 'serial')
-{
-	$node->safe_psql($db, q{
-		SELECT cdp.ingest(jsonb_build_object('type', 'track', 'event', 'e', 'messageId', 'after-' || i,
-			'timestamp', '2026-06-02T00:00:00Z', 'anonymousId', 'a' || (i * 7 % 23),
-			'userId', CASE WHEN i % 3 = 0 THEN 'u' || (i % 6) END,
-			'context', jsonb_build_object('device', jsonb_build_object('id', 'd' || (i * 5 % 9)))))
-		  FROM generate_series(1, 40) i;
-		SELECT cdp.process_inbox();
+	# run_op runs statements as one operation and logs it when it took effect,
+	# before it commits.  Whatever changed the graph still holds the identity
+	# lock then, so the log order is the order they took effect in; a message
+	# that changed nothing holds the rows of the profile it was stored under,
+	# which whatever changes that profile must wait for.  lock_first takes the
+	# identity lock before the statements, so what they decide (which profile
+	# to split) is decided in that order; rebuilds take it themselves, inside
+	# the statement, after its snapshot was taken.  An operation that lost a
+	# race did not happen: it is kept apart in op_lost, not logged.
+	$node->safe_psql($cdb, q{
+		CREATE SEQUENCE op_seq;
+		CREATE TABLE op_log (n bigint PRIMARY KEY, stmts text[] NOT NULL);
+		CREATE TABLE op_lost (stmts text[] NOT NULL, error text NOT NULL);
+		CREATE FUNCTION run_op(lock_first bool, VARIADIC stmts text[]) RETURNS void
+		LANGUAGE plpgsql AS $$
+		DECLARE
+			s text;
+		BEGIN
+			IF lock_first THEN
+				PERFORM pg_advisory_xact_lock(1128550401, 3);
+			END IF;
+			BEGIN
+				FOREACH s IN ARRAY stmts LOOP
+					EXECUTE s;
+				END LOOP;
+				-- a batch process_inbox rolled back (a deadlock) stays queued for
+				-- whoever comes next: then this operation did not happen either
+				IF EXISTS (SELECT 1 FROM cdp.inbox) THEN
+					RAISE EXCEPTION 'a message stayed queued' USING ERRCODE = 'deadlock_detected';
+				END IF;
+			EXCEPTION WHEN invalid_parameter_value OR object_not_in_prerequisite_state
+			            OR undefined_object OR deadlock_detected OR serialization_failure THEN
+				INSERT INTO op_lost VALUES (stmts, SQLSTATE || ' ' || SQLERRM);
+				RETURN;
+			END;
+			INSERT INTO op_log VALUES (nextval('op_seq'), stmts);
+			-- hold the lock a moment: a rebuild that comes meanwhile waits for it
+			PERFORM pg_sleep(0.002);
+		END
+		$$;
 	});
-	is($node->safe_psql($db,
-			q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
-		'0/0', "$db: a dry run after more messages reports 0");
+
+	$node->pgbench(
+		"--no-vacuum --client=4 --transactions=40 --random-seed=$seed --max-tries=20",
+		0, [qr{processed: 160/160}], [qr{^(?:pgbench: setting random seed[^\n]*\n)?$}],
+		"seed $seed: random identity operations from four clients",
+		# script files are named once per round
+		{
+			"001_message_$seed\@10" => $message,
+			"002_link_$seed\@2" => $link,
+			"003_split_$seed\@2" => $split,
+			"004_rule_$seed\@2" => $rule,
+			"005_rebuild_$seed\@3" => $rebuild,
+		},
+		$cdb);
+
+	my $nops = $node->safe_psql($cdb, 'SELECT count(*) FROM op_log');
+	cmp_ok($nops, '>=', 100, "seed $seed: most operations took effect ($nops of 160)");
+
+	# the same operations one after the other
+	my $script = $node->safe_psql($cdb,
+		q{SELECT string_agg('BEGIN; ' || array_to_string(stmts, '; ') || '; COMMIT;', E'\n' ORDER BY n) FROM op_log});
+	$node->safe_psql($sdb, $script);
+
+	for my $db ($cdb, $sdb)
+	{
+		is($node->safe_psql($db, $invariants_sql), '0 0 0 0',
+			"seed $seed, $db: identifiers on canonical profiles, redirects end at one, exact event counts and computed counts");
+	}
+	cmp_ok($node->safe_psql($cdb, q{SELECT count(*) FROM cdp.audience_members}), '>', 0,
+		"seed $seed: the audience has members to compare");
+	my $concurrent = $node->safe_psql($cdb, $state_sql);
+	my $serial = $node->safe_psql($sdb, $state_sql);
+	is($concurrent, $serial, "seed $seed: the concurrent run ends where the serial replay does")
+	  or diag($node->safe_psql($cdb, 'SELECT * FROM op_lost'), "\n", $script);
+
+	# a final rebuild, after which a dry run agrees, and both still agree
+	for my $db ($cdb, $sdb)
+	{
+		$node->safe_psql($db, 'SELECT cdp.rebuild_identities()');
+		is($node->safe_psql($db,
+				q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
+			'0/0', "seed $seed, $db: a dry run after the final rebuild reports 0");
+		is($node->safe_psql($db, $invariants_sql), '0 0 0 0', "seed $seed, $db: invariants hold after it");
+	}
+	is($node->safe_psql($cdb, $state_sql), $node->safe_psql($sdb, $state_sql),
+		"seed $seed: and both agree after it");
+
+	# online resolution after the rebuild goes on as a rebuild would
+	for my $db ($cdb, $sdb)
+	{
+		$node->safe_psql($db, q{
+			SELECT cdp.ingest(jsonb_build_object('type', 'track', 'event', 'e', 'messageId', 'after-' || i,
+				'timestamp', '2026-06-02T00:00:00Z', 'anonymousId', 'a' || (i * 7 % 23),
+				'userId', CASE WHEN i % 3 = 0 THEN 'u' || (i % 6) END,
+				'context', jsonb_build_object('device', jsonb_build_object('id', 'd' || (i * 5 % 9)))))
+			  FROM generate_series(1, 40) i;
+			SELECT cdp.process_inbox();
+		});
+		is($node->safe_psql($db,
+				q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
+			'0/0', "seed $seed, $db: a dry run after more messages reports 0");
+	}
 }
+
+round($first_seed + $_, "concurrent$_", "serial$_") for 0 .. $rounds - 1;
+
 
 $node->stop;
 done_testing();
