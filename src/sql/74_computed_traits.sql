@@ -452,6 +452,22 @@ SELECT c.name, c.status, c.defined_at, c.backfilled_at,
 COMMENT ON VIEW cdp.computed_trait_status IS
     'computed traits and how far their backfill has come';
 
+-- A trait's values leave cdp.profile_computed: a row left with no value goes
+-- (readers take a missing row as no values; a backfill then inserts rows,
+-- which costs less than updating them).
+CREATE FUNCTION cdp.remove_trait_values(trait_name text)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, cdp
+BEGIN ATOMIC
+    DELETE FROM cdp.profile_computed pc
+     WHERE pc.traits ? trait_name AND pc.traits - trait_name = '{}'::jsonb;
+    UPDATE cdp.profile_computed pc SET traits = pc.traits - trait_name, updated_at = now()
+     WHERE pc.traits ? trait_name;
+END;
+COMMENT ON FUNCTION cdp.remove_trait_values(text) IS
+    'internal: remove a computed trait''s values from cdp.profile_computed';
+
 -- Define a computed trait, or change one; either way it is backfilled over
 -- every stored event before this returns.  Ingest waits meanwhile (it holds
 -- ROW EXCLUSIVE on cdp.computed_traits while it stores events), so no event
@@ -520,8 +536,7 @@ BEGIN
         tid := old.id;
         had := ARRAY(SELECT pc.profile_id FROM cdp.profile_computed pc WHERE pc.traits ? old.name);
         PERFORM cdp.remove_trait_states(tid, NULL);
-        UPDATE cdp.profile_computed pc SET traits = pc.traits - old.name, updated_at = now()
-         WHERE pc.traits ? old.name;
+        PERFORM cdp.remove_trait_values(old.name);
     ELSE
         INSERT INTO cdp.computed_traits (name, kind, event, property, time_window, filter, purpose)
         VALUES (name, kind, event, property, time_window, filter, purpose)
@@ -574,8 +589,7 @@ BEGIN
             USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM cdp.remove_trait_states(tid, NULL);
-    UPDATE cdp.profile_computed pc SET traits = pc.traits - drop_computed_trait.name, updated_at = now()
-     WHERE pc.traits ? drop_computed_trait.name;
+    PERFORM cdp.remove_trait_values(drop_computed_trait.name);
     PERFORM cdp.refresh_generated_views();
 END
 $$;

@@ -7,7 +7,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(14);
+SELECT plan(15);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -68,6 +68,9 @@ SELECT cdp.drop_computed_trait('n_3650d');
 SELECT is((SELECT array_agg(s.profile_id) FROM cdp.trait_states s), ARRAY[pg_temp.pid('user_id:u2')],
           'a row left with no state goes');
 SELECT is((SELECT s.expires_at FROM cdp.trait_states s), NULL, 'and with no windowed state, no expiry');
+SELECT is((SELECT array_agg(pc.profile_id ORDER BY pc.profile_id) FROM cdp.profile_computed pc
+            WHERE pc.traits ?| ARRAY['n', 'plans', 'n_3650d', 'spent'] OR pc.traits = '{}'),
+          NULL, 'a value row left with no value goes too, the dropped traits'' values with it');
 
 -- a row taken as due with no state due is given its true expiry, once
 SELECT cdp.define_computed_trait('w', 'count', 'T', time_window => '3650 days');
