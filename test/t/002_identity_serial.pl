@@ -87,7 +87,7 @@ SELECT run_op(:n_lock = 1, format('SELECT cdp.set_consent(%L, %L, %L, %L)',
 # an erasure racing the messages of the same people: it waits for ingest in
 # progress and takes the identity lock itself
 my $forget = q{
-\set n_a random(14, 20)
+\set n_a random(1, 20)
 SELECT run_op(false, format('SELECT cdp.forget(%L, %L) IS NOT NULL', 'anonymous_id:a' || :n_a, 'ticket'));
 };
 my $link = q{
