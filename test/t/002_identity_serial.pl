@@ -26,6 +26,11 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'pg_cdp'
 cdp.max_merges_per_profile = 4
 deadlock_timeout = 100ms
+# the workers serve the third round's database: its messages are taken by
+# them, one per transaction, and by process_inbox beside them
+cdp.database_name = 'concurrent2'
+cdp.ingest_workers = 2
+cdp.batch_size = 1
 });
 $node->start;
 
@@ -47,8 +52,7 @@ my $message = q{
 \set n_x random(1, 6)
 \set n_v random(1, 4)
 \set n_c random(0, 5)
-SELECT run_op(:n_lock = 1,
-  format('SELECT cdp.ingest(%L::jsonb)', jsonb_strip_nulls(jsonb_build_object(
+SELECT send_message(:n_lock = 1, 'm' || :client_id || '-' || :n_mid, jsonb_strip_nulls(jsonb_build_object(
     'type', CASE :n_type WHEN 2 THEN 'identify' WHEN 3 THEN 'alias' ELSE 'track' END,
     'event', CASE WHEN :n_type = 5 THEN 'Segment Consent Preference Updated' ELSE 'e' END,
     'messageId', 'm' || :client_id || '-' || :n_mid,
@@ -67,8 +71,7 @@ SELECT run_op(:n_lock = 1,
                          'id', 'x' || :n_x, 'type', 'crm_id', 'collection', 'users', 'encoding', 'none')) END,
         'consent', CASE WHEN :n_type = 5 OR :n_c >= 3 THEN jsonb_build_object('categoryPreferences',
                          jsonb_build_object('Marketing', :n_v % 2 = 0, 'Advertising', :n_c = 4,
-                                            'personalization', CASE WHEN :n_c = 5 THEN :n_v > 2 END)) END)))),
-  'SELECT cdp.process_inbox()');
+                                            'personalization', CASE WHEN :n_c = 5 THEN :n_v > 2 END)) END))));
 };
 # a consent decision from outside: without the identity lock it holds the
 # row of its identifier's profile, as a message that changes nothing does
@@ -101,12 +104,11 @@ my $split = q{
 \set n_a random(1, 20)
 \set n_which random(1, 2)
 \set n_mid random(1, 1000000000)
-SELECT run_op(true, format('SELECT count(*) FROM cdp.split_profile(cdp.resolve(%L), %L)', x, x),
-  format('SELECT cdp.ingest(%L::jsonb)', jsonb_build_object(
+SELECT split_then_send(format('SELECT count(*) FROM cdp.split_profile(cdp.resolve(%L), %L)', x, x),
+  's' || :client_id || '-' || :n_mid, jsonb_build_object(
     'type', 'track', 'event', 'e', 'messageId', 's' || :client_id || '-' || :n_mid,
     'timestamp', '2026-06-01T00:00:00Z', 'anonymousId', 'a' || :n_a,
-    'context', jsonb_build_object('device', jsonb_build_object('id', 'd' || :n_d)))),
-  'SELECT cdp.process_inbox()')
+    'context', jsonb_build_object('device', jsonb_build_object('id', 'd' || :n_d))))
   FROM (SELECT CASE WHEN :n_which = 1 THEN 'device_id:d' || :n_d ELSE 'anonymous_id:a' || :n_a END AS x) v;
 };
 my $rule = q{
@@ -198,6 +200,8 @@ sub round
 			SELECT cdp.define_computed_trait('top', 'most_frequent', NULL, 'v');
 			SELECT cdp.define_audience('busy', 'events >= 4 AND total > 100');
 		});
+		# (where the workers took the message instead)
+		$node->poll_query_until($db, 'SELECT NOT EXISTS (SELECT FROM cdp.inbox)') or die 'the inbox did not drain';
 	}
 
 	# run_op runs statements as one operation and logs it when it took effect,
@@ -230,7 +234,7 @@ sub round
 				END LOOP;
 				-- a batch process_inbox rolled back (a deadlock) stays queued for
 				-- whoever comes next: then this operation did not happen either
-				IF EXISTS (SELECT 1 FROM cdp.inbox) THEN
+				IF stmts[cardinality(stmts)] = 'SELECT cdp.process_inbox()' AND EXISTS (SELECT 1 FROM cdp.inbox) THEN
 					RAISE EXCEPTION 'a message stayed queued' USING ERRCODE = 'deadlock_detected';
 				END IF;
 			EXCEPTION WHEN invalid_parameter_value OR object_not_in_prerequisite_state
@@ -245,9 +249,62 @@ sub round
 		$$;
 	});
 
+	# a message is sent, and processed in the same operation; a split is
+	# followed by a message carrying what it took out with another identifier
+	my $workers = $cdb eq 'concurrent2';
+	$node->safe_psql($cdb, q{
+		CREATE FUNCTION send_message(lock_first bool, mid text, msg jsonb) RETURNS void
+		LANGUAGE sql BEGIN ATOMIC
+			SELECT run_op(lock_first, format('SELECT cdp.ingest(%L::jsonb)', msg), 'SELECT cdp.process_inbox()');
+		END;
+		CREATE FUNCTION split_then_send(split text, mid text, msg jsonb) RETURNS void
+		LANGUAGE sql BEGIN ATOMIC
+			SELECT run_op(true, split, format('SELECT cdp.ingest(%L::jsonb)', msg), 'SELECT cdp.process_inbox()');
+		END;
+	}) unless $workers;
+	# Beside the workers a message is only queued, or taken with one other
+	# queued message by process_inbox(1), and logged when its event is stored:
+	# a trigger on cdp.events takes the identity lock then and logs the message
+	# while holding it to the commit, so the log order is the order of effect
+	# (a batch that took it first resolved under it; one that resolved before
+	# held the profile rows or checks again under the lock).  A split is then
+	# an operation of its own before its message.
+	$node->safe_psql($cdb, q{
+		CREATE TABLE msg (mid text PRIMARY KEY, stmt text NOT NULL);
+		CREATE FUNCTION send_message(process bool, mid text, msg jsonb) RETURNS void
+		LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO msg VALUES (mid, format('SELECT cdp.ingest(%L::jsonb)', msg));
+			PERFORM cdp.ingest(msg);
+			IF process THEN
+				PERFORM cdp.process_inbox(1);
+			END IF;
+		END
+		$$;
+		CREATE FUNCTION split_then_send(split text, mid text, msg jsonb) RETURNS void
+		LANGUAGE sql BEGIN ATOMIC
+			SELECT run_op(true, split);
+			SELECT send_message(false, mid, msg);
+		END;
+		CREATE FUNCTION log_message() RETURNS trigger
+		LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM pg_advisory_xact_lock(1128550401, 3);
+			INSERT INTO public.op_log
+			SELECT nextval('public.op_seq'), ARRAY[m.stmt, 'SELECT cdp.process_inbox()']
+			  FROM public.msg m WHERE m.mid = NEW.message_id;
+			RETURN NULL;
+		END
+		$$;
+		CREATE TRIGGER log_message AFTER INSERT ON cdp.events FOR EACH ROW EXECUTE FUNCTION log_message();
+	}) if $workers;
+
 	$node->pgbench(
 		"--no-vacuum --client=4 --transactions=40 --random-seed=$seed --max-tries=20",
-		0, [qr{processed: 160/160}], [qr{^(?:pgbench: setting random seed[^\n]*\n)?$}],
+		0, [qr{processed: 160/160}],
+		# process_inbox(1) beside the workers may stop early (a NOTICE)
+		[$workers ? qr{^(?:pgbench: setting random seed[^\n]*\n)?(?:(?:NOTICE|DETAIL):[^\n]*\n)*$}
+		          : qr{^(?:pgbench: setting random seed[^\n]*\n)?$}],
 		"seed $seed: random identity operations from four clients",
 		# script files are named once per round
 		{
@@ -261,8 +318,18 @@ sub round
 		},
 		$cdb);
 
+	if ($workers)
+	{
+		$node->poll_query_until($cdb, 'SELECT NOT EXISTS (SELECT FROM cdp.inbox)')
+		  or die 'the workers did not drain the inbox';
+		$node->safe_psql($cdb, 'DROP TRIGGER log_message ON cdp.events');
+		cmp_ok($node->safe_psql($cdb, 'SELECT coalesce(sum(messages), 0) FROM cdp.worker_stats'), '>', 0,
+			"seed $seed: the workers took messages");
+	}
 	my $nops = $node->safe_psql($cdb, 'SELECT count(*) FROM op_log');
-	cmp_ok($nops, '>=', 100, "seed $seed: most operations took effect ($nops of 160)");
+	# beside the workers, whose batches take the identity lock in the trigger,
+	# more operations lose a deadlock
+	cmp_ok($nops, '>=', $workers ? 50 : 100, "seed $seed: most operations took effect ($nops of 160)");
 
 	# the same operations one after the other
 	my $script = $node->safe_psql($cdb,
@@ -305,6 +372,7 @@ sub round
 			  FROM generate_series(1, 40) i;
 			SELECT cdp.process_inbox();
 		});
+		$node->poll_query_until($db, 'SELECT NOT EXISTS (SELECT FROM cdp.inbox)') or die 'the inbox did not drain';
 		is($node->safe_psql($db,
 				q{SELECT (r->>'changed') || '/' || (r->>'profiles_changed') FROM cdp.rebuild_identities(true) r}),
 			'0/0', "seed $seed, $db: a dry run after more messages reports 0");
