@@ -598,6 +598,46 @@ AddRecordChange(List **out, ProfNode *p, int64 was, int64 into, int32 absorbed, 
 }
 
 /*
+ * Of these redirects of profiles whose records hold no redirect, merge
+ * count or rank (the rebuild read none), those whose record exists.  A
+ * record can be gone while evidence still names its profile: cdp.forget
+ * deletes the records of the profiles it erases and keeps the evidence rows
+ * they share with other people.  A redirect of a missing record would be
+ * written by no rebuild and reported by every one.
+ */
+static List *
+ExistingRecords(List *unsure)
+{
+	int			n = list_length(unsure);
+	int64	   *ids;
+	Oid			t[1] = {INT8ARRAYOID};
+	Datum		a[1];
+	List	   *exist = NIL;
+	int			k = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return NIL;
+	ids = palloc(sizeof(int64) * n);
+	foreach(lc, unsure)
+		ids[k++] = ((RecordChange *) lfirst(lc))->profile;
+	a[0] = CdpInt8Array(ids, n);
+	CdpExecArgs("SELECT EXISTS (SELECT 1 FROM cdp.profile_records r WHERE r.profile_id = u.p) "
+				"FROM unnest($1) WITH ORDINALITY AS u(p, n) ORDER BY u.n",
+				1, t, a, SPI_OK_SELECT);
+	k = 0;
+	foreach(lc, unsure)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[k++], SPI_tuptable->tupdesc, 1, &isnull)))
+			exist = lappend(exist, lfirst(lc));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return exist;
+}
+
+/*
  * Compare the replayed graph with cdp.identities and cdp.profile_records.
  * A replayed profile maps to the stored profile of the same id, else to the
  * stored profile of its first member (profiles split off by split_profile
@@ -618,6 +658,7 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 	CdpNodeIter it = {0, 0};
 	IdNode	   *node;
 	Lookahead	la;
+	List	   *unsure = NIL;
 
 	/* the replay is over: nodes forget their times, to keep stored profiles */
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
@@ -752,9 +793,14 @@ Compare(IdentityGraph *g, Oid idtype, int64 *nstored, List **records)
 		if (known->into == 0 && known->nmembers == 0)
 			continue;
 		want = LandingOf(g, rs, CdpCanonicalOf(g, known));
-		if (RefId(g, sr->into) != want)
+		if (RefId(g, sr->into) == want)
+			continue;
+		if (p->has_record)
 			AddRecordChange(records, p, RefId(g, sr->into), want, -1, sr->into == 0 ? 0 : -1);
+		else
+			AddRecordChange(&unsure, p, 0, want, -1, 0);
 	}
+	*records = list_concat(*records, ExistingRecords(unsure));
 
 	memset(&it, 0, sizeof(it));
 	while ((node = CdpGraphNextNode(g, &it)) != NULL)
