@@ -258,6 +258,7 @@ cdp_ingest_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	ClaimSlot(DatumGetInt32(arg));
 	slot = &CdpPool->slots[my_slot];
+	CdpHoldInboxRowsFor(slot);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
