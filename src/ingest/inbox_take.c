@@ -299,7 +299,10 @@ HeldUntil(int64 id, const int64 *first, const int64 *last, int nheld)
  * TakeInboxRows by deleting rows directly: one pass over the primary key
  * from after_id, with a snapshot taken as a statement would take it (after
  * this transaction's earlier commands).  The pass jumps over the rows
- * another ingest worker's batch holds.
+ * another ingest worker's batch holds, before taking any; once it has taken
+ * some, it ends there.  So the range this batch publishes never spans
+ * another's: a row that two batches in turn stepped over inside each
+ * other's ranges could otherwise wait for as long as batches overlap.
  */
 static CdpInboxRow *
 TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 after_id,
@@ -340,6 +343,9 @@ TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 a
 
 			if (held > 0)
 			{
+				/* a batch never spans another's: see below */
+				if (n > 0)
+					break;
 				ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(held));
 				index_rescan(scan, keys, 2, NULL, 0);
 				continue;
