@@ -1,8 +1,10 @@
-# An ingest worker steps over the inbox rows another worker's batch holds:
-# while one worker is busy with a batch, the other takes what comes after
-# it and leaves a row inside that batch's range (one its worker did not
-# take: it was committed after that worker looked) for later; once the
-# busy worker's transaction ends, the range is free and that row is stored.
+# How ingest workers take inbox rows.  A worker steps over the rows another
+# worker's batch holds: while one worker is busy with a batch, the other
+# takes what comes after it and leaves a row inside that batch's range (one
+# its worker did not take: it was committed after that worker looked) for
+# later; once the busy worker's transaction ends, that row is stored.  A
+# worker's next batch starts after the rows its previous one took, yet a row
+# committed behind that point is stored too.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -105,6 +107,25 @@ like($out, qr/^inside stored: 0$/m, 'unstored while the range is held');
 sql('UPDATE public.gate SET closed = false');
 wait_for(q{SELECT count(*) FROM cdp.events WHERE message_id IN ('m-hold', 'm-beside', 'm-inside')},
 	'3', 'once the busy worker commits, the row inside its range is stored too');
+
+# a row queued before five others and committed after the workers took them
+my @later = map { msg('other', 'Later', "m-later-$_") } 1 .. 5;
+my $straggler = msg('late', 'Straggler', 'm-straggler');
+my $values = join(', ', map { "($_)" } @later);
+$out = sql(qq{
+SELECT dblink_connect('t1', '$connstr');
+SELECT dblink_exec('t1', 'BEGIN');
+SELECT dblink_exec('t1', \$q\$INSERT INTO cdp.inbox (payload) VALUES ($straggler)\$q\$);
+INSERT INTO cdp.inbox (payload) VALUES $values;
+SELECT 'later stored: ' || public.wait_until(\$q\$SELECT count(*) = 5 FROM cdp.events
+	WHERE event = 'Later'\$q\$);
+SELECT dblink_exec('t1', 'COMMIT');
+SELECT dblink_disconnect('t1');
+});
+like($out, qr/^later stored: true$/m, 'the rows queued after an uncommitted one are stored');
+wait_for(q{SELECT count(*) FROM cdp.events WHERE message_id = 'm-straggler'}, '1',
+	'the row committed behind them is stored too');
+
 is(sql('SELECT count(*) FROM cdp.inbox'), '0', 'the inbox is empty');
 is(sql('SELECT count(*) FROM cdp.dead_letters'), '0', 'nothing dead-lettered');
 
