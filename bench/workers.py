@@ -17,6 +17,7 @@ CHUNK_ROWS = 5000
 PRODUCERS = 2
 WDB = 'cdp_bench_w'         # cdp.database_name of the cluster
 COPY_OPTS = "WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+worker_cpu = {}             # workers -> their processor seconds in each round
 
 
 def connect(db, autocommit=True):
@@ -250,9 +251,31 @@ def drain_with_producers(chunks, on_poll=None, poll=0.02, waits=None):
     return t, max(done_at) - t0
 
 
+def workers_cpu():
+    """Processor seconds the ingest workers have used (they start with each fresh database)."""
+    c = connect(WDB)
+    with c.cursor() as cur:
+        cur.execute("""SELECT pid FROM pg_stat_activity
+                        WHERE backend_type = 'pg_cdp ingest worker' AND datname = %s""", (WDB,))
+        pids = [r[0] for r in cur.fetchall()]
+    c.close()
+    ticks = 0
+    for pid in pids:
+        try:
+            with open('/proc/%d/stat' % pid) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])     # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+    return ticks / os.sysconf('SC_CLK_TCK')
+
+
 def with_workers(n, chunks, waits=None):
     fresh_cdp_db(n)
     t, enq = drain_with_producers(chunks, waits=waits)
+    cpu = workers_cpu()
+    if cpu is not None:
+        worker_cpu.setdefault(n, []).append(cpu)
     stored = one(WDB, 'SELECT count(*) FROM cdp.events')
     dead = one(WDB, 'SELECT count(*) FROM cdp.dead_letters')
     if stored != N or dead != 0:
@@ -347,6 +370,10 @@ def main():
     print('every round (s):  ' + '  '.join('%s %s' % (m, '/'.join('%.2f' % x for x in times[m]))
                                           for m in order))
     print('ratio: throughput relative to A (target with 2 workers: >= 0.5)')
+    for n in sorted(worker_cpu):
+        print('W%d workers\' processor time (s): best %.2f, median %.2f (every round: %s)'
+              % (n, min(worker_cpu[n]), statistics.median(worker_cpu[n]),
+                 '/'.join('%.2f' % x for x in worker_cpu[n])))
     if WAITS:
         print('workers busy (sampled every 5 ms, all rounds; the sampling takes CPU too):')
         for m in ('W1', 'W2'):

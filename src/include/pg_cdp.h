@@ -214,6 +214,7 @@ typedef struct CdpDrainResult
 {
 	int			rows;			/* inbox rows taken */
 	int64		messages;		/* messages they held */
+	int64		last_id;		/* the last row's id, if any */
 } CdpDrainResult;
 
 typedef struct CdpDrain CdpDrain;

@@ -28,6 +28,9 @@ typedef struct CdpWorkerSlot
 	Latch	   *latch;			/* set to wake it */
 	pg_atomic_uint32 idle;		/* waiting for work */
 	CdpWorkerExit exit_reason;
+	Oid			held_database;	/* inbox rows its batch holds (InvalidOid: none) */
+	int64		held_first;
+	int64		held_last;
 } CdpWorkerSlot;
 
 typedef struct CdpWorkerPool
@@ -69,6 +72,9 @@ extern void CdpClaimWorkerSlot(CdpWorkerSlot *slot);
 extern void CdpExitWorker(CdpWorkerSlot *slot, CdpWorkerExit reason) pg_attribute_noreturn();
 extern Oid	CdpExtensionOwner(void);
 extern void CdpStandDownOnCitusWorker(CdpWorkerSlot *slot);
+extern void CdpHoldInboxRowsFor(CdpWorkerSlot *slot);
+extern void CdpNoteInboxRowsHeld(int64 first, int64 last);
+extern int	CdpInboxRowsHeldByOthers(int64 *first, int64 *last);
 
 /* worker_guard.c */
 extern void CdpInstallWorkerGuard(void);

@@ -50,6 +50,7 @@
 
 #include "pg_cdp.h"
 #include "stats.h"
+#include "workers.h"
 
 /* source names are at most 63 bytes; this many characters say a longer one is unknown */
 #define SOURCE_PREFIX_CHARS	128
@@ -282,9 +283,26 @@ CopyRow(TupleTableSlot *slot, const InboxColumns *cols, CdpInboxRow *row)
 }
 
 /*
+ * The last id of the range held by another worker (inbox_held.c) that id
+ * falls in, or 0.
+ */
+static int64
+HeldUntil(int64 id, const int64 *first, const int64 *last, int nheld)
+{
+	for (int i = 0; i < nheld; i++)
+		if (id >= first[i] && id <= last[i])
+			return last[i];
+	return 0;
+}
+
+/*
  * TakeInboxRows by deleting rows directly: one pass over the primary key
  * from after_id, with a snapshot taken as a statement would take it (after
- * this transaction's earlier commands).
+ * this transaction's earlier commands).  The pass jumps over the rows
+ * another ingest worker's batch holds, before taking any; once it has taken
+ * some, it ends there.  So the range this batch publishes never spans
+ * another's: a row that two batches in turn stepped over inside each
+ * other's ranges could otherwise wait for as long as batches overlap.
  */
 static CdpInboxRow *
 TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 after_id,
@@ -300,6 +318,9 @@ TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 a
 	CommandId	cid;
 	int64		before = 0;
 	int			n = 0;
+	int64		held_first[CDP_MAX_INGEST_WORKERS];
+	int64		held_last[CDP_MAX_INGEST_WORKERS];
+	int			nheld = CdpInboxRowsHeldByOthers(held_first, held_last);
 
 	CheckCmdReplicaIdentity(rel, CMD_DELETE);
 	CommandCounterIncrement();
@@ -314,6 +335,22 @@ TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 a
 	while (n < want && before < budget &&
 		   index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
+		if (nheld > 0)
+		{
+			bool		isnull;
+			int64		held = HeldUntil(DatumGetInt64(slot_getattr(slot, cols->id, &isnull)),
+										 held_first, held_last, nheld);
+
+			if (held > 0)
+			{
+				/* a batch never spans another's: see below */
+				if (n > 0)
+					break;
+				ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(held));
+				index_rescan(scan, keys, 2, NULL, 0);
+				continue;
+			}
+		}
 		if (!DeleteUnlessHeld(rel, slot, locked, snapshot, cid))
 			continue;
 		before += CopyRow(slot, cols, &rows[n]);
@@ -322,6 +359,8 @@ TakeDirectly(Relation rel, Oid pkey, const InboxColumns *cols, int want, int64 a
 	}
 	index_endscan(scan);
 	PopActiveSnapshot();
+	if (n > 0)
+		CdpNoteInboxRowsHeld(rows[0].id, rows[n - 1].id);
 	ExecDropSingleTupleTableSlot(locked);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, AccessShareLock);

@@ -604,6 +604,7 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	if (b->nrows > 0)
 		d->last_id = b->rows[b->nrows - 1].id;
 	result->rows = b->nrows;
+	result->last_id = d->last_id;
 	result->messages = b->messages;
 	CdpStatsAdd(CDP_STAT_RECEIVED, b->messages);
 	CdpMergeProfileStats(d->stats, b->stats);

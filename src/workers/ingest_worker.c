@@ -49,11 +49,26 @@
 #define IDLE_CHECK_MS	10000	/* look at the inbox even unwoken */
 #define BATCH_ATTEMPTS	3
 #define ROW_ATTEMPTS	2
+#define RESUMED_BATCHES	16		/* then a batch starts at the lowest id again */
 
 static int	my_slot = -1;
 
 /* the first row of the batch under way: static, so it survives an error's longjmp */
 static int64 batch_first_id = 0;
+static int64 batch_last_id = 0; /* and the last row of the batch done */
+
+/*
+ * Where the next batch starts: after the rows the previous one took, as
+ * cdp.process_inbox's batches do within a call.  Starting every batch at the
+ * lowest id walked, each time, the index entries of every row taken since
+ * the inbox was last vacuumed and read the rows of the batches just
+ * committed again.  A row with a lower id can still turn up (committed
+ * after a batch looked: ids are handed out before rows commit), so a batch
+ * starts at the lowest id again after RESUMED_BATCHES, when a resumed batch
+ * finds nothing, and after any failure.
+ */
+static int64 resume_after = 0;
+static int	resumed_batches = 0;
 
 /* where the worker stands against failures */
 typedef struct Retry
@@ -146,6 +161,7 @@ RunBatch(const CdpDrainRequest *req)
 	/* cdp.worker_stats: the last batch that took something */
 	if (done && result.rows > 0)
 		CdpStatsReportBatch(my_slot, result.messages, started, GetCurrentTimestamp());
+	batch_last_id = result.last_id;
 	return done ? result.rows : -1;
 }
 
@@ -214,8 +230,10 @@ NextRequest(Retry *r, CdpDrainRequest *req)
 {
 	memset(req, 0, sizeof(*req));
 	batch_first_id = 0;
+	batch_last_id = 0;
 	req->first_id = &batch_first_id;
 	req->want = cdp_batch_size;
+	req->after_id = resume_after;
 	if (r->suspect_id != 0 && r->suspect_failures >= ROW_ATTEMPTS)
 	{
 		req->want = 1;
@@ -226,7 +244,22 @@ NextRequest(Retry *r, CdpDrainRequest *req)
 	else if (r->single_rows_left > 0)
 	{
 		req->want = 1;
+		req->after_id = 0;
 		req->strict = true;
+	}
+}
+
+/* after a batch: where the next one starts */
+static void
+NoteResume(const CdpDrainRequest *req, int rows, int64 last_id)
+{
+	if (rows > 0 && req->quarantine == NULL && !req->strict &&
+		++resumed_batches < RESUMED_BATCHES)
+		resume_after = last_id;
+	else
+	{
+		resume_after = 0;
+		resumed_batches = 0;
 	}
 }
 
@@ -258,6 +291,7 @@ cdp_ingest_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	ClaimSlot(DatumGetInt32(arg));
 	slot = &CdpPool->slots[my_slot];
+	CdpHoldInboxRowsFor(slot);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
@@ -305,6 +339,7 @@ cdp_ingest_worker_main(Datum arg)
 		PG_END_TRY();
 		MemoryContextSwitchTo(worker_cxt);
 
+		NoteResume(&req, rows, batch_last_id);
 		if (rows < 0)
 		{
 			pg_atomic_write_u32(&slot->idle, 0);
@@ -323,6 +358,9 @@ cdp_ingest_worker_main(Datum arg)
 				CdpWakeIdleWorker(my_slot);
 			continue;
 		}
+		/* nothing after the previous batch: look from the lowest id before sleeping */
+		if (req.after_id > 0 && req.quarantine == NULL)
+			continue;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 IDLE_CHECK_MS, PG_WAIT_EXTENSION);
 	}
