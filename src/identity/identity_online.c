@@ -1483,32 +1483,20 @@ CompareStatsEntries(const void *a, const void *b)
 /*
  * The gathered stats of each profile, in profile id order (the order the
  * records were made in: the probes and updates walk the index and the
- * table forwards instead of all over them), as the four arrays of
- * CdpProfileStatsRows in args; false when there are none.  *merged_since
- * says whether a profile may have been merged away since its events were
- * counted.
+ * table forwards instead of all over them); *merged_since says whether a
+ * profile may have been merged away since its events were counted.
  */
-bool
-CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since)
+int
+CdpProfileStatsList(HTAB *stats, CdpProfileStat **out, bool *merged_since)
 {
 	long		n = hash_get_num_entries(stats);
-	int64	   *ids;
-	int64	   *counts;
-	TimestampTz *lo;
-	TimestampTz *hi;
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
-	StatsEntry **entries;
+	StatsEntry **entries = palloc(sizeof(StatsEntry *) * Max(n, 1));
+	CdpProfileStat *list = palloc(sizeof(CdpProfileStat) * Max(n, 1));
 	int			k = 0;
 
 	*merged_since = false;
-	if (n == 0)
-		return false;
-	ids = palloc(sizeof(int64) * n);
-	counts = palloc(sizeof(int64) * n);
-	lo = palloc(sizeof(TimestampTz) * n);
-	hi = palloc(sizeof(TimestampTz) * n);
-	entries = palloc(sizeof(StatsEntry *) * n);
 	hash_seq_init(&seq, stats);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
@@ -1518,21 +1506,64 @@ CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since)
 	qsort(entries, k, sizeof(StatsEntry *), CompareStatsEntries);
 	for (int i = 0; i < k; i++)
 	{
-		ids[i] = entries[i]->profile_id;
-		counts[i] = entries[i]->count;
-		lo[i] = entries[i]->lo;
-		hi[i] = entries[i]->hi;
+		list[i].profile_id = entries[i]->profile_id;
+		list[i].count = entries[i]->count;
+		list[i].lo = entries[i]->lo;
+		list[i].hi = entries[i]->hi;
+	}
+	pfree(entries);
+	*out = list;
+	return k;
+}
+
+/*
+ * The gathered stats as the four arrays of CdpProfileStatsRows in args;
+ * false when there are none.  *merged_since as CdpProfileStatsList.
+ */
+bool
+CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since)
+{
+	CdpProfileStat *list;
+	int			k = CdpProfileStatsList(stats, &list, merged_since);
+	int64	   *ids;
+	int64	   *counts;
+	TimestampTz *lo;
+	TimestampTz *hi;
+
+	if (k == 0)
+		return false;
+	ids = palloc(sizeof(int64) * k);
+	counts = palloc(sizeof(int64) * k);
+	lo = palloc(sizeof(TimestampTz) * k);
+	hi = palloc(sizeof(TimestampTz) * k);
+	for (int i = 0; i < k; i++)
+	{
+		ids[i] = list[i].profile_id;
+		counts[i] = list[i].count;
+		lo[i] = list[i].lo;
+		hi[i] = list[i].hi;
 	}
 	args[0] = CdpInt8Array(ids, k);
 	args[1] = CdpInt8Array(counts, k);
 	args[2] = TimestampArray(lo, k);
 	args[3] = TimestampArray(hi, k);
-	pfree(entries);
+	pfree(list);
 	pfree(ids);
 	pfree(counts);
 	pfree(lo);
 	pfree(hi);
 	return true;
+}
+
+/*
+ * How many times this session changed the graph (merges, or another
+ * writer's identity lock): a profile id seen when it was the same is still
+ * the profile holding those identifiers.
+ */
+uint64
+CdpGraphWrites(void)
+{
+	return graph_writes;
 }
 
 /*

@@ -423,7 +423,17 @@ extern bool CdpIsStaleResolution(ErrorData *edata);
 extern HTAB *CdpNewProfileStats(MemoryContext cxt);
 extern void CdpMergeProfileStats(HTAB *into, HTAB *from);
 extern void CdpWriteProfileStats(HTAB *stats);
+/* a profile's gathered stats: events counted, their earliest and latest times */
+typedef struct CdpProfileStat
+{
+	int64		profile_id;
+	int64		count;
+	TimestampTz lo;
+	TimestampTz hi;
+} CdpProfileStat;
+extern int	CdpProfileStatsList(HTAB *stats, CdpProfileStat **out, bool *merged_since);
 extern bool CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since);
+extern uint64 CdpGraphWrites(void);
 extern const char *CdpProfileStatsRows(bool merged_since);
 /* how stats rows a(n, lo, hi) (see CdpProfileStatsRows) are added to a profile record r */
 #define CDP_PROFILE_STATS_SET(a) \
@@ -455,12 +465,25 @@ extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
 extern int	CdpStateQueueLength(CdpStateQueue *queue);
 extern void CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from);
 extern void CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats);
-extern CdpPendingId *CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id);
+extern CdpPendingId *CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id,
+									  int64 profile_id);
 extern void CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name,
 						 int namelen, Datum value, TimestampTz at);
 extern void CdpPendDecision(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose,
 							bool granted, TimestampTz at, const char *message_id,
 							const char *source);
+
+/* profile_state_records.c */
+/* identifiers' state maps, each under the profile holding it */
+typedef struct CdpIdentifierMaps
+{
+	int			n;
+	int64	   *profile_ids;
+	Datum	   *traits;			/* (Datum) 0 when it has none */
+	Datum	   *times;
+	Datum	   *consent;		/* (Datum) 0 when it has none */
+} CdpIdentifierMaps;
+extern bool CdpWriteIdentifierMaps(CdpIdentifierMaps *maps, HTAB *stats);
 
 /* profile_state.c */
 extern bool CdpMessageHasProfileState(struct CdpMessage *msg);

@@ -16,6 +16,8 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "profile_merge.h"
+
 /* one key of a trait map being merged */
 typedef struct TraitEntry
 {
@@ -140,6 +142,99 @@ MapPairs(Jsonb **maps, int nmaps, MapPair **out)
 	return n;
 }
 
+/* pairs a map gives a merge: none unless it is an object */
+static int
+MapSize(Jsonb *map)
+{
+	return (map != NULL && JB_ROOT_IS_OBJECT(map)) ? JsonContainerSize(&map->root) : 0;
+}
+
+/*
+ * The only map of maps that gives a merge pairs, or -1 when none or more
+ * than one does.  Merging a lone map (into an empty record: most often a
+ * new person's first state) gives back what it holds, so callers return it
+ * as it is rather than take it apart and build it again.
+ */
+static int
+LoneMap(Jsonb **maps, int nmaps)
+{
+	int			lone = -1;
+
+	for (int m = 0; m < nmaps; m++)
+	{
+		if (MapSize(maps[m]) == 0)
+			continue;
+		if (lone >= 0)
+			return -1;
+		lone = m;
+	}
+	return lone;
+}
+
+/*
+ * Whether times holds a time (text) for every key of traits and no other
+ * key: a lone trait map with such times merges into itself, unless it has
+ * more than max_keys keys.
+ */
+static bool
+TimesCoverKeys(Jsonb *traits, Jsonb *times)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (MapSize(times) != MapSize(traits))
+		return false;
+	it = JsonbIteratorInit(&traits->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		JsonbValue *t;
+
+		if (tok != WJB_KEY)
+			continue;
+		t = getKeyJsonValueFromContainer(&times->root, v.val.string.val, v.val.string.len, NULL);
+		if (t == NULL || t->type != jbvString)
+			return false;
+	}
+	return true;
+}
+
+/* whether every value of a consent map is a decision (a container) the merge keeps */
+static bool
+AllDecisions(Jsonb *map)
+{
+	JsonbIterator *it = JsonbIteratorInit(&map->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if (tok == WJB_VALUE && v.type != jbvBinary)
+			return false;
+	return true;
+}
+
+/*
+ * The record merge_traits returns, described once per call site: looking it
+ * up in the catalog for every row a batch writes costs more than the merge.
+ */
+static TupleDesc
+TraitsResultDesc(FunctionCallInfo fcinfo)
+{
+	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
+
+	if (desc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "cdp.merge_traits must return a record");
+		desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = desc;
+	}
+	return desc;
+}
+
 /* the object a parse state ended with, as a jsonb datum */
 static Datum
 PushedObject(JsonbValue *end)
@@ -147,48 +242,31 @@ PushedObject(JsonbValue *end)
 	return JsonbPGetDatum(JsonbValueToJsonb(end));
 }
 
-PG_FUNCTION_INFO_V1(cdp_merge_traits);
-
 /*
- * cdp.merge_traits(trait_maps jsonb[], time_maps jsonb[], max_keys int,
- * keep_first bool): merge trait maps key by key, for each key the value with
- * the latest time (ISO text, fixed width, so compared as text), ties to the
- * larger value text: a total order, so neither the order of the maps nor
- * that of batches changes the result.  At most max_keys keys: with
- * keep_first the first map's keys stay and new ones come in key order while
- * there is room (an identifier's store never loses a key), without it the
- * first max_keys in key order (a profile: the same built a batch at a time
- * or recomputed).  In C: it runs for every row a batch writes.
+ * Merge trait maps with their time maps (pairs by position; NULL entries
+ * and maps that are not objects give nothing) into out[0] (traits) and
+ * out[1] (times): what cdp.merge_traits returns.
  */
-Datum
-cdp_merge_traits(PG_FUNCTION_ARGS)
+void
+CdpMergeTraitMaps(Jsonb **traits, int ntraits, Jsonb **times, int ntimes, int max_keys,
+				  bool keep_first, Datum *out)
 {
-	Jsonb	  **traits;
-	Jsonb	  **times;
-	int			ntraits;
-	int			ntimes;
-	int			max_keys = PG_ARGISNULL(2) ? INT_MAX : PG_GETARG_INT32(2);
-	bool		keep_first = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
 	TraitEntry **entries;
 	MapPair    *pairs;
 	int			npairs;
 	int			nentries = 0;
 	int			nwin = 0;
-	TupleDesc	desc;
+	int			lone = LoneMap(traits, ntraits);
 	JsonbParseState *ts = NULL;
 	JsonbParseState *tt = NULL;
-	JsonbValue *tend;
-	JsonbValue *ttend;
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_NULL();
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "cdp.merge_traits must return a record");
-	desc = BlessTupleDesc(desc);
-	ntraits = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &traits);
-	ntimes = JsonbElements(PG_GETARG_ARRAYTYPE_P(1), &times);
+	if (lone >= 0 && lone < ntimes && MapSize(traits[lone]) <= max_keys &&
+		TimesCoverKeys(traits[lone], times[lone]))
+	{
+		out[0] = JsonbPGetDatum(traits[lone]);
+		out[1] = JsonbPGetDatum(times[lone]);
+		return;
+	}
 
 	npairs = MapPairs(traits, ntraits, &pairs);
 	entries = palloc(sizeof(TraitEntry *) * Max(npairs, 1));
@@ -246,10 +324,42 @@ cdp_merge_traits(PG_FUNCTION_ARGS)
 		pushJsonbValue(&tt, WJB_KEY, &k);
 		pushJsonbValue(&tt, WJB_VALUE, &t);
 	}
-	tend = pushJsonbValue(&ts, WJB_END_OBJECT, NULL);
-	ttend = pushJsonbValue(&tt, WJB_END_OBJECT, NULL);
-	values[0] = PushedObject(tend);
-	values[1] = PushedObject(ttend);
+	out[0] = PushedObject(pushJsonbValue(&ts, WJB_END_OBJECT, NULL));
+	out[1] = PushedObject(pushJsonbValue(&tt, WJB_END_OBJECT, NULL));
+}
+
+PG_FUNCTION_INFO_V1(cdp_merge_traits);
+
+/*
+ * cdp.merge_traits(trait_maps jsonb[], time_maps jsonb[], max_keys int,
+ * keep_first bool): merge trait maps key by key, for each key the value with
+ * the latest time (ISO text, fixed width, so compared as text), ties to the
+ * larger value text: a total order, so neither the order of the maps nor
+ * that of batches changes the result.  At most max_keys keys: with
+ * keep_first the first map's keys stay and new ones come in key order while
+ * there is room (an identifier's store never loses a key), without it the
+ * first max_keys in key order (a profile: the same built a batch at a time
+ * or recomputed).  In C: it runs for every row a batch writes.
+ */
+Datum
+cdp_merge_traits(PG_FUNCTION_ARGS)
+{
+	Jsonb	  **traits;
+	Jsonb	  **times;
+	int			ntraits;
+	int			ntimes;
+	TupleDesc	desc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	desc = TraitsResultDesc(fcinfo);
+	ntraits = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &traits);
+	ntimes = JsonbElements(PG_GETARG_ARRAYTYPE_P(1), &times);
+	CdpMergeTraitMaps(traits, ntraits, times, ntimes,
+					  PG_ARGISNULL(2) ? INT_MAX : PG_GETARG_INT32(2),
+					  !PG_ARGISNULL(3) && PG_GETARG_BOOL(3), values);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
@@ -298,29 +408,23 @@ CompareConsentEntries(const void *x, const void *y)
 	return strcmp(b->source, a->source);
 }
 
-PG_FUNCTION_INFO_V1(cdp_merge_consent);
-
 /*
- * cdp.merge_consent(consent_maps jsonb[]): merge {purpose: decision} maps
- * purpose by purpose, the latest decision winning; at the same time a
- * denial wins over a grant, then the larger message id and source (a total
- * order, as for traits).
+ * Merge consent maps ({purpose: decision}; NULL entries and maps that are
+ * not objects give nothing): what cdp.merge_consent returns.
  */
-Datum
-cdp_merge_consent(PG_FUNCTION_ARGS)
+Jsonb *
+CdpMergeConsentMaps(Jsonb **maps, int nmaps)
 {
-	Jsonb	  **maps;
-	int			nmaps;
 	ConsentEntry **entries;
 	MapPair    *pairs;
 	int			npairs;
 	int			nentries = 0;
+	int			lone = LoneMap(maps, nmaps);
 	JsonbParseState *st = NULL;
 	JsonbValue *end;
 
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	nmaps = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &maps);
+	if (lone >= 0 && AllDecisions(maps[lone]))
+		return maps[lone];
 	npairs = MapPairs(maps, nmaps, &pairs);
 	entries = palloc(sizeof(ConsentEntry *) * Max(npairs, 1));
 	for (int p = 0; p < npairs; p++)
@@ -359,5 +463,25 @@ cdp_merge_consent(PG_FUNCTION_ARGS)
 		pushJsonbValue(&st, WJB_VALUE, &entries[i]->entry);
 	}
 	end = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
-	PG_RETURN_JSONB_P(JsonbValueToJsonb(end));
+	return JsonbValueToJsonb(end);
+}
+
+PG_FUNCTION_INFO_V1(cdp_merge_consent);
+
+/*
+ * cdp.merge_consent(consent_maps jsonb[]): merge {purpose: decision} maps
+ * purpose by purpose, the latest decision winning; at the same time a
+ * denial wins over a grant, then the larger message id and source (a total
+ * order, as for traits).
+ */
+Datum
+cdp_merge_consent(PG_FUNCTION_ARGS)
+{
+	Jsonb	  **maps;
+	int			nmaps;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	nmaps = JsonbElements(PG_GETARG_ARRAYTYPE_P(0), &maps);
+	PG_RETURN_JSONB_P(CdpMergeConsentMaps(maps, nmaps));
 }

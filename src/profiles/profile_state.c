@@ -197,7 +197,7 @@ AddTraits(CdpStateQueue *queue, CdpMessage *msg, List **violations)
 				continue;
 			}
 			if (owner == NULL)
-				owner = CdpPendingOwner(queue, msg->state_anchor);
+				owner = CdpPendingOwner(queue, msg->state_anchor, msg->profile_id);
 			CdpPendTrait(queue, owner, pair->key.val.string.val,
 						 pair->key.val.string.len, JsonbPGetDatum(value), msg->ts);
 			taken++;
@@ -330,7 +330,7 @@ PendMessageConsent(CdpStateQueue *queue, CdpMessage *msg, MessageConsent *mc,
 	int			state[64 + 1];	/* per purpose: 0 unstated, 1 granted, 2 denied */
 	int		   *st = npurposes <= 64 ? state : palloc(sizeof(int) * npurposes);
 	bool		full = false;
-	CdpPendingId *owner = CdpPendingOwner(queue, msg->state_anchor);
+	CdpPendingId *owner = CdpPendingOwner(queue, msg->state_anchor, msg->profile_id);
 
 	memset(st, 0, sizeof(int) * npurposes);
 	for (int i = 0; i < mc->n; i++)

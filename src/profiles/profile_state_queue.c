@@ -17,9 +17,11 @@
  *	  resolution locked them until it ends).  CdpWriteQueuedProfileState
  *	  writes a queue (the rows of identifiers new to the state tables in
  *	  multi-inserts, as COPY writes, the others' in one statement), then
- *	  the profiles in another statement, and empties it: whatever runs the
- *	  pipeline calls it before its transaction ends (process_inbox at the
- *	  end of the call, or when the queue passes its memory bound).
+ *	  the profiles in another statement (from the maps it holds when every
+ *	  identifier was new: profile_state_records.c), and empties it:
+ *	  whatever runs the pipeline calls it before its transaction ends
+ *	  (process_inbox at the end of the call, or when the queue passes its
+ *	  memory bound).
  *
  *	  Merges inside the call recompute profiles from the stores without what
  *	  is still gathered: the write merges each identifier's whole maps into
@@ -33,6 +35,7 @@
 #include "common/hashfn.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
@@ -134,6 +137,8 @@ struct CdpPendingId
 	int			ntraits;
 	int			nconsent;
 	bool		stored;			/* it has a row in a state table (see MarkStored) */
+	int64		profile_id;		/* the profile its last message resolved to */
+	uint64		since;			/* CdpGraphWrites() then */
 };
 
 /*
@@ -243,9 +248,12 @@ StartQueue(CdpStateQueue *queue)
 	queue->nsources = 0;
 }
 
-/* an identifier's entry in the queue, made (with a copy of it) if new */
+/*
+ * An identifier's entry in the queue, made (with a copy of it) if new,
+ * under profile_id: the profile its message resolved to.
+ */
 CdpPendingId *
-CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
+CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id, int64 profile_id)
 {
 	BytesKey	k = {NULL, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id)};
 	bool		found;
@@ -265,6 +273,8 @@ CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id)
 		e->ntraits = e->nconsent = 0;
 		e->stored = false;
 	}
+	e->profile_id = profile_id;
+	e->since = CdpGraphWrites();
 	return e;
 }
 
@@ -568,11 +578,17 @@ static const char *const state_sql =
 	"coalesce(array_agg(tr) FILTER (WHERE tr IS NOT NULL), '{}') AS tr, " \
 	"coalesce(array_agg(tt) FILTER (WHERE tr IS NOT NULL), '{}') AS tt, " \
 	"coalesce(array_agg(e) FILTER (WHERE e IS NOT NULL), '{}') AS e"
-/* ... merged into the record r of each, from a(tr, tt, e) (the maximum of traits in $6) */
+/*
+ * ... merged into the record r of each, from a(tr, tt, e) (the maximum of
+ * traits in $6); merge_traits called as an expression, once (OFFSET 0 keeps
+ * the planner from copying the call into both columns), not as a function
+ * scan that stores each row's one result in a tuplestore
+ */
 #define QUEUED_SET(a) \
 	"(traits, trait_times) = " \
-	"  (SELECT m.traits, m.trait_times FROM cdp.merge_traits(" \
-	"     array_prepend(r.traits, " a ".tr), array_prepend(r.trait_times, " a ".tt), $6, false) m), " \
+	"  (SELECT (m.x).traits, (m.x).trait_times FROM (SELECT cdp.merge_traits(" \
+	"     array_prepend(r.traits, " a ".tr), array_prepend(r.trait_times, " a ".tt), $6, false) AS x " \
+	"   OFFSET 0) m), " \
 	"consent = cdp.merge_consent(array_prepend(r.consent, " a ".e))"
 
 /* the state alone (no stats in $1 to $4) */
@@ -879,11 +895,11 @@ BeginDirect(DirectWrite *w)
 
 /*
  * The rows of an identifier new to the state tables: what the statement of
- * WriteState makes of it (its maps as gathered, each change of decision to
- * the history), without the statement.
+ * WriteState makes of it (its maps as gathered, the k-th of maps, each
+ * change of decision to the history), without the statement.
  */
 static void
-AddDirect(DirectWrite *w, CdpPendingId *p)
+AddDirect(DirectWrite *w, CdpPendingId *p, CdpIdentifierMaps *maps, int k)
 {
 	MemoryContext old = MemoryContextSwitchTo(w->rows_cxt);
 	Datum		id = PointerGetDatum(p->h.id);
@@ -893,14 +909,15 @@ AddDirect(DirectWrite *w, CdpPendingId *p)
 	{
 		r = DirectRow(w, &w->traits);
 		w->traits.values[r] = id;
-		TraitMaps(p->traits, &w->traits.values[r + 1], &w->traits.values[r + 2]);
+		w->traits.values[r + 1] = maps->traits[k];
+		w->traits.values[r + 2] = maps->times[k];
 		memset(&w->traits.nulls[r], 0, sizeof(bool) * 3);
 	}
 	if (p->consent != NULL)
 	{
 		r = DirectRow(w, &w->consent);
 		w->consent.values[r] = id;
-		w->consent.values[r + 1] = ConsentMap(p->consent);
+		w->consent.values[r + 1] = maps->consent[k];
 		memset(&w->consent.nulls[r], 0, sizeof(bool) * 2);
 	}
 	for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
@@ -931,6 +948,28 @@ EndDirect(DirectWrite *w)
 	FlushDirect(w);
 	CloseDirect(w);
 	MemoryContextDelete(w->rows_cxt);
+}
+
+/*
+ * An identifier's maps (each (Datum) 0 when it has none), built in scratch
+ * (emptied) and kept at their size in the current context: the write keeps
+ * them for the profiles, not what building them left behind.
+ */
+static void
+KeptMaps(CdpPendingId *p, MemoryContext scratch, Datum *traits, Datum *times, Datum *consent)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch);
+	Datum		built[3] = {0, 0, 0};
+
+	if (p->traits != NULL)
+		TraitMaps(p->traits, &built[0], &built[1]);
+	if (p->consent != NULL)
+		built[2] = ConsentMap(p->consent);
+	MemoryContextSwitchTo(old);
+	*traits = built[0] ? datumCopy(built[0], false, -1) : (Datum) 0;
+	*times = built[1] ? datumCopy(built[1], false, -1) : (Datum) 0;
+	*consent = built[2] ? datumCopy(built[2], false, -1) : (Datum) 0;
+	MemoryContextReset(scratch);
 }
 
 /* by identifier, as the state tables' primary keys order them */
@@ -973,9 +1012,14 @@ SortedIds(CdpStateQueue *queue, int nids)
  * updated and missing ones inserted (cheaper than INSERT ... ON CONFLICT,
  * which locks each row first).  Only holders of an identifier's profile row
  * write its rows, so no other session inserts one meanwhile.
+ *
+ * maps gets the identifiers written directly, each with its maps and the
+ * profile its last message resolved to; *all_direct says whether they are
+ * all that changed and those profiles still hold them (nothing was merged
+ * since), so that the profiles can take maps without reading them back.
  */
 static Datum *
-WriteState(CdpStateQueue *queue, int *nchanged)
+WriteState(CdpStateQueue *queue, int *nchanged, CdpIdentifierMaps *maps, bool *all_direct)
 {
 	Oid			idarray = get_array_type(plans_type_oid);
 	Oid			argtypes[13] = {idarray, JSONBARRAYOID, JSONBARRAYOID, INT4OID,
@@ -993,8 +1037,16 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 	int			ndirect = 0;
 	DirectWrite *direct = palloc(sizeof(DirectWrite));
 	bool		is_direct;
+	MemoryContext scratch;
 
 	changed = palloc(sizeof(Datum) * Max(nids, 1));
+	maps->n = 0;
+	maps->profile_ids = palloc(sizeof(int64) * Max(nids, 1));
+	maps->traits = palloc(sizeof(Datum) * Max(nids, 1));
+	maps->times = palloc(sizeof(Datum) * Max(nids, 1));
+	maps->consent = palloc(sizeof(Datum) * Max(nids, 1));
+	*all_direct = true;
+	scratch = AllocSetContextCreate(CurrentMemoryContext, "cdp state maps", ALLOCSET_DEFAULT_SIZES);
 	ids = SortedIds(queue, nids);
 	for (int i = 0; i < nids; i++)
 		changed[i] = PointerGetDatum(ids[i]->h.id);
@@ -1012,7 +1064,12 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 			continue;
 		if (is_direct && !p->stored && p->ntraits <= CDP_MAX_IDENTIFIER_TRAITS)
 		{
-			AddDirect(direct, p);
+			int			k = maps->n++;
+
+			maps->profile_ids[k] = p->profile_id;
+			KeptMaps(p, scratch, &maps->traits[k], &maps->times[k], &maps->consent[k]);
+			*all_direct &= p->since == CdpGraphWrites();
+			AddDirect(direct, p, maps, k);
 			changed[ndirect++] = PointerGetDatum(p->h.id);
 			continue;
 		}
@@ -1046,9 +1103,11 @@ WriteState(CdpStateQueue *queue, int *nchanged)
 	if (is_direct)
 		EndDirect(direct);
 	pfree(direct);
+	MemoryContextDelete(scratch);
 	*nchanged = ndirect;
 	if (traits.n == 0 && latest.n == 0)
 		return changed;
+	*all_direct = false;
 
 	args[0] = ColumnArray(&traits, 0, plans_type_oid);
 	args[1] = ColumnArray(&traits, 1, JSONBOID);
@@ -1136,7 +1195,9 @@ CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
 	hash_seq_init(&seq, from->ids);
 	while ((p = hash_seq_search(&seq)) != NULL)
 	{
-		CdpPendingId *owner = CdpPendingOwner(into, p->h.id);
+		CdpPendingId *owner = CdpPendingOwner(into, p->h.id, p->profile_id);
+
+		owner->since = p->since;
 
 		for (PendingTrait *t = p->traits; t != NULL; t = t->h.next)
 			CdpPendTrait(into, owner, t->h.name, t->h.namelen, JsonbPGetDatum(t->value), t->at);
@@ -1179,6 +1240,8 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats)
 	int			level;
 	Datum	   *changed;
 	int			nchanged;
+	CdpIdentifierMaps maps;
+	bool		all_direct;
 
 	if (queue->nentries == 0)
 	{
@@ -1188,7 +1251,9 @@ CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats)
 	}
 	CdpCheckTypePlans(plans, NUM_QUEUE_PLANS, &plans_type_oid, CdpIdentifierTypeOid());
 	level = CdpBeginIndexedPlans();
-	changed = WriteState(queue, &nchanged);
+	changed = WriteState(queue, &nchanged, &maps, &all_direct);
+	if (nchanged > 0 && all_direct && CdpWriteIdentifierMaps(&maps, stats))
+		nchanged = 0;
 	if (nchanged > 0)
 	{
 		uint64		rows;
