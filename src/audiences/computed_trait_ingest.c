@@ -253,7 +253,7 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 	uint64		rows;
 
 	args[0] = CdpInt8Array(profiles, nprofiles);
-	rows = CdpExecPlan(CdpPlan(&read_plan,
+	rows = CdpExecPlan(CdpPlanGeneric(&read_plan,
 							   "SELECT profile_id, states FROM cdp.trait_states "
 							   "WHERE profile_id = ANY ($1)", 1, argtypes),
 					   args, NULL, SPI_OK_SELECT);
@@ -305,7 +305,7 @@ NoteDirty(HTAB *dirty)
 	}
 	args[0] = CdpArray(tids, i, INT4OID);
 	args[1] = CdpArray(pids, i, INT8OID);
-	CdpExecPlan(CdpPlan(&dirty_plan,
+	CdpExecPlan(CdpPlanGeneric(&dirty_plan,
 						"INSERT INTO cdp.trait_dirty (trait_id, profile_id) "
 						"SELECT u.t, u.p FROM ROWS FROM (unnest($1), unnest($2)) AS u(t, p) "
 						"ORDER BY 1, 2 ON CONFLICT DO NOTHING", 2, argtypes),
@@ -326,7 +326,7 @@ FindProfilesAlone(int64 *profiles, int n, bool *alone)
 
 	memset(alone, 0, sizeof(bool) * n);
 	args[0] = CdpInt8Array(profiles, n);
-	rows = CdpExecPlan(CdpPlan(&alone_plan,
+	rows = CdpExecPlan(CdpPlanGeneric(&alone_plan,
 							   "SELECT r.profile_id FROM cdp.profile_records r "
 							   "WHERE r.profile_id = ANY ($1) AND r.merged_into IS NULL "
 							   "AND NOT EXISTS (SELECT FROM cdp.profile_records m "
@@ -399,7 +399,7 @@ WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
 
 		args[0] = CdpArray(pids, nalone, INT8OID);
 		args[1] = CdpArray(vals, nalone, JSONBOID);
-		CdpExecPlan(CdpPlan(&values_plan,
+		CdpExecPlan(CdpPlanGeneric(&values_plan,
 							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
 							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
 							"ON CONFLICT (profile_id) DO UPDATE "
@@ -410,7 +410,7 @@ WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
 	if (nderive > 0)
 	{
 		args[0] = CdpInt8Array(derive, nderive);
-		CdpExecPlan(CdpPlan(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
+		CdpExecPlan(CdpPlanGeneric(&refresh_plan, "SELECT cdp.refresh_computed_traits($1)", 1, &argtype),
 					args, NULL, SPI_OK_SELECT);
 	}
 	CdpProfilesChanged(changed, nchanged);
@@ -439,7 +439,7 @@ WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, i
 	args[2] = PointerGetDatum(construct_md_array(expires, expires_null, 1, dims, lbs,
 												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
 												 TYPALIGN_DOUBLE));
-	CdpExecPlan(CdpPlan(&write_plan,
+	CdpExecPlan(CdpPlanGeneric(&write_plan,
 						"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
 						"SELECT u.p, u.st, u.x "
 						"FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
