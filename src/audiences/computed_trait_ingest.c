@@ -104,6 +104,8 @@ struct CdpTraitDeltas
 /* a drain writes what it gathered at this size, whatever comes next */
 #define DELTAS_MAX_STATES	250000
 #define DELTAS_MAX_BYTES	((Size) 128 * 1024 * 1024)
+/* the first block of a set of states (see CdpNewTraitDeltas) */
+#define DELTAS_FIRST_BLOCK	(2 * 1024 * 1024)
 
 static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
@@ -666,13 +668,20 @@ ResetDeltas(CdpTraitDeltas *d)
 	d->nstates = 0;
 }
 
-/* an empty set of states, in a memory context of its own under parent */
+/*
+ * An empty set of states, in a memory context of its own under parent.  A
+ * chunk's and a batch's are made anew for each: their first block is about
+ * what a chunk's states take, so they do not grow block by block from
+ * fresh memory each time (its page faults took 3% of ingest with computed
+ * traits).
+ */
 CdpTraitDeltas *
 CdpNewTraitDeltas(MemoryContext parent)
 {
 	CdpTraitDeltas *d = MemoryContextAlloc(parent, sizeof(CdpTraitDeltas));
 
-	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", ALLOCSET_DEFAULT_SIZES);
+	d->cxt = AllocSetContextCreate(parent, "cdp computed trait states", DELTAS_FIRST_BLOCK,
+								   DELTAS_FIRST_BLOCK, ALLOCSET_DEFAULT_MAXSIZE);
 	d->profiles = NewStatesTable(d->cxt);
 	d->nstates = 0;
 	return d;
