@@ -1825,6 +1825,17 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 		new_only = ChangesOnlyNewIdentifiers(g, items, n);
 		PreloadMembers(g, items, n);
 	}
+	else
+	{
+		/*
+		 * Known profiles only, their rows locked: a split of them that
+		 * committed since would have sent us to the lock.  A message carrying
+		 * a split identifier with a former member links nothing for it here
+		 * too, or where its traits and consent go (and its violation) would
+		 * depend on whether the batch took the lock.
+		 */
+		g->splits = CdpCachedSplits();
+	}
 
 	for (int i = 0; i < n; i++)
 	{
