@@ -1804,7 +1804,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 	if (defer)
 	{
 		/* checked again under the lock, with what was read, before anything is kept */
-		g->splits = CdpCachedSplits();
+		CdpUseCachedSplits(g);
 		PreloadMembers(g, items, n);
 	}
 	else if (changes_possible)
@@ -1819,7 +1819,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 		rules = CdpLoadIdentityRules();
 		g = BuildGraph(rules, items, n, cxt, known);
 		/* read after the lock: a split that committed before it is seen */
-		g->splits = CdpCachedSplits();
+		CdpUseCachedSplits(g);
 		nlock = AttachedProfiles(g, &lock_ids, known);
 		LockProfiles(g, lock_ids, nlock);
 		new_only = ChangesOnlyNewIdentifiers(g, items, n);
@@ -1834,7 +1834,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 		 * too, or where its traits and consent go (and its violation) would
 		 * depend on whether the batch took the lock.
 		 */
-		g->splits = CdpCachedSplits();
+		CdpUseCachedSplits(g);
 	}
 
 	for (int i = 0; i < n; i++)
