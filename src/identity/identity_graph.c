@@ -401,8 +401,15 @@ static int
 DropSplitEvidence(IdentityGraph *g, IdMessage *m, IdNode **nodes, bool *active, bool *dropped_out)
 {
 	int			dropped = 0;
+	bool		carries_keep_out = (g->split_keep_outs == NULL);
 	ListCell   *lc;
 
+	for (int i = 0; i < m->nids && !carries_keep_out; i++)
+		carries_keep_out = active[i] &&
+			bsearch(&m->ids[i], g->split_keep_outs, g->nsplit_keep_outs,
+					sizeof(CdpIdentifier *), CompareIdentifierPtrs) != NULL;
+	if (!carries_keep_out)
+		return 0;
 	foreach(lc, g->splits)
 	{
 		SplitRule  *split = lfirst(lc);

@@ -1835,7 +1835,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 	if (defer)
 	{
 		/* checked again under the lock, with what was read, before anything is kept */
-		g->splits = CdpCachedSplits();
+		CdpUseCachedSplits(g);
 		PreloadMembers(g, items, n);
 	}
 	else if (changes_possible)
@@ -1850,11 +1850,22 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 		rules = CdpLoadIdentityRules();
 		g = BuildGraph(rules, items, n, cxt, known);
 		/* read after the lock: a split that committed before it is seen */
-		g->splits = CdpCachedSplits();
+		CdpUseCachedSplits(g);
 		nlock = AttachedProfiles(g, &lock_ids, known);
 		LockProfiles(g, lock_ids, nlock);
 		new_only = ChangesOnlyNewIdentifiers(g, items, n);
 		PreloadMembers(g, items, n);
+	}
+	else
+	{
+		/*
+		 * Known profiles only, their rows locked: a split of them that
+		 * committed since would have sent us to the lock.  A message carrying
+		 * a split identifier with a former member links nothing for it here
+		 * too, or where its traits and consent go (and its violation) would
+		 * depend on whether the batch took the lock.
+		 */
+		CdpUseCachedSplits(g);
 	}
 
 	for (int i = 0; i < n; i++)

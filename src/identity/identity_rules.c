@@ -57,6 +57,8 @@ static IdentityRules *cached_rules = NULL;
 static uint64 rules_copies = 0;
 static ConfigCache splits_cache;
 static List *cached_splits = NIL;
+static CdpIdentifier **cached_keep_outs = NULL;	/* theirs, sorted */
+static int	ncached_keep_outs = 0;
 
 /* how many copies of the splits this backend has read */
 static uint64 splits_copies = 0;
@@ -369,13 +371,35 @@ CdpCachedSplits(void)
 	{
 		MemoryContext cxt = CacheNewContext("cdp identity splits");
 		List	   *splits = ReadSplits(cxt);
+		CdpIdentifier **keep_outs = MemoryContextAlloc(cxt, sizeof(CdpIdentifier *) *
+													   Max(list_length(splits), 1));
+		int			n = 0;
+		ListCell   *lc;
 
+		foreach(lc, splits)
+			keep_outs[n++] = ((SplitRule *) lfirst(lc))->keep_out;
+		qsort(keep_outs, n, sizeof(CdpIdentifier *), CompareIdentifierPtrs);
 		CacheInstall(&splits_cache, cxt, seen);
 		cached_splits = splits;
+		cached_keep_outs = keep_outs;
+		ncached_keep_outs = n;
 		splits_copies++;
 	}
 	MemoryContextSwitchTo(caller);
 	return cached_splits;
+}
+
+/*
+ * Give g the cached splits, with their keep_out identifiers sorted: a
+ * message that carries none of them (nearly all) is passed over at the
+ * cost of a lookup per identifier, however many splits there are.
+ */
+void
+CdpUseCachedSplits(IdentityGraph *g)
+{
+	g->splits = CdpCachedSplits();
+	g->split_keep_outs = cached_keep_outs;
+	g->nsplit_keep_outs = ncached_keep_outs;
 }
 
 /*

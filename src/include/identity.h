@@ -243,6 +243,8 @@ typedef struct IdentityGraph
 	const IdRule **slot_rules;	/* slot -> its rule, NULL until asked */
 	int			nslot_names;
 	List	   *splits;			/* SplitRule * */
+	CdpIdentifier **split_keep_outs;	/* theirs, sorted; NULL: look at each */
+	int			nsplit_keep_outs;
 	LoadMembersFn load_members; /* online: fetch a profile's identifiers */
 	NewProfileIdFn new_profile_id;
 	void	   *private;
@@ -276,6 +278,7 @@ extern IdentityRules *CdpLoadIdentityRules(void);
 extern uint64 CdpIdentityRulesCopy(void);
 extern uint64 CdpIdentitySplitsCopy(void);
 extern List *CdpCachedSplits(void);
+extern void CdpUseCachedSplits(IdentityGraph *g);
 extern void CdpIdentityCacheCallback(Datum arg, Oid relid);
 extern const IdRule *CdpRuleFor(IdentityRules *rules, const char *type, int type_len);
 extern bool CdpIsBlocked(IdentityRules *rules, const CdpIdentifier *id);
