@@ -114,7 +114,8 @@ TreeScalar(void *state, char *token, JsonTokenType tokentype)
 
 /*
  * Parse text into an in-memory value: a jsonb tree (jbvObject/jbvArray with
- * nested values) or a scalar.  Returns NULL and sets an error code and
+ * nested values) or a scalar; the common case by CdpParseJsonFast, the rest
+ * (and every error) by pg_parse_json.  Returns NULL and sets an error code and
  * message when the text is not JSON, or is JSON that jsonb cannot hold
  * (\u0000).  Duplicate keys keep the last value, as jsonb does.  A number
  * beyond numeric's range raises an error (the caller isolates it).
@@ -126,7 +127,10 @@ CdpParseJsonValue(const char *text, int len, const char **error_code, char **err
 	JsonSemAction sem;
 	TreeBuildState state;
 	JsonParseErrorType rc;
+	JsonbValue *fast;
 
+	if (CdpParseJsonFast(text, len, &fast))
+		return fast;
 	memset(&state, 0, sizeof(state));
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &state;

@@ -151,6 +151,9 @@ typedef struct CdpInboxRow
 	int			shared_len;		/* their text length, added to every item */
 } CdpInboxRow;
 
+/* json_fast_parse.c */
+extern bool CdpParseJsonFast(const char *text, int len, JsonbValue **result);
+
 /* json_parse.c */
 extern JsonbValue *CdpParseJsonValue(const char *text, int len,
 									 const char **error_code, char **error_message);
