@@ -164,12 +164,14 @@ CdpBeginDirectInsert(Oid relid, const char *const *cols, const Oid *types, int n
 	/*
 	 * Slots on a copy of the descriptor: slots on the relation's own pin it
 	 * in the resource owner each, and forgetting thousands of pins costs
-	 * time quadratic in their number.
+	 * time quadratic in their number.  Heap tuple slots: a row formed once
+	 * is the tuple the heap takes, where a virtual slot's would be formed
+	 * again by the insert.
 	 */
 	desc = CreateTupleDescCopyConstr(desc);
 	d->slots = palloc(sizeof(TupleTableSlot *) * d->max_rows);
 	for (int r = 0; r < d->max_rows; r++)
-		d->slots[r] = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+		d->slots[r] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 	return d;
 }
 
