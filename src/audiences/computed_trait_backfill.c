@@ -52,6 +52,13 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 /* states (and values) written per statement */
 #define BACKFILL_BATCH 10000
 
+/*
+ * A batch's memory is kept from one batch to the next: a batch allocated
+ * afresh from the system every time spent a tenth of a definition in page
+ * faults.  A batch of small states fits in it.
+ */
+#define BATCH_BLOCK (8 * 1024 * 1024)
+
 static SPIPlanPtr update_states_plan = NULL;
 static SPIPlanPtr update_values_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
@@ -809,7 +816,7 @@ WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name,
 	b->nstates = 0;
 	b->nvalues = 0;
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
-									  ALLOCSET_DEFAULT_SIZES);
+									  BATCH_BLOCK, BATCH_BLOCK, BATCH_BLOCK);
 	old = MemoryContextSwitchTo(batch_cxt);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
