@@ -7,7 +7,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(8);
+SELECT plan(10);
 
 SELECT setseed(0.4242);
 
@@ -89,6 +89,14 @@ SELECT 10000 + row_number() OVER (), format('{"type":"track","event":"E","anonym
                ('{"deep":' || repeat('[', 70) || '"bottom"' || repeat(']', 70) || '}'),
                ('{"s":"' || repeat('x', 5000) || '"}')) AS v(body);
 
+-- items of a batch envelope are parsed from their span of the line
+CREATE TEMP TABLE batch_items AS
+SELECT n, format('{"type":"track","event":"B","anonymousId":"b%s","messageId":"b%s","properties":%s}',
+                 n % 5, n, jsonb_build_object('doc', pg_temp.random_value(3), 'n', n)::text) AS item
+  FROM generate_series(1, 50) AS n;
+INSERT INTO sent
+SELECT 20000, '{"batch":[' || string_agg(item, ' ,' || chr(10) ORDER BY n) || ']}' FROM batch_items;
+
 -- near-JSON that PostgreSQL's parser refuses
 CREATE TEMP TABLE refused (payload text);
 INSERT INTO refused
@@ -110,6 +118,11 @@ SELECT is((SELECT count(*) FROM cdp.events e JOIN sent s ON e.message_id = 'm' |
 SELECT is((SELECT count(*) FROM cdp.events e JOIN sent s ON e.message_id = 'm' || s.n
             WHERE e.properties IS DISTINCT FROM (s.payload::jsonb -> 'properties')),
           0::bigint, 'each stored random document is what payload::jsonb holds');
+SELECT is((SELECT count(*) FROM cdp.events e JOIN batch_items b ON e.message_id = 'b' || b.n),
+          50::bigint, 'every item of the batch envelope is stored');
+SELECT is((SELECT count(*) FROM cdp.events e JOIN batch_items b ON e.message_id = 'b' || b.n
+            WHERE e.properties IS DISTINCT FROM (b.item::jsonb -> 'properties')),
+          0::bigint, 'each item is stored as jsonb reads it');
 SELECT is((SELECT count(*) FROM cdp.events e JOIN sent s ON e.message_id = 'h' || (s.n - 10000)),
           8::bigint, 'every hand-written form is stored');
 SELECT is((SELECT count(*) FROM cdp.events e JOIN sent s ON e.message_id = 'h' || (s.n - 10000)
