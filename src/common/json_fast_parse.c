@@ -176,22 +176,65 @@ FastScalar(FastParser *f, JsonbValue *v)
 	}
 }
 
+/* the closing bracket at f->p ends the innermost container */
+static void
+CloseContainer(FastParser *f, JsonbIteratorToken end)
+{
+	f->p++;
+	f->result = pushJsonbValue(&f->state, end, NULL);
+}
+
+/*
+ * Open a container at f->p ('{' or '['); true when it is empty, then
+ * closed already.
+ */
+static bool
+OpenContainer(FastParser *f, JsonbIteratorToken begin, JsonbIteratorToken end, char close)
+{
+	f->p++;
+	pushJsonbValue(&f->state, begin, NULL);
+	SkipSpace(f);
+	if (f->p < f->end && *f->p == close)
+	{
+		CloseContainer(f, end);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * After an item: 1 when a comma (consumed) announces another, 0 when the
+ * container closes (consumed, closed), -1 when neither follows.
+ */
+static int
+NextItem(FastParser *f, JsonbIteratorToken end, char close)
+{
+	SkipSpace(f);
+	if (f->p >= f->end)
+		return -1;
+	if (*f->p == close)
+	{
+		CloseContainer(f, end);
+		return 0;
+	}
+	if (*f->p != ',')
+		return -1;
+	f->p++;
+	return 1;
+}
+
 static bool
 FastObject(FastParser *f)
 {
-	f->p++;						/* the '{' */
-	pushJsonbValue(&f->state, WJB_BEGIN_OBJECT, NULL);
-	SkipSpace(f);
-	if (f->p < f->end && *f->p == '}')
-	{
-		f->p++;
-		f->result = pushJsonbValue(&f->state, WJB_END_OBJECT, NULL);
+	int			next = 1;
+
+	if (OpenContainer(f, WJB_BEGIN_OBJECT, WJB_END_OBJECT, '}'))
 		return true;
-	}
-	for (;;)
+	while (next == 1)
 	{
 		JsonbValue	key;
 
+		SkipSpace(f);
 		if (f->p >= f->end || *f->p != '"' || !FastString(f, &key))
 			return false;
 		SkipSpace(f);
@@ -201,49 +244,25 @@ FastObject(FastParser *f)
 		pushJsonbValue(&f->state, WJB_KEY, &key);
 		if (!FastValue(f))
 			return false;
-		SkipSpace(f);
-		if (f->p >= f->end)
-			return false;
-		if (*f->p == '}')
-			break;
-		if (*f->p != ',')
-			return false;
-		f->p++;
-		SkipSpace(f);
+		next = NextItem(f, WJB_END_OBJECT, '}');
 	}
-	f->p++;
-	f->result = pushJsonbValue(&f->state, WJB_END_OBJECT, NULL);
-	return true;
+	return next == 0;
 }
 
 static bool
 FastArray(FastParser *f)
 {
-	f->p++;						/* the '[' */
-	pushJsonbValue(&f->state, WJB_BEGIN_ARRAY, NULL);
-	SkipSpace(f);
-	if (f->p < f->end && *f->p == ']')
-	{
-		f->p++;
-		f->result = pushJsonbValue(&f->state, WJB_END_ARRAY, NULL);
+	int			next = 1;
+
+	if (OpenContainer(f, WJB_BEGIN_ARRAY, WJB_END_ARRAY, ']'))
 		return true;
-	}
-	for (;;)
+	while (next == 1)
 	{
 		if (!FastValue(f))
 			return false;
-		SkipSpace(f);
-		if (f->p >= f->end)
-			return false;
-		if (*f->p == ']')
-			break;
-		if (*f->p != ',')
-			return false;
-		f->p++;
+		next = NextItem(f, WJB_END_ARRAY, ']');
 	}
-	f->p++;
-	f->result = pushJsonbValue(&f->state, WJB_END_ARRAY, NULL);
-	return true;
+	return next == 0;
 }
 
 /* a value inside a container: nested ones pushed whole, scalars as elements or values */
