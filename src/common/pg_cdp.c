@@ -34,6 +34,7 @@ int			cdp_retention_lock_wait_ms = 1000;
 int			cdp_max_inbox_depth = 0;
 char	   *cdp_database_name = NULL;
 int			cdp_ingest_workers = 2;
+int			cdp_identity_cache_size = 100000;
 int			cdp_maintenance_interval_secs = 60;
 int			cdp_http_port = 0;
 char	   *cdp_http_listen_address = NULL;
@@ -113,6 +114,11 @@ DefineSettings(void)
 							"How many background workers drain cdp.inbox (0: none).",
 							"Takes effect on reload; each needs one of max_worker_processes.",
 							&cdp_ingest_workers, 2, 0, CDP_MAX_INGEST_WORKERS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("cdp.identity_cache_size",
+							"How many stored identifiers each ingest worker keeps between batches (0: none).",
+							"About 150 bytes each; kept ones need no lookup of cdp.identities.",
+							&cdp_identity_cache_size, 100000, 0, 10000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("cdp.maintenance_interval",
 							"How often the maintenance worker runs the upkeep of run_maintenance() (0: never).",

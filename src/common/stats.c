@@ -87,6 +87,8 @@ typedef struct CdpWorkerFigures
 	int64		last_batch_usecs;
 	int64		messages;		/* since it first started or the last reset */
 	int64		batches;
+	int64		identities_recalled;	/* served from what it kept (identity_recent.c) */
+	int64		identities_read;	/* looked up */
 } CdpWorkerFigures;
 
 typedef struct CdpSharedStats
@@ -939,8 +941,8 @@ cdp_worker_stats(PG_FUNCTION_ARGS)
 	for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 	{
 		CdpWorkerFigures w;
-		Datum		values[9];
-		bool		nulls[9] = {false};
+		Datum		values[11];
+		bool		nulls[11] = {false};
 
 		SpinLockAcquire(&cdp_shared->workers[i].mutex);
 		w = cdp_shared->workers[i];
@@ -962,6 +964,8 @@ cdp_worker_stats(PG_FUNCTION_ARGS)
 		nulls[6] = w.last_batch_at == 0 || w.last_batch_usecs <= 0;
 		values[7] = Int64GetDatum(w.messages);
 		values[8] = Int64GetDatum(w.batches);
+		values[9] = Int64GetDatum(w.identities_recalled);
+		values[10] = Int64GetDatum(w.identities_read);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -998,6 +1002,8 @@ cdp_reset_stats(PG_FUNCTION_ARGS)
 		SpinLockAcquire(&w->mutex);
 		w->messages = 0;
 		w->batches = 0;
+		w->identities_recalled = 0;
+		w->identities_read = 0;
 		SpinLockRelease(&w->mutex);
 	}
 	PG_RETURN_VOID();
@@ -1041,6 +1047,20 @@ CdpStatsWorkerStopped(int worker_slot)
 		return;
 	SpinLockAcquire(&w->mutex);
 	w->pid = 0;
+	SpinLockRelease(&w->mutex);
+}
+
+/* An ingest worker's identifiers served from what it kept, and looked up. */
+void
+CdpStatsReportIdentities(int worker_slot, uint64 recalled, uint64 read)
+{
+	CdpWorkerFigures *w = WorkerSlot(worker_slot);
+
+	if (w == NULL || (recalled == 0 && read == 0))
+		return;
+	SpinLockAcquire(&w->mutex);
+	w->identities_recalled += recalled;
+	w->identities_read += read;
 	SpinLockRelease(&w->mutex);
 }
 

@@ -235,10 +235,12 @@ OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
 
 /*
  * Attach the stored identities of ids to the graph: those this transaction
- * knows (k, when not NULL) from what it keeps, the rest read.
+ * knows (k, when not NULL) from what it keeps, with recent those an ingest
+ * worker kept from its earlier transactions (identity_recent.c), the rest
+ * read.
  */
 static void
-LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
+LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k, bool recent)
 {
 	Oid			argtypes[1] = {get_array_type(plans_type_oid)};
 	Datum		args[1];
@@ -269,6 +271,8 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 		}
 		n = nread;
 	}
+	if (recent)
+		n = CdpRecentIdentitiesAttach(g, ids, n);
 	if (n == 0)
 		return;
 	args[0] = IdentifierArray(ids, n);
@@ -292,6 +296,9 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k)
 		CdpProfOnline(g, p)->version = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 		CdpProfOnline(g, p)->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 		CdpGraphAttach(g, node, p, linked_at, NULL, false);
+		if (recent)
+			CdpRecentIdentitiesNote(id, profile, linked_at, CdpProfOnline(g, p)->version,
+									CdpProfOnline(g, p)->rank);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -386,6 +393,7 @@ CdpLockIdentityGraph(void)
 	graph_writes++;
 	CdpKnownIdentitiesForget();
 	LockIdentityGraph();
+	CdpIdentityGraphChanged();
 }
 
 /*
@@ -627,7 +635,8 @@ PreloadMembers(IdentityGraph *g, IdItem *items, int n)
 }
 
 static IdentityGraph *
-BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, IdentityGraph *k)
+BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, IdentityGraph *k,
+		   bool recent)
 {
 	IdentityGraph *g = CdpNewIdentityGraph(rules, cxt, false);
 	List	   *all = NIL;
@@ -648,7 +657,7 @@ BuildGraph(IdentityRules *rules, IdItem *items, int n, MemoryContext cxt, Identi
 	arr = palloc(sizeof(CdpIdentifier *) * Max(list_length(all), 1));
 	foreach(lc, all)
 		arr[nall++] = lfirst(lc);
-	LoadIdentities(g, arr, nall, k);
+	LoadIdentities(g, arr, nall, k, recent);
 
 	return g;
 }
@@ -879,6 +888,7 @@ WriteMerges(IdentityGraph *g)
 	if (n == 0)
 		return;
 	graph_writes++;
+	CdpIdentityGraphChanged();
 	foreach(lc, g->merges)
 	{
 		IdMerge    *m = lfirst(lc);
@@ -1807,7 +1817,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 	lock_first = false;
 	if (!changes_possible)
 	{
-		g = BuildGraph(rules, items, n, cxt, NULL);
+		g = BuildGraph(rules, items, n, cxt, NULL, true);
 		for (int i = 0; i < n; i++)
 		{
 			/* an alias reads its previousId as it will if nothing changes */
@@ -1848,7 +1858,7 @@ ResolveItems(IdItem *items, int n, HTAB *stats, bool may_defer)
 			known = CdpKnownIdentities();
 		}
 		rules = CdpLoadIdentityRules();
-		g = BuildGraph(rules, items, n, cxt, known);
+		g = BuildGraph(rules, items, n, cxt, known, true);
 		/* read after the lock: a split that committed before it is seen */
 		CdpUseCachedSplits(g);
 		nlock = AttachedProfiles(g, &lock_ids, known);
@@ -2072,7 +2082,8 @@ CdpWriteResolvedIdentities(CdpPendingIdentities *pending)
 		CdpIdentitySplitsCopy() != pending->splits_copy;
 	if (!stale)
 	{
-		now = BuildGraph(g->rules, pending->items, pending->n, CurrentMemoryContext, NULL);
+		/* what is stored now, never what was kept */
+		now = BuildGraph(g->rules, pending->items, pending->n, CurrentMemoryContext, NULL, false);
 		stale = !SameStoredIdentities(g, now) || LaterProfileStored(g);
 	}
 	if (!stale)

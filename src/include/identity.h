@@ -449,6 +449,14 @@ extern Oid	CdpIdentifierTypeOid(void);
 extern int64 CdpNextProfileId(void);
 extern void CdpLockIdentityGraph(void);
 
+/* identity_recent.c: what an ingest worker read in earlier transactions */
+extern void CdpIdentityGraphChanged(void);
+extern void CdpRecentIdentitiesEnable(int max);
+extern int	CdpRecentIdentitiesAttach(IdentityGraph *g, CdpIdentifier **ids, int n);
+extern void CdpRecentIdentitiesNote(CdpIdentifier *id, int64 profile_id, TimestampTz linked_at,
+									int32 version, int64 rank);
+extern void CdpRecentIdentitiesCounts(uint64 *served, uint64 *read);
+
 /* identity_known.c */
 extern IdentityGraph *CdpKnownIdentities(void);
 extern void CdpKnownIdentitiesStart(void);

@@ -45,6 +45,7 @@ extern void CdpStatsInboxRowsQueued(Relation inbox, int64 rows, CommandId cid);
 /* the ingest workers */
 extern void CdpStatsWorkerStarted(int worker_slot, int pid);
 extern void CdpStatsWorkerStopped(int worker_slot);
+extern void CdpStatsReportIdentities(int worker_slot, uint64 recalled, uint64 read);
 extern void CdpStatsReportBatch(int worker_slot, int64 messages,
 								TimestampTz started, TimestampTz ended);
 

@@ -43,6 +43,8 @@ typedef struct CdpWorkerPool
 	Oid			paused_database;
 	pg_atomic_uint64 extension_changes; /* CREATE/DROP EXTENSION pg_cdp seen */
 	pg_atomic_uint32 next_wake; /* round robin over the idle workers */
+	pg_atomic_uint64 identity_epoch;	/* bumped by writers moving identities */
+	pg_atomic_uint32 identity_cache_off;	/* see identity_recent.c */
 	CdpWorkerSlot slots[CDP_MAX_INGEST_WORKERS];
 	CdpWorkerSlot maintenance;	/* the maintenance worker (its idle is unused) */
 	CdpWorkerSlot http;			/* the HTTP endpoint's worker (idle unused) */
@@ -53,6 +55,7 @@ extern CdpWorkerPool *CdpPool;
 /* GUCs (pg_cdp.c) */
 extern char *cdp_database_name;
 extern int	cdp_ingest_workers;
+extern int	cdp_identity_cache_size;
 extern int	cdp_maintenance_interval_secs;
 extern int	cdp_http_port;
 extern char *cdp_http_listen_address;

@@ -27,7 +27,8 @@ COMMENT ON VIEW cdp.stats IS
 CREATE FUNCTION cdp.worker_stats_rows(OUT slot int, OUT pid int, OUT started_at timestamptz,
                                       OUT last_batch_at timestamptz, OUT last_batch_messages bigint,
                                       OUT last_batch_ms double precision, OUT rate double precision,
-                                      OUT messages bigint, OUT batches bigint)
+                                      OUT messages bigint, OUT batches bigint,
+                                      OUT identities_recalled bigint, OUT identities_read bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'cdp_worker_stats'
 LANGUAGE C VOLATILE;
@@ -36,7 +37,7 @@ COMMENT ON FUNCTION cdp.worker_stats_rows() IS
 
 CREATE VIEW cdp.worker_stats AS SELECT * FROM cdp.worker_stats_rows();
 COMMENT ON VIEW cdp.worker_stats IS
-    'one row per ingest worker: pid, its last batch (time, messages, ms, messages/s) and totals';
+    'one row per ingest worker: pid, its last batch (time, messages, ms, messages/s) and totals, and its identifiers served from those it kept (cdp.identity_cache_size) or looked up';
 
 CREATE FUNCTION cdp.reset_stats()
 RETURNS void

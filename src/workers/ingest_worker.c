@@ -41,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
+#include "identity.h"
 #include "workers.h"
 #include "stats.h"
 
@@ -133,6 +134,8 @@ RunBatch(const CdpDrainRequest *req)
 	CdpDrainResult result;
 	bool		done;
 	TimestampTz started = GetCurrentTimestamp();
+	uint64		recalled;
+	uint64		read;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -161,6 +164,8 @@ RunBatch(const CdpDrainRequest *req)
 	/* cdp.worker_stats: the last batch that took something */
 	if (done && result.rows > 0)
 		CdpStatsReportBatch(my_slot, result.messages, started, GetCurrentTimestamp());
+	CdpRecentIdentitiesCounts(&recalled, &read);
+	CdpStatsReportIdentities(my_slot, recalled, read);
 	batch_last_id = result.last_id;
 	return done ? result.rows : -1;
 }
@@ -315,6 +320,7 @@ cdp_ingest_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		CdpRecentIdentitiesEnable(cdp_identity_cache_size);
 
 		/* idle first: an enqueue committing from now on either wakes us or is seen */
 		pg_atomic_write_u32(&slot->idle, 1);

@@ -27,7 +27,8 @@ shared_preload_libraries = 'pg_cdp'
 cdp.max_merges_per_profile = 4
 deadlock_timeout = 100ms
 # the workers serve the third round's database: its messages are taken by
-# them, one per transaction, and by process_inbox beside them
+# them, one per transaction (with identities kept between them), and by
+# process_inbox beside them
 cdp.database_name = 'concurrent2'
 cdp.ingest_workers = 2
 cdp.batch_size = 1
@@ -337,6 +338,10 @@ sub round
 		$node->safe_psql($cdb, 'DROP TRIGGER log_message ON cdp.events');
 		cmp_ok($node->safe_psql($cdb, 'SELECT coalesce(sum(messages), 0) FROM cdp.worker_stats'), '>', 0,
 			"seed $seed: the workers took messages");
+		# identifiers they kept between batches served some of them
+		# (cdp.identity_cache_size): what they kept is checked here too
+		cmp_ok($node->safe_psql($cdb, 'SELECT coalesce(sum(identities_recalled), 0) FROM cdp.worker_stats'),
+			'>', 0, "seed $seed: the workers served identifiers from what they kept");
 	}
 	my $nops = $node->safe_psql($cdb, 'SELECT count(*) FROM op_log');
 	# beside the workers, whose batches take the identity lock in the trigger,

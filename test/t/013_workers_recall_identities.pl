@@ -1,0 +1,108 @@
+# An ingest worker keeps the stored identities it read for its later
+# batches (cdp.identity_cache_size), and what it keeps never outlives a
+# change of the graph: after a split, a link that merges and forget, the
+# next message of a kept identifier goes where a lookup would
+# send it.  cdp.worker_stats counts identifiers served from what was kept.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('recall');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cdp'
+cdp.database_name = 'cdp'
+cdp.ingest_workers = 1
+max_worker_processes = 16
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE DATABASE cdp');
+
+sub sql { return $node->safe_psql('cdp', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	ok($node->poll_query_until('cdp', $query, $expected), $what)
+	  or diag("last: " . sql($query));
+}
+
+sql('CREATE EXTENSION pg_cdp');
+wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_cdp ingest worker'},
+	'1', 'the worker runs');
+
+my $n = 0;
+
+# one track message of anonymous id $anon (and user id $user), stored by the worker
+sub send_track
+{
+	my ($anon, $user) = @_;
+	$n++;
+	my $user_json = defined $user ? qq{, "userId": "$user"} : '';
+	sql(qq{SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "m$n",
+		"anonymousId": "$anon"$user_json}')});
+	$node->poll_query_until('cdp', qq{SELECT count(*) FROM cdp.events WHERE message_id = 'm$n'}, '1')
+	  or die "message m$n was not stored";
+	return "m$n";
+}
+
+# the profile message $mid's event resolves to, and the one holding anonymous id $anon
+sub lands_where_held
+{
+	my ($mid, $anon, $what) = @_;
+	is(sql(qq{SELECT profile_id FROM cdp.events_resolved WHERE message_id = '$mid'}),
+		sql(qq{SELECT cdp.resolve('anonymous_id:$anon')}), $what);
+}
+
+sub recalled
+{
+	return sql(q{SELECT coalesce(sum(identities_recalled), 0) FROM cdp.worker_stats});
+}
+
+# a1 and u1 on one profile; a1 looked up once (then kept), then served from what was kept
+send_track('a1', 'u1');
+send_track('a1');
+my $before = recalled();
+send_track('a1');
+cmp_ok(recalled(), '>', $before, 'a message of an identifier read before is served from what the worker kept');
+
+# a split moves a1 to a profile of its own: the next message of a1 goes there
+my $u1_profile = sql(q{SELECT cdp.resolve('user_id:u1')});
+sql(qq{SELECT count(*) FROM cdp.split_profile($u1_profile, 'anonymous_id:a1')});
+isnt(sql(q{SELECT cdp.resolve('anonymous_id:a1')}), $u1_profile, 'the split moved a1 away from u1');
+lands_where_held(send_track('a1'), 'a1', 'after a split, a kept identifier goes to the profile it moved to');
+lands_where_held(send_track('a1'), 'a1', '... and stays there');
+
+# a link merges a2's profile into another: the next message of a2 follows
+send_track('a2');
+send_track('a2');
+send_track('a2');
+sql(q{SELECT cdp.link('anonymous_id:a2', 'user_id:u1')});
+lands_where_held(send_track('a2'), 'a2', 'after a link merged it, a kept identifier goes to the merged profile');
+
+# forget: a kept identifier's later messages are suppressed, not stored
+send_track('a4');
+send_track('a4');
+sql(q{SELECT cdp.forget('anonymous_id:a4', 'test')});
+$n++;
+sql(qq{SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "m$n", "anonymousId": "a4"}')});
+wait_for(q{SELECT count(*) FROM cdp.inbox}, '0', 'the message after forget is taken');
+is(sql(qq{SELECT count(*) FROM cdp.events WHERE message_id = 'm$n'}), '0',
+	'after forget, a kept identifier is not stored again');
+is(sql(q{SELECT count(*) FROM cdp.identities WHERE identifier::text = 'anonymous_id:a4'}), '0',
+	'... nor recreated');
+
+# cdp.identity_cache_size = 0: nothing is kept
+$node->append_conf('postgresql.conf', "cdp.identity_cache_size = 0\n");
+$node->reload;
+sleep 1;
+send_track('a5');
+send_track('a5');
+$before = recalled();
+send_track('a5');
+send_track('a5');
+is(recalled(), $before, 'with cdp.identity_cache_size = 0 every identifier is looked up');
+
+done_testing();
