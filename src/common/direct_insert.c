@@ -33,9 +33,12 @@
 
 #include "spi_util.h"
 
-/* whether rel needs nothing an INSERT statement would do beyond rows and index entries */
-static bool
-IsPlainTarget(Relation rel)
+/*
+ * Whether rel needs nothing an INSERT (or UPDATE: mode) statement would do
+ * beyond rows and index entries.
+ */
+bool
+CdpIsPlainTarget(Relation rel, AclMode mode)
 {
 	TupleConstr *constr = RelationGetDescr(rel)->constr;
 	Oid			relid = RelationGetRelid(rel);
@@ -44,7 +47,7 @@ IsPlainTarget(Relation rel)
 		rel->rd_rules == NULL &&
 		(constr == NULL || (constr->num_check == 0 && !constr->has_generated_stored)) &&
 		check_enable_rls(relid, InvalidOid, true) != RLS_ENABLED &&
-		pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) == ACLCHECK_OK;
+		pg_class_aclcheck(relid, GetUserId(), mode) == ACLCHECK_OK;
 }
 
 /*
@@ -127,7 +130,7 @@ CdpBeginDirectInsert(Oid relid, const char *const *cols, const Oid *types, int n
 
 	d = palloc0(sizeof(CdpDirectInsert));
 	d->attnos = palloc(sizeof(AttrNumber) * Max(ncols, 1));
-	if (!IsPlainTarget(rel) || !MapColumns(RelationGetDescr(rel), cols, types, ncols, d->attnos))
+	if (!CdpIsPlainTarget(rel, ACL_INSERT) || !MapColumns(RelationGetDescr(rel), cols, types, ncols, d->attnos))
 	{
 		table_close(rel, NoLock);
 		pfree(d->attnos);

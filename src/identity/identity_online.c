@@ -1595,9 +1595,66 @@ CdpProfileStatsRows(bool merged_since)
 	return "ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS d(id, n, lo, hi)";
 }
 
+/* column attno of cdp.profile_records, if it is of type typid */
+static bool
+StatsColumn(Oid relid, const char *name, Oid typid, AttrNumber *attno)
+{
+	*attno = get_attnum(relid, name);
+	return *attno != InvalidAttrNumber && get_atttype(relid, *attno) == typid;
+}
+
 /*
- * Add gathered stats to the profile records, in one statement, and empty
- * the table.  The batch that counted them locked every row, or created it.
+ * Add gathered stats to the profile records without a statement, when no
+ * merge happened since they were counted: each record found by its key and
+ * rewritten (direct_update.c), the way CDP_PROFILE_STATS_SET does.  False,
+ * having written nothing, if a statement must do it.
+ */
+static bool
+WriteStatsDirectly(HTAB *stats)
+{
+	Oid			relid = OwnTable("profile_records");
+	CdpProfileStat *list;
+	bool		merged_since;
+	int			n = CdpProfileStatsList(stats, &list, &merged_since);
+	AttrNumber	count_att,
+				first_att,
+				last_att;
+	CdpDirectUpdate *u;
+
+	if (merged_since || !OidIsValid(relid) ||
+		!StatsColumn(relid, "event_count", INT8OID, &count_att) ||
+		!StatsColumn(relid, "first_seen", TIMESTAMPTZOID, &first_att) ||
+		!StatsColumn(relid, "last_seen", TIMESTAMPTZOID, &last_att) ||
+		(u = CdpBeginDirectUpdate(relid)) == NULL)
+		return false;
+	for (int i = 0; i < n; i++)
+	{
+		Datum	   *values;
+		bool	   *nulls;
+		int			c = count_att - 1,
+					f = first_att - 1,
+					l = last_att - 1;
+
+		if (!CdpDirectUpdateFind(u, list[i].profile_id, &values, &nulls))
+			continue;
+		values[c] = Int64GetDatum((nulls[c] ? 0 : DatumGetInt64(values[c])) + list[i].count);
+		nulls[c] = false;
+		/* LEAST and GREATEST: a NULL is the other value */
+		if (nulls[f] || list[i].lo < DatumGetTimestampTz(values[f]))
+			values[f] = TimestampTzGetDatum(list[i].lo);
+		if (nulls[l] || list[i].hi > DatumGetTimestampTz(values[l]))
+			values[l] = TimestampTzGetDatum(list[i].hi);
+		nulls[f] = nulls[l] = false;
+		CdpDirectUpdateStore(u);
+	}
+	CdpEndDirectUpdate(u);
+	return true;
+}
+
+/*
+ * Add gathered stats to the profile records, directly or in one statement,
+ * and empty the table.  The batch that counted them locked every row, or
+ * created it.
  */
 void
 CdpWriteProfileStats(HTAB *stats)
@@ -1608,6 +1665,13 @@ CdpWriteProfileStats(HTAB *stats)
 	bool		merged_since;
 	int			level;
 
+	if (hash_get_num_entries(stats) == 0)
+		return;
+	if (WriteStatsDirectly(stats))
+	{
+		CdpClearProfileStats(stats);
+		return;
+	}
 	if (!CdpProfileStatsArrays(stats, args, &merged_since))
 		return;
 	CheckPlans(CdpIdentifierTypeOid());

@@ -6,6 +6,8 @@
 #define CDP_SPI_UTIL_H
 
 #include "executor/spi.h"
+#include "nodes/parsenodes.h"
+#include "utils/relcache.h"
 
 extern SPIPlanPtr CdpPlan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr CdpPlanReplanned(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
@@ -20,6 +22,7 @@ extern Datum CdpInt8Array(int64 *v, int n);
 extern uint64 CdpExecArgs(const char *sql, int nargs, Oid *argtypes, Datum *args, int expected);
 
 /* direct_insert.c */
+extern bool CdpIsPlainTarget(Relation rel, AclMode mode);
 typedef struct CdpDirectInsert CdpDirectInsert;
 extern CdpDirectInsert *CdpBeginDirectInsert(Oid relid, const char *const *cols, const Oid *types,
 											 int ncols, int max_rows, bool bulk);
@@ -27,5 +30,12 @@ extern void CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, 
 extern void CdpEndDirectInsert(CdpDirectInsert *d);
 extern bool CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid *types, int ncols,
 								  Datum *values, bool *nulls, int nrows);
+
+/* direct_update.c */
+typedef struct CdpDirectUpdate CdpDirectUpdate;
+extern CdpDirectUpdate *CdpBeginDirectUpdate(Oid relid);
+extern bool CdpDirectUpdateFind(CdpDirectUpdate *u, int64 key, Datum **values, bool **nulls);
+extern void CdpDirectUpdateStore(CdpDirectUpdate *u);
+extern void CdpEndDirectUpdate(CdpDirectUpdate *u);
 
 #endif
