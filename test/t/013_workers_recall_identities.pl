@@ -94,6 +94,51 @@ is(sql(qq{SELECT count(*) FROM cdp.events WHERE message_id = 'm$n'}), '0',
 is(sql(q{SELECT count(*) FROM cdp.identities WHERE identifier::text = 'anonymous_id:a4'}), '0',
 	'... nor recreated');
 
+$before = recalled();
+
+# Splits and links racing the worker: 40 rounds, each a transaction of 60
+# messages (30 visitors, a third logging in as one of 10 users) and, without
+# waiting for the worker, a split or a link.  Then, with the graph left
+# alone, every visitor comes back twice: each of those events must land on
+# the profile a lookup gives its visitor, whatever the worker kept.
+srand(20261204);
+sql(q{CREATE TABLE race_changes (n int)});
+for my $round (1 .. 40)
+{
+	my @msgs;
+	for my $k (1 .. 60)
+	{
+		my $anon = 'r' . int(rand(30));
+		my $user = rand() < 0.33 ? ', "userId": "ru' . int(rand(10)) . '"' : '';
+		push @msgs, qq!{"type": "track", "event": "e", "messageId": "race-$round-$k", "anonymousId": "$anon"$user}!;
+	}
+	sql(q!SELECT cdp.ingest('{"batch": [! . join(', ', @msgs) . q!]}')!);
+	# a change the rules refuse (a second user for a profile, a profile of
+	# one identifier) is no change: only the ones that took effect count
+	my $anon = 'r' . int(rand(30));
+	my $change = $round % 2
+	  ? qq{PERFORM cdp.split_profile(cdp.resolve('anonymous_id:$anon'), 'anonymous_id:$anon')}
+	  : qq{PERFORM cdp.link('anonymous_id:$anon', 'user_id:ru} . int(rand(10)) . q{')};
+	sql(qq{DO \$\$ BEGIN $change; INSERT INTO race_changes VALUES (1);
+		EXCEPTION WHEN OTHERS THEN NULL; END \$\$});
+}
+my $changes = sql(q{SELECT count(*) FROM race_changes});
+cmp_ok($changes, '>', 10, "splits and links took effect while the worker ran ($changes)");
+wait_for(q{SELECT count(*) FROM cdp.inbox}, '0', 'the worker drained the racing rounds');
+for my $visit (1 .. 2)
+{
+	sql(q!SELECT cdp.ingest('{"batch": [! . join(', ',
+		map { qq!{"type": "track", "event": "e", "messageId": "back-$visit-$_", "anonymousId": "r$_"}! } 0 .. 29)
+		. q!]}')!);
+}
+wait_for(q{SELECT count(*) FROM cdp.events WHERE message_id LIKE 'back-%'}, '60',
+	'the returning visitors are stored');
+is(sql(q{SELECT count(*) FROM cdp.events_resolved e
+	WHERE e.message_id LIKE 'back-%'
+	  AND e.profile_id IS DISTINCT FROM cdp.resolve(('anonymous_id:' || e.anonymous_id)::cdp.identifier)}),
+	'0', 'after splits and links raced the worker, every returning visitor lands on its profile');
+cmp_ok(recalled(), '>', $before, '... served partly from what the worker kept');
+
 # cdp.identity_cache_size = 0: nothing is kept
 $node->append_conf('postgresql.conf', "cdp.identity_cache_size = 0\n");
 $node->reload;
