@@ -1,8 +1,9 @@
 # An ingest worker keeps the stored identities it read for its later
 # batches (cdp.identity_cache_size), and what it keeps never outlives a
-# change of the graph: after a split, a link that merges and forget, the
-# next message of a kept identifier goes where a lookup would
-# send it.  cdp.worker_stats counts identifiers served from what was kept.
+# change of the graph: after a split, a link that merges and forget, and
+# after splits and links that race the worker, the next message of a kept
+# identifier goes where a lookup would send it.  cdp.worker_stats counts
+# identifiers served from what was kept.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
