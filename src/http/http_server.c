@@ -247,9 +247,16 @@ QueueAnswer(CdpHttpHeld *req)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, header);
 		if (req->status == 429)
 		{
-			/* epoch milliseconds: what Segment's node SDK reads */
+			/*
+			 * epoch milliseconds: what Segment's node SDK reads; counted from
+			 * now in milliseconds, since whole seconds could name a moment
+			 * already past
+			 */
 			snprintf(header, sizeof(header), INT64_FORMAT,
-					 (int64) time(NULL) * 1000 + req->retry_after * 1000);
+					 GetCurrentTimestamp() / 1000 +
+					 (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
+					 SECS_PER_DAY * 1000 +
+					 (int64) req->retry_after * 1000);
 			MHD_add_response_header(resp, "X-RateLimit-Reset", header);
 		}
 	}
