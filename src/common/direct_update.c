@@ -25,6 +25,7 @@
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
@@ -59,6 +60,21 @@ BigintPrimaryKey(Relation rel)
 		TupleDescAttr(RelationGetDescr(index), 0)->atttypid == INT8OID;
 	index_close(index, AccessShareLock);
 	return ok ? pkey : InvalidOid;
+}
+
+/*
+ * The index in a found row's columns of relid's column name, when it is of
+ * type typid; -1 otherwise (the caller then runs its statement, which
+ * reports what is wrong).
+ */
+int
+CdpDirectUpdateColumn(Oid relid, const char *name, Oid typid)
+{
+	AttrNumber	attno = get_attnum(relid, name);
+
+	if (attno <= 0 || get_atttype(relid, attno) != typid)
+		return -1;
+	return attno - 1;
 }
 
 /*

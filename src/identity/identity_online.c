@@ -1595,19 +1595,43 @@ CdpProfileStatsRows(bool merged_since)
 	return "ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) AS d(id, n, lo, hi)";
 }
 
-/* column attno of cdp.profile_records, if it is of type typid */
-static bool
-StatsColumn(Oid relid, const char *name, Oid typid, AttrNumber *attno)
+/*
+ * Where a direct rewrite of cdp.profile_records finds the stats columns; false
+ * if one is missing or of another type.
+ */
+bool
+CdpProfileStatsColumns(Oid relid, CdpStatsColumns *cols)
 {
-	*attno = get_attnum(relid, name);
-	return *attno != InvalidAttrNumber && get_atttype(relid, *attno) == typid;
+	cols->count = CdpDirectUpdateColumn(relid, "event_count", INT8OID);
+	cols->first = CdpDirectUpdateColumn(relid, "first_seen", TIMESTAMPTZOID);
+	cols->last = CdpDirectUpdateColumn(relid, "last_seen", TIMESTAMPTZOID);
+	return cols->count >= 0 && cols->first >= 0 && cols->last >= 0;
+}
+
+/* add st to a found record's columns, as CDP_PROFILE_STATS_SET does */
+void
+CdpAddProfileStat(const CdpStatsColumns *cols, Datum *values, bool *nulls,
+				  const CdpProfileStat *st)
+{
+	int			c = cols->count,
+				f = cols->first,
+				l = cols->last;
+
+	values[c] = Int64GetDatum((nulls[c] ? 0 : DatumGetInt64(values[c])) + st->count);
+	nulls[c] = false;
+	/* LEAST and GREATEST: a NULL is the other value */
+	if (nulls[f] || st->lo < DatumGetTimestampTz(values[f]))
+		values[f] = TimestampTzGetDatum(st->lo);
+	if (nulls[l] || st->hi > DatumGetTimestampTz(values[l]))
+		values[l] = TimestampTzGetDatum(st->hi);
+	nulls[f] = nulls[l] = false;
 }
 
 /*
  * Add gathered stats to the profile records without a statement, when no
  * merge happened since they were counted: each record found by its key and
- * rewritten (direct_update.c), the way CDP_PROFILE_STATS_SET does.  False,
- * having written nothing, if a statement must do it.
+ * rewritten (direct_update.c).  False, having written nothing, if a
+ * statement must do it.
  */
 static bool
 WriteStatsDirectly(HTAB *stats)
@@ -1616,35 +1640,20 @@ WriteStatsDirectly(HTAB *stats)
 	CdpProfileStat *list;
 	bool		merged_since;
 	int			n = CdpProfileStatsList(stats, &list, &merged_since);
-	AttrNumber	count_att,
-				first_att,
-				last_att;
+	CdpStatsColumns cols;
 	CdpDirectUpdate *u;
 
-	if (merged_since || !OidIsValid(relid) ||
-		!StatsColumn(relid, "event_count", INT8OID, &count_att) ||
-		!StatsColumn(relid, "first_seen", TIMESTAMPTZOID, &first_att) ||
-		!StatsColumn(relid, "last_seen", TIMESTAMPTZOID, &last_att) ||
+	if (merged_since || !OidIsValid(relid) || !CdpProfileStatsColumns(relid, &cols) ||
 		(u = CdpBeginDirectUpdate(relid)) == NULL)
 		return false;
 	for (int i = 0; i < n; i++)
 	{
 		Datum	   *values;
 		bool	   *nulls;
-		int			c = count_att - 1,
-					f = first_att - 1,
-					l = last_att - 1;
 
 		if (!CdpDirectUpdateFind(u, list[i].profile_id, &values, &nulls))
 			continue;
-		values[c] = Int64GetDatum((nulls[c] ? 0 : DatumGetInt64(values[c])) + list[i].count);
-		nulls[c] = false;
-		/* LEAST and GREATEST: a NULL is the other value */
-		if (nulls[f] || list[i].lo < DatumGetTimestampTz(values[f]))
-			values[f] = TimestampTzGetDatum(list[i].lo);
-		if (nulls[l] || list[i].hi > DatumGetTimestampTz(values[l]))
-			values[l] = TimestampTzGetDatum(list[i].hi);
-		nulls[f] = nulls[l] = false;
+		CdpAddProfileStat(&cols, values, nulls, &list[i]);
 		CdpDirectUpdateStore(u);
 	}
 	CdpEndDirectUpdate(u);

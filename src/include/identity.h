@@ -435,6 +435,16 @@ typedef struct CdpProfileStat
 	TimestampTz hi;
 } CdpProfileStat;
 extern int	CdpProfileStatsList(HTAB *stats, CdpProfileStat **out, bool *merged_since);
+/* where a direct rewrite finds a profile record's stats (column indexes) */
+typedef struct CdpStatsColumns
+{
+	int			count;
+	int			first;
+	int			last;
+} CdpStatsColumns;
+extern bool CdpProfileStatsColumns(Oid relid, CdpStatsColumns *cols);
+extern void CdpAddProfileStat(const CdpStatsColumns *cols, Datum *values, bool *nulls,
+							  const CdpProfileStat *st);
 extern bool CdpProfileStatsArrays(HTAB *stats, Datum *args, bool *merged_since);
 extern uint64 CdpGraphWrites(void);
 extern const char *CdpProfileStatsRows(bool merged_since);

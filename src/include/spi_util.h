@@ -33,6 +33,7 @@ extern bool CdpInsertRowsDirectly(Oid relid, const char *const *cols, const Oid 
 
 /* direct_update.c */
 typedef struct CdpDirectUpdate CdpDirectUpdate;
+extern int	CdpDirectUpdateColumn(Oid relid, const char *name, Oid typid);
 extern CdpDirectUpdate *CdpBeginDirectUpdate(Oid relid);
 extern bool CdpDirectUpdateFind(CdpDirectUpdate *u, int64 key, Datum **values, bool **nulls);
 extern void CdpDirectUpdateStore(CdpDirectUpdate *u);

@@ -4,15 +4,19 @@
  *	  wrote was new to the state tables (new people: the common case of a
  *	  backfill and of a growing audience).  The write holds their maps and
  *	  knows the profile each belongs to, so it merges them per profile here
- *	  and gives each record its maps and its events' stats in one statement,
+ *	  and gives each record its maps and its events' stats in one rewrite,
  *	  instead of reading the maps back through three indexes per identifier
- *	  and gathering them per profile in SQL.
+ *	  and gathering them per profile in SQL.  The rewrite is direct (no
+ *	  statement: its executor work cost as much as the rows) when the table
+ *	  allows it (direct_update.c), else one statement.
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "catalog/namespace.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "pg_cdp.h"
@@ -150,6 +154,76 @@ StartRow(RecordColumn *cols, int r, int64 p, CdpProfileStat *st)
 }
 
 /*
+ * Rows [0, nrows) of cols merged into their records without a statement
+ * (direct_update.c), as records_sql does; the profiles whose state changed
+ * in *changed.  False, having written nothing, if the statement must run.
+ */
+static bool
+WriteRecordsDirectly(RecordColumn *cols, int nrows, int64 **changed, int *nchanged)
+{
+	Oid			relid = get_relname_relid("profile_records", get_namespace_oid("cdp", false));
+	CdpStatsColumns stats_cols;
+	int			traits_col,
+				times_col,
+				consent_col;
+	CdpDirectUpdate *u;
+	MemoryContext row_cxt,
+				old;
+
+	if (!OidIsValid(relid) || !CdpProfileStatsColumns(relid, &stats_cols) ||
+		(traits_col = CdpDirectUpdateColumn(relid, "traits", JSONBOID)) < 0 ||
+		(times_col = CdpDirectUpdateColumn(relid, "trait_times", JSONBOID)) < 0 ||
+		(consent_col = CdpDirectUpdateColumn(relid, "consent", JSONBOID)) < 0 ||
+		(u = CdpBeginDirectUpdate(relid)) == NULL)
+		return false;
+	*changed = palloc(sizeof(int64) * Max(nrows, 1));
+	*nchanged = 0;
+	/* a record's merged maps are garbage once it is written */
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp profile record",
+									ALLOCSET_DEFAULT_SIZES);
+	for (int r = 0; r < nrows; r++)
+	{
+		int64		p = DatumGetInt64(cols[COL_PROFILE].v[r]);
+		Datum	   *values;
+		bool	   *nulls;
+		Jsonb	   *traits[2];
+		Jsonb	   *times[2];
+		Jsonb	   *consent[2];
+		Datum		merged[2];
+
+		if (!CdpDirectUpdateFind(u, p, &values, &nulls))
+			continue;
+		old = MemoryContextSwitchTo(row_cxt);
+		traits[0] = nulls[traits_col] ? NULL : DatumGetJsonbP(values[traits_col]);
+		times[0] = nulls[times_col] ? NULL : DatumGetJsonbP(values[times_col]);
+		consent[0] = nulls[consent_col] ? NULL : DatumGetJsonbP(values[consent_col]);
+		traits[1] = cols[COL_TRAITS].isnull[r] ? NULL : DatumGetJsonbP(cols[COL_TRAITS].v[r]);
+		times[1] = cols[COL_TIMES].isnull[r] ? NULL : DatumGetJsonbP(cols[COL_TIMES].v[r]);
+		consent[1] = cols[COL_CONSENT].isnull[r] ? NULL : DatumGetJsonbP(cols[COL_CONSENT].v[r]);
+		CdpMergeTraitMaps(traits, 2, times, 2, CDP_MAX_PROFILE_TRAITS, false, merged);
+		values[traits_col] = merged[0];
+		values[times_col] = merged[1];
+		values[consent_col] = JsonbPGetDatum(CdpMergeConsentMaps(consent, 2));
+		nulls[traits_col] = nulls[times_col] = nulls[consent_col] = false;
+		if (!cols[COL_COUNT].isnull[r])
+		{
+			CdpProfileStat st = {p, DatumGetInt64(cols[COL_COUNT].v[r]),
+			DatumGetTimestampTz(cols[COL_LO].v[r]), DatumGetTimestampTz(cols[COL_HI].v[r])};
+
+			CdpAddProfileStat(&stats_cols, values, nulls, &st);
+		}
+		MemoryContextSwitchTo(old);
+		CdpDirectUpdateStore(u);
+		MemoryContextReset(row_cxt);
+		if (DatumGetBool(cols[COL_CHANGED].v[r]))
+			(*changed)[(*nchanged)++] = p;
+	}
+	MemoryContextDelete(row_cxt);
+	CdpEndDirectUpdate(u);
+	return true;
+}
+
+/*
  * Write the profile records of the identifiers in maps (each under the
  * profile holding it) and of the call's stats (emptied), in profile id
  * order; false, with nothing written, when a profile with stats may have
@@ -172,6 +246,7 @@ CdpWriteIdentifierMaps(CdpIdentifierMaps *maps, HTAB *stats)
 	int			j = 0;
 	uint64		rows;
 	int64	   *changed;
+	int			nchanged;
 
 	if (stats != NULL)
 	{
@@ -209,6 +284,13 @@ CdpWriteIdentifierMaps(CdpIdentifierMaps *maps, HTAB *stats)
 		r++;
 	}
 
+	if (WriteRecordsDirectly(cols, r, &changed, &nchanged))
+	{
+		CdpProfilesChanged(changed, nchanged);
+		if (stats != NULL)
+			CdpClearProfileStats(stats);
+		return true;
+	}
 	for (int c = 0; c < NUM_COLS; c++)
 	{
 		args[c] = ColumnArray(&cols[c], r, col_types[c]);
