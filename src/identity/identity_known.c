@@ -14,10 +14,18 @@
  *	  batch of identifiers seen earlier in the transaction then needs no
  *	  lookup of cdp.identities and no new lock of their profile rows.
  *
- *	  Everything is forgotten when the transaction ends, and when a
+ *	  The pairs of identifiers found in cdp.identity_pairs are kept the
+ *	  same way, with whether the message stored for each linked both ends:
+ *	  only writers holding the identity lock remove a pair or change its
+ *	  evidence, and this transaction's own relinks are followed.
+ *
+ *	  Everything is forgotten when the transaction ends, when a
  *	  subtransaction that added anything rolls back (its writes, row locks
- *	  and perhaps the identity lock are gone with it).  The store holds at
- *	  most KNOWN_IDENTIFIERS identifiers; past that it starts again empty.
+ *	  and perhaps the identity lock are gone with it), and when one of the
+ *	  tables it mirrors is truncated or altered (its relcache entry is
+ *	  invalidated, which no row write does).  The store holds at
+ *	  most KNOWN_IDENTIFIERS identifiers and as many pairs; past that it
+ *	  starts again empty.
  */
 #include "postgres.h"
 
@@ -25,6 +33,11 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "common/hashfn.h"
+#include "catalog/namespace.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "pg_cdp.h"
@@ -40,8 +53,27 @@ typedef struct KnownStore
 	SubTransactionId high_subid;	/* the latest subtransaction that added to it */
 	MemoryContext cxt;			/* holds graph; child of TopTransactionContext */
 	IdentityGraph *graph;		/* attached identifiers and locked profiles */
+	HTAB	   *pairs;			/* KnownPair by its two identifiers */
 	uint64		rules_copy;		/* the rules its nodes' blocked answers come from */
+	Oid			tables[3];		/* cdp.identities, profile_records, identity_pairs */
+	bool		table_changed;	/* one of them was truncated or altered since */
 } KnownStore;
+
+/* a pair's key: its identifiers' bytes, in (a, b) order */
+typedef struct PairKey
+{
+	const char *a;
+	const char *b;
+	int			alen;
+	int			blen;
+} PairKey;
+
+/* a pair stored in cdp.identity_pairs */
+typedef struct KnownPair
+{
+	PairKey		key;			/* bytes copied into the store */
+	int8		linked;			/* its message linked both ends: 1, 0, or -1 not asked */
+} KnownPair;
 
 static KnownStore known;
 static bool callbacks_registered = false;
@@ -54,6 +86,7 @@ KnownReset(void)
 		MemoryContextDelete(known.cxt);
 	known.cxt = NULL;
 	known.graph = NULL;
+	known.pairs = NULL;
 }
 
 void
@@ -69,7 +102,17 @@ KnownXactCallback(XactEvent event, void *arg)
 	/* TopTransactionContext goes too: only the pointers matter here */
 	known.cxt = NULL;
 	known.graph = NULL;
+	known.pairs = NULL;
 	known.valid = false;
+}
+
+/* a relcache invalidation: of one of the tables mirrored, or of all */
+static void
+KnownRelcacheCallback(Datum arg, Oid relid)
+{
+	for (int i = 0; i < lengthof(known.tables); i++)
+		if (relid == InvalidOid || relid == known.tables[i])
+			known.table_changed = true;
 }
 
 /*
@@ -103,7 +146,8 @@ IdentityLockHeld(void)
 IdentityGraph *
 CdpKnownIdentities(void)
 {
-	if (!known.valid || known.lxid != MyProc->lxid || !IdentityLockHeld())
+	if (!known.valid || known.lxid != MyProc->lxid || known.table_changed ||
+		!IdentityLockHeld())
 	{
 		CdpKnownIdentitiesForget();
 		return NULL;
@@ -128,11 +172,16 @@ CdpKnownIdentitiesStart(void)
 	{
 		RegisterXactCallback(KnownXactCallback, NULL);
 		RegisterSubXactCallback(KnownSubXactCallback, NULL);
+		CacheRegisterRelcacheCallback(KnownRelcacheCallback, (Datum) 0);
 		callbacks_registered = true;
 	}
-	if (known.valid && known.lxid == MyProc->lxid)
+	if (known.valid && known.lxid == MyProc->lxid && !known.table_changed)
 		return;
 	KnownReset();
+	known.tables[0] = get_relname_relid("identities", get_namespace_oid("cdp", false));
+	known.tables[1] = get_relname_relid("profile_records", get_namespace_oid("cdp", false));
+	known.tables[2] = get_relname_relid("identity_pairs", get_namespace_oid("cdp", false));
+	known.table_changed = false;
 	known.valid = true;
 	known.rules_copy = CdpIdentityRulesCopy();
 	known.lxid = MyProc->lxid;
@@ -215,3 +264,100 @@ CdpKnownBlockedCurrent(void)
 	return known.rules_copy == CdpIdentityRulesCopy();
 }
 
+
+static uint32
+PairKeyHash(const void *key, Size keysize)
+{
+	const PairKey *k = key;
+
+	return hash_combine(hash_bytes((const unsigned char *) k->a, k->alen),
+						hash_bytes((const unsigned char *) k->b, k->blen));
+}
+
+static int
+PairKeyMatch(const void *x, const void *y, Size keysize)
+{
+	const PairKey *p = x;
+	const PairKey *q = y;
+
+	if (p->alen != q->alen || p->blen != q->blen)
+		return 1;
+	return memcmp(p->a, q->a, p->alen) != 0 || memcmp(p->b, q->b, p->blen) != 0;
+}
+
+/* the kept pairs, made empty if none yet; NULL when nothing can be kept */
+static HTAB *
+KnownPairs(void)
+{
+	HASHCTL		ctl;
+
+	if (CdpKnownIdentities() == NULL)
+		return NULL;
+	if (known.pairs != NULL)
+		return known.pairs;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(PairKey);
+	ctl.entrysize = sizeof(KnownPair);
+	ctl.hash = PairKeyHash;
+	ctl.match = PairKeyMatch;
+	ctl.hcxt = known.cxt;
+	known.pairs = hash_create("cdp known pairs", 1024, &ctl,
+							  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	return known.pairs;
+}
+
+/*
+ * Whether the pair (a, b) is known to be stored, and (when linked is not
+ * NULL) whether its message linked both ends, in *linked.
+ */
+bool
+CdpKnownPair(CdpIdentifier *a, CdpIdentifier *b, bool *linked)
+{
+	HTAB	   *pairs = known.pairs != NULL ? KnownPairs() : NULL;
+	PairKey		k = {VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a), VARSIZE_ANY_EXHDR(b)};
+	KnownPair  *e;
+
+	if (pairs == NULL || (e = hash_search(pairs, &k, HASH_FIND, NULL)) == NULL ||
+		(linked != NULL && e->linked < 0))
+		return false;
+	if (linked != NULL)
+		*linked = e->linked > 0;
+	return true;
+}
+
+/*
+ * Keep that the pair (a, b) is stored, read or written under the identity
+ * lock: linked is 1 or 0 when known, -1 when not asked.
+ */
+void
+CdpKnownPairRemember(CdpIdentifier *a, CdpIdentifier *b, int linked)
+{
+	HTAB	   *pairs = KnownPairs();
+	PairKey		k = {VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a), VARSIZE_ANY_EXHDR(b)};
+	KnownPair  *e;
+
+	if (pairs == NULL)
+		return;
+	if (hash_get_num_entries(pairs) >= KNOWN_IDENTIFIERS)
+	{
+		KnownReset();
+		if ((pairs = KnownPairs()) == NULL)
+			return;
+	}
+	known.high_subid = Max(known.high_subid, GetCurrentSubTransactionId());
+	e = hash_search(pairs, &k, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		/* the entry's key points at the copy */
+		char	   *bytes = MemoryContextAlloc(known.cxt, k.alen + k.blen);
+
+		memcpy(bytes, k.a, k.alen);
+		memcpy(bytes + k.alen, k.b, k.blen);
+		k.a = bytes;
+		k.b = bytes + k.alen;
+		e = hash_search(pairs, &k, HASH_ENTER, NULL);
+		e->linked = -1;
+	}
+	if (linked >= 0)
+		e->linked = linked;
+}

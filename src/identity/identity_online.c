@@ -1053,14 +1053,17 @@ LinksPair(IdItem *items, PairRef *pr)
  * that linked both ends and changed the graph (so leaves evidence); *known says
  * which cdp.identity_pairs already holds, and with linked (when wanted)
  * whether the message stored for it linked both ends.  One probe of the
- * pair table for the whole batch.
+ * pair table for the whole batch, for the pairs this transaction has not
+ * found before (identity_known.c).
  */
 static int
 BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 {
 	int64		cap = 0;
 	int			np = 0,
-				nd = 0;
+				nd = 0,
+				nprobed = 0;
+	int		   *probed;
 	PairRef    *pairs;
 	CdpIdentifier **as,
 			  **bs;
@@ -1123,16 +1126,26 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 	if (nd == 0)
 		return 0;
 
+	/* the pairs this transaction found already need no probe */
 	as = palloc(sizeof(CdpIdentifier *) * nd);
 	bs = palloc(sizeof(CdpIdentifier *) * nd);
+	probed = palloc(sizeof(int) * nd);
 	for (int i = 0; i < nd; i++)
 	{
-		as[i] = pairs[i].a;
-		bs[i] = pairs[i].b;
+		if (CdpKnownPair(pairs[i].a, pairs[i].b, linked ? &(*linked)[i] : NULL))
+		{
+			(*known)[i] = true;
+			continue;
+		}
+		as[nprobed] = pairs[i].a;
+		bs[nprobed] = pairs[i].b;
+		probed[nprobed++] = i;
 	}
+	if (nprobed == 0)
+		return nd;
 	argtypes[0] = argtypes[1] = get_array_type(plans_type_oid);
-	args[0] = IdentifierArray(as, nd);
-	args[1] = IdentifierArray(bs, nd);
+	args[0] = IdentifierArray(as, nprobed);
+	args[1] = IdentifierArray(bs, nprobed);
 	if (linked)
 		rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS_LINKED,
 										 "SELECT u.ord::int4, NOT EXISTS (SELECT FROM cdp.identity_evidence e "
@@ -1152,13 +1165,15 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
-		int			k = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1,
-													&isnull)) - 1;
+		int			k = probed[DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
+														   SPI_tuptable->tupdesc, 1,
+														   &isnull)) - 1];
 
 		(*known)[k] = true;
 		if (linked)
 			(*linked)[k] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
 													  2, &isnull));
+		CdpKnownPairRemember(pairs[k].a, pairs[k].b, linked ? (*linked)[k] : -1);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return nd;
@@ -1235,12 +1250,17 @@ WriteNewPairs(IdItem *items, PairRef *pairs, bool *known, bool *linked, int np, 
 							 5, ptypes),
 						pargs, NULL, SPI_OK_INSERT);
 		else
+		{
+			/* each now points at a message that linked both ends */
+			for (int c = 0; c < count; c++)
+				CdpKnownPairRemember(as[c], bs[c], 1);
 			CdpExecPlan(OnlinePlanFor(PLAN_RELINK_PAIRS,
 							 "UPDATE cdp.identity_pairs p SET message_id = u.m, observed_at = u.t, seq = u.q "
 							 "FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)) "
 							 "AS u(a, b, m, t, q) WHERE p.a = u.a AND p.b = u.b",
 							 5, ptypes),
 						pargs, NULL, SPI_OK_UPDATE);
+		}
 	}
 }
 

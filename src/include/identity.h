@@ -473,6 +473,8 @@ extern void CdpKnownIdentitiesStart(void);
 extern void CdpKnownIdentitiesRemember(IdentityGraph *g);
 extern void CdpKnownIdentitiesForget(void);
 extern bool CdpKnownBlockedCurrent(void);
+extern bool CdpKnownPair(CdpIdentifier *a, CdpIdentifier *b, bool *linked);
+extern void CdpKnownPairRemember(CdpIdentifier *a, CdpIdentifier *b, int linked);
 
 /* Trait keys one identifier holds at most; new keys past it are skipped. */
 #define CDP_MAX_IDENTIFIER_TRAITS	256
@@ -484,7 +486,9 @@ typedef struct CdpStateQueue CdpStateQueue;
 typedef struct CdpPendingId CdpPendingId;
 extern CdpStateQueue *CdpNewStateQueue(MemoryContext cxt);
 extern int	CdpStateQueueLength(CdpStateQueue *queue);
-extern void CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from);
+extern int	CdpStateQueueMark(CdpStateQueue *queue);
+extern void CdpStateQueueRollback(CdpStateQueue *queue, int mark);
+extern void CdpStateQueueCommit(CdpStateQueue *queue);
 extern void CdpWriteQueuedProfileState(CdpStateQueue *queue, HTAB *stats);
 extern CdpPendingId *CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id,
 									  int64 profile_id);

@@ -97,7 +97,7 @@ typedef struct Batch
 	TimestampTz retention_horizon;
 	MemoryContext chunk_cxt;
 	HTAB	   *stats;			/* profile stats of its committed chunks */
-	CdpStateQueue *state;		/* the same of its committed chunks */
+	CdpStateQueue *state;		/* its call's, which its chunks gather into */
 	CdpTraitDeltas *traits;		/* computed trait states of their events */
 
 	/* what it took */
@@ -263,7 +263,6 @@ typedef struct ChunkWork
 	int			made;			/* messages made so far */
 	bool		direct;			/* the chunk counts straight into its batch's (empty) stats */
 	HTAB	   *stats;			/* profile stats of the chunk */
-	CdpStateQueue *state;		/* identifiers whose state the chunk changed */
 	CdpTraitDeltas *traits;		/* computed trait states of its events */
 } ChunkWork;
 
@@ -283,7 +282,6 @@ ProcessChunk(void *arg)
 
 	MemoryContextSwitchTo(b->chunk_cxt);
 	w->stats = w->direct ? b->stats : CdpNewProfileStats(b->chunk_cxt);
-	w->state = CdpNewStateQueue(b->chunk_cxt);
 	w->traits = CdpNewTraitDeltas(b->chunk_cxt);
 	msgs = palloc(sizeof(CdpMessage *) * n);
 	for (int i = 0; i < n; i++)
@@ -303,7 +301,7 @@ ProcessChunk(void *arg)
 	CdpDeduplicate(msgs, n);
 	CdpDropSuppressed(msgs, n);
 	pending = CdpResolveIdentities(msgs, n, w->stats);
-	CdpStoreProfileState(msgs, n, w->state);
+	CdpStoreProfileState(msgs, n, b->state);
 	CdpStoreEvents(msgs, n);
 	/* the identity lock, when new identifiers need it, only now: see there */
 	CdpWriteResolvedIdentities(pending);
@@ -361,7 +359,8 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 	{
 		/* a batch's first chunk (most often its only one) needs no merge */
 		bool		direct = hash_get_num_entries(b->stats) == 0;
-		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL, NULL};
+		ChunkWork	w = {b, refs, n, 0, direct, NULL, NULL};
+		int			state_mark = CdpStateQueueMark(b->state);
 		ErrorData  *edata = CdpRunInSubtransaction(ProcessChunk, &w,
 												   b->strict ? IsStrictMessageError : IsChunkError);
 
@@ -369,11 +368,14 @@ ProcessRefs(Batch *b, ChunkRef *refs, int n)
 		{
 			if (!direct)
 				CdpMergeProfileStats(b->stats, w.stats);
-			CdpMergeStateQueue(b->state, w.state);
 			CdpMergeTraitDeltas(b->traits, w.traits);
 		}
-		else if (direct)
-			CdpClearProfileStats(b->stats);
+		else
+		{
+			CdpStateQueueRollback(b->state, state_mark);
+			if (direct)
+				CdpClearProfileStats(b->stats);
+		}
 		MemoryContextReset(b->chunk_cxt);
 		w.made = Max(w.made, 1);
 		if (edata == NULL)
@@ -577,6 +579,7 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 {
 	Batch	   *b = &d->b;
 	ErrorData  *edata;
+	int			state_mark;
 
 	memset(result, 0, sizeof(*result));
 	b->want = req->want;
@@ -592,11 +595,14 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	b->cost = 0;
 	MemoryContextSwitchTo(d->batch_cxt);
 	b->stats = CdpNewProfileStats(d->batch_cxt);
-	b->state = CdpNewStateQueue(d->batch_cxt);
+	b->state = d->state;
+	state_mark = CdpStateQueueMark(d->state);
 	b->traits = CdpNewTraitDeltas(d->batch_cxt);
 	edata = CdpRunInSubtransaction(ProcessBatch, b, IsConflict);
 	if (edata != NULL)
 	{
+		CdpStateQueueRollback(d->state, state_mark);
+		CdpStateQueueCommit(d->state);
 		MemoryContextSwitchTo(d->caller_cxt);
 		MemoryContextReset(d->batch_cxt);
 		return false;
@@ -608,7 +614,7 @@ CdpDrainBatch(CdpDrain *d, const CdpDrainRequest *req, CdpDrainResult *result)
 	result->messages = b->messages;
 	CdpStatsAdd(CDP_STAT_RECEIVED, b->messages);
 	CdpMergeProfileStats(d->stats, b->stats);
-	CdpMergeStateQueue(d->state, b->state);
+	CdpStateQueueCommit(d->state);
 	CdpMergeTraitDeltas(d->traits, b->traits);
 	if (hash_get_num_entries(d->stats) >= STATS_PROFILES)
 		CdpWriteProfileStats(d->stats);

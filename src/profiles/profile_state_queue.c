@@ -9,12 +9,12 @@
  *	  A queue keeps, per identifier and trait key, the winning value (the
  *	  latest time, then the larger value text), and per identifier and
  *	  purpose the winning decision and the changes of decision in time order
- *	  (the history: a repeat of the decision before it is none).  A chunk
- *	  gathers into its own queue; a committed chunk's queue joins its
- *	  batch's and a committed batch's its call's (CdpMergeStateQueue), so
- *	  nothing of a part that was rolled back is written, and only state of
- *	  identifiers whose profile rows the transaction holds (identity
- *	  resolution locked them until it ends).  CdpWriteQueuedProfileState
+ *	  (the history: a repeat of the decision before it is none).  A call
+ *	  has one queue; its batches and their chunks (subtransactions) gather
+ *	  into it recording what each change replaced, and a part that rolls
+ *	  back undoes its changes (CdpStateQueueRollback), so nothing of it is
+ *	  written, and only state of identifiers whose profile rows the
+ *	  transaction holds (identity resolution locked them until it ends).  CdpWriteQueuedProfileState
  *	  writes a queue (the rows of identifiers new to the state tables in
  *	  multi-inserts, as COPY writes, the others' in one statement), then
  *	  the profiles in another statement (from the maps it holds when every
@@ -47,6 +47,7 @@
 #include "identity.h"
 #include "computed_traits.h"
 #include "spi_util.h"
+#include "profile_state_queue.h"
 
 typedef enum QueuePlan
 {
@@ -75,86 +76,6 @@ typedef struct StateRows
 	int			n;
 	Column		cols[8];
 } StateRows;
-
-/* a hash key: an identifier's bytes, or a name of an identifier (owner) */
-typedef struct BytesKey
-{
-	const void *owner;
-	const char *bytes;
-	int			len;
-} BytesKey;
-
-/* one consent decision (source NULL: none yet) */
-typedef struct Decision
-{
-	bool		granted;
-	TimestampTz at;
-	const char *message_id;		/* NULL from a message without one */
-	const char *source;
-} Decision;
-
-/* what every entry of a queue's tables starts with */
-typedef struct PendingHead
-{
-	BytesKey	key;
-	CdpIdentifier *id;
-	const char *name;			/* key.bytes, NUL-terminated */
-	int			namelen;
-	void	   *next;			/* the identifier's next entry in the table */
-} PendingHead;
-
-/* an entry of a long list in one of the queue's tables */
-typedef struct EntryRef
-{
-	BytesKey	key;
-	PendingHead *entry;
-} EntryRef;
-
-/* the winning value of one trait key of one identifier */
-typedef struct PendingTrait
-{
-	PendingHead h;
-	Jsonb	   *value;
-	TimestampTz at;
-} PendingTrait;
-
-/* the decisions about one purpose of one identifier */
-typedef struct PendingConsent
-{
-	PendingHead h;
-	Decision	latest;			/* the winner: latest, then a denial... */
-	Decision   *changes;		/* by time, each unlike the one before */
-	int			nchanges;
-	int			capchanges;
-} PendingConsent;
-
-/* an identifier with gathered state: one copy of it, its entries */
-struct CdpPendingId
-{
-	PendingHead h;
-	PendingTrait *traits;		/* its keys, a list */
-	PendingConsent *consent;	/* its purposes, a list */
-	int			ntraits;
-	int			nconsent;
-	bool		stored;			/* it has a row in a state table (see MarkStored) */
-	int64		profile_id;		/* the profile its last message resolved to */
-	uint64		since;			/* CdpGraphWrites() then */
-};
-
-/*
- * The traits and consent a part (chunk, batch, call) gathered and has not
- * written, in a context of its own (its size bounds a call's).
- */
-struct CdpStateQueue
-{
-	MemoryContext cxt;
-	HTAB	   *traits;			/* PendingTrait by identifier and key (long lists) */
-	HTAB	   *consent;		/* PendingConsent by identifier and purpose (likewise) */
-	HTAB	   *ids;			/* CdpPendingId by identifier */
-	int64		nentries;		/* trait keys and purposes of all identifiers */
-	int			nsources;		/* message sources, kept once each */
-	const char *sources[16];
-};
 
 /* append one row (a value per column) to a write's rows, growing them */
 static void
@@ -246,6 +167,9 @@ StartQueue(CdpStateQueue *queue)
 	queue->ids = NewTable(queue, "cdp pending identifiers", sizeof(CdpPendingId));
 	queue->nentries = 0;
 	queue->nsources = 0;
+	queue->undo = NULL;
+	queue->nundo = queue->capundo = 0;
+	queue->journal = false;
 }
 
 /*
@@ -256,15 +180,20 @@ CdpPendingId *
 CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id, int64 profile_id)
 {
 	BytesKey	k = {NULL, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id)};
-	bool		found;
-	CdpPendingId *e = hash_search(queue->ids, &k, HASH_ENTER, &found);
+	uint32		hash = get_hash_value(queue->ids, &k);
+	CdpPendingId *e = hash_search_with_hash_value(queue->ids, &k, hash, HASH_FIND, NULL);
+	Undo	   *u;
 
-	if (!found)
+	CdpReserveUndo(queue, 1);
+	if (e == NULL)
 	{
-		e->h.id = MemoryContextAlloc(queue->cxt, VARSIZE_ANY(id));
-		memcpy(e->h.id, id, VARSIZE_ANY(id));
+		CdpIdentifier *copy = MemoryContextAlloc(queue->cxt, VARSIZE_ANY(id));
+
+		memcpy(copy, id, VARSIZE_ANY(id));
+		e = hash_search_with_hash_value(queue->ids, &k, hash, HASH_ENTER, NULL);
+		e->h.id = copy;
 		e->h.key.owner = NULL;
-		e->h.key.bytes = VARDATA_ANY(e->h.id);
+		e->h.key.bytes = VARDATA_ANY(copy);
 		e->h.key.len = k.len;
 		e->h.name = NULL;
 		e->h.namelen = 0;
@@ -272,6 +201,12 @@ CdpPendingOwner(CdpStateQueue *queue, CdpIdentifier *id, int64 profile_id)
 		e->consent = NULL;
 		e->ntraits = e->nconsent = 0;
 		e->stored = false;
+		CdpRecordUndo(queue, UNDO_OWNER_NEW, e);
+	}
+	else if ((u = CdpRecordUndo(queue, UNDO_OWNER_SET, e)) != NULL)
+	{
+		u->old.owner.profile_id = e->profile_id;
+		u->old.owner.since = e->since;
 	}
 	e->profile_id = profile_id;
 	e->since = CdpGraphWrites();
@@ -293,13 +228,13 @@ EnterRef(HTAB *table, PendingHead *e)
 /*
  * The entry (of entrysize bytes) of an identifier's trait key or purpose,
  * made (with a copy of the name, added to the identifier's list *list of
- * *count entries) if new.  Most identifiers have a few: their list is
- * searched; only the entries of longer lists go into one of the queue's
- * tables, which a call makes large.
+ * *count entries) if new, recorded as undo kind.  Most identifiers have a
+ * few: their list is searched; only the entries of longer lists go into
+ * one of the queue's tables, which a call makes large.
  */
 static void *
 PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list, int *count,
-			 const char *name, int namelen, Size entrysize, bool *found)
+			 const char *name, int namelen, Size entrysize, UndoKind kind, bool *found)
 {
 	PendingHead *e;
 	char	   *copy;
@@ -320,7 +255,8 @@ PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list
 			return ref->entry;
 	}
 	*found = false;
-	e = MemoryContextAlloc(queue->cxt, entrysize);
+	CdpReserveUndo(queue, 1);
+	e = MemoryContextAllocZero(queue->cxt, entrysize);
 	copy = MemoryContextAlloc(queue->cxt, namelen + 1);
 	memcpy(copy, name, namelen);
 	copy[namelen] = '\0';
@@ -333,6 +269,8 @@ PendingEntry(CdpStateQueue *queue, HTAB *table, CdpPendingId *owner, void **list
 	e->next = *list;
 	*list = e;
 	queue->nentries++;
+	CdpRecordUndo(queue, kind, e);
+	/* entering it in the table can fail: undoing it then removes what was entered */
 	if (++(*count) == SHORT_LIST + 1)
 	{
 		for (PendingHead *l = e; l != NULL; l = l->next)
@@ -366,6 +304,16 @@ FreeSourceText(CdpStateQueue *queue, const char *source)
 	pfree((char *) source);
 }
 
+/* free the texts of a decision no longer kept */
+void
+CdpFreeDecisionTexts(CdpStateQueue *queue, Decision *d)
+{
+	if (d->message_id)
+		pfree((char *) d->message_id);
+	if (d->source)
+		FreeSourceText(queue, d->source);
+}
+
 /* a trait value as jsonb text (its ::text), for a tie */
 static char *
 JsonbText(Jsonb *jb)
@@ -384,36 +332,63 @@ CdpPendTrait(CdpStateQueue *queue, CdpPendingId *owner, const char *name, int na
 	Jsonb	   *value = DatumGetJsonbP(jsonb);
 	bool		found;
 	PendingTrait *e = PendingEntry(queue, queue->traits, owner, (void **) &owner->traits,
-								   &owner->ntraits, name, namelen, sizeof(PendingTrait), &found);
+								   &owner->ntraits, name, namelen, sizeof(PendingTrait),
+								   UNDO_TRAIT_NEW, &found);
+	Jsonb	   *copy;
+	Undo	   *u;
 
 	if (found && (at < e->at ||
 				  (at == e->at && strcmp(JsonbText(value), JsonbText(e->value)) <= 0)))
 		return;
-	if (found)
+	CdpReserveUndo(queue, 1);
+	copy = MemoryContextAlloc(queue->cxt, VARSIZE(value));
+	memcpy(copy, value, VARSIZE(value));
+	if (found && (u = CdpRecordUndo(queue, UNDO_TRAIT_SET, e)) != NULL)
+	{
+		/* freed once the part holding the change commits */
+		u->old.trait.value = e->value;
+		u->old.trait.at = e->at;
+	}
+	else if (found)
 		pfree(e->value);
-	e->value = MemoryContextAlloc(queue->cxt, VARSIZE(value));
-	memcpy(e->value, value, VARSIZE(value));
+	e->value = copy;
 	e->at = at;
 }
 
+/* a copy of d in the queue's memory */
+static Decision
+CopyDecision(CdpStateQueue *queue, const Decision *d)
+{
+	Decision	c = *d;
+
+	c.message_id = d->message_id ? MemoryContextStrdup(queue->cxt, d->message_id) : NULL;
+	c.source = SourceText(queue, d->source);
+	return c;
+}
+
 /*
- * Set *to to a copy of d in the queue's memory, freeing the texts of the
- * decision it replaces (a decision replaces another on most messages).
+ * Set *to (of entry e; a change when pos >= 0, else its winner) to a copy
+ * of d in the queue's memory.  The texts of the decision it replaces are
+ * freed, or once the part making the change commits (a decision replaces
+ * another on most messages).
  */
 static void
-SetDecision(CdpStateQueue *queue, Decision *to, const Decision *d, bool replacing)
+SetDecision(CdpStateQueue *queue, PendingConsent *e, int pos, const Decision *d)
 {
-	if (replacing)
+	Decision   *to = pos >= 0 ? &e->changes[pos] : &e->latest;
+	Decision	c;
+	Undo	   *u;
+
+	CdpReserveUndo(queue, 1);
+	c = CopyDecision(queue, d);
+	if ((u = CdpRecordUndo(queue, pos >= 0 ? UNDO_CHANGE_SET : UNDO_LATEST_SET, e)) != NULL)
 	{
-		if (to->message_id)
-			pfree((char *) to->message_id);
-		if (to->source)
-			FreeSourceText(queue, to->source);
+		u->pos = pos;
+		u->old.decision = *to;
 	}
-	to->granted = d->granted;
-	to->at = d->at;
-	to->message_id = d->message_id ? MemoryContextStrdup(queue->cxt, d->message_id) : NULL;
-	to->source = SourceText(queue, d->source);
+	else
+		CdpFreeDecisionTexts(queue, to);
+	*to = c;
 }
 
 /*
@@ -445,6 +420,8 @@ static void
 AddChange(CdpStateQueue *queue, PendingConsent *e, const Decision *d)
 {
 	int			pos = e->nchanges;
+	Decision	c;
+	Undo	   *u;
 
 	while (pos > 0 && (e->changes[pos - 1].at > d->at ||
 					   (e->changes[pos - 1].at == d->at && !e->changes[pos - 1].granted &&
@@ -454,19 +431,25 @@ AddChange(CdpStateQueue *queue, PendingConsent *e, const Decision *d)
 		return;
 	if (pos < e->nchanges && e->changes[pos].granted == d->granted)
 	{
-		SetDecision(queue, &e->changes[pos], d, true);
+		SetDecision(queue, e, pos, d);
 		return;
 	}
+	CdpReserveUndo(queue, 1);
 	if (e->nchanges == e->capchanges)
 	{
-		e->capchanges = Max(2, e->capchanges * 2);
+		int			cap = Max(2, e->capchanges * 2);
+
 		e->changes = e->changes ?
-			repalloc(e->changes, sizeof(Decision) * e->capchanges) :
-			MemoryContextAlloc(queue->cxt, sizeof(Decision) * e->capchanges);
+			repalloc(e->changes, sizeof(Decision) * cap) :
+			MemoryContextAlloc(queue->cxt, sizeof(Decision) * cap);
+		e->capchanges = cap;
 	}
+	c = CopyDecision(queue, d);
 	memmove(&e->changes[pos + 1], &e->changes[pos], sizeof(Decision) * (e->nchanges - pos));
-	SetDecision(queue, &e->changes[pos], d, false);
+	e->changes[pos] = c;
 	e->nchanges++;
+	if ((u = CdpRecordUndo(queue, UNDO_CHANGE_ADD, e)) != NULL)
+		u->pos = pos;
 }
 
 /* the decisions about a purpose of an identifier, made if new */
@@ -474,18 +457,11 @@ static PendingConsent *
 ConsentEntry(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, int len)
 {
 	bool		found;
-	PendingConsent *e = PendingEntry(queue, queue->consent, owner, (void **) &owner->consent,
-									 &owner->nconsent, purpose, len, sizeof(PendingConsent),
-									 &found);
 
-	if (!found)
-	{
-		e->latest.message_id = NULL;
-		e->latest.source = NULL;
-		e->changes = NULL;
-		e->nchanges = e->capchanges = 0;
-	}
-	return e;
+	/* a new entry is zeroed: no decision (source NULL), no changes */
+	return PendingEntry(queue, queue->consent, owner, (void **) &owner->consent,
+						&owner->nconsent, purpose, len, sizeof(PendingConsent),
+						UNDO_CONSENT_NEW, &found);
 }
 
 /* one decision of a message about a purpose of an identifier */
@@ -498,7 +474,7 @@ CdpPendDecision(CdpStateQueue *queue, CdpPendingId *owner, const char *purpose, 
 	Decision   *d = &dd;
 
 	if (DecisionWins(d, &e->latest))
-		SetDecision(queue, &e->latest, d, true);
+		SetDecision(queue, e, -1, d);
 	AddChange(queue, e, d);
 }
 
@@ -1164,64 +1140,14 @@ CdpStateQueueLength(CdpStateQueue *queue)
 }
 
 /*
- * Add a committed part's state to that of the part holding it (a chunk's
- * to its batch's, a batch's to its call's), as profile stats are: the call
- * then writes only the state of identifiers whose profile rows it still
- * holds locked, and none of a part that was rolled back.
- */
-void
-CdpMergeStateQueue(CdpStateQueue *into, CdpStateQueue *from)
-{
-	HASH_SEQ_STATUS seq;
-	CdpPendingId *p;
-
-	/*
-	 * Into an empty queue (a batch's first chunk, most batches' only one):
-	 * take from's tables as they are, swapping the two queues' contexts
-	 * under their parents, rather than copying every entry.
-	 */
-	if (hash_get_num_entries(into->ids) == 0)
-	{
-		CdpStateQueue tmp = *into;
-		MemoryContext into_parent = MemoryContextGetParent(into->cxt);
-		MemoryContext from_parent = MemoryContextGetParent(from->cxt);
-
-		*into = *from;
-		*from = tmp;
-		MemoryContextSetParent(into->cxt, into_parent);
-		MemoryContextSetParent(from->cxt, from_parent);
-		return;
-	}
-	hash_seq_init(&seq, from->ids);
-	while ((p = hash_seq_search(&seq)) != NULL)
-	{
-		CdpPendingId *owner = CdpPendingOwner(into, p->h.id, p->profile_id);
-
-		owner->since = p->since;
-
-		for (PendingTrait *t = p->traits; t != NULL; t = t->h.next)
-			CdpPendTrait(into, owner, t->h.name, t->h.namelen, JsonbPGetDatum(t->value), t->at);
-		for (PendingConsent *c = p->consent; c != NULL; c = c->h.next)
-		{
-			PendingConsent *e = ConsentEntry(into, owner, c->h.name, c->h.namelen);
-
-			if (DecisionWins(&c->latest, &e->latest))
-				SetDecision(into, &e->latest, &c->latest, true);
-			for (int k = 0; k < c->nchanges; k++)
-				AddChange(into, e, &c->changes[k]);
-		}
-	}
-}
-
-/*
  * Write the gathered traits and consent into the per-identifier stores,
  * then merge the stores of the identifiers whose rows changed into the
  * profiles holding them now, and empty the queue: two statements.  Per key
  * and purpose the merge keeps the latest and an identifier's maps only gain
  * newer entries, so merging an identifier's whole maps into its profile
  * again is harmless: it stays right when a merge, split or rebuild
- * recomputed the profile in between.  Only committed parts are gathered
- * (CdpMergeStateQueue), so the caller holds these profile rows (its
+ * recomputed the profile in between.  What parts that rolled back gathered
+ * is undone (CdpStateQueueRollback), so the caller holds these profile rows (its
  * identity resolution locked them).  Whatever runs the pipeline calls this
  * before its transaction ends.
  *
