@@ -1,9 +1,9 @@
 /*
  * profile_state_queue.h
  *	  The insides of a queue of gathered traits and consent, shared by the
- *	  file that gathers into it and writes it (profile_state_queue.c) and
- *	  the one that undoes what a failed part gathered
- *	  (profile_state_journal.c).
+ *	  file that gathers into it (profile_state_queue.c), the one that
+ *	  undoes what a failed part gathered (profile_state_journal.c) and the
+ *	  one that writes it (profile_state_write.c).
  */
 #ifndef PROFILE_STATE_QUEUE_H
 #define PROFILE_STATE_QUEUE_H
@@ -132,6 +132,7 @@ struct CdpStateQueue
 	int			capundo;
 };
 
+extern void CdpStartStateQueue(CdpStateQueue *queue);
 extern void CdpReserveUndo(CdpStateQueue *queue, int n);
 extern Undo *CdpRecordUndo(CdpStateQueue *queue, UndoKind kind, void *target);
 extern void CdpFreeDecisionTexts(CdpStateQueue *queue, Decision *d);
