@@ -978,6 +978,31 @@ InsertIdentitiesDirectly(CdpIdentifier **ids, int64 *profiles, TimestampTz *ats,
 	return OidIsValid(relid) && CdpInsertRowsDirectly(relid, cols, types, 4, values, nulls, n);
 }
 
+/*
+ * Hand the identities a batch wrote to what an ingest worker keeps
+ * (identity_recent.c), as a lookup after commit would return them: its
+ * next batches find them without reading cdp.identities again.  A new
+ * profile's row has version 0 and no merge rank; a stored profile's were
+ * read when it was attached (-1: not read, not kept).
+ */
+static void
+NoteNewIdentities(IdentityGraph *g, CdpIdentifier **ids, const int64 *profiles,
+				  const TimestampTz *ats, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		ProfNode   *p = CdpGraphProfile(g, profiles[i], false);
+		int32		version;
+
+		if (p == NULL)
+			continue;
+		version = p->is_new ? 0 : CdpProfOnline(g, p)->version;
+		if (version >= 0)
+			CdpRecentIdentitiesNote(ids[i], profiles[i], ats[i], version,
+									CdpProfOnline(g, p)->rank);
+	}
+}
+
 static void
 WriteNewIdentities(IdentityGraph *g)
 {
@@ -1006,20 +1031,19 @@ WriteNewIdentities(IdentityGraph *g)
 	}
 	if (n == 0)
 		return;
-	if (InsertIdentitiesDirectly(ids, profiles, ats, mids, n))
+	if (!InsertIdentitiesDirectly(ids, profiles, ats, mids, n))
 	{
-		CdpProfileStateOfNewIdentities(ids, profiles, n);
-		return;
+		args[0] = IdentifierArray(ids, n);
+		args[1] = CdpInt8Array(profiles, n);
+		args[2] = TimestampArray(ats, n);
+		args[3] = TextArray(mids, n);
+		CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
+						 "INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
+						 "SELECT unnest($1), unnest($2), unnest($3), unnest($4)",
+						 4, argtypes),
+					args, NULL, SPI_OK_INSERT);
 	}
-	args[0] = IdentifierArray(ids, n);
-	args[1] = CdpInt8Array(profiles, n);
-	args[2] = TimestampArray(ats, n);
-	args[3] = TextArray(mids, n);
-	CdpExecPlan(OnlinePlanFor(PLAN_INSERT_IDENTITIES,
-					 "INSERT INTO cdp.identities (identifier, profile_id, linked_at, message_id) "
-					 "SELECT unnest($1), unnest($2), unnest($3), unnest($4)",
-					 4, argtypes),
-				args, NULL, SPI_OK_INSERT);
+	NoteNewIdentities(g, ids, profiles, ats, n);
 	CdpProfileStateOfNewIdentities(ids, profiles, n);
 }
 

@@ -306,7 +306,7 @@ CdpRecentIdentitiesNote(CdpIdentifier *id, int64 profile_id, TimestampTz linked_
 	MemoryContext old;
 	StagedRow  *s;
 
-	if (recent_max == 0)
+	if (recent_max == 0 || CachesOff())
 		return;
 	old = MemoryContextSwitchTo(staged_cxt);
 	s = palloc(sizeof(StagedRow));

@@ -2,7 +2,8 @@
 # batches (cdp.identity_cache_size), and what it keeps never outlives a
 # change of the graph: after a split, a link that merges and forget, and
 # after splits and links that race the worker, the next message of a kept
-# identifier goes where a lookup would send it.  cdp.worker_stats counts
+# identifier goes where a lookup would send it.  Identifiers the worker
+# stored itself are kept too.  cdp.worker_stats counts
 # identifiers served from what was kept.
 use strict;
 use warnings;
@@ -68,6 +69,15 @@ send_track('a1');
 my $before = recalled();
 send_track('a1');
 cmp_ok(recalled(), '>', $before, 'a message of an identifier read before is served from what the worker kept');
+
+# an identifier the worker stored itself is kept as it wrote it: its next
+# message is served without a lookup (stats are reported after the commit)
+send_track('a5');
+$before = recalled();
+send_track('a5');
+ok($node->poll_query_until('cdp', qq{SELECT sum(identities_recalled) > $before FROM cdp.worker_stats}),
+	'an identifier the worker stored itself is served from what it kept on its next message');
+lands_where_held(send_track('a5'), 'a5', '... and goes to the profile it was stored with');
 
 # a split moves a1 to a profile of its own: the next message of a1 goes there
 my $u1_profile = sql(q{SELECT cdp.resolve('user_id:u1')});
