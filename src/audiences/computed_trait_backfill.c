@@ -59,6 +59,14 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
  */
 #define BATCH_BLOCK (8 * 1024 * 1024)
 
+/*
+ * The rows read wait in a tuplestore of at most this much memory, then in
+ * a temporary file: memory taken fresh from the system for every profile's
+ * row cost more (a page fault per 4 kB, a twentieth of a definition) than
+ * writing and reading the file back.
+ */
+#define STORE_KBYTES 1024
+
 static SPIPlanPtr update_states_plan = NULL;
 static SPIPlanPtr update_values_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
@@ -343,7 +351,7 @@ NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), int32 trait_id,
 	r->spec = spec;
 	r->window = window;
 	r->involved = involved;
-	r->store = tuplestore_begin_heap(false, false, work_mem);
+	r->store = tuplestore_begin_heap(false, false, STORE_KBYTES);
 	r->desc = StoreDesc();
 	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
 										   ALLOCSET_DEFAULT_SIZES);

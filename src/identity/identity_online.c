@@ -234,6 +234,20 @@ OnlinePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * The lookups every batch runs (identities, pairs, profile rows to lock):
+ * probes of unique indexes by arrays, whose plans do not depend on the
+ * arrays' sizes, so they are planned once, generically (planning them for
+ * every batch was a fiftieth of an ingest worker's time).  Every caller
+ * runs them between CdpBeginIndexedPlans and CdpEndIndexedPlans, where
+ * their plans are made (again, after an invalidation): index probes only.
+ */
+static SPIPlanPtr
+OnlineProbePlanFor(OnlinePlan which, const char *sql, int nargs, Oid *argtypes)
+{
+	return CdpPlanGeneric(&plans[which], sql, nargs, argtypes);
+}
+
+/*
  * Attach the stored identities of ids to the graph: those this transaction
  * knows (k, when not NULL) from what it keeps, with recent those an ingest
  * worker kept from its earlier transactions (identity_recent.c), the rest
@@ -276,7 +290,7 @@ LoadIdentities(IdentityGraph *g, CdpIdentifier **ids, int n, IdentityGraph *k, b
 	if (n == 0)
 		return;
 	args[0] = IdentifierArray(ids, n);
-	rows = CdpExecPlan(OnlinePlanFor(PLAN_LOAD_IDS,
+	rows = CdpExecPlan(OnlineProbePlanFor(PLAN_LOAD_IDS,
 							"SELECT i.identifier, i.profile_id, i.linked_at, r.version, "
 							"coalesce(r.merge_rank, r.profile_id) "
 							"FROM cdp.identities i JOIN cdp.profile_records r USING (profile_id) "
@@ -462,7 +476,7 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 
 		qsort(ids, n, sizeof(int64), CompareInt64);
 		args[0] = CdpInt8Array(ids, n);
-		rows = CdpExecPlan(OnlinePlanFor(PLAN_LOCK_PROFILES,
+		rows = CdpExecPlan(OnlineProbePlanFor(PLAN_LOCK_PROFILES,
 								"SELECT profile_id, merged_into, merges_absorbed, version, "
 								"coalesce(merge_rank, profile_id) FROM cdp.profile_records WHERE profile_id = ANY ($1) "
 								"ORDER BY profile_id FOR UPDATE", 1, argtypes),
@@ -1171,7 +1185,7 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 	args[0] = IdentifierArray(as, nprobed);
 	args[1] = IdentifierArray(bs, nprobed);
 	if (linked)
-		rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS_LINKED,
+		rows = CdpExecPlan(OnlineProbePlanFor(PLAN_KNOWN_PAIRS_LINKED,
 										 "SELECT u.ord::int4, NOT EXISTS (SELECT FROM cdp.identity_evidence e "
 										 "  WHERE e.seq = p.seq AND NOT e.linked @> ARRAY[p.a, p.b]) "
 										 "FROM ROWS FROM (unnest($1), unnest($2)) "
@@ -1180,7 +1194,7 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 										 2, argtypes),
 						   args, NULL, SPI_OK_SELECT);
 	else
-		rows = CdpExecPlan(OnlinePlanFor(PLAN_KNOWN_PAIRS,
+		rows = CdpExecPlan(OnlineProbePlanFor(PLAN_KNOWN_PAIRS,
 										 "SELECT u.ord::int4 FROM ROWS FROM (unnest($1), unnest($2)) "
 										 "WITH ORDINALITY AS u(a, b, ord) "
 										 "JOIN cdp.identity_pairs p ON p.a = u.a AND p.b = u.b",
@@ -2281,6 +2295,7 @@ CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 				   const char *message_id)
 {
 	IdItem		item;
+	int			level;
 
 	memset(&item, 0, sizeof(item));
 	item.message_id = message_id;
@@ -2288,6 +2303,8 @@ CdpLinkIdentifiers(CdpIdentifier *a, CdpIdentifier *b, const char *source,
 	item.ts = GetCurrentTransactionStartTimestamp();
 	item.ids = list_make2(a, b);
 	item.ncarried = 2;
+	level = CdpBeginIndexedPlans();
 	(void) ResolveItems(&item, 1, NULL, false);
+	CdpEndIndexedPlans(level);
 	return item.m.profile;
 }
