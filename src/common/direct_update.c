@@ -39,6 +39,7 @@ struct CdpDirectUpdate
 	IndexScanDesc scan;
 	EState	   *estate;
 	ResultRelInfo *rri;
+	AttrNumber	keycol;			/* the primary key's column */
 	TupleTableSlot *found;		/* the row found last */
 	TupleTableSlot *stored;		/* its new version */
 	Datum	   *values;			/* the found row's columns, changed by the caller */
@@ -98,6 +99,7 @@ CdpBeginDirectUpdate(Oid relid)
 	u = palloc0(sizeof(CdpDirectUpdate));
 	u->rel = rel;
 	u->pkey = index_open(pkey, RowExclusiveLock);
+	u->keycol = u->pkey->rd_index->indkey.values[0];
 	u->estate = CreateExecutorState();
 	u->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(u->rri, rel, 0, NULL, 0);
@@ -123,13 +125,48 @@ CdpBeginDirectUpdate(Oid relid)
 bool
 CdpDirectUpdateFind(CdpDirectUpdate *u, int64 key, Datum **values, bool **nulls)
 {
+	return CdpDirectUpdateFindAt(u, key, NULL, values, nulls);
+}
+
+/*
+ * The version at *where, when it is the row with that key this rewrite
+ * sees: a row the transaction holds locked, whose place it learnt then, is
+ * fetched there without a probe of the index.  Any other version there (a
+ * later one of this transaction's, a place reused) is not visible or holds
+ * another key.
+ */
+static bool
+FetchAt(CdpDirectUpdate *u, int64 key, ItemPointer where)
+{
+	HeapTupleData tuple;
+	Buffer		buffer;
+	bool		isnull;
+
+	tuple.t_self = *where;
+	if (!heap_fetch(u->rel, GetActiveSnapshot(), &tuple, &buffer, false))
+		return false;
+	ExecStorePinnedBufferHeapTuple(&tuple, u->found, buffer);
+	if (DatumGetInt64(slot_getattr(u->found, u->keycol, &isnull)) == key && !isnull)
+		return true;
+	ExecClearTuple(u->found);
+	return false;
+}
+
+/* CdpDirectUpdateFind, trying first where (when valid) the row was */
+bool
+CdpDirectUpdateFindAt(CdpDirectUpdate *u, int64 key, ItemPointer where, Datum **values,
+					  bool **nulls)
+{
 	ScanKeyData skey;
 	int			natts = RelationGetDescr(u->rel)->natts;
 
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
-	index_rescan(u->scan, &skey, 1, NULL, 0);
-	if (!index_getnext_slot(u->scan, ForwardScanDirection, u->found))
-		return false;
+	if (where == NULL || !ItemPointerIsValid(where) || !FetchAt(u, key, where))
+	{
+		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
+		index_rescan(u->scan, &skey, 1, NULL, 0);
+		if (!index_getnext_slot(u->scan, ForwardScanDirection, u->found))
+			return false;
+	}
 	slot_getallattrs(u->found);
 	memcpy(u->values, u->found->tts_values, sizeof(Datum) * natts);
 	memcpy(u->nulls, u->found->tts_isnull, sizeof(bool) * natts);

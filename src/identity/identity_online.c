@@ -478,8 +478,8 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 		args[0] = CdpInt8Array(ids, n);
 		rows = CdpExecPlan(OnlineProbePlanFor(PLAN_LOCK_PROFILES,
 								"SELECT profile_id, merged_into, merges_absorbed, version, "
-								"coalesce(merge_rank, profile_id) FROM cdp.profile_records WHERE profile_id = ANY ($1) "
-								"ORDER BY profile_id FOR UPDATE", 1, argtypes),
+								"coalesce(merge_rank, profile_id), ctid FROM cdp.profile_records "
+								"WHERE profile_id = ANY ($1) ORDER BY profile_id FOR UPDATE", 1, argtypes),
 						   args, NULL, SPI_OK_SELECT);
 		for (uint64 r = 0; r < rows; r++)
 		{
@@ -491,6 +491,9 @@ LockProfiles(IdentityGraph *g, int64 *ids, int n)
 
 			p->merges_absorbed = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 			CdpProfOnline(g, p)->rank = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+			/* the version locked: the batch's counts are added there (WriteStatsDirectly) */
+			CdpProfOnline(g, p)->row =
+				*(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 6, &isnull));
 			stale |= CdpProfOnline(g, p)->version >= 0 &&
 				CdpProfOnline(g, p)->version != DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 			into = SPI_getbinval(tup, desc, 2, &isnull);
@@ -1488,6 +1491,7 @@ typedef struct StatsEntry
 	TimestampTz lo;
 	TimestampTz hi;
 	uint64		since;			/* graph_writes when its first events were counted */
+	ItemPointerData row;		/* where its record was locked, when known */
 } StatsEntry;
 
 /*
@@ -1511,7 +1515,7 @@ CdpNewProfileStats(MemoryContext cxt)
 
 static void
 AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, TimestampTz hi,
-				uint64 since)
+				uint64 since, ItemPointer row)
 {
 	bool		found;
 	StatsEntry *e = hash_search(stats, &profile_id, HASH_ENTER, &found);
@@ -1522,7 +1526,11 @@ AddProfileStats(HTAB *stats, int64 profile_id, int64 count, TimestampTz lo, Time
 		e->lo = DT_NOEND;
 		e->hi = DT_NOBEGIN;
 		e->since = since;
+		ItemPointerSetInvalid(&e->row);
 	}
+	/* a later lock's place is as good (one row version is visible) */
+	if (row != NULL && ItemPointerIsValid(row))
+		e->row = *row;
 	e->since = Min(e->since, since);
 	e->count += count;
 	e->lo = Min(e->lo, lo);
@@ -1538,7 +1546,7 @@ CdpMergeProfileStats(HTAB *into, HTAB *from)
 
 	hash_seq_init(&seq, from);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi, e->since);
+		AddProfileStats(into, e->profile_id, e->count, e->lo, e->hi, e->since, &e->row);
 }
 
 static int
@@ -1578,6 +1586,7 @@ CdpProfileStatsList(HTAB *stats, CdpProfileStat **out, bool *merged_since)
 		list[i].count = entries[i]->count;
 		list[i].lo = entries[i]->lo;
 		list[i].hi = entries[i]->hi;
+		list[i].row = entries[i]->row;
 	}
 	pfree(entries);
 	*out = list;
@@ -1709,7 +1718,7 @@ WriteStatsDirectly(HTAB *stats)
 		Datum	   *values;
 		bool	   *nulls;
 
-		if (!CdpDirectUpdateFind(u, list[i].profile_id, &values, &nulls))
+		if (!CdpDirectUpdateFindAt(u, list[i].profile_id, &list[i].row, &values, &nulls))
 			continue;
 		CdpAddProfileStat(&cols, values, nulls, &list[i]);
 		CdpDirectUpdateStore(u);
@@ -1821,7 +1830,8 @@ WriteProfileStats(IdentityGraph *g, IdItem *items, int n, HTAB *stats)
 			continue;
 		if (stats != NULL)
 		{
-			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts, graph_writes);
+			AddProfileStats(stats, msg->profile_id, 1, msg->ts, msg->ts, graph_writes,
+							&CdpProfOnline(g, CdpGraphProfile(g, msg->profile_id, false))->row);
 			continue;
 		}
 		j = hit - ids;

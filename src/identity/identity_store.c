@@ -590,6 +590,7 @@ CdpGraphProfile(IdentityGraph *g, int64 profile_id, bool create)
 		Assert(i == ref - 1);
 		po->rank = profile_id;
 		po->version = -1;
+		ItemPointerSetInvalid(&po->row);
 	}
 	SlotSet(&g->prof_index, pos, hash, ref);
 	return p;

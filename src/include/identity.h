@@ -11,6 +11,7 @@
 
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
+#include "storage/itemptr.h"
 #include "utils/hsearch.h"
 
 #include "identifier.h"
@@ -131,6 +132,7 @@ typedef struct ProfOnline
 {
 	int64		rank;			/* merges go into the lowest (rank, id) */
 	int32		version;		/* profile_records.version as first read, -1 unknown */
+	ItemPointerData row;		/* its record's version as this batch locked it, if it did */
 } ProfOnline;
 
 typedef struct IdMerge
@@ -433,6 +435,7 @@ typedef struct CdpProfileStat
 	int64		count;
 	TimestampTz lo;
 	TimestampTz hi;
+	ItemPointerData row;		/* where its record was locked, if known (else zeroes) */
 } CdpProfileStat;
 extern int	CdpProfileStatsList(HTAB *stats, CdpProfileStat **out, bool *merged_since);
 /* where a direct rewrite finds a profile record's stats (column indexes) */

@@ -36,6 +36,8 @@ typedef struct CdpDirectUpdate CdpDirectUpdate;
 extern int	CdpDirectUpdateColumn(Oid relid, const char *name, Oid typid);
 extern CdpDirectUpdate *CdpBeginDirectUpdate(Oid relid);
 extern bool CdpDirectUpdateFind(CdpDirectUpdate *u, int64 key, Datum **values, bool **nulls);
+extern bool CdpDirectUpdateFindAt(CdpDirectUpdate *u, int64 key, ItemPointer where,
+								  Datum **values, bool **nulls);
 extern void CdpDirectUpdateStore(CdpDirectUpdate *u);
 extern void CdpEndDirectUpdate(CdpDirectUpdate *u);
 
