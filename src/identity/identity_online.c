@@ -407,7 +407,7 @@ CdpLockIdentityGraph(void)
 	graph_writes++;
 	CdpKnownIdentitiesForget();
 	LockIdentityGraph();
-	CdpIdentityGraphChanged();
+	CdpIdentityGraphChanged(true);
 }
 
 /*
@@ -905,7 +905,8 @@ WriteMerges(IdentityGraph *g)
 	if (n == 0)
 		return;
 	graph_writes++;
-	CdpIdentityGraphChanged();
+	/* a merge moves identities; pairs and their evidence stay as they are */
+	CdpIdentityGraphChanged(false);
 	foreach(lc, g->merges)
 	{
 		IdMerge    *m = lfirst(lc);
@@ -1095,7 +1096,8 @@ LinksPair(IdItem *items, PairRef *pr)
  * which cdp.identity_pairs already holds, and with linked (when wanted)
  * whether the message stored for it linked both ends.  One probe of the
  * pair table for the whole batch, for the pairs this transaction has not
- * found before (identity_known.c).
+ * found before (identity_known.c) and an ingest worker has not kept
+ * (identity_recent.c).
  */
 static int
 BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
@@ -1178,6 +1180,11 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 			(*known)[i] = true;
 			continue;
 		}
+		if (CdpRecentPair(pairs[i].a, pairs[i].b, linked ? &(*linked)[i] : NULL))
+		{
+			(*known)[i] = true;
+			continue;
+		}
 		as[nprobed] = pairs[i].a;
 		bs[nprobed] = pairs[i].b;
 		probed[nprobed++] = i;
@@ -1215,6 +1222,7 @@ BatchPairs(IdItem *items, int n, PairRef **out, bool **known, bool **linked)
 			(*linked)[k] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
 													  2, &isnull));
 		CdpKnownPairRemember(pairs[k].a, pairs[k].b, linked ? (*linked)[k] : -1);
+		CdpRecentPairNote(pairs[k].a, pairs[k].b, linked && (*linked)[k]);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return nd;

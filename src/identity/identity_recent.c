@@ -16,6 +16,13 @@
  *	  that only add identities and profiles change no kept row; identifiers
  *	  not kept are looked up as before.
  *
+ *	  The pairs of identifiers found in cdp.identity_pairs are kept the
+ *	  same way, and whether the stored message linked both ends when it
+ *	  did (a pair whose message did not may be relinked by any batch, so
+ *	  that answer is not kept).  Only splits, rebuilds and forget remove a
+ *	  pair or take a link out of its evidence; merges do neither, so pairs
+ *	  follow a second counter that only those bump, and outlive merges.
+ *
  *	  Rows read are kept once the transaction that read them has committed
  *	  (some may be its own writes), never when it or a subtransaction rolls
  *	  back; they join the others at the next lookup, not in the commit (which
@@ -30,6 +37,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "common/hashfn.h"
 #include "port/atomics.h"
 #include "utils/lsyscache.h"
 #include "utils/hsearch.h"
@@ -62,12 +70,19 @@ static HTAB *recent = NULL;
 static uint64 recent_epoch = 0;	/* the counter its rows were read at */
 static Oid	recent_table = InvalidOid;	/* the cdp.identities they are rows of */
 
+static MemoryContext pairs_cxt = NULL;
+static HTAB *recent_pairs = NULL;	/* RecentPair, in pairs_cxt */
+static uint64 pairs_epoch = 0;	/* the evidence counter its pairs were read at */
+
 static MemoryContext staged_cxt = NULL;
 static List *staged = NIL;
+static List *staged_pairs = NIL;	/* StagedPair */
 static bool staged_committed = false;	/* the transaction that read them committed */
 static uint64 read_epoch = 0;	/* the counter when the lookups began */
+static uint64 read_evidence_epoch = 0;	/* the evidence counter then */
 
 static bool changed_graph = false;	/* this transaction bumped the counter */
+static bool changed_evidence = false;	/* ... and the evidence counter */
 static bool callbacks_registered = false;
 
 static uint64 hits = 0;
@@ -78,6 +93,13 @@ static uint64
 Epoch(void)
 {
 	return pg_atomic_fetch_add_u64(&CdpPool->identity_epoch, 0);
+}
+
+/* the evidence counter, likewise */
+static uint64
+EvidenceEpoch(void)
+{
+	return pg_atomic_fetch_add_u64(&CdpPool->evidence_epoch, 0);
 }
 
 static bool
@@ -101,25 +123,87 @@ RecentMatch(const void *a, const void *b, Size keysize)
 	return VARSIZE(x) == VARSIZE(y) && memcmp(x, y, VARSIZE(x)) == 0 ? 0 : 1;
 }
 
+/*
+ * A pair as one key: a varlena holding the length of a, then the bytes of
+ * a and b.
+ */
+typedef struct varlena PairBlob;
+
+/* a kept pair (the key: a pointer to its blob, in recent_cxt) */
+typedef struct RecentPair
+{
+	PairBlob   *blob;
+	bool		linked;			/* its message linked both ends (else not asked) */
+} RecentPair;
+
+/* a pair read in this transaction, kept if it commits */
+typedef struct StagedPair
+{
+	RecentPair	pair;
+	uint64		epoch;			/* the counter before it was read */
+} StagedPair;
+
+static PairBlob *
+MakePairBlob(CdpIdentifier *a, CdpIdentifier *b, MemoryContext cxt)
+{
+	int32		alen = VARSIZE_ANY_EXHDR(a);
+	int32		blen = VARSIZE_ANY_EXHDR(b);
+	PairBlob   *blob = MemoryContextAlloc(cxt, VARHDRSZ + sizeof(int32) + alen + blen);
+	char	   *d = VARDATA(blob);
+
+	SET_VARSIZE(blob, VARHDRSZ + sizeof(int32) + alen + blen);
+	memcpy(d, &alen, sizeof(int32));
+	memcpy(d + sizeof(int32), VARDATA_ANY(a), alen);
+	memcpy(d + sizeof(int32) + alen, VARDATA_ANY(b), blen);
+	return blob;
+}
+
+static uint32
+PairHash(const void *key, Size keysize)
+{
+	const PairBlob *blob = *(PairBlob *const *) key;
+
+	return hash_bytes((const unsigned char *) VARDATA(blob), VARSIZE(blob) - VARHDRSZ);
+}
+
+/* an empty table in cxt of kept entries, keyed by a pointer to a varlena */
+static HTAB *
+KeptTable(const char *name, MemoryContext cxt, Size entrysize, HashValueFunc hash)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(struct varlena *);
+	ctl.entrysize = entrysize;
+	ctl.hash = hash;
+	ctl.match = RecentMatch;
+	ctl.hcxt = cxt;
+	return hash_create(name, 1024, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
 /* forget every kept row; rows read from now on are read at epoch */
 static void
 RecentReset(uint64 epoch)
 {
-	HASHCTL		ctl;
-
 	if (recent_cxt == NULL)
 		recent_cxt = AllocSetContextCreate(TopMemoryContext, "cdp recent identities",
 										   ALLOCSET_DEFAULT_SIZES);
 	else
 		MemoryContextReset(recent_cxt);
-	ctl.keysize = sizeof(CdpIdentifier *);
-	ctl.entrysize = sizeof(RecentRow);
-	ctl.hash = RecentHash;
-	ctl.match = RecentMatch;
-	ctl.hcxt = recent_cxt;
-	recent = hash_create("cdp recent identities", 1024, &ctl,
-						 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	recent = KeptTable("cdp recent identities", recent_cxt, sizeof(RecentRow), RecentHash);
 	recent_epoch = epoch;
+}
+
+/* forget every kept pair; pairs read from now on are read at epoch */
+static void
+PairsReset(uint64 epoch)
+{
+	if (pairs_cxt == NULL)
+		pairs_cxt = AllocSetContextCreate(TopMemoryContext, "cdp recent pairs",
+										  ALLOCSET_DEFAULT_SIZES);
+	else
+		MemoryContextReset(pairs_cxt);
+	recent_pairs = KeptTable("cdp recent pairs", pairs_cxt, sizeof(RecentPair), PairHash);
+	pairs_epoch = epoch;
 }
 
 static void
@@ -128,12 +212,13 @@ DropStaged(void)
 	if (staged_cxt != NULL)
 		MemoryContextReset(staged_cxt);
 	staged = NIL;
+	staged_pairs = NIL;
 	staged_committed = false;
 }
 
 /* keep the rows a committed transaction read, if nothing changed since */
 static void
-KeepStaged(uint64 now)
+KeepStaged(uint64 now, uint64 evidence_now)
 {
 	ListCell   *lc;
 
@@ -161,6 +246,27 @@ KeepStaged(uint64 now)
 		row->rank = s->row.rank;
 		row->version = s->row.version;
 	}
+	foreach(lc, staged_pairs)
+	{
+		StagedPair *sp = lfirst(lc);
+		PairBlob   *blob = sp->pair.blob;
+		RecentPair *entry;
+
+		if (sp->epoch != evidence_now)
+			continue;
+		if (hash_get_num_entries(recent_pairs) >= recent_max)
+			PairsReset(evidence_now);
+		entry = hash_search(recent_pairs, &blob, HASH_FIND, NULL);
+		if (entry == NULL)
+		{
+			PairBlob   *copy = MemoryContextAlloc(pairs_cxt, VARSIZE(blob));
+
+			memcpy(copy, blob, VARSIZE(blob));
+			entry = hash_search(recent_pairs, &copy, HASH_ENTER, NULL);
+			entry->linked = false;
+		}
+		entry->linked |= sp->pair.linked;
+	}
 }
 
 static void
@@ -169,7 +275,7 @@ RecentXactCallback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			staged_committed = staged != NIL;
+			staged_committed = staged != NIL || staged_pairs != NIL;
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (changed_graph && !CachesOff())
@@ -193,7 +299,9 @@ RecentXactCallback(XactEvent event, void *arg)
 		/* the transaction's changes are visible now; the identity lock is still held */
 		if (changed_graph && CdpPool != NULL)
 			pg_atomic_fetch_add_u64(&CdpPool->identity_epoch, 1);
-		changed_graph = false;
+		if (changed_evidence && CdpPool != NULL)
+			pg_atomic_fetch_add_u64(&CdpPool->evidence_epoch, 1);
+		changed_graph = changed_evidence = false;
 	}
 }
 
@@ -218,16 +326,22 @@ RegisterCallbacks(void)
 
 /*
  * A writer moves or removes stored identities (merges, splits, rebuilds,
- * forget), holding the identity lock: every kept row may be untrue.
+ * forget), holding the identity lock: every kept row may be untrue; with
+ * evidence (all but merges), every kept pair too.
  */
 void
-CdpIdentityGraphChanged(void)
+CdpIdentityGraphChanged(bool evidence)
 {
 	if (CdpPool == NULL)
 		return;
 	RegisterCallbacks();
 	changed_graph = true;
 	pg_atomic_fetch_add_u64(&CdpPool->identity_epoch, 1);
+	if (evidence)
+	{
+		changed_evidence = true;
+		pg_atomic_fetch_add_u64(&CdpPool->evidence_epoch, 1);
+	}
 }
 
 /* an ingest worker keeps up to max identifiers (0: none) */
@@ -240,6 +354,11 @@ CdpRecentIdentitiesEnable(int max)
 	{
 		MemoryContextReset(recent_cxt);
 		recent = NULL;
+	}
+	if (max != recent_max && pairs_cxt != NULL)
+	{
+		MemoryContextReset(pairs_cxt);
+		recent_pairs = NULL;
 	}
 	recent_max = max;
 	if (max > 0)
@@ -265,14 +384,15 @@ CdpRecentIdentitiesAttach(IdentityGraph *g, CdpIdentifier **ids, int n)
 	if (recent_max == 0 || CachesOff())
 		return n;
 	read_epoch = Epoch();
+	read_evidence_epoch = EvidenceEpoch();
 	table = get_relname_relid("identities", get_namespace_oid("cdp", false));
 	if (recent == NULL || recent_epoch != read_epoch || recent_table != table)
-	{
 		RecentReset(read_epoch);
-		recent_table = table;
-	}
+	if (recent_pairs == NULL || pairs_epoch != read_evidence_epoch || recent_table != table)
+		PairsReset(read_evidence_epoch);
+	recent_table = table;
 	if (staged_committed)
-		KeepStaged(read_epoch);
+		KeepStaged(read_epoch, read_evidence_epoch);
 	DropStaged();
 	for (int i = 0; i < n; i++)
 	{
@@ -329,4 +449,50 @@ CdpRecentIdentitiesCounts(uint64 *served, uint64 *read)
 	*read = misses;
 	hits = 0;
 	misses = 0;
+}
+
+/*
+ * Whether the pair (a, b) is kept as stored, and (when linked is not NULL)
+ * as one whose message linked both ends.  Only between a
+ * CdpRecentIdentitiesAttach and the end of its transaction, and only while
+ * the counter still stands where the kept rows were read.
+ */
+bool
+CdpRecentPair(CdpIdentifier *a, CdpIdentifier *b, bool *linked)
+{
+	PairBlob   *blob;
+	RecentPair *entry;
+
+	if (recent_max == 0 || recent_pairs == NULL || CachesOff() ||
+		pairs_epoch != EvidenceEpoch())
+		return false;
+	blob = MakePairBlob(a, b, CurrentMemoryContext);
+	entry = hash_search(recent_pairs, &blob, HASH_FIND, NULL);
+	pfree(blob);
+	if (entry == NULL || (linked != NULL && !entry->linked))
+		return false;
+	if (linked != NULL)
+		*linked = true;
+	return true;
+}
+
+/*
+ * A pair found stored (its message linking both ends, when linked says so):
+ * kept if this transaction commits.
+ */
+void
+CdpRecentPairNote(CdpIdentifier *a, CdpIdentifier *b, bool linked)
+{
+	StagedPair *sp;
+	MemoryContext old;
+
+	if (recent_max == 0)
+		return;
+	old = MemoryContextSwitchTo(staged_cxt);
+	sp = palloc(sizeof(StagedPair));
+	sp->pair.blob = MakePairBlob(a, b, staged_cxt);
+	sp->pair.linked = linked;
+	sp->epoch = read_evidence_epoch;
+	staged_pairs = lappend(staged_pairs, sp);
+	MemoryContextSwitchTo(old);
 }

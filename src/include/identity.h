@@ -463,7 +463,9 @@ extern int64 CdpNextProfileId(void);
 extern void CdpLockIdentityGraph(void);
 
 /* identity_recent.c: what an ingest worker read in earlier transactions */
-extern void CdpIdentityGraphChanged(void);
+extern void CdpIdentityGraphChanged(bool evidence);
+extern bool CdpRecentPair(CdpIdentifier *a, CdpIdentifier *b, bool *linked);
+extern void CdpRecentPairNote(CdpIdentifier *a, CdpIdentifier *b, bool linked);
 extern void CdpRecentIdentitiesEnable(int max);
 extern int	CdpRecentIdentitiesAttach(IdentityGraph *g, CdpIdentifier **ids, int n);
 extern void CdpRecentIdentitiesNote(CdpIdentifier *id, int64 profile_id, TimestampTz linked_at,

@@ -44,6 +44,7 @@ typedef struct CdpWorkerPool
 	pg_atomic_uint64 extension_changes; /* CREATE/DROP EXTENSION pg_cdp seen */
 	pg_atomic_uint32 next_wake; /* round robin over the idle workers */
 	pg_atomic_uint64 identity_epoch;	/* bumped by writers moving identities */
+	pg_atomic_uint64 evidence_epoch;	/* bumped by writers removing pairs or links */
 	pg_atomic_uint32 identity_cache_off;	/* see identity_recent.c */
 	CdpWorkerSlot slots[CDP_MAX_INGEST_WORKERS];
 	CdpWorkerSlot maintenance;	/* the maintenance worker (its idle is unused) */

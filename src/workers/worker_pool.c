@@ -57,6 +57,7 @@ PoolShmemStartup(void)
 		pg_atomic_init_u64(&CdpPool->extension_changes, 0);
 		pg_atomic_init_u32(&CdpPool->next_wake, 0);
 		pg_atomic_init_u64(&CdpPool->identity_epoch, 0);
+		pg_atomic_init_u64(&CdpPool->evidence_epoch, 0);
 		pg_atomic_init_u32(&CdpPool->identity_cache_off, 0);
 		for (int i = 0; i < CDP_MAX_INGEST_WORKERS; i++)
 			pg_atomic_init_u32(&CdpPool->slots[i].idle, 0);

@@ -2,8 +2,9 @@
 # batches (cdp.identity_cache_size), and what it keeps never outlives a
 # change of the graph: after a split, a link that merges and forget, and
 # after splits and links that race the worker, the next message of a kept
-# identifier goes where a lookup would send it.  Identifiers the worker
-# stored itself are kept too.  cdp.worker_stats counts
+# identifier goes where a lookup would send it, and a kept pair of
+# identifiers is relinked after a rebuild unlinked it.  Identifiers the
+# worker stored itself are kept too.  cdp.worker_stats counts
 # identifiers served from what was kept.
 use strict;
 use warnings;
@@ -104,6 +105,26 @@ is(sql(qq{SELECT count(*) FROM cdp.events WHERE message_id = 'm$n'}), '0',
 	'after forget, a kept identifier is not stored again');
 is(sql(q{SELECT count(*) FROM cdp.identities WHERE identifier::text = 'anonymous_id:a4'}), '0',
 	'... nor recreated');
+
+# a kept pair (stored, its message linking both ends) never outlives a
+# rebuild that took one end's link away: once the rule is lifted, the next
+# message linking both ends becomes the pair's message again
+send_track('pa', 'pu');
+# a message that changes the graph (a new device) reads whether the pair's message linked it
+$n++;
+sql(qq{SELECT cdp.ingest('{"type": "track", "event": "e", "messageId": "m$n", "anonymousId": "pa",
+	"userId": "pu", "context": {"device": {"id": "pd"}}}')});
+wait_for(qq{SELECT count(*) FROM cdp.events WHERE message_id = 'm$n'}, '1', 'a new device joins pa and pu');
+send_track('pa', 'pu');
+sql(q{INSERT INTO cdp.blocked_identifiers VALUES ('user_id', 'pu', false)});
+sql(q{SELECT cdp.rebuild_identities()});
+isnt(sql(q{SELECT cdp.resolve('anonymous_id:pa')}), sql(q{SELECT cdp.resolve('user_id:pu')}),
+	'the rebuild under the blocking rule took pa and pu apart');
+sql(q{DELETE FROM cdp.blocked_identifiers WHERE pattern = 'pu'});
+my $relinking = send_track('pa', 'pu');
+is(sql(q{SELECT message_id FROM cdp.identity_pairs
+	WHERE 'anonymous_id:pa' IN (a::text, b::text) AND 'user_id:pu' IN (a::text, b::text)}),
+	$relinking, 'after the rebuild, the next message linking both ends is the pair\'s message');
 
 $before = recalled();
 
