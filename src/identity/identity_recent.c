@@ -486,7 +486,8 @@ CdpRecentPairNote(CdpIdentifier *a, CdpIdentifier *b, bool linked)
 	StagedPair *sp;
 	MemoryContext old;
 
-	if (recent_max == 0)
+	/* off, nothing would drop them: see CdpRecentIdentitiesNote */
+	if (recent_max == 0 || CachesOff())
 		return;
 	old = MemoryContextSwitchTo(staged_cxt);
 	sp = palloc(sizeof(StagedPair));
