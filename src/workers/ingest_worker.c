@@ -139,6 +139,16 @@ RunBatch(const CdpDrainRequest *req)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	/*
+	 * The batch commits without waiting for its WAL to reach disk: what it
+	 * takes was committed durably by its enqueue, and a crash that loses
+	 * the batch's commit loses all of it (WAL is replayed in order), so
+	 * its rows are back in the inbox and stored again after the restart.
+	 * The wal writer flushes it within moments; a transaction that drops
+	 * files (retention) still waits.
+	 */
+	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	CdpStandDownOnCitusWorker(&CdpPool->slots[my_slot]);
 	owner = CdpExtensionOwner();

@@ -97,9 +97,12 @@ is(sql(q{SELECT count(*) FROM cdp.profiles WHERE first_seen IS NOT NULL}), '2001
 	'every device has its profile');
 
 # a reload changes the workers' batch size: with 1, each message is its own transaction
-sql(q{CREATE TABLE stored_by (xid xid8);
+sql(q{CREATE TABLE stored_by (xid xid8, sync text);
 	CREATE FUNCTION note_xid() RETURNS trigger LANGUAGE plpgsql AS
-	  $$BEGIN INSERT INTO public.stored_by VALUES (pg_current_xact_id()); RETURN NULL; END$$;
+	  $$BEGIN
+	    INSERT INTO public.stored_by VALUES (pg_current_xact_id(), current_setting('synchronous_commit'));
+	    RETURN NULL;
+	  END$$;
 	CREATE TRIGGER note_xid AFTER INSERT ON cdp.events FOR EACH ROW EXECUTE FUNCTION note_xid();});
 sql('ALTER SYSTEM SET cdp.batch_size = 1');
 sql('SELECT pg_reload_conf()');
@@ -117,6 +120,16 @@ wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'Big Batch'}, '20',
 	'batch size 1000: all stored');
 cmp_ok(sql('SELECT count(DISTINCT xid) FROM stored_by'), '<=', 2,
 	'batch size 1000: one or two transactions');
+# what a batch takes was committed durably when it was enqueued, and a crash
+# that loses the batch's commit puts its rows back (the crash test below):
+# the workers' batches do not wait for their WAL to reach disk, while
+# process_inbox keeps its caller's setting
+is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM stored_by}), 'off',
+	'the workers commit their batches asynchronously');
+sql('TRUNCATE stored_by');
+sql(q{BEGIN; SELECT cdp.track('u-in-session', 'In Session'); SELECT cdp.process_inbox(); COMMIT;});
+is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM stored_by}), 'on',
+	'process_inbox commits as its session says');
 sql('DROP TRIGGER note_xid ON cdp.events');
 
 # a trigger that raises for one event: process_inbox would fail; the workers
