@@ -16,10 +16,12 @@ DELETE FROM cdp.computed_traits;
 TRUNCATE cdp.audience_spans, cdp.audience_changes;
 DELETE FROM cdp.audiences;
 
--- one event through the pipeline makes the partition of its day; the rest
--- are stored directly: 25 000 profiles, Order Completed for the even ones
--- (two each, totals 1 and i), a Signup for the first 12 000
+-- events through the pipeline make the partitions of their days (an hour
+-- and two hours ago: two days between 01:00 and 02:00 UTC); the rest are
+-- stored directly: 25 000 profiles, Order Completed for the even ones (two
+-- each, totals 1 and i), a Signup for the first 12 000
 SELECT pg_temp.send('seed', '{"anonymousId": "seed"}', now() - interval '1 hour');
+SELECT pg_temp.send('seed2', '{"anonymousId": "seed"}', now() - interval '2 hours');
 SELECT pg_temp.run() > 0 AS processed;
 INSERT INTO cdp.profile_records (profile_id, first_seen, last_seen)
 SELECT 1000000 + i, now() - interval '1 day', now() FROM generate_series(1, 25000) AS i;
