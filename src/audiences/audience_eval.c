@@ -24,10 +24,12 @@
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "pg_cdp.h"
 #include "computed_traits.h"
 #include "spi_util.h"
 
@@ -155,6 +157,22 @@ cdp_profiles_changed(PG_FUNCTION_ARGS)
 }
 
 /*
+ * An ingest worker's batch that wrote to the change feed commits as the
+ * server's synchronous_commit says, not without waiting as its other
+ * batches do (ingest_worker.c): a consumer acts on what it reads in
+ * cdp.audience_changes, so a change must not be visible before it is
+ * durable.  Called at commit, from the deferred trigger, so the setting is
+ * at the transaction's own level and ends with it.
+ */
+static void
+CommitDurably(void)
+{
+	(void) set_config_option("synchronous_commit",
+							 GetConfigOptionResetString("synchronous_commit"),
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * The deferred trigger on cdp.audience_pending: evaluate the audiences of
  * the transaction's changed profiles, once (the first pending row of the
  * transaction to fire does it; a later one finds nothing left).
@@ -195,6 +213,14 @@ cdp_audiences_at_commit(PG_FUNCTION_ARGS)
 	arg = CdpInt8Array(ids, n);
 	CdpExecPlan(CdpPlan(&evaluate_plan, "SELECT cdp.evaluate_audiences($1)", 1, &argtype),
 				&arg, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		fed = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull && DatumGetInt64(fed) > 0 && cdp_batch_commits_async)
+			CommitDurably();
+	}
 	CdpExecPlan(CdpPlan(&clear_plan, "DELETE FROM cdp.audience_pending", 0, NULL),
 				NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();

@@ -27,6 +27,7 @@ int			cdp_max_future_skew_secs = 24 * 60 * 60;
 int			cdp_max_event_bytes = 32 * 1024;
 int			cdp_max_request_bytes = 512 * 1024;
 int			cdp_batch_size = 1000;
+bool		cdp_worker_async_commit = true;
 int			cdp_max_merges_per_profile = 100;
 int			cdp_max_event_age_mins = CDP_DEFAULT_MAX_EVENT_AGE_MINS;
 int			cdp_max_partitions = 1000;
@@ -96,6 +97,12 @@ DefineSettings(void)
 							"How many inbox rows are processed per batch.",
 							NULL, &cdp_batch_size, 1000, 1, 100000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("cdp.worker_async_commit",
+							 "Whether ingest workers commit their batches without waiting for the WAL flush.",
+							 "What a batch takes was queued durably, and a batch whose commit a crash loses is stored again; "
+							 "a batch that writes to the change feed always waits.",
+							 &cdp_worker_async_commit, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("cdp.max_merges_per_profile",
 							"How many merges a profile may absorb before further ones become hub violations.",
 							NULL, &cdp_max_merges_per_profile, 100, 1, INT_MAX,

@@ -19,6 +19,9 @@ extern int	cdp_max_future_skew_secs;
 extern int	cdp_max_event_bytes;
 extern int	cdp_max_request_bytes;
 extern int	cdp_batch_size;
+extern bool cdp_worker_async_commit;
+/* the current transaction is an ingest worker's batch committing asynchronously */
+extern bool cdp_batch_commits_async;
 extern int	cdp_max_merges_per_profile;
 extern int	cdp_max_event_age_mins;
 extern int	cdp_max_partitions;

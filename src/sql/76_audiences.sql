@@ -244,7 +244,7 @@ $$;
 -- condition fails on some profile's values, each is evaluated alone and
 -- that one skipped (its error kept in cdp.audiences.last_error).
 CREATE FUNCTION cdp.evaluate_audiences(profile_ids bigint[])
-RETURNS void
+RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, cdp
 AS $$
@@ -252,31 +252,35 @@ DECLARE
     a record;
     q text;
     problem text;
+    n bigint;
+    fed bigint := 0;
 BEGIN
     -- a definition in progress evaluates every profile: wait for it
     LOCK TABLE cdp.audiences IN ROW EXCLUSIVE MODE;
     q := cdp.audience_evaluation_query(profile_ids IS NULL);
     IF q IS NULL THEN
-        RETURN;
+        RETURN 0;
     END IF;
     BEGIN
-        EXECUTE q USING profile_ids;
-        RETURN;
+        EXECUTE q INTO n USING profile_ids;
+        RETURN n;
     EXCEPTION WHEN OTHERS THEN
         NULL;                   -- one by one, below
     END;
     FOR a IN SELECT x.id FROM cdp.audiences x ORDER BY x.id LOOP
         BEGIN
-            EXECUTE cdp.audience_evaluation_query(profile_ids IS NULL, a.id) USING profile_ids;
+            EXECUTE cdp.audience_evaluation_query(profile_ids IS NULL, a.id) INTO n USING profile_ids;
+            fed := fed + n;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS problem = MESSAGE_TEXT;
             UPDATE cdp.audiences x SET last_error = problem, last_error_at = now() WHERE x.id = a.id;
         END;
     END LOOP;
+    RETURN fed;
 END
 $$;
 COMMENT ON FUNCTION cdp.evaluate_audiences(bigint[]) IS
-    'internal: evaluate the audience memberships of these profiles (all when NULL) now';
+    'internal: evaluate the audience memberships of these profiles (all when NULL) now; returns the changes written to the change feed';
 
 -- Define an audience, or change its condition or purpose; memberships are
 -- evaluated for every profile before this returns.

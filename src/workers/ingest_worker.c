@@ -54,6 +54,9 @@
 
 static int	my_slot = -1;
 
+/* see pg_cdp.h: set per batch, before anything of it runs */
+bool		cdp_batch_commits_async = false;
+
 /* the first row of the batch under way: static, so it survives an error's longjmp */
 static int64 batch_first_id = 0;
 static int64 batch_last_id = 0; /* and the last row of the batch done */
@@ -145,10 +148,13 @@ RunBatch(const CdpDrainRequest *req)
 	 * the batch's commit loses all of it (WAL is replayed in order), so
 	 * its rows are back in the inbox and stored again after the restart.
 	 * The wal writer flushes it within moments; a transaction that drops
-	 * files (retention) still waits.
+	 * files (retention) still waits, and so does one that writes to the
+	 * change feed (audience_eval.c), which consumers act on.
 	 */
-	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
+	cdp_batch_commits_async = cdp_worker_async_commit;
+	if (cdp_batch_commits_async)
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	CdpStandDownOnCitusWorker(&CdpPool->slots[my_slot]);
 	owner = CdpExtensionOwner();

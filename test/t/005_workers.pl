@@ -130,6 +130,17 @@ sql('TRUNCATE stored_by');
 sql(q{BEGIN; SELECT cdp.track('u-in-session', 'In Session'); SELECT cdp.process_inbox(); COMMIT;});
 is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM stored_by}), 'on',
 	'process_inbox commits as its session says');
+sql('TRUNCATE stored_by');
+sql('ALTER SYSTEM SET cdp.worker_async_commit = off');
+sql('SELECT pg_reload_conf()');
+sleep(1);
+sql(q{SELECT cdp.track('u-sync', 'Synchronous')});
+wait_for(q{SELECT count(*) FROM cdp.events WHERE event = 'Synchronous'}, '1',
+	'cdp.worker_async_commit = off: stored');
+is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM stored_by}), 'on',
+	'cdp.worker_async_commit = off: the batch commits as the server says');
+sql('ALTER SYSTEM RESET cdp.worker_async_commit');
+sql('SELECT pg_reload_conf()');
 sql('DROP TRIGGER note_xid ON cdp.events');
 
 # a trigger that raises for one event: process_inbox would fail; the workers

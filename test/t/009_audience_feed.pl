@@ -28,6 +28,15 @@ sql(q{SELECT cdp.define_computed_trait('orders', 'count', 'Order')});
 sql(q{SELECT cdp.define_audience('pro', 'plan = ''pro''')});
 sql(q{SELECT cdp.define_audience('pro_buyers', 'in_audience(''pro'') AND orders >= 1', 'marketing')});
 sql(q{SELECT pg_create_logical_replication_slot('feed', 'test_decoding')});
+# the worker commits its batches without waiting for their WAL, but not one
+# that writes to the change feed (a consumer acts on what it reads): a
+# deferred trigger, fired after the feed's own, records what its commit runs
+# with
+sql(q{CREATE TABLE feed_commits (sync text);
+	CREATE FUNCTION note_feed_commit() RETURNS trigger LANGUAGE plpgsql AS
+	  $$BEGIN INSERT INTO public.feed_commits VALUES (current_setting('synchronous_commit')); RETURN NULL; END$$;
+	CREATE CONSTRAINT TRIGGER note_feed_commit AFTER INSERT ON cdp.audience_changes
+	  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION note_feed_commit();});
 
 # ten people become pro; half of them buy; the even ones granted marketing
 for my $i (1 .. 10)
@@ -37,6 +46,9 @@ for my $i (1 .. 10)
 	sql(qq{SELECT cdp.track('u$i', 'Order')}) if $i <= 5;
 }
 ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'the worker drained the inbox');
+cmp_ok(sql('SELECT count(*) FROM feed_commits'), '>', 0, 'the worker wrote to the change feed');
+is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM feed_commits}), 'on',
+	'a batch that writes to the change feed waits for its commit to be durable');
 # three leave pro (and so pro_buyers)
 sql(qq{SELECT cdp.identify('u$_', '{"plan": "free"}')}) for (1, 2, 6);
 ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'and again');
