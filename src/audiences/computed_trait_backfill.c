@@ -8,12 +8,12 @@
  *	  when the planner chooses, as a GROUP BY by hand would be); each
  *	  profile's events are counted into its state as they stream by, and the
  *	  state, its value and when it ages out go into a tuplestore (nothing may
- *	  be written while workers run).  Then the states are written a batch at
- *	  a time in profile order, and so are the values of profiles no merge
- *	  involves, which are their own state's: rows that exist gain them in
- *	  one UPDATE, the others are inserted as COPY inserts (see BulkWriter);
- *	  only canonical profiles with members combine their members' stored
- *	  states afterwards.  Memory: one
+ *	  be written while workers run).  Then they are written a batch at a
+ *	  time in profile order into cdp.trait_states, a person's state and
+ *	  value (where no merge involves them: their own state's) as one row:
+ *	  rows that exist gain them in one UPDATE, the others are inserted as
+ *	  COPY inserts (see BulkWriter); only canonical profiles with members
+ *	  combine their members' stored states afterwards.  Memory: one
  *	  profile's state, the profiles merges involve, and a batch; the
  *	  tuplestore and the sort spill to disk.
  */
@@ -67,17 +67,28 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
  */
 #define STORE_KBYTES 1024
 
-static SPIPlanPtr update_states_plan = NULL;
-static SPIPlanPtr update_values_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
-static SPIPlanPtr stored_states_plan = NULL;
-static SPIPlanPtr stored_values_plan = NULL;
-static SPIPlanPtr insert_states_plan = NULL;
-static SPIPlanPtr insert_values_plan = NULL;
+static SPIPlanPtr stored_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
 
 /*
- * Rows inserted the way COPY inserts them: a batch into the heap at once,
- * then their index entries.  That needs no other writer of the table until
+ * The columns of cdp.trait_states a backfill writes, in this order: a
+ * person's state of the trait and their value of it go on one row.
+ */
+#define COL_PID 0
+#define COL_STATES 1			/* {"<trait id>": state}, NULL: none to add */
+#define COL_EXPIRES 2
+#define COL_TRAITS 3			/* {"<trait name>": value}, NULL: none */
+#define COL_TRAITS_UPDATED 4
+#define NCOLS 5
+static const char *const row_cols[NCOLS] = {"profile_id", "states", "expires_at", "traits",
+"traits_updated_at"};
+static const Oid row_types[NCOLS] = {INT8OID, JSONBOID, TIMESTAMPTZOID, JSONBOID, TIMESTAMPTZOID};
+
+/*
+ * Rows of cdp.trait_states inserted the way COPY inserts them: a batch
+ * into the heap at once, then their index entries.  That needs no other writer of the table until
  * commit (a profile id found without a row must have none when it is
  * inserted): when SHARE ROW EXCLUSIVE on it is free at once (locked), it is
  * taken; else (a writer is in flight: never waited for, as ingest takes
@@ -93,19 +104,13 @@ typedef struct BulkWriter
 	bool	   *nulls;
 } BulkWriter;
 
-/* a batch of rows to write, in memory reset per batch */
+/* a batch of rows to write (columns as above), in memory reset per batch */
 typedef struct BackfillBatch
 {
-	int			nstates;
+	int			n;
 	int64		pids[BACKFILL_BATCH];
-	Datum		states[BACKFILL_BATCH]; /* {"<trait id>": state} */
-	Datum		expires[BACKFILL_BATCH];
-	bool		expires_null[BACKFILL_BATCH];
-	int			nvalues;
-	int64		value_pids[BACKFILL_BATCH];
-	Datum		values[BACKFILL_BATCH]; /* {"<trait name>": value} */
-	Datum		updated[BACKFILL_BATCH];
-	bool		updated_null[BACKFILL_BATCH];
+	Datum		cols[NCOLS][BACKFILL_BATCH];
+	bool		nulls[NCOLS][BACKFILL_BATCH];
 } BackfillBatch;
 
 /*
@@ -126,6 +131,8 @@ typedef struct EventReceiver
 	bool		has_profile;
 	int64		profile_id;
 	CdpTraitState *state;
+	bool		by_value;		/* rows carry the value at the trait's
+								 * property, not the properties */
 } EventReceiver;
 
 /* {key: v}: a row's states or values holding one trait's */
@@ -140,20 +147,27 @@ KeyedValue(const char *key, JsonbValue *v)
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 }
 
+/* a jsonb document as a JsonbValue (a container: pointed to) */
+static void
+DocumentValue(Jsonb *doc, JsonbValue *v)
+{
+	if (JB_ROOT_IS_SCALAR(doc))
+		(void) JsonbExtractScalar(&doc->root, v);
+	else
+	{
+		v->type = jbvBinary;
+		v->val.binary.data = &doc->root;
+		v->val.binary.len = VARSIZE(doc) - VARHDRSZ;
+	}
+}
+
 /* {key: doc}, doc a scalar or a container (which pushJsonbValue unpacks) */
 static Jsonb *
 KeyedJsonb(const char *key, Jsonb *doc)
 {
 	JsonbValue	v;
 
-	if (JB_ROOT_IS_SCALAR(doc))
-		(void) JsonbExtractScalar(&doc->root, &v);
-	else
-	{
-		v.type = jbvBinary;
-		v.val.binary.data = &doc->root;
-		v.val.binary.len = VARSIZE(doc) - VARHDRSZ;
-	}
+	DocumentValue(doc, &v);
 	return KeyedValue(key, &v);
 }
 
@@ -216,7 +230,12 @@ FinishProfile(EventReceiver *r)
 	r->has_profile = false;
 }
 
-/* an event (profile_id, ts, properties): counted into its profile's state */
+/*
+ * An event (profile_id, ts, properties, or the value at the trait's
+ * property when by_value): counted into its profile's state.  What the
+ * state keeps may point into the document, so it is copied into the
+ * profile's memory: the row's goes with the next row.
+ */
 static bool
 EventReceive(TupleTableSlot *slot, DestReceiver *self)
 {
@@ -224,7 +243,7 @@ EventReceive(TupleTableSlot *slot, DestReceiver *self)
 	bool		isnull;
 	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
 	TimestampTz ts = DatumGetTimestampTz(slot_getattr(slot, 2, &isnull));
-	Datum		properties = slot_getattr(slot, 3, &isnull);
+	Datum		doc = slot_getattr(slot, 3, &isnull);
 	MemoryContext old;
 
 	if (r->has_profile && r->profile_id != profile_id)
@@ -236,7 +255,17 @@ EventReceive(TupleTableSlot *slot, DestReceiver *self)
 		r->profile_id = profile_id;
 		r->state = CdpNewTraitState(r->spec->kind);
 	}
-	(void) CdpTraitStateAdd(r->spec, r->state, ts, isnull ? NULL : DatumGetJsonbP(properties));
+	if (!r->by_value)
+		(void) CdpTraitStateAdd(r->spec, r->state, ts, isnull ? NULL : DatumGetJsonbPCopy(doc));
+	else if (isnull)
+		(void) CdpTraitStateAddValue(r->spec, r->state, ts, NULL);
+	else
+	{
+		JsonbValue	v;
+
+		DocumentValue(DatumGetJsonbPCopy(doc), &v);
+		(void) CdpTraitStateAddValue(r->spec, r->state, ts, &v);
+	}
 	MemoryContextSwitchTo(old);
 	return true;
 }
@@ -402,10 +431,34 @@ ReadStates(int32 trait_id, const char *name, CdpTraitSpec *spec, HTAB *involved)
 }
 
 /*
+ * What of an event's properties the trait reads, as SQL over e: all of
+ * them for a filter; else the value at its property (object keys only, as
+ * CdpTraitPropertyValue walks them), or nothing (*by_value).
+ */
+static char *
+PropertiesRead(CdpTraitSpec *spec, bool *by_value)
+{
+	StringInfoData sql;
+
+	*by_value = spec->conditions == NIL;
+	if (!*by_value)
+		return "e.properties";
+	if (spec->npath == 0)
+		return "NULL::jsonb";
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "e.properties");
+	for (int i = 0; i < spec->npath; i++)
+		appendStringInfo(&sql, " -> %s", quote_literal_cstr(spec->path[i]));
+	return sql.data;
+}
+
+/*
  * Read the trait's events in profile order, with its event and window as
  * constants (so the planner sees what it reads, and may scan and sort in
- * parallel workers), counting them into a tuplestore of states.  Only the
- * columns the trait reads are read.
+ * parallel workers), counting them into a tuplestore of states.  Only what
+ * the trait reads of the properties is read, and where it reads a property
+ * and has no filter, only the events that have it: the sort and the
+ * parallel workers' hand-over carry a value, not a document.
  */
 static Tuplestorestate *
 AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum event,
@@ -415,6 +468,9 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 	ParamListInfo params = makeParamList(2);
 	SPIPlanPtr	plan;
 	char	   *sql;
+	bool		by_value;
+	char	   *read = PropertiesRead(spec, &by_value);
+	EventReceiver *r;
 
 	params->params[0].value = event;
 	params->params[0].isnull = event_null;
@@ -428,29 +484,29 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 	sql = psprintf("SELECT e.profile_id, e.ts, %s FROM cdp.events e "
 				   " WHERE e.type = 'track' AND e.profile_id IS NOT NULL "
 				   "   AND ($1::text IS NULL OR e.event = $1) "
-				   "   AND ($2::timestamptz IS NULL OR e.ts > $2) "
+				   "   AND ($2::timestamptz IS NULL OR e.ts > $2) %s%s"
 				   " ORDER BY e.profile_id",
-				   spec->npath > 0 || spec->conditions != NIL ? "e.properties" : "NULL::jsonb");
+				   read, by_value && spec->npath > 0 ? "AND " : "",
+				   by_value && spec->npath > 0 ? psprintf("%s IS NOT NULL", read) : "");
 	plan = SPI_prepare_cursor(sql, 2, types, CURSOR_OPT_PARALLEL_OK);
 	if (plan == NULL)
 		elog(ERROR, "computed trait backfill: SPI_prepare_cursor failed: %s",
 			 SPI_result_code_string(SPI_result));
-
-	return RunInto(plan, params, NewReceiver(EventReceive, trait_id, name, spec, window, involved));
+	r = NewReceiver(EventReceive, trait_id, name, spec, window, involved);
+	r->by_value = by_value;
+	return RunInto(plan, params, r);
 }
 
 /*
- * Open cdp.<name> (three columns: profile id, jsonb, timestamptz) to insert
- * into in bulk, locked against other writers to the end of the transaction
- * if that lock is free (see BulkWriter); the caller must be allowed to
- * insert into it.
+ * Open cdp.trait_states to insert into in bulk, locked against other
+ * writers to the end of the transaction if that lock is free (see
+ * BulkWriter); the caller must be allowed to insert into it.
  */
 static BulkWriter *
-OpenBulkWriter(const char *name, const char *const *cols)
+OpenBulkWriter(void)
 {
-	static const Oid types[3] = {INT8OID, JSONBOID, TIMESTAMPTZOID};
 	BulkWriter *w = palloc0(sizeof(BulkWriter));
-	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", pstrdup(name), -1),
+	Oid			relid = RangeVarGetRelid(makeRangeVar("cdp", "trait_states", -1),
 										 RowExclusiveLock, false);
 	AclResult	acl = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
 	TupleDesc	desc;
@@ -459,44 +515,49 @@ OpenBulkWriter(const char *name, const char *const *cols)
 		aclcheck_error(acl, OBJECT_TABLE, get_rel_name(relid));
 	w->rel = table_open(relid, NoLock);
 	desc = RelationGetDescr(w->rel);
-	if (desc->natts != 3 || TupleDescAttr(desc, 0)->atttypid != types[0] ||
-		TupleDescAttr(desc, 1)->atttypid != types[1] ||
-		TupleDescAttr(desc, 2)->atttypid != types[2])
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table cdp.%s does not have the columns pg_cdp created it with", name),
-				 errhint("Reinstall the extension.")));
+	for (int c = 0; c < NCOLS; c++)
+		if (desc->natts != NCOLS || TupleDescAttr(desc, c)->atttypid != row_types[c])
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table cdp.trait_states does not have the columns pg_cdp created it with"),
+					 errhint("Reinstall the extension.")));
 	if (ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
-		w->direct = CdpBeginDirectInsert(relid, cols, types, 3, BACKFILL_BATCH, true);
+		w->direct = CdpBeginDirectInsert(relid, row_cols, row_types, NCOLS, BACKFILL_BATCH, true);
 	if (w->direct != NULL)
 	{
-		w->values = palloc(sizeof(Datum) * BACKFILL_BATCH * 3);
-		w->nulls = palloc(sizeof(bool) * BACKFILL_BATCH * 3);
+		w->values = palloc(sizeof(Datum) * BACKFILL_BATCH * NCOLS);
+		w->nulls = palloc(sizeof(bool) * BACKFILL_BATCH * NCOLS);
 	}
 	return w;
 }
 
 /*
- * Insert n rows (pids[i], docs[i], times[i], NULL where times_null[i]) into
- * the writer's table: the heap tuples at once, then each one's index
- * entries (a duplicate profile id is an error, as an INSERT's).
+ * Insert the batch's rows of rows[] (n of them) into the table: the heap
+ * tuples at once, then each one's index entries (a duplicate profile id is
+ * an error, as an INSERT's).  A row without states has none ('{}').
  */
 static void
-BulkInsert(BulkWriter *w, const int64 *pids, const Datum *docs, const Datum *times,
-		   const bool *times_null, int n)
+BulkInsert(BulkWriter *w, BackfillBatch *b, const int *rows, int n)
 {
-	Datum	   *values = w->values;
-	bool	   *nulls = w->nulls;
+	Datum		empty = (Datum) 0;
 
 	for (int i = 0; i < n; i++)
-	{
-		values[i * 3] = Int64GetDatum(pids[i]);
-		values[i * 3 + 1] = docs[i];
-		values[i * 3 + 2] = times_null[i] ? (Datum) 0 : times[i];
-		nulls[i * 3] = nulls[i * 3 + 1] = false;
-		nulls[i * 3 + 2] = times_null[i];
-	}
-	CdpDirectInsertRows(w->direct, values, nulls, n);
+		for (int c = 0; c < NCOLS; c++)
+		{
+			Datum		v = b->cols[c][rows[i]];
+			bool		isnull = b->nulls[c][rows[i]];
+
+			if (c == COL_STATES && isnull)
+			{
+				if (empty == (Datum) 0)
+					empty = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+				v = empty;
+				isnull = false;
+			}
+			w->values[i * NCOLS + c] = isnull ? (Datum) 0 : v;
+			w->nulls[i * NCOLS + c] = isnull;
+		}
+	CdpDirectInsertRows(w->direct, w->values, w->nulls, n);
 }
 
 /* let go of the writer's slots and indexes; its lock is kept to commit */
@@ -509,31 +570,35 @@ CloseBulkWriter(BulkWriter *w)
 }
 
 /*
- * Which of pids (n of them, ascending) have a row already, by one range
+ * Which of the batch's ids (ascending) have a row already, by one range
  * scan of the primary key between the first and the last (a table with no
  * row in the range answers at once, where probing each id would not).
  */
 static bool *
-StoredIds(SPIPlanPtr *slot, const char *sql, const int64 *pids, int n)
+StoredIds(BackfillBatch *b)
 {
 	Oid			argtypes[2] = {INT8OID, INT8OID};
-	Datum		args[2] = {Int64GetDatum(pids[0]), Int64GetDatum(pids[n - 1])};
-	bool	   *stored = palloc0(sizeof(bool) * n);
+	Datum		args[2] = {Int64GetDatum(b->pids[0]), Int64GetDatum(b->pids[b->n - 1])};
+	bool	   *stored = palloc0(sizeof(bool) * b->n);
 	int			level = CdpBeginIndexedPlans();
-	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, 2, argtypes), args, NULL, SPI_OK_SELECT);
+	uint64		rows = CdpExecPlan(CdpPlan(&stored_plan,
+										   "SELECT s.profile_id FROM cdp.trait_states s "
+										   " WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
+										   2, argtypes),
+								   args, NULL, SPI_OK_SELECT);
 	int			i = 0;
 
 	CdpEndIndexedPlans(level);
 	/* both ascending: one walk */
-	for (uint64 r = 0; r < rows && i < n; r++)
+	for (uint64 r = 0; r < rows && i < b->n; r++)
 	{
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
 													 1, &isnull));
 
-		while (i < n && pids[i] < id)
+		while (i < b->n && b->pids[i] < id)
 			i++;
-		if (i < n && pids[i] == id)
+		if (i < b->n && b->pids[i] == id)
 			stored[i++] = true;
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -549,24 +614,84 @@ CompareInt64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* column c of the batch's rows[] (n of them) as an array of type */
+static Datum
+ColumnArray(BackfillBatch *b, int c, const int *rows, int n, Oid type)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	for (int i = 0; i < n; i++)
+	{
+		elems[i] = b->cols[c][rows[i]];
+		nulls[i] = b->nulls[c][rows[i]];
+	}
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type, typlen, typbyval,
+											  typalign));
+}
+
 /*
- * Run an UPDATE of stored rows by profile id (pids) that returns the ids it
- * updated, each row found by index (never a hash of a whole table per
- * batch); which of pids it updated.  A row another writer deleted
- * meanwhile is not updated (only without the table's lock).
+ * How a row gains a batch row's state st (none: NULL), expiry x, value v
+ * (none: NULL) and its time vx: the trait's state among its states, the
+ * expiry if earlier, the trait's value among its values.
+ */
+#define GAIN_SET(st, x, v, vx) \
+	"SET states = CASE WHEN " st " IS NULL THEN s.states ELSE s.states || " st " END, " \
+	"    expires_at = LEAST(s.expires_at, " x "), " \
+	"    traits = CASE WHEN " v " IS NULL THEN s.traits " \
+	"             ELSE coalesce(s.traits, '{}') || " v " END, " \
+	"    traits_updated_at = coalesce(" vx ", s.traits_updated_at) "
+#define BATCH_ROWS \
+	"ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)) AS u(p, st, x, v, vx)"
+
+/* the statement's five arguments: the batch's rows[] (n of them) */
+static void
+BatchArgs(BackfillBatch *b, const int *rows, int n, Datum *args, Oid *argtypes)
+{
+	static const Oid array_types[NCOLS] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID,
+	JSONBARRAYOID, TIMESTAMPTZARRAYOID};
+
+	for (int c = 0; c < NCOLS; c++)
+	{
+		args[c] = ColumnArray(b, c, rows, n, row_types[c]);
+		argtypes[c] = array_types[c];
+	}
+}
+
+/*
+ * The stored rows of the batch's rows[] (n of them) gain theirs in one
+ * UPDATE, each row found by index (never a hash of a whole table per
+ * batch); which of them it updated (a row another writer deleted meanwhile
+ * is not, only without the table's lock).
  */
 static bool *
-UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum *args,
-			 const int64 *pids, int n)
+UpdateStored(BackfillBatch *b, const int *rows, int n)
 {
-	int			level = CdpBeginIndexedPlans();
-	uint64		rows = CdpExecPlan(CdpPlan(slot, sql, nargs, argtypes), args, NULL,
-								   SPI_OK_UPDATE_RETURNING);
-	int64	   *updated = palloc(sizeof(int64) * Max(rows, 1));
-	bool	   *stored = palloc(sizeof(bool) * Max(n, 1));
+	Datum		args[NCOLS];
+	Oid			argtypes[NCOLS];
+	int			level;
+	uint64		nupdated;
+	int64	   *updated;
+	bool	   *found = palloc(sizeof(bool) * Max(n, 1));
 
+	BatchArgs(b, rows, n, args, argtypes);
+	level = CdpBeginIndexedPlans();
+	nupdated = CdpExecPlan(CdpPlan(&update_plan,
+								   "UPDATE cdp.trait_states s " GAIN_SET("u.st", "u.x", "u.v", "u.vx")
+								   "  FROM " BATCH_ROWS
+								   " WHERE s.profile_id = u.p "
+								   "RETURNING s.profile_id",
+								   NCOLS, argtypes),
+						   args, NULL, SPI_OK_UPDATE_RETURNING);
 	CdpEndIndexedPlans(level);
-	for (uint64 i = 0; i < rows; i++)
+	updated = palloc(sizeof(int64) * Max(nupdated, 1));
+	for (uint64 i = 0; i < nupdated; i++)
 	{
 		bool		isnull;
 
@@ -574,190 +699,81 @@ UpdateStored(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, Datum 
 												 &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
-	qsort(updated, rows, sizeof(int64), CompareInt64);
+	qsort(updated, nupdated, sizeof(int64), CompareInt64);
 	for (int i = 0; i < n; i++)
-		stored[i] = bsearch(&pids[i], updated, rows, sizeof(int64), CompareInt64) != NULL;
-	return stored;
+		found[i] = bsearch(&b->pids[rows[i]], updated, nupdated, sizeof(int64),
+						   CompareInt64) != NULL;
+	return found;
 }
 
-static Datum
-TimestampArray(Datum *elems, bool *nulls, int n)
+/* the batch's rows[] (n of them) by INSERT ... ON CONFLICT, as any writer's */
+static void
+InsertRows(BackfillBatch *b, const int *rows, int n)
 {
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
+	Datum		args[NCOLS];
+	Oid			argtypes[NCOLS];
 
-	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, TIMESTAMPTZOID,
-											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
+	BatchArgs(b, rows, n, args, argtypes);
+	CdpExecPlan(CdpPlan(&insert_plan,
+						"INSERT INTO cdp.trait_states AS s "
+						"(profile_id, states, expires_at, traits, traits_updated_at) "
+						"SELECT u.p, coalesce(u.st, '{}'), u.x, u.v, u.vx FROM " BATCH_ROWS
+						" ON CONFLICT (profile_id) DO UPDATE "
+						GAIN_SET("excluded.states", "excluded.expires_at", "excluded.traits",
+								 "excluded.traits_updated_at"),
+						NCOLS, argtypes),
+				args, NULL, SPI_OK_INSERT);
 }
 
 /*
- * Split rows (pids, docs, times) into those with a stored row (moved into
- * the u* arrays, how many into *nupdate) and the others (kept in front, how
- * many returned).
- */
-static int
-SplitStored(const bool *stored, int n, int64 *pids, Datum *docs, Datum *times,
-			bool *times_null, int64 *upids, Datum *udocs, Datum *utimes, bool *utimes_null,
-			int *nupdate)
-{
-	int			k = 0;
-	int			u = 0;
-
-	for (int i = 0; i < n; i++)
-	{
-		if (stored[i])
-		{
-			upids[u] = pids[i];
-			udocs[u] = docs[i];
-			utimes[u] = times[i];
-			utimes_null[u++] = times_null[i];
-		}
-		else
-		{
-			pids[k] = pids[i];
-			docs[k] = docs[i];
-			times[k] = times[i];
-			times_null[k++] = times_null[i];
-		}
-	}
-	*nupdate = u;
-	return k;
-}
-
-/* SQL of writing one of the tables: its rows are (profile id, jsonb, timestamptz) */
-typedef struct RowsSql
-{
-	SPIPlanPtr *stored_plan;
-	const char *stored;			/* ids with a row between $1 and $2, ascending */
-	SPIPlanPtr *update_plan;
-	const char *update;			/* rows of ids $1 gain $2 (and $3), RETURNING the ids */
-	SPIPlanPtr *insert_plan;
-	const char *insert;			/* rows $1, $2, $3 inserted, or gained on conflict */
-} RowsSql;
-
-static const RowsSql states_sql = {
-	&stored_states_plan,
-	"SELECT s.profile_id FROM cdp.trait_states s "
-	" WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
-	&update_states_plan,
-	"UPDATE cdp.trait_states s "
-	"   SET states = s.states || u.st, expires_at = LEAST(s.expires_at, u.x) "
-	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
-	" WHERE s.profile_id = u.p "
-	"RETURNING s.profile_id",
-	&insert_states_plan,
-	"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
-	"SELECT u.p, u.st, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
-	"ON CONFLICT (profile_id) DO UPDATE "
-	"SET states = s.states || excluded.states, "
-	"    expires_at = LEAST(s.expires_at, excluded.expires_at)"
-};
-
-static const RowsSql values_sql = {
-	&stored_values_plan,
-	"SELECT pc.profile_id FROM cdp.profile_computed pc "
-	" WHERE pc.profile_id BETWEEN $1 AND $2 ORDER BY 1",
-	&update_values_plan,
-	"UPDATE cdp.profile_computed pc "
-	"   SET traits = pc.traits || u.v, updated_at = u.x "
-	"  FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
-	" WHERE pc.profile_id = u.p "
-	"RETURNING pc.profile_id",
-	&insert_values_plan,
-	"INSERT INTO cdp.profile_computed AS pc (profile_id, traits, updated_at) "
-	"SELECT u.p, u.v, u.x FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, v, x) "
-	"ON CONFLICT (profile_id) DO UPDATE "
-	"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at"
-};
-
-/* run one of RowsSql's statements over rows (pids, docs, times) */
-static bool *
-RunRowsSql(SPIPlanPtr *plan, const char *sql, bool update, const int64 *pids, Datum *docs,
-		   Datum *times, bool *times_null, int n)
-{
-	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		args[3];
-
-	args[0] = CdpInt8Array((int64 *) pids, n);
-	args[1] = CdpArray(docs, n, JSONBOID);
-	args[2] = TimestampArray(times, times_null, n);
-	if (update)
-		return UpdateStored(plan, sql, 3, argtypes, args, pids, n);
-	CdpExecPlan(CdpPlan(plan, sql, 3, argtypes), args, NULL, SPI_OK_INSERT);
-	return NULL;
-}
-
-/*
- * n rows (pids ascending, docs {key: doc}, times) into a table: the rows
- * of ids that have one, found by a range scan, gain their doc in one
- * UPDATE; the others (all of them for a new trait when no other trait has
- * rows) are inserted in bulk when the writer holds the table's lock, which
- * costs a fraction of INSERT ... ON CONFLICT, else by that.
+ * The batch (ids ascending) into cdp.trait_states, a person's state and
+ * value as one row: the rows of ids that have one, found by a range scan,
+ * gain theirs in one UPDATE; the others (all of them for a new trait when
+ * no other trait has rows) are inserted in bulk when the writer holds the
+ * table's lock, which costs a fraction of INSERT ... ON CONFLICT, else by
+ * that.  Audiences over the values follow at commit.
  */
 static void
-WriteRows(BulkWriter *w, const RowsSql *sql, int64 *pids, Datum *docs, Datum *times,
-		  bool *times_null, int n)
+WriteBatch(BackfillBatch *b, BulkWriter *w)
 {
-	bool	   *stored = StoredIds(sql->stored_plan, sql->stored, pids, n);
-	int64	   *upids = palloc(sizeof(int64) * n);
-	Datum	   *udocs = palloc(sizeof(Datum) * n);
-	Datum	   *utimes = palloc(sizeof(Datum) * n);
-	bool	   *utimes_null = palloc(sizeof(bool) * n);
-	int			nupdate;
-	int			ninsert;
+	bool	   *stored;
+	int		   *update = palloc(sizeof(int) * Max(b->n, 1));
+	int		   *insert = palloc(sizeof(int) * Max(b->n, 1));
+	int64	   *valued = palloc(sizeof(int64) * Max(b->n, 1));
+	int			nupdate = 0;
+	int			ninsert = 0;
+	int			nvalued = 0;
 
-	ninsert = SplitStored(stored, n, pids, docs, times, times_null, upids, udocs, utimes,
-						  utimes_null, &nupdate);
+	if (b->n == 0)
+		return;
+	stored = StoredIds(b);
+	for (int i = 0; i < b->n; i++)
+	{
+		if (stored[i])
+			update[nupdate++] = i;
+		else
+			insert[ninsert++] = i;
+		if (!b->nulls[COL_TRAITS][i])
+			valued[nvalued++] = b->pids[i];
+	}
 	if (nupdate > 0)
 	{
-		bool	   *updated = RunRowsSql(sql->update_plan, sql->update, true, upids, udocs,
-										 utimes, utimes_null, nupdate);
+		bool	   *updated = UpdateStored(b, update, nupdate);
 
 		/* rows deleted since they were found: inserted after all */
 		for (int i = 0; i < nupdate; i++)
 			if (!updated[i])
-			{
-				pids[ninsert] = upids[i];
-				docs[ninsert] = udocs[i];
-				times[ninsert] = utimes[i];
-				times_null[ninsert++] = utimes_null[i];
-			}
+				insert[ninsert++] = update[i];
 	}
-	if (ninsert == 0)
-		return;
-	if (w->direct != NULL)
-		BulkInsert(w, pids, docs, times, times_null, ninsert);
-	else
-		(void) RunRowsSql(sql->insert_plan, sql->insert, false, pids, docs, times, times_null,
-						  ninsert);
-}
-
-/*
- * The batch's states into the rows of cdp.trait_states (a stored profile
- * id's row gains the trait's state, an id without one gets a row), then
- * its lone profiles' values into cdp.profile_computed likewise.
- */
-static void
-WriteBatch(BackfillBatch *b, BulkWriter *states_w, BulkWriter *values_w)
-{
-	if (b->nstates > 0)
-		WriteRows(states_w, &states_sql, b->pids, b->states, b->expires, b->expires_null,
-				  b->nstates);
-	if (b->nvalues > 0)
+	if (ninsert > 0)
 	{
-		/* audiences over these values follow at commit */
-		CdpProfilesChanged(b->value_pids, b->nvalues);
-		for (int i = 0; i < b->nvalues; i++)
-		{
-			b->updated[i] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-			b->updated_null[i] = false;
-		}
-		WriteRows(values_w, &values_sql, b->value_pids, b->values, b->updated, b->updated_null,
-				  b->nvalues);
+		if (w->direct != NULL)
+			BulkInsert(w, b, insert, ninsert);
+		else
+			InsertRows(b, insert, ninsert);
 	}
-	b->nstates = 0;
-	b->nvalues = 0;
+	CdpProfilesChanged(valued, nvalued);
+	b->n = 0;
 }
 
 /*
@@ -773,21 +789,22 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 	int64	   *ids;
 
 	n = CdpExecPlan(CdpPlan(&merged_plan,
-							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
-							"SELECT v.id, jsonb_build_object($2, v.value) "
-							"  FROM (SELECT c.id, cdp.trait_union_value($3, s.states -> $1::text) AS value "
+							"INSERT INTO cdp.trait_states AS s (profile_id, states, traits, traits_updated_at) "
+							"SELECT v.id, '{}', jsonb_build_object($2, v.value), now() "
+							"  FROM (SELECT c.id, cdp.trait_union_value($3, m.states -> $1::text) AS value "
 							"          FROM (SELECT x.merged_into AS id, x.profile_id AS member "
 							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL "
 							"                UNION ALL "
 							"                SELECT DISTINCT x.merged_into, x.merged_into "
 							"                  FROM cdp.profile_records x WHERE x.merged_into IS NOT NULL) c "
-							"          JOIN cdp.trait_states s ON s.profile_id = c.member AND s.states ? $1::text "
+							"          JOIN cdp.trait_states m ON m.profile_id = c.member AND m.states ? $1::text "
 							"         GROUP BY c.id) v "
 							" WHERE v.value IS NOT NULL "
 							" ORDER BY 1 "
 							"ON CONFLICT (profile_id) DO UPDATE "
-							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at "
-							"RETURNING pc.profile_id",
+							"SET traits = coalesce(s.traits, '{}') || excluded.traits, "
+							"    traits_updated_at = excluded.traits_updated_at "
+							"RETURNING s.profile_id",
 							3, argtypes),
 					args, NULL, SPI_OK_INSERT_RETURNING);
 	ids = palloc(sizeof(int64) * Max(n, 1));
@@ -803,9 +820,9 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 }
 
 /*
- * Write what the tuplestore holds, in batches: states (where it has one,
- * with_states) into cdp.trait_states, values of profiles no merge involves
- * into cdp.profile_computed; then the values of canonical profiles with
+ * Write what the tuplestore holds into cdp.trait_states, in batches: a
+ * person's state (where it has one, with_states) and value (of profiles no
+ * merge involves) as one row; then the values of canonical profiles with
  * members.  Returns how many states it wrote.
  */
 static int64
@@ -813,60 +830,54 @@ WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name,
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
 	BackfillBatch *b = palloc(sizeof(BackfillBatch));
-	static const char *const states_cols[3] = {"profile_id", "states", "expires_at"};
-	static const char *const values_cols[3] = {"profile_id", "traits", "updated_at"};
-	BulkWriter *states_w = with_states ? OpenBulkWriter("trait_states", states_cols) : NULL;
-	BulkWriter *values_w = OpenBulkWriter("profile_computed", values_cols);
+	BulkWriter *w = OpenBulkWriter();
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	MemoryContext batch_cxt;
 	MemoryContext old;
 	int64		total = 0;
 
-	b->nstates = 0;
-	b->nvalues = 0;
+	b->n = 0;
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
 									  BATCH_BLOCK, BATCH_BLOCK, BATCH_BLOCK);
 	old = MemoryContextSwitchTo(batch_cxt);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
+		int			i = b->n;
 		bool		isnull;
-		Datum		pid = slot_getattr(slot, 1, &isnull);
-		Datum		state = slot_getattr(slot, 2, &isnull);
-		Datum		value;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!isnull)
+		b->pids[i] = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+		b->cols[COL_PID][i] = Int64GetDatum(b->pids[i]);
+		b->nulls[COL_PID][i] = false;
+		for (int c = COL_STATES; c <= COL_TRAITS; c++)
 		{
-			int			i = b->nstates++;
+			/* the tuplestore's columns: profile_id, state, expires_at, value */
+			Datum		v = slot_getattr(slot, c + 1, &b->nulls[c][i]);
 
-			Assert(with_states);
-			b->pids[i] = DatumGetInt64(pid);
-			b->states[i] = datumCopy(state, false, -1);
-			b->expires[i] = slot_getattr(slot, 3, &b->expires_null[i]);
+			b->cols[c][i] = b->nulls[c][i] || c == COL_EXPIRES ? v :
+				datumCopy(v, false, -1);
 		}
-		value = slot_getattr(slot, 4, &isnull);
-		if (!isnull)
+		Assert(with_states || b->nulls[COL_STATES][i]);
+		b->nulls[COL_TRAITS_UPDATED][i] = b->nulls[COL_TRAITS][i];
+		b->cols[COL_TRAITS_UPDATED][i] = now;
+		if (b->nulls[COL_STATES][i] && b->nulls[COL_TRAITS][i])
+			continue;
+		if (!b->nulls[COL_STATES][i])
+			total++;
+		if (++b->n == BACKFILL_BATCH)
 		{
-			b->value_pids[b->nvalues] = DatumGetInt64(pid);
-			b->values[b->nvalues++] = datumCopy(value, false, -1);
-		}
-		if (b->nstates == BACKFILL_BATCH || b->nvalues == BACKFILL_BATCH)
-		{
-			total += b->nstates;
-			WriteBatch(b, states_w, values_w);
+			WriteBatch(b, w);
 			/* the slot's tuple, read back from disk, is in batch_cxt too */
 			ExecClearTuple(slot);
 			MemoryContextReset(batch_cxt);
 		}
 	}
-	total += b->nstates;
-	WriteBatch(b, states_w, values_w);
+	WriteBatch(b, w);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch_cxt);
 	ExecDropSingleTupleTableSlot(slot);
 	tuplestore_end(store);
-	if (states_w != NULL)
-		CloseBulkWriter(states_w);
-	CloseBulkWriter(values_w);
+	CloseBulkWriter(w);
 	WriteMergedValues(trait_id, name, kind);
 	return total;
 }

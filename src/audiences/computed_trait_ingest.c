@@ -13,10 +13,9 @@
  *	  of those profiles (one per profile, every trait's state in it) are
  *	  read in one statement, combined with them in C and the states that
  *	  changed written back in another, a profile's as one row; where a
- *	  profile has no other profile merged into it, its values in
- *	  cdp.profile_computed change by the traits whose value changed, from
- *	  the states in memory, else they are derived again from every
- *	  member's states.  A profile written once per drain rather than once
+ *	  profile has no other profile merged into it, its values (on the same
+ *	  row) change by the traits whose value changed, from the states in
+ *	  memory, else they are derived again from every member's states.  A profile written once per drain rather than once
  *	  per chunk is most of what computed traits cost at ingest.
  *
  *	  Ingest holds the row locks of its profiles in cdp.profile_records
@@ -111,7 +110,6 @@ static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
 static SPIPlanPtr write_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
-static SPIPlanPtr values_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
 static SPIPlanPtr dirty_plan = NULL;
 
@@ -382,33 +380,16 @@ PushValueOf(JsonbParseState **ps, const char *key, JsonbValue *v)
 }
 
 /*
- * The values that changed into cdp.profile_computed: the profiles alone
- * (pids, vals: their changed values by name) gain them, the other traits'
- * values staying what they were; the others' (derive) are derived again
- * from their members' states.  Audiences over the changed profiles'
- * values (sorted) follow at commit.
+ * The values of the profiles that are not alone derived again from their
+ * members' states (those written just before); audiences over the changed
+ * profiles' values (sorted) follow at commit.
  */
 static void
-WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
-			int64 *changed, int nchanged)
+DeriveValues(int64 *derive, int nderive, int64 *changed, int nchanged)
 {
 	Oid			argtype = INT8ARRAYOID;
-	Datum		args[2];
+	Datum		args[1];
 
-	if (nalone > 0)
-	{
-		Oid			argtypes[2] = {INT8ARRAYOID, JSONBARRAYOID};
-
-		args[0] = CdpArray(pids, nalone, INT8OID);
-		args[1] = CdpArray(vals, nalone, JSONBOID);
-		CdpExecPlan(CdpPlanGeneric(&values_plan,
-							"INSERT INTO cdp.profile_computed AS pc (profile_id, traits) "
-							"SELECT u.p, u.v FROM ROWS FROM (unnest($1), unnest($2)) AS u(p, v) "
-							"ON CONFLICT (profile_id) DO UPDATE "
-							"SET traits = pc.traits || excluded.traits, updated_at = excluded.updated_at",
-							2, argtypes),
-					args, NULL, SPI_OK_INSERT);
-	}
 	if (nderive > 0)
 	{
 		args[0] = CdpInt8Array(derive, nderive);
@@ -421,16 +402,20 @@ WriteValues(Datum *pids, Datum *vals, int nalone, int64 *derive, int nderive,
 /*
  * The states that changed, one row per profile ({"<trait id>": state}, in
  * profile order), into the profiles' rows in one statement: a stored row
- * keeps its other traits' states.  The profiles' row locks keep any other
- * writer of these traits' states away; one of a trait being backfilled may
- * store the row meanwhile, hence the conflict clause (both merge by key).
- * Ingest only adds events, so a row's expiry can only come earlier.
+ * keeps its other traits' states.  A profile alone whose values changed
+ * gains them on the same row ({name: value}, the other traits' values
+ * staying what they were; NULL in vals where none changed).  The
+ * profiles' row locks keep any other writer of these traits' states away;
+ * one of a trait being backfilled may store the row meanwhile, hence the
+ * conflict clause (both merge by key).  Ingest only adds events, so a
+ * row's expiry can only come earlier.
  */
 static void
-WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, int n)
+WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, Datum *vals,
+			   bool *vals_null, int n)
 {
-	Oid			argtypes[3] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		args[3];
+	Oid			argtypes[4] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID};
+	Datum		args[4];
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
 
@@ -441,14 +426,21 @@ WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, i
 	args[2] = PointerGetDatum(construct_md_array(expires, expires_null, 1, dims, lbs,
 												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
 												 TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_md_array(vals, vals_null, 1, dims, lbs,
+												 JSONBOID, -1, false, TYPALIGN_INT));
 	CdpExecPlan(CdpPlanGeneric(&write_plan,
-						"INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at) "
-						"SELECT u.p, u.st, u.x "
-						"FROM ROWS FROM (unnest($1), unnest($2), unnest($3)) AS u(p, st, x) "
+						"INSERT INTO cdp.trait_states AS s "
+						"(profile_id, states, expires_at, traits, traits_updated_at) "
+						"SELECT u.p, u.st, u.x, u.v, CASE WHEN u.v IS NOT NULL THEN now() END "
+						"FROM ROWS FROM (unnest($1), unnest($2), unnest($3), unnest($4)) "
+						"AS u(p, st, x, v) "
 						"ON CONFLICT (profile_id) DO UPDATE "
 						"SET states = s.states || excluded.states, "
-						"expires_at = LEAST(s.expires_at, excluded.expires_at)",
-						3, argtypes),
+						"expires_at = LEAST(s.expires_at, excluded.expires_at), "
+						"traits = CASE WHEN excluded.traits IS NULL THEN s.traits "
+						"         ELSE coalesce(s.traits, '{}') || excluded.traits END, "
+						"traits_updated_at = coalesce(excluded.traits_updated_at, s.traits_updated_at)",
+						4, argtypes),
 				args, NULL, SPI_OK_INSERT);
 }
 
@@ -464,7 +456,7 @@ CompareProfileEntries(const void *a, const void *b)
 /*
  * Combine the gathered states with the stored ones and write back those
  * that changed, a profile's as one row; then the values that changed, a
- * profile's gathered in the same pass (see WriteValues).
+ * profile's gathered in the same pass, on the same row (see WriteStateRows).
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
@@ -475,7 +467,6 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
 	int			nprofiles = 0,
 				nrows = 0,
-				nalone = 0,
 				nderive = 0,
 				nchanged = 0;
 	bool	   *alone;
@@ -483,8 +474,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	Datum	   *deltas;
 	Datum	   *expires;
 	bool	   *expires_null;
-	Datum	   *value_pids;
-	Datum	   *values;
+	Datum	   *vals;
+	bool	   *vals_null;
 	int64	   *derive;
 	int64	   *changed;
 	HASH_SEQ_STATUS seq;
@@ -508,8 +499,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	deltas = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	expires = palloc(sizeof(Datum) * Max(nprofiles, 1));
 	expires_null = palloc(sizeof(bool) * Max(nprofiles, 1));
-	value_pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
-	values = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	vals = palloc(sizeof(Datum) * Max(nprofiles, 1));
+	vals_null = palloc(sizeof(bool) * Max(nprofiles, 1));
 	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
 	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
 	/* what building a profile's objects takes, reset per profile; they go to work */
@@ -601,15 +592,21 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 				}
 			}
 		}
+		/* a value changes only with its state: a profile with values has a row */
+		Assert(any || !value_changed);
 		if (any)
 		{
 			JsonbValue *obj = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
+			JsonbValue *vobj = value_changed && !derived ?
+				pushJsonbValue(&vs, WJB_END_OBJECT, NULL) : NULL;
 
 			MemoryContextSwitchTo(work);
 			pids[nrows] = Int64GetDatum(pid);
 			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(obj));
 			expires[nrows] = TimestampTzGetDatum(expiry);
 			expires_null[nrows] = !has_expiry;
+			vals_null[nrows] = vobj == NULL;
+			vals[nrows] = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
 			nrows++;
 			MemoryContextSwitchTo(one);
 		}
@@ -618,22 +615,13 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			changed[nchanged++] = pid;
 			if (derived)
 				derive[nderive++] = pid;
-			else
-			{
-				JsonbValue *obj = pushJsonbValue(&vs, WJB_END_OBJECT, NULL);
-
-				MemoryContextSwitchTo(work);
-				value_pids[nalone] = Int64GetDatum(pid);
-				values[nalone++] = JsonbPGetDatum(JsonbValueToJsonb(obj));
-				MemoryContextSwitchTo(one);
-			}
 		}
 		MemoryContextReset(one);
 	}
 	MemoryContextSwitchTo(work);
 	MemoryContextDelete(one);
-	WriteStateRows(pids, deltas, expires, expires_null, nrows);
-	WriteValues(value_pids, values, nalone, derive, nderive, changed, nchanged);
+	WriteStateRows(pids, deltas, expires, expires_null, vals, vals_null, nrows);
+	DeriveValues(derive, nderive, changed, nchanged);
 }
 
 /* a profile id's hash: an integer mix of its halves */

@@ -222,11 +222,23 @@ bool
 CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, Jsonb *properties)
 {
 	JsonbValue	v;
-	bool		has_value;
 
 	if (!CdpTraitFilterMatches(spec, properties))
 		return false;
-	has_value = spec->npath > 0 && CdpTraitPropertyValue(spec, properties, &v);
+	return CdpTraitStateAddValue(spec, s, ts,
+								 spec->npath > 0 && CdpTraitPropertyValue(spec, properties, &v) ?
+								 &v : NULL);
+}
+
+/*
+ * Count in an event that passed the filter, v the value at the trait's
+ * property (NULL: none, or no property named; a null is none too).
+ */
+bool
+CdpTraitStateAddValue(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, JsonbValue *v)
+{
+	bool		has_value = spec->npath > 0 && v != NULL && v->type != jbvNull;
+
 	if (spec->kind == CDP_TRAIT_COUNT)
 	{
 		if (spec->npath > 0 && !has_value)
@@ -237,17 +249,17 @@ CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, Jsonb *pr
 		return false;
 	else if (IsNumericKind(spec->kind))
 	{
-		if (v.type != jbvNumeric)
+		if (v->type != jbvNumeric)
 			return false;
-		OfferNumber(s, v.val.numeric);
+		OfferNumber(s, v->val.numeric);
 	}
 	else if (spec->kind == CDP_TRAIT_FIRST)
-		OfferFirst(s, ts, ValueText(&v));
+		OfferFirst(s, ts, ValueText(v));
 	else if (spec->kind == CDP_TRAIT_LAST)
-		OfferLast(s, ts, ValueText(&v));
+		OfferLast(s, ts, ValueText(v));
 	else
 	{
-		char	   *text = ValueText(&v);
+		char	   *text = ValueText(v);
 
 		/* too long to keep a thousand of: not a distinct value, the event still counts */
 		if (strlen(text) <= CDP_TRAIT_MAX_VALUE_BYTES)

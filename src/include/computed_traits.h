@@ -85,6 +85,8 @@ extern bool CdpTraitPropertyValue(const CdpTraitSpec *spec, Jsonb *properties, J
 extern CdpTraitState *CdpNewTraitState(CdpTraitKind kind);
 extern bool CdpTraitStateAdd(CdpTraitSpec *spec, CdpTraitState *state, TimestampTz ts,
 							 Jsonb *properties);
+extern bool CdpTraitStateAddValue(CdpTraitSpec *spec, CdpTraitState *state, TimestampTz ts,
+								  JsonbValue *v);
 extern void CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from);
 extern void CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from);
 extern CdpTraitState *CdpTraitStateCopy(const CdpTraitState *state);

@@ -34,11 +34,17 @@ COMMENT ON TABLE cdp.computed_traits IS
 -- {"<id>": state}, and when the first of its windowed states changes by
 -- ageing (its oldest event counted leaves the window).  One row per id, not
 -- per (id, trait): ingest writes a person's states as one row, and rows up
--- to a page are kept as they are (not compressed).
+-- to a page are kept as they are (not compressed).  A canonical profile's
+-- values ride on the same row ({name: value}; NULL for an id merged into
+-- another, or without values), so that a person is one row to write, not
+-- two: a canonical profile with merged members but no state of its own
+-- has a row with no states ('{}').
 CREATE TABLE cdp.trait_states (
     profile_id  bigint PRIMARY KEY,
     states      jsonb NOT NULL,
-    expires_at  timestamptz
+    expires_at  timestamptz,
+    traits      jsonb,
+    traits_updated_at timestamptz
 ) WITH (fillfactor = 80, toast_tuple_target = 8160);
 CREATE INDEX trait_states_expires_idx ON cdp.trait_states (expires_at)
     WHERE expires_at IS NOT NULL;
@@ -52,13 +58,13 @@ CREATE TABLE cdp.trait_dirty (
 );
 
 -- Per canonical profile, the value of every computed trait with one:
--- {name: value}.  count and unique_count are 0 when absent.
-CREATE TABLE cdp.profile_computed (
-    profile_id  bigint PRIMARY KEY,
-    traits      jsonb NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 80);
-COMMENT ON TABLE cdp.profile_computed IS
+-- {name: value}.  count and unique_count are 0 when absent.  Written only
+-- through cdp.trait_states.
+CREATE VIEW cdp.profile_computed AS
+SELECT s.profile_id, s.traits, s.traits_updated_at AS updated_at
+  FROM cdp.trait_states s
+ WHERE s.traits IS NOT NULL;
+COMMENT ON VIEW cdp.profile_computed IS
     'the values of computed traits per canonical profile';
 
 CREATE FUNCTION cdp.check_trait_spec(kind text, property text, filter jsonb)
@@ -171,7 +177,8 @@ COMMENT ON VIEW cdp.trait_state_rows IS
     'computed trait states, one row per (stored profile id, trait)';
 
 -- Remove a trait's states of the given stored profile ids (all when NULL);
--- the rows' expiry follows the states left, rows left empty go.
+-- the rows' expiry follows the states left, rows left with no state and no
+-- value go.
 CREATE FUNCTION cdp.remove_trait_states(trait_id int, profile_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -183,11 +190,12 @@ BEGIN
     IF profile_ids IS NULL THEN
         UPDATE cdp.trait_states s SET states = s.states - k, expires_at = cdp.trait_states_expiry(s.states - k)
          WHERE s.states ? k;
-        DELETE FROM cdp.trait_states s WHERE s.states = '{}';
+        DELETE FROM cdp.trait_states s WHERE s.states = '{}' AND coalesce(s.traits, '{}') = '{}';
     ELSE
         UPDATE cdp.trait_states s SET states = s.states - k, expires_at = cdp.trait_states_expiry(s.states - k)
          WHERE s.profile_id = ANY (profile_ids) AND s.states ? k;
-        DELETE FROM cdp.trait_states s WHERE s.profile_id = ANY (profile_ids) AND s.states = '{}';
+        DELETE FROM cdp.trait_states s
+         WHERE s.profile_id = ANY (profile_ids) AND s.states = '{}' AND coalesce(s.traits, '{}') = '{}';
     END IF;
 END
 $$;
@@ -270,18 +278,20 @@ COMMENT ON FUNCTION cdp.profiles_changed(bigint[]) IS
 
 -- Derive the computed values of the canonical profiles of the given profile
 -- ids from the states of their members (the profile and those merged into
--- it); a profile merged away or gone loses its row.
+-- it); a profile merged away or gone loses its values (not its states).
 CREATE FUNCTION cdp.refresh_computed_traits(profile_ids bigint[])
 RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, cdp
 BEGIN ATOMIC
-    DELETE FROM cdp.profile_computed pc
-     WHERE pc.profile_id = ANY (profile_ids)
+    UPDATE cdp.trait_states s SET traits = NULL, traits_updated_at = NULL
+     WHERE s.profile_id = ANY (profile_ids) AND s.traits IS NOT NULL
        AND NOT EXISTS (SELECT FROM cdp.profile_records r
-                        WHERE r.profile_id = pc.profile_id AND r.merged_into IS NULL);
-    INSERT INTO cdp.profile_computed AS pc (profile_id, traits, updated_at)
-    SELECT c.id,
+                        WHERE r.profile_id = s.profile_id AND r.merged_into IS NULL);
+    DELETE FROM cdp.trait_states s
+     WHERE s.profile_id = ANY (profile_ids) AND s.states = '{}' AND s.traits IS NULL;
+    INSERT INTO cdp.trait_states AS s (profile_id, states, traits, traits_updated_at)
+    SELECT c.id, '{}',
            coalesce((SELECT jsonb_object_agg(v.name, v.value)
                        FROM (SELECT t.name,
                                     cdp.trait_union_value(t.kind, e.value) AS value
@@ -291,8 +301,8 @@ BEGIN ATOMIC
                                       WHERE m.merged_into = c.id) mem
                                -- a join, not IN: each member's states by index,
                                -- never a scan of every state per profile
-                               JOIN cdp.trait_states s ON s.profile_id = mem.member
-                               CROSS JOIN LATERAL jsonb_each(s.states) e
+                               JOIN cdp.trait_states x ON x.profile_id = mem.member
+                               CROSS JOIN LATERAL jsonb_each(x.states) e
                                JOIN cdp.computed_traits t ON t.id = e.key::int AND t.status = 'live'
                               GROUP BY t.id, t.name, t.kind) v
                       WHERE v.value IS NOT NULL), '{}'),
@@ -302,8 +312,8 @@ BEGIN ATOMIC
              WHERE r.profile_id = ANY (profile_ids)
              ORDER BY 1) c
     ON CONFLICT (profile_id) DO UPDATE
-       SET traits = excluded.traits, updated_at = excluded.updated_at
-     WHERE pc.traits IS DISTINCT FROM excluded.traits;
+       SET traits = excluded.traits, traits_updated_at = excluded.traits_updated_at
+     WHERE s.traits IS DISTINCT FROM excluded.traits;
 END;
 COMMENT ON FUNCTION cdp.refresh_computed_traits(bigint[]) IS
     'internal: derive cdp.profile_computed of the canonical profiles of these profile ids from their states';
@@ -362,8 +372,8 @@ BEGIN
     -- first; later ones see it live and write its values themselves
     LOCK TABLE cdp.computed_traits IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO t FROM cdp.computed_traits c WHERE c.id = publish_trait.trait_id;
-    UPDATE cdp.profile_computed pc SET traits = pc.traits - t.name, updated_at = now()
-     WHERE pc.traits ? t.name;
+    UPDATE cdp.trait_states s SET traits = s.traits - t.name, traits_updated_at = now()
+     WHERE s.traits ? t.name;
     -- audiences follow at commit for every profile given a value
     PERFORM cdp.publish_trait_values(t.id);
     UPDATE cdp.computed_traits c SET status = 'live', backfilled_at = clock_timestamp() WHERE c.id = t.id;
@@ -452,18 +462,20 @@ SELECT c.name, c.status, c.defined_at, c.backfilled_at,
 COMMENT ON VIEW cdp.computed_trait_status IS
     'computed traits and how far their backfill has come';
 
--- A trait's values leave cdp.profile_computed: a row left with no value goes
--- (readers take a missing row as no values; a backfill then inserts rows,
--- which costs less than updating them).
+-- A trait's values leave cdp.profile_computed: a profile left with no value
+-- has none (NULL, readers take it as no values), and a row left with no
+-- state either goes (a backfill then inserts rows, which costs less than
+-- updating them).
 CREATE FUNCTION cdp.remove_trait_values(trait_name text)
 RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, cdp
 BEGIN ATOMIC
-    DELETE FROM cdp.profile_computed pc
-     WHERE pc.traits ? trait_name AND pc.traits - trait_name = '{}'::jsonb;
-    UPDATE cdp.profile_computed pc SET traits = pc.traits - trait_name, updated_at = now()
-     WHERE pc.traits ? trait_name;
+    DELETE FROM cdp.trait_states s
+     WHERE s.traits ? trait_name AND s.traits - trait_name = '{}'::jsonb AND s.states = '{}'::jsonb;
+    UPDATE cdp.trait_states s
+       SET traits = nullif(s.traits - trait_name, '{}'::jsonb), traits_updated_at = now()
+     WHERE s.traits ? trait_name;
 END;
 COMMENT ON FUNCTION cdp.remove_trait_values(text) IS
     'internal: remove a computed trait''s values from cdp.profile_computed';

@@ -390,10 +390,9 @@ BEGIN
     END LOOP;
     summary := summary || jsonb_build_object('detached_partitions', detached, 'not_erased', not_erased);
 
-    -- computed traits: the person's states go; other profiles that stored
-    -- some of the person's events count again without them
+    -- computed traits: the person's states and values go; other profiles
+    -- that stored some of the person's events count again without them
     DELETE FROM cdp.trait_states s WHERE s.profile_id = ANY (pids);
-    DELETE FROM cdp.profile_computed pc WHERE pc.profile_id = ANY (pids);
     PERFORM cdp.recompute_trait_states(ARRAY(
         SELECT DISTINCT (x->>'profile_id')::bigint FROM jsonb_array_elements(others) x
          WHERE x->>'profile_id' IS NOT NULL AND (x->>'profile_id')::bigint <> ALL (pids)));

@@ -23,7 +23,7 @@ BEGIN
     PERFORM pg_temp.settle();
     RETURN n;
 END $$;
-TRUNCATE cdp.trait_states, cdp.profile_computed, cdp.audience_spans, cdp.audience_changes;
+TRUNCATE cdp.trait_states, cdp.audience_spans, cdp.audience_changes;
 DELETE FROM cdp.audiences;
 DELETE FROM cdp.computed_traits;
 SELECT cdp.define_trait('plan', 'text');

@@ -11,7 +11,7 @@ SELECT plan(9);
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
 \ir include/computed_oracle.psql
-TRUNCATE cdp.trait_states, cdp.profile_computed;
+TRUNCATE cdp.trait_states;
 DELETE FROM cdp.computed_traits;
 TRUNCATE cdp.audience_spans, cdp.audience_changes;
 DELETE FROM cdp.audiences;

@@ -7,7 +7,7 @@ SELECT plan(25);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
-TRUNCATE cdp.trait_states, cdp.profile_computed;
+TRUNCATE cdp.trait_states;
 DELETE FROM cdp.computed_traits;
 
 SELECT throws_ok($$SELECT cdp.define_computed_trait('n', 'median', 'x', 'p')$$, '22023',

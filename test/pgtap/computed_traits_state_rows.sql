@@ -1,5 +1,6 @@
 -- A stored profile id's computed trait states are one row of
--- cdp.trait_states ({"<trait id>": state}): a process_inbox call writes a
+-- cdp.trait_states ({"<trait id>": state}, and the values of a canonical
+-- profile): a process_inbox call writes a
 -- person's row once, whatever number of traits their events changed, and
 -- leaves the row alone when none changed.  Defining, backfilling, dropping
 -- and expiring a trait change its key in the rows and keep the others; a
@@ -7,11 +8,11 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(15);
+SELECT plan(16);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
-TRUNCATE cdp.trait_states, cdp.profile_computed;
+TRUNCATE cdp.trait_states;
 DELETE FROM cdp.computed_traits;
 
 SELECT cdp.define_computed_trait('n', 'count', 'T');
@@ -43,6 +44,9 @@ SELECT is((SELECT s.expires_at FROM cdp.trait_states s WHERE s.profile_id = pg_t
           'a row expires when its oldest windowed event leaves the window');
 SELECT is(cdp.computed_traits_of(pg_temp.pid('user_id:u1')),
           '{"n": 3, "spent": 6, "plans": ["free", "pro"], "n_3650d": 3}'::jsonb, 'the values');
+SELECT is((SELECT s.traits FROM cdp.trait_states s WHERE s.profile_id = pg_temp.pid('user_id:u1')),
+          '{"n": 3, "spent": 6, "plans": ["free", "pro"], "n_3650d": 3}'::jsonb,
+          'a person''s values are on their state row: the row written once holds both');
 
 -- a later event changes three of u1's states: one row written again
 SELECT pg_temp.send('a4', '{"event": "T", "userId": "u1", "properties": {"x": 4, "plan": "free"}}', '2026-03-30 12:00:00+00');

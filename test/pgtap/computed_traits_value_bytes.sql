@@ -9,7 +9,7 @@ SELECT plan(4);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
-TRUNCATE cdp.trait_states, cdp.profile_computed;
+TRUNCATE cdp.trait_states;
 DELETE FROM cdp.computed_traits;
 
 SELECT cdp.define_computed_trait('vs', 'unique_list', 'T', 'v');
