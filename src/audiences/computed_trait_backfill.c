@@ -128,6 +128,7 @@ typedef struct EventReceiver
 	Tuplestorestate *store;
 	TupleDesc	desc;			/* (profile_id, {key: state}, expires_at, {name: value}) */
 	MemoryContext profile_cxt;	/* the current profile's state, reset per profile */
+	MemoryContext event_cxt;	/* an event's document, reset per event */
 	bool		has_profile;
 	int64		profile_id;
 	CdpTraitState *state;
@@ -232,9 +233,9 @@ FinishProfile(EventReceiver *r)
 
 /*
  * An event (profile_id, ts, properties, or the value at the trait's
- * property when by_value): counted into its profile's state.  What the
- * state keeps may point into the document, so it is copied into the
- * profile's memory: the row's goes with the next row.
+ * property when by_value): counted into its profile's state.  The state
+ * keeps copies of what it takes from the document (numbers, texts): the
+ * document, detoasted or pointing into the row, goes with the row.
  */
 static bool
 EventReceive(TupleTableSlot *slot, DestReceiver *self)
@@ -243,12 +244,15 @@ EventReceive(TupleTableSlot *slot, DestReceiver *self)
 	bool		isnull;
 	int64		profile_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
 	TimestampTz ts = DatumGetTimestampTz(slot_getattr(slot, 2, &isnull));
-	Datum		doc = slot_getattr(slot, 3, &isnull);
+	Datum		datum = slot_getattr(slot, 3, &isnull);
+	Jsonb	   *doc;
 	MemoryContext old;
 
 	if (r->has_profile && r->profile_id != profile_id)
 		FinishProfile(r);
-	old = MemoryContextSwitchTo(r->profile_cxt);
+	old = MemoryContextSwitchTo(r->event_cxt);
+	doc = isnull ? NULL : DatumGetJsonbP(datum);
+	MemoryContextSwitchTo(r->profile_cxt);
 	if (!r->has_profile)
 	{
 		r->has_profile = true;
@@ -256,17 +260,18 @@ EventReceive(TupleTableSlot *slot, DestReceiver *self)
 		r->state = CdpNewTraitState(r->spec->kind);
 	}
 	if (!r->by_value)
-		(void) CdpTraitStateAdd(r->spec, r->state, ts, isnull ? NULL : DatumGetJsonbPCopy(doc));
-	else if (isnull)
+		(void) CdpTraitStateAdd(r->spec, r->state, ts, doc);
+	else if (doc == NULL)
 		(void) CdpTraitStateAddValue(r->spec, r->state, ts, NULL);
 	else
 	{
 		JsonbValue	v;
 
-		DocumentValue(DatumGetJsonbPCopy(doc), &v);
+		DocumentValue(doc, &v);
 		(void) CdpTraitStateAddValue(r->spec, r->state, ts, &v);
 	}
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->event_cxt);
 	return true;
 }
 
@@ -384,6 +389,8 @@ NewReceiver(bool (*receive) (TupleTableSlot *, DestReceiver *), int32 trait_id,
 	r->desc = StoreDesc();
 	r->profile_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill profile",
 										   ALLOCSET_DEFAULT_SIZES);
+	r->event_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill event",
+										 ALLOCSET_DEFAULT_SIZES);
 	return r;
 }
 
@@ -402,6 +409,7 @@ RunInto(SPIPlanPtr plan, ParamListInfo params, EventReceiver *r)
 		elog(ERROR, "computed trait backfill: SPI_execute_plan_extended returned %s",
 			 SPI_result_code_string(rc));
 	MemoryContextDelete(r->profile_cxt);
+	MemoryContextDelete(r->event_cxt);
 	return r->store;
 }
 
@@ -458,7 +466,9 @@ PropertiesRead(CdpTraitSpec *spec, bool *by_value)
  * parallel workers), counting them into a tuplestore of states.  Only what
  * the trait reads of the properties is read, and where it reads a property
  * and has no filter, only the events that have it: the sort and the
- * parallel workers' hand-over carry a value, not a document.
+ * parallel workers' hand-over carry a value, not a document.  Events
+ * stored without a profile (NULL, or 0 where cdp.events is distributed by
+ * it) count for nobody.
  */
 static Tuplestorestate *
 AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum event,
@@ -482,7 +492,7 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 		params->params[i].ptype = types[i];
 	}
 	sql = psprintf("SELECT e.profile_id, e.ts, %s FROM cdp.events e "
-				   " WHERE e.type = 'track' AND e.profile_id IS NOT NULL "
+				   " WHERE e.type = 'track' AND e.profile_id <> 0 "
 				   "   AND ($1::text IS NULL OR e.event = $1) "
 				   "   AND ($2::timestamptz IS NULL OR e.ts > $2) %s%s"
 				   " ORDER BY e.profile_id",

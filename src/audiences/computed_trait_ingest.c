@@ -23,7 +23,9 @@
  *	  their states does, so reading and writing back loses nothing.  A
  *	  background backfill step takes no such lock, but writes only the
  *	  state of the trait it counts (which ingest only notes), and both
- *	  merge their states by key into the row as it is when they write.  A
+ *	  merge their states by key into the row as it is when they write,
+ *	  in profile order (values derived again lock their rows in that order
+ *	  first: cdp.refresh_computed_traits).  A
  *	  merge inside the drain derives values from the states written so
  *	  far; the profiles it merged are no longer alone when the drain
  *	  writes, so their values are derived again then, from every state.

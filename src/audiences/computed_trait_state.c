@@ -191,15 +191,30 @@ OfferLast(CdpTraitState *s, TimestampTz at, char *text)
 	}
 }
 
+static Numeric
+CopyNumeric(Numeric n)
+{
+	return DatumGetNumeric(datumCopy(NumericGetDatum(n), false, -1));
+}
+
+/*
+ * A number counted in.  What the state keeps of it is a copy (made once):
+ * v points into the event, which may go before the state does.
+ */
 static void
 OfferNumber(CdpTraitState *s, Numeric v)
 {
+	Numeric		kept = NULL;
+
 	s->n++;
-	s->sum = s->sum ? NumericAdd(s->sum, v) : v;
+	if (s->sum)
+		s->sum = NumericAdd(s->sum, v);
+	else
+		s->sum = kept = CopyNumeric(v);
 	if (s->lo == NULL || NumericCmp(v, s->lo) < 0)
-		s->lo = v;
+		s->lo = kept ? kept : (kept = CopyNumeric(v));
 	if (s->hi == NULL || NumericCmp(v, s->hi) > 0)
-		s->hi = v;
+		s->hi = kept ? kept : (kept = CopyNumeric(v));
 }
 
 static void
@@ -288,12 +303,6 @@ CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 		AddValue(into, from->values[i].text, from->values[i].count);
 	if (from->has_oldest)
 		OfferOldest(into, from->oldest);
-}
-
-static Numeric
-CopyNumeric(Numeric n)
-{
-	return DatumGetNumeric(datumCopy(NumericGetDatum(n), false, -1));
 }
 
 /*

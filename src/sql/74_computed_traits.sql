@@ -284,6 +284,14 @@ RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, cdp
 BEGIN ATOMIC
+    -- the rows it writes, locked in one pass in profile order (as ingest and
+    -- a background backfill step write theirs), so that no two writers wait
+    -- for each other's rows
+    SELECT count(*) FROM (SELECT FROM cdp.trait_states s
+                           WHERE s.profile_id = ANY (profile_ids)
+                              OR s.profile_id IN (SELECT r.merged_into FROM cdp.profile_records r
+                                                   WHERE r.profile_id = ANY (profile_ids))
+                           ORDER BY s.profile_id FOR UPDATE) l;
     UPDATE cdp.trait_states s SET traits = NULL, traits_updated_at = NULL
      WHERE s.profile_id = ANY (profile_ids) AND s.traits IS NOT NULL
        AND NOT EXISTS (SELECT FROM cdp.profile_records r
@@ -419,6 +427,7 @@ BEGIN
                            AND ($7::timestamptz IS NULL OR e.ts > $7)
                          GROUP BY e.profile_id) x
                  WHERE x.state IS NOT NULL
+                 ORDER BY x.profile_id
                 ON CONFLICT (profile_id) DO UPDATE
                    SET states = s.states || jsonb_build_object($1::text,
                                    cdp.trait_state_merge($2, s.states -> $1::text, excluded.states -> $1::text)),
