@@ -148,27 +148,13 @@ KeyedValue(const char *key, JsonbValue *v)
 	return JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL));
 }
 
-/* a jsonb document as a JsonbValue (a container: pointed to) */
-static void
-DocumentValue(Jsonb *doc, JsonbValue *v)
-{
-	if (JB_ROOT_IS_SCALAR(doc))
-		(void) JsonbExtractScalar(&doc->root, v);
-	else
-	{
-		v->type = jbvBinary;
-		v->val.binary.data = &doc->root;
-		v->val.binary.len = VARSIZE(doc) - VARHDRSZ;
-	}
-}
-
 /* {key: doc}, doc a scalar or a container (which pushJsonbValue unpacks) */
 static Jsonb *
 KeyedJsonb(const char *key, Jsonb *doc)
 {
 	JsonbValue	v;
 
-	DocumentValue(doc, &v);
+	CdpJsonbDocumentValue(doc, &v);
 	return KeyedValue(key, &v);
 }
 
@@ -267,7 +253,7 @@ EventReceive(TupleTableSlot *slot, DestReceiver *self)
 	{
 		JsonbValue	v;
 
-		DocumentValue(doc, &v);
+		CdpJsonbDocumentValue(doc, &v);
 		(void) CdpTraitStateAddValue(r->spec, r->state, ts, &v);
 	}
 	MemoryContextSwitchTo(old);

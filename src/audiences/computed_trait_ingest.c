@@ -354,14 +354,7 @@ PushValue(JsonbParseState **ps, Jsonb *value)
 {
 	JsonbValue	v;
 
-	if (JB_ROOT_IS_SCALAR(value))
-		(void) JsonbExtractScalar(&value->root, &v);
-	else
-	{
-		v.type = jbvBinary;
-		v.val.binary.data = &value->root;
-		v.val.binary.len = VARSIZE(value) - VARHDRSZ;
-	}
+	CdpJsonbDocumentValue(value, &v);
 	pushJsonbValue(ps, WJB_VALUE, &v);
 }
 

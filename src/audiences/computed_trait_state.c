@@ -399,16 +399,22 @@ ValueOfText(const char *text, JsonbValue *v)
 		v->type = jbvNull;
 	else
 	{
-		Jsonb	   *j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+		CdpJsonbDocumentValue(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text))),
+							  v);
+	}
+}
 
-		if (JB_ROOT_IS_SCALAR(j))
-			(void) JsonbExtractScalar(&j->root, v);
-		else
-		{
-			v->type = jbvBinary;
-			v->val.binary.data = &j->root;
-			v->val.binary.len = VARSIZE(j) - VARHDRSZ;
-		}
+/* a jsonb document as a JsonbValue: a scalar, or a container pointed to */
+void
+CdpJsonbDocumentValue(Jsonb *doc, JsonbValue *v)
+{
+	if (JB_ROOT_IS_SCALAR(doc))
+		(void) JsonbExtractScalar(&doc->root, v);
+	else
+	{
+		v->type = jbvBinary;
+		v->val.binary.data = &doc->root;
+		v->val.binary.len = VARSIZE(doc) - VARHDRSZ;
 	}
 }
 

@@ -91,6 +91,7 @@ extern void CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 extern void CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from);
 extern CdpTraitState *CdpTraitStateCopy(const CdpTraitState *state);
 extern void CdpPushJsonbKey(JsonbParseState **ps, const char *key);
+extern void CdpJsonbDocumentValue(Jsonb *doc, JsonbValue *v);
 extern Jsonb *CdpTraitStateToJsonb(const CdpTraitState *state);
 extern bool CdpTraitStatePush(JsonbParseState **ps, const char *key,
 							  const CdpTraitState *state);
