@@ -6,21 +6,25 @@
  *	  (cdp.publish_trait_values).  A definition reads the trait's events in
  *	  profile order in one SELECT (scanned and sorted by parallel workers
  *	  when the planner chooses, as a GROUP BY by hand would be); each
- *	  profile's events are counted into its state as they stream by, and the
- *	  state, its value and when it ages out go into a tuplestore (nothing may
- *	  be written while workers run).  Then they are written a batch at a
- *	  time in profile order into cdp.trait_states, a person's state and
- *	  value (where no merge involves them: their own state's) as one row:
- *	  rows that exist gain them in one UPDATE, the others are inserted as
- *	  COPY inserts (see BulkWriter); only canonical profiles with members
- *	  combine their members' stored states afterwards.  Memory: one
- *	  profile's state, the profiles merges involve, and a batch; the
- *	  tuplestore and the sort spill to disk.
+ *	  profile's events are counted into its state as they stream by.  A
+ *	  person's state and value (where no merge involves them: their own
+ *	  state's) go into cdp.trait_states as one row, a batch at a time in
+ *	  profile order.  Rows of people who have none yet are inserted while
+ *	  the read runs, as COPY inserts them (see BulkWriter), the way CREATE
+ *	  TABLE AS writes while its query's workers read; rows that exist wait
+ *	  in a tuplestore (no statement may run while workers do) and gain
+ *	  theirs in one UPDATE per batch after the read.  Only canonical
+ *	  profiles with members combine their members' stored states
+ *	  afterwards.  Memory: one profile's state, the profiles merges
+ *	  involve, a batch and the ids of profiles whose value was written;
+ *	  the tuplestore and the sort spill to disk.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -34,12 +38,14 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -51,6 +57,13 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 
 /* states (and values) written per statement */
 #define BACKFILL_BATCH 10000
+
+/*
+ * Rows per multi-insert into the heap (as COPY buffers them): each needs a
+ * slot of its own, and ten thousand slots made afresh per definition cost
+ * more than the calls they save.
+ */
+#define INSERT_CHUNK 1000
 
 /*
  * A batch's memory is kept from one batch to the next: a batch allocated
@@ -69,7 +82,6 @@ PG_FUNCTION_INFO_V1(cdp_publish_trait_values);
 
 static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr merged_plan = NULL;
-static SPIPlanPtr stored_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 
 /*
@@ -134,7 +146,22 @@ typedef struct EventReceiver
 	CdpTraitState *state;
 	bool		by_value;		/* rows carry the value at the trait's
 								 * property, not the properties */
+	/* rows streamed into the table while the read runs (w NULL: none) */
+	BulkWriter *w;
+	BackfillBatch *batch;
+	MemoryContext batch_cxt;	/* the batch's rows, reset per batch */
+	Datum		now;			/* their values' time */
+	int64		inserted;		/* states inserted */
+	int64	   *valued;			/* ids whose values were inserted */
+	int			nvalued;
+	int			maxvalued;
 } EventReceiver;
+
+/* the tuplestore's rows: the first four columns above */
+#define STORE_COLS 4
+
+static bool BatchAdd(BackfillBatch *b, const Datum *values, const bool *nulls, Datum now);
+static void FlushStream(EventReceiver *r);
 
 /* {key: v}: a row's states or values holding one trait's */
 static Jsonb *
@@ -182,13 +209,14 @@ Involved(EventReceiver *r, int64 profile_id)
 
 /*
  * The current profile's state, expiry and value (its own state's, where no
- * merge involves it) into the tuplestore, keyed as the rows keep them.
+ * merge involves it), keyed as the rows keep them: onto the batch streamed
+ * into the table (copied into its memory), or into the tuplestore.
  */
 static void
 FinishProfile(EventReceiver *r)
 {
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	Datum		values[STORE_COLS];
+	bool		nulls[STORE_COLS] = {false, false, false, false};
 	JsonbParseState *ps = NULL;
 	MemoryContext old;
 
@@ -200,17 +228,28 @@ FinishProfile(EventReceiver *r)
 	{
 		Jsonb	   *value = NULL;
 
-		values[0] = Int64GetDatum(r->profile_id);
-		values[1] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT, NULL)));
-		nulls[2] = r->window == (Datum) 0 || !r->state->has_oldest;
-		values[2] = nulls[2] ? (Datum) 0 :
+		values[COL_PID] = Int64GetDatum(r->profile_id);
+		values[COL_STATES] = JsonbPGetDatum(JsonbValueToJsonb(pushJsonbValue(&ps, WJB_END_OBJECT,
+																			  NULL)));
+		nulls[COL_EXPIRES] = r->window == (Datum) 0 || !r->state->has_oldest;
+		values[COL_EXPIRES] = nulls[COL_EXPIRES] ? (Datum) 0 :
 			DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(r->state->oldest),
 								r->window);
 		if (!Involved(r, r->profile_id))
 			value = KeyedStateValue(r->name, r->state);
-		nulls[3] = value == NULL;
-		values[3] = nulls[3] ? (Datum) 0 : JsonbPGetDatum(value);
-		tuplestore_putvalues(r->store, r->desc, values, nulls);
+		nulls[COL_TRAITS] = value == NULL;
+		values[COL_TRAITS] = nulls[COL_TRAITS] ? (Datum) 0 : JsonbPGetDatum(value);
+		if (r->w == NULL)
+			tuplestore_putvalues(r->store, r->desc, values, nulls);
+		else
+		{
+			MemoryContextSwitchTo(r->batch_cxt);
+			values[COL_STATES] = datumCopy(values[COL_STATES], false, -1);
+			if (!nulls[COL_TRAITS])
+				values[COL_TRAITS] = datumCopy(values[COL_TRAITS], false, -1);
+			if (BatchAdd(r->batch, values, nulls, r->now) && r->batch->n == BACKFILL_BATCH)
+				FlushStream(r);
+		}
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(r->profile_cxt);
@@ -281,7 +320,7 @@ EventDestroy(DestReceiver *self)
 static TupleDesc
 StoreDesc(void)
 {
-	TupleDesc	desc = CreateTemplateTupleDesc(4);
+	TupleDesc	desc = CreateTemplateTupleDesc(STORE_COLS);
 
 	TupleDescInitEntry(desc, 1, "profile_id", INT8OID, -1, 0);
 	TupleDescInitEntry(desc, 2, "state", JSONBOID, -1, 0);
@@ -342,9 +381,9 @@ StateReceive(TupleTableSlot *slot, DestReceiver *self)
 	value = KeyedStateValue(r->name, CdpTraitStateFromJsonb(r->spec->kind, DatumGetJsonbP(state)));
 	if (value != NULL)
 	{
-		Datum		values[4] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
+		Datum		values[STORE_COLS] = {Int64GetDatum(profile_id), (Datum) 0, (Datum) 0,
 		JsonbPGetDatum(value)};
-		bool		nulls[4] = {false, true, true, false};
+		bool		nulls[STORE_COLS] = {false, true, true, false};
 
 		tuplestore_putvalues(r->store, r->desc, values, nulls);
 	}
@@ -458,7 +497,8 @@ PropertiesRead(CdpTraitSpec *spec, bool *by_value)
  */
 static Tuplestorestate *
 AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum event,
-				bool event_null, Datum since, bool since_null, Datum window, HTAB *involved)
+				bool event_null, Datum since, bool since_null, Datum window, HTAB *involved,
+				BulkWriter *w, int64 *inserted)
 {
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 	ParamListInfo params = makeParamList(2);
@@ -490,7 +530,29 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 			 SPI_result_code_string(SPI_result));
 	r = NewReceiver(EventReceive, trait_id, name, spec, window, involved);
 	r->by_value = by_value;
-	return RunInto(plan, params, r);
+	if (w->direct != NULL)
+	{
+		r->w = w;
+		r->batch = palloc(sizeof(BackfillBatch));
+		r->batch->n = 0;
+		r->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
+											 BATCH_BLOCK, BATCH_BLOCK, BATCH_BLOCK);
+		r->now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		r->maxvalued = 1024;
+		r->valued = palloc(sizeof(int64) * r->maxvalued);
+		/* the leader may not take a transaction id once the workers run */
+		(void) GetCurrentTransactionId();
+	}
+	(void) RunInto(plan, params, r);
+	if (r->w != NULL)
+	{
+		FlushStream(r);
+		MemoryContextDelete(r->batch_cxt);
+		/* audiences follow for the values inserted (no statement ran meanwhile) */
+		CdpProfilesChanged(r->valued, r->nvalued);
+	}
+	*inserted = r->inserted;
+	return r->store;
 }
 
 /*
@@ -518,42 +580,48 @@ OpenBulkWriter(void)
 					 errmsg("table cdp.trait_states does not have the columns pg_cdp created it with"),
 					 errhint("Reinstall the extension.")));
 	if (ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
-		w->direct = CdpBeginDirectInsert(relid, row_cols, row_types, NCOLS, BACKFILL_BATCH, true);
+		w->direct = CdpBeginDirectInsert(relid, row_cols, row_types, NCOLS, INSERT_CHUNK, true);
 	if (w->direct != NULL)
 	{
-		w->values = palloc(sizeof(Datum) * BACKFILL_BATCH * NCOLS);
-		w->nulls = palloc(sizeof(bool) * BACKFILL_BATCH * NCOLS);
+		w->values = palloc(sizeof(Datum) * INSERT_CHUNK * NCOLS);
+		w->nulls = palloc(sizeof(bool) * INSERT_CHUNK * NCOLS);
 	}
 	return w;
 }
 
 /*
- * Insert the batch's rows of rows[] (n of them) into the table: the heap
- * tuples at once, then each one's index entries (a duplicate profile id is
- * an error, as an INSERT's).  A row without states has none ('{}').
+ * Insert the batch's rows of rows[] (n of them) into the table, a chunk at
+ * a time: the chunk's heap tuples at once, then each one's index entries
+ * (a duplicate profile id is an error, as an INSERT's).  A row without
+ * states has none ('{}').
  */
 static void
 BulkInsert(BulkWriter *w, BackfillBatch *b, const int *rows, int n)
 {
 	Datum		empty = (Datum) 0;
 
-	for (int i = 0; i < n; i++)
-		for (int c = 0; c < NCOLS; c++)
-		{
-			Datum		v = b->cols[c][rows[i]];
-			bool		isnull = b->nulls[c][rows[i]];
+	for (int from = 0; from < n; from += INSERT_CHUNK)
+	{
+		int			k = Min(n - from, INSERT_CHUNK);
 
-			if (c == COL_STATES && isnull)
+		for (int i = 0; i < k; i++)
+			for (int c = 0; c < NCOLS; c++)
 			{
-				if (empty == (Datum) 0)
-					empty = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
-				v = empty;
-				isnull = false;
+				Datum		v = b->cols[c][rows[from + i]];
+				bool		isnull = b->nulls[c][rows[from + i]];
+
+				if (c == COL_STATES && isnull)
+				{
+					if (empty == (Datum) 0)
+						empty = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+					v = empty;
+					isnull = false;
+				}
+				w->values[i * NCOLS + c] = isnull ? (Datum) 0 : v;
+				w->nulls[i * NCOLS + c] = isnull;
 			}
-			w->values[i * NCOLS + c] = isnull ? (Datum) 0 : v;
-			w->nulls[i * NCOLS + c] = isnull;
-		}
-	CdpDirectInsertRows(w->direct, w->values, w->nulls, n);
+		CdpDirectInsertRows(w->direct, w->values, w->nulls, k);
+	}
 }
 
 /* let go of the writer's slots and indexes; its lock is kept to commit */
@@ -569,35 +637,53 @@ CloseBulkWriter(BulkWriter *w)
  * Which of the batch's ids (ascending) have a row already, by one range
  * scan of the primary key between the first and the last (a table with no
  * row in the range answers at once, where probing each id would not).
+ * While the read's workers run, under the read's snapshot (no other writer
+ * runs then: the writer holds the table's lock, and the rows the read
+ * wrote are of ids before these); else under the latest, after this
+ * transaction's writes so far.
  */
 static bool *
-StoredIds(BackfillBatch *b)
+StoredIds(Relation rel, BackfillBatch *b)
 {
-	Oid			argtypes[2] = {INT8OID, INT8OID};
-	Datum		args[2] = {Int64GetDatum(b->pids[0]), Int64GetDatum(b->pids[b->n - 1])};
-	bool	   *stored = palloc0(sizeof(bool) * b->n);
-	int			level = CdpBeginIndexedPlans();
-	uint64		rows = CdpExecPlan(CdpPlan(&stored_plan,
-										   "SELECT s.profile_id FROM cdp.trait_states s "
-										   " WHERE s.profile_id BETWEEN $1 AND $2 ORDER BY 1",
-										   2, argtypes),
-								   args, NULL, SPI_OK_SELECT);
+	bool	   *stored = palloc0(sizeof(bool) * Max(b->n, 1));
+	bool		latest = !IsInParallelMode();
+	Snapshot	snapshot;
+	Relation	index;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
 	int			i = 0;
 
-	CdpEndIndexedPlans(level);
+	if (latest)
+	{
+		CommandCounterIncrement();
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+	}
+	else
+		snapshot = GetActiveSnapshot();
+	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	slot = table_slot_create(rel, NULL);
+	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(b->pids[0]));
+	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE,
+				Int64GetDatum(b->pids[b->n - 1]));
+	scan = index_beginscan(rel, index, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
 	/* both ascending: one walk */
-	for (uint64 r = 0; r < rows && i < b->n; r++)
+	while (i < b->n && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
-													 1, &isnull));
+		int64		id = DatumGetInt64(slot_getattr(slot, COL_PID + 1, &isnull));
 
 		while (i < b->n && b->pids[i] < id)
 			i++;
 		if (i < b->n && b->pids[i] == id)
 			stored[i++] = true;
 	}
-	SPI_freetuptable(SPI_tuptable);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	if (latest)
+		UnregisterSnapshot(snapshot);
 	return stored;
 }
 
@@ -742,7 +828,7 @@ WriteBatch(BackfillBatch *b, BulkWriter *w)
 
 	if (b->n == 0)
 		return;
-	stored = StoredIds(b);
+	stored = StoredIds(w->rel, b);
 	for (int i = 0; i < b->n; i++)
 	{
 		if (stored[i])
@@ -816,17 +902,87 @@ WriteMergedValues(int32 trait_id, Datum name, Datum kind)
 }
 
 /*
+ * A row (the tuplestore's columns) onto the batch, its value's time now;
+ * false when it has neither a state nor a value to write.
+ */
+static bool
+BatchAdd(BackfillBatch *b, const Datum *values, const bool *nulls, Datum now)
+{
+	int			i = b->n;
+
+	if (nulls[COL_STATES] && nulls[COL_TRAITS])
+		return false;
+	b->pids[i] = DatumGetInt64(values[COL_PID]);
+	for (int c = 0; c < STORE_COLS; c++)
+	{
+		b->cols[c][i] = values[c];
+		b->nulls[c][i] = nulls[c];
+	}
+	b->cols[COL_TRAITS_UPDATED][i] = now;
+	b->nulls[COL_TRAITS_UPDATED][i] = nulls[COL_TRAITS];
+	b->n++;
+	return true;
+}
+
+/*
+ * The batch the read streamed (memory: batch_cxt): the rows of ids that
+ * have none yet are inserted now (audiences follow for their values after
+ * the read), the others wait in the tuplestore for WriteStore's UPDATE.
+ */
+static void
+FlushStream(EventReceiver *r)
+{
+	BackfillBatch *b = r->batch;
+	bool	   *stored;
+	int		   *insert;
+	int			ninsert = 0;
+
+	if (b->n == 0)
+		return;
+	stored = StoredIds(r->w->rel, b);
+	insert = palloc(sizeof(int) * b->n);
+	for (int i = 0; i < b->n; i++)
+	{
+		Datum		values[STORE_COLS];
+		bool		nulls[STORE_COLS];
+
+		if (!stored[i])
+		{
+			insert[ninsert++] = i;
+			r->inserted += !b->nulls[COL_STATES][i];
+			if (b->nulls[COL_TRAITS][i])
+				continue;
+			if (r->nvalued == r->maxvalued)
+			{
+				r->maxvalued *= 2;
+				r->valued = repalloc_huge(r->valued, sizeof(int64) * r->maxvalued);
+			}
+			r->valued[r->nvalued++] = b->pids[i];
+			continue;
+		}
+		for (int c = 0; c < STORE_COLS; c++)
+		{
+			values[c] = b->cols[c][i];
+			nulls[c] = b->nulls[c][i];
+		}
+		tuplestore_putvalues(r->store, r->desc, values, nulls);
+	}
+	if (ninsert > 0)
+		BulkInsert(r->w, b, insert, ninsert);
+	b->n = 0;
+	MemoryContextReset(r->batch_cxt);
+}
+
+/*
  * Write what the tuplestore holds into cdp.trait_states, in batches: a
  * person's state (where it has one, with_states) and value (of profiles no
- * merge involves) as one row; then the values of canonical profiles with
- * members.  Returns how many states it wrote.
+ * merge involves) as one row.  Returns how many states it wrote.
  */
 static int64
-WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name, Datum kind)
+WriteStore(Tuplestorestate *store, bool with_states, BulkWriter *w)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(StoreDesc(), &TTSOpsMinimalTuple);
 	BackfillBatch *b = palloc(sizeof(BackfillBatch));
-	BulkWriter *w = OpenBulkWriter();
 	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	MemoryContext batch_cxt;
 	MemoryContext old;
@@ -838,29 +994,22 @@ WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name,
 	old = MemoryContextSwitchTo(batch_cxt);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
-		int			i = b->n;
-		bool		isnull;
+		Datum		values[STORE_COLS];
+		bool		nulls[STORE_COLS];
 
 		CHECK_FOR_INTERRUPTS();
-		b->pids[i] = DatumGetInt64(slot_getattr(slot, 1, &isnull));
-		b->cols[COL_PID][i] = Int64GetDatum(b->pids[i]);
-		b->nulls[COL_PID][i] = false;
-		for (int c = COL_STATES; c <= COL_TRAITS; c++)
+		for (int c = 0; c < STORE_COLS; c++)
 		{
-			/* the tuplestore's columns: profile_id, state, expires_at, value */
-			Datum		v = slot_getattr(slot, c + 1, &b->nulls[c][i]);
+			Datum		v = slot_getattr(slot, c + 1, &nulls[c]);
 
-			b->cols[c][i] = b->nulls[c][i] || c == COL_EXPIRES ? v :
-				datumCopy(v, false, -1);
+			/* the varlenas outlive the slot's tuple */
+			values[c] = nulls[c] || c == COL_PID || c == COL_EXPIRES ? v : datumCopy(v, false, -1);
 		}
-		Assert(with_states || b->nulls[COL_STATES][i]);
-		b->nulls[COL_TRAITS_UPDATED][i] = b->nulls[COL_TRAITS][i];
-		b->cols[COL_TRAITS_UPDATED][i] = now;
-		if (b->nulls[COL_STATES][i] && b->nulls[COL_TRAITS][i])
+		Assert(with_states || nulls[COL_STATES]);
+		if (!BatchAdd(b, values, nulls, now))
 			continue;
-		if (!b->nulls[COL_STATES][i])
-			total++;
-		if (++b->n == BACKFILL_BATCH)
+		total += !nulls[COL_STATES];
+		if (b->n == BACKFILL_BATCH)
 		{
 			WriteBatch(b, w);
 			/* the slot's tuple, read back from disk, is in batch_cxt too */
@@ -873,8 +1022,6 @@ WriteStore(Tuplestorestate *store, bool with_states, int32 trait_id, Datum name,
 	MemoryContextDelete(batch_cxt);
 	ExecDropSingleTupleTableSlot(slot);
 	tuplestore_end(store);
-	CloseBulkWriter(w);
-	WriteMergedValues(trait_id, name, kind);
 	return total;
 }
 
@@ -888,6 +1035,7 @@ ReadTrait(int32 trait_id, Datum *d, bool *n)
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1] = {Int32GetDatum(trait_id)};
 	HeapTuple	def;
+	CdpTraitSpec *spec;
 
 	if (CdpExecArgs("SELECT c.name, c.kind, c.event, c.property, c.filter, c.time_window, "
 					"       now() - c.time_window "
@@ -899,8 +1047,10 @@ ReadTrait(int32 trait_id, Datum *d, bool *n)
 	def = SPI_copytuple(SPI_tuptable->vals[0]);
 	heap_deform_tuple(def, SPI_tuptable->tupdesc, d, n);
 	SPI_freetuptable(SPI_tuptable);
-	return CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
+	spec = CdpParseTraitSpec(TextDatumGetCString(d[1]), n[3] ? NULL : TextDatumGetCString(d[3]),
 							 n[4] ? NULL : DatumGetJsonbP(d[4]));
+	spec->keep_oldest = !n[5];
+	return spec;
 }
 
 /*
@@ -918,12 +1068,14 @@ cdp_backfill_trait(PG_FUNCTION_ARGS)
 	CdpTraitSpec *spec;
 	HTAB	   *involved;
 	Tuplestorestate *store;
+	BulkWriter *w;
 	int			guc_level;
 	int64		total;
 
 	SPI_connect();
 	spec = ReadTrait(trait_id, d, n);
 	involved = InvolvedProfiles();
+	w = OpenBulkWriter();
 
 	/*
 	 * The sort of the events may use maintenance_work_mem, as an index
@@ -933,10 +1085,12 @@ cdp_backfill_trait(PG_FUNCTION_ARGS)
 	(void) set_config_option("work_mem", GetConfigOption("maintenance_work_mem", false, false),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	store = AggregateEvents(trait_id, TextDatumGetCString(d[0]), spec, d[2], n[2], d[6], n[6],
-							n[5] ? (Datum) 0 : d[5], involved);
+							n[5] ? (Datum) 0 : d[5], involved, w, &total);
 	AtEOXact_GUC(true, guc_level);
 	hash_destroy(involved);
-	total = WriteStore(store, true, trait_id, d[0], d[1]);
+	total += WriteStore(store, true, w);
+	CloseBulkWriter(w);
+	WriteMergedValues(trait_id, d[0], d[1]);
 	SPI_finish();
 	PG_RETURN_INT64(total);
 }
@@ -955,13 +1109,18 @@ cdp_publish_trait_values(PG_FUNCTION_ARGS)
 	bool		n[7];
 	CdpTraitSpec *spec;
 	HTAB	   *involved;
+	Tuplestorestate *store;
+	BulkWriter *w;
 
 	SPI_connect();
 	spec = ReadTrait(trait_id, d, n);
 	involved = InvolvedProfiles();
-	(void) WriteStore(ReadStates(trait_id, TextDatumGetCString(d[0]), spec, involved), false,
-					  trait_id, d[0], d[1]);
+	store = ReadStates(trait_id, TextDatumGetCString(d[0]), spec, involved);
 	hash_destroy(involved);
+	w = OpenBulkWriter();
+	(void) WriteStore(store, false, w);
+	CloseBulkWriter(w);
+	WriteMergedValues(trait_id, d[0], d[1]);
 	SPI_finish();
 	PG_RETURN_VOID();
 }

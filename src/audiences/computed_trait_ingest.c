@@ -112,6 +112,7 @@ static SPIPlanPtr defs_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
 static SPIPlanPtr write_plan = NULL;
 static SPIPlanPtr alone_plan = NULL;
+static SPIPlanPtr members_plan = NULL;
 static SPIPlanPtr refresh_plan = NULL;
 static SPIPlanPtr dirty_plan = NULL;
 
@@ -163,6 +164,7 @@ LoadDefinitions(int *n)
 		filter = SPI_getbinval(tup, desc, 6, &nofilter);
 		defs[r].spec = CdpParseTraitSpec(SPI_getvalue(tup, desc, 2), property,
 										 nofilter ? NULL : DatumGetJsonbPCopy(filter));
+		defs[r].spec->keep_oldest = defs[r].windowed;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return defs;
@@ -245,10 +247,11 @@ InsertSlot(ProfileEntry *pe, int i, int32 trait)
 
 /*
  * The stored states of the gathered (profile, trait) pairs, onto their
- * slots: one row per profile holds its states by trait id.
+ * slots: one row per profile holds its states by trait id.  Marks in
+ * has_row[] the profiles (sorted, unique) that have a row.
  */
 static void
-ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
+ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles, bool *has_row)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		args[1];
@@ -266,8 +269,11 @@ ReadStoredStates(HTAB *states, int64 *profiles, int nprofiles)
 		bool		isnull;
 		int64		pid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		ProfileEntry *pe = hash_search(states, &pid, HASH_FIND, NULL);
+		int64	   *at = bsearch(&pid, profiles, nprofiles, sizeof(int64), CompareInt64);
 		Jsonb	   *stored;
 
+		if (at != NULL)
+			has_row[at - profiles] = true;
 		if (pe == NULL)
 			continue;
 		stored = DatumGetJsonbP(SPI_getbinval(tup, desc, 2, &isnull));
@@ -314,27 +320,12 @@ NoteDirty(HTAB *dirty)
 				args, NULL, SPI_OK_INSERT);
 }
 
-/*
- * Which of the profiles (sorted, unique) are canonical with no profile
- * merged into them: their values follow from their own states alone.
- * Marks them in alone[].
- */
+/* mark[i] := to for each profile (of profiles, sorted) the plan's rows name */
 static void
-FindProfilesAlone(int64 *profiles, int n, bool *alone)
+MarkProfiles(SPIPlanPtr plan, Datum *args, int64 *profiles, int n, bool *mark, bool to)
 {
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		args[1];
-	uint64		rows;
+	uint64		rows = CdpExecPlan(plan, args, NULL, SPI_OK_SELECT);
 
-	memset(alone, 0, sizeof(bool) * n);
-	args[0] = CdpInt8Array(profiles, n);
-	rows = CdpExecPlan(CdpPlanGeneric(&alone_plan,
-							   "SELECT r.profile_id FROM cdp.profile_records r "
-							   "WHERE r.profile_id = ANY ($1) AND r.merged_into IS NULL "
-							   "AND NOT EXISTS (SELECT FROM cdp.profile_records m "
-							   "                WHERE m.merged_into = r.profile_id)",
-							   1, argtypes),
-					   args, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < rows; r++)
 	{
 		bool		isnull;
@@ -343,9 +334,35 @@ FindProfilesAlone(int64 *profiles, int n, bool *alone)
 		int64	   *at = bsearch(&id, profiles, n, sizeof(int64), CompareInt64);
 
 		if (at != NULL)
-			alone[at - profiles] = true;
+			mark[at - profiles] = to;
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Which of the profiles (sorted, unique) are canonical with no profile
+ * merged into them: their values follow from their own states alone.
+ * Marks them in alone[].  Two scans of an index each, where "NOT EXISTS a
+ * member" ran as a join probing the members' index once per profile.
+ */
+static void
+FindProfilesAlone(int64 *profiles, int n, bool *alone)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
+
+	memset(alone, 0, sizeof(bool) * n);
+	args[0] = CdpInt8Array(profiles, n);
+	MarkProfiles(CdpPlanGeneric(&alone_plan,
+								"SELECT r.profile_id FROM cdp.profile_records r "
+								"WHERE r.profile_id = ANY ($1) AND r.merged_into IS NULL",
+								1, argtypes),
+				 args, profiles, n, alone, true);
+	MarkProfiles(CdpPlanGeneric(&members_plan,
+								"SELECT DISTINCT m.merged_into FROM cdp.profile_records m "
+								"WHERE m.merged_into = ANY ($1)",
+								1, argtypes),
+				 args, profiles, n, alone, false);
 }
 
 /* a value as what pushJsonbValue takes for an object's value */
@@ -394,6 +411,22 @@ DeriveValues(int64 *derive, int nderive, int64 *changed, int nchanged)
 	CdpProfilesChanged(changed, nchanged);
 }
 
+/* rows of cdp.trait_states to write: (profile_id, states, expires_at, traits) */
+typedef struct StateRows
+{
+	int			n;
+	Datum	   *pids;
+	Datum	   *deltas;			/* {"<trait id>": state} */
+	Datum	   *expires;
+	bool	   *expires_null;
+	Datum	   *vals;			/* {name: value}, NULL: none changed */
+	bool	   *vals_null;
+} StateRows;
+
+/* the columns a row of cdp.trait_states has, and rows per multi-insert */
+#define NROW_COLS 5
+#define INSERT_CHUNK 1000
+
 /*
  * The states that changed, one row per profile ({"<trait id>": state}, in
  * profile order), into the profiles' rows in one statement: a stored row
@@ -406,22 +439,22 @@ DeriveValues(int64 *derive, int nderive, int64 *changed, int nchanged)
  * row's expiry can only come earlier.
  */
 static void
-WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, Datum *vals,
-			   bool *vals_null, int n)
+WriteStateRows(StateRows *rows)
 {
 	Oid			argtypes[4] = {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID};
 	Datum		args[4];
+	int			n = rows->n;
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
 
 	if (n == 0)
 		return;
-	args[0] = CdpArray(pids, n, INT8OID);
-	args[1] = CdpArray(deltas, n, JSONBOID);
-	args[2] = PointerGetDatum(construct_md_array(expires, expires_null, 1, dims, lbs,
+	args[0] = CdpArray(rows->pids, n, INT8OID);
+	args[1] = CdpArray(rows->deltas, n, JSONBOID);
+	args[2] = PointerGetDatum(construct_md_array(rows->expires, rows->expires_null, 1, dims, lbs,
 												 TIMESTAMPTZOID, sizeof(TimestampTz), true,
 												 TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_md_array(vals, vals_null, 1, dims, lbs,
+	args[3] = PointerGetDatum(construct_md_array(rows->vals, rows->vals_null, 1, dims, lbs,
 												 JSONBOID, -1, false, TYPALIGN_INT));
 	CdpExecPlan(CdpPlanGeneric(&write_plan,
 						"INSERT INTO cdp.trait_states AS s "
@@ -439,6 +472,73 @@ WriteStateRows(Datum *pids, Datum *deltas, Datum *expires, bool *expires_null, D
 				args, NULL, SPI_OK_INSERT);
 }
 
+/*
+ * Rows of profiles that have none, inserted as COPY inserts them (no
+ * arrays to build and unnest, no conflict to check), a chunk at a time;
+ * their values (where any) as of now.  Only when no other writer can
+ * insert theirs meanwhile: the caller read that they have none under
+ * their profiles' locks, which every writer of states holds but a trait's
+ * background backfill (none runs: see WriteStates).  False, having
+ * written nothing, when the table needs an INSERT statement.
+ */
+static bool
+InsertNewRows(StateRows *rows)
+{
+	static const char *const cols[NROW_COLS] = {"profile_id", "states", "expires_at", "traits",
+	"traits_updated_at"};
+	static const Oid types[NROW_COLS] = {INT8OID, JSONBOID, TIMESTAMPTZOID, JSONBOID,
+	TIMESTAMPTZOID};
+	Datum		now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	CdpDirectInsert *d;
+	Datum	   *values;
+	bool	   *nulls;
+
+	if (rows->n == 0)
+		return true;
+	d = CdpBeginDirectInsert(get_relname_relid("trait_states", get_namespace_oid("cdp", false)),
+							 cols, types, NROW_COLS, INSERT_CHUNK, false);
+	if (d == NULL)
+		return false;
+	values = palloc(sizeof(Datum) * NROW_COLS * INSERT_CHUNK);
+	nulls = palloc(sizeof(bool) * NROW_COLS * INSERT_CHUNK);
+	for (int from = 0; from < rows->n; from += INSERT_CHUNK)
+	{
+		int			k = Min(rows->n - from, INSERT_CHUNK);
+
+		for (int i = 0; i < k; i++)
+		{
+			Datum	   *v = &values[i * NROW_COLS];
+			bool	   *isnull = &nulls[i * NROW_COLS];
+			int			r = from + i;
+
+			v[0] = rows->pids[r];
+			v[1] = rows->deltas[r];
+			v[2] = rows->expires[r];
+			v[3] = rows->vals[r];
+			v[4] = now;
+			isnull[0] = isnull[1] = false;
+			isnull[2] = rows->expires_null[r];
+			isnull[3] = isnull[4] = rows->vals_null[r];
+		}
+		CdpDirectInsertRows(d, values, nulls, k);
+	}
+	CdpEndDirectInsert(d);
+	return true;
+}
+
+/* room for n rows */
+static void
+InitStateRows(StateRows *rows, int n)
+{
+	rows->n = 0;
+	rows->pids = palloc(sizeof(Datum) * Max(n, 1));
+	rows->deltas = palloc(sizeof(Datum) * Max(n, 1));
+	rows->expires = palloc(sizeof(Datum) * Max(n, 1));
+	rows->expires_null = palloc(sizeof(bool) * Max(n, 1));
+	rows->vals = palloc(sizeof(Datum) * Max(n, 1));
+	rows->vals_null = palloc(sizeof(bool) * Max(n, 1));
+}
+
 static int
 CompareProfileEntries(const void *a, const void *b)
 {
@@ -452,6 +552,8 @@ CompareProfileEntries(const void *a, const void *b)
  * Combine the gathered states with the stored ones and write back those
  * that changed, a profile's as one row; then the values that changed, a
  * profile's gathered in the same pass, on the same row (see WriteStateRows).
+ * Profiles without a row get theirs inserted directly (InsertNewRows) when
+ * no trait is being backfilled in the background.
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
@@ -461,16 +563,13 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	int64	   *profiles = palloc(sizeof(int64) * Max(n, 1));
 	char	  **keys = palloc(sizeof(char *) * Max(ndefs, 1));
 	int			nprofiles = 0,
-				nrows = 0,
 				nderive = 0,
 				nchanged = 0;
 	bool	   *alone;
-	Datum	   *pids;
-	Datum	   *deltas;
-	Datum	   *expires;
-	bool	   *expires_null;
-	Datum	   *vals;
-	bool	   *vals_null;
+	bool	   *has_row;
+	bool		insert_new = true;
+	StateRows	stored_rows;
+	StateRows	new_rows;
 	int64	   *derive;
 	int64	   *changed;
 	HASH_SEQ_STATUS seq;
@@ -485,17 +584,19 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	for (int p = 0; p < nprofiles; p++)
 		profiles[p] = entries[p]->profile_id;
 	for (int t = 0; t < ndefs; t++)
+	{
 		keys[t] = psprintf("%d", defs[t].id);
-	ReadStoredStates(states, profiles, nprofiles);
+		/* its background steps write rows without the profiles' locks */
+		if (defs[t].backfilling)
+			insert_new = false;
+	}
+	has_row = palloc0(sizeof(bool) * Max(nprofiles, 1));
+	ReadStoredStates(states, profiles, nprofiles, has_row);
 	alone = palloc(sizeof(bool) * Max(nprofiles, 1));
 	FindProfilesAlone(profiles, nprofiles, alone);
 
-	pids = palloc(sizeof(Datum) * Max(nprofiles, 1));
-	deltas = palloc(sizeof(Datum) * Max(nprofiles, 1));
-	expires = palloc(sizeof(Datum) * Max(nprofiles, 1));
-	expires_null = palloc(sizeof(bool) * Max(nprofiles, 1));
-	vals = palloc(sizeof(Datum) * Max(nprofiles, 1));
-	vals_null = palloc(sizeof(bool) * Max(nprofiles, 1));
+	InitStateRows(&stored_rows, nprofiles);
+	InitStateRows(&new_rows, nprofiles);
 	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
 	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
 	/* what building a profile's objects takes, reset per profile; they go to work */
@@ -594,15 +695,16 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			JsonbValue *obj = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
 			JsonbValue *vobj = value_changed && !derived ?
 				pushJsonbValue(&vs, WJB_END_OBJECT, NULL) : NULL;
+			StateRows  *rows = insert_new && !has_row[p] ? &new_rows : &stored_rows;
+			int			r = rows->n++;
 
 			MemoryContextSwitchTo(work);
-			pids[nrows] = Int64GetDatum(pid);
-			deltas[nrows] = JsonbPGetDatum(JsonbValueToJsonb(obj));
-			expires[nrows] = TimestampTzGetDatum(expiry);
-			expires_null[nrows] = !has_expiry;
-			vals_null[nrows] = vobj == NULL;
-			vals[nrows] = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
-			nrows++;
+			rows->pids[r] = Int64GetDatum(pid);
+			rows->deltas[r] = JsonbPGetDatum(JsonbValueToJsonb(obj));
+			rows->expires[r] = TimestampTzGetDatum(expiry);
+			rows->expires_null[r] = !has_expiry;
+			rows->vals_null[r] = vobj == NULL;
+			rows->vals[r] = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
 			MemoryContextSwitchTo(one);
 		}
 		if (value_changed)
@@ -615,7 +717,9 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	}
 	MemoryContextSwitchTo(work);
 	MemoryContextDelete(one);
-	WriteStateRows(pids, deltas, expires, expires_null, vals, vals_null, nrows);
+	if (!InsertNewRows(&new_rows))
+		WriteStateRows(&new_rows);
+	WriteStateRows(&stored_rows);
 	DeriveValues(derive, nderive, changed, nchanged);
 }
 

@@ -272,6 +272,7 @@ CdpParseTraitSpec(const char *kind, const char *property, Jsonb *filter)
 				 errmsg("a computed trait of kind %s needs a property", kind),
 				 errhint("Name the event property it reads, e.g. property => 'price'.")));
 	spec->conditions = ParseFilter(filter);
+	spec->keep_oldest = true;
 	return spec;
 }
 

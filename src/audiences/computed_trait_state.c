@@ -12,7 +12,7 @@
  *	  Stored form: {"n": 3, "sum": 12.5, "min": 1, "max": 9,
  *	  "first": [usecs, value], "last": [usecs, value],
  *	  "values": [[value, count], ...], "oldest": usecs}, with only what the
- *	  kind needs.
+ *	  kind needs ("oldest": a windowed trait's, or one counted by SQL).
  */
 #include "postgres.h"
 
@@ -198,23 +198,20 @@ CopyNumeric(Numeric n)
 }
 
 /*
- * A number counted in.  What the state keeps of it is a copy (made once):
- * v points into the event, which may go before the state does.
+ * A number counted in, into what the kind keeps of numbers (a sum, or an
+ * extreme).  What the state keeps of it is a copy: v points into the
+ * event, which may go before the state does.
  */
 static void
 OfferNumber(CdpTraitState *s, Numeric v)
 {
-	Numeric		kept = NULL;
-
 	s->n++;
-	if (s->sum)
-		s->sum = NumericAdd(s->sum, v);
-	else
-		s->sum = kept = CopyNumeric(v);
-	if (s->lo == NULL || NumericCmp(v, s->lo) < 0)
-		s->lo = kept ? kept : (kept = CopyNumeric(v));
-	if (s->hi == NULL || NumericCmp(v, s->hi) > 0)
-		s->hi = kept ? kept : (kept = CopyNumeric(v));
+	if (s->kind == CDP_TRAIT_SUM || s->kind == CDP_TRAIT_AVG)
+		s->sum = s->sum ? NumericAdd(s->sum, v) : CopyNumeric(v);
+	else if (s->kind == CDP_TRAIT_MIN && (s->lo == NULL || NumericCmp(v, s->lo) < 0))
+		s->lo = CopyNumeric(v);
+	else if (s->kind == CDP_TRAIT_MAX && (s->hi == NULL || NumericCmp(v, s->hi) > 0))
+		s->hi = CopyNumeric(v);
 }
 
 static void
@@ -280,7 +277,8 @@ CdpTraitStateAddValue(CdpTraitSpec *spec, CdpTraitState *s, TimestampTz ts, Json
 		if (strlen(text) <= CDP_TRAIT_MAX_VALUE_BYTES)
 			AddValue(s, text, 1);
 	}
-	OfferOldest(s, ts);
+	if (spec->keep_oldest)
+		OfferOldest(s, ts);
 	return true;
 }
 
@@ -747,8 +745,9 @@ AggContext(FunctionCallInfo fcinfo)
 }
 
 /*
- * trait_state_agg(kind, property, filter, ts, properties): the state of
- * the events aggregated.  The definition is the same on every row.
+ * trait_state_agg(kind, property, filter, time_window, ts, properties):
+ * the state of the events aggregated (their oldest time kept only for a
+ * window).  The definition is the same on every row.
  */
 Datum
 cdp_trait_state_accum(PG_FUNCTION_ARGS)
@@ -766,14 +765,15 @@ cdp_trait_state_accum(PG_FUNCTION_ARGS)
 		cache = palloc0(sizeof(AccumCache));
 		cache->spec = CdpParseTraitSpec(TextArg(fcinfo, 1), TextArg(fcinfo, 2),
 										PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P_COPY(3));
+		cache->spec->keep_oldest = !PG_ARGISNULL(4);
 		fcinfo->flinfo->fn_extra = cache;
 		MemoryContextSwitchTo(fn);
 	}
 	if (s == NULL)
 		s = CdpNewTraitState(cache->spec->kind);
-	if (!PG_ARGISNULL(4))
-		(void) CdpTraitStateAdd(cache->spec, s, PG_GETARG_TIMESTAMPTZ(4),
-								PG_ARGISNULL(5) ? NULL : PG_GETARG_JSONB_P(5));
+	if (!PG_ARGISNULL(5))
+		(void) CdpTraitStateAdd(cache->spec, s, PG_GETARG_TIMESTAMPTZ(5),
+								PG_ARGISNULL(6) ? NULL : PG_GETARG_JSONB_P(6));
 	MemoryContextSwitchTo(old);
 	PG_RETURN_POINTER(s);
 }

@@ -195,7 +195,14 @@ CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, int nrows)
 	Assert(nrows <= d->max_rows);
 	if (nrows <= 0)
 		return;
-	CommandCounterIncrement();
+
+	/*
+	 * In a parallel query's leader (a backfill writing while its read's
+	 * workers run, as CREATE TABLE AS does) no command may start: the rows
+	 * go in under the query's command, which reads other tables.
+	 */
+	if (!IsInParallelMode())
+		CommandCounterIncrement();
 	cid = GetCurrentCommandId(true);
 	d->estate->es_output_cid = cid;
 	for (int r = 0; r < nrows; r++)
@@ -233,7 +240,8 @@ CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, int nrows)
 	if (d->bistate != NULL)
 		ReleaseBulkInsertStatePin(d->bistate);
 	/* later commands see the rows, as after a statement */
-	CommandCounterIncrement();
+	if (!IsInParallelMode())
+		CommandCounterIncrement();
 }
 
 /* let go of the slots and indexes; the lock is kept to commit */

@@ -48,6 +48,9 @@ typedef struct CdpTraitSpec
 	int			npath;			/* property path (dotted), 0: none */
 	char	  **path;
 	List	   *conditions;		/* filter: every one must hold */
+	bool		keep_oldest;	/* states keep their oldest event's time:
+								 * only a windowed trait's need it (a
+								 * caller that knows sets it) */
 } CdpTraitSpec;
 
 /* a value a state keeps: its JSON text (the order and identity of values) */

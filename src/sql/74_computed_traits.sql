@@ -72,7 +72,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'cdp_check_trait_spec'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
-CREATE FUNCTION cdp.trait_state_accum(internal, text, text, jsonb, timestamptz, jsonb)
+CREATE FUNCTION cdp.trait_state_accum(internal, text, text, jsonb, interval, timestamptz, jsonb)
 RETURNS internal
 AS 'MODULE_PATHNAME', 'cdp_trait_state_accum'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
@@ -102,10 +102,10 @@ RETURNS internal
 AS 'MODULE_PATHNAME', 'cdp_trait_state_deserialize'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
--- The state of a trait (kind, property, filter) over the events aggregated;
--- parallel workers aggregate their share of a backfill's events and the
--- leader combines their states.
-CREATE AGGREGATE cdp.trait_state_agg(kind text, property text, filter jsonb,
+-- The state of a trait (kind, property, filter, time_window) over the
+-- events aggregated; parallel workers aggregate their share of a backfill's
+-- events and the leader combines their states.
+CREATE AGGREGATE cdp.trait_state_agg(kind text, property text, filter jsonb, time_window interval,
                                      ts timestamptz, properties jsonb) (
     SFUNC = cdp.trait_state_accum,
     STYPE = internal,
@@ -223,7 +223,7 @@ BEGIN
         RETURN QUERY
         SELECT s.profile_id, s.state, cdp.trait_state_expires(s.state, t.time_window)
           FROM (SELECT e.profile_id,
-                       cdp.trait_state_agg(t.kind, t.property, t.filter, e.ts, e.properties) AS state
+                       cdp.trait_state_agg(t.kind, t.property, t.filter, t.time_window, e.ts, e.properties) AS state
                   FROM cdp.events e
                  WHERE e.type = 'track' AND e.profile_id <> 0
                    AND (t.event IS NULL OR e.event = t.event)
@@ -234,7 +234,7 @@ BEGIN
         RETURN QUERY
         SELECT s.profile_id, s.state, cdp.trait_state_expires(s.state, t.time_window)
           FROM (SELECT e.profile_id,
-                       cdp.trait_state_agg(t.kind, t.property, t.filter, e.ts, e.properties) AS state
+                       cdp.trait_state_agg(t.kind, t.property, t.filter, t.time_window, e.ts, e.properties) AS state
                   FROM cdp.events e
                  WHERE e.profile_id = ANY (profile_ids) AND e.type = 'track'
                    AND (t.event IS NULL OR e.event = t.event)
@@ -420,7 +420,7 @@ BEGIN
             EXECUTE format($q$
                 INSERT INTO cdp.trait_states AS s (profile_id, states, expires_at)
                 SELECT x.profile_id, jsonb_build_object($1::text, x.state), cdp.trait_state_expires(x.state, $6)
-                  FROM (SELECT e.profile_id, cdp.trait_state_agg($2, $3, $4, e.ts, e.properties) AS state
+                  FROM (SELECT e.profile_id, cdp.trait_state_agg($2, $3, $4, $6, e.ts, e.properties) AS state
                           FROM %s e
                          WHERE e.type = 'track' AND e.profile_id <> 0
                            AND ($5::text IS NULL OR e.event = $5)

@@ -247,6 +247,9 @@ CREATE FUNCTION cdp.evaluate_audiences(profile_ids bigint[])
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, cdp
+-- the feed's changes are sorted in memory (a commit's few tens of
+-- thousands), not in a file
+SET work_mem = '32MB'
 AS $$
 DECLARE
     a record;

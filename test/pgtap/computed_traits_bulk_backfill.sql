@@ -1,8 +1,9 @@
 -- A definition's backfill writes its states and values in bulk, batches of
 -- 10 000 profiles: the rows of profiles another trait already gave rows
 -- gain the new trait's state and value, the others get new rows, inserted
--- with their index entries (found again by primary key and by expiry), and
--- every value equals the oracle's, over more profiles than one batch holds.
+-- with their index entries (found again by primary key and by expiry)
+-- while parallel workers still read, and every value equals the oracle's,
+-- over more profiles than one batch holds.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
@@ -35,7 +36,13 @@ SELECT 's' || i, 'test', 'track', 'Signed Up', 1000000 + i, 'a' || i, now() - in
   FROM generate_series(1, 12000) AS i;
 ANALYZE cdp.events;
 
--- the first trait's rows are all new; the second's half updates, half new
+-- the first trait's rows are all new; the second's half updates, half new.
+-- Read by parallel workers: a batch's new rows are inserted while they
+-- read, the others wait for their UPDATE
+SET LOCAL parallel_setup_cost = 0;
+SET LOCAL parallel_tuple_cost = 0;
+SET LOCAL min_parallel_table_scan_size = 0;
+SET LOCAL max_parallel_workers_per_gather = 2;
 SELECT cdp.define_computed_trait('signed_up', 'count', 'Signed Up');
 SELECT is((SELECT count(*) FROM cdp.trait_states), 12000::bigint, 'a row of states per profile with a signup');
 SELECT cdp.define_computed_trait('revenue', 'sum', 'Order Completed', 'total', time_window => '1 day');

@@ -7,7 +7,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(9);
+SELECT plan(10);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -43,9 +43,12 @@ SELECT is(cdp.computed_traits_of(pg_temp.pid('user_id:u1')) - 'mean',
           'every kind''s value over events stored one chunk at a time');
 SELECT is((cdp.computed_traits_of(pg_temp.pid('user_id:u1'))->>'mean')::numeric, 33.75, 'the average');
 SELECT is((SELECT state FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'vs'),
-          jsonb_build_object('values', '[["a\"b", 1], ["plain", 1], ["é\n", 1]]'::jsonb,
+          '{"values": [["a\"b", 1], ["plain", 1], ["é\n", 1]]}'::jsonb,
+          'a state keeps escaped and non-ASCII values as their JSON text, and no oldest time without a window');
+SELECT is((SELECT state FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'high'),
+          jsonb_build_object('n', 3, 'max', 100,
                              'oldest', (extract(epoch FROM timestamptz '2026-03-30 09:00:00+00' - timestamptz '2000-01-01 00:00:00+00') * 1e6)::bigint),
-          'a state keeps escaped and non-ASCII values as their JSON text');
+          'a windowed state keeps the time of its oldest event');
 SELECT is((SELECT s.expires_at FROM cdp.trait_state_rows s JOIN cdp.computed_traits t ON t.id = s.trait_id WHERE t.name = 'high'),
           timestamptz '2026-03-30 09:00:00+00' + interval '3650 days', 'a windowed state expires when its oldest event leaves');
 

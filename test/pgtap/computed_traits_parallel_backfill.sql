@@ -55,7 +55,7 @@ BEGIN
 END
 $$;
 SELECT ok(EXISTS (SELECT FROM pg_temp.plan_lines($$
-              SELECT e.profile_id, cdp.trait_state_agg('sum', 'total', NULL, e.ts, e.properties)
+              SELECT e.profile_id, cdp.trait_state_agg('sum', 'total', NULL, NULL, e.ts, e.properties)
                 FROM cdp.events e GROUP BY e.profile_id$$) l
            WHERE l ~ 'Partial \w*Aggregate'),
           'the aggregation of a backfill can run in parallel workers');
@@ -75,7 +75,7 @@ DECLARE
     d bigint;
 BEGIN
     FOR k IN SELECT * FROM kinds LOOP
-        q := format('SELECT e.profile_id, cdp.trait_state_agg(%L, %L, %L, e.ts, e.properties) AS state
+        q := format('SELECT e.profile_id, cdp.trait_state_agg(%L, %L, %L, NULL, e.ts, e.properties) AS state
                        FROM cdp.events e GROUP BY 1', k.kind, k.property, k.filter);
         EXECUTE 'CREATE TEMP TABLE parallel_states AS ' || q;
         PERFORM set_config('max_parallel_workers_per_gather', '0', true);
