@@ -78,10 +78,15 @@ AudienceXactCallback(XactEvent event, void *arg)
 	}
 }
 
-static bool
-AudiencesExist(void)
+/*
+ * Whether any audience is defined.  Only a yes is kept for the rest of the
+ * transaction: one may be defined later in it (a no kept would skip its
+ * evaluations), and one dropped leaves nothing to evaluate.
+ */
+bool
+CdpAudiencesExist(void)
 {
-	if (audiences_lxid != MyProc->lxid)
+	if (audiences_lxid != MyProc->lxid || !audiences_exist)
 	{
 		audiences_exist = CdpExecPlan(CdpPlan(&exist_plan,
 											  "SELECT 1 FROM cdp.audiences LIMIT 1", 0, NULL),
@@ -101,7 +106,7 @@ CdpProfilesChanged(const int64 *profile_ids, int n)
 {
 	MemoryContext old;
 
-	if (n == 0 || !AudiencesExist())
+	if (n == 0 || !CdpAudiencesExist())
 		return;
 	if (!callbacks_registered)
 	{

@@ -152,7 +152,8 @@ typedef struct EventReceiver
 	MemoryContext batch_cxt;	/* the batch's rows, reset per batch */
 	Datum		now;			/* their values' time */
 	int64		inserted;		/* states inserted */
-	int64	   *valued;			/* ids whose values were inserted */
+	int64	   *valued;			/* ids whose values were inserted, for
+								 * audiences (NULL: none are defined) */
 	int			nvalued;
 	int			maxvalued;
 } EventReceiver;
@@ -244,7 +245,10 @@ FinishProfile(EventReceiver *r)
 		else
 		{
 			MemoryContextSwitchTo(r->batch_cxt);
+			values[COL_PID] = Int64GetDatum(r->profile_id);
 			values[COL_STATES] = datumCopy(values[COL_STATES], false, -1);
+			if (!nulls[COL_EXPIRES])
+				values[COL_EXPIRES] = datumCopy(values[COL_EXPIRES], FLOAT8PASSBYVAL, 8);
 			if (!nulls[COL_TRAITS])
 				values[COL_TRAITS] = datumCopy(values[COL_TRAITS], false, -1);
 			if (BatchAdd(r->batch, values, nulls, r->now) && r->batch->n == BACKFILL_BATCH)
@@ -538,8 +542,12 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 		r->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
 											 BATCH_BLOCK, BATCH_BLOCK, BATCH_BLOCK);
 		r->now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		r->maxvalued = 1024;
-		r->valued = palloc(sizeof(int64) * r->maxvalued);
+		/* with audiences to follow the values: their ids (else none) */
+		if (CdpAudiencesExist())
+		{
+			r->maxvalued = 1024;
+			r->valued = palloc(sizeof(int64) * r->maxvalued);
+		}
 		/* the leader may not take a transaction id once the workers run */
 		(void) GetCurrentTransactionId();
 	}
@@ -556,9 +564,29 @@ AggregateEvents(int32 trait_id, const char *name, CdpTraitSpec *spec, Datum even
 }
 
 /*
- * Open cdp.trait_states to insert into in bulk, locked against other
- * writers to the end of the transaction if that lock is free (see
- * BulkWriter); the caller must be allowed to insert into it.
+ * Insert rows in bulk from now on if SHARE ROW EXCLUSIVE on the table is
+ * free at once (see BulkWriter); else they go through INSERT ... ON
+ * CONFLICT.  Called before a definition's read, and again before what the
+ * read left is written (a writer in flight then may be gone by now).
+ */
+static void
+TryBulkInsert(BulkWriter *w)
+{
+	if (w->direct != NULL || !ConditionalLockRelationOid(RelationGetRelid(w->rel),
+														 ShareRowExclusiveLock))
+		return;
+	w->direct = CdpBeginDirectInsert(RelationGetRelid(w->rel), row_cols, row_types, NCOLS,
+									 INSERT_CHUNK, true);
+	if (w->direct != NULL)
+	{
+		w->values = palloc(sizeof(Datum) * INSERT_CHUNK * NCOLS);
+		w->nulls = palloc(sizeof(bool) * INSERT_CHUNK * NCOLS);
+	}
+}
+
+/*
+ * Open cdp.trait_states to write, inserting in bulk if it can (see
+ * TryBulkInsert); the caller must be allowed to insert into it.
  */
 static BulkWriter *
 OpenBulkWriter(void)
@@ -579,13 +607,7 @@ OpenBulkWriter(void)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("table cdp.trait_states does not have the columns pg_cdp created it with"),
 					 errhint("Reinstall the extension.")));
-	if (ConditionalLockRelationOid(relid, ShareRowExclusiveLock))
-		w->direct = CdpBeginDirectInsert(relid, row_cols, row_types, NCOLS, INSERT_CHUNK, true);
-	if (w->direct != NULL)
-	{
-		w->values = palloc(sizeof(Datum) * INSERT_CHUNK * NCOLS);
-		w->nulls = palloc(sizeof(bool) * INSERT_CHUNK * NCOLS);
-	}
+	TryBulkInsert(w);
 	return w;
 }
 
@@ -950,7 +972,7 @@ FlushStream(EventReceiver *r)
 		{
 			insert[ninsert++] = i;
 			r->inserted += !b->nulls[COL_STATES][i];
-			if (b->nulls[COL_TRAITS][i])
+			if (b->nulls[COL_TRAITS][i] || r->valued == NULL)
 				continue;
 			if (r->nvalued == r->maxvalued)
 			{
@@ -989,6 +1011,7 @@ WriteStore(Tuplestorestate *store, bool with_states, BulkWriter *w)
 	int64		total = 0;
 
 	b->n = 0;
+	TryBulkInsert(w);
 	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "cdp trait backfill batch",
 									  BATCH_BLOCK, BATCH_BLOCK, BATCH_BLOCK);
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -1001,9 +1024,10 @@ WriteStore(Tuplestorestate *store, bool with_states, BulkWriter *w)
 		for (int c = 0; c < STORE_COLS; c++)
 		{
 			Datum		v = slot_getattr(slot, c + 1, &nulls[c]);
+			bool		int8 = c == COL_PID || c == COL_EXPIRES;
 
-			/* the varlenas outlive the slot's tuple */
-			values[c] = nulls[c] || c == COL_PID || c == COL_EXPIRES ? v : datumCopy(v, false, -1);
+			/* the values outlive the slot's tuple */
+			values[c] = nulls[c] ? v : datumCopy(v, int8 ? FLOAT8PASSBYVAL : false, int8 ? 8 : -1);
 		}
 		Assert(with_states || nulls[COL_STATES]);
 		if (!BatchAdd(b, values, nulls, now))

@@ -496,7 +496,7 @@ InsertNewRows(StateRows *rows)
 	if (rows->n == 0)
 		return true;
 	d = CdpBeginDirectInsert(get_relname_relid("trait_states", get_namespace_oid("cdp", false)),
-							 cols, types, NROW_COLS, INSERT_CHUNK, false);
+							 cols, types, NROW_COLS, Min(rows->n, INSERT_CHUNK), false);
 	if (d == NULL)
 		return false;
 	values = palloc(sizeof(Datum) * NROW_COLS * INSERT_CHUNK);
@@ -567,7 +567,11 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 				nchanged = 0;
 	bool	   *alone;
 	bool	   *has_row;
-	bool		insert_new = true;
+	/*
+	 * "no row" read under the profiles' locks holds until commit only when
+	 * that read took a snapshot after the locks (READ COMMITTED)
+	 */
+	bool		insert_new = !IsolationUsesXactSnapshot();
 	StateRows	stored_rows;
 	StateRows	new_rows;
 	int64	   *derive;

@@ -12,7 +12,8 @@
  *	  Stored form: {"n": 3, "sum": 12.5, "min": 1, "max": 9,
  *	  "first": [usecs, value], "last": [usecs, value],
  *	  "values": [[value, count], ...], "oldest": usecs}, with only what the
- *	  kind needs ("oldest": a windowed trait's, or one counted by SQL).
+ *	  kind needs ("oldest": a windowed trait's; states stored by builds
+ *	  before may have it for others, which nothing reads).
  */
 #include "postgres.h"
 
@@ -757,6 +758,12 @@ cdp_trait_state_accum(PG_FUNCTION_ARGS)
 	AccumCache *cache = fcinfo->flinfo->fn_extra;
 	CdpTraitState *s = PG_ARGISNULL(0) ? NULL : (CdpTraitState *) PG_GETARG_POINTER(0);
 
+	/* a database whose pg_cdp objects an older build created */
+	if (PG_NARGS() != 7)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cdp.trait_state_agg does not have the arguments this build of pg_cdp takes"),
+				 errhint("Reinstall the extension.")));
 	old = MemoryContextSwitchTo(agg);
 	if (cache == NULL)
 	{

@@ -113,5 +113,6 @@ extern void CdpWriteTraitDeltas(CdpTraitDeltas *deltas);
 
 /* audiences: evaluate these profiles' memberships when the transaction commits */
 extern void CdpProfilesChanged(const int64 *profile_ids, int n);
+extern bool CdpAudiencesExist(void);
 
 #endif
