@@ -702,13 +702,20 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			StateRows  *rows = insert_new && !has_row[p] ? &new_rows : &stored_rows;
 			int			r = rows->n++;
 
+			/*
+			 * built in the profile's memory, kept at their size: a jsonb
+			 * is built in a buffer that grows by doubling
+			 */
+			Datum		delta = JsonbPGetDatum(JsonbValueToJsonb(obj));
+			Datum		val = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
+
 			MemoryContextSwitchTo(work);
 			rows->pids[r] = Int64GetDatum(pid);
-			rows->deltas[r] = JsonbPGetDatum(JsonbValueToJsonb(obj));
+			rows->deltas[r] = datumCopy(delta, false, -1);
 			rows->expires[r] = TimestampTzGetDatum(expiry);
 			rows->expires_null[r] = !has_expiry;
 			rows->vals_null[r] = vobj == NULL;
-			rows->vals[r] = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
+			rows->vals[r] = vobj == NULL ? (Datum) 0 : datumCopy(val, false, -1);
 			MemoryContextSwitchTo(one);
 		}
 		if (value_changed)
