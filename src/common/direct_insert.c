@@ -10,11 +10,11 @@
  *
  *	  Only a table that needs nothing else is written this way: no triggers
  *	  (Citus gives a table it manages one, so its shell is never written),
- *	  rules, row-level security, CHECK constraints or stored generated
- *	  columns (things users may have added), INSERT allowed to the current
- *	  user.  Otherwise the caller runs its statement.  Columns the caller does
- *	  not give get their defaults; NOT NULLs and unique indexes are checked as
- *	  INSERT checks them, with the same errors.
+ *	  rules, row-level security or stored generated columns (things users
+ *	  may have added), INSERT allowed to the current user.  Otherwise the
+ *	  caller runs its statement.  Columns the caller does not give get their
+ *	  defaults; NOT NULLs, CHECK constraints and unique indexes are checked
+ *	  as INSERT checks them, with the same errors.
  */
 #include "postgres.h"
 
@@ -35,7 +35,8 @@
 
 /*
  * Whether rel needs nothing an INSERT (or UPDATE: mode) statement would do
- * beyond rows and index entries.
+ * beyond rows and index entries (and, for an INSERT, checking constraints:
+ * the direct insert does).
  */
 bool
 CdpIsPlainTarget(Relation rel, AclMode mode)
@@ -45,7 +46,8 @@ CdpIsPlainTarget(Relation rel, AclMode mode)
 
 	return rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
 		rel->rd_rules == NULL &&
-		(constr == NULL || (constr->num_check == 0 && !constr->has_generated_stored)) &&
+		(constr == NULL ||
+		 ((mode == ACL_INSERT || constr->num_check == 0) && !constr->has_generated_stored)) &&
 		check_enable_rls(relid, InvalidOid, true) != RLS_ENABLED &&
 		pg_class_aclcheck(relid, GetUserId(), mode) == ACLCHECK_OK;
 }
@@ -76,27 +78,6 @@ MapColumns(TupleDesc desc, const char *const *cols, const Oid *types, int ncols,
 			return false;
 	}
 	return true;
-}
-
-/* raise the error INSERT raises for a NULL in a NOT NULL column */
-static void
-CheckNotNulls(Relation rel, TupleTableSlot *slot)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-
-	if (desc->constr == NULL || !desc->constr->has_not_null)
-		return;
-	for (int a = 0; a < desc->natts; a++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, a);
-
-		if (att->attnotnull && slot->tts_isnull[a])
-			ereport(ERROR,
-					(errcode(ERRCODE_NOT_NULL_VIOLATION),
-					 errmsg("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
-							NameStr(att->attname), RelationGetRelationName(rel)),
-					 errtablecol(rel, a + 1)));
-	}
 }
 
 /* an open direct insert into one table (see CdpBeginDirectInsert) */
@@ -223,7 +204,8 @@ CdpDirectInsertRows(CdpDirectInsert *d, Datum *values, bool *nulls, int nrows)
 			slot->tts_isnull[d->attnos[c] - 1] = nulls != NULL && nulls[r * d->ncols + c];
 		}
 		ExecStoreVirtualTuple(slot);
-		CheckNotNulls(d->rel, slot);
+		if (RelationGetDescr(d->rel)->constr != NULL)
+			ExecConstraints(d->rri, slot, d->estate);
 		ExecMaterializeSlot(slot);	/* off the per-tuple memory the defaults used */
 		ResetPerTupleExprContext(d->estate);
 		slot->tts_tableOid = RelationGetRelid(d->rel);

@@ -162,11 +162,32 @@ BEGIN
 END
 $$;
 
+-- Writes the stays that begin and the change feed's rows (emitted as
+-- logical messages too) of an evaluation, in the order given; returns the
+-- number of feed rows (audience_feed.c).
+CREATE FUNCTION cdp.audience_changes_step(internal, int, text, bigint, bool, bool, text)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'cdp_audience_changes_step'
+LANGUAGE C VOLATILE;
+CREATE FUNCTION cdp.audience_changes_final(internal)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cdp_audience_changes_final'
+LANGUAGE C VOLATILE;
+CREATE AGGREGATE cdp.write_audience_changes(audience_id int, audience text, profile_id bigint,
+                                            begins bool, announced bool, change text) (
+    SFUNC = cdp.audience_changes_step,
+    STYPE = internal,
+    FINALFUNC = cdp.audience_changes_final,
+    FINALFUNC_MODIFY = READ_WRITE
+);
+COMMENT ON AGGREGATE cdp.write_audience_changes(int, text, bigint, bool, bool, text) IS
+    'internal: writes the stays that begin and the change feed rows of an audience evaluation';
+
 -- The statement that evaluates audiences (all of them, or only one) for the
 -- profiles in $1 (all profiles when all_profiles): stays begin and end,
 -- members who granted or withdrew the purpose since are announced or
--- withdrawn from the feed, and the feed's rows are also emitted as logical
--- messages.  Its conditions are spliced in on lines of their own, checked
+-- withdrawn from the feed; cdp.write_audience_changes writes the stays that
+-- begin and the feed's rows, and emits those as logical messages.  Its conditions are spliced in on lines of their own, checked
 -- when defined to be one expression over the row.  A profile's row gives
 -- the audiences it is in as one array, the id when it granted the
 -- audience's purpose and minus the id when not (a VALUES list joined to
@@ -202,36 +223,29 @@ BEGIN
                      AND NOT EXISTS (SELECT FROM hit h WHERE h.profile_id = s.profile_id
                                                          AND h.audience_id = s.audience_id)
                   RETURNING s.audience_id, s.profile_id, s.announced),
-        began AS (INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced)
-                  SELECT h.audience_id, h.profile_id, now(), h.granted FROM hit h
+        began AS (SELECT h.audience_id, h.profile_id, h.granted FROM hit h
                    WHERE NOT EXISTS (SELECT FROM cdp.audience_spans s
                                       WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
                                         AND s.exited_at IS NULL
-                                        AND ($1 IS NULL OR s.profile_id = ANY ($1)))
-                  RETURNING audience_id, profile_id, announced),
+                                        AND ($1 IS NULL OR s.profile_id = ANY ($1)))),
         flipped AS (UPDATE cdp.audience_spans s SET announced = h.granted
                       FROM hit h
                      WHERE s.audience_id = h.audience_id AND s.profile_id = h.profile_id
                        AND s.exited_at IS NULL AND s.announced <> h.granted
                        AND ($1 IS NULL OR s.profile_id = ANY ($1))
-                    RETURNING s.audience_id, s.profile_id, s.announced),
-        feed AS (INSERT INTO cdp.audience_changes (audience, profile_id, change, at)
-                 SELECT a.name, c.profile_id, c.change, now()
-                   FROM (SELECT audience_id, profile_id, 'exited' AS change FROM ended WHERE announced
-                         UNION ALL
-                         SELECT audience_id, profile_id, 'entered' FROM began WHERE announced
-                         UNION ALL
-                         SELECT audience_id, profile_id, CASE WHEN announced THEN 'entered' ELSE 'exited' END
-                           FROM flipped) c
-                   JOIN cdp.audiences a ON a.id = c.audience_id
-                  ORDER BY c.profile_id, a.id, c.change DESC
-                 RETURNING *)
-        -- the text jsonb_build_object('id', ..., 'at', ...)::text gives, made
-        -- directly (audience names and changes need no escaping)
-        SELECT count(pg_logical_emit_message(true, 'cdp',
-                   format('{"at": %%s, "id": %%s, "change": "%%s", "audience": "%%s", "profile_id": %%s}',
-                          to_json(f.at), f.id, f.change, f.audience, f.profile_id)))
-          FROM feed f
+                    RETURNING s.audience_id, s.profile_id, s.announced)
+        SELECT coalesce(cdp.write_audience_changes(c.audience_id, a.name, c.profile_id, c.begins,
+                                                   c.announced, c.change
+                                                   ORDER BY c.profile_id, c.audience_id, c.change DESC), 0)
+          FROM (SELECT audience_id, profile_id, false AS begins, NULL::bool AS announced,
+                       'exited' AS change FROM ended WHERE announced
+                UNION ALL
+                SELECT audience_id, profile_id, true, granted, CASE WHEN granted THEN 'entered' END
+                  FROM began
+                UNION ALL
+                SELECT audience_id, profile_id, false, NULL, CASE WHEN announced THEN 'entered' ELSE 'exited' END
+                  FROM flipped) c
+          JOIN cdp.audiences a ON a.id = c.audience_id
         $f$, cdp.audience_row_query(all_profiles), tests, ids);
 END
 $$;

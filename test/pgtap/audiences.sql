@@ -6,7 +6,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(34);
+SELECT plan(36);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -114,6 +114,19 @@ SELECT is((SELECT last_error FROM cdp.audiences WHERE name = 'fragile'), 'divisi
 SELECT ok(EXISTS (SELECT FROM cdp.audience_members WHERE audience = 'buyers' AND profile_id = pg_temp.pid('user_id:d')),
           'the other audiences are evaluated all the same');
 SELECT cdp.drop_audience('fragile');
+
+-- a CHECK constraint a user added to the feed holds for the rows pg_cdp
+-- writes into it, as it would for an INSERT's
+ALTER TABLE cdp.audience_changes ADD CONSTRAINT not_watched CHECK (audience <> 'watched');
+SELECT cdp.define_audience('watched', 'orders >= 1');
+SELECT pg_temp.send('m14', '{"userId": "f", "event": "Order"}');
+SELECT pg_temp.run();
+SELECT matches((SELECT last_error FROM cdp.audiences WHERE name = 'watched'),
+               'violates check constraint "not_watched"', 'a CHECK constraint on the feed is checked');
+SELECT is((SELECT count(*) FROM cdp.audience_changes WHERE audience = 'watched'), 0::bigint,
+          'no feed row breaks it');
+SELECT cdp.drop_audience('watched');
+ALTER TABLE cdp.audience_changes DROP CONSTRAINT not_watched;
 
 -- an operator drains the inbox: the evaluation at commit (a deferred trigger,
 -- so outside process_inbox's SECURITY DEFINER) still has the owner's rights
