@@ -1,10 +1,12 @@
--- bench/profile_api.lua: the wrk script of bench/profile_api (see there).
+-- bench/profile_api.lua: the wrk script of bench/profile_api and
+-- bench/computed (see there).
 --
---   wrk -s bench/profile_api.lua URL -- AUTH N RATE THREADS
+--   wrk -s bench/profile_api.lua URL -- AUTH PEOPLE RATE THREADS
 --
 -- AUTH     the Authorization header's value (Bearer <read key>)
--- N        people user_id:u1 .. user_id:uN; each request asks for the traits
---          of a random one: GET /v1/profiles/user_id:u<k>/traits
+-- PEOPLE   a number N: people user_id:u1 .. user_id:uN; or the path of a file
+--          of identifiers, one per line (user_id:...); each request asks for
+--          the traits of a random one: GET /v1/profiles/<identifier>/traits
 -- RATE     requests per second over all threads, on a fixed schedule (wrk's
 --          delay()): each thread sends its next request at its next slot, or
 --          at once when it is late; latency is measured from sending, as wrk
@@ -22,6 +24,15 @@ end
 
 function init(args)
 	n = tonumber(args[2])
+	if not n then
+		ids = {}
+		for line in io.lines(args[2]) do
+			if line ~= "" then
+				ids[#ids + 1] = line
+			end
+		end
+		n = #ids
+	end
 	headers = { ["Authorization"] = args[1] }
 	statuses = {}
 	first_error = nil
@@ -51,7 +62,9 @@ function delay()
 end
 
 function request()
-	return wrk.format("GET", "/v1/profiles/user_id:u" .. math.random(1, n) .. "/traits", headers)
+	local k = math.random(1, n)
+	local id = ids and ids[k] or ("user_id:u" .. k)
+	return wrk.format("GET", "/v1/profiles/" .. id .. "/traits", headers)
 end
 
 function response(status, hdrs, body)
