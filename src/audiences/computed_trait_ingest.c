@@ -831,14 +831,8 @@ CdpUpdateComputedTraits(CdpMessage **msgs, int n, CdpTraitDeltas *deltas)
 				continue;
 			if (!have_props)
 			{
-				/* a copy with the states: they may point into it (numbers) */
-				Jsonb	   *made = CdpPropertiesJsonb(msg);
-
-				if (made != NULL)
-				{
-					props = palloc(VARSIZE(made));
-					memcpy(props, made, VARSIZE(made));
-				}
+				/* the states keep copies of what they take from it */
+				props = CdpPropertiesJsonb(msg);
 				have_props = true;
 			}
 			if (d->backfilling)

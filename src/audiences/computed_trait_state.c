@@ -160,7 +160,7 @@ AddValue(CdpTraitState *s, char *text, int64 count)
 		return;
 	if (s->nvalues == s->maxvalues)
 	{
-		s->maxvalues = Min(Max(8, s->maxvalues * 2), CDP_TRAIT_MAX_VALUES + 1);
+		s->maxvalues = Min(Max(2, s->maxvalues * 2), CDP_TRAIT_MAX_VALUES + 1);
 		s->values = s->values ? repalloc(s->values, sizeof(CdpTraitValue) * s->maxvalues)
 			: palloc(sizeof(CdpTraitValue) * s->maxvalues);
 	}
@@ -305,24 +305,50 @@ CdpTraitStateCombine(CdpTraitState *into, const CdpTraitState *from)
 }
 
 /*
- * into := into combined with from, where into must share nothing with
- * from afterwards (from's memory goes away): what into took from from is
- * copied into the current memory context, the rest is left alone.
+ * What a combined state points to for one of its numbers (now), given what
+ * it pointed to before (was) and what the other state has (theirs): its
+ * own, freeing the one it let go of.
+ */
+static Numeric
+KeepNumeric(Numeric now, Numeric was, const Numeric theirs)
+{
+	if (now == was)
+		return now;
+	if (was != NULL)
+		pfree(was);
+	return now == theirs ? CopyNumeric(now) : now;
+}
+
+static char *
+KeepText(char *now, char *was, const char *theirs)
+{
+	if (now == was)
+		return now;
+	if (was != NULL)
+		pfree(was);
+	return now == theirs ? pstrdup(now) : now;
+}
+
+/*
+ * into := into combined with from, where into owns what it points to and
+ * goes on owning it: what it takes from from (whose memory goes away) is
+ * copied into the current memory context, and what it lets go of is freed
+ * (a drain's states, combined with batch after batch, kept every sum they
+ * had had).
  */
 void
 CdpTraitStateCombineCopy(CdpTraitState *into, const CdpTraitState *from)
 {
+	CdpTraitState was = *into;
+
 	CdpTraitStateCombine(into, from);
-	if (into->sum != NULL && into->sum == from->sum)
-		into->sum = CopyNumeric(into->sum);
-	if (into->lo != NULL && into->lo == from->lo)
-		into->lo = CopyNumeric(into->lo);
-	if (into->hi != NULL && into->hi == from->hi)
-		into->hi = CopyNumeric(into->hi);
-	if (into->has_first && into->first == from->first)
-		into->first = pstrdup(into->first);
-	if (into->has_last && into->last == from->last)
-		into->last = pstrdup(into->last);
+	into->sum = KeepNumeric(into->sum, was.sum, from->sum);
+	into->lo = KeepNumeric(into->lo, was.lo, from->lo);
+	into->hi = KeepNumeric(into->hi, was.hi, from->hi);
+	if (into->has_first)
+		into->first = KeepText(into->first, was.has_first ? was.first : NULL, from->first);
+	if (into->has_last)
+		into->last = KeepText(into->last, was.has_last ? was.last : NULL, from->last);
 	for (int i = 0; i < from->nvalues; i++)
 	{
 		int			at = FindValue(into, from->values[i].text);
