@@ -6,7 +6,8 @@
  *	  exit before entry).  cdp.write_audience_changes is an aggregate over
  *	  the evaluation's changes that writes them a thousand at a time:
  *	  straight into the tables, as COPY writes, where the tables allow it
- *	  (see direct_insert.c), else by INSERT statements.  Written by INSERT
+ *	  (see direct_insert.c), else by INSERT statements (a user's triggers
+ *	  run then, and the feed tells what those stored).  Written by INSERT
  *	  ... RETURNING inside the evaluation's statement, the stays and the
  *	  feed were half of evaluating a commit's changes.
  *
@@ -24,6 +25,7 @@
 #include "replication/message.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -61,10 +63,12 @@ typedef struct FeedWriter
 	Datum		span_values[FEED_ROWS * SPAN_COLS];
 	int			nfeed;
 	Datum		feed_values[FEED_ROWS * FEED_COLS];
+	int32		feed_audience[FEED_ROWS];	/* the audience id of each */
+	bool		feed_begins[FEED_ROWS]; /* it tells of a stay buffered to begin */
 	Datum		entered;		/* the texts of the two changes */
 	Datum		exited;
 	int64		fed;			/* feed rows written */
-	char		at_json[MAXDATELEN + 3];	/* at as to_json prints it */
+	char		at_text[MAXDATELEN + 1];	/* at as to_json prints it, unquoted */
 } FeedWriter;
 
 static FeedWriter *
@@ -73,8 +77,6 @@ NewFeedWriter(MemoryContext agg)
 	MemoryContext old = MemoryContextSwitchTo(agg);
 	FeedWriter *w = palloc0(sizeof(FeedWriter));
 	Oid			cdp = get_namespace_oid("cdp", false);
-	char		buf[MAXDATELEN + 1];
-
 	w->rows_cxt = AllocSetContextCreate(agg, "cdp audience changes", ALLOCSET_DEFAULT_SIZES);
 	w->at = GetCurrentTransactionStartTimestamp();
 	w->spans_rel = get_relname_relid("audience_spans", cdp);
@@ -84,8 +86,7 @@ NewFeedWriter(MemoryContext agg)
 	w->feed_seq = getIdentitySequence(w->feed_rel, get_attnum(w->feed_rel, "id"), false);
 	w->entered = CStringGetTextDatum("entered");
 	w->exited = CStringGetTextDatum("exited");
-	snprintf(w->at_json, sizeof(w->at_json), "\"%s\"",
-			 JsonEncodeDateTime(buf, TimestampTzGetDatum(w->at), TIMESTAMPTZOID, NULL));
+	JsonEncodeDateTime(w->at_text, TimestampTzGetDatum(w->at), TIMESTAMPTZOID, NULL);
 	MemoryContextSwitchTo(old);
 	return w;
 }
@@ -113,10 +114,15 @@ Column(Datum *values, int n, int ncols, int c, Oid elemtype)
 	return CdpArray(col, n, elemtype);
 }
 
-/* rows of width ncols by an INSERT ... SELECT FROM unnest(...) of sql */
+typedef void (*ReturnedRow) (FeedWriter *w, HeapTuple row, TupleDesc desc);
+
+/*
+ * Rows of width ncols by an INSERT ... SELECT FROM unnest(...) RETURNING
+ * of sql; each row the table took (after its triggers) to returned.
+ */
 static void
-InsertByStatement(SPIPlanPtr *plan, const char *sql, Datum *values, int n, int ncols,
-				  const Oid *types)
+InsertByStatement(FeedWriter *w, SPIPlanPtr *plan, const char *sql, Datum *values, int n,
+				  int ncols, const Oid *types, ReturnedRow returned)
 {
 	Oid			argtypes[FEED_COLS];
 	Datum		args[FEED_COLS];
@@ -127,58 +133,149 @@ InsertByStatement(SPIPlanPtr *plan, const char *sql, Datum *values, int n, int n
 		args[c] = Column(values, n, ncols, c, types[c]);
 	}
 	SPI_connect();
-	CdpExecPlan(CdpPlan(plan, sql, ncols, argtypes), args, NULL, SPI_OK_INSERT);
+	CdpExecPlan(CdpPlan(plan, sql, ncols, argtypes), args, NULL, SPI_OK_INSERT_RETURNING);
+	for (uint64 r = 0; r < SPI_processed; r++)
+		returned(w, SPI_tuptable->vals[r], SPI_tuptable->tupdesc);
 	SPI_finish();
 }
 
+static int64
+Int8Column(HeapTuple row, TupleDesc desc, int attno)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(row, desc, attno, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/* a stay's key: its profile and audience */
+typedef struct StayKey
+{
+	int64		profile_id;
+	int32		audience_id;
+	int32		pad;
+} StayKey;
+
+static HTAB *stored_stays = NULL;	/* of the buffer written by statement */
+
+static void
+StayStored(FeedWriter *w, HeapTuple row, TupleDesc desc)
+{
+	StayKey		key;
+
+	memset(&key, 0, sizeof(key));
+	key.audience_id = (int32) Int8Column(row, desc, 1);
+	key.profile_id = Int8Column(row, desc, 2);
+	(void) hash_search(stored_stays, &key, HASH_ENTER, NULL);
+}
+
+/*
+ * The stays that begin.  By statement, a user's trigger may keep some
+ * out: the feed then does not tell of them (as it tells of what INSERT
+ * ... RETURNING returned).
+ */
 static void
 WriteSpans(FeedWriter *w)
 {
+	HASHCTL		ctl;
+	int			kept = 0;
+
 	if (w->nspans == 0)
 		return;
 	if (w->spans != NULL)
+	{
 		CdpDirectInsertRows(w->spans, w->span_values, NULL, w->nspans);
-	else
-		InsertByStatement(&span_insert_plan,
-						  "INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced) "
-						  "SELECT * FROM unnest($1, $2, $3, $4)",
-						  w->span_values, w->nspans, SPAN_COLS, span_types);
+		w->nspans = 0;
+		return;
+	}
+	ctl.keysize = ctl.entrysize = sizeof(StayKey);
+	ctl.hcxt = w->rows_cxt;
+	stored_stays = hash_create("cdp audience stays stored", w->nspans, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	InsertByStatement(w, &span_insert_plan,
+					  "INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced) "
+					  "SELECT * FROM unnest($1, $2, $3, $4) RETURNING audience_id::bigint, profile_id",
+					  w->span_values, w->nspans, SPAN_COLS, span_types, StayStored);
+	for (int r = 0; r < w->nfeed; r++)
+	{
+		StayKey		key;
+
+		memset(&key, 0, sizeof(key));
+		key.audience_id = w->feed_audience[r];
+		key.profile_id = DatumGetInt64(w->feed_values[r * FEED_COLS + 2]);
+		if (w->feed_begins[r] && hash_search(stored_stays, &key, HASH_FIND, NULL) == NULL)
+			continue;
+		if (kept != r)
+		{
+			memcpy(&w->feed_values[kept * FEED_COLS], &w->feed_values[r * FEED_COLS],
+				   sizeof(Datum) * FEED_COLS);
+			w->feed_audience[kept] = w->feed_audience[r];
+			w->feed_begins[kept] = w->feed_begins[r];
+		}
+		kept++;
+	}
+	w->nfeed = kept;
+	hash_destroy(stored_stays);
+	stored_stays = NULL;
 	w->nspans = 0;
 }
 
 /*
- * The feed's rows, then their messages: the text jsonb_build_object('id',
- * ..., 'at', ...)::text gives, made directly (audience names and changes
- * need no escaping).
+ * A feed row's logical message: the text jsonb_build_object('id', ...,
+ * 'at', ...)::text gives, made directly (audience names and changes need
+ * no escaping).
  */
+static void
+EmitChange(FeedWriter *w, int64 id, const char *audience, const char *change, int64 profile_id,
+		   TimestampTz at)
+{
+	char		buf[MAXDATELEN + 1];
+	char	   *msg;
+
+	msg = psprintf("{\"at\": \"%s\", \"id\": " INT64_FORMAT ", \"change\": \"%s\", "
+				   "\"audience\": \"%s\", \"profile_id\": " INT64_FORMAT "}",
+				   at == w->at ? w->at_text :
+				   JsonEncodeDateTime(buf, TimestampTzGetDatum(at), TIMESTAMPTZOID, NULL),
+				   id, change, audience, profile_id);
+	LogLogicalMessage("cdp", msg, strlen(msg), true);
+	pfree(msg);
+	w->fed++;
+}
+
+/* a feed row the table took by statement, as it took it */
+static void
+ChangeStored(FeedWriter *w, HeapTuple row, TupleDesc desc)
+{
+	bool		isnull;
+
+	EmitChange(w, Int8Column(row, desc, 1), SPI_getvalue(row, desc, 2), SPI_getvalue(row, desc, 4),
+			   Int8Column(row, desc, 3),
+			   DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull)));
+}
+
+/* the feed's rows, then their messages */
 static void
 WriteFeed(FeedWriter *w)
 {
-	StringInfoData msg;
-
 	if (w->nfeed == 0)
 		return;
-	if (w->feed != NULL)
-		CdpDirectInsertRows(w->feed, w->feed_values, NULL, w->nfeed);
-	else
-		InsertByStatement(&feed_insert_plan,
+	if (w->feed == NULL)
+		InsertByStatement(w, &feed_insert_plan,
 						  "INSERT INTO cdp.audience_changes (id, audience, profile_id, change, at) "
-						  "OVERRIDING SYSTEM VALUE SELECT * FROM unnest($1, $2, $3, $4, $5)",
-						  w->feed_values, w->nfeed, FEED_COLS, feed_types);
-	initStringInfo(&msg);
-	for (int r = 0; r < w->nfeed; r++)
+						  "OVERRIDING SYSTEM VALUE SELECT * FROM unnest($1, $2, $3, $4, $5) "
+						  "RETURNING id, audience, profile_id, change, at",
+						  w->feed_values, w->nfeed, FEED_COLS, feed_types, ChangeStored);
+	else
 	{
-		Datum	   *row = &w->feed_values[r * FEED_COLS];
+		CdpDirectInsertRows(w->feed, w->feed_values, NULL, w->nfeed);
+		for (int r = 0; r < w->nfeed; r++)
+		{
+			Datum	   *row = &w->feed_values[r * FEED_COLS];
 
-		resetStringInfo(&msg);
-		appendStringInfo(&msg, "{\"at\": %s, \"id\": " INT64_FORMAT ", \"change\": \"%s\", "
-						 "\"audience\": \"%s\", \"profile_id\": " INT64_FORMAT "}",
-						 w->at_json, DatumGetInt64(row[0]), TextDatumGetCString(row[3]),
-						 TextDatumGetCString(row[1]), DatumGetInt64(row[2]));
-		LogLogicalMessage("cdp", msg.data, msg.len, true);
+			EmitChange(w, DatumGetInt64(row[0]), TextDatumGetCString(row[1]),
+					   TextDatumGetCString(row[3]), DatumGetInt64(row[2]), w->at);
+		}
 	}
-	pfree(msg.data);
-	w->fed += w->nfeed;
 	w->nfeed = 0;
 }
 
@@ -201,6 +298,7 @@ Datum
 cdp_audience_changes_step(PG_FUNCTION_ARGS)
 {
 	MemoryContext agg;
+	MemoryContext old;
 	FeedWriter *w;
 
 	if (!AggCheckCallContext(fcinfo, &agg))
@@ -210,6 +308,8 @@ cdp_audience_changes_step(PG_FUNCTION_ARGS)
 		elog(ERROR, "cdp_audience_changes_step: audience, profile and begins must not be NULL");
 	if (!w->opened)
 		OpenWriters(w, agg);
+	/* the rows' datums live to their write (int8s are pointers on some builds) */
+	old = MemoryContextSwitchTo(w->rows_cxt);
 	if (PG_GETARG_BOOL(4))
 	{
 		Datum	   *row = &w->span_values[w->nspans++ * SPAN_COLS];
@@ -223,10 +323,12 @@ cdp_audience_changes_step(PG_FUNCTION_ARGS)
 	}
 	if (!PG_ARGISNULL(6))
 	{
-		Datum	   *row = &w->feed_values[w->nfeed++ * FEED_COLS];
+		int			r = w->nfeed++;
+		Datum	   *row = &w->feed_values[r * FEED_COLS];
 		char	   *change = TextDatumGetCString(PG_GETARG_DATUM(6));
-		MemoryContext old = MemoryContextSwitchTo(w->rows_cxt);
 
+		w->feed_audience[r] = PG_GETARG_INT32(1);
+		w->feed_begins[r] = PG_GETARG_BOOL(4);
 		row[0] = Int64GetDatum(nextval_internal(w->feed_seq, false));
 		row[1] = PointerGetDatum(DatumGetTextPCopy(PG_GETARG_DATUM(2)));
 		row[2] = Int64GetDatum(PG_GETARG_INT64(3));
@@ -237,8 +339,8 @@ cdp_audience_changes_step(PG_FUNCTION_ARGS)
 		else
 			elog(ERROR, "cdp_audience_changes_step: unknown change \"%s\"", change);
 		row[4] = TimestampTzGetDatum(w->at);
-		MemoryContextSwitchTo(old);
 	}
+	MemoryContextSwitchTo(old);
 	if (w->nspans == FEED_ROWS || w->nfeed == FEED_ROWS)
 		WriteBuffered(w);
 	PG_RETURN_POINTER(w);

@@ -548,12 +548,27 @@ CompareProfileEntries(const void *a, const void *b)
 	return x->profile_id < y->profile_id ? -1 : (x->profile_id > y->profile_id ? 1 : 0);
 }
 
+/* the new rows gathered so far inserted (see InsertNewRows), their memory reset */
+static void
+FlushNewRows(StateRows *rows, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	if (!InsertNewRows(rows))
+		WriteStateRows(rows);
+	MemoryContextSwitchTo(old);
+	rows->n = 0;
+	MemoryContextReset(cxt);
+}
+
 /*
  * Combine the gathered states with the stored ones and write back those
  * that changed, a profile's as one row; then the values that changed, a
  * profile's gathered in the same pass, on the same row (see WriteStateRows).
  * Profiles without a row get theirs inserted directly (InsertNewRows) when
- * no trait is being backfilled in the background.
+ * no trait is being backfilled in the background, a chunk at a time as
+ * they are made (their memory reused: holding every new row to the end
+ * took a third of the drain's memory again).
  */
 static void
 WriteStates(HTAB *states, TraitDef *defs, int ndefs)
@@ -580,6 +595,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	ProfileEntry *pe;
 	MemoryContext work = CurrentMemoryContext;
 	MemoryContext one;
+	MemoryContext new_cxt;
 
 	hash_seq_init(&seq, states);
 	while ((pe = hash_seq_search(&seq)) != NULL)
@@ -600,7 +616,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	FindProfilesAlone(profiles, nprofiles, alone);
 
 	InitStateRows(&stored_rows, nprofiles);
-	InitStateRows(&new_rows, nprofiles);
+	InitStateRows(&new_rows, Min(nprofiles, INSERT_CHUNK));
+	new_cxt = AllocSetContextCreate(work, "cdp computed trait new rows", ALLOCSET_DEFAULT_SIZES);
 	derive = palloc(sizeof(int64) * Max(nprofiles, 1));
 	changed = palloc(sizeof(int64) * Max(nprofiles, 1));
 	/* what building a profile's objects takes, reset per profile; they go to work */
@@ -699,7 +716,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			JsonbValue *obj = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
 			JsonbValue *vobj = value_changed && !derived ?
 				pushJsonbValue(&vs, WJB_END_OBJECT, NULL) : NULL;
-			StateRows  *rows = insert_new && !has_row[p] ? &new_rows : &stored_rows;
+			bool		is_new = insert_new && !has_row[p];
+			StateRows  *rows = is_new ? &new_rows : &stored_rows;
 			int			r = rows->n++;
 
 			/*
@@ -709,7 +727,7 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			Datum		delta = JsonbPGetDatum(JsonbValueToJsonb(obj));
 			Datum		val = vobj == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(vobj));
 
-			MemoryContextSwitchTo(work);
+			MemoryContextSwitchTo(is_new ? new_cxt : work);
 			rows->pids[r] = Int64GetDatum(pid);
 			rows->deltas[r] = datumCopy(delta, false, -1);
 			rows->expires[r] = TimestampTzGetDatum(expiry);
@@ -717,6 +735,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 			rows->vals_null[r] = vobj == NULL;
 			rows->vals[r] = vobj == NULL ? (Datum) 0 : datumCopy(val, false, -1);
 			MemoryContextSwitchTo(one);
+			if (is_new && new_rows.n == INSERT_CHUNK)
+				FlushNewRows(&new_rows, new_cxt);
 		}
 		if (value_changed)
 		{
@@ -728,8 +748,8 @@ WriteStates(HTAB *states, TraitDef *defs, int ndefs)
 	}
 	MemoryContextSwitchTo(work);
 	MemoryContextDelete(one);
-	if (!InsertNewRows(&new_rows))
-		WriteStateRows(&new_rows);
+	FlushNewRows(&new_rows, new_cxt);
+	MemoryContextDelete(new_cxt);
 	WriteStateRows(&stored_rows);
 	DeriveValues(derive, nderive, changed, nchanged);
 }

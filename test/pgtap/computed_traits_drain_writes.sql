@@ -2,11 +2,12 @@
 -- written when it ends: exact when profiles merge in a later batch of the
 -- same call (the merge derives values from the states written so far; the
 -- end of the call derives them again from every state), and a chunk that
--- rolls back after counting its events takes their counts with it.
+-- rolls back after counting its events takes their counts with it.  The
+-- rows of many new people go in a chunk at a time, every one of them.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION IF NOT EXISTS pg_cdp;
-SELECT plan(7);
+SELECT plan(8);
 
 \set send_ts '2026-04-01 00:00:00+00'
 \ir include/identity_setup.psql
@@ -67,6 +68,20 @@ SELECT is((SELECT count(*) FROM cdp.trait_states s
             WHERE NOT EXISTS (SELECT FROM cdp.profile_records r WHERE r.profile_id = s.profile_id)),
           0::bigint, 'no state of a profile that does not exist');
 DROP TRIGGER fail_first ON cdp.dead_letters;
+
+-- 2500 new people in one call: their rows go in by the thousand
+RESET cdp.batch_size;
+SELECT count(cdp.ingest(jsonb_build_object('type', 'track', 'event', 'T', 'messageId', 'many' || i,
+                                           'userId', 'many' || i, 'timestamp', now() - interval '1 minute',
+                                           'properties', jsonb_build_object('x', i))))
+  FROM generate_series(1, 2500) AS i;
+SELECT pg_temp.run();
+SELECT results_eq($$SELECT count(*), sum((s.traits->>'spent')::numeric), sum((s.traits->>'n')::bigint)
+                     FROM cdp.trait_states s
+                    WHERE s.profile_id IN (SELECT cdp.resolve(('user_id:many' || i)::cdp.identifier)
+                                             FROM generate_series(1, 2500) AS i)$$,
+                  $$VALUES (2500::bigint, 3126250::numeric, 2500::numeric)$$,
+                  'every new person has a row, with the values of their event');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -2,7 +2,10 @@
 # logical decoding message (prefix 'cdp'), in commit order, exactly once,
 # only for people who granted the audience's purpose; nothing of a
 # transaction that rolled back.  Decoded with contrib's test_decoding, with
-# the ingest worker storing the events.
+# the ingest worker storing the events.  First with a user's triggers on the
+# outbox and the stays (the rows go in by INSERT statements, and the feed
+# tells what the triggers let in, as they changed it), then without (the
+# rows go in directly).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -37,6 +40,17 @@ sql(q{CREATE TABLE feed_commits (sync text);
 	  $$BEGIN INSERT INTO public.feed_commits VALUES (current_setting('synchronous_commit')); RETURN NULL; END$$;
 	CREATE CONSTRAINT TRIGGER note_feed_commit AFTER INSERT ON cdp.audience_changes
 	  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION note_feed_commit();});
+# a user's triggers: one moves the time of pro's changes, one keeps vip's stays out
+sql(q{SELECT cdp.define_audience('vip', 'plan = ''vip''')});
+sql(q{CREATE FUNCTION shift_pro_at() RETURNS trigger LANGUAGE plpgsql AS
+	  $$BEGIN IF NEW.audience = 'pro' THEN NEW.at := NEW.at + interval '1 second'; END IF; RETURN NEW; END$$;
+	CREATE TRIGGER shift_pro_at BEFORE INSERT ON cdp.audience_changes
+	  FOR EACH ROW EXECUTE FUNCTION shift_pro_at();
+	CREATE FUNCTION keep_out_vip() RETURNS trigger LANGUAGE plpgsql AS
+	  $$BEGIN IF NEW.audience_id = (SELECT id FROM cdp.audiences WHERE name = 'vip') THEN RETURN NULL; END IF;
+	    RETURN NEW; END$$;
+	CREATE TRIGGER keep_out_vip BEFORE INSERT ON cdp.audience_spans
+	  FOR EACH ROW EXECUTE FUNCTION keep_out_vip();});
 
 # ten people become pro; half of them buy; the even ones granted marketing
 for my $i (1 .. 10)
@@ -45,11 +59,21 @@ for my $i (1 .. 10)
 	sql(qq{SELECT cdp.set_consent('user_id:u$i', 'marketing', true)}) if $i % 2 == 0;
 	sql(qq{SELECT cdp.track('u$i', 'Order')}) if $i <= 5;
 }
+sql(q{SELECT cdp.identify('u11', '{"plan": "vip"}')});
 ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'the worker drained the inbox');
+is(sql(q{SELECT count(*) FROM cdp.audience_history WHERE audience = 'vip'})
+	. sql(q{SELECT count(*) FROM cdp.audience_changes WHERE audience = 'vip'}), '00',
+	"a stay a user's trigger kept out has no entry in the feed");
+is(sql(q{SELECT count(*) FROM cdp.audience_changes c JOIN cdp.audience_spans s ON s.profile_id = c.profile_id
+	JOIN cdp.audiences a ON a.id = s.audience_id AND a.name = c.audience
+	WHERE c.audience = 'pro' AND c.at = s.entered_at + interval '1 second'}), '10',
+	"the entries a user's trigger moved are stored as moved");
 cmp_ok(sql('SELECT count(*) FROM feed_commits'), '>', 0, 'the worker wrote to the change feed');
 is(sql(q{SELECT string_agg(DISTINCT sync, ',') FROM feed_commits}), 'on',
 	'a batch that writes to the change feed waits for its commit to be durable');
-# three leave pro (and so pro_buyers)
+# without the triggers (the rows go in directly), three leave pro (and so pro_buyers)
+sql(q{DROP TRIGGER shift_pro_at ON cdp.audience_changes; DROP TRIGGER keep_out_vip ON cdp.audience_spans;
+	DROP TRIGGER note_feed_commit ON cdp.audience_changes});
 sql(qq{SELECT cdp.identify('u$_', '{"plan": "free"}')}) for (1, 2, 6);
 ok($node->poll_query_until('cdp', q{SELECT count(*) FROM cdp.inbox}, '0'), 'and again');
 # a transaction that rolls back: its evaluation leaves no trace
