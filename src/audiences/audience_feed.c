@@ -65,6 +65,7 @@ typedef struct FeedWriter
 	Datum		feed_values[FEED_ROWS * FEED_COLS];
 	int32		feed_audience[FEED_ROWS];	/* the audience id of each */
 	bool		feed_begins[FEED_ROWS]; /* it tells of a stay buffered to begin */
+	HTAB	   *stored_stays;	/* StayKeys of a buffer written by statement */
 	Datum		entered;		/* the texts of the two changes */
 	Datum		exited;
 	int64		fed;			/* feed rows written */
@@ -156,8 +157,6 @@ typedef struct StayKey
 	int32		pad;
 } StayKey;
 
-static HTAB *stored_stays = NULL;	/* of the buffer written by statement */
-
 static void
 StayStored(FeedWriter *w, HeapTuple row, TupleDesc desc)
 {
@@ -166,7 +165,7 @@ StayStored(FeedWriter *w, HeapTuple row, TupleDesc desc)
 	memset(&key, 0, sizeof(key));
 	key.audience_id = (int32) Int8Column(row, desc, 1);
 	key.profile_id = Int8Column(row, desc, 2);
-	(void) hash_search(stored_stays, &key, HASH_ENTER, NULL);
+	(void) hash_search(w->stored_stays, &key, HASH_ENTER, NULL);
 }
 
 /*
@@ -190,7 +189,7 @@ WriteSpans(FeedWriter *w)
 	}
 	ctl.keysize = ctl.entrysize = sizeof(StayKey);
 	ctl.hcxt = w->rows_cxt;
-	stored_stays = hash_create("cdp audience stays stored", w->nspans, &ctl,
+	w->stored_stays = hash_create("cdp audience stays stored", w->nspans, &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	InsertByStatement(w, &span_insert_plan,
 					  "INSERT INTO cdp.audience_spans (audience_id, profile_id, entered_at, announced) "
@@ -203,7 +202,7 @@ WriteSpans(FeedWriter *w)
 		memset(&key, 0, sizeof(key));
 		key.audience_id = w->feed_audience[r];
 		key.profile_id = DatumGetInt64(w->feed_values[r * FEED_COLS + 2]);
-		if (w->feed_begins[r] && hash_search(stored_stays, &key, HASH_FIND, NULL) == NULL)
+		if (w->feed_begins[r] && hash_search(w->stored_stays, &key, HASH_FIND, NULL) == NULL)
 			continue;
 		if (kept != r)
 		{
@@ -215,8 +214,8 @@ WriteSpans(FeedWriter *w)
 		kept++;
 	}
 	w->nfeed = kept;
-	hash_destroy(stored_stays);
-	stored_stays = NULL;
+	hash_destroy(w->stored_stays);
+	w->stored_stays = NULL;
 	w->nspans = 0;
 }
 
